@@ -1,0 +1,182 @@
+"""`drip course build`: split a Markdown article into lesson files plus a `course.toml`.
+
+The text before the first `##` heading becomes the welcome lesson; every `##` section becomes
+one lesson, its body the section verbatim. Re-running never loses an author's edits: front matter
+of existing lessons is kept as it is, and a lesson whose body the author changed is only
+rewritten with `force=True`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomlkit
+
+from drip.course import read_lesson_files, render_front_matter
+from drip.errors import UsageError
+
+WELCOME_SLUG = "welcome"
+FIRST_DELAY_DAYS = 0
+DEFAULT_DELAY_DAYS = 2
+PREHEADER_LENGTH = 60
+SENTENCE_END_RE = re.compile(r"(?<=[。!?!?])")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One future lesson: its heading (None for the welcome text) and its Markdown, verbatim."""
+
+    heading: str | None
+    markdown: str
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    written: tuple[Path, ...]
+    unchanged: tuple[Path, ...]
+    kept_front_matter: tuple[Path, ...]
+    course_toml_written: bool
+
+
+def split_sections(markdown: str) -> list[Section]:
+    """Split at `## ` headings outside fenced code. Pure; the text before the first is kept too."""
+    sections: list[Section] = []
+    heading: str | None = None
+    lines: list[str] = []
+    fenced = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        if not fenced and line.startswith("## "):
+            if heading is not None or "".join(lines).strip():
+                sections.append(Section(heading, "\n".join(lines).strip() + "\n"))
+            heading, lines = line[3:].strip(), []
+        lines.append(line)
+    if heading is not None or "".join(lines).strip():
+        sections.append(Section(heading, "\n".join(lines).strip() + "\n"))
+    return sections
+
+
+def slug_for(heading: str | None, position: int) -> str:
+    """A URL- and file-safe slug: ASCII words of the heading, else `lesson-NN`."""
+    if heading is None:
+        return WELCOME_SLUG
+    words = re.findall(r"[a-z]+", heading.lower())
+    return "-".join(words[:5]) if words else f"lesson-{position:02d}"
+
+
+def first_sentence(markdown: str) -> str:
+    """The first sentence of the first paragraph (not a heading, list or table), shortened."""
+    for block in markdown.split("\n\n"):
+        block = block.strip()
+        if block and not block.startswith(("#", "-", "*", "|", ">", "```")):
+            sentence = SENTENCE_END_RE.split(block, maxsplit=1)[0].strip()
+            if len(sentence) > PREHEADER_LENGTH:
+                sentence = sentence[: PREHEADER_LENGTH - 1] + "…"
+            return sentence
+    return ""
+
+
+def course_toml_text(title: str, slugs: list[str]) -> str:
+    """The initial `course.toml`, with comments for the author."""
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("The course settings. Edit freely; 'drip course check' validates them."))
+    doc.add("id", "course")
+    doc.add("title", title)
+    doc.add("sender_name", title)
+    doc.add("sender_email", "course@example.com")
+    doc.add(tomlkit.nl())
+    doc.add(tomlkit.comment("Default timezone of subscribers who give none (IANA name)."))
+    doc.add("timezone", "Asia/Tokyo")
+    doc.add(tomlkit.comment("Lessons after the first go out at this subscriber-local time."))
+    doc.add("send_time", "07:30")
+    doc.add(tomlkit.comment("Nothing is sent between these subscriber-local times."))
+    doc.add("quiet_hours", ["21:00", "07:00"])
+    doc.add(tomlkit.comment('send_days = ["mon", "tue", "wed", "thu", "fri"]'))
+    doc.add(tomlkit.comment('skip_holidays = "JP"'))
+    doc.add(tomlkit.nl())
+    doc.add(tomlkit.comment("The article the lessons come from, and blocks left out on purpose."))
+    doc.add("source", "source/article.md")
+    doc.add("omit", tomlkit.array())
+    doc.add(tomlkit.nl())
+    doc.add(tomlkit.comment("Sending order. Progress is kept by slug: insert, do not rename."))
+    lessons = tomlkit.array()
+    lessons.extend(slugs)
+    lessons.multiline(True)
+    doc.add("lessons", lessons)
+    return tomlkit.dumps(doc)
+
+
+def build_course(source: Path, course_dir: Path, *, force: bool = False) -> BuildReport:
+    """Write `course_dir/lessons/NN-slug.md` for each section of `source` (and `course.toml`).
+
+    An existing lesson at the same position keeps its slug and its front matter. If its body
+    differs from the source section the build raises `UsageError` listing every such file and
+    writes nothing, unless `force` is true. An existing `course.toml` is never rewritten.
+    """
+    try:
+        markdown = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read the article: {exc.strerror}") from exc
+    sections = split_sections(markdown)
+    if not sections:
+        raise UsageError(f"{source}: the article is empty")
+    lessons_dir = course_dir / "lessons"
+    existing = (
+        {file.position: file for file in read_lesson_files(lessons_dir)}
+        if lessons_dir.is_dir()
+        else {}
+    )
+    title = article_title(markdown) or source.stem
+    plans: list[tuple[Path, str]] = []
+    paths: list[Path] = []
+    conflicts, unchanged, kept = [], [], []
+    for position, section in enumerate(sections, start=1):
+        old = existing.get(position)
+        if old is not None:
+            front = dict(old.front_matter)
+            path = old.path
+            kept.append(path)
+        else:
+            front = {
+                "subject": section.heading or title,
+                "preheader": first_sentence(section.markdown),
+                "delay_days": FIRST_DELAY_DAYS if position == 1 else DEFAULT_DELAY_DAYS,
+            }
+            path = lessons_dir / f"{position:02d}-{slug_for(section.heading, position)}.md"
+        paths.append(path)
+        if old is not None and old.body.strip() == section.markdown.strip():
+            unchanged.append(path)
+            continue
+        if old is not None and not force:
+            conflicts.append(path)
+        plans.append((path, render_front_matter(front) + section.markdown))
+    if conflicts:
+        listed = "\n  ".join(str(path) for path in conflicts)
+        raise UsageError(
+            "these lessons were edited since the last build and differ from the article:\n  "
+            f"{listed}\nnothing was written; re-run with --force to overwrite their bodies"
+            " (front matter is kept either way)"
+        )
+    lessons_dir.mkdir(parents=True, exist_ok=True)
+    for path, text in plans:
+        path.write_text(text, encoding="utf-8")
+    toml_path = course_dir / "course.toml"
+    wrote_toml = not toml_path.exists()
+    if wrote_toml:
+        slugs = [path.stem.split("-", 1)[1] for path in paths]
+        toml_path.write_text(course_toml_text(title, slugs), encoding="utf-8")
+    return BuildReport(
+        written=tuple(path for path, _ in plans),
+        unchanged=tuple(unchanged),
+        kept_front_matter=tuple(kept),
+        course_toml_written=wrote_toml,
+    )
+
+
+def article_title(markdown: str) -> str | None:
+    """The article's `# ` title, if it has one."""
+    match = re.search(r"^# (.+)$", markdown, flags=re.MULTILINE)
+    return match.group(1).strip() if match else None

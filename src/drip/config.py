@@ -1,0 +1,89 @@
+"""Settings: read once from the environment by an entry point, then passed down as a value.
+
+Nothing below the CLI and the web app reads `os.environ`; they call `load_settings(os.environ)`
+and hand the frozen `Settings` to the functions they call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from drip.errors import ConfigError
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+DEFAULT_DATABASE_URL = "sqlite:///drip.db"
+DEFAULT_SENDGRID_API_URL = "https://api.sendgrid.com"
+TRANSPORTS = ("sendgrid", "smtp", "outbox")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything drip needs to know about its surroundings. Secrets are kept out of `repr`."""
+
+    base_url: str = DEFAULT_BASE_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    course_dir: Path = Path("course")
+    templates_dir: Path = Path("templates/email")
+    transport: str = "outbox"
+    outbox_dir: Path = Path("outbox")
+    sendgrid_api_key: str | None = field(default=None, repr=False)
+    sendgrid_api_url: str = DEFAULT_SENDGRID_API_URL
+    smtp_url: str | None = field(default=None, repr=False)
+    from_address: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"{name}={value!r} is not an http(s) URL; set it like https://example.com"
+        )
+    return value.rstrip("/")
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build `Settings` from an environment mapping.
+
+    Raises `ConfigError` naming the variable when a value is invalid or a chosen transport lacks
+    what it needs, so a run fails before it claims any work.
+    """
+    get = environ.get
+    api_key = get("SENDGRID_API_KEY") or None
+    transport = (get("DRIP_TRANSPORT") or ("sendgrid" if api_key else "outbox")).strip().lower()
+    if transport not in TRANSPORTS:
+        raise ConfigError(
+            f"DRIP_TRANSPORT={transport!r} is not a transport; use one of {', '.join(TRANSPORTS)}"
+        )
+    smtp_url = get("DRIP_SMTP_URL") or None
+    if transport == "sendgrid" and not api_key:
+        raise ConfigError("DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your API key")
+    if transport == "smtp":
+        if not smtp_url:
+            raise ConfigError(
+                "DRIP_TRANSPORT=smtp needs DRIP_SMTP_URL, e.g. smtp://user:pass@host:587"
+            )
+        scheme = urlsplit(smtp_url).scheme
+        if scheme not in ("smtp", "smtps") or not urlsplit(smtp_url).hostname:
+            raise ConfigError(
+                "DRIP_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465"
+                " (the value is not shown because it may hold a password)"
+            )
+    return Settings(
+        base_url=_http_url("DRIP_BASE_URL", get("DRIP_BASE_URL") or DEFAULT_BASE_URL),
+        database_url=get("DRIP_DATABASE_URL") or DEFAULT_DATABASE_URL,
+        course_dir=Path(get("DRIP_COURSE_DIR") or "course"),
+        templates_dir=Path(get("DRIP_TEMPLATES_DIR") or "templates/email"),
+        transport=transport,
+        outbox_dir=Path(get("DRIP_OUTBOX_DIR") or "outbox"),
+        sendgrid_api_key=api_key,
+        sendgrid_api_url=_http_url(
+            "DRIP_SENDGRID_API_URL", get("DRIP_SENDGRID_API_URL") or DEFAULT_SENDGRID_API_URL
+        ),
+        smtp_url=smtp_url,
+        from_address=get("DRIP_FROM") or None,
+        secret_key=get("DRIP_SECRET_KEY") or None,
+    )

@@ -1,0 +1,285 @@
+"""The course as data: load `course.toml` and `lessons/NN-slug.md` into a `Course`.
+
+Pure apart from reading the files it is pointed at: no clock, no environment, no database.
+A lesson file is YAML front matter between `---` lines followed by the Markdown body.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from drip.errors import CourseError
+
+LESSON_FILE_RE = re.compile(r"^(?P<position>\d{2,3})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
+FRONT_MATTER_KEYS = ("subject", "preheader", "delay_days")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """One email of the course. `number` is its 1-based position; `slug` is its stable identity."""
+
+    slug: str
+    number: int
+    subject: str
+    preheader: str
+    delay_days: int
+    body: str
+    path: Path
+    body_line: int = 1
+    """Line of `path` on which `body` starts, so messages about the body can point at it."""
+
+
+@dataclass(frozen=True)
+class CourseSettings:
+    """The author-editable settings of `course.toml` that shape sending."""
+
+    id: str
+    title: str
+    sender_name: str
+    sender_email: str
+    timezone: str = "Asia/Tokyo"
+    send_time: time = time(7, 30)
+    quiet_hours: tuple[time, time] | None = None
+    """(start, end) subscriber-local; may wrap midnight, e.g. 21:00-07:00."""
+    send_days: frozenset[int] | None = None
+    """Allowed weekdays, Monday = 0; None means every day."""
+    skip_holidays: str | None = None
+    """A country code for the `holidays` library, e.g. "JP"; None sends on holidays too."""
+    source: str | None = None
+    """The source article, relative to the course directory."""
+    omit: tuple[str, ...] = ()
+    """Source blocks deliberately left out of the lessons (exact text), e.g. an unfinished tail."""
+    lessons: tuple[str, ...] = ()
+    """Lesson slugs in sending order."""
+
+
+@dataclass(frozen=True)
+class Course:
+    settings: CourseSettings
+    lessons: tuple[Lesson, ...]
+    directory: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.settings.id
+
+    def lesson(self, slug: str) -> Lesson:
+        for lesson in self.lessons:
+            if lesson.slug == slug:
+                return lesson
+        raise KeyError(slug)
+
+    def next_lesson(self, slug: str | None) -> Lesson | None:
+        """The lesson after `slug` (the first one when `slug` is None); None after the last."""
+        if slug is None:
+            return self.lessons[0] if self.lessons else None
+        for index, lesson in enumerate(self.lessons):
+            if lesson.slug == slug:
+                return self.lessons[index + 1] if index + 1 < len(self.lessons) else None
+        raise KeyError(slug)
+
+
+@dataclass(frozen=True)
+class LessonFile:
+    """A lesson file as written, before validation: front matter may hold anything."""
+
+    path: Path
+    position: int
+    slug: str
+    front_matter: dict[str, Any]
+    body: str
+    body_line: int
+
+
+def split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str, int]:
+    """Split `---` YAML front matter from a Markdown document.
+
+    Returns (front matter, body, line number where the body starts). Raises `CourseError` with
+    the file and line when the YAML is broken or is not a mapping.
+    """
+    if not text.startswith("---\n"):
+        return {}, text, 1
+    end = text.find("\n---\n", 3)
+    if end == -1:
+        raise CourseError(f"{path}:1: front matter opened with '---' is never closed by '---'")
+    raw = text[4 : end + 1]
+    try:
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 2 if mark is not None else 1
+        raise CourseError(f"{path}:{line}: front matter is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CourseError(f"{path}:2: front matter must be 'key: value' lines")
+    body = text[end + 5 :]
+    body_line = text[: end + 5].count("\n") + 1
+    return data, body.lstrip("\n"), body_line + (len(body) - len(body.lstrip("\n")))
+
+
+def render_front_matter(data: dict[str, Any]) -> str:
+    """Serialise front matter the way `drip course build` writes it (keys in a fixed order)."""
+    dumped = yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=1000)
+    return f"---\n{dumped}---\n\n"
+
+
+def read_lesson_files(lessons_dir: Path) -> list[LessonFile]:
+    """Every `NN-slug.md` under `lessons_dir`, in position order. Other `.md` names raise."""
+    if not lessons_dir.is_dir():
+        raise CourseError(f"{lessons_dir}: no lessons directory; run 'drip course build' first")
+    files = []
+    for path in sorted(lessons_dir.glob("*.md")):
+        match = LESSON_FILE_RE.match(path.name)
+        if match is None:
+            raise CourseError(
+                f"{path}: lesson files are named NN-slug.md (slug in lowercase a-z, 0-9 and '-');"
+                " rename it"
+            )
+        text = path.read_text(encoding="utf-8")
+        front, body, body_line = split_front_matter(text, path)
+        files.append(
+            LessonFile(path, int(match["position"]), match["slug"], front, body, body_line)
+        )
+    return files
+
+
+def _parse_time(value: Any, where: str) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}", value):
+        hours, minutes = (int(part) for part in value.split(":"))
+        if hours < 24 and minutes < 60:
+            return time(hours, minutes)
+    raise CourseError(f"{where}: {value!r} is not a time of day; write it as \"HH:MM\"")
+
+
+def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
+    """Validate the parsed `course.toml`; raises `CourseError` naming the key at fault."""
+
+    def text(key: str, default: str | None = None) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise CourseError(f"{path}: '{key}' must be a non-empty string")
+        return value.strip()
+
+    course_id = text("id")
+    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", course_id):
+        raise CourseError(f"{path}: id {course_id!r} must be lowercase a-z, 0-9 and '-'")
+    timezone = text("timezone", "Asia/Tokyo")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise CourseError(
+            f"{path}: timezone {timezone!r} is not an IANA zone such as Asia/Tokyo"
+        ) from exc
+    quiet = data.get("quiet_hours")
+    quiet_hours = None
+    if quiet is not None:
+        if not (isinstance(quiet, list) and len(quiet) == 2):
+            raise CourseError(f'{path}: quiet_hours must be ["HH:MM", "HH:MM"] (start, end)')
+        quiet_hours = (
+            _parse_time(quiet[0], f"{path}: quiet_hours"),
+            _parse_time(quiet[1], f"{path}: quiet_hours"),
+        )
+    days = data.get("send_days")
+    send_days = None
+    if days is not None:
+        if not isinstance(days, list) or not days or any(
+            not isinstance(day, str) or day.lower()[:3] not in WEEKDAYS for day in days
+        ):
+            raise CourseError(f'{path}: send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
+        send_days = frozenset(WEEKDAYS.index(day.lower()[:3]) for day in days)
+    holidays_code = data.get("skip_holidays")
+    if holidays_code is not None and not isinstance(holidays_code, str):
+        raise CourseError(f'{path}: skip_holidays must be a country code such as "JP"')
+    lessons = data.get("lessons", [])
+    if not isinstance(lessons, list) or any(not isinstance(slug, str) for slug in lessons):
+        raise CourseError(f"{path}: 'lessons' must be a list of lesson slugs")
+    omit = data.get("omit", [])
+    if not isinstance(omit, list) or any(not isinstance(block, str) for block in omit):
+        raise CourseError(f"{path}: 'omit' must be a list of source blocks (strings)")
+    source = data.get("source")
+    if source is not None and not isinstance(source, str):
+        raise CourseError(f"{path}: 'source' must be a path relative to the course directory")
+    return CourseSettings(
+        id=course_id,
+        title=text("title"),
+        sender_name=text("sender_name"),
+        sender_email=text("sender_email"),
+        timezone=timezone,
+        send_time=_parse_time(data.get("send_time", "07:30"), f"{path}: send_time"),
+        quiet_hours=quiet_hours,
+        send_days=send_days,
+        skip_holidays=holidays_code.upper() if holidays_code else None,
+        source=source,
+        omit=tuple(omit),
+        lessons=tuple(lessons),
+    )
+
+
+def read_course_toml(course_dir: Path) -> dict[str, Any]:
+    path = course_dir / "course.toml"
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise CourseError(f"{path}: not found; run 'drip course build SOURCE.md' first") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise CourseError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def lesson_from_file(file: LessonFile, number: int) -> Lesson:
+    """Turn a lesson file into a `Lesson`; raises `CourseError` when front matter is unusable.
+
+    `drip course check` reports the finer problems; this only refuses what cannot be sent.
+    """
+    front = file.front_matter
+    subject = front.get("subject")
+    preheader = front.get("preheader", "")
+    delay = front.get("delay_days")
+    if not isinstance(subject, str) or not subject.strip():
+        raise CourseError(f"{file.path}:2: 'subject' is missing or empty")
+    if not isinstance(preheader, str):
+        raise CourseError(f"{file.path}:2: 'preheader' must be text")
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        raise CourseError(f"{file.path}:2: 'delay_days' must be a whole number of days, 0 or more")
+    return Lesson(
+        slug=file.slug,
+        number=number,
+        subject=subject.strip(),
+        preheader=preheader.strip(),
+        delay_days=delay,
+        body=file.body,
+        path=file.path,
+        body_line=file.body_line,
+    )
+
+
+def load_course(course_dir: Path) -> Course:
+    """Load a course directory. Lessons are ordered by `course.toml`'s `lessons` list.
+
+    Raises `CourseError` when a file is unreadable or the lesson list names a missing lesson.
+    """
+    settings = parse_course_settings(read_course_toml(course_dir), course_dir / "course.toml")
+    files = {file.slug: file for file in read_lesson_files(course_dir / "lessons")}
+    order = settings.lessons or tuple(files)
+    lessons = []
+    for number, slug in enumerate(order, start=1):
+        if slug not in files:
+            raise CourseError(
+                f"{course_dir / 'course.toml'}: lesson {slug!r} is listed but there is no"
+                f" lessons/NN-{slug}.md"
+            )
+        lessons.append(lesson_from_file(files[slug], number))
+    if not lessons:
+        raise CourseError(f"{course_dir}: the course has no lessons")
+    return Course(settings=settings, lessons=tuple(lessons), directory=course_dir)
