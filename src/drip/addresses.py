@@ -1,0 +1,55 @@
+"""Email addresses and timezones given by people: validated and normalised in one place."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+from drip.errors import UsageError
+
+MAX_NAME_LENGTH = 100
+
+
+class InvalidAddressError(UsageError):
+    """An email address, name or timezone given by a person is unusable."""
+
+
+def normalize_email(raw: str) -> str:
+    """Validate syntax (no DNS look-up) and return the canonical form used as the unique key.
+
+    The domain is lower-cased by the validator; the local part is lower-cased too, because
+    mailbox providers treat it case-insensitively in practice and a second row for `Alice@` would
+    be a second subscription. Raises `InvalidAddressError` saying what is wrong.
+    """
+    candidate = raw.strip()
+    try:
+        result = validate_email(candidate, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidAddressError(f"{raw!r} is not a usable email address: {exc}") from exc
+    return result.normalized.lower()
+
+
+def clean_name(raw: str | None) -> str | None:
+    """A display name safe to store and show: control characters removed, length bounded.
+
+    Returns None for an empty name. Raises `InvalidAddressError` for a name over
+    MAX_NAME_LENGTH characters rather than silently cutting it.
+    """
+    if raw is None:
+        return None
+    name = "".join(ch for ch in raw if ch.isprintable()).strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidAddressError(f"the name is longer than {MAX_NAME_LENGTH} characters")
+    return name or None
+
+
+def check_timezone(raw: str) -> str:
+    """Return `raw` if it names an IANA timezone, else raise `InvalidAddressError`."""
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidAddressError(
+            f"{raw!r} is not a timezone; use an IANA name such as Asia/Tokyo or Europe/London"
+        ) from exc
+    return raw
