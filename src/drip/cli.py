@@ -17,6 +17,7 @@ import click
 
 from drip import __version__
 from drip.build import build_course
+from drip.check import check_course
 from drip.config import Settings, load_settings
 from drip.errors import DripError
 
@@ -89,3 +90,21 @@ def build_command(source: Path, force: bool) -> None:
         click.echo(f"unchanged {path}")
     if report.course_toml_written:
         click.echo(f"wrote {settings().course_dir / 'course.toml'}: edit the title and sender")
+
+
+@course.command("check")
+@click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
+def check_command(path: Path | None) -> None:
+    """Validate the course at PATH (default: the course directory) and the email templates.
+
+    Prints one line per problem as FILE:LINE: error|warning: message. Exit 1 when there is any
+    error, 0 when there are only warnings or nothing.
+    """
+    current = settings()
+    problems = check_course(path or current.course_dir, current.templates_dir)
+    for problem in problems:
+        click.echo(str(problem))
+    errors = sum(problem.error for problem in problems)
+    warnings = len(problems) - errors
+    click.echo(f"{errors} error(s), {warnings} warning(s)", err=True)
+    sys.exit(1 if errors else 0)

@@ -1,0 +1,292 @@
+"""`drip course check`: every problem in a course that would reach a reader, with file and line.
+
+Pure apart from reading the course and template files. Returns `Problem`s; the CLI prints them and
+exits 1 when any is an error (warnings alone exit 0).
+"""
+
+from __future__ import annotations
+
+import difflib
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from drip.course import (
+    FRONT_MATTER_KEYS,
+    CourseSettings,
+    LessonFile,
+    parse_course_settings,
+    read_course_toml,
+    read_lesson_files,
+)
+from drip.errors import CourseError
+
+SUBJECT_WARN_WIDTH = 44
+"""Display columns (a full-width character counts 2) a phone inbox shows on one line, roughly."""
+SUBJECT_MAX_WIDTH = 60
+PREHEADER_MAX_WIDTH = 200
+MAX_DELAY_DAYS = 365
+SENTENCE_ENDINGS = tuple("。．.!！?？」』）)…】〕”’♪")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    line: int
+    message: str
+    error: bool = True
+
+    def __str__(self) -> str:
+        kind = "error" if self.error else "warning"
+        return f"{self.path}:{self.line}: {kind}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A unit of text the reader sees: a heading, a paragraph, a list item or a table row."""
+
+    kind: str
+    text: str
+    line: int
+    """1-based line within the Markdown it was parsed from."""
+
+    def names(self) -> tuple[str, ...]:
+        """How `omit` in course.toml may name this block: its text, or `## heading` form."""
+        if self.kind.startswith("h"):
+            return (self.text, f"{'#' * int(self.kind[1:])} {self.text}")
+        return (self.text,)
+
+
+def _parser() -> MarkdownIt:
+    return MarkdownIt("commonmark", {"html": True}).enable("table")
+
+
+def markdown_blocks(markdown: str) -> list[Block]:
+    """The text units of a Markdown document, in reading order.
+
+    A list item yields its own paragraph (nested items follow as their own blocks); a table row
+    yields its cells joined by " | ", so rows compare like the source's pipe-separated lines.
+    """
+    blocks: list[Block] = []
+    tokens = _parser().parse(markdown)
+    context: list[str] = []
+    row: list[str] = []
+    row_line = 0
+    for index, token in enumerate(tokens):
+        if token.type in ("heading_open", "list_item_open", "tr_open"):
+            context.append(token.type)
+            if token.type == "tr_open":
+                row, row_line = [], _line(token)
+        elif token.type in ("heading_close", "list_item_close", "tr_close"):
+            context.pop()
+            if token.type == "tr_close":
+                blocks.append(Block("row", " | ".join(row), row_line))
+        elif token.type == "inline":
+            opener = tokens[index - 1]
+            text = token.content.strip()
+            if opener.type in ("th_open", "td_open"):
+                row.append(text)
+            elif opener.type == "heading_open":
+                blocks.append(Block(opener.tag, text, _line(opener)))
+            elif context and context[-1] == "list_item_open":
+                blocks.append(Block("item", text, _line(token)))
+            else:
+                blocks.append(Block("paragraph", text, _line(token)))
+    return blocks
+
+
+def _line(token: Token) -> int:
+    return token.map[0] + 1 if token.map else 1
+
+
+def display_width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def ends_mid_sentence(block: Block) -> bool:
+    """True when a paragraph or list item does not end like a finished sentence."""
+    if block.kind not in ("paragraph", "item"):
+        return False
+    return not block.text.rstrip().endswith(SENTENCE_ENDINGS)
+
+
+def _key_line(file: LessonFile, key: str) -> int:
+    for number, line in enumerate(file.path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith(f"{key}:"):
+            return number
+    return 2
+
+
+def check_lesson_file(file: LessonFile, number: int) -> list[Problem]:
+    """Front matter and body problems of one lesson file. `number` is its position in the course."""
+    problems: list[Problem] = []
+    front = file.front_matter
+
+    def problem(key: str, message: str, error: bool = True) -> None:
+        problems.append(Problem(file.path, _key_line(file, key), message, error))
+
+    if not front:
+        problems.append(Problem(file.path, 1, "no front matter; start the file with '---'"))
+    for key in front:
+        if key not in FRONT_MATTER_KEYS:
+            problem(key, f"unknown front-matter key '{key}' (known: {', '.join(FRONT_MATTER_KEYS)})")
+    for key in FRONT_MATTER_KEYS:
+        if front and key not in front:
+            problems.append(Problem(file.path, 1, f"front matter is missing '{key}'"))
+    subject = front.get("subject")
+    if "subject" in front and (not isinstance(subject, str) or not subject.strip()):
+        problem("subject", "'subject' must be non-empty text")
+    elif isinstance(subject, str):
+        width = display_width(subject.strip())
+        if width > SUBJECT_MAX_WIDTH:
+            problem(
+                "subject",
+                f"subject is {width} columns wide (full-width characters count 2); at most"
+                f" {SUBJECT_MAX_WIDTH} fit a phone inbox: shorten it",
+            )
+        elif width > SUBJECT_WARN_WIDTH:
+            problem("subject", f"subject is {width} columns wide; phones cut it after about"
+                    f" {SUBJECT_WARN_WIDTH}", error=False)
+    preheader = front.get("preheader")
+    if "preheader" in front and not isinstance(preheader, str):
+        problem("preheader", "'preheader' must be text")
+    elif isinstance(preheader, str):
+        if not preheader.strip():
+            problem("preheader", "preheader is empty; inboxes will show the body's first words",
+                    error=False)
+        elif display_width(preheader) > PREHEADER_MAX_WIDTH:
+            problem("preheader", f"preheader is longer than {PREHEADER_MAX_WIDTH} columns")
+    delay = front.get("delay_days")
+    if "delay_days" in front:
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+            problem("delay_days", f"delay_days must be a whole number of days, 0 or more, not {delay!r}")
+        elif delay > MAX_DELAY_DAYS:
+            problem("delay_days", f"delay_days {delay} is more than a year; is that a typo?")
+        elif number == 1 and delay != 0:
+            problem("delay_days", "the first lesson goes out at confirmation: set delay_days: 0")
+    blocks = markdown_blocks(file.body)
+    if not blocks:
+        problems.append(Problem(file.path, file.body_line, "the lesson has no text"))
+    else:
+        last = blocks[-1]
+        line = file.body_line + last.line - 1
+        if last.kind in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            problems.append(Problem(file.path, line, "the lesson ends with a heading"))
+        elif ends_mid_sentence(last):
+            problems.append(Problem(
+                file.path, line,
+                f"the lesson ends mid-sentence (…{last.text[-20:]}); no reader may get a broken"
+                " sentence: finish it, or cut the unfinished part (and list it under 'omit'"
+                " in course.toml)",
+            ))
+    return problems
+
+
+def check_coverage(
+    settings: CourseSettings, course_dir: Path, files: list[LessonFile]
+) -> list[Problem]:
+    """Compare the lessons, in course order, with the source article block by block.
+
+    A source block in no lesson (and not listed in `omit`) or a block out of order is an error;
+    a block repeated is an error; text that is not from the source is a warning.
+    """
+    if settings.source is None:
+        return []
+    source_path = course_dir / settings.source
+    try:
+        source_blocks = markdown_blocks(source_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [Problem(course_dir / "course.toml", 1, f"source {source_path}: {exc.strerror}")]
+    omit = {entry.strip() for entry in settings.omit}
+    problems = [
+        Problem(course_dir / "course.toml", 1, f"omit lists {entry!r}, which is not in the source")
+        for entry in sorted(omit)
+        if not any(entry in block.names() for block in source_blocks)
+    ]
+    expected = [block for block in source_blocks if not omit.intersection(block.names())]
+    actual: list[tuple[LessonFile, Block]] = [
+        (file, block) for file in files for block in markdown_blocks(file.body)
+    ]
+    source_texts = Counter(block.text for block in source_blocks)
+    matcher = difflib.SequenceMatcher(
+        a=[block.text for block in expected], b=[block.text for _, block in actual], autojunk=False
+    )
+    for tag, a0, a1, b0, b1 in matcher.get_opcodes():
+        if tag in ("delete", "replace"):
+            for block in expected[a0:a1]:
+                problems.append(Problem(
+                    source_path, block.line,
+                    f"this source text is in no lesson, or out of order: {block.text[:40]}…"
+                    " (add it back, or list it under 'omit' in course.toml)",
+                ))
+        if tag in ("insert", "replace"):
+            for file, block in actual[b0:b1]:
+                line = file.body_line + block.line - 1
+                if source_texts[block.text]:
+                    problems.append(Problem(
+                        file.path, line,
+                        f"this text is repeated or out of the source's order: {block.text[:40]}…",
+                    ))
+                else:
+                    problems.append(Problem(
+                        file.path, line, f"this text is not in the source: {block.text[:40]}…",
+                        error=False,
+                    ))
+    return problems
+
+
+def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
+    """Every problem found in the course directory and the email templates, errors first."""
+    toml_path = course_dir / "course.toml"
+    try:
+        settings = parse_course_settings(read_course_toml(course_dir), toml_path)
+        files = read_lesson_files(course_dir / "lessons")
+    except CourseError as exc:
+        return [Problem(toml_path, 1, str(exc))]
+    problems: list[Problem] = []
+    by_slug: dict[str, LessonFile] = {}
+    positions = Counter(file.position for file in files)
+    for file in files:
+        if file.slug in by_slug:
+            problems.append(Problem(file.path, 1, f"duplicate slug '{file.slug}' (also"
+                                    f" {by_slug[file.slug].path.name}); slugs must be unique"))
+        by_slug.setdefault(file.slug, file)
+        if positions[file.position] > 1:
+            problems.append(Problem(file.path, 1, f"two lesson files have number {file.position:02d}"))
+    order = list(settings.lessons) or [file.slug for file in files]
+    for slug, count in Counter(order).items():
+        if count > 1:
+            problems.append(Problem(toml_path, 1, f"lessons lists '{slug}' {count} times"))
+    for slug in order:
+        if slug not in by_slug:
+            problems.append(Problem(toml_path, 1, f"lessons lists '{slug}' but there is no"
+                                    f" lessons/NN-{slug}.md"))
+    for file in files:
+        if file.slug not in order:
+            problems.append(Problem(file.path, 1, f"'{file.slug}' is not in course.toml's lessons"
+                                    " list: add it there or delete the file"))
+    ordered = [by_slug[slug] for slug in dict.fromkeys(order) if slug in by_slug]
+    for number, file in enumerate(ordered, start=1):
+        problems.extend(check_lesson_file(file, number))
+    problems.extend(check_coverage(settings, course_dir, ordered))
+    problems.extend(check_rendering(course_dir, templates_dir))
+    return sorted(problems, key=lambda p: (not p.error, str(p.path), p.line))
+
+
+def check_rendering(course_dir: Path, templates_dir: Path) -> list[Problem]:
+    """Template problems (syntax, undefined variables, no unsubscribe link) from the renderer."""
+    from drip.render import check_templates  # rendering depends on jinja2; keep check importable
+
+    problems = []
+    for text in check_templates(templates_dir):
+        location, _, message = text.partition(": ")
+        path, _, line = location.rpartition(":")
+        if path and line.isdigit():
+            problems.append(Problem(Path(path), int(line), message))
+        else:
+            problems.append(Problem(templates_dir, 1, text))
+    return problems
