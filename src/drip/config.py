@@ -6,6 +6,9 @@ and hand the frozen `Settings` to the functions they call.
 
 from __future__ import annotations
 
+import os
+import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,12 @@ class Settings:
     sendgrid_api_url: str = DEFAULT_SENDGRID_API_URL
     smtp_url: str | None = field(default=None, repr=False)
     from_address: str | None = None
-    secret_key: str | None = field(default=None, repr=False)
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    """Link-signing keys from DRIP_SECRET_KEY (comma-separated; the first signs, all verify)."""
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url == DEFAULT_DATABASE_URL
 
 
 def _http_url(name: str, value: str) -> str:
@@ -85,5 +93,41 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         ),
         smtp_url=smtp_url,
         from_address=get("DRIP_FROM") or None,
-        secret_key=get("DRIP_SECRET_KEY") or None,
+        secret_keys=tuple(
+            key.strip() for key in (get("DRIP_SECRET_KEY") or "").split(",") if key.strip()
+        ),
     )
+
+
+LOCAL_SECRET_FILE = Path("drip-secret.key")
+
+
+def signing_keys(settings: Settings) -> tuple[str, ...]:
+    """The keys that sign links. Called by entry points only (it may create a file).
+
+    With DRIP_SECRET_KEY set, those keys. With the embedded SQLite default and no key, a random
+    key kept in `drip-secret.key` beside the database (created on first use, mode 0600), so links
+    keep working across runs. Any other database needs DRIP_SECRET_KEY: every host must sign alike.
+    """
+    if settings.secret_keys:
+        return settings.secret_keys
+    if not settings.uses_embedded_database:
+        raise ConfigError(
+            "DRIP_SECRET_KEY is not set; it signs the links in emails and must be the same on"
+            " every host: set it to a long random string (e.g. python -c 'import secrets;"
+            " print(secrets.token_urlsafe(32))')"
+        )
+    for _ in range(50):
+        try:
+            fd = os.open(LOCAL_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = LOCAL_SECRET_FILE.read_text(encoding="ascii").strip()
+            if key:
+                return (key,)
+            time.sleep(0.01)  # another process created it a moment ago and is writing it
+            continue
+        key = secrets.token_urlsafe(32)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(key + "\n")
+        return (key,)
+    raise ConfigError(f"{LOCAL_SECRET_FILE} is empty; delete it or set DRIP_SECRET_KEY")

@@ -1,0 +1,71 @@
+"""Signed links in emails: confirm, unsubscribe and manage, built from the public base URL.
+
+Tokens are HMAC-signed with itsdangerous; each purpose has its own salt, so a token made for one
+purpose never works for another. Keys rotate: the first key signs, every key verifies. Confirm
+tokens expire; unsubscribe and manage tokens must keep working for as long as the email exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+from drip.errors import DripError
+
+CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
+
+
+class InvalidTokenError(DripError):
+    """A token was tampered with, truncated, made for another purpose, or has expired."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class LinkBuilder:
+    """Builds the links of one deployment. `keys[0]` signs; all keys verify (rotation)."""
+
+    base_url: str
+    keys: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("LinkBuilder needs at least one secret key")
+
+    def _serializer(self, purpose: str) -> URLSafeSerializer:
+        # itsdangerous signs with the last key and verifies with all of them.
+        return URLSafeSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
+
+    def _timed(self, purpose: str) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
+
+    def unsubscribe_url(self, subscriber_id: int) -> str:
+        return f"{self.base_url}/u/{self._serializer('unsubscribe').dumps(subscriber_id)}"
+
+    def manage_url(self, subscriber_id: int) -> str:
+        return f"{self.base_url}/m/{self._serializer('manage').dumps(subscriber_id)}"
+
+    def confirm_url(self, subscriber_id: int) -> str:
+        return f"{self.base_url}/c/{self._timed('confirm').dumps(subscriber_id)}"
+
+    def read(self, purpose: str, token: str, *, now: datetime | None = None) -> int:
+        """The subscriber id a token carries; raises `InvalidTokenError` if it does not verify.
+
+        `purpose` is "unsubscribe", "manage" or "confirm"; confirm tokens older than
+        CONFIRM_MAX_AGE_SECONDS are refused (itsdangerous reads the clock for that check).
+        """
+        try:
+            if purpose == "confirm":
+                value = self._timed(purpose).loads(token, max_age=CONFIRM_MAX_AGE_SECONDS)
+            else:
+                value = self._serializer(purpose).loads(token)
+        except SignatureExpired as exc:
+            raise InvalidTokenError("this confirmation link has expired; subscribe again") from exc
+        except BadSignature as exc:
+            raise InvalidTokenError("this link is not valid (it may be cut short)") from exc
+        if not isinstance(value, int):
+            raise InvalidTokenError("this link is not valid")
+        return value

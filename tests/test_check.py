@@ -1,0 +1,153 @@
+"""`drip course check`: one fixture course per error it must catch, plus the committed course."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from drip.check import Problem, check_course
+from drip.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "templates" / "email"
+
+SOURCE = """はじめに。ようこそ。
+
+## 第一章
+
+第一章の本文です。
+
+- 項目その一。
+
+## 第二章
+
+第二章の本文です。
+"""
+
+LESSONS = {
+    "01-welcome.md": "---\nsubject: ようこそ\npreheader: 始まります\ndelay_days: 0\n---\n\n"
+    "はじめに。ようこそ。\n",
+    "02-first.md": "---\nsubject: 第一章\npreheader: 一\ndelay_days: 2\n---\n\n"
+    "## 第一章\n\n第一章の本文です。\n\n- 項目その一。\n",
+    "03-second.md": "---\nsubject: 第二章\npreheader: 二\ndelay_days: 2\n---\n\n"
+    "## 第二章\n\n第二章の本文です。\n",
+}
+
+TOML = """id = "mini"
+title = "ミニ講座"
+sender_name = "ミニ講座"
+sender_email = "mini@example.com"
+source = "source.md"
+lessons = ["welcome", "first", "second"]
+"""
+
+
+def make_course(tmp_path: Path) -> Path:
+    course = tmp_path / "course"
+    (course / "lessons").mkdir(parents=True)
+    (course / "source.md").write_text(SOURCE, encoding="utf-8")
+    (course / "course.toml").write_text(TOML, encoding="utf-8")
+    for name, text in LESSONS.items():
+        (course / "lessons" / name).write_text(text, encoding="utf-8")
+    return course
+
+
+def edit(course: Path, name: str, old: str, new: str) -> None:
+    path = course / "lessons" / name if name.endswith(".md") else course / name
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def errors(problems: list[Problem]) -> list[str]:
+    return [f"{p.path.name}:{p.line}: {p.message}" for p in problems if p.error]
+
+
+def test_the_fixture_course_is_clean(tmp_path: Path) -> None:
+    assert check_course(make_course(tmp_path), TEMPLATES) == []
+
+
+def test_the_committed_course_passes(tmp_path: Path) -> None:
+    problems = check_course(ROOT / "course", TEMPLATES)
+    assert errors(problems) == []
+
+
+Mutation = Callable[[Path], None]
+
+CASES: list[tuple[str, Mutation, str]] = [
+    ("unknown key", lambda c: edit(c, "02-first.md", "delay_days: 2", "delay_days: 2\nsubjet: x"),
+     "02-first.md:5: unknown front-matter key 'subjet'"),
+    ("missing key", lambda c: edit(c, "02-first.md", "preheader: 一\n", ""),
+     "02-first.md:1: front matter is missing 'preheader'"),
+    ("duplicate slug", lambda c: shutil.copy(c / "lessons" / "02-first.md",
+                                            c / "lessons" / "04-first.md"),
+     "04-first.md:1: duplicate slug 'first'"),
+    ("negative delay", lambda c: edit(c, "03-second.md", "delay_days: 2", "delay_days: -1"),
+     "03-second.md:4: delay_days must be a whole number of days, 0 or more, not -1"),
+    ("text delay", lambda c: edit(c, "03-second.md", "delay_days: 2", "delay_days: two"),
+     "03-second.md:4: delay_days must be a whole number"),
+    ("first lesson delayed", lambda c: edit(c, "01-welcome.md", "delay_days: 0", "delay_days: 1"),
+     "01-welcome.md:4: the first lesson goes out at confirmation"),
+    ("subject too long", lambda c: edit(c, "02-first.md", "subject: 第一章", "subject: " + "長" * 31),
+     "02-first.md:2: subject is 62 columns wide"),
+    ("mid-sentence", lambda c: edit(c, "03-second.md", "第二章の本文です。", "第二章の本文は、"),
+     "03-second.md:8: the lesson ends mid-sentence"),
+    ("not covering", lambda c: edit(c, "02-first.md", "\n- 項目その一。\n", "\n"),
+     "source.md:7: this source text is in no lesson"),
+    ("out of order", lambda c: edit(c, "course.toml", '["welcome", "first", "second"]',
+                                    '["welcome", "second", "first"]'),
+     "this text is repeated or out of the source's order"),
+    ("unlisted lesson", lambda c: edit(c, "course.toml", ', "second"]', "]"),
+     "03-second.md:1: 'second' is not in course.toml's lessons list"),
+    ("ends with heading", lambda c: edit(c, "03-second.md", "第二章の本文です。\n",
+                                         "第二章の本文です。\n\n### 続き\n"),
+     "03-second.md:10: the lesson ends with a heading"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in CASES],
+                         ids=[name for name, _, _ in CASES])
+def test_each_error_is_reported_with_file_and_line(
+    tmp_path: Path, mutate: Mutation, expected: str
+) -> None:
+    course = make_course(tmp_path)
+    mutate(course)
+    found = errors(check_course(course, TEMPLATES))
+    assert any(expected in line for line in found), found
+
+
+def test_undefined_template_variable_and_missing_unsubscribe_link(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    layout = next(p for p in templates.iterdir() if "layout" in p.name and p.suffix == ".j2"
+                  and "html" in p.name)
+    text = layout.read_text(encoding="utf-8")
+    layout.write_text(text.replace("unsubscribe_url", "no_such_variable"), encoding="utf-8")
+    found = "\n".join(errors(check_course(course, templates)))
+    assert "no_such_variable" in found
+    assert "unsubscribe" in found
+
+
+def test_omit_must_name_source_text(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    edit(course, "course.toml", 'source = "source.md"', 'source = "source.md"\nomit = ["無い文"]')
+    assert any("omit lists '無い文'" in line for line in errors(check_course(course, TEMPLATES)))
+
+
+def test_warning_only_exits_zero_and_errors_exit_one(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    runner = CliRunner()
+    env = {"DRIP_TEMPLATES_DIR": str(TEMPLATES)}
+    edit(course, "02-first.md", "preheader: 一", "preheader: ''")
+    ok = runner.invoke(main, ["course", "check", str(course)], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert "warning: preheader is empty" in ok.output
+    edit(course, "02-first.md", "delay_days: 2", "delay_days: -3")
+    bad = runner.invoke(main, ["course", "check", str(course)], env=env)
+    assert bad.exit_code == 1
+    assert "02-first.md:4: error:" in bad.output
