@@ -1,0 +1,215 @@
+"""Engines and the schema: connect to SQLite or PostgreSQL, check and upgrade the revision.
+
+Called by the entry points (CLI, web) with the URL from `Settings.database_url`. The migrations
+ship inside the package (`drip:migrations`), so an installed drip can upgrade any database; no
+alembic.ini is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from drip.errors import ConfigError, DripError
+
+SCRIPT_LOCATION = "drip:migrations"
+# Any fixed 64-bit number: PostgreSQL advisory lock held while the schema is being upgraded, so
+# several processes starting at once upgrade it exactly once.
+UPGRADE_LOCK_KEY = 0x6472_6970  # "drip" in ASCII
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class SchemaError(DripError):
+    """The database schema is not at the revision this version of drip needs."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailableError(DripError):
+    """The database cannot be reached (server down, wrong host, unreadable file)."""
+
+    exit_code = 1
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as it may be shown to people: the password replaced by '***'."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database URL>"
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            "the database URL is not a URL; use sqlite:///path/to/drip.db or"
+            " postgresql+psycopg://user:password@host:5432/dbname"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        # psycopg 3 is the driver drip depends on; plain postgresql:// would mean psycopg2.
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return parsed
+    if backend == "sqlite":
+        return parsed
+    raise ConfigError(
+        f"the database URL {safe_url(parsed)} is not SQLite or PostgreSQL; use"
+        " sqlite:///path/to/drip.db or postgresql+psycopg://user:password@host:5432/dbname"
+    )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # Take transaction control away from the sqlite3 module (it would issue a deferred BEGIN
+    # only before DML); the "begin" listener below issues BEGIN IMMEDIATE instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL needs a lock that a concurrent process may hold.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Take the write lock when the transaction starts, not at its first write: a transaction that
+    # read under a shared lock and then tries to write can fail with SQLITE_BUSY at once (no
+    # busy wait is possible), while BEGIN IMMEDIATE waits up to busy_timeout and then succeeds.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    """An Engine for `url` with drip's connection settings.
+
+    SQLite: WAL, busy_timeout 30 s, synchronous=NORMAL, foreign keys on, and every transaction
+    begins with BEGIN IMMEDIATE (one writer at a time, waiting rather than failing).
+    PostgreSQL: the psycopg 3 driver and pre-ping on checkout (servers restart, idle links die).
+    Connects lazily; raises `ConfigError` for a URL that is neither.
+    """
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+@contextmanager
+def connect(engine: Engine) -> Iterator[Connection]:
+    """A connection from `engine`; a failure to connect raises `DatabaseUnavailableError`."""
+    try:
+        connection = engine.connect()
+    except (OperationalError, DBAPIError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise DatabaseUnavailableError(
+            f"cannot reach the database at {safe_url(engine.url)}: {reason}; check"
+            " DRIP_DATABASE_URL and that the database server is running"
+        ) from exc
+    with connection:
+        yield connection
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """The Alembic configuration, built in code; env.py uses `connection` when given."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this drip."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "drip ships at least one migration"
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The database's revision, or None for a database drip has never touched."""
+    heads = MigrationContext.configure(connection).get_current_heads()
+    return heads[0] if heads else None
+
+
+def _upgrade_connection(connection: Connection) -> str:
+    """Upgrade to head inside one transaction that holds the write lock for its whole length.
+
+    SQLite: BEGIN IMMEDIATE (see `_sqlite_begin`) is the lock; DDL is transactional once the
+    sqlite3 module no longer manages transactions. PostgreSQL: a transaction-scoped advisory lock.
+    Whoever gets the lock second finds the schema at head and does nothing.
+    """
+    head = head_revision()
+    with connection.begin():
+        if connection.dialect.name == "postgresql":
+            lock = text("SELECT pg_advisory_xact_lock(:key)")
+            connection.execute(lock, {"key": UPGRADE_LOCK_KEY})
+        if current_revision(connection) != head:
+            command.upgrade(alembic_config(connection), "head")
+    return head
+
+
+def upgrade(url: str) -> str:
+    """Create or upgrade the schema at `url` to the newest revision; returns that revision.
+
+    Safe to run from several processes at once. Raises `DatabaseUnavailableError` when the
+    database cannot be reached.
+    """
+    engine = make_engine(url)
+    try:
+        with connect(engine) as connection:
+            return _upgrade_connection(connection)
+    finally:
+        engine.dispose()
+
+
+def open_database(url: str, *, auto_upgrade: bool) -> Engine:
+    """An Engine for a database whose schema is at the current revision.
+
+    With `auto_upgrade` (the CLI passes True only for the embedded default `sqlite:///drip.db`)
+    a missing or old schema is created or upgraded here, safely when several processes start at
+    once. Otherwise raises `SchemaError` telling to run `drip db upgrade`; a schema newer than
+    this drip also raises `SchemaError`. Raises `DatabaseUnavailableError` when unreachable.
+    """
+    engine = make_engine(url)
+    try:
+        head = head_revision()
+        with connect(engine) as connection:
+            with connection.begin():
+                current = current_revision(connection)
+            if current == head:
+                return engine
+            known = {
+                script.revision
+                for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+            }
+            if current is not None and current not in known:
+                raise SchemaError(
+                    f"the database at {safe_url(url)} is at revision {current}, which this"
+                    " version of drip does not know (it was upgraded by a newer drip);"
+                    " install that newer drip"
+                )
+            if not auto_upgrade:
+                state = "has no drip schema" if current is None else f"is at revision {current}"
+                raise SchemaError(
+                    f"the database at {safe_url(url)} {state}, not at the current revision"
+                    f" {head}; run 'drip db upgrade' (with DRIP_DATABASE_URL set) first"
+                )
+            _upgrade_connection(connection)
+        return engine
+    except BaseException:
+        engine.dispose()
+        raise

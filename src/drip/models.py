@@ -1,0 +1,230 @@
+"""SQLAlchemy 2.0 models: subscribers, the delivery ledger and provider events.
+
+The schema itself is created by the Alembic migrations in `drip.migrations`; these models must
+match them (a test compares the two). Only `drip.store` builds queries against these tables.
+
+Invariants the store keeps (and the send query relies on):
+- `Subscriber.next_send_at` is NULL unless the subscriber is 'active' and has a `next_lesson`,
+  so the partial index on (course_id, next_send_at) holds only candidates for sending.
+- One `Delivery` row per (subscriber, lesson slug), ever: the ledger that makes a lesson go out at
+  most once, whatever runs crash or overlap.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+# SQLite keeps datetimes as text and compares them as strings, so every value must be written in
+# one fixed-width format; this is SQLAlchemy's default, pinned here so it can never drift.
+SQLITE_DATETIME_FORMAT = (
+    "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime in Python, a naive UTC timestamp in the database.
+
+    Writing a naive datetime raises ValueError: a naive value has no defined instant, and
+    guessing would silently shift schedules. Values read back are aware (tzinfo=UTC).
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            pinned = sqlite.DATETIME(storage_format=SQLITE_DATETIME_FORMAT)  # type: ignore[no-untyped-call]
+            return dialect.type_descriptor(pinned)
+        return dialect.type_descriptor(DateTime(timezone=False))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise ValueError(f"expected an aware datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"naive datetime {value.isoformat()} refused: pass an aware datetime (UTC)"
+            )
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class SubscriberStatus(enum.StrEnum):
+    """Where one enrolment stands. The last three are suppressions: never mailed again."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+SUPPRESSED_STATUSES = frozenset(
+    {SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED}
+)
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Where one (subscriber, lesson) send stands in the ledger."""
+
+    SENDING = "sending"
+    """Claimed by a run whose lease has not been settled yet."""
+    SENT = "sent"
+    """The provider accepted it."""
+    RETRY = "retry"
+    """Known not sent; will be claimed again when the subscriber is due."""
+    FAILED = "failed"
+    """Permanently refused by the provider; the subscriber is held for the operator."""
+    IN_DOUBT = "in_doubt"
+    """Maybe sent (crash or a lost response); an operator or a provider event decides."""
+
+
+def _check_in(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(member.value) for member in values)})"
+
+
+# Integer on SQLite so the primary key is the rowid (auto-increment without a sequence).
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012 (SQLAlchemy's API)
+
+
+class Subscriber(Base):
+    """One person's enrolment in one course. `email` is normalised lower-case."""
+
+    __tablename__ = "subscribers"
+    __table_args__ = (
+        UniqueConstraint("course_id", "email", name="uq_subscribers_course_id_email"),
+        CheckConstraint(_check_in("status", SubscriberStatus), name="status"),
+        # The send query: "who in this course is due by now" must be an index probe even among a
+        # million subscribers, so only rows that have a next send at all are indexed.
+        Index(
+            "ix_subscribers_due",
+            "course_id",
+            "next_send_at",
+            sqlite_where="next_send_at IS NOT NULL",
+            postgresql_where="next_send_at IS NOT NULL",
+        ),
+        Index("ix_subscribers_email", "email"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    course_id: Mapped[str] = mapped_column(String(100))
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    consent_at: Mapped[datetime]
+    consent_source: Mapped[str] = mapped_column(String(300))
+    confirmed_at: Mapped[datetime | None]
+    paused_at: Mapped[datetime | None]
+    status_changed_at: Mapped[datetime]
+    confirmation_sent_at: Mapped[datetime | None]
+    next_lesson: Mapped[str | None] = mapped_column(String(100))
+    next_send_at: Mapped[datetime | None]
+    last_sent_at: Mapped[datetime | None]
+
+
+class Delivery(Base):
+    """The ledger: one row per (subscriber, lesson) ever sent or being sent."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "lesson", name="uq_deliveries_subscriber_id_lesson"),
+        CheckConstraint(_check_in("status", DeliveryStatus), name="status"),
+        Index("ix_deliveries_course_id_status", "course_id", "status"),
+        # release_claims looks up the 'sending' rows of one run; few rows are 'sending' at once.
+        Index(
+            "ix_deliveries_sending_run",
+            "run_id",
+            sqlite_where="status = 'sending'",
+            postgresql_where="status = 'sending'",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("subscribers.id", ondelete="CASCADE")
+    )
+    course_id: Mapped[str] = mapped_column(String(100))
+    lesson: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime]
+    lease_until: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[str | None] = mapped_column(Text)
+    """Why it is in this state (provider reply, error); never holds secrets."""
+    updated_at: Mapped[datetime]
+
+
+class Event(Base):
+    """An event reported by a provider (webhook), stored once per provider event id."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("provider", "provider_event_id", name="uq_events_provider_event"),
+        Index("ix_events_delivery_id", "delivery_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_event_id: Mapped[str | None] = mapped_column(String(200))
+    delivery_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("deliveries.id", ondelete="SET NULL")
+    )
+    subscriber_id: Mapped[int | None] = mapped_column(BigIntId)
+    type: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        JSON().with_variant(postgresql.JSONB(), "postgresql")
+    )
+
+
+# The tables, for the Core statements of the store's hot paths.
+subscribers = cast(Table, Subscriber.__table__)
+deliveries = cast(Table, Delivery.__table__)
+events = cast(Table, Event.__table__)
