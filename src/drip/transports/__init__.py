@@ -1,0 +1,65 @@
+"""Ways out for email: SendGrid, SMTP, a local outbox directory, and memory (tests).
+
+`make_transport(settings)` picks one from `Settings.transport`; everything speaks the `Transport`
+protocol of `drip.transports.base`.
+"""
+
+from __future__ import annotations
+
+from drip.config import Settings
+from drip.errors import ConfigError
+from drip.transports.base import (
+    FatalTransportError,
+    Outcome,
+    SendResult,
+    Transport,
+    TransportBase,
+)
+
+__all__ = [
+    "FatalTransportError",
+    "Outcome",
+    "SendResult",
+    "Transport",
+    "TransportBase",
+    "make_transport",
+]
+
+
+def make_transport(settings: Settings, *, message_id_domain: str | None = None) -> Transport:
+    """The transport `settings.transport` names, configured from `settings`.
+
+    `message_id_domain` is the right-hand side of Message-IDs for SMTP and the outbox; by
+    default the domain of `settings.from_address`, else each sender's domain. Modules are
+    imported here so that choosing the outbox does not load the SendGrid client. Raises
+    `ConfigError` for an unknown transport or a missing key / URL.
+    """
+    domain = message_id_domain
+    if domain is None and settings.from_address and "@" in settings.from_address:
+        domain = settings.from_address.rpartition("@")[2].strip(" >") or None
+    kind = settings.transport
+    if kind == "sendgrid":
+        from drip.transports.sendgrid import SendGridTransport
+
+        if not settings.sendgrid_api_key:
+            raise ConfigError("DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your key")
+        return SendGridTransport(settings.sendgrid_api_key, base_url=settings.sendgrid_api_url)
+    if kind == "smtp":
+        from drip.transports.smtp import SmtpTransport
+
+        if not settings.smtp_url:
+            raise ConfigError(
+                "DRIP_TRANSPORT=smtp needs DRIP_SMTP_URL, e.g. smtp://user:pass@host:587"
+            )
+        return SmtpTransport(settings.smtp_url, message_id_domain=domain)
+    if kind == "outbox":
+        from drip.transports.outbox import OutboxTransport
+
+        return OutboxTransport(settings.outbox_dir, message_id_domain=domain)
+    if kind == "memory":
+        from drip.transports.memory import MemoryTransport
+
+        return MemoryTransport()
+    raise ConfigError(
+        f"transport {kind!r} is unknown; set DRIP_TRANSPORT to sendgrid, smtp or outbox"
+    )

@@ -1,0 +1,128 @@
+"""What every transport promises: one `SendResult` per email, outcomes instead of exceptions.
+
+The delivery service hands a batch of `OutgoingEmail` values to `Transport.send` and records each
+returned `SendResult` in the ledger. The outcome decides what the ledger does with the row:
+
+- `SENT`: the provider (or relay, or outbox directory) accepted the message.
+- `RETRY`: nothing was accepted; try again later (after `retry_after` seconds when given).
+- `FAILED`: the provider refused this message for good (bad address, too large...).
+- `IN_DOUBT`: the request was written but its answer was lost; the message may or may not have
+  been accepted. Never retried silently: the ledger records it and a reconcile step decides.
+
+A problem that concerns the whole run (bad API key, SMTP authentication refused) is not an
+outcome: `send` raises `FatalTransportError`, carrying the results it already has.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from drip.errors import DripError
+from drip.message import OutgoingEmail
+
+
+class Outcome(enum.Enum):
+    """How one send attempt ended, from the ledger's point of view (see the module docstring)."""
+
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    IN_DOUBT = "in_doubt"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The outcome for one email.
+
+    `provider_id` is the provider's message id (SendGrid X-Message-Id, the outbox file name...)
+    when the message was accepted. `retry_after` is a hint in seconds for `RETRY`. `detail` is a
+    short human-readable reason; it never contains a secret (API key, SMTP password).
+    """
+
+    delivery_id: str
+    outcome: Outcome
+    provider_id: str | None = None
+    retry_after: float | None = None
+    detail: str = ""
+
+
+class FatalTransportError(DripError):
+    """The transport cannot send anything in this run (401/403, SMTP authentication refused).
+
+    The run must stop. `results` holds the results for the emails of the failing `send` call that
+    were handled before the fatal answer (in input order, possibly empty): those messages really
+    were sent or refused and must be recorded as such; the email that met the fatal answer and all
+    later ones were not sent and have no result.
+    """
+
+    def __init__(self, message: str, results: Sequence[SendResult] = ()) -> None:
+        super().__init__(message)
+        self.results: tuple[SendResult, ...] = tuple(results)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A way out for email. Implementations: sendgrid, smtp, outbox, memory.
+
+    `send` returns exactly one result per input email, in the same order. It does not raise for
+    problems of one message or a temporary outage (those are outcomes); it raises only
+    `FatalTransportError`. `close` releases connections and may be called more than once.
+    """
+
+    name: str
+
+    def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class TransportBase:
+    """Context-manager plumbing shared by the concrete transports (`with make_transport(...)`)."""
+
+    name = "base"
+
+    def close(self) -> None:
+        """Release resources; the default has none."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def not_attempted(emails: Sequence[OutgoingEmail], reason: str, retry_after: float | None) -> list[
+    SendResult
+]:
+    """`RETRY` results for emails a transport chose not to try after an outage-like answer.
+
+    Used after a 429, a 5xx, a refused connection or an in-doubt answer: hammering a service
+    that is down or throttling us only makes things worse, and the ledger retries them later.
+    """
+    return [
+        SendResult(
+            email.delivery_id,
+            Outcome.RETRY,
+            retry_after=retry_after,
+            detail=f"not attempted: {reason}",
+        )
+        for email in emails
+    ]
