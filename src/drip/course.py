@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import holidays
 import yaml
 
 from drip.errors import CourseError
@@ -116,7 +117,9 @@ def split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str, int]
     try:
         data = yaml.safe_load(raw) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # The context mark points at the construct that is broken (an unclosed list); the
+        # problem mark can point past it, at the end of the text.
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1
         raise CourseError(f"{path}:{line}: front matter is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -199,8 +202,14 @@ def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
             raise CourseError(f'{path}: send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
         send_days = frozenset(WEEKDAYS.index(day.lower()[:3]) for day in days)
     holidays_code = data.get("skip_holidays")
-    if holidays_code is not None and not isinstance(holidays_code, str):
-        raise CourseError(f'{path}: skip_holidays must be a country code such as "JP"')
+    if holidays_code is not None and (
+        not isinstance(holidays_code, str)
+        or holidays_code.upper() not in holidays.list_supported_countries()
+    ):
+        raise CourseError(
+            f'{path}: skip_holidays = {holidays_code!r} is not a country code the holidays'
+            ' library knows; use an ISO code such as "JP"'
+        )
     lessons = data.get("lessons", [])
     if not isinstance(lessons, list) or any(not isinstance(slug, str) for slug in lessons):
         raise CourseError(f"{path}: 'lessons' must be a list of lesson slugs")

@@ -1,0 +1,74 @@
+"""Loading a course: settings validation, front matter, lesson order."""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drip.course import load_course, parse_course_settings, split_front_matter
+from drip.errors import CourseError
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE: dict[str, Any] = {
+    "id": "c", "title": "t", "sender_name": "s", "sender_email": "s@example.com",
+}
+
+
+def test_the_committed_course_loads_with_its_settings() -> None:
+    course = load_course(ROOT / "course")
+    settings = course.settings
+    assert settings.timezone == "Asia/Tokyo"
+    assert settings.send_time == time(7, 30)
+    assert settings.quiet_hours == (time(21, 0), time(7, 0))
+    assert [lesson.number for lesson in course.lessons] == list(range(1, 9))
+    assert course.next_lesson(None) is course.lessons[0]
+    assert course.next_lesson("pitfalls") is None
+    assert course.next_lesson("welcome") is course.lesson("rethink")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"timezone": "Asia/Tokio"}, "is not an IANA zone"),
+        ({"send_time": "7.30"}, "is not a time of day"),
+        ({"send_time": "25:00"}, "is not a time of day"),
+        ({"quiet_hours": ["21:00"]}, "quiet_hours must be"),
+        ({"send_days": ["mon", "funday"]}, "send_days must list weekdays"),
+        ({"skip_holidays": "XX"}, "not a country code"),
+        ({"id": "Has Spaces"}, "must be lowercase"),
+        ({"title": ""}, "'title' must be a non-empty string"),
+        ({"lessons": "welcome"}, "'lessons' must be a list"),
+    ],
+)
+def test_bad_settings_name_the_key(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(CourseError, match=message):
+        parse_course_settings({**BASE, **change}, Path("course.toml"))
+
+
+def test_send_days_and_holidays_are_parsed() -> None:
+    settings = parse_course_settings(
+        {**BASE, "send_days": ["Mon", "friday"], "skip_holidays": "jp"}, Path("course.toml")
+    )
+    assert settings.send_days == frozenset({0, 4})
+    assert settings.skip_holidays == "JP"
+
+
+def test_front_matter_errors_point_at_the_line() -> None:
+    with pytest.raises(CourseError, match=r"x\.md:3: front matter is not valid YAML"):
+        split_front_matter("---\nsubject: a\npreheader: [unclosed\n---\n\nbody\n", Path("x.md"))
+    with pytest.raises(CourseError, match="never closed"):
+        split_front_matter("---\nsubject: a\n", Path("x.md"))
+    front, body, line = split_front_matter("---\nsubject: a\n---\n\nbody\n", Path("x.md"))
+    assert front == {"subject": "a"} and body == "body\n" and line == 5
+
+
+def test_a_listed_lesson_without_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "lessons").mkdir()
+    (tmp_path / "course.toml").write_text(
+        'id = "c"\ntitle = "t"\nsender_name = "s"\nsender_email = "s@example.com"\n'
+        'lessons = ["welcome"]\n', encoding="utf-8")
+    with pytest.raises(CourseError, match="no lessons/NN-welcome.md"):
+        load_course(tmp_path)
