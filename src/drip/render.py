@@ -1,0 +1,512 @@
+"""Course + Lesson + Recipient -> RenderedEmail (subject, preheader, HTML, text, headers).
+
+Pure: reads templates from the directory it is given, never the clock or the environment.
+
+Rendering is split in two so that sending thousands of emails per second stays cheap:
+
+1. Once per lesson (cached): the lesson Markdown is converted (`drip.markup`), the Jinja
+   templates are rendered with every per-recipient value replaced by a *slot marker*, the CSS is
+   inlined (css-inline, the expensive step), and the result is split at the markers. This is done
+   for two variants, with and without a name, so templates may branch on `name`.
+2. Per recipient: the split parts are joined with the recipient's values, HTML-escaped for the
+   HTML part. No Jinja and no CSS work happen per recipient.
+
+Templates therefore may print recipient values (`name`, `unsubscribe_url`, `manage_url`,
+`confirm_url`) and test them with `{% if name %}`, but must not transform them (a filter such as
+`name|upper` would act on the marker); a rendered email whose unsubscribe link went missing is
+refused with `RenderError`.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import css_inline
+import jinja2
+from jinja2 import meta
+from markupsafe import Markup, escape
+
+from drip.course import Course, Lesson
+from drip.errors import DripError
+from drip.markup import convert
+
+LAYOUTS = ("layout.html.j2", "layout.txt.j2")
+LESSON_TEMPLATES = ("lesson.html.j2", "lesson.txt.j2")
+CONFIRMATION_TEMPLATES = ("confirmation.html.j2", "confirmation.txt.j2")
+REQUIRED_TEMPLATES = LAYOUTS + LESSON_TEMPLATES + CONFIRMATION_TEMPLATES
+
+TEMPLATE_VARIABLES: dict[str, tuple[str, ...]] = {
+    "lesson": (
+        "course",  # .id .title .sender_name
+        "lesson",  # .number .total .slug .subject .preheader .is_first .is_last
+        "subject",
+        "preheader",
+        "body_html",
+        "body_text",
+        "time_greeting",
+        "name",
+        "unsubscribe_url",
+        "manage_url",
+    ),
+    "confirmation": ("course", "subject", "preheader", "name", "confirm_url", "unsubscribe_url",
+                     "manage_url"),
+}
+"""The variables each kind of email template receives (lesson.*, confirmation.*)."""
+
+LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
+SLOT_OPEN, SLOT_CLOSE = "\ue000", "\ue001"  # private-use characters: never in real text
+SLOT_RE = re.compile(f"{SLOT_OPEN}([a-z_]+){SLOT_CLOSE}")
+URL_RE = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+")
+BLANK_LINES_RE = re.compile(r"\n{4,}")
+
+
+class RenderError(DripError):
+    """A template cannot produce a valid email (syntax error, undefined variable, no unsubscribe
+    link) or a recipient value is unusable. The message names the template file and line."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who one email is for. The URLs are built by the caller (drip.links) and used verbatim."""
+
+    email: str
+    name: str | None
+    unsubscribe_url: str
+    manage_url: str
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """One rendered email. `headers` holds List-Unsubscribe and List-Unsubscribe-Post."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CourseContext:
+    """What templates see as `course`."""
+
+    id: str
+    title: str
+    sender_name: str
+
+
+@dataclass(frozen=True)
+class LessonContext:
+    """What templates see as `lesson`."""
+
+    number: int
+    total: int
+    slug: str
+    subject: str
+    preheader: str
+    is_first: bool
+    is_last: bool
+
+
+@dataclass(frozen=True)
+class _SlotTemplate:
+    """Rendered text split at slot markers: literal, slot name, literal, slot name, ..., literal."""
+
+    parts: tuple[str, ...]
+
+    @classmethod
+    def split(cls, rendered: str) -> _SlotTemplate:
+        return cls(tuple(SLOT_RE.split(rendered)))
+
+    @property
+    def slots(self) -> frozenset[str]:
+        return frozenset(self.parts[1::2])
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        parts = list(self.parts)
+        parts[1::2] = [values[slot] for slot in self.parts[1::2]]
+        return "".join(parts)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """One email kind (a lesson, or the confirmation) ready for cheap per-recipient rendering."""
+
+    subject: str
+    preheader: str
+    html: Mapping[bool, _SlotTemplate]  # keyed by "the recipient has a name"
+    text: Mapping[bool, _SlotTemplate]
+
+
+def slot(name: str) -> str:
+    """The marker that stands for the per-recipient value `name` during the per-lesson render."""
+    return f"{SLOT_OPEN}{name}{SLOT_CLOSE}"
+
+
+def make_environment(templates_dir: Path) -> jinja2.Environment:
+    """The Jinja environment for email templates: StrictUndefined, autoescape for `*.html.j2`."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html.j2", "html"), default_for_string=False, default=False
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+
+
+def time_greeting(hour: int) -> str:
+    """A greeting that fits the subscriber-local hour lessons are sent at."""
+    if 4 <= hour < 10:
+        return "おはようございます。"
+    if 10 <= hour < 18:
+        return "こんにちは。"
+    return "こんばんは。"
+
+
+def _tidy_text(text: str) -> str:
+    lines = [line.rstrip() for line in text.strip("\n").split("\n")]
+    return BLANK_LINES_RE.sub("\n\n\n", "\n".join(lines)) + "\n"
+
+
+def _error_location(exc: BaseException, templates_dir: Path, fallback: str) -> str:
+    """`file:line` of the innermost template frame of `exc` (Jinja rewrites tracebacks so the
+    template's own file and line appear as frames)."""
+    if isinstance(exc, jinja2.TemplateSyntaxError) and exc.lineno:
+        name = exc.filename or exc.name or fallback
+        return f"{name}:{exc.lineno}"
+    root = str(templates_dir.resolve())
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        filename = frame.filename
+        if filename.endswith(".j2") or str(Path(filename).resolve()).startswith(root):
+            found = f"{filename}:{frame.lineno}"
+    return found or f"{templates_dir / fallback}:1"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, jinja2.UndefinedError):
+        return f"undefined template variable: {exc.message}"
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"template syntax error: {exc.message}"
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return f"template not found: {exc.name}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _inline_css(html: str) -> str:
+    inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+    return inliner.inline(html)
+
+
+class Renderer:
+    """Renders a course's emails. Build one per process (or per send run) and reuse it.
+
+    Each lesson is compiled on first use and cached by the `Lesson` value, so an edited lesson is
+    compiled afresh. Raises `RenderError` (a `DripError`) naming the template file and line when a
+    template is broken, uses an undefined variable, or drops the unsubscribe link.
+    """
+
+    def __init__(self, course: Course, templates_dir: Path) -> None:
+        self.course = course
+        self.templates_dir = templates_dir
+        self.env = make_environment(templates_dir)
+        self.course_context = CourseContext(
+            id=course.settings.id,
+            title=course.settings.title,
+            sender_name=course.settings.sender_name,
+        )
+        self._lessons: dict[Lesson, _Compiled] = {}
+        self._confirmation: _Compiled | None = None
+
+    def template_variables(self) -> dict[str, tuple[str, ...]]:
+        """The variables each email kind's templates receive, for `drip course check`."""
+        return dict(TEMPLATE_VARIABLES)
+
+    # --- per recipient -------------------------------------------------------------------------
+
+    def lesson(self, lesson: Lesson, recipient: Recipient) -> RenderedEmail:
+        """The email for `lesson` addressed to `recipient`; cheap after the lesson's first call."""
+        compiled = self._lessons.get(lesson)
+        if compiled is None:
+            compiled = self._compile_lesson(lesson)
+            self._lessons[lesson] = compiled
+        return self._fill(compiled, recipient, {})
+
+    def confirmation(self, recipient: Recipient, confirm_url: str) -> RenderedEmail:
+        """The double opt-in email asking `recipient` to open `confirm_url`."""
+        if self._confirmation is None:
+            self._confirmation = self._compile_confirmation()
+        return self._fill(
+            self._confirmation, recipient, {"confirm_url": _check_url("confirm_url", confirm_url)}
+        )
+
+    def _fill(
+        self, compiled: _Compiled, recipient: Recipient, extra: Mapping[str, str]
+    ) -> RenderedEmail:
+        name = _clean_name(recipient.name)
+        unsubscribe_url = _check_url("unsubscribe_url", recipient.unsubscribe_url)
+        values = {
+            "name": name or "",
+            "unsubscribe_url": unsubscribe_url,
+            "manage_url": _check_url("manage_url", recipient.manage_url),
+            **extra,
+        }
+        escaped = {key: str(escape(value)) for key, value in values.items()}
+        has_name = name is not None
+        return RenderedEmail(
+            subject=compiled.subject,
+            preheader=compiled.preheader,
+            html=compiled.html[has_name].fill(escaped),
+            text=compiled.text[has_name].fill(values),
+            headers={
+                "List-Unsubscribe": f"<{unsubscribe_url}>",
+                "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
+            },
+        )
+
+    # --- once per lesson -----------------------------------------------------------------------
+
+    def _compile_lesson(self, lesson: Lesson) -> _Compiled:
+        if SLOT_OPEN in lesson.body or SLOT_CLOSE in lesson.body:
+            raise RenderError(
+                f"{lesson.path}:{lesson.body_line}: the lesson contains the private-use characters"
+                " U+E000/U+E001, which drip reserves; remove them"
+            )
+        converted = convert(lesson.body)
+        lessons = self.course.lessons
+        total = len(lessons)
+        position = next(
+            (index for index, known in enumerate(lessons, 1) if known.slug == lesson.slug),
+            lesson.number,
+        )
+        preheader = lesson.preheader or converted.summary
+        context: dict[str, Any] = {
+            "course": self.course_context,
+            "lesson": LessonContext(
+                number=position,
+                total=total,
+                slug=lesson.slug,
+                subject=lesson.subject,
+                preheader=preheader,
+                is_first=position == 1,
+                is_last=position == total,
+            ),
+            "subject": lesson.subject,
+            "preheader": preheader,
+            "body_html": Markup(converted.html),
+            "body_text": converted.text,
+            "time_greeting": time_greeting(self.course.settings.send_time.hour),
+            "unsubscribe_url": slot("unsubscribe_url"),
+            "manage_url": slot("manage_url"),
+        }
+        html = {}
+        text = {}
+        for has_name in (True, False):
+            context["name"] = slot("name") if has_name else None
+            html[has_name] = self._render("lesson.html.j2", context, html=True)
+            text[has_name] = self._render("lesson.txt.j2", context, html=False)
+        return _Compiled(lesson.subject, preheader, html, text)
+
+    def _compile_confirmation(self) -> _Compiled:
+        context: dict[str, Any] = {
+            "course": self.course_context,
+            "confirm_url": slot("confirm_url"),
+            "unsubscribe_url": slot("unsubscribe_url"),
+            "manage_url": slot("manage_url"),
+        }
+        html = {}
+        text = {}
+        subject = preheader = ""
+        for has_name in (True, False):
+            context["name"] = slot("name") if has_name else None
+            module = self._module("confirmation.txt.j2", context)
+            subject = str(getattr(module, "subject", ""))
+            preheader = str(getattr(module, "preheader", ""))
+            if not subject.strip() or SLOT_OPEN in subject + preheader:
+                raise RenderError(
+                    f"{self.templates_dir / 'confirmation.txt.j2'}:1: set a fixed subject and"
+                    ' preheader at the top, e.g. {% set subject = "..." %}; they may not use'
+                    " recipient values"
+                )
+            text[has_name] = self._checked(_tidy_text(str(module)), "confirmation.txt.j2")
+            html_context = {**context, "subject": subject, "preheader": preheader}
+            html[has_name] = self._render("confirmation.html.j2", html_context, html=True)
+            if "confirm_url" not in html[has_name].slots | text[has_name].slots:
+                raise RenderError(
+                    f"{self.templates_dir / 'confirmation.html.j2'}:1: the confirmation email"
+                    " never shows confirm_url; add a link to {{ confirm_url }}"
+                )
+        return _Compiled(subject.strip(), preheader.strip(), html, text)
+
+    def _module(self, name: str, context: Mapping[str, Any]) -> Any:
+        try:
+            return self.env.get_template(name).make_module(dict(context))
+        except jinja2.TemplateError as exc:
+            where = _error_location(exc, self.templates_dir, name)
+            raise RenderError(f"{where}: {_describe(exc)}") from exc
+
+    def _render(self, name: str, context: Mapping[str, Any], *, html: bool) -> _SlotTemplate:
+        try:
+            rendered = self.env.get_template(name).render(context)
+        except jinja2.TemplateError as exc:
+            where = _error_location(exc, self.templates_dir, name)
+            raise RenderError(f"{where}: {_describe(exc)}") from exc
+        return self._checked(_inline_css(rendered) if html else _tidy_text(rendered), name)
+
+    def _checked(self, rendered: str, name: str) -> _SlotTemplate:
+        template = _SlotTemplate.split(rendered)
+        if "unsubscribe_url" not in template.slots:
+            raise RenderError(
+                f"{self.templates_dir / name}:1: the rendered email has no unsubscribe link;"
+                " the layout must show {{ unsubscribe_url }} (配信停止) in every email"
+            )
+        unknown = template.slots - set(TEMPLATE_VARIABLES["confirmation"])
+        if unknown or SLOT_OPEN in "".join(template.parts[::2]):
+            raise RenderError(
+                f"{self.templates_dir / name}:1: a recipient value (name or a URL) was changed by"
+                " a filter; print it as it is, e.g. {{ name }}"
+            )
+        return template
+
+
+def _clean_name(name: str | None) -> str | None:
+    """Drop control and private-use characters (which are also our slot markers); None if empty."""
+    if name is None:
+        return None
+    cleaned = " ".join(
+        "".join(ch if ch.isprintable() and not "\ue000" <= ch <= "\uf8ff" else " " for ch in name)
+        .split()
+    )
+    return cleaned or None
+
+
+def _check_url(field: str, url: str) -> str:
+    if not URL_RE.fullmatch(url):
+        raise RenderError(
+            f"{field} {url[:80]!r} is not a plain http(s) URL (no spaces, quotes, < > or control"
+            " characters); build it with drip.links"
+        )
+    return url
+
+
+# --- drip course check ---------------------------------------------------------------------------
+
+SAMPLE_BODY = """## 見出し
+
+本文の段落です。
+
+- 項目
+  - 入れ子の項目
+
+| 方法 | 特徴 |
+|---|---|
+| A | 一行目<br>二行目 |
+"""
+
+
+def _sample_contexts() -> Iterable[tuple[str, dict[str, Any]]]:
+    """(template kind, context) pairs covering both name variants and first/middle/last lessons."""
+    converted = convert(SAMPLE_BODY)
+    course = CourseContext(id="sample", title="サンプル講座", sender_name="サンプル講座事務局")
+    urls = {
+        "unsubscribe_url": "https://example.com/u/SAMPLE-TOKEN",
+        "manage_url": "https://example.com/m/SAMPLE-TOKEN",
+    }
+    for name in ("山田 太郎", None):
+        for number in (1, 2, 3):
+            lesson = LessonContext(
+                number=number, total=3, slug="sample", subject="件名", preheader="プレヘッダー",
+                is_first=number == 1, is_last=number == 3,
+            )
+            yield "lesson", {
+                "course": course, "lesson": lesson, "subject": "件名", "preheader": "プレヘッダー",
+                "body_html": Markup(converted.html), "body_text": converted.text,
+                "time_greeting": time_greeting(7), "name": name, **urls,
+            }
+        yield "confirmation", {
+            "course": course, "name": name, "confirm_url": "https://example.com/c/SAMPLE-TOKEN",
+            "subject": "件名", "preheader": "プレヘッダー", **urls,
+        }
+
+
+def _referenced_variables(env: jinja2.Environment, name: str, seen: set[str]) -> set[str]:
+    """Variables used by template `name` and by every template it extends, includes or imports."""
+    if name in seen:
+        return set()
+    seen.add(name)
+    assert env.loader is not None
+    source = env.loader.get_source(env, name)[0]
+    ast = env.parse(source)
+    found = set(meta.find_undeclared_variables(ast))
+    for child in meta.find_referenced_templates(ast):
+        if child is not None:
+            found |= _referenced_variables(env, child, seen)
+    return found
+
+
+def check_templates(templates_dir: Path) -> list[str]:
+    """Problems with the email templates, as "file:line: message" strings (empty when fine).
+
+    Reports: missing required templates, syntax errors, undefined variables (each template is
+    rendered with sample data under StrictUndefined), a layout that never uses
+    `unsubscribe_url`, and rendered emails without the unsubscribe link.
+    """
+    if not templates_dir.is_dir():
+        return [f"{templates_dir}: templates directory not found; set DRIP_TEMPLATES_DIR"]
+    env = make_environment(templates_dir)
+    problems: list[str] = []
+
+    def report(message: str) -> None:
+        if message not in problems:
+            problems.append(message)
+
+    broken: set[str] = set()
+    for path in sorted(templates_dir.rglob("*.j2")):
+        name = path.relative_to(templates_dir).as_posix()
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            broken.add(name)
+            report(f"{templates_dir / name}:{exc.lineno}: {_describe(exc)}")
+    for name in REQUIRED_TEMPLATES:
+        if not (templates_dir / name).is_file():
+            broken.add(name)
+            report(f"{templates_dir / name}: missing; every course needs {name}")
+
+    for layout in LAYOUTS:
+        if layout in broken:
+            continue
+        try:
+            used = _referenced_variables(env, layout, set())
+        except jinja2.TemplateError:
+            continue  # reported by the syntax pass or the render pass
+        if "unsubscribe_url" not in used:
+            report(
+                f"{templates_dir / layout}:1: the layout never uses unsubscribe_url; every email"
+                " must show a visible unsubscribe link (配信停止)"
+            )
+
+    for kind, context in _sample_contexts():
+        names = LESSON_TEMPLATES if kind == "lesson" else CONFIRMATION_TEMPLATES
+        for name in names:
+            if name in broken:
+                continue
+            try:
+                rendered = env.get_template(name).render(context)
+            except Exception as exc:  # any failure is a finding, not a crash of `course check`
+                report(f"{_error_location(exc, templates_dir, name)}: {_describe(exc)}")
+                continue
+            if context["unsubscribe_url"] not in rendered:
+                report(
+                    f"{templates_dir / name}:1: the rendered email has no unsubscribe link"
+                    " ({{ unsubscribe_url }}, 配信停止)"
+                )
+    return problems
