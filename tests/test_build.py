@@ -100,7 +100,7 @@ def test_rebuild_refuses_to_overwrite_an_edited_body_without_force(tmp_path: Pat
     other_text = other.read_text(encoding="utf-8")
     other.write_text(other_text.replace("subject:", "subject: 変更"), encoding="utf-8")
 
-    with pytest.raises(UsageError, match="08-lesson-08.md"):
+    with pytest.raises(UsageError, match=r"08-lesson-08\.md"):
         build_course(ARTICLE, tmp_path)
     assert last.read_text(encoding="utf-8") == cut  # nothing written
 

@@ -79,38 +79,76 @@ def test_the_committed_course_passes(tmp_path: Path) -> None:
 Mutation = Callable[[Path], None]
 
 CASES: list[tuple[str, Mutation, str]] = [
-    ("unknown key", lambda c: edit(c, "02-first.md", "delay_days: 2", "delay_days: 2\nsubjet: x"),
-     "02-first.md:5: unknown front-matter key 'subjet'"),
-    ("missing key", lambda c: edit(c, "02-first.md", "preheader: 一\n", ""),
-     "02-first.md:1: front matter is missing 'preheader'"),
-    ("duplicate slug", lambda c: shutil.copy(c / "lessons" / "02-first.md",
-                                            c / "lessons" / "04-first.md"),
-     "04-first.md:1: duplicate slug 'first'"),
-    ("negative delay", lambda c: edit(c, "03-second.md", "delay_days: 2", "delay_days: -1"),
-     "03-second.md:4: delay_days must be a whole number of days, 0 or more, not -1"),
-    ("text delay", lambda c: edit(c, "03-second.md", "delay_days: 2", "delay_days: two"),
-     "03-second.md:4: delay_days must be a whole number"),
-    ("first lesson delayed", lambda c: edit(c, "01-welcome.md", "delay_days: 0", "delay_days: 1"),
-     "01-welcome.md:4: the first lesson goes out at confirmation"),
-    ("subject too long", lambda c: edit(c, "02-first.md", "subject: 第一章", "subject: " + "長" * 31),
-     "02-first.md:2: subject is 62 columns wide"),
-    ("mid-sentence", lambda c: edit(c, "03-second.md", "第二章の本文です。", "第二章の本文は、"),
-     "03-second.md:8: the lesson ends mid-sentence"),
-    ("not covering", lambda c: edit(c, "02-first.md", "\n- 項目その一。\n", "\n"),
-     "source.md:7: this source text is in no lesson"),
-    ("out of order", lambda c: edit(c, "course.toml", '["welcome", "first", "second"]',
-                                    '["welcome", "second", "first"]'),
-     "this text is repeated or out of the source's order"),
-    ("unlisted lesson", lambda c: edit(c, "course.toml", ', "second"]', "]"),
-     "03-second.md:1: 'second' is not in course.toml's lessons list"),
-    ("ends with heading", lambda c: edit(c, "03-second.md", "第二章の本文です。\n",
-                                         "第二章の本文です。\n\n### 続き\n"),
-     "03-second.md:10: the lesson ends with a heading"),
+    (
+        "unknown key",
+        lambda c: edit(c, "02-first.md", "delay_days: 2", "delay_days: 2\nsubjet: x"),
+        "02-first.md:5: unknown front-matter key 'subjet'",
+    ),
+    (
+        "missing key",
+        lambda c: edit(c, "02-first.md", "preheader: 一\n", ""),
+        "02-first.md:1: front matter is missing 'preheader'",
+    ),
+    (
+        "duplicate slug",
+        lambda c: shutil.copy(c / "lessons" / "02-first.md", c / "lessons" / "04-first.md"),
+        "04-first.md:1: duplicate slug 'first'",
+    ),
+    (
+        "negative delay",
+        lambda c: edit(c, "03-second.md", "delay_days: 2", "delay_days: -1"),
+        "03-second.md:4: delay_days must be a whole number of days, 0 or more, not -1",
+    ),
+    (
+        "text delay",
+        lambda c: edit(c, "03-second.md", "delay_days: 2", "delay_days: two"),
+        "03-second.md:4: delay_days must be a whole number",
+    ),
+    (
+        "first lesson delayed",
+        lambda c: edit(c, "01-welcome.md", "delay_days: 0", "delay_days: 1"),
+        "01-welcome.md:4: the first lesson goes out at confirmation",
+    ),
+    (
+        "subject too long",
+        lambda c: edit(c, "02-first.md", "subject: 第一章", "subject: " + "長" * 31),
+        "02-first.md:2: subject is 62 columns wide",
+    ),
+    (
+        "mid-sentence",
+        lambda c: edit(c, "03-second.md", "第二章の本文です。", "第二章の本文は、"),
+        "03-second.md:8: the lesson ends mid-sentence",
+    ),
+    (
+        "not covering",
+        lambda c: edit(c, "02-first.md", "\n- 項目その一。\n", "\n"),
+        "source.md:7: this source text is in no lesson",
+    ),
+    (
+        "out of order",
+        lambda c: edit(
+            c, "course.toml", '["welcome", "first", "second"]', '["welcome", "second", "first"]'
+        ),
+        "this text is repeated or out of the source's order",
+    ),
+    (
+        "unlisted lesson",
+        lambda c: edit(c, "course.toml", ', "second"]', "]"),
+        "03-second.md:1: 'second' is not in course.toml's lessons list",
+    ),
+    (
+        "ends with heading",
+        lambda c: edit(
+            c, "03-second.md", "第二章の本文です。\n", "第二章の本文です。\n\n### 続き\n"
+        ),
+        "03-second.md:10: the lesson ends with a heading",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in CASES],
-                         ids=[name for name, _, _ in CASES])
+@pytest.mark.parametrize(
+    ("mutate", "expected"), [(m, e) for _, m, e in CASES], ids=[name for name, _, _ in CASES]
+)
 def test_each_error_is_reported_with_file_and_line(
     tmp_path: Path, mutate: Mutation, expected: str
 ) -> None:
@@ -124,8 +162,11 @@ def test_undefined_template_variable_and_missing_unsubscribe_link(tmp_path: Path
     course = make_course(tmp_path)
     templates = tmp_path / "templates"
     shutil.copytree(TEMPLATES, templates)
-    layout = next(p for p in templates.iterdir() if "layout" in p.name and p.suffix == ".j2"
-                  and "html" in p.name)
+    layout = next(
+        p
+        for p in templates.iterdir()
+        if "layout" in p.name and p.suffix == ".j2" and "html" in p.name
+    )
     text = layout.read_text(encoding="utf-8")
     layout.write_text(text.replace("unsubscribe_url", "no_such_variable"), encoding="utf-8")
     found = "\n".join(errors(check_course(course, templates)))

@@ -13,7 +13,10 @@ from drip.errors import CourseError
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE: dict[str, Any] = {
-    "id": "c", "title": "t", "sender_name": "s", "sender_email": "s@example.com",
+    "id": "c",
+    "title": "t",
+    "sender_name": "s",
+    "sender_email": "s@example.com",
 }
 
 
@@ -69,6 +72,8 @@ def test_a_listed_lesson_without_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "lessons").mkdir()
     (tmp_path / "course.toml").write_text(
         'id = "c"\ntitle = "t"\nsender_name = "s"\nsender_email = "s@example.com"\n'
-        'lessons = ["welcome"]\n', encoding="utf-8")
-    with pytest.raises(CourseError, match="no lessons/NN-welcome.md"):
+        'lessons = ["welcome"]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(CourseError, match=r"no lessons/NN-welcome\.md"):
         load_course(tmp_path)

@@ -82,7 +82,9 @@ def first_sentence(markdown: str) -> str:
 def course_toml_text(title: str, slugs: list[str]) -> str:
     """The initial `course.toml`, with comments for the author."""
     doc = tomlkit.document()
-    doc.add(tomlkit.comment("The course settings. Edit freely; 'drip course check' validates them."))
+    doc.add(
+        tomlkit.comment("The course settings. Edit freely; 'drip course check' validates them.")
+    )
     doc.add("id", "course")
     doc.add("title", title)
     doc.add("sender_name", title)

@@ -133,7 +133,9 @@ def check_lesson_file(file: LessonFile, number: int) -> list[Problem]:
         problems.append(Problem(file.path, 1, "no front matter; start the file with '---'"))
     for key in front:
         if key not in FRONT_MATTER_KEYS:
-            problem(key, f"unknown front-matter key '{key}' (known: {', '.join(FRONT_MATTER_KEYS)})")
+            problem(
+                key, f"unknown front-matter key '{key}' (known: {', '.join(FRONT_MATTER_KEYS)})"
+            )
     for key in FRONT_MATTER_KEYS:
         if front and key not in front:
             problems.append(Problem(file.path, 1, f"front matter is missing '{key}'"))
@@ -149,21 +151,29 @@ def check_lesson_file(file: LessonFile, number: int) -> list[Problem]:
                 f" {SUBJECT_MAX_WIDTH} fit a phone inbox: shorten it",
             )
         elif width > SUBJECT_WARN_WIDTH:
-            problem("subject", f"subject is {width} columns wide; phones cut it after about"
-                    f" {SUBJECT_WARN_WIDTH}", error=False)
+            problem(
+                "subject",
+                f"subject is {width} columns wide; phones cut it after about {SUBJECT_WARN_WIDTH}",
+                error=False,
+            )
     preheader = front.get("preheader")
     if "preheader" in front and not isinstance(preheader, str):
         problem("preheader", "'preheader' must be text")
     elif isinstance(preheader, str):
         if not preheader.strip():
-            problem("preheader", "preheader is empty; inboxes will show the body's first words",
-                    error=False)
+            problem(
+                "preheader",
+                "preheader is empty; inboxes will show the body's first words",
+                error=False,
+            )
         elif display_width(preheader) > PREHEADER_MAX_WIDTH:
             problem("preheader", f"preheader is longer than {PREHEADER_MAX_WIDTH} columns")
     delay = front.get("delay_days")
     if "delay_days" in front:
         if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-            problem("delay_days", f"delay_days must be a whole number of days, 0 or more, not {delay!r}")
+            problem(
+                "delay_days", f"delay_days must be a whole number of days, 0 or more, not {delay!r}"
+            )
         elif delay > MAX_DELAY_DAYS:
             problem("delay_days", f"delay_days {delay} is more than a year; is that a typo?")
         elif number == 1 and delay != 0:
@@ -177,12 +187,15 @@ def check_lesson_file(file: LessonFile, number: int) -> list[Problem]:
         if last.kind in ("h1", "h2", "h3", "h4", "h5", "h6"):
             problems.append(Problem(file.path, line, "the lesson ends with a heading"))
         elif ends_mid_sentence(last):
-            problems.append(Problem(
-                file.path, line,
-                f"the lesson ends mid-sentence (…{last.text[-20:]}); no reader may get a broken"
-                " sentence: finish it, or cut the unfinished part (and list it under 'omit'"
-                " in course.toml)",
-            ))
+            problems.append(
+                Problem(
+                    file.path,
+                    line,
+                    f"the lesson ends mid-sentence (…{last.text[-20:]}); no reader may get a broken"
+                    " sentence: finish it, or cut the unfinished part (and list it under 'omit'"
+                    " in course.toml)",
+                )
+            )
     return problems
 
 
@@ -218,24 +231,35 @@ def check_coverage(
     for tag, a0, a1, b0, b1 in matcher.get_opcodes():
         if tag in ("delete", "replace"):
             for block in expected[a0:a1]:
-                problems.append(Problem(
-                    source_path, block.line,
-                    f"this source text is in no lesson, or out of order: {block.text[:40]}…"
-                    " (add it back, or list it under 'omit' in course.toml)",
-                ))
+                problems.append(
+                    Problem(
+                        source_path,
+                        block.line,
+                        f"this source text is in no lesson, or out of order: {block.text[:40]}…"
+                        " (add it back, or list it under 'omit' in course.toml)",
+                    )
+                )
         if tag in ("insert", "replace"):
             for file, block in actual[b0:b1]:
                 line = file.body_line + block.line - 1
                 if source_texts[block.text]:
-                    problems.append(Problem(
-                        file.path, line,
-                        f"this text is repeated or out of the source's order: {block.text[:40]}…",
-                    ))
+                    problems.append(
+                        Problem(
+                            file.path,
+                            line,
+                            "this text is repeated or out of the source's order:"
+                            f" {block.text[:40]}…",
+                        )
+                    )
                 else:
-                    problems.append(Problem(
-                        file.path, line, f"this text is not in the source: {block.text[:40]}…",
-                        error=False,
-                    ))
+                    problems.append(
+                        Problem(
+                            file.path,
+                            line,
+                            f"this text is not in the source: {block.text[:40]}…",
+                            error=False,
+                        )
+                    )
     return problems
 
 
@@ -252,23 +276,40 @@ def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
     positions = Counter(file.position for file in files)
     for file in files:
         if file.slug in by_slug:
-            problems.append(Problem(file.path, 1, f"duplicate slug '{file.slug}' (also"
-                                    f" {by_slug[file.slug].path.name}); slugs must be unique"))
+            problems.append(
+                Problem(
+                    file.path,
+                    1,
+                    f"duplicate slug '{file.slug}' (also"
+                    f" {by_slug[file.slug].path.name}); slugs must be unique",
+                )
+            )
         by_slug.setdefault(file.slug, file)
         if positions[file.position] > 1:
-            problems.append(Problem(file.path, 1, f"two lesson files have number {file.position:02d}"))
+            problems.append(
+                Problem(file.path, 1, f"two lesson files have number {file.position:02d}")
+            )
     order = list(settings.lessons) or [file.slug for file in files]
     for slug, count in Counter(order).items():
         if count > 1:
             problems.append(Problem(toml_path, 1, f"lessons lists '{slug}' {count} times"))
     for slug in order:
         if slug not in by_slug:
-            problems.append(Problem(toml_path, 1, f"lessons lists '{slug}' but there is no"
-                                    f" lessons/NN-{slug}.md"))
+            problems.append(
+                Problem(
+                    toml_path, 1, f"lessons lists '{slug}' but there is no lessons/NN-{slug}.md"
+                )
+            )
     for file in files:
         if file.slug not in order:
-            problems.append(Problem(file.path, 1, f"'{file.slug}' is not in course.toml's lessons"
-                                    " list: add it there or delete the file"))
+            problems.append(
+                Problem(
+                    file.path,
+                    1,
+                    f"'{file.slug}' is not in course.toml's lessons"
+                    " list: add it there or delete the file",
+                )
+            )
     ordered = [by_slug[slug] for slug in dict.fromkeys(order) if slug in by_slug]
     for number, file in enumerate(ordered, start=1):
         problems.extend(check_lesson_file(file, number))

@@ -162,7 +162,7 @@ def _parse_time(value: Any, where: str) -> time:
         hours, minutes = (int(part) for part in value.split(":"))
         if hours < 24 and minutes < 60:
             return time(hours, minutes)
-    raise CourseError(f"{where}: {value!r} is not a time of day; write it as \"HH:MM\"")
+    raise CourseError(f'{where}: {value!r} is not a time of day; write it as "HH:MM"')
 
 
 def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
@@ -196,8 +196,10 @@ def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
     days = data.get("send_days")
     send_days = None
     if days is not None:
-        if not isinstance(days, list) or not days or any(
-            not isinstance(day, str) or day.lower()[:3] not in WEEKDAYS for day in days
+        if (
+            not isinstance(days, list)
+            or not days
+            or any(not isinstance(day, str) or day.lower()[:3] not in WEEKDAYS for day in days)
         ):
             raise CourseError(f'{path}: send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
         send_days = frozenset(WEEKDAYS.index(day.lower()[:3]) for day in days)
@@ -207,7 +209,7 @@ def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
         or holidays_code.upper() not in holidays.list_supported_countries()
     ):
         raise CourseError(
-            f'{path}: skip_holidays = {holidays_code!r} is not a country code the holidays'
+            f"{path}: skip_holidays = {holidays_code!r} is not a country code the holidays"
             ' library knows; use an ISO code such as "JP"'
         )
     lessons = data.get("lessons", [])
