@@ -109,9 +109,9 @@ class TransportBase:
         self.close()
 
 
-def not_attempted(emails: Sequence[OutgoingEmail], reason: str, retry_after: float | None) -> list[
-    SendResult
-]:
+def not_attempted(
+    emails: Sequence[OutgoingEmail], reason: str, retry_after: float | None
+) -> list[SendResult]:
     """`RETRY` results for emails a transport chose not to try after an outage-like answer.
 
     Used after a 429, a 5xx, a refused connection or an in-doubt answer: hammering a service

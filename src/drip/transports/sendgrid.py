@@ -149,7 +149,10 @@ def error_text(body: bytes | str | None) -> str:
 
 
 def classify_status(
-    delivery_id: str, status: int, headers: _Headers | None, body: bytes | str | None,
+    delivery_id: str,
+    status: int,
+    headers: _Headers | None,
+    body: bytes | str | None,
     now: datetime,
 ) -> SendResult:
     """Map an HTTP answer from /v3/mail/send to a result (pure).
@@ -176,7 +179,9 @@ def classify_status(
         )
     if status == 429 or status >= 500:
         return SendResult(
-            delivery_id, Outcome.RETRY, retry_after=retry_after_seconds(headers, now),
+            delivery_id,
+            Outcome.RETRY,
+            retry_after=retry_after_seconds(headers, now),
             detail=detail,
         )
     if 400 <= status < 500:
@@ -228,7 +233,10 @@ class SendGridTransport(TransportBase):
             except FatalTransportError as exc:
                 raise FatalTransportError(self._scrub(str(exc)), results) from None
             result = SendResult(
-                result.delivery_id, result.outcome, result.provider_id, result.retry_after,
+                result.delivery_id,
+                result.outcome,
+                result.provider_id,
+                result.retry_after,
                 self._scrub(result.detail),
             )
             results.append(result)
@@ -243,7 +251,8 @@ class SendGridTransport(TransportBase):
             payload = build_payload(email)
         except (SendGridException, ValueError, TypeError) as exc:
             return SendResult(
-                email.delivery_id, Outcome.FAILED,
+                email.delivery_id,
+                Outcome.FAILED,
                 detail=f"cannot build the request: {type(exc).__name__} {exc}"[:MAX_DETAIL],
             )
         try:
@@ -256,15 +265,20 @@ class SendGridTransport(TransportBase):
             )
         except urllib.error.URLError as exc:
             return SendResult(
-                email.delivery_id, Outcome.RETRY,
+                email.delivery_id,
+                Outcome.RETRY,
                 detail=f"request not sent, SendGrid unreachable: {exc.reason}",
             )
         except (OSError, http.client.HTTPException) as exc:
             return SendResult(
-                email.delivery_id, Outcome.IN_DOUBT,
+                email.delivery_id,
+                Outcome.IN_DOUBT,
                 detail=f"request sent, answer lost: {type(exc).__name__} {exc}".strip(),
             )
         return classify_status(
-            email.delivery_id, int(response.status_code), response.headers, response.body,
+            email.delivery_id,
+            int(response.status_code),
+            response.headers,
+            response.body,
             self._clock(),
         )

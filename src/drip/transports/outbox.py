@@ -1,0 +1,117 @@
+"""A local outbox: each email becomes `<delivery_id>.eml` in a directory (try-out, previews, CI).
+
+Files are written atomically (temporary file in the same directory, fsync, `os.replace`, fsync of
+the directory), so a crash leaves either the whole message or none; a stray `.*.tmp` file from a
+killed run is never taken for a message. Writing the same delivery id again replaces the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from drip.errors import DripError
+from drip.message import OutgoingEmail
+from drip.mime import build_mime, to_bytes
+from drip.transports.base import (
+    FatalTransportError,
+    Outcome,
+    SendResult,
+    TransportBase,
+    not_attempted,
+)
+
+# A delivery id becomes a file name: no separators, no leading dot, no surprises.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so readers (and a crash) see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # The rename itself must reach the disk, or a power cut could undo the "sent" file.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class OutboxTransport(TransportBase):
+    """Writes each email as an RFC 5322 `.eml` file (from `drip.mime.build_mime`) under `directory`.
+
+    SENT with `provider_id` = the file name. A delivery id that cannot be a file name is FAILED;
+    a write error is RETRY and stops the batch. Raises `FatalTransportError` when the directory
+    cannot be created.
+    """
+
+    name = "outbox"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        message_id_domain: str | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.directory = Path(directory)
+        self._message_id_domain = message_id_domain
+        self._clock = clock
+
+    def path_for(self, delivery_id: str) -> Path:
+        """Where the message for `delivery_id` is (or would be) written."""
+        return self.directory / f"{delivery_id}.eml"
+
+    def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """Write each email; see `Transport.send`."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FatalTransportError(
+                f"cannot create the outbox directory {self.directory}: {exc.strerror};"
+                " set DRIP_OUTBOX_DIR to a writable directory"
+            ) from None
+        results: list[SendResult] = []
+        for index, email in enumerate(emails):
+            result = self._write(email)
+            results.append(result)
+            if result.outcome is Outcome.RETRY:
+                results.extend(not_attempted(emails[index + 1 :], result.detail, None))
+                break
+        return results
+
+    def _write(self, email: OutgoingEmail) -> SendResult:
+        did = email.delivery_id
+        if not _SAFE_NAME.fullmatch(did):
+            return SendResult(
+                did, Outcome.FAILED, detail=f"delivery id {did!r} cannot be used as a file name"
+            )
+        domain = self._message_id_domain or email.from_address.rpartition("@")[2] or "localhost"
+        try:
+            data = to_bytes(build_mime(email, date=self._clock(), message_id_domain=domain))
+        except (DripError, ValueError, TypeError) as exc:
+            return SendResult(did, Outcome.FAILED, detail=f"cannot build the message: {exc}")
+        path = self.path_for(did)
+        try:
+            write_atomically(path, data)
+        except OSError as exc:
+            return SendResult(did, Outcome.RETRY, detail=f"cannot write {path}: {exc.strerror}")
+        return SendResult(did, Outcome.SENT, provider_id=path.name, detail=f"wrote {path}")

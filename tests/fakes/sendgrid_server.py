@@ -1,0 +1,471 @@
+"""A fake SendGrid v3 Mail Send API on loopback: checks every request, answers from a script.
+
+Script steps (strings, the same in Python and on the command line):
+
+    202            accept: 202, empty body, X-Message-Id header (the default step)
+    400 413 500..  answer that status with a SendGrid-style error body
+    429:N          429 with Retry-After: N (seconds); plain `429` means Retry-After: 1
+    429@T          429 with X-RateLimit-Reset: T (epoch seconds), no Retry-After
+    delay:S        sleep S seconds, then accept (the message counts as accepted: this is the
+                   "answer lost after the provider took it" case when S exceeds the client timeout)
+    reset          read the whole request, then reset the connection (RST); not accepted
+
+Each POST /v3/mail/send takes the next step; when the script is used up, `default` applies.
+Requests are checked first: a wrong or missing `Authorization: Bearer <api_key>` is answered 401
+and a payload that breaks the v3 schema (as drip uses it) 400; both are listed in `problems`
+without using a script step.
+
+As a process: `python -m tests.fakes.sendgrid_server --port 0 --api-key K --script 202,429:2`
+prints the port on its first stdout line and serves until SIGTERM/SIGINT. `GET /_fake/stats`
+returns the counters as JSON; `POST /_fake/script` (a JSON list of steps) appends steps;
+`--record FILE` appends one JSON line per request (flushed, so it survives a SIGKILL of the
+client or the server); `--latency S` delays every answer (benchmarks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+MAIL_SEND_PATH = "/v3/mail/send"
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "personalizations",
+        "from",
+        "reply_to",
+        "reply_to_list",
+        "subject",
+        "content",
+        "attachments",
+        "template_id",
+        "headers",
+        "categories",
+        "custom_args",
+        "send_at",
+        "batch_id",
+        "asm",
+        "ip_pool_name",
+        "mail_settings",
+        "tracking_settings",
+    }
+)
+# Headers SendGrid refuses in `headers` (its docs: reserved, set from other fields).
+RESERVED_HEADERS = frozenset(
+    {
+        "x-sg-id",
+        "x-sg-eid",
+        "received",
+        "dkim-signature",
+        "content-type",
+        "content-transfer-encoding",
+        "to",
+        "from",
+        "subject",
+        "reply-to",
+        "cc",
+        "bcc",
+    }
+)
+REQUIRED_CUSTOM_ARGS = ("drip_delivery_id", "drip_lesson", "drip_subscriber")
+CUSTOM_ARGS_LIMIT = 10_000  # bytes, SendGrid's documented limit
+
+
+def check_mail_send(payload: Any) -> list[str]:
+    """Problems with a v3 Mail Send body as drip sends it; empty when the body is acceptable.
+
+    Checks the parts SendGrid checks (personalizations/to, from, subject, content) plus drip's
+    own contract: both text/plain and text/html, in that order; string-valued headers without
+    reserved names; custom_args with the drip_* keys, all strings, under the size limit.
+    """
+    if not isinstance(payload, dict):
+        return ["body is not a JSON object"]
+    problems = [f"unknown top-level key {key!r}" for key in payload if key not in TOP_LEVEL_KEYS]
+    personalizations = payload.get("personalizations")
+    if not isinstance(personalizations, list) or not personalizations:
+        problems.append("personalizations must be a non-empty list")
+        personalizations = []
+    for i, item in enumerate(personalizations):
+        to = item.get("to") if isinstance(item, dict) else None
+        if not isinstance(to, list) or not to:
+            problems.append(f"personalizations[{i}].to must be a non-empty list")
+            continue
+        for j, rcpt in enumerate(to):
+            if not isinstance(rcpt, dict) or "@" not in str(rcpt.get("email", "")):
+                problems.append(f"personalizations[{i}].to[{j}].email is not an address")
+            elif "name" in rcpt and not isinstance(rcpt["name"], str):
+                problems.append(f"personalizations[{i}].to[{j}].name is not a string")
+    sender = payload.get("from")
+    if not isinstance(sender, dict) or "@" not in str(sender.get("email", "")):
+        problems.append("from.email is missing or not an address")
+    subject = payload.get("subject")
+    if not (isinstance(subject, str) and subject.strip()) and not all(
+        isinstance(p, dict) and isinstance(p.get("subject"), str) for p in personalizations
+    ):
+        problems.append("subject is missing")
+    content = payload.get("content")
+    if not isinstance(content, list):
+        problems.append("content must be a list")
+        content = []
+    types = [c.get("type") if isinstance(c, dict) else None for c in content]
+    if types != ["text/plain", "text/html"]:
+        problems.append(f"content types must be ['text/plain', 'text/html'], got {types}")
+    for k, c in enumerate(content):
+        if not isinstance(c, dict) or not isinstance(c.get("value"), str) or not c["value"]:
+            problems.append(f"content[{k}].value must be a non-empty string")
+    headers = payload.get("headers", {})
+    if not isinstance(headers, dict):
+        problems.append("headers must be an object")
+        headers = {}
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            problems.append(f"header {name!r} is not a string")
+        if name.lower() in RESERVED_HEADERS:
+            problems.append(f"header {name!r} is reserved")
+    custom_args = payload.get("custom_args")
+    if not isinstance(custom_args, dict):
+        problems.append("custom_args must be an object")
+        custom_args = {}
+    for key in REQUIRED_CUSTOM_ARGS:
+        if key not in custom_args:
+            problems.append(f"custom_args.{key} is missing")
+    for key, value in custom_args.items():
+        if not isinstance(value, str):
+            problems.append(f"custom_args.{key} is not a string (SendGrid requires strings)")
+    if len(json.dumps(custom_args).encode()) > CUSTOM_ARGS_LIMIT:
+        problems.append("custom_args exceed 10000 bytes")
+    return problems
+
+
+@dataclass(frozen=True)
+class Step:
+    """One parsed script step (see the module docstring for the notation)."""
+
+    text: str
+    status: int = 202
+    retry_after: str | None = None
+    ratelimit_reset: str | None = None
+    delay: float = 0.0
+    reset: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Step:
+        text = text.strip()
+        if text == "reset":
+            return cls(text, status=0, reset=True)
+        if text.startswith("delay:"):
+            return cls(text, delay=float(text.split(":", 1)[1]))
+        if text.startswith("429@"):
+            return cls(text, status=429, ratelimit_reset=text[4:])
+        if text.startswith("429"):
+            return cls(text, status=429, retry_after=text[4:] if ":" in text else "1")
+        status = int(text)
+        if not 100 <= status <= 599:
+            raise ValueError(f"not an HTTP status: {text}")
+        return cls(text, status=status)
+
+    @property
+    def accepts(self) -> bool:
+        return not self.reset and 200 <= self.status < 300
+
+
+@dataclass
+class Received:
+    """What the fake saw and did for one POST /v3/mail/send."""
+
+    number: int
+    step: str
+    status: int  # 0 when the connection was reset
+    accepted: bool
+    delivery_id: str | None
+    message_id: str | None
+    authorization: str
+    payload: Any = field(repr=False)
+    problems: list[str] = field(default_factory=list)
+
+
+class FakeSendGrid:
+    """The server; use as a context manager or `start()` / `stop()`. Thread-safe counters.
+
+    `api_key`: the only key accepted (None accepts any Bearer token). `script`: steps used in
+    order; `default`: the step once the script is used up. `latency`: seconds added to every
+    answer. `record`: a file receiving one JSON line per request.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = "SG.test-key",
+        script: Iterable[str] = (),
+        default: str = "202",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        record: Path | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.default = Step.parse(default)
+        self.latency = latency
+        self.record = record
+        self._script: deque[Step] = deque(Step.parse(s) for s in script)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.requests: list[Received] = []
+        self.problems: list[str] = []
+        self._server = _Server((host, port), _Handler)
+        self._server.fake = self
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL to give the client (DRIP_SENDGRID_API_URL)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes handlers sleeping in a delay step
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- script and counters ---------------------------------------------------------------
+
+    def add_script(self, *steps: str) -> None:
+        parsed = [Step.parse(s) for s in steps]
+        with self._lock:
+            self._script.extend(parsed)
+
+    def _next_step(self) -> Step:
+        with self._lock:
+            return self._script.popleft() if self._script else self.default
+
+    @property
+    def accepted(self) -> list[Received]:
+        with self._lock:
+            return [r for r in self.requests if r.accepted]
+
+    def accepted_ids(self) -> Counter[str]:
+        """How many times each delivery id was accepted (exactly-once checks)."""
+        return Counter(r.delivery_id or "" for r in self.accepted)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": len(self.requests),
+                "accepted": sum(r.accepted for r in self.requests),
+                "by_status": dict(Counter(str(r.status) for r in self.requests)),
+                "accepted_ids": dict(
+                    Counter(r.delivery_id or "" for r in self.requests if r.accepted)
+                ),
+                "problems": list(self.problems),
+                "script_left": [s.text for s in self._script],
+            }
+
+    def _log(self, received: Received) -> None:
+        with self._lock:
+            self.requests.append(received)
+            self.problems.extend(f"request {received.number}: {p}" for p in received.problems)
+            if self.record is not None:
+                line = {k: v for k, v in asdict(received).items() if k != "payload"}
+                with self.record.open("a", encoding="utf-8") as out:
+                    out.write(json.dumps(line) + "\n")
+                    out.flush()
+
+    def _number(self) -> int:
+        with self._lock:
+            return len(self.requests) + 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeSendGrid
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout test) or a reset we caused: expected, not a failure.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: tests read counters, not access logs."""
+
+    def _reply(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if data:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._reply(
+            status, {"errors": [{"message": message, "field": None, "help": None}]}, headers
+        )
+
+    def do_GET(self) -> None:
+        if self.path == "/_fake/stats":
+            self._reply(200, self.server.fake.stats())
+        else:
+            self._error(404, "not found")
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/_fake/script":
+            fake.add_script(*json.loads(raw))
+            self._reply(200, fake.stats())
+            return
+        if self.path != MAIL_SEND_PATH:
+            self._error(404, f"no such path {self.path}")
+            return
+        number = fake._number()
+        authorization = self.headers.get("Authorization", "")
+        problems: list[str] = []
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = None
+            problems.append("body is not JSON")
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            problems.append("Content-Type is not application/json")
+        problems += check_mail_send(payload) if payload is not None else []
+        custom = payload.get("custom_args", {}) if isinstance(payload, dict) else {}
+        delivery_id = custom.get("drip_delivery_id") if isinstance(custom, dict) else None
+        shown_auth = "Bearer [key]" if authorization.startswith("Bearer ") else authorization
+
+        def log(step: str, status: int, accepted: bool, message_id: str | None = None) -> None:
+            fake._log(
+                Received(
+                    number,
+                    step,
+                    status,
+                    accepted,
+                    delivery_id,
+                    message_id,
+                    shown_auth,
+                    payload,
+                    problems,
+                )
+            )
+
+        if not authorization.startswith("Bearer ") or (
+            fake.api_key is not None and authorization != f"Bearer {fake.api_key}"
+        ):
+            log("auth", 401, False)
+            self._error(401, "The provided authorization grant is invalid, expired, or revoked")
+            return
+        if problems:
+            log("invalid", 400, False)
+            self._error(400, "; ".join(problems))
+            return
+        step = fake._next_step()
+        if fake.latency:
+            time.sleep(fake.latency)
+        if step.reset:
+            log(step.text, 0, False)
+            # SO_LINGER 0: close() sends RST instead of FIN, like a proxy dying mid-request.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if step.accepts:
+            message_id = f"fake-{number}"
+            # Logged before a delay: the provider has the message, only the answer is slow.
+            log(step.text, step.status, True, message_id)
+            if step.delay and fake._stopping.wait(step.delay):
+                return
+            self._reply(step.status, None, {"X-Message-Id": message_id})
+            return
+        headers: dict[str, str] = {}
+        if step.retry_after is not None:
+            headers["Retry-After"] = step.retry_after
+        if step.ratelimit_reset is not None:
+            headers.update(
+                {
+                    "X-RateLimit-Limit": "600",
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": step.ratelimit_reset,
+                }
+            )
+        log(step.text, step.status, False)
+        self._error(step.status, f"scripted {step.text}", headers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--api-key", default=None, help="the only key accepted (default: any)")
+    parser.add_argument("--script", default="", help="comma-separated steps, e.g. 202,429:2,500")
+    parser.add_argument("--default", default="202", help="step once the script is used up")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--record", type=Path, default=None, help="JSON-lines log of requests")
+    args = parser.parse_args(argv)
+    steps = [s for s in args.script.split(",") if s.strip()]
+    fake = FakeSendGrid(
+        api_key=args.api_key,
+        script=steps,
+        default=args.default,
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        record=args.record,
+    )
+    done = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with fake:
+        print(fake.port, flush=True)
+        done.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""A real SMTP server (aiosmtpd) on loopback that answers each transaction from a script.
+
+Script steps (strings, the same in Python and on the command line), one per transaction, taken
+at MAIL FROM:
+
+    250            accept the message (the default step)
+    450 421 550..  answer that code after the final '.' (421 also closes the connection)
+    mail:451       answer MAIL FROM with that code (rcpt:550 likewise for RCPT TO)
+    drop           read the whole message, then drop the connection without a reply
+    mail:drop      drop the connection at MAIL FROM (rcpt:drop likewise)
+
+`messages` lists every message whose data arrived; `accepted` is True for 250 and for `drop`
+(the relay got the message, only the reply is lost: the in-doubt case). With `users` the server
+offers AUTH (and, without TLS, allows it in the clear on loopback); a wrong password gets 535.
+With `tls_context` it offers STARTTLS; with `implicit_tls` the whole connection is TLS (smtps).
+
+As a process: `python -m tests.fakes.smtp_server --port 0 --script 250,450,drop` prints the
+port on its first stdout line and serves until SIGTERM/SIGINT; `--record FILE` appends one JSON
+line per message (flushed at once, so it survives a SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import ssl
+import threading
+import warnings
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+STAGES = ("mail", "rcpt", "end")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One parsed script step (see the module docstring for the notation)."""
+
+    text: str
+    stage: str = "end"
+    code: int = 250
+    drop: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Step:
+        text = text.strip()
+        stage, _, action = text.rpartition(":")
+        stage = stage or "end"
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage in step {text!r}; use mail:, rcpt: or none")
+        if action == "drop":
+            return cls(text, stage, 0, True)
+        code = int(action)
+        if not 200 <= code <= 599:
+            raise ValueError(f"not an SMTP reply code: {text!r}")
+        return cls(text, stage, code)
+
+
+@dataclass
+class ReceivedMessage:
+    """One message whose data reached the server."""
+
+    number: int
+    step: str
+    accepted: bool
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes = field(repr=False)
+    delivery_id: str | None = None
+
+    def parsed(self) -> EmailMessage:
+        """The message as the recipient's mail client would read it."""
+        message = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        return message
+
+
+class FakeSmtp:
+    """The server; use as a context manager or `start()` / `stop()`.
+
+    `users` maps user names to passwords (enables AUTH). `script` steps are used once each, then
+    `default`. Counters: `messages`, `transactions`, `auth_failures`, `logins`.
+    """
+
+    def __init__(
+        self,
+        *,
+        script: Iterable[str] = (),
+        default: str = "250",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        users: Mapping[str, str] | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        record: Path | None = None,
+    ) -> None:
+        self.default = Step.parse(default)
+        self.users = dict(users or {})
+        self.record = record
+        self._script: deque[Step] = deque(Step.parse(s) for s in script)
+        self._lock = threading.Lock()
+        self.messages: list[ReceivedMessage] = []
+        self.transactions = 0
+        self.logins = 0
+        self.auth_failures = 0
+        self._steps: dict[int, Step] = {}
+        kwargs: dict[str, Any] = {}
+        if self.users:
+            kwargs["authenticator"] = self._authenticate
+            # Plain AUTH is allowed only when the test asked for no TLS at all (loopback).
+            kwargs["auth_require_tls"] = tls_context is not None and not implicit_tls
+        if tls_context is not None and not implicit_tls:
+            kwargs["tls_context"] = tls_context
+        self._controller = _Controller(
+            _Handler(self),
+            hostname=host,
+            port=port,
+            ssl_context=tls_context if implicit_tls else None,
+            **kwargs,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return int(self._controller.port)
+
+    def url(self, user: str | None = None, password: str | None = None, query: str = "") -> str:
+        """A DRIP_SMTP_URL pointing here."""
+        scheme = "smtps" if self._controller.ssl_context is not None else "smtp"
+        auth = f"{user}:{password}@" if user is not None else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}" + (f"?{query}" if query else "")
+
+    def start(self) -> Self:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- script and counters ---------------------------------------------------------------
+
+    def add_script(self, *steps: str) -> None:
+        parsed = [Step.parse(s) for s in steps]
+        with self._lock:
+            self._script.extend(parsed)
+
+    def _next_step(self) -> Step:
+        with self._lock:
+            self.transactions += 1
+            return self._script.popleft() if self._script else self.default
+
+    @property
+    def accepted(self) -> list[ReceivedMessage]:
+        with self._lock:
+            return [m for m in self.messages if m.accepted]
+
+    def accepted_ids(self) -> Counter[str]:
+        """How many times each X-Drip-Delivery-Id was accepted (exactly-once checks)."""
+        return Counter(m.delivery_id or "" for m in self.accepted)
+
+    def _store(self, message: ReceivedMessage) -> None:
+        with self._lock:
+            self.messages.append(message)
+            if self.record is not None:
+                line = {
+                    "number": message.number,
+                    "step": message.step,
+                    "accepted": message.accepted,
+                    "delivery_id": message.delivery_id,
+                    "rcpt_tos": message.rcpt_tos,
+                }
+                with self.record.open("a", encoding="utf-8") as out:
+                    out.write(json.dumps(line) + "\n")
+                    out.flush()
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(data, LoginPassword)
+            and self.users.get(data.login.decode()) == data.password.decode()
+        )
+        with self._lock:
+            if ok:
+                self.logins += 1
+            else:
+                self.auth_failures += 1
+        return AuthResult(success=ok, handled=False, auth_data=data)
+
+
+class _Controller(Controller):
+    """Controller that can listen on port 0 and tolerates AUTH without TLS on loopback."""
+
+    def factory(self) -> SMTP:
+        with warnings.catch_warnings():
+            # aiosmtpd warns about AUTH without TLS; the fake allows it on loopback on purpose.
+            warnings.simplefilter("ignore")
+            return super().factory()  # type: ignore[no-any-return]
+
+    def _trigger_server(self) -> None:
+        # Port 0 asks the OS for a free port; learn which one before aiosmtpd connects to it.
+        assert self.server is not None
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+def _reply(server: SMTP, step: Step) -> str:
+    """The reply for a non-accepting step; closes the connection for 421 and drops."""
+    if step.drop:
+        # abort(): no reply, no FIN handshake courtesy; the client sees the connection vanish.
+        assert server.transport is not None
+        server.transport.abort()
+        return "250 OK"  # goes nowhere: the transport is gone
+    if step.code == 421:
+        assert server.transport is not None
+        # close() after the reply is flushed, as a server shutting down does.
+        asyncio.get_running_loop().call_soon(server.transport.close)
+        return f"421 4.3.2 scripted {step.text}"
+    klass = step.code // 100
+    return f"{step.code} {klass}.0.0 scripted {step.text}"
+
+
+class _Handler:
+    def __init__(self, fake: FakeSmtp) -> None:
+        self.fake = fake
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        step = self.fake._next_step()
+        self.fake._steps[id(session)] = step
+        if step.stage == "mail":
+            return _reply(server, step)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        step = self.fake._steps.get(id(session), self.fake.default)
+        if step.stage == "rcpt":
+            return _reply(server, step)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        step = self.fake._steps.pop(id(session), self.fake.default)
+        data = envelope.original_content or b""
+        accepted = step.drop or step.code == 250
+        parsed = message_from_bytes(data, policy=policy.default)
+        with self.fake._lock:
+            number = len(self.fake.messages) + 1
+        self.fake._store(
+            ReceivedMessage(
+                number,
+                step.text,
+                accepted,
+                envelope.mail_from or "",
+                list(envelope.rcpt_tos),
+                data,
+                parsed.get("X-Drip-Delivery-Id"),
+            )
+        )
+        if step.code == 250 and not step.drop:
+            return "250 2.0.0 OK: queued"
+        return _reply(server, step)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--script", default="", help="comma-separated steps, e.g. 250,450,drop")
+    parser.add_argument("--default", default="250", help="step once the script is used up")
+    parser.add_argument("--user", action="append", default=[], help="USER:PASSWORD (enables AUTH)")
+    parser.add_argument("--record", type=Path, default=None, help="JSON-lines log of messages")
+    args = parser.parse_args(argv)
+    users = dict(u.split(":", 1) for u in args.user)
+    fake = FakeSmtp(
+        script=[s for s in args.script.split(",") if s.strip()],
+        default=args.default,
+        host=args.host,
+        port=args.port,
+        users=users,
+        record=args.record,
+    )
+    done = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with fake:
+        print(fake.port, flush=True)
+        done.wait()
+
+
+if __name__ == "__main__":
+    main()
