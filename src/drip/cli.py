@@ -108,3 +108,38 @@ def check_command(path: Path | None) -> None:
     warnings = len(problems) - errors
     click.echo(f"{errors} error(s), {warnings} warning(s)", err=True)
     sys.exit(1 if errors else 0)
+
+
+@course.command("preview")
+@click.argument("lesson", required=False)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("preview"),
+    show_default=True,
+    help="Directory to write the preview files into.",
+)
+@reports_errors
+def preview_command(lesson: str | None, out_dir: Path) -> None:
+    """Write each lesson (or only LESSON, a slug or number) as .html, .txt and .eml.
+
+    The emails are rendered for a sample subscriber (山田 太郎 <yamada@example.com>) with
+    placeholder links, together with the confirmation email and an index.html linking them.
+    """
+    from datetime import UTC, datetime
+
+    from drip.preview import write_preview
+
+    config = settings()
+    paths = write_preview(
+        config.course_dir,
+        config.templates_dir,
+        config.base_url,
+        out_dir,
+        now=datetime.now(UTC),
+        lesson=lesson,
+    )
+    for path in paths:
+        click.echo(f"wrote {path}")
+    click.echo(f"open {out_dir / 'index.html'} in a browser to review them")

@@ -46,7 +46,9 @@ token {{ token }}.</p>
 <ol>
 {% for item in items %}
 <li><strong>{{ item.label }}</strong> {{ item.subject }}<br>
-<span class="files">{% for path in item.files %}<a href="{{ path }}">{{ path }}</a>{% endfor %}</span></li>
+<span class="files">
+{% for path in item.files %}<a href="{{ path }}">{{ path }}</a>{% endfor %}
+</span></li>
 {% endfor %}
 </ol>
 </body>
