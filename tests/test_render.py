@@ -1,0 +1,349 @@
+"""drip.render: every committed lesson and the confirmation email, rendered for real."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from drip.course import Course, Lesson, load_course, split_front_matter
+from drip.errors import DripError
+from drip.render import (
+    SLOT_OPEN,
+    Recipient,
+    Renderer,
+    RenderError,
+    check_templates,
+    time_greeting,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+COURSE_DIR = ROOT / "course"
+TEMPLATES = ROOT / "templates" / "email"
+BASE = "https://drip.example.com"
+NAMED = Recipient(
+    email="yamada@example.com",
+    name="山田 太郎",
+    unsubscribe_url=f"{BASE}/u/PLACEHOLDER-TOKEN",
+    manage_url=f"{BASE}/m/PLACEHOLDER-TOKEN",
+)
+NAMELESS = Recipient(
+    email="anon@example.com",
+    name=None,
+    unsubscribe_url=f"{BASE}/u/OTHER-TOKEN?x=1&y=2",
+    manage_url=f"{BASE}/m/OTHER-TOKEN",
+)
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+
+
+class StrictTags(HTMLParser):
+    """Records tag nesting problems; html.parser itself never raises on bad markup."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.problems: list[str] = []
+        self.hrefs: list[str] = []
+        self.metas: list[dict[str, str | None]] = []
+        self.styles: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs.append(dict(attrs).get("href") or "")
+        if tag == "meta":
+            self.metas.append(dict(attrs))
+        self._in_style = tag == "style"
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.problems.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.styles.append(data)
+
+
+def parse_html(html: str) -> StrictTags:
+    parser = StrictTags()
+    parser.feed(html)
+    parser.close()
+    assert parser.problems == [], parser.problems[:5]
+    assert parser.stack == [], parser.stack
+    return parser
+
+
+@pytest.fixture(scope="module")
+def course() -> Course:
+    return load_course(COURSE_DIR)
+
+
+@pytest.fixture(scope="module")
+def renderer(course: Course) -> Renderer:
+    return Renderer(course, TEMPLATES)
+
+
+def lesson_ids(lesson: Lesson) -> str:
+    return lesson.slug
+
+
+COMMITTED = load_course(COURSE_DIR).lessons
+
+
+@pytest.mark.parametrize("lesson", COMMITTED, ids=lesson_ids)
+def test_every_committed_lesson_renders_completely(renderer: Renderer, lesson: Lesson) -> None:
+    total = len(COMMITTED)
+    email = renderer.lesson(lesson, NAMED)
+    assert email.subject == lesson.subject
+    assert email.preheader == lesson.preheader
+    assert email.headers == {
+        "List-Unsubscribe": f"<{NAMED.unsubscribe_url}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    parsed = parse_html(email.html)
+    assert NAMED.unsubscribe_url in parsed.hrefs and NAMED.manage_url in parsed.hrefs
+    assert {"name": "color-scheme", "content": "light dark"} in parsed.metas
+    for part in (email.html, email.text):
+        assert f"{lesson.number}/{total}" in part
+        assert "山田 太郎さん、" in part
+        assert "配信停止" in part and "配信の一時停止・設定" in part
+        assert NAMED.unsubscribe_url in part and NAMED.manage_url in part
+        assert SLOT_OPEN not in part and "Undefined" not in part
+    assert f"{NAMED.unsubscribe_url}\n" in email.text  # a URL on its own line
+    assert email.preheader in email.html
+    assert email.text.endswith("\n") and "\n\n\n\n" not in email.text
+    assert not re.search(r"&(#\d+|[a-z]+);", email.text)
+
+
+@pytest.mark.parametrize("lesson", COMMITTED, ids=lesson_ids)
+def test_greeting_without_a_name_is_natural(renderer: Renderer, lesson: Lesson) -> None:
+    email = renderer.lesson(lesson, NAMELESS)
+    first_lines = email.text.split("\n\n")[1]
+    assert first_lines in ("ご登録ありがとうございます。", "おはようございます。")
+    assert "さん、" not in email.text.split("\n\n")[1]
+    assert "None" not in email.html and "None" not in email.text
+    assert "https://drip.example.com/u/OTHER-TOKEN?x=1&amp;y=2" in email.html
+    assert "https://drip.example.com/u/OTHER-TOKEN?x=1&y=2" in email.text
+
+
+def test_per_recipient_parts_are_the_only_difference(renderer: Renderer, course: Course) -> None:
+    lesson = course.lessons[2]
+    a = renderer.lesson(lesson, NAMED)
+    other = Recipient("s@example.com", "佐藤 花子", f"{BASE}/u/T2", f"{BASE}/m/T2")
+    b = renderer.lesson(lesson, other)
+    swapped = (
+        a.html.replace("山田 太郎", "佐藤 花子")
+        .replace(NAMED.unsubscribe_url, other.unsubscribe_url)
+        .replace(NAMED.manage_url, other.manage_url)
+    )
+    assert swapped == b.html
+    assert renderer.lesson(lesson, NAMED) == a
+
+
+def test_names_are_escaped_in_html_and_cleaned_in_text(
+    renderer: Renderer, course: Course
+) -> None:
+    hostile = Recipient(
+        "x@example.com", '<script>alert("x")</script>\r\nBcc: a@b.c', f"{BASE}/u/T", f"{BASE}/m/T"
+    )
+    email = renderer.lesson(course.lessons[1], hostile)
+    assert "<script>" not in email.html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; Bcc: a@b.c" in email.html
+    assert '<script>alert("x")</script> Bcc: a@b.c' in email.text
+
+
+def test_only_the_last_lesson_has_the_completion_block(
+    renderer: Renderer, course: Course
+) -> None:
+    closing = "講座はこれで終わりです"
+    for lesson in course.lessons[:-1]:
+        email = renderer.lesson(lesson, NAMED)
+        assert closing not in email.html and closing not in email.text
+    last = renderer.lesson(course.lessons[-1], NAMED)
+    assert closing in last.html and closing in last.text
+    source = course.lessons[-1].path.read_text(encoding="utf-8")
+    assert closing not in source  # template text, not the author's
+
+
+def test_layout_is_inlined_responsive_and_dark_mode_aware(
+    renderer: Renderer, course: Course
+) -> None:
+    email = renderer.lesson(course.lessons[6], NAMED)
+    parsed = parse_html(email.html)
+    style = "".join(parsed.styles)
+    assert "@media" in style and "prefers-color-scheme: dark" in style
+    assert re.sub(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*\s*\}", "", style).strip() == ""
+    assert "max-width: 600px" in email.html
+    assert "line-height: 1.8" in email.html
+    assert 'class="preheader" style="display: none' in email.html
+    assert "Hiragino" in email.html
+    assert '<div class="table-wrap" style="' in email.html
+
+
+def test_a_lesson_without_preheader_uses_its_first_paragraph(course: Course) -> None:
+    lesson = course.lessons[0]
+    bare = Lesson(lesson.slug, lesson.number, lesson.subject, "", 0, lesson.body, lesson.path)
+    renderer = Renderer(course, TEMPLATES)
+    email = renderer.lesson(bare, NAMED)
+    body = split_front_matter(lesson.path.read_text(encoding="utf-8"), lesson.path)[1]
+    assert email.preheader and body.startswith(email.preheader.rstrip("…"))
+
+
+def test_confirmation_email(renderer: Renderer) -> None:
+    confirm = f"{BASE}/c/CONFIRM-TOKEN"
+    email = renderer.confirmation(NAMED, confirm)
+    assert email.subject == "【40代からの人脈革命】ご登録の確認をお願いします"
+    assert email.preheader
+    parsed = parse_html(email.html)
+    assert confirm in parsed.hrefs and NAMED.unsubscribe_url in parsed.hrefs
+    assert "登録を確定する" in email.html and "登録を確定する" in email.text
+    assert f"{confirm}\n" in email.text
+    assert "山田 太郎さん、" in email.text and "山田 太郎さん、" in email.html
+    assert email.headers["List-Unsubscribe"] == f"<{NAMED.unsubscribe_url}>"
+    nameless = renderer.confirmation(NAMELESS, confirm)
+    assert nameless.text.startswith("『40代からの人脈革命』へのご登録ありがとうございます。")
+
+
+@pytest.mark.parametrize(
+    "url", ["javascript:alert(1)", "https://e.com/u/x\r\nBcc: a@b.c", 'https://e.com/"><b>', ""]
+)
+def test_unusable_urls_are_refused(renderer: Renderer, course: Course, url: str) -> None:
+    bad = Recipient("x@example.com", None, url, f"{BASE}/m/T")
+    with pytest.raises(RenderError, match="unsubscribe_url"):
+        renderer.lesson(course.lessons[0], bad)
+    with pytest.raises(RenderError, match="confirm_url"):
+        renderer.confirmation(NAMED, url)
+
+
+def test_time_greeting_follows_the_send_hour() -> None:
+    assert time_greeting(7) == "おはようございます。"
+    assert time_greeting(12) == "こんにちは。"
+    assert time_greeting(20) == "こんばんは。"
+
+
+# --- broken templates --------------------------------------------------------------------------
+
+
+def copy_templates(tmp_path: Path) -> Path:
+    target = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, target)
+    return target
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_undefined_variable_raises_a_drip_error_with_file_and_line(
+    tmp_path: Path, course: Course
+) -> None:
+    templates = copy_templates(tmp_path)
+    edit(templates / "lesson.html.j2", "{{ body_html }}", "{{ body_html }}\n{{ lesson.nmuber }}")
+    renderer = Renderer(course, templates)
+    with pytest.raises(RenderError) as caught:
+        renderer.lesson(course.lessons[0], NAMED)
+    assert isinstance(caught.value, DripError)
+    assert re.search(r"lesson\.html\.j2:1[0-9]: undefined template variable: .*nmuber",
+                     str(caught.value))
+
+
+def test_syntax_error_raises_a_drip_error(tmp_path: Path, course: Course) -> None:
+    templates = copy_templates(tmp_path)
+    edit(templates / "lesson.txt.j2", "{% endblock %}", "{% endfor %}")
+    with pytest.raises(RenderError, match=r"lesson\.txt\.j2:\d+: template syntax error"):
+        Renderer(course, templates).lesson(course.lessons[0], NAMED)
+
+
+def test_email_without_unsubscribe_link_is_refused(tmp_path: Path, course: Course) -> None:
+    templates = copy_templates(tmp_path)
+    edit(templates / "lesson.html.j2", "{% block content %}",
+         "{% block footer_links %}{% endblock %}\n{% block content %}")
+    with pytest.raises(RenderError, match="no unsubscribe link"):
+        Renderer(course, templates).lesson(course.lessons[0], NAMED)
+
+
+def test_transformed_recipient_values_are_refused(tmp_path: Path, course: Course) -> None:
+    templates = copy_templates(tmp_path)
+    edit(templates / "lesson.txt.j2", "{{ name }}さん", "{{ name|upper }}さん")
+    with pytest.raises(RenderError, match="changed by a filter"):
+        Renderer(course, templates).lesson(course.lessons[1], NAMED)
+
+
+# --- check_templates ---------------------------------------------------------------------------
+
+MINIMAL = {
+    "layout.html.j2": (
+        "<html><body>{% block content %}{% endblock %}"
+        '<a href="{{ unsubscribe_url }}">配信停止</a></body></html>\n'
+    ),
+    "layout.txt.j2": "{% block content %}{% endblock %}\n配信停止 {{ unsubscribe_url }}\n",
+    "lesson.html.j2": '{% extends "layout.html.j2" %}{% block content %}{{ body_html }}'
+    "{% endblock %}",
+    "lesson.txt.j2": '{% extends "layout.txt.j2" %}{% block content %}{{ body_text }}'
+    "{% endblock %}",
+    "confirmation.html.j2": '{% extends "layout.html.j2" %}{% block content %}'
+    '<a href="{{ confirm_url }}">確認</a>{% endblock %}',
+    "confirmation.txt.j2": '{% set subject = "確認" %}{% set preheader = "" %}'
+    '{% extends "layout.txt.j2" %}{% block content %}{{ confirm_url }}{% endblock %}',
+}
+
+
+def write_templates(tmp_path: Path, **changes: str) -> Path:
+    target = tmp_path / "minimal"
+    target.mkdir()
+    for name, text in MINIMAL.items():
+        text = changes.get(name.replace(".", "_"), text)
+        (target / name).write_text(text, encoding="utf-8")
+    return target
+
+
+def test_committed_and_minimal_templates_are_clean(tmp_path: Path) -> None:
+    assert check_templates(TEMPLATES) == []
+    assert check_templates(write_templates(tmp_path)) == []
+
+
+def test_check_templates_reports_an_undefined_variable(tmp_path: Path) -> None:
+    templates = write_templates(
+        tmp_path,
+        lesson_txt_j2='{% extends "layout.txt.j2" %}{% block content %}\n\n'
+        "{{ body_text }} {{ lesson.colour }}{% endblock %}",
+    )
+    problems = check_templates(templates)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{templates / 'lesson.txt.j2'}:3: undefined template variable")
+    assert "colour" in problems[0]
+
+
+def test_check_templates_reports_a_layout_without_unsubscribe_link(tmp_path: Path) -> None:
+    templates = write_templates(
+        tmp_path, layout_html_j2="<html><body>{% block content %}{% endblock %}</body></html>"
+    )
+    problems = check_templates(templates)
+    assert f"{templates / 'layout.html.j2'}:1: the layout never uses unsubscribe_url" in (
+        problems[0]
+    )
+    assert any("lesson.html.j2:1: the rendered email has no unsubscribe link" in p
+               for p in problems)
+
+
+def test_check_templates_reports_syntax_errors_and_missing_files(tmp_path: Path) -> None:
+    templates = write_templates(tmp_path, confirmation_html_j2="{% if %}\n")
+    (templates / "lesson.txt.j2").unlink()
+    problems = check_templates(templates)
+    assert f"{templates / 'confirmation.html.j2'}:1: template syntax error" in problems[0]
+    assert any(p.startswith(f"{templates / 'lesson.txt.j2'}: missing") for p in problems)
+    assert check_templates(tmp_path / "nowhere")[0].endswith("templates directory not found;"
+                                                             " set DRIP_TEMPLATES_DIR")
