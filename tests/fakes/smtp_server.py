@@ -11,7 +11,7 @@ at MAIL FROM:
 
 `messages` lists every message whose data arrived; `accepted` is True for 250 and for `drop`
 (the relay got the message, only the reply is lost: the in-doubt case). With `users` the server
-offers AUTH (and, without TLS, allows it in the clear on loopback); a wrong password gets 535.
+offers AUTH (without `tls_context`, in the clear: loopback only); a wrong password gets 535.
 With `tls_context` it offers STARTTLS; with `implicit_tls` the whole connection is TLS (smtps).
 
 As a process: `python -m tests.fakes.smtp_server --port 0 --script 250,450,drop` prints the
@@ -27,7 +27,6 @@ import json
 import signal
 import ssl
 import threading
-import warnings
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -90,7 +89,11 @@ class FakeSmtp:
     """The server; use as a context manager or `start()` / `stop()`.
 
     `users` maps user names to passwords (enables AUTH). `script` steps are used once each, then
-    `default`. Counters: `messages`, `transactions`, `auth_failures`, `logins`.
+    `default`. Counters: `messages`, `transactions`, `auth_failures`, `logins`, `peers` (one per
+    connection that sent MAIL FROM: connection reuse checks).
+
+    aiosmtpd 1.4 emits a DeprecationWarning (Session.login_data) on every successful AUTH, from
+    its server thread; test modules running with warnings as errors must ignore it.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class FakeSmtp:
         self.transactions = 0
         self.logins = 0
         self.auth_failures = 0
+        self.peers: set[Any] = set()  # client (host, port) of each connection that sent MAIL
         self._steps: dict[int, Step] = {}
         kwargs: dict[str, Any] = {}
         if self.users:
@@ -212,27 +216,20 @@ class FakeSmtp:
 
 
 class _Controller(Controller):
-    """Controller that can listen on port 0 and tolerates AUTH without TLS on loopback."""
-
-    def factory(self) -> SMTP:
-        with warnings.catch_warnings():
-            # aiosmtpd warns about AUTH without TLS; the fake allows it on loopback on purpose.
-            warnings.simplefilter("ignore")
-            return super().factory()  # type: ignore[no-any-return]
+    """A Controller that can listen on port 0 (aiosmtpd's own start() connects to `port`)."""
 
     def _trigger_server(self) -> None:
         # Port 0 asks the OS for a free port; learn which one before aiosmtpd connects to it.
-        assert self.server is not None
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        server = cast(asyncio.Server, self.server)
+        self.port = server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 def _reply(server: SMTP, step: Step) -> str:
     """The reply for a non-accepting step; closes the connection for 421 and drops."""
     if step.drop:
         # abort(): no reply, no FIN handshake courtesy; the client sees the connection vanish.
-        assert server.transport is not None
-        server.transport.abort()
+        cast(asyncio.Transport, server.transport).abort()
         return "250 OK"  # goes nowhere: the transport is gone
     if step.code == 421:
         assert server.transport is not None
@@ -257,6 +254,7 @@ class _Handler:
     ) -> str:
         step = self.fake._next_step()
         self.fake._steps[id(session)] = step
+        self.fake.peers.add(session.peer)
         if step.stage == "mail":
             return _reply(server, step)
         envelope.mail_from = address

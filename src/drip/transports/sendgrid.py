@@ -74,7 +74,9 @@ def _install_log_redaction() -> None:
 
 
 class _Headers(Protocol):
-    def get(self, name: str, default: None = None) -> str | None: ...
+    """Response headers: `http.client.HTTPMessage` in practice, a dict in tests."""
+
+    def get(self, name: str, /) -> str | None: ...
 
 
 def _utc_now() -> datetime:

@@ -114,6 +114,8 @@ class SmtpTransport(TransportBase):
     The MIME message comes from `drip.mime.build_mime` with `date=clock()`; `provider_id` is its
     Message-ID. The Message-ID domain is `message_id_domain`, else the sender's domain.
     `ssl_context` defaults to the system's verifying context (tests pass one trusting their CA).
+    Raises `ConfigError` for a malformed URL or a password that would travel unencrypted to a
+    host other than loopback.
     """
 
     name = "smtp"
@@ -128,6 +130,12 @@ class SmtpTransport(TransportBase):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.target = parse_smtp_url(url)
+        t = self.target
+        if t.username and not (t.implicit_tls or t.starttls) and t.host not in LOOPBACK_HOSTS:
+            raise ConfigError(
+                f"DRIP_SMTP_URL would send the SMTP password to {t.host}:{t.port} unencrypted;"
+                " use smtps:// or add ?starttls=1"
+            )
         self._message_id_domain = message_id_domain
         self._clock = clock
         self._timeout = timeout
@@ -188,12 +196,6 @@ class SmtpTransport(TransportBase):
                 smtp.starttls(context=self._ssl_context)
                 smtp.ehlo()
             if t.username is not None:
-                encrypted = t.implicit_tls or t.starttls
-                if not encrypted and t.host not in LOOPBACK_HOSTS:
-                    raise self._fatal(
-                        f"refusing to send the SMTP password to {where} unencrypted; use"
-                        " smtps:// or ?starttls=1"
-                    )
                 smtp.login(t.username, t.password or "")
         except smtplib.SMTPAuthenticationError as exc:
             raise self._fatal(
