@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import SMTP, EmailPolicy
@@ -110,7 +111,7 @@ def _address(field: str, addr_spec: str, display_name: str | None) -> Address:
             display_name=neutralise(display_name or "", limit=MAX_DISPLAY_NAME),
             addr_spec=f"{local}@{ascii_domain}",
         )
-    except (ValueError, IndexError) as exc:  # the email package's addr-spec parser
+    except (ValueError, IndexError, HeaderParseError) as exc:  # the email package's parser
         raise MimeError(f"{field} address {addr_spec!r} is not a valid address: {exc}") from exc
 
 
