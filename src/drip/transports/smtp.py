@@ -198,6 +198,12 @@ class SmtpTransport(TransportBase):
             if t.username is not None:
                 smtp.login(t.username, t.password or "")
         except smtplib.SMTPAuthenticationError as exc:
+            if 400 <= exc.smtp_code < 500:  # 454: temporary authentication failure
+                raise _Retry(
+                    SendResult(
+                        "", Outcome.RETRY, detail=f"SMTP login: {exc.smtp_code} temporary failure"
+                    )
+                ) from None
             raise self._fatal(
                 f"SMTP server {where} refused the login for {t.username!r} ({exc.smtp_code}"
                 f" {_reply_text(exc.smtp_error)}); check the user and password in DRIP_SMTP_URL"
