@@ -44,14 +44,14 @@ def safe_url(url: str | URL) -> str:
     """The URL as it may be shown to people: the password replaced by '***'."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparsable database URL>"
 
 
 def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is not a number
         raise ConfigError(
             "the database URL is not a URL; use sqlite:///path/to/drip.db or"
             " postgresql+psycopg://user:password@host:5432/dbname"
