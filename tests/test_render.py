@@ -208,6 +208,10 @@ def test_confirmation_email(renderer: Renderer) -> None:
     parsed = parse_html(email.html)
     assert confirm in parsed.hrefs and NAMED.unsubscribe_url in parsed.hrefs
     assert "登録を確定する" in email.html and "登録を確定する" in email.text
+    button = re.search(r'<a class="button" href="[^"]*" style="([^"]*)">登録を', email.html)
+    assert button, "the confirm button lost its inlined style"
+    assert "background-color: #1f6f5c" in button.group(1)
+    assert re.search(r"(^|;)\s*color: #ffffff", button.group(1))  # white text, not link colour
     assert f"{confirm}\n" in email.text
     assert "山田 太郎さん、" in email.text and "山田 太郎さん、" in email.html
     assert email.headers["List-Unsubscribe"] == f"<{NAMED.unsubscribe_url}>"
