@@ -117,7 +117,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     (
         "mid-sentence",
         lambda c: edit(c, "03-second.md", "第二章の本文です。", "第二章の本文は、"),
-        "03-second.md:8: the lesson ends mid-sentence",
+        "03-second.md:9: the lesson ends mid-sentence",
     ),
     (
         "not covering",
@@ -141,7 +141,7 @@ CASES: list[tuple[str, Mutation, str]] = [
         lambda c: edit(
             c, "03-second.md", "第二章の本文です。\n", "第二章の本文です。\n\n### 続き\n"
         ),
-        "03-second.md:10: the lesson ends with a heading",
+        "03-second.md:11: the lesson ends with a heading",
     ),
 ]
 
