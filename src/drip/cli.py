@@ -143,3 +143,138 @@ def preview_command(lesson: str | None, out_dir: Path) -> None:
     for path in paths:
         click.echo(f"wrote {path}")
     click.echo(f"open {out_dir / 'index.html'} in a browser to review them")
+
+
+@db.command("upgrade")
+@reports_errors
+def db_upgrade_command() -> None:
+    """Create or upgrade the schema of the database at DRIP_DATABASE_URL to this drip's revision.
+
+    Safe to run again and from several hosts at once. Exit 1 if the database cannot be reached.
+    """
+    from drip.db import safe_url, upgrade
+
+    url = settings().database_url
+    revision = upgrade(url)
+    click.echo(f"database {safe_url(url)} is at revision {revision}")
+
+
+@main.group("subscribers")
+def subscribers_group() -> None:
+    """Import and manage subscribers."""
+
+
+def _listed(items: list[str], limit: int = 20) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--confirmed",
+    is_flag=True,
+    help="Consent was obtained elsewhere: start the course at once (no confirmation email).",
+)
+@click.option(
+    "--now",
+    "now_text",
+    metavar="ISO",
+    help="Act as if it were this moment, e.g. 2026-04-01T07:30:00+09:00.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
+@reports_errors
+def subscribers_import_command(
+    file: Path, confirmed: bool, now_text: str | None, dry_run: bool
+) -> None:
+    """Import subscribers from the CSV file FILE into the course.
+
+    The header row names 'email' and optionally 'name' and 'timezone' (an IANA name; the
+    course's timezone when empty). UTF-8, with or without BOM. Invalid rows are reported with
+    their line and skipped; repeated addresses are merged (the first wins); existing subscribers
+    are left as they are (pending ones are confirmed with --confirmed); unsubscribed, bounced
+    and complained addresses are never re-activated.
+
+    Exit 0 when every row was valid, 1 when some rows were invalid (the valid ones are
+    imported), 2 for a missing or unreadable file, a bad header or a bad option.
+    """
+    from datetime import UTC, datetime
+
+    from sqlalchemy.orm import sessionmaker
+
+    from drip import schedule
+    from drip.config import DEFAULT_DATABASE_URL
+    from drip.course import load_course
+    from drip.db import open_database
+    from drip.errors import UsageError
+    from drip.importer import import_subscribers
+
+    now = datetime.now(UTC)
+    if now_text is not None:
+        try:
+            now = datetime.fromisoformat(now_text)
+        except ValueError:
+            raise UsageError(
+                f"--now {now_text!r} is not an ISO-8601 date-time, e.g. 2026-04-01T07:30:00+09:00"
+            ) from None
+        if now.tzinfo is None:
+            raise UsageError(
+                f"--now {now_text!r} has no UTC offset; add one, e.g. {now_text}+09:00 or"
+                f" {now_text}Z"
+            )
+        now = now.astimezone(UTC)
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    config = settings()
+    loaded = load_course(config.course_dir)
+    first = loaded.lessons[0]
+
+    def first_send_at(timezone: str) -> datetime:
+        return schedule.next_send_at(
+            loaded.settings, timezone, first, previous_sent_at=None, confirmed_at=now
+        )
+
+    engine = open_database(
+        config.database_url, auto_upgrade=config.database_url == DEFAULT_DATABASE_URL
+    )
+    try:
+        report = import_subscribers(
+            sessionmaker(engine),
+            file,
+            course_id=loaded.id,
+            default_timezone=loaded.settings.timezone,
+            first_lesson=first.slug,
+            now=now,
+            confirmed=confirmed,
+            first_send_at=first_send_at if confirmed else None,
+            dry_run=dry_run,
+        )
+    finally:
+        engine.dispose()
+
+    would = "would be " if dry_run else ""
+    state = "active, first lesson scheduled" if confirmed else "pending"
+    click.echo(f"{'dry run, nothing written: ' if dry_run else ''}{report.rows} row(s) read")
+    click.echo(f"imported: {report.imported} ({would}{state})")
+    if confirmed:
+        click.echo(f"confirmed: {report.confirmed} pending subscriber(s) {would}confirmed")
+    merged = [f"line {line} = line {first_line}" for line, first_line in report.merged]
+    click.echo(f"merged duplicates: {len(merged)}" + (f" ({_listed(merged)})" if merged else ""))
+    click.echo(f"already present: {report.present} (left as they are)")
+    suppressed = [str(line) for line in report.suppressed]
+    click.echo(
+        f"suppressed: {len(suppressed)} (unsubscribed, bounced or complained; not re-activated)"
+        + (f" on line(s) {_listed(suppressed)}" if suppressed else "")
+    )
+    click.echo(f"invalid: {len(report.invalid)}")
+    for line, reason in report.invalid:
+        click.echo(f"{file}:{line}: {reason}", err=True)
+    if report.imported and not confirmed:
+        click.echo(
+            "warning: imported subscribers are pending and get no confirmation email from an"
+            " import; use 'drip subscribe' or the web form for double opt-in, or --confirmed"
+            " if they already consented",
+            err=True,
+        )
+    if report.invalid:
+        sys.exit(1)
