@@ -67,9 +67,7 @@ FRAME_PAGE = """<!DOCTYPE html>
 def chromium() -> str:
     if shutil.which(CHROMIUM):
         return CHROMIUM
-    required = {
-        item.strip() for item in os.environ.get("DRIP_TEST_REQUIRE", "").split(",") if item
-    }
+    required = {item.strip() for item in os.environ.get("DRIP_TEST_REQUIRE", "").split(",") if item}
     reason = f"{CHROMIUM} is missing (apt-get install chromium)"
     if "browser" in required:
         pytest.fail(f"{reason}, and DRIP_TEST_REQUIRE asks for the browser tests")

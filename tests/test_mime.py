@@ -22,8 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATE = datetime(2026, 4, 1, 22, 30, tzinfo=UTC)
 LONG_URL = "https://drip.example.com/u/" + "Tok3n-" * 40
 EXPECTED_HEADERS = [
-    "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "List-Unsubscribe",
-    "List-Unsubscribe-Post", "X-Drip-Delivery-Id", "Content-Type",
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "X-Drip-Delivery-Id",
+    "Content-Type",
 ]
 
 
@@ -147,11 +155,35 @@ def test_neutralise_keeps_visible_text() -> None:
 # --- the property: untrusted names and subjects never add a header ------------------------------
 
 HOSTILE_PIECES = [
-    "\r", "\n", "\r\n", "\x00", "\x85", "\u2028", "\u2029", "\t", " ",
-    "Bcc: evil@example.com", "\r\nBcc: evil@example.com", "=?UTF-8?Q?=0A?=",
-    "=?UTF-8?Q?=0D=0ABcc:_evil@example.com?=", "=?utf-8?b?DQpCY2M6IGV2aWxAZXhhbXBsZS5jb20=?=",
-    '"', "<evil@example.com>", ",", ";", ":", "\\", "(", ")", "@", "山田", "太郎", "😀",
-    "a" * 200, "あ" * 120, "x" * 1000,
+    "\r",
+    "\n",
+    "\r\n",
+    "\x00",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\t",
+    " ",
+    "Bcc: evil@example.com",
+    "\r\nBcc: evil@example.com",
+    "=?UTF-8?Q?=0A?=",
+    "=?UTF-8?Q?=0D=0ABcc:_evil@example.com?=",
+    "=?utf-8?b?DQpCY2M6IGV2aWxAZXhhbXBsZS5jb20=?=",
+    '"',
+    "<evil@example.com>",
+    ",",
+    ";",
+    ":",
+    "\\",
+    "(",
+    ")",
+    "@",
+    "山田",
+    "太郎",
+    "😀",
+    "a" * 200,
+    "あ" * 120,
+    "x" * 1000,
 ]
 hostile_text = st.lists(
     st.one_of(st.sampled_from(HOSTILE_PIECES), st.text(max_size=30)), max_size=8
@@ -159,12 +191,12 @@ hostile_text = st.lists(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 @given(name=hostile_text, subject=hostile_text, sender=hostile_text)
-def test_no_header_injection_through_names_or_subject(
-    name: str, subject: str, sender: str
-) -> None:
+def test_no_header_injection_through_names_or_subject(name: str, subject: str, sender: str) -> None:
     email = outgoing(to_name=name, subject=subject or "件名", from_name=sender)
     parsed = reparse(build_mime(email, date=DATE, message_id_domain="example.com"))
     assert list(parsed.keys()) == EXPECTED_HEADERS

@@ -64,8 +64,13 @@ def test_writes_every_lesson_the_confirmation_and_an_index(tmp_path: Path) -> No
 def test_one_lesson_by_number_or_slug(tmp_path: Path, selector: str) -> None:
     written = write_preview(COURSE_DIR, TEMPLATES, BASE, tmp_path, now=NOW, lesson=selector)
     assert sorted(path.name for path in written) == [
-        "07-comparison.eml", "07-comparison.html", "07-comparison.txt",
-        "confirmation.eml", "confirmation.html", "confirmation.txt", "index.html",
+        "07-comparison.eml",
+        "07-comparison.html",
+        "07-comparison.txt",
+        "confirmation.eml",
+        "confirmation.html",
+        "confirmation.txt",
+        "index.html",
     ]
 
 

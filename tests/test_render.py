@@ -36,8 +36,21 @@ NAMELESS = Recipient(
     unsubscribe_url=f"{BASE}/u/OTHER-TOKEN?x=1&y=2",
     manage_url=f"{BASE}/m/OTHER-TOKEN",
 )
-VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-        "track", "wbr"}
+VOID = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "source",
+    "track",
+    "wbr",
+}
 
 
 class StrictTags(HTMLParser):
@@ -151,9 +164,7 @@ def test_per_recipient_parts_are_the_only_difference(renderer: Renderer, course:
     assert renderer.lesson(lesson, NAMED) == a
 
 
-def test_names_are_escaped_in_html_and_cleaned_in_text(
-    renderer: Renderer, course: Course
-) -> None:
+def test_names_are_escaped_in_html_and_cleaned_in_text(renderer: Renderer, course: Course) -> None:
     hostile = Recipient(
         "x@example.com", '<script>alert("x")</script>\r\nBcc: a@b.c', f"{BASE}/u/T", f"{BASE}/m/T"
     )
@@ -163,9 +174,7 @@ def test_names_are_escaped_in_html_and_cleaned_in_text(
     assert '<script>alert("x")</script> Bcc: a@b.c' in email.text
 
 
-def test_only_the_last_lesson_has_the_completion_block(
-    renderer: Renderer, course: Course
-) -> None:
+def test_only_the_last_lesson_has_the_completion_block(renderer: Renderer, course: Course) -> None:
     closing = "講座はこれで終わりです"
     for lesson in course.lessons[:-1]:
         email = renderer.lesson(lesson, NAMED)
@@ -260,8 +269,9 @@ def test_undefined_variable_raises_a_drip_error_with_file_and_line(
     with pytest.raises(RenderError) as caught:
         renderer.lesson(course.lessons[0], NAMED)
     assert isinstance(caught.value, DripError)
-    assert re.search(r"lesson\.html\.j2:1[0-9]: undefined template variable: .*nmuber",
-                     str(caught.value))
+    assert re.search(
+        r"lesson\.html\.j2:1[0-9]: undefined template variable: .*nmuber", str(caught.value)
+    )
 
 
 def test_syntax_error_raises_a_drip_error(tmp_path: Path, course: Course) -> None:
@@ -273,8 +283,11 @@ def test_syntax_error_raises_a_drip_error(tmp_path: Path, course: Course) -> Non
 
 def test_email_without_unsubscribe_link_is_refused(tmp_path: Path, course: Course) -> None:
     templates = copy_templates(tmp_path)
-    edit(templates / "lesson.html.j2", "{% block content %}",
-         "{% block footer_links %}{% endblock %}\n{% block content %}")
+    edit(
+        templates / "lesson.html.j2",
+        "{% block content %}",
+        "{% block footer_links %}{% endblock %}\n{% block content %}",
+    )
     with pytest.raises(RenderError, match="no unsubscribe link"):
         Renderer(course, templates).lesson(course.lessons[0], NAMED)
 
@@ -336,11 +349,12 @@ def test_check_templates_reports_a_layout_without_unsubscribe_link(tmp_path: Pat
         tmp_path, layout_html_j2="<html><body>{% block content %}{% endblock %}</body></html>"
     )
     problems = check_templates(templates)
-    assert f"{templates / 'layout.html.j2'}:1: the layout never uses unsubscribe_url" in (
-        problems[0]
+    assert (
+        f"{templates / 'layout.html.j2'}:1: the layout never uses unsubscribe_url" in (problems[0])
     )
-    assert any("lesson.html.j2:1: the rendered email has no unsubscribe link" in p
-               for p in problems)
+    assert any(
+        "lesson.html.j2:1: the rendered email has no unsubscribe link" in p for p in problems
+    )
 
 
 def test_check_templates_reports_syntax_errors_and_missing_files(tmp_path: Path) -> None:
@@ -349,5 +363,6 @@ def test_check_templates_reports_syntax_errors_and_missing_files(tmp_path: Path)
     problems = check_templates(templates)
     assert f"{templates / 'confirmation.html.j2'}:1: template syntax error" in problems[0]
     assert any(p.startswith(f"{templates / 'lesson.txt.j2'}: missing") for p in problems)
-    assert check_templates(tmp_path / "nowhere")[0].endswith("templates directory not found;"
-                                                             " set DRIP_TEMPLATES_DIR")
+    assert check_templates(tmp_path / "nowhere")[0].endswith(
+        "templates directory not found; set DRIP_TEMPLATES_DIR"
+    )

@@ -267,11 +267,12 @@ def test_claims_respect_due_time_order_and_limit(session: Session) -> None:
     assert store.count_due(session, COURSE, now) == 0
 
     row = delivery(session, first.claims[0].delivery_id)
-    assert row["status"] == "sending" and row["run_id"] == "run-1" and row["attempts"] == 1
+    assert row["status"] == "claimed" and row["run_id"] == "run-1" and row["attempts"] == 1
     assert row["claimed_at"] == now and row["lease_until"] == now + LEASE
     assert view(session, ids[0].subscriber_id).next_send_at == now + LEASE
     assert store.delivery_counts(session, COURSE) == {
-        "sending": 4,
+        "claimed": 4,
+        "sending": 0,
         "sent": 0,
         "retry": 0,
         "failed": 0,
@@ -307,13 +308,14 @@ def test_two_concurrent_claimers_never_share_a_subscriber(engine: Engine) -> Non
     assert not set(one) & set(two)
     assert len(one) + len(two) == 200 and len(set(one) | set(two)) == 200
     with Session(engine) as session:
-        assert store.delivery_counts(session, COURSE)["sending"] == 200
+        assert store.delivery_counts(session, COURSE)["claimed"] == 200
 
 
 def test_a_crashed_claim_becomes_in_doubt_and_is_never_reclaimed(session: Session) -> None:
     added = add(session, "a@example.com")
     session.commit()
     [crashed] = claim(session, T0, run_id="crashed").claims
+    assert store.mark_sending(session, [crashed.delivery_id], T0) == 1  # handed to a transport
     # Within the lease nothing happens, even if the subscriber is made due again.
     session.execute(update(subscribers).values(next_send_at=T0))
     session.commit()
@@ -354,7 +356,7 @@ def test_retry_rows_are_reclaimed_when_due_again(session: Session) -> None:
     [again] = claim(session, retry_at, run_id="run-2").claims
     assert (again.delivery_id, again.attempts) == (first.delivery_id, 2)
     row = delivery(session, first.delivery_id)
-    assert (row["status"], row["run_id"], row["attempts"]) == ("sending", "run-2", 2)
+    assert (row["status"], row["run_id"], row["attempts"]) == ("claimed", "run-2", 2)
 
 
 def test_record_sent_moves_the_subscriber_on_and_completes_the_course(session: Session) -> None:
@@ -386,7 +388,7 @@ def test_record_sent_ignores_another_runs_claim(session: Session) -> None:
     item = store.SentItem(claimed.delivery_id, "pid", T0, "second", T0 + timedelta(days=1))
     assert store.record_sent(session, [item], "someone-else") == 0
     session.commit()
-    assert delivery(session, claimed.delivery_id)["status"] == "sending"
+    assert delivery(session, claimed.delivery_id)["status"] == "claimed"
 
 
 def test_failed_and_in_doubt_hold_the_subscriber(session: Session) -> None:
@@ -438,7 +440,7 @@ def test_release_claims_gives_back_only_this_runs_unsent_claims(session: Session
     assert store.release_claims(session, "mine", later) == 2
     session.commit()
     assert [delivery(session, c.delivery_id)["status"] for c in mine] == ["sent", "retry", "retry"]
-    assert delivery(session, theirs.delivery_id)["status"] == "sending"
+    assert delivery(session, theirs.delivery_id)["status"] == "claimed"
     assert [view(session, c.subscriber_id).next_send_at for c in mine[1:]] == [later, later]
     again = claim(session, later, run_id="next").claims
     assert sorted(c.delivery_id for c in again) == sorted(c.delivery_id for c in mine[1:])
@@ -554,6 +556,7 @@ def test_a_late_provider_acceptance_settles_an_in_doubt_delivery(session: Sessio
     added = add(session, "late@example.com")
     session.commit()
     [claimed] = claim(session, T0, run_id="slow").claims
+    store.mark_sending(session, [claimed.delivery_id], T0)
     assert claim(session, T0 + LEASE, run_id="next").newly_in_doubt == 1
     item = store.SentItem(claimed.delivery_id, "pid", T0 + LEASE, "second", T0 + timedelta(days=1))
     assert store.record_sent(session, [item], "slow") == 1
@@ -636,4 +639,59 @@ def test_statuses_are_the_documented_ones() -> None:
         "bounced",
         "complained",
     ]
-    assert [s.value for s in DeliveryStatus] == ["sending", "sent", "retry", "failed", "in_doubt"]
+    assert [s.value for s in DeliveryStatus] == [
+        "claimed",
+        "sending",
+        "sent",
+        "retry",
+        "failed",
+        "in_doubt",
+    ]
+
+
+def test_a_claim_never_handed_to_a_transport_is_claimed_again_after_its_lease(
+    session: Session,
+) -> None:
+    added = add(session, "a@example.com")
+    session.commit()
+    [dead] = claim(session, T0, run_id="dead").claims
+    session.commit()
+    assert claim(session, T0 + timedelta(minutes=1), run_id="other").claims == []
+    after = claim(session, T0 + LEASE, run_id="next")
+    assert after.newly_in_doubt == 0
+    [again] = after.claims
+    assert (again.delivery_id, again.subscriber_id) == (dead.delivery_id, added.subscriber_id)
+    assert delivery(session, dead.delivery_id)["run_id"] == "next"
+
+
+def test_mark_sending_only_moves_claimed_rows(session: Session) -> None:
+    add(session, "a@example.com")
+    session.commit()
+    [claimed] = claim(session, T0).claims
+    assert store.mark_sending(session, [claimed.delivery_id], T0) == 1
+    assert store.mark_sending(session, [claimed.delivery_id], T0) == 0
+    assert delivery(session, claimed.delivery_id)["status"] == "sending"
+
+
+def test_deferred_subscribers_are_rescheduled_not_claimed(session: Session) -> None:
+    quiet = add(session, "quiet@example.com")
+    fine = add(session, "fine@example.com", at=T0 + timedelta(seconds=1))
+    session.commit()
+    later = T0 + timedelta(hours=8)
+
+    def defer(timezone: str, lesson: str) -> datetime | None:
+        return later if timezone == "Asia/Tokyo" and lesson == "welcome" and seen.pop() else None
+
+    seen = [False, True]  # the first subscriber asked is deferred, the second is not
+    batch = store.claim_due(
+        session,
+        course_id=COURSE,
+        now=T0 + timedelta(minutes=1),
+        limit=10,
+        run_id="r",
+        lease=LEASE,
+        defer=defer,
+    )
+    assert [c.subscriber_id for c in batch.claims] == [fine.subscriber_id]
+    assert view(session, quiet.subscriber_id).next_send_at == later
+    assert store.delivery_counts(session, COURSE)["claimed"] == 1

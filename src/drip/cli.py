@@ -6,20 +6,29 @@ to stop; 2 usage or configuration error.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
+from rich.console import Console
+from sqlalchemy.orm import Session, sessionmaker
 
 from drip import __version__
 from drip.build import build_course
 from drip.check import check_course
-from drip.config import Settings, load_settings
+from drip.config import Settings, load_settings, signing_keys
 from drip.errors import DripError
+from drip.links import LinkBuilder
+
+if TYPE_CHECKING:  # the sending stack is imported by the commands that use it, not at start-up
+    from drip.delivery import Mailer, SendReport
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -108,6 +117,147 @@ def check_command(path: Path | None) -> None:
     warnings = len(problems) - errors
     click.echo(f"{errors} error(s), {warnings} warning(s)", err=True)
     sys.exit(1 if errors else 0)
+
+
+def parse_now(value: str | None) -> datetime:
+    """`--now` as an aware UTC datetime; the clock when not given. Naive values are refused."""
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO-8601 date-time, e.g. 2026-04-01T07:30:00+09:00",
+            param_hint="--now",
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(
+            f"{value!r} has no UTC offset; add one, e.g. {value}+09:00 or {value}Z",
+            param_hint="--now",
+        )
+    return moment.astimezone(UTC)
+
+
+def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
+    """Everything a sending command needs, from settings; config errors surface before any claim."""
+    from drip.course import load_course
+    from drip.db import open_database
+    from drip.delivery import Mailer
+    from drip.render import Renderer
+    from drip.transports import make_transport
+
+    keys = signing_keys(current)
+    loaded = load_course(current.course_dir)
+    transport = make_transport(current)
+    engine = open_database(current.database_url, auto_upgrade=current.uses_embedded_database)
+    mailer = Mailer(
+        course=loaded,
+        renderer=Renderer(loaded, current.templates_dir),
+        links=LinkBuilder(current.base_url, keys),
+        transport=transport,
+        from_override=current.from_address,
+    )
+    return sessionmaker(engine, expire_on_commit=False), mailer
+
+
+@main.command("subscribe")
+@click.argument("email")
+@click.option("--name", help="The subscriber's name, used in the greeting.")
+@click.option("--timezone", "timezone", help="IANA timezone, e.g. Asia/Tokyo (default: course's).")
+@click.option(
+    "--confirmed",
+    is_flag=True,
+    help="Consent was obtained elsewhere: skip the confirmation email, start the course.",
+)
+@click.option("--now", "now_text", metavar="ISO", help="Act as if it were this moment.")
+@reports_errors
+def subscribe_command(
+    email: str, name: str | None, timezone: str | None, confirmed: bool, now_text: str | None
+) -> None:
+    """Add a subscriber. Without --confirmed a confirmation (double opt-in) email is sent.
+
+    Exit 2 for an invalid email or timezone, or an address that unsubscribed, bounced or
+    complained (it is never re-activated silently).
+    """
+    from drip.delivery import subscribe
+
+    now = parse_now(now_text)
+    sessions, mailer = open_mailer(settings())
+    with mailer.transport:
+        result = subscribe(
+            sessions,
+            mailer,
+            email=email,
+            name=name,
+            timezone=timezone,
+            confirmed=confirmed,
+            now=now,
+            consent_source="cli",
+        )
+    verb = "added" if result.created else "found"
+    click.echo(f"{verb} subscriber {result.subscriber_id}: {result.status}")
+    if result.confirmation_sent:
+        click.echo(f"confirmation email sent ({mailer.transport.name})")
+    if result.note:
+        click.echo(result.note)
+
+
+@main.command("send")
+@click.option("--now", "now_text", metavar="ISO", help="Send what is due at this moment.")
+@click.option("--dry-run", is_flag=True, help="Count what is due; claim and send nothing.")
+@click.option("--limit", type=click.IntRange(min=1), help="Send at most N emails this run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@reports_errors
+def send_command(now_text: str | None, dry_run: bool, limit: int | None, as_json: bool) -> None:
+    """Send every lesson that is due, once. Safe from cron at any frequency, and concurrently.
+
+    Exit 0 when the run completed (even with per-message failures), 1 when it had to stop (bad
+    provider credentials, database unavailable), 2 for usage or configuration errors.
+    """
+    from drip.delivery import send_due
+
+    now = parse_now(now_text)
+    sessions, mailer = open_mailer(settings())
+    with mailer.transport, progress_bar() as advance:
+        report = send_due(sessions, mailer, now=now, limit=limit, dry_run=dry_run, progress=advance)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        click.echo(format_report(report))
+    if report.stopped:
+        fail(f"the run stopped: {report.stopped}", 1)
+
+
+def format_report(report: SendReport) -> str:
+    if report.dry_run:
+        lines = [f"dry run at {report.now.isoformat()}: {report.due} due"]
+        lines += [
+            f"  {slug}: {counts['due']}" for slug, counts in sorted(report.per_lesson.items())
+        ]
+        return "\n".join(lines)
+    lines = [
+        f"sent {report.sent}, retried {report.retried}, failed {report.failed},"
+        f" in doubt {report.in_doubt}, due before the run {report.due}"
+    ]
+    for slug, counts in sorted(report.per_lesson.items()):
+        parts = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+        lines.append(f"  {slug}: {parts}")
+    if report.note:
+        lines.append(report.note)
+    return "\n".join(lines)
+
+
+@contextmanager
+def progress_bar() -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; nothing otherwise (cron, pipes)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task("sending", total=None)
+        yield lambda count: bar.advance(task, count)
 
 
 @course.command("preview")

@@ -35,9 +35,22 @@ VERBATIM_HEADERS = ("List-Unsubscribe", "List-Unsubscribe-Post", DELIVERY_ID_HEA
 RESERVED_HEADERS = frozenset(
     name.lower()
     for name in (
-        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "MIME-Version",
-        "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Sender",
-        "Reply-To", "Return-Path", "Received", DELIVERY_ID_HEADER,
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Content-Disposition",
+        "Sender",
+        "Reply-To",
+        "Return-Path",
+        "Received",
+        DELIVERY_ID_HEADER,
     )
 )
 HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
@@ -84,9 +97,7 @@ def neutralise(value: str, *, limit: int | None = None) -> str:
     "=?" gets a zero-width space so it is not read as an encoded word, and the result is cut to
     `limit` characters when given.
     """
-    spaced = "".join(
-        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in value
-    )
+    spaced = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in value)
     cleaned = " ".join(spaced.split()).replace("=?", "=\u200b?")
     if limit is not None and len(cleaned) > limit:
         cleaned = cleaned[: limit - 1].rstrip() + "…"

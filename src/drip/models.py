@@ -95,8 +95,11 @@ SUPPRESSED_STATUSES = frozenset(
 class DeliveryStatus(enum.StrEnum):
     """Where one (subscriber, lesson) send stands in the ledger."""
 
+    CLAIMED = "claimed"
+    """Reserved by a run, not yet handed to a transport: claimable again once its lease ends."""
     SENDING = "sending"
-    """Claimed by a run whose lease has not been settled yet."""
+    """Handed to a transport by a run that has not recorded the outcome yet. If that run dies,
+    the message may or may not have gone out: past the lease it becomes 'in_doubt'."""
     SENT = "sent"
     """The provider accepted it."""
     RETRY = "retry"
@@ -173,12 +176,12 @@ class Delivery(Base):
         UniqueConstraint("subscriber_id", "lesson", name="uq_deliveries_subscriber_id_lesson"),
         CheckConstraint(_check_in("status", DeliveryStatus), name="status"),
         Index("ix_deliveries_course_id_status", "course_id", "status"),
-        # release_claims looks up the 'sending' rows of one run; few rows are 'sending' at once.
+        # release_claims looks up the open rows of one run; few rows are open at once.
         Index(
-            "ix_deliveries_sending_run",
+            "ix_deliveries_open_run",
             "run_id",
-            sqlite_where="status = 'sending'",
-            postgresql_where="status = 'sending'",
+            sqlite_where="status IN ('claimed', 'sending')",
+            postgresql_where="status IN ('claimed', 'sending')",
         ),
     )
 

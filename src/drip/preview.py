@@ -142,12 +142,16 @@ def write_preview(
     paths = _write_email(out_dir, "confirmation", rendered, course, now)
     written += paths
     items.append(_IndexItem("確認", rendered.subject, tuple(path.name for path in paths)))
-    index = Environment(autoescape=True).from_string(INDEX_TEMPLATE).render(
-        title=course.settings.title,
-        name=SAMPLE_NAME,
-        email=SAMPLE_EMAIL,
-        token=PLACEHOLDER_TOKEN,
-        items=items,
+    index = (
+        Environment(autoescape=True)
+        .from_string(INDEX_TEMPLATE)
+        .render(
+            title=course.settings.title,
+            name=SAMPLE_NAME,
+            email=SAMPLE_EMAIL,
+            token=PLACEHOLDER_TOKEN,
+            items=items,
+        )
     )
     index_path = out_dir / "index.html"
     index_path.write_text(index, encoding="utf-8")

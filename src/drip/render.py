@@ -53,8 +53,15 @@ TEMPLATE_VARIABLES: dict[str, tuple[str, ...]] = {
         "unsubscribe_url",
         "manage_url",
     ),
-    "confirmation": ("course", "subject", "preheader", "name", "confirm_url", "unsubscribe_url",
-                     "manage_url"),
+    "confirmation": (
+        "course",
+        "subject",
+        "preheader",
+        "name",
+        "confirm_url",
+        "unsubscribe_url",
+        "manage_url",
+    ),
 }
 """The variables each kind of email template receives (lesson.*, confirmation.*)."""
 
@@ -382,8 +389,9 @@ def _clean_name(name: str | None) -> str | None:
     if name is None:
         return None
     cleaned = " ".join(
-        "".join(ch if ch.isprintable() and not "\ue000" <= ch <= "\uf8ff" else " " for ch in name)
-        .split()
+        "".join(
+            ch if ch.isprintable() and not "\ue000" <= ch <= "\uf8ff" else " " for ch in name
+        ).split()
     )
     return cleaned or None
 
@@ -423,18 +431,39 @@ def _sample_contexts() -> Iterable[tuple[str, dict[str, Any]]]:
     for name in ("山田 太郎", None):
         for number in (1, 2, 3):
             lesson = LessonContext(
-                number=number, total=3, slug="sample", subject="件名", preheader="プレヘッダー",
-                is_first=number == 1, is_last=number == 3,
+                number=number,
+                total=3,
+                slug="sample",
+                subject="件名",
+                preheader="プレヘッダー",
+                is_first=number == 1,
+                is_last=number == 3,
             )
-            yield "lesson", {
-                "course": course, "lesson": lesson, "subject": "件名", "preheader": "プレヘッダー",
-                "body_html": Markup(converted.html), "body_text": converted.text,
-                "time_greeting": time_greeting(7), "name": name, **urls,
-            }
-        yield "confirmation", {
-            "course": course, "name": name, "confirm_url": "https://example.com/c/SAMPLE-TOKEN",
-            "subject": "件名", "preheader": "プレヘッダー", **urls,
-        }
+            yield (
+                "lesson",
+                {
+                    "course": course,
+                    "lesson": lesson,
+                    "subject": "件名",
+                    "preheader": "プレヘッダー",
+                    "body_html": Markup(converted.html),
+                    "body_text": converted.text,
+                    "time_greeting": time_greeting(7),
+                    "name": name,
+                    **urls,
+                },
+            )
+        yield (
+            "confirmation",
+            {
+                "course": course,
+                "name": name,
+                "confirm_url": "https://example.com/c/SAMPLE-TOKEN",
+                "subject": "件名",
+                "preheader": "プレヘッダー",
+                **urls,
+            },
+        )
 
 
 def _referenced_variables(env: jinja2.Environment, name: str, seen: set[str]) -> set[str]:

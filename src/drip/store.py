@@ -19,7 +19,7 @@ State rules kept here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -677,16 +677,21 @@ def claim_due(
     limit: int,
     run_id: str,
     lease: timedelta,
+    defer: Callable[[str, str], datetime | None] | None = None,
 ) -> ClaimBatch:
     """Claim up to `limit` due lessons of `course_id` for run `run_id`, oldest due first.
 
-    Due: 'active' with next_send_at <= now, in (next_send_at, id) order. Per subscriber, by the
-    ledger row of (subscriber, next_lesson): none -> inserted 'sending' (attempts 1); 'retry' or
-    'failed' (re-armed by an operator) -> 'sending', attempts + 1; 'sending' past its lease (the
-    run crashed) -> 'in_doubt', subscriber held (next_send_at NULL), counted in
-    `newly_in_doubt`, not claimed; 'sending' within another run's lease -> left alone until it
-    ends; 'sent' or 'in_doubt' -> not claimed, subscriber held, logged. A claimed subscriber's
-    next_send_at becomes the lease end so no other run picks it meanwhile.
+    Due: 'active' with next_send_at <= now, in (next_send_at, id) order. `defer(timezone,
+    lesson)` may return a later moment for a subscriber that must not get mail now (a late run
+    inside quiet hours): its next_send_at becomes that moment and it is not claimed. Per
+    subscriber, by the ledger row of (subscriber, next_lesson): none -> inserted 'claimed'
+    (attempts 1); 'retry', 'failed' (re-armed by an operator) or 'claimed' past its lease (never
+    handed to a transport) -> 'claimed', attempts + 1; 'sending' past its lease (the run crashed
+    while the message was with the transport) -> 'in_doubt', subscriber held (next_send_at
+    NULL), counted in `newly_in_doubt`, not claimed; 'claimed' or 'sending' within another run's
+    lease -> left alone until it ends; 'sent' or 'in_doubt' -> not claimed, subscriber held,
+    logged. A claimed subscriber's next_send_at becomes the lease end so no other run picks it
+    meanwhile. Call `mark_sending` just before handing claims to a transport.
 
     The caller must commit right after and before sending anything: the claim is what makes a
     concurrent or later run leave these lessons alone. PostgreSQL: FOR UPDATE SKIP LOCKED, so
@@ -709,19 +714,30 @@ def claim_due(
         expired: list[Row[Any]] = []
         held: list[int] = []
         leased: list[tuple[int, datetime]] = []
+        deferred: list[tuple[int, datetime]] = []
         for row in picked:
             status = row.delivery_status
+            claimable = status is None or status in (DeliveryStatus.RETRY, DeliveryStatus.FAILED)
+            if status == DeliveryStatus.CLAIMED and row.lease_until <= now:
+                claimable = True  # its run died before handing it over: nothing went out
+            later = (
+                defer(row.timezone, row.next_lesson)
+                if claimable and defer is not None and row.next_lesson is not None
+                else None
+            )
             if row.next_lesson is None:
                 log.warning("subscriber %s is active and due with no next lesson; held", row.id)
                 held.append(row.id)
+            elif later is not None:
+                deferred.append((row.id, later))
             elif status is None:
                 fresh.append(row)
-            elif status in (DeliveryStatus.RETRY, DeliveryStatus.FAILED):
+            elif claimable:
                 again.append(row)
             elif status == DeliveryStatus.SENDING and row.lease_until <= now:
                 expired.append(row)
                 held.append(row.id)
-            elif status == DeliveryStatus.SENDING:
+            elif status in (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING):
                 leased.append((row.id, row.lease_until))
             else:
                 log.warning(
@@ -741,7 +757,7 @@ def claim_due(
                         "subscriber_id": row.id,
                         "course_id": course_id,
                         "lesson": row.next_lesson,
-                        "status": DeliveryStatus.SENDING.value,
+                        "status": DeliveryStatus.CLAIMED.value,
                         "run_id": run_id,
                         "attempts": 1,
                         "claimed_at": now,
@@ -757,7 +773,7 @@ def claim_due(
                 update(D)
                 .where(_in_list(conn, D.c.id, "ids", BigInteger()))
                 .values(
-                    status=DeliveryStatus.SENDING.value,
+                    status=DeliveryStatus.CLAIMED.value,
                     run_id=run_id,
                     attempts=D.c.attempts + 1,
                     claimed_at=now,
@@ -781,6 +797,7 @@ def claim_due(
             for chunk in _chunks(expired):
                 conn.execute(doubt, {"ids": [row.delivery_id for row in chunk]})
             newly_in_doubt += len(expired)
+        leased.extend(deferred)
         if leased:
             conn.execute(
                 update(S)
@@ -796,6 +813,27 @@ def claim_due(
         for row in again:
             claims.append(_claim(row, row.delivery_id, row.attempts + 1))
     return ClaimBatch(claims, newly_in_doubt)
+
+
+def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -> int:
+    """These claims are about to be handed to a transport: 'claimed' -> 'sending'.
+
+    Commit before sending. After a crash, only 'sending' rows can have gone out (they become
+    'in_doubt'); rows still 'claimed' are sent by a later run. Returns how many changed.
+    """
+    conn = _conn(session)
+    stmt = (
+        update(D)
+        .where(
+            _in_list(conn, D.c.id, "ids", BigInteger()),
+            D.c.status == DeliveryStatus.CLAIMED.value,
+        )
+        .values(status=DeliveryStatus.SENDING.value, updated_at=now)
+    )
+    changed = 0
+    for chunk in _chunks(delivery_ids):
+        changed += conn.execute(stmt, {"ids": list(chunk)}).rowcount
+    return changed
 
 
 def _claim(row: Row[Any], delivery_id: int, attempts: int) -> Claim:
@@ -903,7 +941,7 @@ def record_sent(session: Session, items: Sequence[SentItem], run_id: str) -> int
         current = state.get(item.delivery_id)
         if current is None or not (
             current.delivery_status == DeliveryStatus.IN_DOUBT
-            or (current.delivery_status == DeliveryStatus.SENDING and current.run_id == run_id)
+            or (current.delivery_status in _MINE and current.run_id == run_id)
         ):
             log.warning(
                 "delivery %s reported sent but is %s; not recorded",
@@ -1010,7 +1048,9 @@ def _settle(
     return len(changed)
 
 
-_OPEN = frozenset({DeliveryStatus.SENDING.value, DeliveryStatus.IN_DOUBT.value})
+_MINE = frozenset({DeliveryStatus.CLAIMED.value, DeliveryStatus.SENDING.value})
+"""A run's open rows: claimed, and maybe handed to the transport."""
+_OPEN = _MINE | {DeliveryStatus.IN_DOUBT.value}
 
 
 def record_retry(
@@ -1053,18 +1093,18 @@ def record_in_doubt(
     return _settle(
         session,
         [(delivery_id, detail, None) for delivery_id, detail in items],
-        allowed=frozenset({DeliveryStatus.SENDING.value}),
+        allowed=_MINE,
         status=DeliveryStatus.IN_DOUBT,
         now=now,
     )
 
 
 def release_claims(session: Session, run_id: str, now: datetime) -> int:
-    """Give back every 'sending' claim of `run_id` (nothing was sent for them): -> 'retry', and
+    """Give back every open claim of `run_id` (nothing was sent for them): -> 'retry', and
     their subscribers, if still waiting for that lesson, are due again at `now`. Returns the count.
     """
     conn = _conn(session)
-    mine = and_(D.c.run_id == run_id, D.c.status == DeliveryStatus.SENDING.value)
+    mine = and_(D.c.run_id == run_id, D.c.status.in_(sorted(_MINE)))
     waiting = (
         select(D.c.subscriber_id)
         .where(mine, D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson)

@@ -29,7 +29,7 @@ SUBSCRIBER_STATUSES = (
     "bounced",
     "complained",
 )
-DELIVERY_STATUSES = ("sending", "sent", "retry", "failed", "in_doubt")
+DELIVERY_STATUSES = ("claimed", "sending", "sent", "retry", "failed", "in_doubt")
 
 
 def _in(column: str, values: Sequence[str]) -> str:
@@ -98,11 +98,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_deliveries_course_id_status", "deliveries", ["course_id", "status"])
     op.create_index(
-        "ix_deliveries_sending_run",
+        "ix_deliveries_open_run",
         "deliveries",
         ["run_id"],
-        sqlite_where=sa.text("status = 'sending'"),
-        postgresql_where=sa.text("status = 'sending'"),
+        sqlite_where=sa.text("status IN ('claimed', 'sending')"),
+        postgresql_where=sa.text("status IN ('claimed', 'sending')"),
     )
 
     op.create_table(

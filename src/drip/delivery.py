@@ -1,0 +1,423 @@
+"""The one place that joins store, schedule, render and transports: subscribing and `drip send`.
+
+Exactly-once bookkeeping: a lesson is claimed in the ledger (committed) before it is handed to a
+transport, and the outcome is recorded after. A crash in between leaves a 'sending' row whose lease
+runs out; the next run marks it 'in_doubt' and never sends it again by itself (see the README's
+in-doubt policy). `now` is always a parameter: the CLI passes the clock or `--now`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from drip import schedule, store
+from drip.addresses import check_timezone, clean_name, normalize_email
+from drip.course import Course
+from drip.links import LinkBuilder
+from drip.message import OutgoingEmail
+from drip.render import Recipient, Renderer
+from drip.transports.base import FatalTransportError, Outcome, SendResult, Transport
+
+BATCH_SIZE = 500
+SEND_WINDOW = 1
+"""Claims handed to the transport per call; after a crash at most this many are in doubt."""
+LEASE = timedelta(minutes=15)
+"""How long a claim is protected. A run that holds a claim longer than this is presumed dead."""
+MAX_ATTEMPTS = 8
+BASE_RETRY_DELAY = timedelta(minutes=1)
+MAX_RETRY_DELAY = timedelta(hours=6)
+CONFIRMATION_INTERVAL = timedelta(hours=24)
+"""At most one confirmation email per address in this interval (subscription bombing)."""
+ONE_TICK = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Mailer:
+    """What every send needs besides the database: the course, how to render, who sends."""
+
+    course: Course
+    renderer: Renderer
+    links: LinkBuilder
+    transport: Transport
+    from_override: str | None = None
+    """DRIP_FROM: 'Name <address>' or a bare address; replaces the course's sender."""
+
+    def sender(self) -> tuple[str, str | None]:
+        settings = self.course.settings
+        if self.from_override:
+            name, address = parseaddr(self.from_override)
+            return address, name or settings.sender_name
+        return settings.sender_email, settings.sender_name
+
+
+@dataclass
+class SendReport:
+    """What a `drip send` run did. `stopped` is set when the run had to stop early."""
+
+    now: datetime
+    dry_run: bool = False
+    due: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    in_doubt: int = 0
+    per_lesson: dict[str, Counter[str]] = field(default_factory=dict)
+    stopped: str | None = None
+    note: str | None = None
+
+    def count(self, lesson: str, outcome: str) -> None:
+        self.per_lesson.setdefault(lesson, Counter())[outcome] += 1
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "now": self.now.isoformat(),
+            "dry_run": self.dry_run,
+            "due": self.due,
+            "sent": self.sent,
+            "retried": self.retried,
+            "failed": self.failed,
+            "in_doubt": self.in_doubt,
+            "per_lesson": {slug: dict(counts) for slug, counts in sorted(self.per_lesson.items())},
+            "stopped": self.stopped,
+            "note": self.note,
+        }
+
+
+def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
+    """Exponential back-off from BASE_RETRY_DELAY, capped, never shorter than Retry-After."""
+    delay: timedelta = min(BASE_RETRY_DELAY * 2 ** max(attempts - 1, 0), MAX_RETRY_DELAY)
+    if retry_after is not None:
+        delay = max(delay, timedelta(seconds=retry_after))
+    return delay
+
+
+def compose(mailer: Mailer, claim: store.Claim) -> OutgoingEmail:
+    """Render one claimed lesson for its subscriber into an `OutgoingEmail`."""
+    lesson = mailer.course.lesson(claim.lesson)
+    recipient = Recipient(
+        email=claim.email,
+        name=claim.name,
+        unsubscribe_url=mailer.links.unsubscribe_url(claim.subscriber_id),
+        manage_url=mailer.links.manage_url(claim.subscriber_id),
+    )
+    rendered = mailer.renderer.lesson(lesson, recipient)
+    from_address, from_name = mailer.sender()
+    delivery_id = str(claim.delivery_id)
+    return OutgoingEmail(
+        delivery_id=delivery_id,
+        to_address=claim.email,
+        to_name=claim.name,
+        from_address=from_address,
+        from_name=from_name,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        headers=rendered.headers,
+        custom_args={
+            "drip_delivery_id": delivery_id,
+            "drip_lesson": lesson.slug,
+            "drip_subscriber": str(claim.subscriber_id),
+        },
+    )
+
+
+def _record(
+    session: Session,
+    mailer: Mailer,
+    claims: Sequence[store.Claim],
+    results: Sequence[SendResult],
+    *,
+    now: datetime,
+    run_id: str,
+    report: SendReport,
+) -> bool:
+    """Record a batch's outcomes in one transaction. Returns True if the provider rate-limited."""
+    course = mailer.course
+    by_id = {str(claim.delivery_id): claim for claim in claims}
+    sent: list[store.SentItem] = []
+    retry: list[tuple[int, datetime, str]] = []
+    failed: list[tuple[int, str]] = []
+    doubt: list[tuple[int, str]] = []
+    rate_limited = False
+    for result in results:
+        claim = by_id[result.delivery_id]
+        if result.outcome is Outcome.SENT:
+            following = course.next_lesson(claim.lesson)
+            next_at = None
+            if following is not None:
+                next_at = schedule.next_send_at(
+                    course.settings,
+                    claim.timezone,
+                    following,
+                    previous_sent_at=now,
+                    confirmed_at=claim.confirmed_at or now,
+                )
+                # Never due again within this run: at most one lesson per subscriber per run.
+                next_at = max(next_at, now + ONE_TICK)
+            sent.append(
+                store.SentItem(
+                    delivery_id=claim.delivery_id,
+                    provider_id=result.provider_id,
+                    now=now,
+                    next_lesson=following.slug if following else None,
+                    next_send_at=next_at,
+                )
+            )
+            report.count(claim.lesson, "sent")
+        elif result.outcome is Outcome.RETRY and claim.attempts < MAX_ATTEMPTS:
+            rate_limited = rate_limited or result.retry_after is not None
+            retry_at = now + retry_delay(claim.attempts, result.retry_after)
+            retry.append((claim.delivery_id, retry_at, result.detail))
+            report.count(claim.lesson, "retried")
+        elif result.outcome is Outcome.IN_DOUBT:
+            doubt.append((claim.delivery_id, result.detail))
+            report.count(claim.lesson, "in_doubt")
+        else:
+            detail = result.detail
+            if result.outcome is Outcome.RETRY:
+                detail = f"gave up after {claim.attempts} attempts: {detail}"
+            failed.append((claim.delivery_id, detail))
+            report.count(claim.lesson, "failed")
+    with session.begin():
+        if sent:
+            store.record_sent(session, sent, run_id)
+        if retry:
+            store.record_retry(session, retry, now=now)
+        if failed:
+            store.record_failed(session, failed, now=now)
+        if doubt:
+            store.record_in_doubt(session, doubt, now=now)
+    return rate_limited
+
+
+def send_due(
+    sessions: sessionmaker[Session],
+    mailer: Mailer,
+    *,
+    now: datetime,
+    limit: int | None = None,
+    dry_run: bool = False,
+    batch_size: int = BATCH_SIZE,
+    window: int = SEND_WINDOW,
+    run_id: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SendReport:
+    """Send every lesson due at `now` (at most `limit`), claiming and recording in batches.
+
+    Returns a `SendReport`. Per-message failures are recorded and counted, not raised. A fatal
+    provider error (bad credentials) stops the run: claims not yet sent are released for the next
+    run, and `report.stopped` says why; a rate limit ends the run early the same way, with
+    `report.note`. `progress` is called with the number handled per window.
+    """
+    course_id = mailer.course.id
+    report = SendReport(now=now, dry_run=dry_run)
+    with sessions() as session:
+        report.due = store.count_due(session, course_id, now)
+    if dry_run:
+        with sessions() as session:
+            for slug, count in store.due_by_lesson(session, course_id, now).items():
+                report.per_lesson[slug] = Counter({"due": count})
+        return report
+    run_id = run_id or uuid.uuid4().hex
+    defer = _deferral(mailer.course, now)
+    remaining = limit
+    while remaining is None or remaining > 0:
+        size = batch_size if remaining is None else min(batch_size, remaining)
+        with sessions() as session, session.begin():
+            batch = store.claim_due(
+                session,
+                course_id=course_id,
+                now=now,
+                limit=size,
+                run_id=run_id,
+                lease=LEASE,
+                defer=defer,
+            )
+        report.in_doubt += batch.newly_in_doubt
+        if not batch.claims:
+            if batch.newly_in_doubt:
+                continue
+            break
+        for start in range(0, len(batch.claims), window):
+            claims = batch.claims[start : start + window]
+            outcome = _send_window(sessions, mailer, claims, now=now, run_id=run_id, report=report)
+            if progress is not None:
+                progress(len(claims))
+            if outcome is not None:
+                # Give back the rest of the batch (never handed to the transport).
+                with sessions() as session, session.begin():
+                    store.release_claims(session, run_id, now)
+                if outcome.fatal:
+                    report.stopped = outcome.message
+                else:
+                    report.note = outcome.message
+                return report
+        if remaining is not None:
+            remaining -= len(batch.claims)
+    return report
+
+
+@dataclass(frozen=True)
+class _Stop:
+    message: str
+    fatal: bool
+
+
+def _send_window(
+    sessions: sessionmaker[Session],
+    mailer: Mailer,
+    claims: Sequence[store.Claim],
+    *,
+    now: datetime,
+    run_id: str,
+    report: SendReport,
+) -> _Stop | None:
+    """Hand one window of claims to the transport and record the outcomes.
+
+    The claims are marked 'sending' (committed) first, so after a crash only this window can be
+    in doubt. Returns why the run must stop, or None to go on.
+    """
+    emails = [compose(mailer, claim) for claim in claims]
+    with sessions() as session, session.begin():
+        store.mark_sending(session, [claim.delivery_id for claim in claims], now)
+    try:
+        results = mailer.transport.send(emails)
+    except FatalTransportError as exc:
+        # What the provider already answered is recorded; the rest was never sent.
+        if exc.results:
+            with sessions() as session:
+                _record(session, mailer, claims, exc.results, now=now, run_id=run_id, report=report)
+        return _Stop(str(exc), fatal=True)
+    with sessions() as session:
+        rate_limited = _record(
+            session, mailer, claims, results, now=now, run_id=run_id, report=report
+        )
+    if rate_limited:
+        return _Stop(
+            "the provider asked us to slow down; the rest waits for the next run", fatal=False
+        )
+    return None
+
+
+def _deferral(course: Course, now: datetime) -> Callable[[str, str], datetime | None]:
+    """For claim_due: None when a subscriber in `timezone` may get `lesson` at `now`, else the
+    moment it may (a late run inside quiet hours, or on a day the course does not send)."""
+    settings = course.settings
+    first = course.lessons[0].slug
+
+    def defer(timezone: str, lesson: str) -> datetime | None:
+        is_first = lesson == first
+        if schedule.may_send_at(settings, timezone, now, first_lesson=is_first):
+            return None
+        return schedule.earliest_send_at(settings, timezone, now, first_lesson=is_first)
+
+    return defer
+
+
+@dataclass(frozen=True)
+class SubscribeResult:
+    subscriber_id: int
+    status: str
+    created: bool
+    confirmation_sent: bool
+    note: str = ""
+
+
+def subscribe(
+    sessions: sessionmaker[Session],
+    mailer: Mailer,
+    *,
+    email: str,
+    name: str | None,
+    timezone: str | None,
+    confirmed: bool,
+    now: datetime,
+    consent_source: str,
+) -> SubscribeResult:
+    """Add a subscriber; without `confirmed`, send the double opt-in email (at most once a day).
+
+    Raises `InvalidAddressError` for a bad email, name or timezone, and `SuppressedAddressError`
+    for an address that unsubscribed, bounced or complained: it is never re-activated silently.
+    """
+    course = mailer.course
+    address = normalize_email(email)
+    clean = clean_name(name)
+    zone = check_timezone(timezone or course.settings.timezone)
+    first = course.lessons[0]
+    first_send_at = schedule.next_send_at(
+        course.settings, zone, first, previous_sent_at=None, confirmed_at=now
+    )
+    with sessions() as session, session.begin():
+        added = store.add_subscriber(
+            session,
+            course_id=course.id,
+            email=address,
+            name=clean,
+            timezone=zone,
+            now=now,
+            consent_source=consent_source,
+            confirmed=confirmed,
+            first_lesson=first.slug,
+            first_send_at=first_send_at,
+        )
+        view = store.get_subscriber_by_id(session, added.subscriber_id)
+    status = str(added.status)
+    if status != store.SubscriberStatus.PENDING.value:
+        note = "" if added.created else f"already subscribed ({status})"
+        return SubscribeResult(added.subscriber_id, status, added.created, False, note)
+    last = view.confirmation_sent_at if view is not None else None
+    if last is not None and now - last < CONFIRMATION_INTERVAL:
+        return SubscribeResult(
+            added.subscriber_id,
+            status,
+            added.created,
+            False,
+            "a confirmation email was sent less than 24 hours ago; not sending another",
+        )
+    sent = send_confirmation(mailer, added.subscriber_id, address, clean, now=now)
+    if sent:
+        with sessions() as session, session.begin():
+            store.mark_confirmation_sent(session, added.subscriber_id, now)
+    note = "" if sent else "the confirmation email could not be sent now; try again later"
+    return SubscribeResult(added.subscriber_id, status, added.created, sent, note)
+
+
+def send_confirmation(
+    mailer: Mailer, subscriber_id: int, email: str, name: str | None, *, now: datetime
+) -> bool:
+    """Send the double opt-in email. True if the transport accepted it.
+
+    Raises `FatalTransportError` on bad provider credentials.
+    """
+    recipient = Recipient(
+        email=email,
+        name=name,
+        unsubscribe_url=mailer.links.unsubscribe_url(subscriber_id),
+        manage_url=mailer.links.manage_url(subscriber_id),
+    )
+    rendered = mailer.renderer.confirmation(recipient, mailer.links.confirm_url(subscriber_id))
+    from_address, from_name = mailer.sender()
+    delivery_id = f"confirm-{subscriber_id}-{int(now.timestamp())}"
+    message = OutgoingEmail(
+        delivery_id=delivery_id,
+        to_address=email,
+        to_name=name,
+        from_address=from_address,
+        from_name=from_name,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        headers=rendered.headers,
+        custom_args={"drip_delivery_id": delivery_id, "drip_subscriber": str(subscriber_id)},
+    )
+    [result] = mailer.transport.send([message])
+    return result.outcome is Outcome.SENT

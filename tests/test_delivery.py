@@ -1,0 +1,204 @@
+"""The send service end to end on a real database (SQLite file and PostgreSQL), memory transport.
+
+Each test drives `drip.delivery` with an explicit `now` and checks what the transport was given
+and what the ledger says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from drip import store
+from drip.course import load_course
+from drip.delivery import Mailer, send_due, subscribe
+from drip.links import LinkBuilder
+from drip.render import Renderer
+from drip.transports.base import FatalTransportError, Outcome, SendResult
+from drip.transports.memory import MemoryTransport
+
+ROOT = Path(__file__).resolve().parents[1]
+COURSE = load_course(ROOT / "course")
+# 2026-03-02 is a Monday; 10:00 in Tokyo is outside quiet hours.
+T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+
+
+@dataclass
+class Harness:
+    sessions: sessionmaker[Session]
+    transport: MemoryTransport
+    mailer: Mailer
+
+    def subscribe(
+        self,
+        email: str,
+        *,
+        now: datetime = T0,
+        confirmed: bool = True,
+        name: str | None = None,
+        timezone: str | None = None,
+    ) -> int:
+        result = subscribe(
+            self.sessions,
+            self.mailer,
+            email=email,
+            name=name,
+            timezone=timezone,
+            confirmed=confirmed,
+            now=now,
+            consent_source="test",
+        )
+        return result.subscriber_id
+
+    def lessons_sent_to(self, email: str) -> list[str]:
+        return [
+            m.custom_args["drip_lesson"]
+            for m in self.transport.sent
+            if m.to_address == email and "drip_lesson" in m.custom_args
+        ]
+
+
+@pytest.fixture
+def harness(engine: Engine) -> Iterator[Harness]:
+    transport = MemoryTransport()
+    mailer = Mailer(
+        course=COURSE,
+        renderer=Renderer(COURSE, ROOT / "templates" / "email"),
+        links=LinkBuilder("https://drip.example.jp", ["test-key"]),
+        transport=transport,
+    )
+    yield Harness(sessionmaker(engine, expire_on_commit=False), transport, mailer)
+
+
+def test_a_confirmed_subscriber_gets_lesson_one_at_once_and_only_once(harness: Harness) -> None:
+    harness.subscribe("a@example.com", name="山田")
+    report = send_due(harness.sessions, harness.mailer, now=T0)
+    assert (report.sent, report.due) == (1, 1)
+    again = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=5))
+    assert again.sent == 0
+    assert harness.lessons_sent_to("a@example.com") == ["welcome"]
+    email = harness.transport.sent[0]
+    assert email.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert email.custom_args["drip_delivery_id"] == email.delivery_id
+    assert "山田" in email.text
+
+
+def test_the_whole_course_arrives_in_order_then_completes(harness: Harness) -> None:
+    sid = harness.subscribe("b@example.com")
+    now = T0
+    for _ in range(20 * 4):  # every 6 hours for 20 days
+        send_due(harness.sessions, harness.mailer, now=now)
+        now += timedelta(hours=6)
+    assert harness.lessons_sent_to("b@example.com") == [lesson.slug for lesson in COURSE.lessons]
+    with harness.sessions() as session:
+        view = store.get_subscriber_by_id(session, sid)
+    assert view is not None and view.status == store.SubscriberStatus.COMPLETED
+
+
+def test_pending_subscribers_get_a_confirmation_and_no_lessons(harness: Harness) -> None:
+    harness.subscribe("p@example.com", confirmed=False)
+    harness.subscribe("p@example.com", confirmed=False, now=T0 + timedelta(hours=1))
+    confirmations = [m for m in harness.transport.sent if "drip_lesson" not in m.custom_args]
+    assert len(confirmations) == 1  # at most one a day
+    assert "https://drip.example.jp/c/" in confirmations[0].text
+    assert send_due(harness.sessions, harness.mailer, now=T0 + timedelta(days=3)).sent == 0
+    harness.subscribe("p@example.com", confirmed=False, now=T0 + timedelta(days=2))
+    assert len([m for m in harness.transport.sent if "drip_lesson" not in m.custom_args]) == 2
+
+
+def test_suppressed_addresses_are_never_reactivated(harness: Harness) -> None:
+    sid = harness.subscribe("u@example.com")
+    with harness.sessions() as session, session.begin():
+        store.unsubscribe(session, sid, T0)
+    with pytest.raises(store.SuppressedAddressError):
+        harness.subscribe("U@Example.com")
+    assert send_due(harness.sessions, harness.mailer, now=T0 + timedelta(days=1)).sent == 0
+
+
+def test_retry_waits_then_sends(harness: Harness) -> None:
+    harness.subscribe("r@example.com")
+    harness.transport.add_script(SendResult("", Outcome.RETRY, retry_after=120, detail="429"))
+    first = send_due(harness.sessions, harness.mailer, now=T0)
+    assert (first.sent, first.retried) == (0, 1)
+    assert send_due(harness.sessions, harness.mailer, now=T0 + timedelta(seconds=60)).sent == 0
+    later = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(seconds=121))
+    assert later.sent == 1
+    assert harness.lessons_sent_to("r@example.com") == ["welcome"]
+
+
+def test_permanent_failure_and_in_doubt_are_recorded_and_never_resent(harness: Harness) -> None:
+    harness.subscribe("f@example.com")
+    harness.subscribe("d@example.com", now=T0 + timedelta(seconds=1))
+    harness.transport.add_script(Outcome.FAILED, Outcome.IN_DOUBT)
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(seconds=2))
+    assert (report.failed, report.in_doubt, report.sent) == (1, 1, 0)
+    for day in range(1, 5):
+        send_due(harness.sessions, harness.mailer, now=T0 + timedelta(days=day))
+    assert len(harness.transport.attempts) == 2
+    with harness.sessions() as session:
+        counts = store.delivery_counts(session, COURSE.id)
+    assert counts.get("failed") == 1 and counts.get("in_doubt") == 1
+
+
+def test_fatal_error_stops_the_run_and_loses_nothing(harness: Harness) -> None:
+    for index in range(5):
+        harness.subscribe(f"s{index}@example.com", now=T0 + timedelta(seconds=index))
+    harness.transport.add_script(
+        Outcome.SENT, Outcome.SENT, FatalTransportError("401 Unauthorized")
+    )
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    assert report.stopped == "401 Unauthorized"
+    assert report.sent == 2
+    rest = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=2))
+    assert rest.sent == 3
+    assert sorted(m.to_address for m in harness.transport.sent) == [
+        f"s{index}@example.com" for index in range(5)
+    ]
+
+
+def test_an_unsubscribe_during_the_send_wins(harness: Harness) -> None:
+    sid = harness.subscribe("w@example.com")
+
+    def unsubscribe_meanwhile(email: object) -> SendResult:
+        with harness.sessions() as session, session.begin():
+            store.unsubscribe(session, sid, T0)
+        return SendResult("", Outcome.SENT, provider_id="x")
+
+    harness.transport.add_script(unsubscribe_meanwhile)
+    send_due(harness.sessions, harness.mailer, now=T0)
+    for day in range(1, 6):
+        send_due(harness.sessions, harness.mailer, now=T0 + timedelta(days=day))
+    assert harness.lessons_sent_to("w@example.com") == ["welcome"]
+    with harness.sessions() as session:
+        view = store.get_subscriber_by_id(session, sid)
+    assert view is not None and view.status == store.SubscriberStatus.UNSUBSCRIBED
+
+
+def test_limit_and_dry_run(harness: Harness) -> None:
+    for index in range(4):
+        harness.subscribe(f"l{index}@example.com", now=T0 + timedelta(seconds=index))
+    dry = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1), dry_run=True)
+    assert dry.due == 4 and dry.per_lesson["welcome"]["due"] == 4
+    assert harness.transport.attempts == []
+    limited = send_due(
+        harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1), limit=3, batch_size=2
+    )
+    assert limited.sent == 3
+    assert send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=2)).sent == 1
+
+
+def test_a_late_run_inside_quiet_hours_waits(harness: Harness) -> None:
+    harness.subscribe("q@example.com")
+    send_due(harness.sessions, harness.mailer, now=T0)
+    # Lesson 2 is due 2026-03-03 07:30 Tokyo; a run at 22:00 Tokyo that day is late and quiet.
+    quiet = datetime(2026, 3, 3, 13, 0, tzinfo=UTC)
+    assert send_due(harness.sessions, harness.mailer, now=quiet).sent == 0
+    morning_after = datetime(2026, 3, 3, 22, 0, tzinfo=UTC)  # 07:00 Tokyo on the 4th
+    assert send_due(harness.sessions, harness.mailer, now=morning_after).sent == 1
+    assert harness.lessons_sent_to("q@example.com") == ["welcome", "rethink"]
