@@ -207,7 +207,7 @@ def send_due(
     limit: int | None = None,
     dry_run: bool = False,
     batch_size: int = BATCH_SIZE,
-    window: int = SEND_WINDOW,
+    window: int | None = None,
     run_id: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SendReport:
@@ -228,6 +228,8 @@ def send_due(
                 report.per_lesson[slug] = Counter({"due": count})
         return report
     run_id = run_id or uuid.uuid4().hex
+    # A transport that sends concurrently says how many it keeps in flight (`window`).
+    window = window or int(getattr(mailer.transport, "window", SEND_WINDOW))
     defer = _deferral(mailer.course, now)
     remaining = limit
     while remaining is None or remaining > 0:
