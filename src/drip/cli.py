@@ -348,31 +348,13 @@ def subscribers_import_command(
     Exit 0 when every row was valid, 1 when some rows were invalid (the valid ones are
     imported), 2 for a missing or unreadable file, a bad header or a bad option.
     """
-    from datetime import UTC, datetime
-
-    from sqlalchemy.orm import sessionmaker
-
     from drip import schedule
-    from drip.config import DEFAULT_DATABASE_URL
     from drip.course import load_course
     from drip.db import open_database
     from drip.errors import UsageError
     from drip.importer import import_subscribers
 
-    now = datetime.now(UTC)
-    if now_text is not None:
-        try:
-            now = datetime.fromisoformat(now_text)
-        except ValueError:
-            raise UsageError(
-                f"--now {now_text!r} is not an ISO-8601 date-time, e.g. 2026-04-01T07:30:00+09:00"
-            ) from None
-        if now.tzinfo is None:
-            raise UsageError(
-                f"--now {now_text!r} has no UTC offset; add one, e.g. {now_text}+09:00 or"
-                f" {now_text}Z"
-            )
-        now = now.astimezone(UTC)
+    now = parse_now(now_text)
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
     config = settings()
@@ -384,9 +366,7 @@ def subscribers_import_command(
             loaded.settings, timezone, first, previous_sent_at=None, confirmed_at=now
         )
 
-    engine = open_database(
-        config.database_url, auto_upgrade=config.database_url == DEFAULT_DATABASE_URL
-    )
+    engine = open_database(config.database_url, auto_upgrade=config.uses_embedded_database)
     try:
         report = import_subscribers(
             sessionmaker(engine),
