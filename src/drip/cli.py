@@ -217,13 +217,16 @@ def send_command(now_text: str | None, dry_run: bool, limit: int | None, as_json
     from drip.delivery import send_due
 
     now = parse_now(now_text)
-    sessions, mailer = open_mailer(settings())
+    current = settings()
+    sessions, mailer = open_mailer(current)
     with mailer.transport, progress_bar() as advance:
         report = send_due(sessions, mailer, now=now, limit=limit, dry_run=dry_run, progress=advance)
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
         click.echo(format_report(report))
+        if current.transport == "outbox" and report.sent:
+            click.echo(f"the emails are .eml files in {current.outbox_dir.resolve()}")
     if report.stopped:
         fail(f"the run stopped: {report.stopped}", 1)
 
