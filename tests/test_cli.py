@@ -1,0 +1,176 @@
+"""The `drip` command line end to end: the quickstart flow, exit codes, JSON, secret hygiene,
+and a check that every command and setting is documented in the README."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from tests.fakes.sendgrid_server import FakeSendGrid
+
+from drip.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MORNING = "2026-04-01T09:00:00+09:00"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def drip(*args: str, **env: str) -> Result:
+    base = {
+        "DRIP_COURSE_DIR": str(ROOT / "course"),
+        "DRIP_TEMPLATES_DIR": str(ROOT / "templates" / "email"),
+    }
+    return CliRunner().invoke(main, list(args), env={**base, **env})
+
+
+def test_quickstart_subscribe_and_send_on_the_embedded_defaults(workdir: Path) -> None:
+    added = drip(
+        "subscribe", "Yamada@Example.com", "--name", "山田", "--confirmed", "--now", MORNING
+    )
+    assert added.exit_code == 0, added.output
+    assert "active" in added.output
+    sent = drip("send", "--now", MORNING)
+    assert sent.exit_code == 0, sent.output
+    assert "sent 1," in sent.output and "welcome: sent 1" in sent.output
+    assert str(workdir / "outbox") in sent.output
+    [eml] = list((workdir / "outbox").glob("*.eml"))
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert message["To"].addresses[0].addr_spec == "yamada@example.com"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert (workdir / "drip.db").exists()
+    again = drip("send", "--now", MORNING, "--json")
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["sent"] == 0
+
+
+def test_subscribe_without_confirmed_sends_the_confirmation(workdir: Path) -> None:
+    result = drip("subscribe", "new@example.com", "--now", MORNING)
+    assert result.exit_code == 0, result.output
+    assert "pending" in result.output and "confirmation email sent" in result.output
+    [eml] = list((workdir / "outbox").glob("*.eml"))
+    assert "/c/" in eml.read_text(encoding="utf-8", errors="replace") or eml.stat().st_size > 0
+    assert drip("send", "--now", MORNING, "--json").stdout.count('"sent": 0') == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["subscribe", "a@evil.com@good.com"], "not a usable email address"),
+        (["subscribe", "ok@example.com", "--timezone", "Mars/Base"], "not a timezone"),
+        (["send", "--now", "2026-04-01T09:00:00"], "has no UTC offset"),
+        (["send", "--now", "yesterday"], "not an ISO-8601 date-time"),
+        (["send", "--limit", "0"], "--limit"),
+    ],
+)
+def test_usage_errors_exit_2(workdir: Path, args: list[str], message: str) -> None:
+    result = drip(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_an_unsubscribed_address_is_not_reactivated(workdir: Path) -> None:
+    from sqlalchemy.orm import Session
+
+    from drip import store
+    from drip.db import open_database
+
+    assert drip("subscribe", "gone@example.com", "--confirmed", "--now", MORNING).exit_code == 0
+    engine = open_database("sqlite:///drip.db", auto_upgrade=False)
+    with Session(engine) as session, session.begin():
+        view = store.get_subscriber(session, "jinmyaku-40s", "gone@example.com")
+        assert view is not None
+        store.unsubscribe(session, view.id, view.created_at)
+    engine.dispose()
+    result = drip("subscribe", "gone@example.com", "--confirmed")
+    assert result.exit_code == 2
+    assert "unsubscribed" in result.output
+
+
+def test_config_errors_exit_2_before_touching_the_database(workdir: Path) -> None:
+    result = drip("send", DRIP_TRANSPORT="smtp")
+    assert result.exit_code == 2
+    assert "DRIP_SMTP_URL" in result.output
+    assert not (workdir / "drip.db").exists()
+
+
+def test_a_database_that_is_not_upgraded_is_refused(workdir: Path) -> None:
+    result = drip(
+        "send", DRIP_DATABASE_URL=f"sqlite:///{workdir / 'other.db'}", DRIP_SECRET_KEY="k"
+    )
+    assert result.exit_code == 2
+    assert "drip db upgrade" in result.output
+    upgraded = drip("db", "upgrade", DRIP_DATABASE_URL=f"sqlite:///{workdir / 'other.db'}")
+    assert upgraded.exit_code == 0, upgraded.output
+    result = drip(
+        "send", DRIP_DATABASE_URL=f"sqlite:///{workdir / 'other.db'}", DRIP_SECRET_KEY="k"
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_an_unreachable_database_exits_1(workdir: Path) -> None:
+    result = drip(
+        "send",
+        DRIP_DATABASE_URL="postgresql+psycopg://drip:pw@127.0.0.1:9/drip",
+        DRIP_SECRET_KEY="k",
+    )
+    assert result.exit_code == 1, result.output
+    assert "pw" not in result.output
+
+
+def test_bad_provider_credentials_stop_the_run_with_exit_1_and_no_secret(workdir: Path) -> None:
+    sentinel_key = "SG.SENTINEL-API-KEY-0123456789"
+    sentinel_secret = "SENTINEL-SIGNING-KEY"
+    env = {
+        "SENDGRID_API_KEY": sentinel_key,
+        "DRIP_SECRET_KEY": sentinel_secret,
+        "DRIP_SMTP_URL": "smtp://user:SENTINEL-SMTP-PASSWORD@127.0.0.1:9",
+    }
+    with FakeSendGrid(api_key="SG.the-right-key") as fake:
+        env["DRIP_SENDGRID_API_URL"] = fake.url
+        outputs = [
+            drip("subscribe", "a@example.com", "--confirmed", "--now", MORNING, **env),
+            drip("send", "--now", MORNING, **env),
+            drip("send", "--now", MORNING, "--json", **env),
+            drip("subscribe", "b@example.com", "--now", MORNING, **env),
+            drip("send", **{**env, "DRIP_TRANSPORT": "smtp"}),
+        ]
+    assert outputs[0].exit_code == 0
+    assert outputs[1].exit_code == 1
+    assert "the run stopped" in outputs[1].output and "401" in outputs[1].output
+    assert json.loads(outputs[2].stdout)["sent"] == 0
+    assert outputs[2].exit_code == 1
+    for result in outputs:
+        text = result.output + repr(result.exception)
+        for secret in (sentinel_key, sentinel_secret, "SENTINEL-SMTP-PASSWORD"):
+            assert secret not in text
+
+
+def test_every_command_and_setting_is_documented() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = []
+
+    def walk(group: object, prefix: str) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            if hasattr(command, "commands"):
+                walk(command, f"{prefix}{name} ")
+            else:
+                commands.append(f"drip {prefix}{name}")
+
+    walk(main, "")
+    missing = [command for command in commands if f"`{command}" not in readme]
+    assert missing == [], f"commands not in the README: {missing}"
+    config = (ROOT / "src" / "drip" / "config.py").read_text(encoding="utf-8")
+    variables = set(re.findall(r'get\("((?:DRIP|SENDGRID)_[A-Z_]+)"', config))
+    assert variables, "no settings found"
+    undocumented = sorted(name for name in variables if f"`{name}`" not in readme)
+    assert undocumented == [], f"settings not in the README: {undocumented}"
