@@ -202,3 +202,21 @@ def test_a_late_run_inside_quiet_hours_waits(harness: Harness) -> None:
     morning_after = datetime(2026, 3, 3, 22, 0, tzinfo=UTC)  # 07:00 Tokyo on the 4th
     assert send_due(harness.sessions, harness.mailer, now=morning_after).sent == 1
     assert harness.lessons_sent_to("q@example.com") == ["welcome", "rethink"]
+
+
+def test_a_lesson_removed_from_the_course_holds_its_readers_with_a_reason(
+    harness: Harness,
+) -> None:
+    from dataclasses import replace
+
+    harness.subscribe("x@example.com")
+    send_due(harness.sessions, harness.mailer, now=T0)
+    shorter = replace(
+        COURSE, lessons=tuple(lesson for lesson in COURSE.lessons if lesson.slug != "rethink")
+    )
+    mailer = replace(harness.mailer, course=shorter)
+    report = send_due(harness.sessions, mailer, now=T0 + timedelta(days=2))
+    assert (report.sent, report.failed) == (0, 1)
+    assert report.per_lesson["rethink"]["failed"] == 1
+    with harness.sessions() as session:
+        assert store.delivery_counts(session, COURSE.id)["failed"] == 1

@@ -7,7 +7,9 @@ to stop; 2 usage or configuration error.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,6 +72,14 @@ def main() -> None:
     Settings come from DRIP_* environment variables (see the README). Exit codes: 0 success,
     1 errors found or the run had to stop, 2 usage or configuration error.
     """
+    # Logs go to stderr; stdout carries the commands' results (and --json).
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.group()
@@ -411,3 +421,58 @@ def subscribers_import_command(
         )
     if report.invalid:
         sys.exit(1)
+
+
+@main.command("worker")
+@click.option(
+    "--interval",
+    default=300,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Seconds between two sends.",
+)
+@reports_errors
+def worker_command(interval: int) -> None:
+    """Run `drip send` now and then every INTERVAL seconds, until SIGTERM or Ctrl-C.
+
+    An APScheduler daemon for hosts without cron: one send at a time (a slow run is never
+    overlapped; missed runs are coalesced). A failing run is logged and the next one tries
+    again; bad provider credentials stop the worker with exit 1.
+    """
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from drip.delivery import send_due
+
+    log = logging.getLogger("drip.worker")
+    sessions, mailer = open_mailer(settings())
+    scheduler = BlockingScheduler(timezone=UTC)
+    stopped: list[str] = []
+
+    def run_once() -> None:
+        try:
+            report = send_due(sessions, mailer, now=datetime.now(UTC))
+        except DripError as exc:
+            log.error("send failed, trying again in %s s: %s", interval, exc)
+            return
+        log.info(format_report(report).replace("\n", "; "))
+        if report.stopped:
+            stopped.append(report.stopped)
+            scheduler.shutdown(wait=False)
+
+    def stop(signum: int, frame: object) -> None:
+        log.info("signal %s: stopping after the current send", signum)
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, stop)
+    scheduler.add_job(
+        run_once,
+        IntervalTrigger(seconds=interval),
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+    )
+    with mailer.transport:
+        scheduler.start()
+    if stopped:
+        fail(f"the worker stopped: {stopped[0]}", 1)

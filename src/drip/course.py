@@ -74,6 +74,9 @@ class Course:
     def id(self) -> str:
         return self.settings.id
 
+    def has_lesson(self, slug: str) -> bool:
+        return any(lesson.slug == slug for lesson in self.lessons)
+
     def lesson(self, slug: str) -> Lesson:
         for lesson in self.lessons:
             if lesson.slug == slug:

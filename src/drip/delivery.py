@@ -288,6 +288,28 @@ def _send_window(
     The claims are marked 'sending' (committed) first, so after a crash only this window can be
     in doubt. Returns why the run must stop, or None to go on.
     """
+    gone = [claim for claim in claims if not mailer.course.has_lesson(claim.lesson)]
+    if gone:
+        # A lesson removed from course.toml while readers were waiting for it: hold them with a
+        # reason rather than guess which lesson they should get instead.
+        with sessions() as session, session.begin():
+            store.record_failed(
+                session,
+                [
+                    (
+                        claim.delivery_id,
+                        f"lesson {claim.lesson!r} is no longer in the course;"
+                        " put it back in course.toml or move these readers on",
+                    )
+                    for claim in gone
+                ],
+                now=now,
+            )
+        for claim in gone:
+            report.count(claim.lesson, "failed")
+        claims = [claim for claim in claims if claim not in gone]
+        if not claims:
+            return None
     emails = [compose(mailer, claim) for claim in claims]
     with sessions() as session, session.begin():
         store.mark_sending(session, [claim.delivery_id for claim in claims], now)
