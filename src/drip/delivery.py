@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +24,7 @@ from drip.addresses import check_timezone, clean_name, normalize_email
 from drip.course import Course
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
-from drip.render import Recipient, Renderer
+from drip.render import Recipient, RenderedEmail, Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult, Transport
 
 BATCH_SIZE = 500
@@ -50,12 +51,45 @@ class Mailer:
     from_override: str | None = None
     """DRIP_FROM: 'Name <address>' or a bare address; replaces the course's sender."""
 
+    @cached_property
     def sender(self) -> tuple[str, str | None]:
+        """(address, display name) of the From header."""
         settings = self.course.settings
         if self.from_override:
             name, address = parseaddr(self.from_override)
             return address, name or settings.sender_name
         return settings.sender_email, settings.sender_name
+
+    def recipient(self, subscriber_id: int, email: str, name: str | None) -> Recipient:
+        """The per-reader values of an email: address, name and signed links."""
+        return Recipient(
+            email=email,
+            name=name,
+            unsubscribe_url=self.links.unsubscribe_url(subscriber_id),
+            manage_url=self.links.manage_url(subscriber_id),
+        )
+
+    def envelope(
+        self,
+        delivery_id: str,
+        recipient: Recipient,
+        rendered: RenderedEmail,
+        custom_args: dict[str, str],
+    ) -> OutgoingEmail:
+        """A rendered email addressed from the course's sender to `recipient`."""
+        from_address, from_name = self.sender
+        return OutgoingEmail(
+            delivery_id=delivery_id,
+            to_address=recipient.email,
+            to_name=recipient.name,
+            from_address=from_address,
+            from_name=from_name,
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            headers=rendered.headers,
+            custom_args={"drip_delivery_id": delivery_id, **custom_args},
+        )
 
 
 @dataclass
@@ -103,30 +137,12 @@ def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
 def compose(mailer: Mailer, claim: store.Claim) -> OutgoingEmail:
     """Render one claimed lesson for its subscriber into an `OutgoingEmail`."""
     lesson = mailer.course.lesson(claim.lesson)
-    recipient = Recipient(
-        email=claim.email,
-        name=claim.name,
-        unsubscribe_url=mailer.links.unsubscribe_url(claim.subscriber_id),
-        manage_url=mailer.links.manage_url(claim.subscriber_id),
-    )
-    rendered = mailer.renderer.lesson(lesson, recipient)
-    from_address, from_name = mailer.sender()
-    delivery_id = str(claim.delivery_id)
-    return OutgoingEmail(
-        delivery_id=delivery_id,
-        to_address=claim.email,
-        to_name=claim.name,
-        from_address=from_address,
-        from_name=from_name,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
-        headers=rendered.headers,
-        custom_args={
-            "drip_delivery_id": delivery_id,
-            "drip_lesson": lesson.slug,
-            "drip_subscriber": str(claim.subscriber_id),
-        },
+    recipient = mailer.recipient(claim.subscriber_id, claim.email, claim.name)
+    return mailer.envelope(
+        str(claim.delivery_id),
+        recipient,
+        mailer.renderer.lesson(lesson, recipient),
+        {"drip_lesson": lesson.slug, "drip_subscriber": str(claim.subscriber_id)},
     )
 
 
@@ -422,26 +438,12 @@ def send_confirmation(
 
     Raises `FatalTransportError` on bad provider credentials.
     """
-    recipient = Recipient(
-        email=email,
-        name=name,
-        unsubscribe_url=mailer.links.unsubscribe_url(subscriber_id),
-        manage_url=mailer.links.manage_url(subscriber_id),
-    )
-    rendered = mailer.renderer.confirmation(recipient, mailer.links.confirm_url(subscriber_id))
-    from_address, from_name = mailer.sender()
-    delivery_id = f"confirm-{subscriber_id}-{int(now.timestamp())}"
-    message = OutgoingEmail(
-        delivery_id=delivery_id,
-        to_address=email,
-        to_name=name,
-        from_address=from_address,
-        from_name=from_name,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
-        headers=rendered.headers,
-        custom_args={"drip_delivery_id": delivery_id, "drip_subscriber": str(subscriber_id)},
+    recipient = mailer.recipient(subscriber_id, email, name)
+    message = mailer.envelope(
+        f"confirm-{subscriber_id}-{int(now.timestamp())}",
+        recipient,
+        mailer.renderer.confirmation(recipient, mailer.links.confirm_url(subscriber_id)),
+        {"drip_subscriber": str(subscriber_id)},
     )
     [result] = mailer.transport.send([message])
     return result.outcome is Outcome.SENT
