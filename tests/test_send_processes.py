@@ -59,6 +59,9 @@ def environment(database_url: str, fake: FakeSendGrid, tmp_path: Path) -> dict[s
         SENDGRID_API_KEY=API_KEY,
         DRIP_SENDGRID_API_URL=fake.url,
         DRIP_SECRET_KEY="process-test-key",
+        # The fast client, one request in flight: the scripts above are consumed in order.
+        # Windows > 1 are killed and re-run in test_sendgrid_fast.py.
+        DRIP_SENDGRID_WINDOW="1",
         PYTHONPATH=str(ROOT / "src"),
     )
     return env

@@ -37,6 +37,7 @@ from drip.transports import FatalTransportError, Outcome, SendResult, Transport,
 from drip.transports.memory import MemoryTransport
 from drip.transports.outbox import OutboxTransport
 from drip.transports.sendgrid import SendGridTransport, build_payload, retry_after_seconds
+from drip.transports.sendgrid_fast import FastSendGridTransport
 from drip.transports.smtp import SmtpTransport, _wire_data, parse_smtp_url
 
 pytestmark = pytest.mark.filterwarnings(
@@ -217,9 +218,16 @@ class SendGridHarness(Harness):
         "fatal": "401",
     }
 
-    def __init__(self, fake: FakeSendGrid) -> None:
+    def __init__(self, fake: FakeSendGrid, *, fast: bool = False) -> None:
         self.fake = fake
-        self.transport = sendgrid_transport(fake)
+        self.transport: Transport = sendgrid_transport(fake)
+        if fast:
+            # One request in flight: the fake answers its script in arrival order, and the
+            # contract scenarios are ordered. Concurrency is tested in test_sendgrid_fast.py.
+            self.name = "sendgrid-fast"
+            self.transport = FastSendGridTransport(
+                API_KEY, base_url=fake.url, timeout=TIMEOUT, window=1, clock=clock
+            )
 
     def script(self, *scenarios: str) -> None:
         self.fake.add_script(*(self.steps[s] for s in scenarios))
@@ -286,12 +294,12 @@ class MemoryHarness(Harness):
         return [expected(e) for e in self.memory.sent]
 
 
-@pytest.fixture(params=["sendgrid", "smtp", "outbox", "memory"])
+@pytest.fixture(params=["sendgrid", "sendgrid-fast", "smtp", "outbox", "memory"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     h: Harness
-    if request.param == "sendgrid":
+    if request.param.startswith("sendgrid"):
         with FakeSendGrid(api_key=API_KEY) as fake:
-            h = SendGridHarness(fake)
+            h = SendGridHarness(fake, fast=request.param == "sendgrid-fast")
             with h.transport:
                 yield h
     elif request.param == "smtp":

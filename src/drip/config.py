@@ -20,6 +20,9 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_DATABASE_URL = "sqlite:///drip.db"
 DEFAULT_SENDGRID_API_URL = "https://api.sendgrid.com"
 TRANSPORTS = ("sendgrid", "smtp", "outbox")
+SENDGRID_CLIENTS = ("fast", "official")
+BULK_MODES = ("off", "auto")
+DEFAULT_SENDGRID_WINDOW = 256
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,17 @@ class Settings:
     from_address: str | None = None
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     """Link-signing keys from DRIP_SECRET_KEY (comma-separated; the first signs, all verify)."""
+    sendgrid_client: str = "fast"
+    """DRIP_SENDGRID_CLIENT: 'fast' (aiohttp, keep-alive, concurrent) or 'official' (the
+    sendgrid library, one request at a time)."""
+    sendgrid_rate: float | None = None
+    """DRIP_SENDGRID_RATE: at most this many requests per second (the provider's limit)."""
+    sendgrid_window: int = DEFAULT_SENDGRID_WINDOW
+    """DRIP_SENDGRID_WINDOW: requests in flight (fast client); after a crash at most this many
+    emails are in doubt."""
+    bulk: str = "off"
+    """DRIP_BULK: 'auto' sends a lesson as one body with per-recipient substitutions, up to
+    1,000 recipients per request, when the transport and the lesson allow it; 'off' never."""
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -51,6 +65,19 @@ def _http_url(name: str, value: str) -> str:
             f"{name}={value!r} is not an http(s) URL; set it like https://example.com"
         )
     return value.rstrip("/")
+
+
+def _positive(name: str, value: str | None, kind: type[int] | type[float]) -> float | None:
+    """An optional positive number from the environment; None when unset or empty."""
+    if value is None or not value.strip():
+        return None
+    try:
+        number = kind(value.strip())
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ConfigError(f"{name}={value!r} is not a positive number; set e.g. {name}=100")
+    return float(number)
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -80,7 +107,23 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
                 "DRIP_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465"
                 " (the value is not shown because it may hold a password)"
             )
+    client = (get("DRIP_SENDGRID_CLIENT") or "fast").strip().lower()
+    if client not in SENDGRID_CLIENTS:
+        raise ConfigError(
+            f"DRIP_SENDGRID_CLIENT={client!r} is not known;"
+            f" use one of {', '.join(SENDGRID_CLIENTS)}"
+        )
+    bulk = (get("DRIP_BULK") or "off").strip().lower()
+    if bulk not in BULK_MODES:
+        raise ConfigError(f"DRIP_BULK={bulk!r} is not known; use one of {', '.join(BULK_MODES)}")
     return Settings(
+        sendgrid_client=client,
+        sendgrid_rate=_positive("DRIP_SENDGRID_RATE", get("DRIP_SENDGRID_RATE"), float),
+        sendgrid_window=int(
+            _positive("DRIP_SENDGRID_WINDOW", get("DRIP_SENDGRID_WINDOW"), int)
+            or DEFAULT_SENDGRID_WINDOW
+        ),
+        bulk=bulk,
         base_url=_http_url("DRIP_BASE_URL", get("DRIP_BASE_URL") or DEFAULT_BASE_URL),
         database_url=get("DRIP_DATABASE_URL") or DEFAULT_DATABASE_URL,
         course_dir=Path(get("DRIP_COURSE_DIR") or "course"),

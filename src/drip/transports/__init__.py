@@ -32,18 +32,29 @@ def make_transport(settings: Settings, *, message_id_domain: str | None = None) 
     `message_id_domain` is the right-hand side of Message-IDs for SMTP and the outbox; by
     default the domain of `settings.from_address`, else each sender's domain. Modules are
     imported here so that choosing the outbox does not load the SendGrid client. Raises
-    `ConfigError` for an unknown transport or a missing key / URL.
+    `ConfigError` for an unknown transport or a missing key / URL. For SendGrid the fast aiohttp
+    client is the default; DRIP_SENDGRID_CLIENT=official selects the official library.
     """
     domain = message_id_domain
     if domain is None and settings.from_address and "@" in settings.from_address:
         domain = settings.from_address.rpartition("@")[2].strip(" >") or None
     kind = settings.transport
     if kind == "sendgrid":
-        from drip.transports.sendgrid import SendGridTransport
-
         if not settings.sendgrid_api_key:
             raise ConfigError("DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your key")
-        return SendGridTransport(settings.sendgrid_api_key, base_url=settings.sendgrid_api_url)
+        if settings.sendgrid_client == "official":
+            from drip.transports.sendgrid import SendGridTransport
+
+            return SendGridTransport(settings.sendgrid_api_key, base_url=settings.sendgrid_api_url)
+        # The default: keep-alive connections, `sendgrid_window` requests in flight.
+        from drip.transports.sendgrid_fast import FastSendGridTransport
+
+        return FastSendGridTransport(
+            settings.sendgrid_api_key,
+            base_url=settings.sendgrid_api_url,
+            window=settings.sendgrid_window,
+            rate=settings.sendgrid_rate,
+        )
     if kind == "smtp":
         from drip.transports.smtp import SmtpTransport
 
