@@ -220,3 +220,21 @@ def test_a_lesson_removed_from_the_course_holds_its_readers_with_a_reason(
     assert report.per_lesson["rethink"]["failed"] == 1
     with harness.sessions() as session:
         assert store.delivery_counts(session, COURSE.id)["failed"] == 1
+
+
+def test_a_reader_who_unsubscribes_while_the_run_is_going_gets_nothing_after(
+    harness: Harness,
+) -> None:
+    first = harness.subscribe("first@example.com")
+    second = harness.subscribe("second@example.com", now=T0 + timedelta(seconds=1))
+    assert first != second
+
+    def second_unsubscribes(email: object) -> SendResult:
+        with harness.sessions() as session, session.begin():
+            store.unsubscribe(session, second, T0)
+        return SendResult("", Outcome.SENT, provider_id="x")
+
+    harness.transport.add_script(second_unsubscribes)
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    assert (report.sent, report.skipped) == (1, 1)
+    assert [m.to_address for m in harness.transport.attempts] == ["first@example.com"]

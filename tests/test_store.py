@@ -315,7 +315,7 @@ def test_a_crashed_claim_becomes_in_doubt_and_is_never_reclaimed(session: Sessio
     added = add(session, "a@example.com")
     session.commit()
     [crashed] = claim(session, T0, run_id="crashed").claims
-    assert store.mark_sending(session, [crashed.delivery_id], T0) == 1  # handed to a transport
+    assert store.mark_sending(session, [crashed.delivery_id], T0) == [crashed.delivery_id]
     # Within the lease nothing happens, even if the subscriber is made due again.
     session.execute(update(subscribers).values(next_send_at=T0))
     session.commit()
@@ -668,9 +668,23 @@ def test_mark_sending_only_moves_claimed_rows(session: Session) -> None:
     add(session, "a@example.com")
     session.commit()
     [claimed] = claim(session, T0).claims
-    assert store.mark_sending(session, [claimed.delivery_id], T0) == 1
-    assert store.mark_sending(session, [claimed.delivery_id], T0) == 0
+    assert store.mark_sending(session, [claimed.delivery_id], T0) == [claimed.delivery_id]
+    assert store.mark_sending(session, [claimed.delivery_id], T0) == []
     assert delivery(session, claimed.delivery_id)["status"] == "sending"
+
+
+def test_mark_sending_skips_readers_who_unsubscribed_since_the_claim(session: Session) -> None:
+    stays = add(session, "stays@example.com")
+    leaves = add(session, "leaves@example.com", at=T0 + timedelta(seconds=1))
+    session.commit()
+    claims = {c.subscriber_id: c for c in claim(session, T0 + timedelta(minutes=1)).claims}
+    session.commit()
+    store.unsubscribe(session, leaves.subscriber_id, T0 + timedelta(minutes=2))
+    session.commit()
+    ids = [claims[stays.subscriber_id].delivery_id, claims[leaves.subscriber_id].delivery_id]
+    assert store.mark_sending(session, ids, T0 + timedelta(minutes=3)) == [ids[0]]
+    assert delivery(session, ids[1])["status"] == "retry"
+    assert claim(session, T0 + timedelta(days=3)).claims == []
 
 
 def test_deferred_subscribers_are_rescheduled_not_claimed(session: Session) -> None:

@@ -250,7 +250,7 @@ def format_report(report: SendReport) -> str:
         return "\n".join(lines)
     lines = [
         f"sent {report.sent}, retried {report.retried}, failed {report.failed},"
-        f" in doubt {report.in_doubt}, due before the run {report.due}"
+        f" in doubt {report.in_doubt}, skipped {report.skipped}, due before the run {report.due}"
     ]
     for slug, counts in sorted(report.per_lesson.items()):
         parts = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))

@@ -103,6 +103,7 @@ class SendReport:
     retried: int = 0
     failed: int = 0
     in_doubt: int = 0
+    skipped: int = 0
     per_lesson: dict[str, Counter[str]] = field(default_factory=dict)
     stopped: str | None = None
     note: str | None = None
@@ -120,6 +121,7 @@ class SendReport:
             "retried": self.retried,
             "failed": self.failed,
             "in_doubt": self.in_doubt,
+            "skipped": self.skipped,
             "per_lesson": {slug: dict(counts) for slug, counts in sorted(self.per_lesson.items())},
             "stopped": self.stopped,
             "note": self.note,
@@ -328,7 +330,16 @@ def _send_window(
             return None
     emails = [compose(mailer, claim) for claim in claims]
     with sessions() as session, session.begin():
-        store.mark_sending(session, [claim.delivery_id for claim in claims], now)
+        marked = set(store.mark_sending(session, [claim.delivery_id for claim in claims], now))
+    if len(marked) < len(claims):
+        # Readers who unsubscribed or paused since the claim get nothing more.
+        for claim in claims:
+            if claim.delivery_id not in marked:
+                report.count(claim.lesson, "skipped")
+        emails = [e for e, c in zip(emails, claims, strict=True) if c.delivery_id in marked]
+        claims = [claim for claim in claims if claim.delivery_id in marked]
+        if not claims:
+            return None
     try:
         results = mailer.transport.send(emails)
     except FatalTransportError as exc:

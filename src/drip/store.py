@@ -815,25 +815,38 @@ def claim_due(
     return ClaimBatch(claims, newly_in_doubt)
 
 
-def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -> int:
+def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -> list[int]:
     """These claims are about to be handed to a transport: 'claimed' -> 'sending'.
 
+    Only claims whose subscriber is still 'active' are marked; the others (an unsubscribe or a
+    pause since the claim) go back to 'retry', unsent, so a reader who unsubscribed while a long
+    run was going gets nothing after that. Returns the ids marked 'sending': send only those.
     Commit before sending. After a crash, only 'sending' rows can have gone out (they become
-    'in_doubt'); rows still 'claimed' are sent by a later run. Returns how many changed.
+    'in_doubt'); rows still 'claimed' are sent by a later run.
     """
     conn = _conn(session)
-    stmt = (
+    still_active = select(S.c.id).where(S.c.id == D.c.subscriber_id, S.c.status == ACTIVE).exists()
+    claimed = D.c.status == DeliveryStatus.CLAIMED.value
+    mark = (
         update(D)
-        .where(
-            _in_list(conn, D.c.id, "ids", BigInteger()),
-            D.c.status == DeliveryStatus.CLAIMED.value,
-        )
+        .where(_in_list(conn, D.c.id, "ids", BigInteger()), claimed, still_active)
         .values(status=DeliveryStatus.SENDING.value, updated_at=now)
+        .returning(D.c.id)
     )
-    changed = 0
+    release = (
+        update(D)
+        .where(_in_list(conn, D.c.id, "ids", BigInteger()), claimed)
+        .values(
+            status=DeliveryStatus.RETRY.value,
+            updated_at=now,
+            detail="not sent: the reader was no longer active when its turn came",
+        )
+    )
+    marked: list[int] = []
     for chunk in _chunks(delivery_ids):
-        changed += conn.execute(stmt, {"ids": list(chunk)}).rowcount
-    return changed
+        marked.extend(row[0] for row in conn.execute(mark, {"ids": list(chunk)}))
+        conn.execute(release, {"ids": list(chunk)})
+    return marked
 
 
 def _claim(row: Row[Any], delivery_id: int, attempts: int) -> Claim:
