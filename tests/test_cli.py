@@ -167,10 +167,27 @@ def test_every_command_and_setting_is_documented() -> None:
                 commands.append(f"drip {prefix}{name}")
 
     walk(main, "")
-    missing = [command for command in commands if f"`{command}" not in readme]
+    missing = [command for command in commands if not re.search(rf"`{command}[ `]", readme)]
     assert missing == [], f"commands not in the README: {missing}"
     config = (ROOT / "src" / "drip" / "config.py").read_text(encoding="utf-8")
     variables = set(re.findall(r'get\("((?:DRIP|SENDGRID)_[A-Z_]+)"', config))
     assert variables, "no settings found"
     undocumented = sorted(name for name in variables if f"`{name}`" not in readme)
     assert undocumented == [], f"settings not in the README: {undocumented}"
+
+
+def test_pause_resume_and_unsubscribe_by_address(workdir: Path) -> None:
+    assert drip("subscribe", "op@example.com", "--confirmed", "--now", MORNING).exit_code == 0
+    paused = drip("subscribers", "pause", "OP@example.com", "--now", MORNING)
+    assert paused.exit_code == 0 and "paused" in paused.output
+    assert "sent 0," in drip("send", "--now", MORNING).output
+    again = drip("subscribers", "pause", "op@example.com")
+    assert again.exit_code == 0 and "nothing changed" in again.output
+    resumed = drip("subscribers", "resume", "op@example.com", "--now", MORNING)
+    assert resumed.exit_code == 0 and "resumed" in resumed.output
+    assert "sent 1," in drip("send", "--now", "2026-04-02T07:30+09:00").output
+    gone = drip("subscribers", "unsubscribe", "op@example.com")
+    assert gone.exit_code == 0 and "unsubscribed" in gone.output
+    assert "sent 0," in drip("send", "--now", "2026-04-10T07:30+09:00").output
+    unknown = drip("subscribers", "resume", "nobody@example.com")
+    assert unknown.exit_code == 2 and "not subscribed" in unknown.output

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drip import store
 from drip.course import load_course
-from drip.delivery import Mailer, send_due, subscribe
+from drip.delivery import Mailer, pause_reader, resume_reader, send_due, subscribe
 from drip.links import LinkBuilder
 from drip.render import Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult
@@ -238,3 +238,36 @@ def test_a_reader_who_unsubscribes_while_the_run_is_going_gets_nothing_after(
     report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
     assert (report.sent, report.skipped) == (1, 1)
     assert [m.to_address for m in harness.transport.attempts] == ["first@example.com"]
+
+
+def test_resume_sends_at_the_next_send_time_but_never_speeds_the_course_up(
+    harness: Harness,
+) -> None:
+    harness.subscribe("z@example.com")
+    send_due(harness.sessions, harness.mailer, now=T0)  # welcome on 03-02; rethink due 03-03 07:30
+    assert pause_reader(harness.sessions, COURSE, "z@example.com", now=T0 + timedelta(hours=1))
+    tokyo_0730 = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)  # 03-03 07:30 in Tokyo
+    assert send_due(harness.sessions, harness.mailer, now=tokyo_0730).sent == 0
+    # Resumed at 03-02 12:00 Tokyo (short pause): still 03-03 07:30, not earlier.
+    assert resume_reader(harness.sessions, COURSE, "z@example.com", now=T0 + timedelta(hours=2))
+    assert (
+        send_due(harness.sessions, harness.mailer, now=tokyo_0730 - timedelta(minutes=1)).sent == 0
+    )
+    assert send_due(harness.sessions, harness.mailer, now=tokyo_0730).sent == 1
+    # A long pause: lesson 3 was due 03-05 07:30; resumed 03-09 12:00 -> 03-10 07:30.
+    assert pause_reader(harness.sessions, COURSE, "z@example.com", now=tokyo_0730)
+    resumed_at = datetime(2026, 3, 9, 3, 0, tzinfo=UTC)
+    assert resume_reader(harness.sessions, COURSE, "z@example.com", now=resumed_at)
+    assert (
+        send_due(
+            harness.sessions, harness.mailer, now=datetime(2026, 3, 9, 22, 29, tzinfo=UTC)
+        ).sent
+        == 0
+    )
+    assert (
+        send_due(
+            harness.sessions, harness.mailer, now=datetime(2026, 3, 9, 22, 30, tzinfo=UTC)
+        ).sent
+        == 1
+    )
+    assert harness.lessons_sent_to("z@example.com") == ["welcome", "rethink", "events"]

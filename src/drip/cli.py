@@ -476,3 +476,38 @@ def worker_command(interval: int) -> None:
         scheduler.start()
     if stopped:
         fail(f"the worker stopped: {stopped[0]}", 1)
+
+
+def _reader_command(action: str, done: str, unchanged: str) -> click.Command:
+    """`drip subscribers pause|resume|unsubscribe EMAIL`: one status change, by address."""
+
+    @click.argument("email")
+    @click.option("--now", "now_text", metavar="ISO", help="Act as if it were this moment.")
+    @reports_errors
+    def command(email: str, now_text: str | None) -> None:
+        from drip import delivery
+        from drip.course import load_course
+        from drip.db import open_database
+
+        now = parse_now(now_text)
+        current = settings()
+        loaded = load_course(current.course_dir)
+        engine = open_database(current.database_url, auto_upgrade=current.uses_embedded_database)
+        change = getattr(delivery, f"{action}_reader")
+        try:
+            changed = change(sessionmaker(engine), loaded, email, now=now)
+        finally:
+            engine.dispose()
+        click.echo(f"{email}: {done if changed else unchanged}")
+
+    command.__doc__ = {
+        "pause": "Pause the reader EMAIL: nothing is sent until resumed.",
+        "resume": "Resume the paused reader EMAIL: the next lesson comes at the next send time.",
+        "unsubscribe": "Unsubscribe the reader EMAIL at once; it is never re-activated.",
+    }[action] + "\n\n    Exit 2 if the address is not subscribed."
+    return subscribers_group.command(action)(command)
+
+
+_reader_command("pause", "paused", "not active, nothing changed")
+_reader_command("resume", "resumed", "not paused, nothing changed")
+_reader_command("unsubscribe", "unsubscribed", "already unsubscribed, bounced or complained")

@@ -458,3 +458,56 @@ def send_confirmation(
     )
     [result] = mailer.transport.send([message])
     return result.outcome is Outcome.SENT
+
+
+def _find(session: Session, course: Course, email: str) -> store.SubscriberView:
+    view = store.get_subscriber(session, course.id, normalize_email(email))
+    if view is None:
+        raise store.NotFoundError(f"{email} is not subscribed to {course.id}")
+    return view
+
+
+def pause_reader(
+    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
+) -> bool:
+    """Pause an active reader: nothing is sent until resumed. False if it was not active.
+
+    Raises `NotFoundError` for an unknown address.
+    """
+    with sessions() as session, session.begin():
+        return store.pause(session, _find(session, course, email).id, now)
+
+
+def resume_reader(
+    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
+) -> bool:
+    """Resume a paused reader. The next lesson is due at the next `send_time` after `now`, but
+    never earlier than its normal due time: a short pause must not speed the course up.
+    False if the reader was not paused; raises `NotFoundError` for an unknown address.
+    """
+    with sessions() as session, session.begin():
+        view = _find(session, course, email)
+        settings = course.settings
+        at = schedule.resume_send_at(settings, view.timezone, resumed_at=now)
+        if view.next_lesson is not None and course.has_lesson(view.next_lesson):
+            lesson = course.lesson(view.next_lesson)
+            normal = schedule.next_send_at(
+                settings,
+                view.timezone,
+                lesson,
+                previous_sent_at=view.last_sent_at,
+                confirmed_at=view.confirmed_at or now,
+            )
+            at = max(at, normal)
+        return store.resume(session, view.id, now=now, next_send_at=at)
+
+
+def unsubscribe_reader(
+    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
+) -> bool:
+    """Unsubscribe at once; nothing more is ever sent. False if it was already suppressed.
+
+    Raises `NotFoundError` for an unknown address.
+    """
+    with sessions() as session, session.begin():
+        return store.unsubscribe(session, _find(session, course, email).id, now)
