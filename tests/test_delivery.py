@@ -271,3 +271,27 @@ def test_resume_sends_at_the_next_send_time_but_never_speeds_the_course_up(
         == 1
     )
     assert harness.lessons_sent_to("z@example.com") == ["welcome", "rethink", "events"]
+
+
+def test_a_lesson_inserted_into_a_live_course_shifts_nobody(harness: Harness) -> None:
+    from dataclasses import replace
+
+    harness.subscribe("live@example.com")
+    send_due(harness.sessions, harness.mailer, now=T0)  # welcome sent; rethink is next
+    extra = replace(COURSE.lesson("events"), slug="bonus", subject="番外編")
+    lessons = list(COURSE.lessons)
+    lessons.insert(3, extra)  # after events: welcome, rethink, events, bonus, side-job, ...
+    grown = replace(
+        COURSE,
+        lessons=tuple(
+            replace(lesson, number=index) for index, lesson in enumerate(lessons, start=1)
+        ),
+    )
+    mailer = replace(
+        harness.mailer, course=grown, renderer=Renderer(grown, ROOT / "templates" / "email")
+    )
+    now = T0
+    for _ in range(20 * 4):
+        now += timedelta(hours=6)
+        send_due(harness.sessions, mailer, now=now)
+    assert harness.lessons_sent_to("live@example.com") == [lesson.slug for lesson in lessons]
