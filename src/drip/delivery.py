@@ -89,6 +89,7 @@ class Mailer:
             text=rendered.text,
             headers=rendered.headers,
             custom_args={"drip_delivery_id": delivery_id, **custom_args},
+            bulk=rendered.bulk,
         )
 
 
@@ -251,7 +252,8 @@ def send_due(
     defer = _deferral(mailer.course, now)
     remaining = limit
     while remaining is None or remaining > 0:
-        size = batch_size if remaining is None else min(batch_size, remaining)
+        # A bulk transport's window can exceed a batch: claim at least one window at a time.
+        size = max(batch_size, window) if remaining is None else min(batch_size, remaining)
         with sessions() as session, session.begin():
             batch = store.claim_due(
                 session,

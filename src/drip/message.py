@@ -7,6 +7,21 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class BulkParts:
+    """How a lesson email was made, for bulk sending (`drip.bulk`).
+
+    `html` and `text` are the lesson's precompiled parts, shared by every reader of the same
+    lesson and name variant: literal, slot name, literal, slot name, ..., literal. `values` holds
+    this reader's raw slot values (name, unsubscribe_url, manage_url); the HTML part shows them
+    HTML-escaped, the text part as they are.
+    """
+
+    html: tuple[str, ...]
+    text: tuple[str, ...]
+    values: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class OutgoingEmail:
     """A fully rendered email, ready for any transport.
 
@@ -25,3 +40,5 @@ class OutgoingEmail:
     text: str
     headers: Mapping[str, str] = field(default_factory=dict)
     custom_args: Mapping[str, str] = field(default_factory=dict)
+    bulk: BulkParts | None = field(default=None, compare=False, repr=False)
+    """Set for lesson emails: lets a bulk-capable transport send many readers in one request."""

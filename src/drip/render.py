@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from markupsafe import Markup, escape
 from drip.course import Course, Lesson
 from drip.errors import DripError
 from drip.markup import convert
+from drip.message import BulkParts
 
 LAYOUTS = ("layout.html.j2", "layout.txt.j2")
 LESSON_TEMPLATES = ("lesson.html.j2", "lesson.txt.j2")
@@ -96,6 +97,8 @@ class RenderedEmail:
     html: str
     text: str
     headers: dict[str, str]
+    bulk: BulkParts | None = field(default=None, compare=False, repr=False)
+    """The shared parts and this reader's values (lessons only), for bulk sending."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,7 @@ class Renderer:
         if compiled is None:
             compiled = self._compile_lesson(lesson)
             self._lessons[lesson] = compiled
-        return self._fill(compiled, recipient, {})
+        return self._fill(compiled, recipient, {}, bulk=True)
 
     def confirmation(self, recipient: Recipient, confirm_url: str) -> RenderedEmail:
         """The double opt-in email asking `recipient` to open `confirm_url`."""
@@ -256,7 +259,12 @@ class Renderer:
         )
 
     def _fill(
-        self, compiled: _Compiled, recipient: Recipient, extra: Mapping[str, str]
+        self,
+        compiled: _Compiled,
+        recipient: Recipient,
+        extra: Mapping[str, str],
+        *,
+        bulk: bool = False,
     ) -> RenderedEmail:
         name = _clean_name(recipient.name)
         unsubscribe_url = _check_url("unsubscribe_url", recipient.unsubscribe_url)
@@ -268,15 +276,17 @@ class Renderer:
         }
         escaped = {key: str(escape(value)) for key, value in values.items()}
         has_name = name is not None
+        html, text = compiled.html[has_name], compiled.text[has_name]
         return RenderedEmail(
             subject=compiled.subject,
             preheader=compiled.preheader,
-            html=compiled.html[has_name].fill(escaped),
-            text=compiled.text[has_name].fill(values),
+            html=html.fill(escaped),
+            text=text.fill(values),
             headers={
                 "List-Unsubscribe": f"<{unsubscribe_url}>",
                 "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
             },
+            bulk=BulkParts(html.parts, text.parts, values) if bulk else None,
         )
 
     # --- once per lesson -----------------------------------------------------------------------

@@ -33,7 +33,8 @@ def make_transport(settings: Settings, *, message_id_domain: str | None = None) 
     default the domain of `settings.from_address`, else each sender's domain. Modules are
     imported here so that choosing the outbox does not load the SendGrid client. Raises
     `ConfigError` for an unknown transport or a missing key / URL. For SendGrid the fast aiohttp
-    client is the default; DRIP_SENDGRID_CLIENT=official selects the official library.
+    client is the default; DRIP_SENDGRID_CLIENT=official selects the official library, and
+    DRIP_BULK=auto wraps the fast client in `drip.bulk.BulkSendGridTransport`.
     """
     domain = message_id_domain
     if domain is None and settings.from_address and "@" in settings.from_address:
@@ -49,12 +50,17 @@ def make_transport(settings: Settings, *, message_id_domain: str | None = None) 
         # The default: keep-alive connections, `sendgrid_window` requests in flight.
         from drip.transports.sendgrid_fast import FastSendGridTransport
 
-        return FastSendGridTransport(
+        fast = FastSendGridTransport(
             settings.sendgrid_api_key,
             base_url=settings.sendgrid_api_url,
             window=settings.sendgrid_window,
             rate=settings.sendgrid_rate,
         )
+        if settings.bulk == "auto":
+            from drip.bulk import BulkSendGridTransport
+
+            return BulkSendGridTransport(fast)
+        return fast
     if kind == "smtp":
         from drip.transports.smtp import SmtpTransport
 

@@ -34,6 +34,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -157,6 +158,11 @@ class Aimd:
     @property
     def allowed(self) -> int:
         return max(1, int(self.limit))
+
+
+def _email_body(email: OutgoingEmail) -> bytes:
+    """The JSON body for one email: the official helper's payload, serialised with orjson."""
+    return orjson.dumps(build_payload(email))
 
 
 class _Call:
@@ -283,22 +289,36 @@ class FastSendGridTransport(TransportBase):
         """
         if not emails:
             return []
-        call: _Call = self._run(self._send_all(list(emails)))
-        if call.fatal is not None:
-            done = [r for r in call.results if r is not None]
-            raise FatalTransportError(self._scrub(call.fatal), done)
-        results: list[SendResult] = []
-        for email, result in zip(emails, call.results, strict=True):
+        jobs = [(email.delivery_id, partial(_email_body, email)) for email in emails]
+        results, fatal, call = self.post_all(jobs)
+        if fatal is not None:
+            raise FatalTransportError(fatal, [r for r in results if r is not None])
+        out: list[SendResult] = []
+        for email, result in zip(emails, results, strict=True):
             if result is None:
                 reason = call.stop_reason or "the call ended early"
-                results.extend(not_attempted([email], reason, call.stop_retry_after))
+                out.extend(not_attempted([email], reason, call.stop_retry_after))
             else:
-                results.append(result)
-        return results
+                out.append(result)
+        return out
 
-    async def _send_all(self, emails: list[OutgoingEmail]) -> _Call:
+    def post_all(
+        self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
+    ) -> tuple[list[SendResult | None], str | None, _Call]:
+        """POST one body per job (label, body builder), up to the AIMD limit in flight.
+
+        Returns (results in job order, fatal message or None, call state). A result is None for
+        a job not started (after an outage-like or fatal answer) or that met the fatal answer.
+        A builder that raises `SendGridException`/`ValueError`/`TypeError` gives FAILED. Used by
+        `send` (one email per job) and by `drip.bulk` (many recipients per job).
+        """
+        call: _Call = self._run(self._send_all(list(jobs)))
+        fatal = None if call.fatal is None else self._scrub(call.fatal)
+        return call.results, fatal, call
+
+    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]]) -> _Call:
         session = await self._get_session()
-        call = _Call(len(emails))
+        call = _Call(len(jobs))
         running: set[asyncio.Task[None]] = set()
         wake = asyncio.Event()
 
@@ -306,7 +326,7 @@ class FastSendGridTransport(TransportBase):
             running.discard(task)
             wake.set()
 
-        while call.next_index < len(emails) and call.stop_reason is None and call.fatal is None:
+        while call.next_index < len(jobs) and call.stop_reason is None and call.fatal is None:
             if len(running) >= self.aimd.allowed:
                 wake.clear()
                 await wake.wait()
@@ -315,7 +335,8 @@ class FastSendGridTransport(TransportBase):
             call.next_index += 1
             if self._bucket is not None:
                 await self._bucket.take()
-            task = asyncio.create_task(self._send_one(session, emails[index], index, call))
+            label, build = jobs[index]
+            task = asyncio.create_task(self._send_one(session, label, build, index, call))
             running.add(task)
             task.add_done_callback(finished)
         if running:
@@ -323,12 +344,26 @@ class FastSendGridTransport(TransportBase):
         return call
 
     async def _send_one(
-        self, session: aiohttp.ClientSession, email: OutgoingEmail, index: int, call: _Call
+        self,
+        session: aiohttp.ClientSession,
+        label: str,
+        build: Callable[[], bytes],
+        index: int,
+        call: _Call,
     ) -> None:
         try:
-            result = await self._post(session, email)
+            body = build()
+        except (SendGridException, ValueError, TypeError) as exc:
+            call.results[index] = SendResult(
+                label,
+                Outcome.FAILED,
+                detail=f"cannot build the request: {type(exc).__name__} {exc}"[:MAX_DETAIL],
+            )
+            return
+        try:
+            result = await self.post_body(session, label, body)
         except FatalTransportError as exc:
-            # This email was not sent and gets no result; no new request starts.
+            # This job was not sent and gets no result; no new request starts.
             call.fatal = call.fatal or str(exc)
             return
         result = SendResult(
@@ -345,19 +380,8 @@ class FastSendGridTransport(TransportBase):
             if result.outcome is Outcome.RETRY:
                 self.aimd.decrease()
             if call.stop_reason is None:
-                call.stop_reason = f"SendGrid answered {email.delivery_id}: {result.detail}"
+                call.stop_reason = f"SendGrid answered {label}: {result.detail}"
                 call.stop_retry_after = result.retry_after
-
-    async def _post(self, session: aiohttp.ClientSession, email: OutgoingEmail) -> SendResult:
-        try:
-            body = orjson.dumps(build_payload(email))
-        except (SendGridException, ValueError, TypeError) as exc:
-            return SendResult(
-                email.delivery_id,
-                Outcome.FAILED,
-                detail=f"cannot build the request: {type(exc).__name__} {exc}"[:MAX_DETAIL],
-            )
-        return await self.post_body(session, email.delivery_id, body)
 
     async def post_body(
         self, session: aiohttp.ClientSession, delivery_id: str, body: bytes

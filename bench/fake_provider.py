@@ -1,0 +1,164 @@
+"""A fast fake SendGrid v3 Mail Send API for the benchmark (aiohttp, its own process).
+
+`python bench/fake_provider.py --port 0 --latency 0.05` prints its port on the first stdout line
+and serves until SIGTERM. Every POST /v3/mail/send is parsed and checked (cheaply: the parts
+SendGrid checks and drip's contract, per personalization for bulk requests), then answered 202
+with an X-Message-Id after `latency` seconds; a bad request gets 400 and is counted as invalid.
+Accepted emails are counted per `drip_delivery_id` (a personalization's own custom_args, else
+the request's), so duplicates and losses can be reported.
+
+GET /_stats returns {"requests", "emails", "invalid", "problems", "distinct", "duplicates"};
+POST /_reset clears the counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+MAIL_SEND_PATH = "/v3/mail/send"
+RESERVED_HEADERS = frozenset(
+    {"content-type", "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc"}
+)
+
+
+def problems_of(payload: Any) -> tuple[list[str], list[str]]:
+    """(problems, delivery ids) of one request body; ids only when there are no problems."""
+    if not isinstance(payload, dict):
+        return ["body is not a JSON object"], []
+    problems: list[str] = []
+    sender = payload.get("from")
+    if not isinstance(sender, dict) or "@" not in str(sender.get("email", "")):
+        problems.append("from.email missing")
+    content = payload.get("content")
+    if not isinstance(content, list) or [c.get("type") for c in content] != [
+        "text/plain",
+        "text/html",
+    ]:
+        problems.append("content must be text/plain then text/html")
+    elif not all(isinstance(c.get("value"), str) and c["value"] for c in content):
+        problems.append("content values must be non-empty strings")
+    shared_args = payload.get("custom_args") or {}
+    shared_headers = payload.get("headers") or {}
+    personalizations = payload.get("personalizations")
+    if not isinstance(personalizations, list) or not 1 <= len(personalizations) <= 1000:
+        return [*problems, "personalizations must hold 1..1000 items"], []
+    ids: list[str] = []
+    for index, item in enumerate(personalizations):
+        to = item.get("to")
+        if not isinstance(to, list) or len(to) != 1 or "@" not in str(to[0].get("email", "")):
+            problems.append(f"personalizations[{index}].to must be one address")
+        args = {**shared_args, **(item.get("custom_args") or {})}
+        headers = {**shared_headers, **(item.get("headers") or {})}
+        if not all(isinstance(v, str) for v in args.values()):
+            problems.append(f"personalizations[{index}] custom_args must be strings")
+        missing = {"drip_delivery_id", "drip_lesson", "drip_subscriber"} - args.keys()
+        if missing:
+            problems.append(f"personalizations[{index}] custom_args lack {sorted(missing)}")
+        if not str(headers.get("List-Unsubscribe", "")).startswith("<http"):
+            problems.append(f"personalizations[{index}] has no List-Unsubscribe")
+        if any(name.lower() in RESERVED_HEADERS for name in headers):
+            problems.append(f"personalizations[{index}] sets a reserved header")
+        subject = item.get("subject") or payload.get("subject")
+        if not isinstance(subject, str) or not subject:
+            problems.append(f"personalizations[{index}] has no subject")
+        ids.append(str(args.get("drip_delivery_id")))
+    return problems, ([] if problems else ids)
+
+
+class Provider:
+    def __init__(self, latency: float, api_key: str | None) -> None:
+        self.latency = latency
+        self.authorization = f"Bearer {api_key}" if api_key else None
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.invalid = 0
+        self.problems: list[str] = []
+        self.accepted: Counter[str] = Counter()
+
+    async def mail_send(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        number = self.requests
+        if self.authorization and request.headers.get("Authorization") != self.authorization:
+            return web.json_response({"errors": [{"message": "bad key"}]}, status=401)
+        body = await request.read()
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        problems, ids = problems_of(payload)
+        if not request.content_type.startswith("application/json"):
+            problems.append("Content-Type is not application/json")
+        if problems:
+            self.invalid += 1
+            if len(self.problems) < 20:
+                self.problems.extend(problems[:3])
+            return web.json_response({"errors": [{"message": "; ".join(problems)}]}, status=400)
+        # Counted when taken, before the latency: like SendGrid, the provider has it now.
+        self.accepted.update(ids)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        return web.Response(status=202, headers={"X-Message-Id": f"bench-{os.getpid()}-{number}"})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        duplicates = sum(count - 1 for count in self.accepted.values() if count > 1)
+        return web.json_response(
+            {
+                "requests": self.requests,
+                "emails": sum(self.accepted.values()),
+                "distinct": len(self.accepted),
+                "duplicates": duplicates,
+                "invalid": self.invalid,
+                "problems": self.problems,
+                "ids": sorted(self.accepted) if request.query.get("ids") else None,
+            }
+        )
+
+    async def reset_handler(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+
+async def serve(port: int, latency: float, api_key: str | None) -> None:
+    provider = Provider(latency, api_key)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post(MAIL_SEND_PATH, provider.mail_send)
+    app.router.add_get("/_stats", provider.stats)
+    app.router.add_post("/_reset", provider.reset_handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=2048)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    print(sockets[0].getsockname()[1], flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per answer")
+    parser.add_argument("--api-key", default=None, help="the only key accepted (default: any)")
+    args = parser.parse_args(argv)
+    asyncio.run(serve(args.port, args.latency, args.api_key))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""The `drip send` benchmark: every scenario of the performance issue, in one run.
+
+    /work/venv/bin/python bench/run.py            # full set (~10 minutes on 2 cores)
+    /work/venv/bin/python bench/run.py --quick    # smaller N, a smoke run (~1 minute)
+
+Starts the fake SendGrid API (bench/fake_provider.py, aiohttp, its own process, 50 ms latency),
+fills databases in a temporary directory (SQLite) and a throw-away PostgreSQL database
+(`drip_bench` on 127.0.0.1:5432, dropped at the end), runs `drip send` as real processes and
+prints, per scenario: emails/s, wall time, peak RSS of the `drip send` process (wait4's
+ru_maxrss), duplicates and losses as counted by the fake provider. Results go to
+bench/results/<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, update
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from drip.course import load_course  # noqa: E402
+from drip.db import make_engine, upgrade  # noqa: E402
+from drip.models import subscribers  # noqa: E402
+
+COURSE = load_course(ROOT / "course")
+# A Monday, 10:00 in Tokyo: inside the course's sending hours.
+NOW = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+API_KEY = "SG.bench-key"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/drip_bench"
+NAMES = ["山田 太郎", "佐藤 花子", None, "Tom & Jerry <tj>", 'O"Brien', "鈴木"]
+TARGETS = {
+    "1-sqlite-1-process": ("emails_per_s", ">=", 2500),
+    "2-sqlite-2-processes": ("emails_per_s", ">=", 4000),
+    "3-postgresql-1-process": ("emails_per_s", ">=", 2500),
+    "4-bulk-sqlite": ("emails_per_s", ">=", 20000),
+    "5-1m-none-due": ("wall_s", "<", 1.0),
+    "6-1m-100k-due": ("peak_rss_mb", "<", 250),
+}
+
+
+@dataclass
+class Result:
+    scenario: str
+    emails: int
+    wall_s: float
+    emails_per_s: float
+    peak_rss_mb: float
+    duplicates: int
+    losses: int
+    invalid: int
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+
+# --- the fake provider ----------------------------------------------------------------------
+
+
+class Provider:
+    def __init__(self, latency: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "fake_provider.py"), "--latency", str(latency)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.url = f"http://127.0.0.1:{int(self.process.stdout.readline())}"
+
+    def _call(self, path: str, method: str = "GET") -> dict[str, Any]:
+        request = urllib.request.Request(self.url + path, method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            data: dict[str, Any] = json.loads(response.read())
+            return data
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("/_stats")
+
+    def reset(self) -> None:
+        self._call("/_reset", "POST")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+# --- databases ------------------------------------------------------------------------------
+
+
+def fill(url: str, total: int, due: int) -> None:
+    """`total` active subscribers waiting for lesson 1, the first `due` of them due at NOW."""
+    engine = make_engine(url)
+    first = COURSE.lessons[0].slug
+    earlier = NOW - timedelta(hours=1)
+    later = NOW + timedelta(days=7)
+    chunk = 20_000
+    with engine.begin() as conn:
+        for start in range(0, total, chunk):
+            rows = [
+                {
+                    "course_id": COURSE.id,
+                    "email": f"reader{n}@example.com",
+                    "name": NAMES[n % len(NAMES)],
+                    "timezone": "Asia/Tokyo",
+                    "status": "active",
+                    "created_at": earlier,
+                    "consent_at": earlier,
+                    "consent_source": "bench",
+                    "confirmed_at": earlier,
+                    "paused_at": None,
+                    "status_changed_at": earlier,
+                    "confirmation_sent_at": None,
+                    "next_lesson": first,
+                    "next_send_at": (
+                        earlier + timedelta(microseconds=n)
+                        if n < due
+                        else later + timedelta(seconds=n)
+                    ),
+                    "last_sent_at": None,
+                }
+                for n in range(start, min(total, start + chunk))
+            ]
+            conn.execute(insert(subscribers), rows)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    engine.dispose()
+
+
+def make_due(url: str, count: int) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id <= count)
+            .values(next_send_at=NOW - timedelta(minutes=30))
+        )
+    engine.dispose()
+
+
+def sqlite_template(directory: Path, name: str, total: int, due: int) -> Path:
+    path = directory / f"{name}.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    fill(url, total, due)
+    return path
+
+
+def fresh_copy(template: Path, directory: Path) -> str:
+    target = directory / "run.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(template, target)
+    return f"sqlite:///{target}"
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    import psycopg
+
+    def admin(sql: str) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    admin("DROP DATABASE IF EXISTS drip_bench WITH (FORCE)")
+    admin("CREATE DATABASE drip_bench")
+    try:
+        upgrade(PG_URL)
+        yield PG_URL
+    finally:
+        admin("DROP DATABASE IF EXISTS drip_bench WITH (FORCE)")
+
+
+# --- running drip send ----------------------------------------------------------------------
+
+
+def environment(url: str, provider: Provider, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIP_", "SENDGRID_"))}
+    env.update(
+        DRIP_DATABASE_URL=url,
+        DRIP_COURSE_DIR=str(ROOT / "course"),
+        DRIP_TEMPLATES_DIR=str(ROOT / "templates" / "email"),
+        DRIP_TRANSPORT="sendgrid",
+        SENDGRID_API_KEY=API_KEY,
+        DRIP_SENDGRID_API_URL=provider.url,
+        DRIP_SECRET_KEY="bench-secret",
+        DRIP_BASE_URL="https://drip.example.jp",
+        PYTHONPATH=str(ROOT / "src"),
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class Run:
+    wall_s: float
+    peak_rss_mb: float
+    report: dict[str, Any]
+
+
+def drip_send(envs: list[dict[str, str]], cwd: Path, args: tuple[str, ...] = ()) -> list[Run]:
+    """Start one `drip send` per environment at once; wait for all. Exit status must be 0."""
+    started = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "drip", "send", "--json", "--now", NOW.isoformat(), *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for env in envs
+    ]
+    runs = []
+    for process in processes:
+        # wait4 gives this child's own peak RSS (ru_maxrss, KiB on Linux).
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out = process.stdout.read() if process.stdout else b""
+        err = process.stderr.read() if process.stderr else b""
+        if process.returncode != 0:
+            raise SystemExit(f"drip send failed ({process.returncode}): {err.decode()[-2000:]}")
+        runs.append(Run(wall, usage.ru_maxrss / 1024, json.loads(out)))
+    return runs
+
+
+def measure(
+    scenario: str,
+    provider: Provider,
+    prepare: Callable[[], list[dict[str, str]]],
+    cwd: Path,
+    due: int,
+    repeat: int = 1,
+) -> Result:
+    """Run a scenario `repeat` times (fresh data each time); report the median run."""
+    attempts = []
+    for _ in range(repeat):
+        envs = prepare()
+        provider.reset()
+        runs = drip_send(envs, cwd)
+        stats = provider.stats()
+        wall = max(run.wall_s for run in runs)
+        sent = sum(run.report["sent"] for run in runs)
+        attempts.append(
+            {
+                "wall_s": round(wall, 3),
+                "emails": stats["emails"],
+                "sent_reported": sent,
+                "emails_per_s": round(stats["emails"] / wall, 1) if wall else 0.0,
+                "peak_rss_mb": round(max(run.peak_rss_mb for run in runs), 1),
+                "duplicates": stats["duplicates"],
+                "losses": due - stats["distinct"],
+                "invalid": stats["invalid"],
+                "problems": stats["problems"][:5],
+                "in_doubt": sum(run.report["in_doubt"] for run in runs),
+            }
+        )
+    median = sorted(attempts, key=lambda a: a["emails_per_s"])[len(attempts) // 2]
+    result = Result(
+        scenario=scenario,
+        emails=median["emails"],
+        wall_s=median["wall_s"],
+        emails_per_s=median["emails_per_s"],
+        peak_rss_mb=max(a["peak_rss_mb"] for a in attempts),
+        duplicates=sum(a["duplicates"] for a in attempts),
+        losses=sum(a["losses"] for a in attempts),
+        invalid=sum(a["invalid"] for a in attempts),
+        runs=attempts,
+    )
+    print(
+        f"{scenario:<26} {result.emails_per_s:>9,.0f} emails/s  wall {result.wall_s:7.2f} s"
+        f"  peak RSS {result.peak_rss_mb:6.1f} MB  dup {result.duplicates}  lost {result.losses}"
+        f"  (median of {repeat})",
+        flush=True,
+    )
+    return result
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    with suppress(OSError, IndexError):
+        memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def check(results: list[Result]) -> list[str]:
+    verdicts = []
+    for result in results:
+        target = TARGETS.get(result.scenario)
+        clean = result.duplicates == 0 and result.losses == 0 and result.invalid == 0
+        line = f"{result.scenario}: dup/loss/invalid {'ok' if clean else 'NOT ZERO'}"
+        if target:
+            key, op, bound = target
+            value = getattr(result, key)
+            met = value >= bound if op == ">=" else value < bound
+            line += f"; {key} {value:,.2f} {op} {bound:,} {'met' if met else 'NOT MET'}"
+        verdicts.append(line)
+    return verdicts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="drip send benchmark")
+    parser.add_argument("--quick", action="store_true", help="smaller N: a smoke run")
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of scenarios 1 and 4")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated scenario numbers")
+    args = parser.parse_args()
+    n = 10_000 if args.quick else 100_000
+    big = 100_000 if args.quick else 1_000_000
+    baseline_n = 20 if args.quick else 60
+    repeat = 1 if args.quick else args.repeat
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+
+    def wanted(number: str) -> bool:
+        return not only or number in only
+
+    provider = Provider(args.latency)
+    results: list[Result] = []
+    notes: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="drip-bench-") as tmp:
+            work = Path(tmp)
+            print(f"filling {n:,} subscribers (SQLite template) ...", flush=True)
+            template = sqlite_template(work, "due", n, n)
+            if wanted("1"):
+                results.append(
+                    measure(
+                        "1-sqlite-1-process",
+                        provider,
+                        lambda: [environment(fresh_copy(template, work), provider)],
+                        work,
+                        n,
+                        repeat,
+                    )
+                )
+            if wanted("2"):
+
+                def two() -> list[dict[str, str]]:
+                    env = environment(fresh_copy(template, work), provider)
+                    return [env, env]
+
+                results.append(measure("2-sqlite-2-processes", provider, two, work, n, repeat))
+            if wanted("3") and not args.skip_postgres:
+                with postgres_database() as url:
+                    print(f"filling {n:,} subscribers (PostgreSQL) ...", flush=True)
+                    fill(url, n, n)
+                    results.append(
+                        measure(
+                            "3-postgresql-1-process",
+                            provider,
+                            lambda: [environment(url, provider)],
+                            work,
+                            n,
+                        )
+                    )
+            if wanted("4"):
+                results.append(
+                    measure(
+                        "4-bulk-sqlite",
+                        provider,
+                        lambda: [
+                            environment(fresh_copy(template, work), provider, DRIP_BULK="auto")
+                        ],
+                        work,
+                        n,
+                        repeat,
+                    )
+                )
+            if wanted("7"):
+                small = sqlite_template(work, "baseline", baseline_n, baseline_n)
+                for client, name in (("official", "7-baseline-official"), ("fast", "7-fast")):
+                    results.append(
+                        measure(
+                            name,
+                            provider,
+                            lambda client=client: [  # type: ignore[misc]
+                                environment(
+                                    fresh_copy(small, work), provider, DRIP_SENDGRID_CLIENT=client
+                                )
+                            ],
+                            work,
+                            baseline_n,
+                        )
+                    )
+            if wanted("5") or wanted("6"):
+                print(f"filling {big:,} subscribers, none due ...", flush=True)
+                started = time.perf_counter()
+                path = sqlite_template(work, "big", big, 0)
+                notes["fill_1m_s"] = round(time.perf_counter() - started, 1)
+                url = f"sqlite:///{path}"
+                results.append(
+                    measure(
+                        "5-1m-none-due", provider, lambda: [environment(url, provider)], work, 0
+                    )
+                )
+                startup = time.perf_counter()
+                subprocess.run(
+                    [sys.executable, "-c", "import drip.cli, drip.delivery, drip.transports"],
+                    env=environment(url, provider),
+                    check=True,
+                )
+                notes["python_import_s"] = round(time.perf_counter() - startup, 3)
+                make_due(url, n)
+                results.append(
+                    measure(
+                        "6-1m-100k-due", provider, lambda: [environment(url, provider)], work, n
+                    )
+                )
+    finally:
+        provider.stop()
+
+    official = next((r for r in results if r.scenario == "7-baseline-official"), None)
+    if official and official.emails_per_s:
+        for result in results:
+            if result.emails_per_s and result.scenario.startswith(("1-", "2-", "3-", "4-")):
+                notes[f"ratio_{result.scenario}_vs_official"] = round(
+                    result.emails_per_s / official.emails_per_s, 1
+                )
+    verdicts = check(results)
+    print("\n".join(verdicts))
+    out = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "latency_s": args.latency,
+        "machine": machine(),
+        "results": [asdict(r) for r in results],
+        "notes": notes,
+        "verdicts": verdicts,
+        "median_of": repeat,
+    }
+    folder = ROOT / "bench" / "results"
+    folder.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{stamp}{'-quick' if args.quick else ''}.json"
+    (folder / name).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote bench/results/{name}; notes: {notes}")
+
+
+if __name__ == "__main__":
+    main()
