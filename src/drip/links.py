@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -34,11 +35,14 @@ class LinkBuilder:
     def __post_init__(self) -> None:
         if not self.keys:
             raise ValueError("LinkBuilder needs at least one secret key")
+        object.__setattr__(self, "keys", tuple(self.keys))  # hashable, for the cached serializers
 
+    @cache  # noqa: B019 - a handful of builders per process; the serializers are reused per email
     def _serializer(self, purpose: str) -> URLSafeSerializer:
         # itsdangerous signs with the last key and verifies with all of them.
         return URLSafeSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
 
+    @cache  # noqa: B019
     def _timed(self, purpose: str) -> URLSafeTimedSerializer:
         return URLSafeTimedSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
 
