@@ -249,3 +249,12 @@ def test_three_processes_auto_upgrade_a_fresh_database_at_once(empty_database_ur
         assert [row[0] for row in versions] == [head_revision()]
     finally:
         engine.dispose()
+
+
+def test_the_head_revision_constant_matches_the_migration_scripts() -> None:
+    from alembic.script import ScriptDirectory
+
+    from drip.db import HEAD_REVISION, alembic_config, known_revisions
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION
+    assert HEAD_REVISION in known_revisions()

@@ -19,17 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
-from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import __version__
-from drip.build import build_course
-from drip.check import check_course
 from drip.config import Settings, load_settings, signing_keys
 from drip.errors import DripError
 from drip.links import LinkBuilder
 
-if TYPE_CHECKING:  # the sending stack is imported by the commands that use it, not at start-up
+if TYPE_CHECKING:  # each command imports what it uses, so start-up stays short
     from drip.delivery import Mailer, SendReport
 
 P = ParamSpec("P")
@@ -102,6 +99,8 @@ def build_command(source: Path, force: bool) -> None:
     The text before the first '##' becomes the welcome lesson, then one lesson per '##' section.
     Existing lessons keep their front matter; course.toml is written only if missing.
     """
+    from drip.build import build_course
+
     report = build_course(source, settings().course_dir, force=force)
     for path in report.written:
         click.echo(f"wrote {path}")
@@ -119,6 +118,8 @@ def check_command(path: Path | None) -> None:
     Prints one line per problem as FILE:LINE: error|warning: message. Exit 1 when there is any
     error, 0 when there are only warnings or nothing.
     """
+    from drip.check import check_course
+
     current = settings()
     problems = check_course(path or current.course_dir, current.templates_dir)
     for problem in problems:
@@ -266,6 +267,7 @@ def progress_bar() -> Iterator[Callable[[int], None] | None]:
     if not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import Progress
 
     with Progress(transient=True, console=Console(stderr=True)) as bar:

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from drip.errors import ConfigError, DripError
 
+if TYPE_CHECKING:  # Alembic is imported only when a schema is created or upgraded
+    from alembic.config import Config
+
 SCRIPT_LOCATION = "drip:migrations"
+HEAD_REVISION = "0001"
+"""The newest migration shipped; a test checks it against Alembic's view of the scripts. Kept
+as a constant so that every command does not load Alembic and the migration scripts just to
+compare one string."""
 # Any fixed 64-bit number: PostgreSQL advisory lock held while the schema is being upgraded, so
 # several processes starting at once upgrade it exactly once.
 UPGRADE_LOCK_KEY = 0x6472_6970  # "drip" in ASCII
@@ -126,6 +129,8 @@ def connect(engine: Engine) -> Iterator[Connection]:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """The Alembic configuration, built in code; env.py uses `connection` when given."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
@@ -134,15 +139,23 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def head_revision() -> str:
     """The newest migration revision shipped with this drip."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None, "drip ships at least one migration"
-    return head
+    return HEAD_REVISION
+
+
+def known_revisions() -> set[str]:
+    """Every revision of the shipped migration scripts (loads Alembic)."""
+    from alembic.script import ScriptDirectory
+
+    return {
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    }
 
 
 def current_revision(connection: Connection) -> str | None:
     """The database's revision, or None for a database drip has never touched."""
-    heads = MigrationContext.configure(connection).get_current_heads()
-    return heads[0] if heads else None
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _upgrade_connection(connection: Connection) -> str:
@@ -158,6 +171,8 @@ def _upgrade_connection(connection: Connection) -> str:
             lock = text("SELECT pg_advisory_xact_lock(:key)")
             connection.execute(lock, {"key": UPGRADE_LOCK_KEY})
         if current_revision(connection) != head:
+            from alembic import command
+
             command.upgrade(alembic_config(connection), "head")
     return head
 
@@ -192,11 +207,7 @@ def open_database(url: str, *, auto_upgrade: bool) -> Engine:
                 current = current_revision(connection)
             if current == head:
                 return engine
-            known = {
-                script.revision
-                for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
-            }
-            if current is not None and current not in known:
+            if current is not None and current not in known_revisions():
                 raise SchemaError(
                     f"the database at {safe_url(url)} is at revision {current}, which this"
                     " version of drip does not know (it was upgraded by a newer drip);"
