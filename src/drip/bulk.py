@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -185,6 +186,14 @@ class BulkSendGridTransport(TransportBase):
 
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """See `Transport.send`; raises `FatalTransportError` with the results so far."""
+        return self.submit(emails).result()
+
+    def submit(self, emails: Sequence[OutgoingEmail]) -> Future[list[SendResult]]:
+        """Start sending and return at once (see `FastSendGridTransport.submit`)."""
+        return self.inner.run_soon(self.send_async(list(emails)))
+
+    async def send_async(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """`send` inside the inner transport's loop."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         singles: list[int] = []
         for index, email in enumerate(emails):
@@ -202,7 +211,7 @@ class BulkSendGridTransport(TransportBase):
             (f"bulk-{n}", partial(_bulk_body, [emails[i] for i in chunk]))
             for n, chunk in enumerate(chunks)
         ]
-        answers, fatal, call = self.inner.post_all(jobs) if jobs else ([], None, None)
+        answers, fatal, call = await self.inner.post_all_async(jobs) if jobs else ([], None, None)
         for chunk, answer in zip(chunks, answers, strict=True):
             if answer is None:
                 if fatal is None:
@@ -226,7 +235,7 @@ class BulkSendGridTransport(TransportBase):
         if singles:
             singles.sort()
             try:
-                alone = self.inner.send([emails[i] for i in singles])
+                alone = await self.inner.send_async([emails[i] for i in singles])
             except FatalTransportError as exc:
                 done = {r.delivery_id: r for r in exc.results}
                 for i in singles:

@@ -9,8 +9,9 @@ in-doubt policy). `now` is always a parameter: the CLI passes the clock or `--no
 from __future__ import annotations
 
 import uuid
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -29,7 +30,9 @@ from drip.transports.base import FatalTransportError, Outcome, SendResult, Trans
 
 BATCH_SIZE = 500
 SEND_WINDOW = 1
-"""Claims handed to the transport per call; after a crash at most this many are in doubt."""
+"""Claims handed to the transport per call when it does not say (`transport.window`)."""
+PIPELINE_DEPTH = 2
+"""Windows with a pipelining transport at once; after a crash at most this many are in doubt."""
 LEASE = timedelta(minutes=15)
 """How long a claim is protected. A run that holds a claim longer than this is presumed dead."""
 MAX_ATTEMPTS = 8
@@ -233,9 +236,15 @@ def send_due(
     """Send every lesson due at `now` (at most `limit`), claiming and recording in batches.
 
     Returns a `SendReport`. Per-message failures are recorded and counted, not raised. A fatal
-    provider error (bad credentials) stops the run: claims not yet sent are released for the next
-    run, and `report.stopped` says why; a rate limit ends the run early the same way, with
-    `report.note`. `progress` is called with the number handled per window.
+    provider error (bad credentials) stops the run: the windows already with the transport are
+    recorded, claims not yet sent are released for the next run, and `report.stopped` says why;
+    a rate limit ends the run early the same way, with `report.note`. `progress` is called with
+    the number handled per window.
+
+    A transport with `submit` (the SendGrid fast and bulk clients) gets the next window while the
+    previous one is still in flight (PIPELINE_DEPTH windows at once), so the main thread composes,
+    claims and records during the round trips. Each window is marked 'sending' (committed) before
+    it is handed over, so after a crash at most PIPELINE_DEPTH x window claims are in doubt.
     """
     course_id = mailer.course.id
     report = SendReport(now=now, dry_run=dry_run)
@@ -246,46 +255,57 @@ def send_due(
             for slug, count in store.due_by_lesson(session, course_id, now).items():
                 report.per_lesson[slug] = Counter({"due": count})
         return report
-    run_id = run_id or uuid.uuid4().hex
     # A transport that sends concurrently says how many it keeps in flight (`window`).
     window = window or int(getattr(mailer.transport, "window", SEND_WINDOW))
-    defer = _deferral(mailer.course, now)
+    run = _Run(sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress)
+    depth = PIPELINE_DEPTH if hasattr(mailer.transport, "submit") else 1
+    in_flight: deque[_Window] = deque()
+    for claims in _claimed_windows(run, limit=limit, batch_size=batch_size, window=window):
+        handed = run.hand_over(claims)
+        if handed is not None:
+            in_flight.append(handed)
+        while len(in_flight) >= depth:
+            stop = run.finish(in_flight.popleft())
+            if stop is not None:
+                return run.stop(stop, in_flight)
+    while in_flight:
+        stop = run.finish(in_flight.popleft())
+        if stop is not None:
+            return run.stop(stop, in_flight)
+    return report
+
+
+def _claimed_windows(
+    run: _Run, *, limit: int | None, batch_size: int, window: int
+) -> Iterator[list[store.Claim]]:
+    """Claim due lessons in batches (each committed) and yield them a window at a time.
+
+    Lazy: the next batch is claimed only when the previous one has been handed over, so with a
+    pipelining transport the claim runs while earlier windows are in flight.
+    """
     remaining = limit
     while remaining is None or remaining > 0:
         # A bulk transport's window can exceed a batch: claim at least one window at a time.
         size = max(batch_size, window) if remaining is None else min(batch_size, remaining)
-        with sessions() as session, session.begin():
+        with run.sessions() as session, session.begin():
             batch = store.claim_due(
                 session,
-                course_id=course_id,
-                now=now,
+                course_id=run.mailer.course.id,
+                now=run.now,
                 limit=size,
-                run_id=run_id,
+                run_id=run.run_id,
                 lease=LEASE,
-                defer=defer,
+                defer=run.defer,
             )
-        report.in_doubt += batch.newly_in_doubt
+        run.report.in_doubt += batch.newly_in_doubt
         if not batch.claims:
             if batch.newly_in_doubt:
                 continue
-            break
+            return
         for start in range(0, len(batch.claims), window):
-            claims = batch.claims[start : start + window]
-            outcome = _send_window(sessions, mailer, claims, now=now, run_id=run_id, report=report)
-            if progress is not None:
-                progress(len(claims))
-            if outcome is not None:
-                # Give back the rest of the batch (never handed to the transport).
-                with sessions() as session, session.begin():
-                    store.release_claims(session, run_id, now)
-                if outcome.fatal:
-                    report.stopped = outcome.message
-                else:
-                    report.note = outcome.message
-                return report
+            yield batch.claims[start : start + window]
         if remaining is not None:
             remaining -= len(batch.claims)
-    return report
 
 
 @dataclass(frozen=True)
@@ -294,25 +314,81 @@ class _Stop:
     fatal: bool
 
 
-def _send_window(
-    sessions: sessionmaker[Session],
-    mailer: Mailer,
-    claims: Sequence[store.Claim],
-    *,
-    now: datetime,
-    run_id: str,
-    report: SendReport,
-) -> _Stop | None:
-    """Hand one window of claims to the transport and record the outcomes.
+@dataclass(frozen=True)
+class _Window:
+    """Claims marked 'sending' and handed to the transport, with the future of their results."""
 
-    The claims are marked 'sending' (committed) first, so after a crash only this window can be
-    in doubt. Returns why the run must stop, or None to go on.
-    """
-    gone = [claim for claim in claims if not mailer.course.has_lesson(claim.lesson)]
-    if gone:
+    claims: list[store.Claim]
+    results: Future[list[SendResult]]
+    size: int
+    """Claims of the window before removed lessons and inactive readers were taken out."""
+
+
+def _submit(transport: Transport, emails: list[OutgoingEmail]) -> Future[list[SendResult]]:
+    """`transport.submit(emails)` when it has one, else `send` now, as a finished future."""
+    submit = getattr(transport, "submit", None)
+    if submit is not None:
+        started: Future[list[SendResult]] = submit(emails)
+        return started
+    done: Future[list[SendResult]] = Future()
+    try:
+        done.set_result(transport.send(emails))
+    except FatalTransportError as exc:
+        done.set_exception(exc)
+    return done
+
+
+@dataclass
+class _Run:
+    """One `send_due` run: what every window needs, and the steps of a window."""
+
+    sessions: sessionmaker[Session]
+    mailer: Mailer
+    now: datetime
+    run_id: str
+    report: SendReport
+    progress: Callable[[int], None] | None
+
+    @cached_property
+    def defer(self) -> Callable[[str, str], datetime | None]:
+        return _deferral(self.mailer.course, self.now)
+
+    def hand_over(self, claims: list[store.Claim]) -> _Window | None:
+        """Compose the window, mark it 'sending' (committed), then give it to the transport.
+
+        Claims of removed lessons are recorded failed and readers no longer active are
+        skipped. Returns None when nothing is left to send.
+        """
+        size = len(claims)
+        claims = self._drop_removed_lessons(claims)
+        emails = [compose(self.mailer, claim) for claim in claims]
+        if claims:
+            with self.sessions() as session, session.begin():
+                ids = [claim.delivery_id for claim in claims]
+                marked = set(store.mark_sending(session, ids, self.now))
+            if len(marked) < len(claims):
+                # Readers who unsubscribed or paused since the claim get nothing more.
+                for claim in claims:
+                    if claim.delivery_id not in marked:
+                        self.report.count(claim.lesson, "skipped")
+                keep = [c.delivery_id in marked for c in claims]
+                emails = [e for e, k in zip(emails, keep, strict=True) if k]
+                claims = [c for c, k in zip(claims, keep, strict=True) if k]
+        if not claims:
+            if self.progress is not None:
+                self.progress(size)
+            return None
+        return _Window(claims, _submit(self.mailer.transport, emails), size)
+
+    def _drop_removed_lessons(self, claims: list[store.Claim]) -> list[store.Claim]:
+        """Record claims of lessons no longer in the course as failed; return the others."""
+        course = self.mailer.course
+        gone = [claim for claim in claims if not course.has_lesson(claim.lesson)]
+        if not gone:
+            return claims
         # A lesson removed from course.toml while readers were waiting for it: hold them with a
         # reason rather than guess which lesson they should get instead.
-        with sessions() as session, session.begin():
+        with self.sessions() as session, session.begin():
             store.record_failed(
                 session,
                 [
@@ -323,42 +399,57 @@ def _send_window(
                     )
                     for claim in gone
                 ],
-                now=now,
+                now=self.now,
             )
         for claim in gone:
-            report.count(claim.lesson, "failed")
-        claims = [claim for claim in claims if claim not in gone]
-        if not claims:
-            return None
-    emails = [compose(mailer, claim) for claim in claims]
-    with sessions() as session, session.begin():
-        marked = set(store.mark_sending(session, [claim.delivery_id for claim in claims], now))
-    if len(marked) < len(claims):
-        # Readers who unsubscribed or paused since the claim get nothing more.
-        for claim in claims:
-            if claim.delivery_id not in marked:
-                report.count(claim.lesson, "skipped")
-        emails = [e for e, c in zip(emails, claims, strict=True) if c.delivery_id in marked]
-        claims = [claim for claim in claims if claim.delivery_id in marked]
-        if not claims:
-            return None
-    try:
-        results = mailer.transport.send(emails)
-    except FatalTransportError as exc:
-        # What the provider already answered is recorded; the rest was never sent.
-        if exc.results:
-            with sessions() as session:
-                _record(session, mailer, claims, exc.results, now=now, run_id=run_id, report=report)
-        return _Stop(str(exc), fatal=True)
-    with sessions() as session:
-        rate_limited = _record(
-            session, mailer, claims, results, now=now, run_id=run_id, report=report
-        )
-    if rate_limited:
-        return _Stop(
-            "the provider asked us to slow down; the rest waits for the next run", fatal=False
-        )
-    return None
+            self.report.count(claim.lesson, "failed")
+        return [claim for claim in claims if course.has_lesson(claim.lesson)]
+
+    def finish(self, window: _Window) -> _Stop | None:
+        """Wait for a window's results and record them. Returns why the run must stop, or None."""
+        stop: _Stop | None = None
+        try:
+            results = window.results.result()
+        except FatalTransportError as exc:
+            # What the provider already answered is recorded; the rest was never sent.
+            results = list(exc.results)
+            stop = _Stop(str(exc), fatal=True)
+        if results:
+            with self.sessions() as session:
+                rate_limited = _record(
+                    session,
+                    self.mailer,
+                    window.claims,
+                    results,
+                    now=self.now,
+                    run_id=self.run_id,
+                    report=self.report,
+                )
+            if rate_limited and stop is None:
+                stop = _Stop(
+                    "the provider asked us to slow down; the rest waits for the next run",
+                    fatal=False,
+                )
+        if self.progress is not None:
+            self.progress(window.size)
+        return stop
+
+    def stop(self, first: _Stop, in_flight: deque[_Window]) -> SendReport:
+        """End the run early: record the windows still with the transport, then give back every
+        claim never handed over. A fatal stop wins over a rate-limit note."""
+        stops = [first]
+        while in_flight:
+            later = self.finish(in_flight.popleft())
+            if later is not None:
+                stops.append(later)
+        with self.sessions() as session, session.begin():
+            store.release_claims(session, self.run_id, self.now)
+        fatal = next((stop for stop in stops if stop.fatal), None)
+        if fatal is not None:
+            self.report.stopped = fatal.message
+        else:
+            self.report.note = first.message
+        return self.report
 
 
 def _deferral(course: Course, now: datetime) -> Callable[[str, str], datetime | None]:

@@ -8,7 +8,8 @@ per call and sends one request at a time (~19 emails/s at 50 ms latency); this o
 2,800/s x 0.05 s = 140, so the default 256 leaves head-room for slower answers).
 
 An asyncio loop runs in one background thread for the transport's lifetime, so connections stay
-open across `send` calls; `send` blocks the caller until every email of the call has a result.
+open across calls; `send` blocks the caller until every email of the call has a result, `submit`
+returns a future at once so the caller can prepare the next call meanwhile.
 
 How failures map to outcomes:
 - connection refused / connect timeout: RETRY (nothing was written);
@@ -31,11 +32,11 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -64,6 +65,7 @@ DEFAULT_WINDOW = DEFAULT_SENDGRID_WINDOW
 DEFAULT_CONNECT_TIMEOUT = 10.0
 MAIL_SEND_PATH = "/v3/mail/send"
 USER_AGENT = "drip (aiohttp keep-alive)"
+T = TypeVar("T")
 
 
 def _utc_now() -> datetime:
@@ -183,7 +185,8 @@ class FastSendGridTransport(TransportBase):
     shared by all requests of this transport. `timeout` bounds the wait for an answer once the
     request is written; `connect_timeout` bounds opening a connection. `clock` is read only to
     turn Retry-After dates and X-RateLimit-Reset into seconds. Thread-safe for one caller at a
-    time per `send` (the delivery loop); `close` may be called more than once.
+    time; `submit` lets calls overlap (the delivery loop keeps two windows going); `close` may
+    be called more than once.
     """
 
     name = "sendgrid"
@@ -245,11 +248,6 @@ class FastSendGridTransport(TransportBase):
                 self._finalizer = weakref.finalize(self, _shutdown, loop, thread, self._holder)
             return self._loop
 
-    def _run(self, coro: Any) -> Any:
-        loop = self._start()
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, loop)
-        return future.result()
-
     @property
     def _session(self) -> aiohttp.ClientSession | None:
         return self._holder[0] if self._holder else None
@@ -287,10 +285,26 @@ class FastSendGridTransport(TransportBase):
 
         Raises `FatalTransportError` on 401/403/404/405 with the results the call already has.
         """
+        return self.submit(emails).result()
+
+    def submit(self, emails: Sequence[OutgoingEmail]) -> Future[list[SendResult]]:
+        """Start sending and return at once: the future gives what `send` would return (or
+        raises its `FatalTransportError`). Calls may overlap; all share the AIMD limit, the rate
+        bucket and the connection pool, so at most 2 x `window` requests are in flight for two
+        overlapping calls.
+        """
+        return self.run_soon(self.send_async(list(emails)))
+
+    def run_soon(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Schedule `coro` on the transport's loop thread (used by `drip.bulk`)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._start())
+
+    async def send_async(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """`send` inside the transport's loop."""
         if not emails:
             return []
         jobs = [(email.delivery_id, partial(_email_body, email)) for email in emails]
-        results, fatal, call = self.post_all(jobs)
+        results, fatal, call = await self.post_all_async(jobs)
         if fatal is not None:
             raise FatalTransportError(fatal, [r for r in results if r is not None])
         out: list[SendResult] = []
@@ -302,7 +316,7 @@ class FastSendGridTransport(TransportBase):
                 out.append(result)
         return out
 
-    def post_all(
+    async def post_all_async(
         self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
     ) -> tuple[list[SendResult | None], str | None, _Call]:
         """POST one body per job (label, body builder), up to the AIMD limit in flight.
@@ -312,7 +326,7 @@ class FastSendGridTransport(TransportBase):
         A builder that raises `SendGridException`/`ValueError`/`TypeError` gives FAILED. Used by
         `send` (one email per job) and by `drip.bulk` (many recipients per job).
         """
-        call: _Call = self._run(self._send_all(list(jobs)))
+        call = await self._send_all(list(jobs))
         fatal = None if call.fatal is None else self._scrub(call.fatal)
         return call.results, fatal, call
 
