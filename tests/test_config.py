@@ -38,6 +38,7 @@ def test_an_api_key_selects_sendgrid_and_stays_out_of_repr() -> None:
         ({"DRIP_TRANSPORT": "smtp", "DRIP_SMTP_URL": "http://x:secretpw@h"}, "DRIP_SMTP_URL"),
         ({"DRIP_BASE_URL": "example.com"}, "DRIP_BASE_URL"),
         ({"DRIP_SENDGRID_API_URL": "ftp://x"}, "DRIP_SENDGRID_API_URL"),
+        ({"DRIP_FROM": "講座事務局"}, "DRIP_FROM"),
     ],
 )
 def test_invalid_settings_name_the_variable(environ: dict[str, str], names: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from drip.addresses import InvalidAddressError, normalize_email
 from drip.course import (
     FRONT_MATTER_KEYS,
     CourseSettings,
@@ -272,6 +273,10 @@ def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
     except CourseError as exc:
         return [Problem(toml_path, 1, str(exc))]
     problems: list[Problem] = []
+    try:
+        normalize_email(settings.sender_email)
+    except InvalidAddressError as exc:
+        problems.append(Problem(toml_path, 1, f"sender_email: {exc}"))
     by_slug: dict[str, LessonFile] = {}
     positions = Counter(file.position for file in files)
     for file in files:

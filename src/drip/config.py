@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -116,6 +117,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     bulk = (get("DRIP_BULK") or "off").strip().lower()
     if bulk not in BULK_MODES:
         raise ConfigError(f"DRIP_BULK={bulk!r} is not known; use one of {', '.join(BULK_MODES)}")
+    from_address = get("DRIP_FROM") or None
+    if from_address is not None and "@" not in parseaddr(from_address)[1]:
+        raise ConfigError(
+            f"DRIP_FROM={from_address!r} has no email address; write it as"
+            " 'Name <address@example.com>' or 'address@example.com'"
+        )
     return Settings(
         sendgrid_client=client,
         sendgrid_rate=_positive("DRIP_SENDGRID_RATE", get("DRIP_SENDGRID_RATE"), float),
@@ -135,7 +142,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "DRIP_SENDGRID_API_URL", get("DRIP_SENDGRID_API_URL") or DEFAULT_SENDGRID_API_URL
         ),
         smtp_url=smtp_url,
-        from_address=get("DRIP_FROM") or None,
+        from_address=from_address,
         secret_keys=tuple(
             key.strip() for key in (get("DRIP_SECRET_KEY") or "").split(",") if key.strip()
         ),
