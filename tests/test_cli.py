@@ -191,3 +191,23 @@ def test_pause_resume_and_unsubscribe_by_address(workdir: Path) -> None:
     assert "sent 0," in drip("send", "--now", "2026-04-10T07:30+09:00").output
     unknown = drip("subscribers", "resume", "nobody@example.com")
     assert unknown.exit_code == 2 and "not subscribed" in unknown.output
+
+
+def test_in_doubt_deliveries_are_listed_and_resolved(workdir: Path) -> None:
+    with FakeSendGrid(api_key="SG.k", script=["reset"]) as fake:
+        env = {"SENDGRID_API_KEY": "SG.k", "DRIP_SENDGRID_API_URL": fake.url}
+        assert drip("subscribe", "lost@example.com", "--confirmed", "--now", MORNING).exit_code == 0
+        first = drip("send", "--now", MORNING, "--json", **env)
+        assert json.loads(first.stdout)["in_doubt"] == 1
+        listed = drip("deliveries", "in-doubt", "--json")
+        [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert (row["email"], row["lesson"]) == ("lost@example.com", "welcome")
+        settled = drip(
+            "deliveries", "resolve", str(row["delivery_id"]), "--not-sent", "--now", MORNING
+        )
+        assert settled.exit_code == 0 and "sent again" in settled.output
+        again = drip("send", "--now", MORNING, "--json", **env)
+        assert json.loads(again.stdout)["sent"] == 1
+        assert fake.accepted_ids()[str(row["delivery_id"])] == 1
+    twice = drip("deliveries", "resolve", str(row["delivery_id"]), "--sent")
+    assert twice.exit_code == 2 and "not 'in_doubt'" in twice.output

@@ -27,6 +27,7 @@ from drip.errors import DripError
 from drip.links import LinkBuilder
 
 if TYPE_CHECKING:  # each command imports what it uses, so start-up stays short
+    from drip.course import Course
     from drip.delivery import Mailer, SendReport
 
 P = ParamSpec("P")
@@ -59,6 +60,16 @@ def settings() -> Settings:
     except DripError as exc:
         fail(str(exc), exc.exit_code)
         raise AssertionError("unreachable") from exc
+
+
+def _open_ledger() -> tuple[sessionmaker[Session], Course]:
+    from drip.course import load_course
+    from drip.db import open_database
+
+    current = settings()
+    loaded = load_course(current.course_dir)
+    engine = open_database(current.database_url, auto_upgrade=current.uses_embedded_database)
+    return sessionmaker(engine, expire_on_commit=False), loaded
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -488,18 +499,10 @@ def _reader_command(action: str, done: str, unchanged: str) -> click.Command:
     @reports_errors
     def command(email: str, now_text: str | None) -> None:
         from drip import delivery
-        from drip.course import load_course
-        from drip.db import open_database
 
         now = parse_now(now_text)
-        current = settings()
-        loaded = load_course(current.course_dir)
-        engine = open_database(current.database_url, auto_upgrade=current.uses_embedded_database)
-        change = getattr(delivery, f"{action}_reader")
-        try:
-            changed = change(sessionmaker(engine), loaded, email, now=now)
-        finally:
-            engine.dispose()
+        sessions, loaded = _open_ledger()
+        changed = getattr(delivery, f"{action}_reader")(sessions, loaded, email, now=now)
         click.echo(f"{email}: {done if changed else unchanged}")
 
     command.__doc__ = {
@@ -513,3 +516,59 @@ def _reader_command(action: str, done: str, unchanged: str) -> click.Command:
 _reader_command("pause", "paused", "not active, nothing changed")
 _reader_command("resume", "resumed", "not paused, nothing changed")
 _reader_command("unsubscribe", "unsubscribed", "already unsubscribed, bounced or complained")
+
+
+@main.group("deliveries")
+def deliveries_group() -> None:
+    """Inspect and settle the delivery ledger."""
+
+
+@deliveries_group.command("in-doubt")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@reports_errors
+def in_doubt_command(as_json: bool) -> None:
+    """List the deliveries that may or may not have reached the reader.
+
+    Look each one up at the provider (SendGrid: custom arg drip_delivery_id; SMTP: header
+    X-Drip-Delivery-Id), then settle it with `drip deliveries resolve`.
+    """
+    from drip.operator import in_doubt
+
+    sessions, loaded = _open_ledger()
+    for doubt in in_doubt(sessions, loaded):
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "delivery_id": doubt.delivery_id,
+                        "email": doubt.email,
+                        "lesson": doubt.lesson,
+                        "claimed_at": doubt.claimed_at.isoformat(),
+                        "detail": doubt.detail,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            click.echo(
+                f"{doubt.delivery_id}\t{doubt.email}\t{doubt.lesson}\t"
+                f"{doubt.claimed_at.isoformat()}\t{doubt.detail or ''}"
+            )
+
+
+@deliveries_group.command("resolve")
+@click.argument("delivery_id", type=int)
+@click.option(
+    "--sent/--not-sent",
+    required=True,
+    help="Whether the provider has the message (--sent) or not (--not-sent: send again).",
+)
+@click.option("--now", "now_text", metavar="ISO", help="Act as if it were this moment.")
+@reports_errors
+def resolve_command(delivery_id: int, sent: bool, now_text: str | None) -> None:
+    """Settle the in-doubt delivery DELIVERY_ID. Exit 2 if it is unknown or not in doubt."""
+    from drip.operator import resolve
+
+    now = parse_now(now_text)
+    sessions, loaded = _open_ledger()
+    click.echo(resolve(sessions, loaded, delivery_id, sent=sent, now=now))

@@ -1,0 +1,84 @@
+"""Settling in-doubt deliveries: as sent (the reader moves on) or not sent (sent again)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
+from tests.test_delivery import T0
+
+from drip import store
+from drip.course import load_course
+from drip.delivery import Mailer, send_due, subscribe
+from drip.links import LinkBuilder
+from drip.operator import in_doubt, resolve
+from drip.render import Renderer
+from drip.transports.base import Outcome
+from drip.transports.memory import MemoryTransport
+
+ROOT = Path(__file__).resolve().parents[1]
+COURSE = load_course(ROOT / "course")
+
+
+@pytest.fixture
+def setup(engine: Engine) -> tuple[sessionmaker, Mailer, MemoryTransport]:  # type: ignore[type-arg]
+    transport = MemoryTransport(script=[Outcome.IN_DOUBT, Outcome.IN_DOUBT])
+    mailer = Mailer(
+        COURSE,
+        Renderer(COURSE, ROOT / "templates" / "email"),
+        LinkBuilder("https://drip.example.jp", ["k"]),
+        transport,
+    )
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    for index in range(2):
+        subscribe(
+            sessions,
+            mailer,
+            email=f"d{index}@example.com",
+            name=None,
+            timezone=None,
+            confirmed=True,
+            now=T0 + timedelta(seconds=index),
+            consent_source="test",
+        )
+    assert send_due(sessions, mailer, now=T0 + timedelta(minutes=1)).in_doubt == 2
+    return sessions, mailer, transport
+
+
+def test_resolving_as_sent_moves_on_and_as_not_sent_sends_again(
+    setup: tuple[sessionmaker, Mailer, MemoryTransport],  # type: ignore[type-arg]
+) -> None:
+    sessions, mailer, transport = setup
+    first, second = in_doubt(sessions, COURSE)
+    now = T0 + timedelta(hours=1)
+    assert "next is 'rethink'" in resolve(sessions, COURSE, first.delivery_id, sent=True, now=now)
+    assert "sent again" in resolve(sessions, COURSE, second.delivery_id, sent=False, now=now)
+    assert in_doubt(sessions, COURSE) == []
+
+    again = send_due(sessions, mailer, now=now)
+    assert again.sent == 1 and again.per_lesson["welcome"]["sent"] == 1
+    assert transport.sent[-1].to_address == second.email
+    # Both readers get lesson 2 on the normal schedule: 07:30 Tokyo the next morning.
+    next_morning = T0.replace(hour=22, minute=30)  # 07:30 Tokyo on 03-03
+    assert send_due(sessions, mailer, now=next_morning - timedelta(minutes=1)).sent == 0
+    later = send_due(sessions, mailer, now=next_morning)
+    lesson_two = transport.sent[-later.sent :]
+    assert sorted(m.to_address for m in lesson_two) == sorted([first.email, second.email])
+    assert {m.custom_args["drip_lesson"] for m in lesson_two} == {"rethink"}
+    with sessions() as session:
+        assert store.delivery_counts(session, COURSE.id)["in_doubt"] == 0
+
+
+def test_only_in_doubt_deliveries_can_be_resolved(
+    setup: tuple[sessionmaker, Mailer, MemoryTransport],  # type: ignore[type-arg]
+) -> None:
+    sessions, _, _ = setup
+    first, _ = in_doubt(sessions, COURSE)
+    resolve(sessions, COURSE, first.delivery_id, sent=True, now=T0 + timedelta(hours=1))
+    with pytest.raises(store.StateError):
+        resolve(sessions, COURSE, first.delivery_id, sent=False, now=T0 + timedelta(hours=2))
+    with pytest.raises(store.NotFoundError):
+        resolve(sessions, COURSE, 424242, sent=True, now=T0)
