@@ -23,6 +23,7 @@ from drip.bulk import (
     apply_substitutions,
     bulk_payload,
     bulk_safe,
+    fill_parts,
     substitution_keys,
 )
 from drip.course import load_course
@@ -41,7 +42,9 @@ API_KEY = "SG.bulk-test"
 NAMES = ["山田 太郎", "Tom & Jerry <tj>", 'O"Brien', None, "<script>alert(1)</script>", "鈴木"]
 
 
-def lesson_email(n: int, name: str | None, lesson_index: int = 0) -> OutgoingEmail:
+def lesson_email(
+    n: int, name: str | None, lesson_index: int = 0, *, fill: bool = True
+) -> OutgoingEmail:
     lesson = COURSE.lessons[lesson_index]
     recipient = Recipient(
         email=f"reader{n}@example.com",
@@ -49,7 +52,7 @@ def lesson_email(n: int, name: str | None, lesson_index: int = 0) -> OutgoingEma
         unsubscribe_url=LINKS.unsubscribe_url(n),
         manage_url=LINKS.manage_url(n),
     )
-    rendered = RENDERER.lesson(lesson, recipient)
+    rendered = RENDERER.lesson(lesson, recipient, fill=fill)
     return OutgoingEmail(
         delivery_id=str(1000 + n),
         to_address=recipient.email,
@@ -67,6 +70,19 @@ def lesson_email(n: int, name: str | None, lesson_index: int = 0) -> OutgoingEma
         },
         bulk=rendered.bulk,
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unfilled_emails_are_filled_exactly_as_the_renderer_fills_them(name: str | None) -> None:
+    full = lesson_email(7, name)
+    bare = lesson_email(7, name, fill=False)
+    assert (bare.html, bare.text) == ("", "")
+    assert bulk_safe(bare)
+    assert fill_parts(bare) == full
+    assert (fill_parts(bare).html, fill_parts(bare).text) == (full.html, full.text)
+    assert fill_parts(full) is full
+    # The bulk body does not depend on whether the reader's parts were filled.
+    assert bulk_payload([bare]) == bulk_payload([full])
 
 
 def test_every_reader_sees_the_email_rendered_for_them() -> None:
@@ -169,8 +185,12 @@ def test_a_refused_bulk_request_falls_back_to_single_sends() -> None:
     with FakeSendGrid(api_key=API_KEY) as fake:
         inner = FastSendGridTransport(API_KEY, base_url=fake.url, window=4)
         with BulkSendGridTransport(inner) as transport:
-            emails = [lesson_email(n, "山田") for n in range(5)]
+            # As delivery composes them for a transport that fills bulk parts: html/text empty.
+            emails = [lesson_email(n, "山田", fill=False) for n in range(5)]
             results = transport.send(emails)
         assert [r.outcome for r in results] == [Outcome.SENT] * 5
         assert fake.accepted_ids() == {e.delivery_id: 1 for e in emails}
+        by_id = {r.delivery_id: r.payload for r in fake.accepted}
+        for n, email in enumerate(emails):
+            assert by_id[email.delivery_id] == build_payload(lesson_email(n, "山田"))
         assert next(r.status for r in fake.requests) == 400

@@ -79,6 +79,19 @@ def substitutions(bulk: BulkParts, key: Callable[[str, str], str]) -> dict[str, 
     return values
 
 
+def fill_parts(email: OutgoingEmail) -> OutgoingEmail:
+    """`email` with html and text filled from its bulk parts when they were left empty
+    (`Renderer.lesson(fill=False)`), for a reader sent on its own; otherwise `email` itself."""
+    bulk = email.bulk
+    if bulk is None or email.html or email.text:
+        return email
+    escaped = {slot: str(escape(value)) for slot, value in bulk.values.items()}
+    html, text = list(bulk.html), list(bulk.text)
+    html[1::2] = [escaped[slot] for slot in bulk.html[1::2]]
+    text[1::2] = [bulk.values[slot] for slot in bulk.text[1::2]]
+    return replace(email, html="".join(html), text="".join(text))
+
+
 def _expected_headers(bulk: BulkParts) -> dict[str, str]:
     return {
         "List-Unsubscribe": f"<{bulk.values.get('unsubscribe_url', '')}>",
@@ -167,6 +180,8 @@ class BulkSendGridTransport(TransportBase):
     """
 
     name = "sendgrid"
+    fills_bulk_parts = True
+    """Emails may come with empty html/text and their bulk parts (see `fill_parts`)."""
 
     def __init__(
         self,
@@ -229,13 +244,19 @@ class BulkSendGridTransport(TransportBase):
                 singles.extend(chunk)  # nothing was accepted; find the one bad reader
                 continue
             for i in chunk:
-                results[i] = replace(answer, delivery_id=emails[i].delivery_id)
+                results[i] = SendResult(
+                    emails[i].delivery_id,
+                    answer.outcome,
+                    answer.provider_id,
+                    answer.retry_after,
+                    answer.detail,
+                )
         if fatal is not None:
             raise FatalTransportError(fatal, [results[i] for i in sorted(results)])
         if singles:
             singles.sort()
             try:
-                alone = await self.inner.send_async([emails[i] for i in singles])
+                alone = await self.inner.send_async([fill_parts(emails[i]) for i in singles])
             except FatalTransportError as exc:
                 done = {r.delivery_id: r for r in exc.results}
                 for i in singles:

@@ -55,6 +55,11 @@ class Mailer:
     """DRIP_FROM: 'Name <address>' or a bare address; replaces the course's sender."""
 
     @cached_property
+    def fills_bulk_parts(self) -> bool:
+        """The transport fills html/text from `OutgoingEmail.bulk` itself (bulk mode)."""
+        return bool(getattr(self.transport, "fills_bulk_parts", False))
+
+    @cached_property
     def sender(self) -> tuple[str, str | None]:
         """(address, display name) of the From header."""
         settings = self.course.settings
@@ -141,13 +146,17 @@ def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
 
 
 def compose(mailer: Mailer, claim: store.Claim) -> OutgoingEmail:
-    """Render one claimed lesson for its subscriber into an `OutgoingEmail`."""
+    """Render one claimed lesson for its subscriber into an `OutgoingEmail`.
+
+    For a transport that says `fills_bulk_parts` (bulk mode) the html and text stay empty: it
+    fills them from `bulk` only for the readers it sends one by one.
+    """
     lesson = mailer.course.lesson(claim.lesson)
     recipient = mailer.recipient(claim.subscriber_id, claim.email, claim.name)
     return mailer.envelope(
         str(claim.delivery_id),
         recipient,
-        mailer.renderer.lesson(lesson, recipient),
+        mailer.renderer.lesson(lesson, recipient, fill=not mailer.fills_bulk_parts),
         {"drip_lesson": lesson.slug, "drip_subscriber": str(claim.subscriber_id)},
     )
 
@@ -170,21 +179,27 @@ def _record(
     failed: list[tuple[int, str]] = []
     doubt: list[tuple[int, str]] = []
     rate_limited = False
+    # With a previous send, a lesson's due time depends only on the zone, the lesson and that
+    # send (schedule.lesson_due_at anchors on it, not on confirmed_at): compute it once per pair.
+    next_times: dict[tuple[str, str], datetime] = {}
     for result in results:
         claim = by_id[result.delivery_id]
         if result.outcome is Outcome.SENT:
             following = course.next_lesson(claim.lesson)
             next_at = None
             if following is not None:
-                next_at = schedule.next_send_at(
-                    course.settings,
-                    claim.timezone,
-                    following,
-                    previous_sent_at=now,
-                    confirmed_at=claim.confirmed_at or now,
-                )
-                # Never due again within this run: at most one lesson per subscriber per run.
-                next_at = max(next_at, now + ONE_TICK)
+                next_at = next_times.get((claim.timezone, following.slug))
+                if next_at is None:
+                    next_at = schedule.next_send_at(
+                        course.settings,
+                        claim.timezone,
+                        following,
+                        previous_sent_at=now,
+                        confirmed_at=claim.confirmed_at or now,
+                    )
+                    # Never due again within this run: at most one lesson per reader per run.
+                    next_at = max(next_at, now + ONE_TICK)
+                    next_times[claim.timezone, following.slug] = next_at
             sent.append(
                 store.SentItem(
                     delivery_id=claim.delivery_id,

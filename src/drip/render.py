@@ -242,13 +242,18 @@ class Renderer:
 
     # --- per recipient -------------------------------------------------------------------------
 
-    def lesson(self, lesson: Lesson, recipient: Recipient) -> RenderedEmail:
-        """The email for `lesson` addressed to `recipient`; cheap after the lesson's first call."""
+    def lesson(self, lesson: Lesson, recipient: Recipient, *, fill: bool = True) -> RenderedEmail:
+        """The email for `lesson` addressed to `recipient`; cheap after the lesson's first call.
+
+        With `fill=False` the html and text are left empty and only `bulk` (the shared parts and
+        this reader's checked values) is set: for a transport that fills them itself
+        (`drip.bulk.fill_parts`), so a reader sent in bulk costs no per-reader HTML.
+        """
         compiled = self._lessons.get(lesson)
         if compiled is None:
             compiled = self._compile_lesson(lesson)
             self._lessons[lesson] = compiled
-        return self._fill(compiled, recipient, {}, bulk=True)
+        return self._fill(compiled, recipient, {}, bulk=True, fill=fill)
 
     def confirmation(self, recipient: Recipient, confirm_url: str) -> RenderedEmail:
         """The double opt-in email asking `recipient` to open `confirm_url`."""
@@ -265,6 +270,7 @@ class Renderer:
         extra: Mapping[str, str],
         *,
         bulk: bool = False,
+        fill: bool = True,
     ) -> RenderedEmail:
         name = _clean_name(recipient.name)
         unsubscribe_url = _check_url("unsubscribe_url", recipient.unsubscribe_url)
@@ -274,14 +280,18 @@ class Renderer:
             "manage_url": _check_url("manage_url", recipient.manage_url),
             **extra,
         }
-        escaped = {key: str(escape(value)) for key, value in values.items()}
         has_name = name is not None
         html, text = compiled.html[has_name], compiled.text[has_name]
+        if fill:
+            escaped = {key: str(escape(value)) for key, value in values.items()}
+            html_text, plain_text = html.fill(escaped), text.fill(values)
+        else:
+            html_text = plain_text = ""
         return RenderedEmail(
             subject=compiled.subject,
             preheader=compiled.preheader,
-            html=html.fill(escaped),
-            text=text.fill(values),
+            html=html_text,
+            text=plain_text,
             headers={
                 "List-Unsubscribe": f"<{unsubscribe_url}>",
                 "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
