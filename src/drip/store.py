@@ -38,6 +38,7 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    literal,
     select,
     update,
 )
@@ -670,6 +671,41 @@ def _set_next_send_at(conn: Connection, ids: Sequence[int], value: datetime | No
         conn.execute(stmt, {"ids": list(chunk), "b_at": value})
 
 
+def _insert_claims(
+    conn: Connection, course_id: str, run_id: str, now: datetime, lease_until: datetime
+) -> Any:
+    """INSERT one 'claimed' delivery of its next lesson per subscriber in the bound list `ids`,
+    RETURNING (delivery id, subscriber id). One INSERT ... SELECT: the shared values are bound
+    once, not once per row."""
+
+    def shared(value: Any, column: Any) -> Any:
+        return literal(value, type_=column.type)
+
+    source = select(
+        S.c.id,
+        shared(course_id, D.c.course_id),
+        S.c.next_lesson,
+        shared(DeliveryStatus.CLAIMED.value, D.c.status),
+        shared(run_id, D.c.run_id),
+        shared(1, D.c.attempts),
+        shared(now, D.c.claimed_at),
+        shared(lease_until, D.c.lease_until),
+        shared(now, D.c.updated_at),
+    ).where(_in_list(conn, S.c.id, "ids", BigInteger()))
+    columns = [
+        "subscriber_id",
+        "course_id",
+        "lesson",
+        "status",
+        "run_id",
+        "attempts",
+        "claimed_at",
+        "lease_until",
+        "updated_at",
+    ]
+    return insert(D).from_select(columns, source).returning(D.c.id, D.c.subscriber_id)
+
+
 def claim_due(
     session: Session,
     *,
@@ -751,24 +787,12 @@ def claim_due(
 
         delivery_ids: dict[int, int] = {}
         if fresh:
-            inserted = conn.execute(
-                insert(D).returning(D.c.id, D.c.subscriber_id, sort_by_parameter_order=True),
-                [
-                    {
-                        "subscriber_id": row.id,
-                        "course_id": course_id,
-                        "lesson": row.next_lesson,
-                        "status": DeliveryStatus.CLAIMED.value,
-                        "run_id": run_id,
-                        "attempts": 1,
-                        "claimed_at": now,
-                        "lease_until": lease_until,
-                        "updated_at": now,
-                    }
-                    for row in fresh
-                ],
-            )
-            delivery_ids = {subscriber_id: delivery_id for delivery_id, subscriber_id in inserted}
+            for chunk in _chunks(fresh):
+                inserted = conn.execute(
+                    _insert_claims(conn, course_id, run_id, now, lease_until),
+                    {"ids": [row.id for row in chunk]},
+                )
+                delivery_ids.update((subscriber, delivery) for delivery, subscriber in inserted)
         if again:
             reclaim = (
                 update(D)
