@@ -581,6 +581,31 @@ def test_claims_and_records_in_bulk(session: Session) -> None:
     assert store.count_due(session, COURSE, T0 + timedelta(days=1)) == 2_500
 
 
+def test_recorded_instants_are_stored_as_the_orm_stores_them(session: Session) -> None:
+    # record_sent/retry bind plain tuples: their datetimes must be in the same stored form as
+    # everything else (SQLite compares the text), so an equality on a typed value finds them.
+    for number in range(3):
+        add(session, f"form{number}@example.com")
+    session.commit()
+    first, second, third = claim(session, T0).claims
+    store.mark_sending(session, [first.delivery_id, second.delivery_id], T0)
+    later = T0 + timedelta(days=1)
+    sent = store.SentItem(first.delivery_id, "pid", T0, "second", later)
+    assert store.record_sent(session, [sent], "run-1") == 1
+    assert store.record_retry(session, [(second.delivery_id, later, "busy")], now=T0) == 1
+    session.commit()
+    conn = session.connection()
+    on_time = conn.execute(
+        select(subscribers.c.id).where(subscribers.c.next_send_at == later)
+    ).scalars()
+    assert sorted(on_time) == sorted([first.subscriber_id, second.subscriber_id])
+    stamped = conn.execute(
+        select(deliveries.c.id).where(deliveries.c.sent_at == T0, deliveries.c.updated_at == T0)
+    ).scalars()
+    assert list(stamped) == [first.delivery_id]
+    assert view(session, third.subscriber_id).next_send_at == T0 + LEASE
+
+
 def test_the_due_query_uses_the_partial_index(session: Session) -> None:
     query = select(subscribers.c.id).where(*store._due_filter(COURSE, T0))
     compiled = query.compile(session.get_bind(), compile_kwargs={"literal_binds": True})

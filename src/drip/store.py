@@ -950,7 +950,8 @@ def _converter(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
     A batch shares a handful of distinct values (its `now`, a few next_send_at), so converting
     each once instead of once per row is most of the saving of `_update_rows`.
     """
-    process = column.type.bind_processor(dialect)
+    # dialect_impl: the full chain (aware -> naive UTC -> the pinned SQLite text format).
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
     if process is None:
         return None
     memo: dict[Any, Any] = {}
