@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/profile.py --due 20000            # per-recipient, SQLite
     .venv/bin/python bench/profile.py --due 50000 --bulk     # DRIP_BULK=auto
+    .venv/bin/python bench/profile.py --postgres             # the drip_bench database
 
-Fills a SQLite database in a temporary directory, starts bench/fake_provider.py (50 ms) and
-runs `drip send` under `py-spy record` (all threads, native frames off) when py-spy is
-installed (`pip install py-spy`), else under cProfile (main thread only). Prints the top
-functions by own time and the emails/s of the profiled run (slower than unprofiled).
+Fills a SQLite database in a temporary directory (or PostgreSQL, as bench/run.py does), starts
+bench/fake_provider.py (50 ms) and runs `drip send` under `py-spy record` (all threads, native
+frames off) when py-spy is installed (`pip install py-spy`), else under cProfile (main thread).
+Prints the top functions by own time and the emails/s of the profiled run (slower than
+unprofiled).
 """
 
 from __future__ import annotations
@@ -18,28 +20,42 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import NOW, ROOT, Provider, environment, sqlite_template
+from run import (
+    NOW,
+    ROOT,
+    Provider,
+    environment,
+    fill,
+    postgres_database,
+    sqlite_template,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--due", type=int, default=20_000)
     parser.add_argument("--bulk", action="store_true")
+    parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--output", default="", help="also keep the raw profile here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="drip-profile-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="drip-profile-") as tmp, ExitStack() as stack:
         directory = Path(tmp)
-        template = sqlite_template(directory, "profile", args.due, args.due)
+        if args.postgres:
+            url = stack.enter_context(postgres_database())
+            fill(url, args.due, args.due)
+        else:
+            url = f"sqlite:///{sqlite_template(directory, 'profile', args.due, args.due)}"
         provider = Provider(args.latency)
         try:
             extra = {"DRIP_BULK": "auto"} if args.bulk else {}
-            env = environment(f"sqlite:///{template}", provider, **extra)
+            env = environment(url, provider, **extra)
             send = [sys.executable, "-m", "drip", "send", "--json", "--now", NOW.isoformat()]
             raw = Path(args.output) if args.output else directory / "profile.txt"
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")

@@ -300,8 +300,10 @@ def _claimed_windows(
     """
     remaining = limit
     while remaining is None or remaining > 0:
-        # A bulk transport's window can exceed a batch: claim at least one window at a time.
-        size = max(batch_size, window) if remaining is None else min(batch_size, remaining)
+        # Whole windows (a bulk transport's window can exceed a batch): no short window per batch.
+        size = -(-max(batch_size, window) // window) * window
+        if remaining is not None:
+            size = min(size, remaining)
         with run.sessions() as session, session.begin():
             batch = store.claim_due(
                 session,

@@ -53,10 +53,12 @@ class SendResult:
 class FatalTransportError(DripError):
     """The transport cannot send anything in this run (401/403, SMTP authentication refused).
 
-    The run must stop. `results` holds the results for the emails of the failing `send` call that
-    were handled before the fatal answer (in input order, possibly empty): those messages really
-    were sent or refused and must be recorded as such; the email that met the fatal answer and all
-    later ones were not sent and have no result.
+    The run must stop. `results` holds a result for every email of the failing `send` call that
+    the provider answered (in input order, possibly empty): those messages really were sent or
+    refused and must be recorded as such. With several requests in flight (the fast SendGrid
+    client, bulk mode) that can include emails after the one that met the fatal answer. An email
+    with no result was not sent (it met the fatal answer, or was never started): the caller
+    releases it for a later run.
     """
 
     def __init__(self, message: str, results: Sequence[SendResult] = ()) -> None:
