@@ -1,4 +1,5 @@
-"""The send service end to end on a real database (SQLite file and PostgreSQL), memory transport.
+"""The send service end to end on a real database (SQLite file and PostgreSQL), memory transport
+(and the fast SendGrid client against the loopback fake, for pipelined windows).
 
 Each test drives `drip.delivery` with an explicit `now` and checks what the transport was given
 and what the ledger says.
@@ -7,26 +8,36 @@ and what the ledger says.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from tests.fakes.sendgrid_server import FakeSendGrid
 
 from drip import store
 from drip.course import load_course
-from drip.delivery import Mailer, pause_reader, resume_reader, send_due, subscribe
+from drip.delivery import (
+    PIPELINE_DEPTH,
+    Mailer,
+    pause_reader,
+    resume_reader,
+    send_due,
+    subscribe,
+)
 from drip.links import LinkBuilder
 from drip.render import Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult
 from drip.transports.memory import MemoryTransport
+from drip.transports.sendgrid_fast import FastSendGridTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = load_course(ROOT / "course")
 # 2026-03-02 is a Monday; 10:00 in Tokyo is outside quiet hours.
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+FAKE_KEY = "SG.delivery-test"
 
 
 @dataclass
@@ -295,3 +306,50 @@ def test_a_lesson_inserted_into_a_live_course_shifts_nobody(harness: Harness) ->
         now += timedelta(hours=6)
         send_due(harness.sessions, mailer, now=now)
     assert harness.lessons_sent_to("live@example.com") == [lesson.slug for lesson in lessons]
+
+
+# --- pipelined windows (a transport with `submit`: the fast SendGrid client) ------------------
+
+
+def fast_mailer(harness: Harness, fake: FakeSendGrid, window: int) -> Mailer:
+    transport = FastSendGridTransport(FAKE_KEY, base_url=fake.url, window=window, timeout=5)
+    return replace(harness.mailer, transport=transport)
+
+
+def test_pipelined_windows_send_each_lesson_once_and_record_every_outcome(
+    harness: Harness,
+) -> None:
+    for index in range(9):
+        harness.subscribe(f"p{index}@example.com", now=T0 + timedelta(seconds=index))
+    with FakeSendGrid(api_key=FAKE_KEY, latency=0.01) as fake:
+        mailer = fast_mailer(harness, fake, window=2)
+        with mailer.transport:
+            report = send_due(harness.sessions, mailer, now=T0 + timedelta(minutes=1))
+        assert fake.problems == []
+        assert set(fake.accepted_ids().values()) == {1} and len(fake.accepted_ids()) == 9
+    assert (report.sent, report.stopped, report.note) == (9, None, None)
+    with harness.sessions() as session:
+        counts = store.delivery_counts(session, COURSE.id)
+    assert {status: n for status, n in counts.items() if n} == {"sent": 9}
+
+
+def test_a_fatal_answer_with_windows_in_flight_records_them_and_releases_the_rest(
+    harness: Harness,
+) -> None:
+    for index in range(12):
+        harness.subscribe(f"f{index}@example.com", now=T0 + timedelta(seconds=index))
+    # Window 1: the 4th request meets 401; the next window is already with the transport.
+    with FakeSendGrid(api_key=FAKE_KEY, script=["202"] * 3 + ["401"], latency=0.02) as fake:
+        mailer = fast_mailer(harness, fake, window=1)
+        with mailer.transport:
+            report = send_due(harness.sessions, mailer, now=T0 + timedelta(minutes=1))
+        accepted = len(fake.accepted_ids())
+    assert report.stopped is not None and "401" in report.stopped
+    # Everything the provider took is recorded sent (at most one window after the 401 got in).
+    assert report.sent == accepted and 3 <= accepted <= 3 + PIPELINE_DEPTH - 1
+    with harness.sessions() as session:
+        counts = store.delivery_counts(session, COURSE.id)
+        assert counts["sent"] == accepted
+    assert (counts["sending"], counts["claimed"], counts["retry"]) == (0, 0, 12 - accepted)
+    rest = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=2))
+    assert rest.sent == 12 - accepted
