@@ -1,7 +1,7 @@
 """The `drip send` benchmark: every scenario of the performance issue, in one run.
 
-    /work/venv/bin/python bench/run.py            # full set (~10 minutes on 2 cores)
-    /work/venv/bin/python bench/run.py --quick    # smaller N, a smoke run (~1 minute)
+    .venv/bin/python bench/run.py            # full set (~6-11 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # smaller N, a smoke run (~1 minute)
 
 Starts the fake SendGrid API (bench/fake_provider.py, aiohttp, its own process, 50 ms latency),
 fills databases in a temporary directory (SQLite) and a throw-away PostgreSQL database
