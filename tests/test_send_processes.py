@@ -95,10 +95,10 @@ def accepted_pairs(fake: FakeSendGrid) -> Counter[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("window", "bulk", "readers", "accepted_first"),
+    ("window", "readers", "accepted_first"),
     # DRIP_BULK=auto is not killed here: tests/fakes/sendgrid_server.py refuses bulk payloads
     # (custom_args per personalization) with 400, so every reader would go out one by one.
-    [("1", False, 12, 4), ("4", False, 40, 8)],
+    [("1", 12, 4), ("4", 40, 8)],
     ids=["window-1", "window-4"],
 )
 def test_killed_mid_send_then_rerun_sends_each_lesson_once(
@@ -106,7 +106,6 @@ def test_killed_mid_send_then_rerun_sends_each_lesson_once(
     engine: Engine,
     tmp_path: Path,
     window: str,
-    bulk: bool,
     readers: int,
     accepted_first: int,
 ) -> None:
@@ -117,8 +116,6 @@ def test_killed_mid_send_then_rerun_sends_each_lesson_once(
     with FakeSendGrid(api_key=API_KEY, script=script, default="delay:120") as fake:
         env = environment(database_url, fake, tmp_path)
         env["DRIP_SENDGRID_WINDOW"] = window
-        if bulk:
-            env["DRIP_BULK"] = "auto"
         process = drip(["send", "--now", NOW.isoformat()], env, tmp_path)
         deadline = time.monotonic() + 60
         while len(fake.requests) <= accepted_first and time.monotonic() < deadline:
@@ -156,9 +153,8 @@ def test_killed_mid_send_then_rerun_sends_each_lesson_once(
         doubt = store.list_in_doubt(session, COURSE.id)
     doubt_ids = {str(view.subscriber_id) for view in doubt}
     in_doubt = len(doubt)
-    per_window = 4000 if bulk else int(window)  # BulkSendGridTransport: 1,000 x 4 in flight
     # The documented bound: at most PIPELINE_DEPTH windows were 'sending' when the run died.
-    assert 1 <= in_doubt <= PIPELINE_DEPTH * per_window
+    assert 1 <= in_doubt <= PIPELINE_DEPTH * int(window)
     assert report["in_doubt"] == in_doubt
     assert counts["sent"] + in_doubt == readers
     # Nothing was accepted twice; everything not in doubt was accepted exactly once.
