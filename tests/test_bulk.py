@@ -180,9 +180,9 @@ def test_bulk_transport_sends_groups_of_up_to_1000(provider: str) -> None:
 
 
 def test_a_refused_bulk_request_falls_back_to_single_sends() -> None:
-    # The contract fake wants custom_args at the top level, so it refuses bulk bodies with 400:
-    # the readers are then sent one by one and all arrive, once.
-    with FakeSendGrid(api_key=API_KEY) as fake:
+    # The provider refuses the bulk body with 400: the readers are then sent one by one and
+    # all arrive, once.
+    with FakeSendGrid(api_key=API_KEY, script=["400"]) as fake:
         inner = FastSendGridTransport(API_KEY, base_url=fake.url, window=4)
         with BulkSendGridTransport(inner) as transport:
             # As delivery composes them for a transport that fills bulk parts: html/text empty.
@@ -194,3 +194,15 @@ def test_a_refused_bulk_request_falls_back_to_single_sends() -> None:
         for n, email in enumerate(emails):
             assert by_id[email.delivery_id] == build_payload(lesson_email(n, "山田"))
         assert next(r.status for r in fake.requests) == 400
+
+
+def test_the_contract_fake_accepts_a_bulk_request_and_counts_every_reader() -> None:
+    with FakeSendGrid(api_key=API_KEY) as fake:
+        inner = FastSendGridTransport(API_KEY, base_url=fake.url, window=4)
+        with BulkSendGridTransport(inner) as transport:
+            emails = [lesson_email(n, "山田", fill=False) for n in range(5)]
+            results = transport.send(emails)
+        assert [r.outcome for r in results] == [Outcome.SENT] * 5
+        assert fake.problems == []
+        assert len(fake.requests) == 1
+        assert fake.accepted_ids() == {e.delivery_id: 1 for e in emails}

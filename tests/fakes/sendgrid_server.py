@@ -125,28 +125,58 @@ def check_mail_send(payload: Any) -> list[str]:
     for k, c in enumerate(content):
         if not isinstance(c, dict) or not isinstance(c.get("value"), str) or not c["value"]:
             problems.append(f"content[{k}].value must be a non-empty string")
-    headers = payload.get("headers", {})
+    problems += _check_headers("headers", payload.get("headers", {}))
+    for i, item in enumerate(personalizations):
+        if isinstance(item, dict) and "headers" in item:
+            problems += _check_headers(f"personalizations[{i}].headers", item["headers"])
+    top_args = payload.get("custom_args", {})
+    if not isinstance(top_args, dict):
+        problems.append("custom_args must be an object")
+        top_args = {}
+    # SendGrid merges each personalization's custom_args over the top-level ones; a bulk
+    # request (many personalizations) carries the per-reader drip_* keys there.
+    for i, item in enumerate(personalizations or [{}]):
+        own = item.get("custom_args", {}) if isinstance(item, dict) else {}
+        where = f"personalizations[{i}].custom_args" if own else "custom_args"
+        if not isinstance(own, dict):
+            problems.append(f"{where} must be an object")
+            continue
+        merged = {**top_args, **own}
+        for key in REQUIRED_CUSTOM_ARGS:
+            if key not in merged:
+                problems.append(f"{where}.{key} is missing")
+        for key, value in merged.items():
+            if not isinstance(value, str):
+                problems.append(f"{where}.{key} is not a string (SendGrid requires strings)")
+        if len(json.dumps(merged).encode()) > CUSTOM_ARGS_LIMIT:
+            problems.append(f"{where} exceed 10000 bytes")
+    return problems
+
+
+def _check_headers(where: str, headers: Any) -> list[str]:
     if not isinstance(headers, dict):
-        problems.append("headers must be an object")
-        headers = {}
+        return [f"{where} must be an object"]
+    problems = []
     for name, value in headers.items():
         if not isinstance(value, str):
-            problems.append(f"header {name!r} is not a string")
+            problems.append(f"{where}: header {name!r} is not a string")
         if name.lower() in RESERVED_HEADERS:
-            problems.append(f"header {name!r} is reserved")
-    custom_args = payload.get("custom_args")
-    if not isinstance(custom_args, dict):
-        problems.append("custom_args must be an object")
-        custom_args = {}
-    for key in REQUIRED_CUSTOM_ARGS:
-        if key not in custom_args:
-            problems.append(f"custom_args.{key} is missing")
-    for key, value in custom_args.items():
-        if not isinstance(value, str):
-            problems.append(f"custom_args.{key} is not a string (SendGrid requires strings)")
-    if len(json.dumps(custom_args).encode()) > CUSTOM_ARGS_LIMIT:
-        problems.append("custom_args exceed 10000 bytes")
+            problems.append(f"{where}: header {name!r} is reserved")
     return problems
+
+
+def delivery_ids_of(payload: Any) -> list[str]:
+    """The drip_delivery_id of every personalization (one for a single email, many in bulk)."""
+    if not isinstance(payload, dict):
+        return []
+    top = payload.get("custom_args") if isinstance(payload.get("custom_args"), dict) else {}
+    ids = []
+    for item in payload.get("personalizations") or []:
+        own = item.get("custom_args") if isinstance(item, dict) else None
+        merged = {**top, **(own if isinstance(own, dict) else {})}
+        if isinstance(merged.get("drip_delivery_id"), str):
+            ids.append(merged["drip_delivery_id"])
+    return ids
 
 
 @dataclass(frozen=True)
@@ -194,6 +224,11 @@ class Received:
     authorization: str
     payload: Any = field(repr=False)
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def delivery_ids(self) -> list[str]:
+        """Every reader's delivery id in this request (many for a bulk request)."""
+        return delivery_ids_of(self.payload)
 
 
 class FakeSendGrid:
@@ -281,8 +316,9 @@ class FakeSendGrid:
             return [r for r in self.requests if r.accepted]
 
     def accepted_ids(self) -> Counter[str]:
-        """How many times each delivery id was accepted (exactly-once checks)."""
-        return Counter(r.delivery_id or "" for r in self.accepted)
+        """How many times each delivery id was accepted (exactly-once checks), counting every
+        personalization of a bulk request."""
+        return Counter(i for r in self.accepted for i in r.delivery_ids)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -291,7 +327,7 @@ class FakeSendGrid:
                 "accepted": sum(r.accepted for r in self.requests),
                 "by_status": dict(Counter(str(r.status) for r in self.requests)),
                 "accepted_ids": dict(
-                    Counter(r.delivery_id or "" for r in self.requests if r.accepted)
+                    Counter(i for r in self.requests if r.accepted for i in r.delivery_ids)
                 ),
                 "problems": list(self.problems),
                 "script_left": [s.text for s in self._script],
@@ -373,8 +409,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
             problems.append("Content-Type is not application/json")
         problems += check_mail_send(payload) if payload is not None else []
-        custom = payload.get("custom_args", {}) if isinstance(payload, dict) else {}
-        delivery_id = custom.get("drip_delivery_id") if isinstance(custom, dict) else None
+        ids = delivery_ids_of(payload)
+        delivery_id = ids[0] if ids else None
         shown_auth = "Bearer [key]" if authorization.startswith("Bearer ") else authorization
 
         def log(step: str, status: int, accepted: bool, message_id: str | None = None) -> None:
