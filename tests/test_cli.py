@@ -211,3 +211,15 @@ def test_in_doubt_deliveries_are_listed_and_resolved(workdir: Path) -> None:
         assert fake.accepted_ids()[str(row["delivery_id"])] == 1
     twice = drip("deliveries", "resolve", str(row["delivery_id"]), "--sent")
     assert twice.exit_code == 2 and "not 'in_doubt'" in twice.output
+
+
+def test_send_bulk_flag_overrides_the_setting(workdir: Path) -> None:
+    with FakeSendGrid(api_key="SG.k") as fake:
+        env = {"SENDGRID_API_KEY": "SG.k", "DRIP_SENDGRID_API_URL": fake.url}
+        for index in range(3):
+            added = drip("subscribe", f"b{index}@example.com", "--confirmed", "--now", MORNING)
+            assert added.exit_code == 0
+        sent = drip("send", "--now", MORNING, "--json", "--bulk", **env)
+        assert json.loads(sent.stdout)["sent"] == 3
+        assert [len(r.delivery_ids) for r in fake.requests] == [3]
+        assert fake.problems == []

@@ -229,17 +229,29 @@ def subscribe_command(
 @click.option("--dry-run", is_flag=True, help="Count what is due; claim and send nothing.")
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N emails this run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--bulk/--no-bulk",
+    default=None,
+    help="SendGrid bulk mode for this run (default: DRIP_BULK): up to 1,000 readers per request"
+    " for lessons that vary per reader only by name and links; others go one by one.",
+)
 @reports_errors
-def send_command(now_text: str | None, dry_run: bool, limit: int | None, as_json: bool) -> None:
+def send_command(
+    now_text: str | None, dry_run: bool, limit: int | None, as_json: bool, bulk: bool | None
+) -> None:
     """Send every lesson that is due, once. Safe from cron at any frequency, and concurrently.
 
     Exit 0 when the run completed (even with per-message failures), 1 when it had to stop (bad
     provider credentials, database unavailable), 2 for usage or configuration errors.
     """
+    from dataclasses import replace
+
     from drip.delivery import send_due
 
     now = parse_now(now_text)
     current = settings()
+    if bulk is not None:
+        current = replace(current, bulk="auto" if bulk else "off")
     sessions, mailer = open_mailer(current)
     with mailer.transport, progress_bar() as advance:
         report = send_due(sessions, mailer, now=now, limit=limit, dry_run=dry_run, progress=advance)
