@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from itsdangerous import BadSignature, URLSafeSerializer
 
 from drip.links import InvalidTokenError, LinkBuilder
 
@@ -52,3 +53,24 @@ def test_rotation_old_links_keep_working_new_links_use_the_new_key() -> None:
         old.read("unsubscribe", new_token)
     with pytest.raises(InvalidTokenError):
         LinkBuilder(BASE, ["other"]).read("unsubscribe", old_token)
+
+
+@pytest.mark.parametrize("subscriber_id", [0, 1, 42, 99_999, 2**40 + 7])
+@pytest.mark.parametrize("purpose", ["unsubscribe", "manage"])
+def test_fast_signing_makes_the_tokens_itsdangerous_makes_and_reads(
+    purpose: str, subscriber_id: int
+) -> None:
+    links = LinkBuilder(BASE, ["new", "old"])
+    url = (
+        links.unsubscribe_url(subscriber_id)
+        if purpose == "unsubscribe"
+        else links.manage_url(subscriber_id)
+    )
+    made = token(url)
+    reference = URLSafeSerializer(["old", "new"], salt=f"drip.{purpose}")
+    assert made == reference.dumps(subscriber_id)
+    assert reference.loads(made) == subscriber_id
+    # Signed with keys[0] ("new") only.
+    assert URLSafeSerializer("new", salt=f"drip.{purpose}").loads(made) == subscriber_id
+    with pytest.raises(BadSignature):
+        URLSafeSerializer("old", salt=f"drip.{purpose}").loads(made)
