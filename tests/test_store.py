@@ -734,3 +734,38 @@ def test_deferred_subscribers_are_rescheduled_not_claimed(session: Session) -> N
     assert [c.subscriber_id for c in batch.claims] == [fine.subscriber_id]
     assert view(session, quiet.subscriber_id).next_send_at == later
     assert store.delivery_counts(session, COURSE)["claimed"] == 1
+
+
+def test_record_sent_set_based_when_a_batch_shares_its_values(session: Session) -> None:
+    """40 readers, one bulk answer (shared provider id), two next-send times, one paused: the
+    grouped UPDATEs give each row exactly its own values, as the per-row form does."""
+    added = [add(session, f"r{index}@example.com") for index in range(40)]
+    session.commit()
+    claims = claim(session, T0).claims
+    assert len(claims) == 40
+    paused = added[7].subscriber_id
+    assert store.pause(session, paused, T0)
+    session.commit()
+    early, late = T0 + timedelta(days=1), T0 + timedelta(days=2)
+    items = [
+        store.SentItem(
+            c.delivery_id, "bulk-pid", T0, "second", early if c.subscriber_id % 2 else late
+        )
+        for c in claims
+    ]
+    assert store.record_sent(session, items, "run-1") == 40
+    session.commit()
+    for item, claimed in zip(items, claims, strict=True):
+        row = delivery(session, claimed.delivery_id)
+        assert (row["status"], row["provider_id"], row["sent_at"]) == ("sent", "bulk-pid", T0)
+        seen = view(session, claimed.subscriber_id)
+        if claimed.subscriber_id == paused:
+            # Paused since the claim: progress recorded, not rescheduled.
+            assert (seen.status, seen.next_send_at) == ("paused", None)
+        else:
+            assert (seen.status, seen.next_lesson, seen.next_send_at, seen.last_sent_at) == (
+                "active",
+                "second",
+                item.next_send_at,
+                T0,
+            )

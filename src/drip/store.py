@@ -984,6 +984,13 @@ def _update_rows(
     """
     if not rows:
         return
+    active = f" AND t.status = '{ACTIVE}'" if only_active else ""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[:-1]), []).append(row[-1])
+    if len(groups) * _SHARED_RATIO <= len(rows):
+        _update_groups(conn, table, columns, groups, active)
+        return
     dialect = conn.dialect
     names = [*columns, "id"]
     converters = [_converter(table.c[name], dialect) for name in names]
@@ -997,7 +1004,6 @@ def _update_rows(
             )
             for row in rows
         ]
-    active = f" AND t.status = '{ACTIVE}'" if only_active else ""
     if _is_postgresql(conn):
         arrays = ", ".join(f"%s::{table.c[name].type.compile(dialect)}[]" for name in names)
         assignments = ", ".join(f"{name} = v.{name}" for name in columns)
@@ -1011,6 +1017,49 @@ def _update_rows(
     assignments = ", ".join(f"{name} = {mark}" for name in columns)
     sql = f"UPDATE {table.name} AS t SET {assignments} WHERE t.id = {mark}{active}"
     conn.exec_driver_sql(sql, params)
+
+
+_SHARED_RATIO = 4
+"""`_update_rows` goes set-based when rows share their values at least this much on average."""
+
+
+def _update_groups(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    groups: Mapping[tuple[Any, ...], Sequence[Any]],
+    active: str,
+) -> None:
+    """One `UPDATE ... SET <shared values> WHERE id IN <ids>` per group of rows with equal
+    values: a bulk request's readers share their outcome and next lesson, so most of a batch is
+    one statement with one id list instead of per-row values (less binding and conversion).
+    """
+    dialect = conn.dialect
+    converters = [_converter(table.c[name], dialect) for name in columns]
+    postgres = _is_postgresql(conn)
+    mark = "%s" if postgres or dialect.paramstyle != "qmark" else "?"
+    if postgres:
+        # Cast like the unnest form does, so a value is read as its column's type.
+        assignments = ", ".join(
+            f"{name} = %s::{table.c[name].type.compile(dialect)}" for name in columns
+        )
+    else:
+        assignments = ", ".join(f"{name} = {mark}" for name in columns)
+    for values, ids in groups.items():
+        shared = tuple(
+            value if convert is None else convert(value)
+            for convert, value in zip(converters, values, strict=True)
+        )
+        if postgres:
+            sql = (
+                f"UPDATE {table.name} AS t SET {assignments} WHERE t.id = ANY(%s::BIGINT[]){active}"
+            )
+            conn.exec_driver_sql(sql, (*shared, list(ids)))
+            continue
+        for chunk in _chunks(ids):
+            places = ", ".join(mark for _ in chunk)
+            sql = f"UPDATE {table.name} AS t SET {assignments} WHERE t.id IN ({places}){active}"
+            conn.exec_driver_sql(sql, (*shared, *chunk))
 
 
 def _update_deliveries(
