@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 import weakref
@@ -162,9 +163,60 @@ class Aimd:
         return max(1, int(self.limit))
 
 
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+)
+"""Addresses the official helper passes through unchanged when they come without a name."""
+
+
+def _plain_party(address: str, name: str | None) -> dict[str, str] | None:
+    """`Email(address, name).get()` for the shapes where it is a plain copy, else None."""
+    if name:
+        return {"name": name, "email": address}
+    if name is None and _PLAIN_ADDRESS.fullmatch(address):
+        return {"email": address}
+    return None  # "" or an address the helper would parse (rfc822.parseaddr): let it
+
+
+def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
+    """`build_payload(email)`, equal and in the same key order, without the official helper
+    objects (about a sixth of the loop thread's time per email).
+
+    Only for the common shape: sender and recipient that the helper copies as they are, non-empty
+    text and html that cannot trip its API-key check (which matches at the start of a part);
+    anything else goes through `build_payload` itself. tests/test_sendgrid_fast.py compares the
+    two on generated emails.
+    """
+    sender = _plain_party(email.from_address, email.from_name)
+    to = _plain_party(email.to_address, email.to_name)
+    text, html = email.text, email.html
+    if (
+        sender is None
+        or to is None
+        or not text
+        or not html
+        or text.startswith("SG.")
+        or html.startswith("SG.")
+    ):
+        return build_payload(email)
+    payload: dict[str, Any] = {
+        "from": sender,
+        "subject": email.subject,
+        "personalizations": [{"to": [to]}],
+        "content": [{"type": "text/plain", "value": text}, {"type": "text/html", "value": html}],
+    }
+    # The helper inserts each header and custom arg at the front of its list: reversed order.
+    if email.headers:
+        payload["headers"] = dict(reversed(list(email.headers.items())))
+    custom_args = {**email.custom_args, "drip_delivery_id": email.delivery_id}
+    payload["custom_args"] = dict(reversed(custom_args.items()))
+    return payload
+
+
 def _email_body(email: OutgoingEmail) -> bytes:
-    """The JSON body for one email: the official helper's payload, serialised with orjson."""
-    return orjson.dumps(build_payload(email))
+    """The JSON body for one email: `build_payload`'s payload (via `fast_payload`), serialised
+    with orjson."""
+    return orjson.dumps(fast_payload(email))
 
 
 class _Call:
