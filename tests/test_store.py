@@ -736,9 +736,12 @@ def test_deferred_subscribers_are_rescheduled_not_claimed(session: Session) -> N
     assert store.delivery_counts(session, COURSE)["claimed"] == 1
 
 
-def test_record_sent_set_based_when_a_batch_shares_its_values(session: Session) -> None:
-    """40 readers, one bulk answer (shared provider id), two next-send times, one paused: the
-    grouped UPDATEs give each row exactly its own values, as the per-row form does."""
+@pytest.mark.parametrize("shared_provider_id", [True, False])
+def test_record_sent_set_based_when_a_batch_shares_its_values(
+    session: Session, shared_provider_id: bool
+) -> None:
+    """40 readers, one bulk answer (shared provider id) or one per reader, two next-send times,
+    one paused: the grouped and the per-row UPDATEs give each row exactly its own values."""
     added = [add(session, f"r{index}@example.com") for index in range(40)]
     session.commit()
     claims = claim(session, T0).claims
@@ -749,7 +752,12 @@ def test_record_sent_set_based_when_a_batch_shares_its_values(session: Session) 
     early, late = T0 + timedelta(days=1), T0 + timedelta(days=2)
     items = [
         store.SentItem(
-            c.delivery_id, "bulk-pid", T0, "second", early if c.subscriber_id % 2 else late
+            c.delivery_id,
+            "bulk-pid" if shared_provider_id else f"pid-{c.delivery_id}",
+            T0,
+            "second",
+            (early if c.subscriber_id % 2 else late)
+            + (timedelta(0) if shared_provider_id else timedelta(seconds=c.subscriber_id)),
         )
         for c in claims
     ]
@@ -757,7 +765,7 @@ def test_record_sent_set_based_when_a_batch_shares_its_values(session: Session) 
     session.commit()
     for item, claimed in zip(items, claims, strict=True):
         row = delivery(session, claimed.delivery_id)
-        assert (row["status"], row["provider_id"], row["sent_at"]) == ("sent", "bulk-pid", T0)
+        assert (row["status"], row["provider_id"], row["sent_at"]) == ("sent", item.provider_id, T0)
         seen = view(session, claimed.subscriber_id)
         if claimed.subscriber_id == paused:
             # Paused since the claim: progress recorded, not rescheduled.
