@@ -184,3 +184,55 @@ def test_three_processes_at_once_send_each_lesson_once(
     reports = [json.loads(out) for _, out, _ in results]
     assert sum(report["sent"] for report in reports) == 150
     assert len(pairs) == 150 and set(pairs.values()) == {1}
+
+
+@pytest.mark.postgres
+def test_the_database_going_away_mid_run_exits_1_and_loses_nothing(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    import psycopg
+    from tests.conftest import _libpq, _truncate
+
+    from drip.db import open_database
+
+    _truncate(postgres_database)
+    engine = open_database(postgres_database, auto_upgrade=False)
+    seed(engine, 20)
+    database = engine.url.database
+    admin = _libpq(postgres_database).rsplit("/", 1)[0] + "/postgres"
+    with FakeSendGrid(api_key=API_KEY, script=["202"] * 3, default="delay:2") as fake:
+        env = environment(postgres_database, fake, tmp_path)
+        process = drip(["send", "--now", NOW.isoformat()], env, tmp_path)
+        try:
+            deadline = time.monotonic() + 60
+            while len(fake.requests) < 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            engine.dispose()
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (database,),
+                )
+            code, _, err = finish(process)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        assert code == 1, err
+        assert "the database became unavailable" in err
+        assert "Traceback" not in err
+        fake.default = Step.parse("202")
+        # After the lease, a new run sends the rest; nothing is accepted twice.
+        later = (NOW + timedelta(minutes=20)).isoformat()
+        code, _, err = finish(drip(["send", "--json", "--now", later], env, tmp_path))
+        assert code == 0, err
+        pairs = accepted_pairs(fake)
+    assert set(pairs.values()) == {1}, pairs
+    with Session(engine) as session:
+        counts = store.delivery_counts(session, COURSE.id)
+    engine.dispose()
+    assert counts["sent"] + counts["in_doubt"] == 20
+    assert counts["in_doubt"] <= PIPELINE_DEPTH

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import __version__
@@ -48,6 +49,16 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except DripError as exc:
             fail(str(exc), exc.exit_code)
+            raise AssertionError("unreachable") from exc
+        except (OperationalError, InterfaceError) as exc:
+            # The database went away during the command (server stopped, connection refused,
+            # SQLite file unreadable). Claims already made are safe: see the README.
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "?"
+            fail(
+                f"the database became unavailable: {reason}; nothing is lost, run the command"
+                " again when it is back",
+                1,
+            )
             raise AssertionError("unreachable") from exc
 
     return wrapper
