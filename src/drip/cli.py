@@ -73,13 +73,16 @@ def settings() -> Settings:
         raise AssertionError("unreachable") from exc
 
 
-def _open_ledger() -> tuple[sessionmaker[Session], Course]:
+def _open_ledger(current: Settings | None = None) -> tuple[sessionmaker[Session], Course]:
+    """The course and a session factory on its database (the embedded default auto-upgrades)."""
     from drip.course import load_course
     from drip.db import open_database
 
-    current = settings()
+    current = current or settings()
     loaded = load_course(current.course_dir)
     engine = open_database(current.database_url, auto_upgrade=current.uses_embedded_database)
+    # Pooled connections are closed when the command ends, whichever way it ends.
+    click.get_current_context().call_on_close(engine.dispose)
     return sessionmaker(engine, expire_on_commit=False), loaded
 
 
@@ -173,16 +176,13 @@ def parse_now(value: str | None) -> datetime:
 
 def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
     """Everything a sending command needs, from settings; config errors surface before any claim."""
-    from drip.course import load_course
-    from drip.db import open_database
     from drip.delivery import Mailer
     from drip.render import Renderer
     from drip.transports import make_transport
 
     keys = signing_keys(current)
-    loaded = load_course(current.course_dir)
     transport = make_transport(current)
-    engine = open_database(current.database_url, auto_upgrade=current.uses_embedded_database)
+    sessions, loaded = _open_ledger(current)
     mailer = Mailer(
         course=loaded,
         renderer=Renderer(loaded, current.templates_dir),
@@ -190,7 +190,7 @@ def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
         transport=transport,
         from_override=current.from_address,
     )
-    return sessionmaker(engine, expire_on_commit=False), mailer
+    return sessions, mailer
 
 
 @main.command("subscribe")
@@ -398,16 +398,13 @@ def subscribers_import_command(
     imported), 2 for a missing or unreadable file, a bad header or a bad option.
     """
     from drip import schedule
-    from drip.course import load_course
-    from drip.db import open_database
     from drip.errors import UsageError
     from drip.importer import import_subscribers
 
     now = parse_now(now_text)
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
-    config = settings()
-    loaded = load_course(config.course_dir)
+    sessions, loaded = _open_ledger()
     first = loaded.lessons[0]
 
     def first_send_at(timezone: str) -> datetime:
@@ -415,21 +412,17 @@ def subscribers_import_command(
             loaded.settings, timezone, first, previous_sent_at=None, confirmed_at=now
         )
 
-    engine = open_database(config.database_url, auto_upgrade=config.uses_embedded_database)
-    try:
-        report = import_subscribers(
-            sessionmaker(engine),
-            file,
-            course_id=loaded.id,
-            default_timezone=loaded.settings.timezone,
-            first_lesson=first.slug,
-            now=now,
-            confirmed=confirmed,
-            first_send_at=first_send_at if confirmed else None,
-            dry_run=dry_run,
-        )
-    finally:
-        engine.dispose()
+    report = import_subscribers(
+        sessions,
+        file,
+        course_id=loaded.id,
+        default_timezone=loaded.settings.timezone,
+        first_lesson=first.slug,
+        now=now,
+        confirmed=confirmed,
+        first_send_at=first_send_at if confirmed else None,
+        dry_run=dry_run,
+    )
 
     would = "would be " if dry_run else ""
     state = "active, first lesson scheduled" if confirmed else "pending"
