@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from drip.addresses import InvalidAddressError, normalize_email
@@ -25,6 +24,7 @@ from drip.course import (
     read_lesson_files,
 )
 from drip.errors import CourseError
+from drip.markup import parse
 
 SUBJECT_WARN_WIDTH = 44
 """Display columns (a full-width character counts 2) a phone inbox shows on one line, roughly."""
@@ -62,10 +62,6 @@ class Block:
         return (self.text,)
 
 
-def _parser() -> MarkdownIt:
-    return MarkdownIt("commonmark", {"html": True}).enable("table")
-
-
 def markdown_blocks(markdown: str) -> list[Block]:
     """The text units of a Markdown document, in reading order.
 
@@ -73,7 +69,7 @@ def markdown_blocks(markdown: str) -> list[Block]:
     yields its cells joined by " | ", so rows compare like the source's pipe-separated lines.
     """
     blocks: list[Block] = []
-    tokens = _parser().parse(markdown)
+    tokens = parse(markdown)
     context: list[str] = []
     row: list[str] = []
     row_line = 0

@@ -304,6 +304,11 @@ class _TextWriter:
 _MD = _markdown()
 
 
+def parse(source: str) -> list[Token]:
+    """The block tokens of a Markdown text, parsed exactly as `convert` parses it (for checks)."""
+    return _MD.parse(source)
+
+
 def convert(source: str) -> ConvertedMarkdown:
     """Convert one lesson's Markdown body. Deterministic; the caller caches the result."""
     tokens = _MD.parse(source)
