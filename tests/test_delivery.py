@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from tests.fakes.sendgrid_server import FakeSendGrid
+from tests.support import make_mailer
 
 from drip import store
 from drip.course import load_course
@@ -27,7 +28,6 @@ from drip.delivery import (
     send_due,
     subscribe,
 )
-from drip.links import LinkBuilder
 from drip.render import Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult
 from drip.transports.memory import MemoryTransport
@@ -78,12 +78,7 @@ class Harness:
 @pytest.fixture
 def harness(engine: Engine) -> Iterator[Harness]:
     transport = MemoryTransport()
-    mailer = Mailer(
-        course=COURSE,
-        renderer=Renderer(COURSE, ROOT / "templates" / "email"),
-        links=LinkBuilder("https://drip.example.jp", ["test-key"]),
-        transport=transport,
-    )
+    mailer = make_mailer(transport)
     yield Harness(sessionmaker(engine, expire_on_commit=False), transport, mailer)
 
 

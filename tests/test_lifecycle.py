@@ -21,20 +21,18 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from sqlalchemy.orm import sessionmaker
+from tests.support import make_mailer
 
 from drip import schedule, store
 from drip.course import load_course
 from drip.db import open_database
 from drip.delivery import (
-    Mailer,
     pause_reader,
     resume_reader,
     send_due,
     subscribe,
     unsubscribe_reader,
 )
-from drip.links import LinkBuilder
-from drip.render import Renderer
 from drip.transports.memory import MemoryTransport
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,12 +56,7 @@ def make_machine(template: Path) -> type[RuleBasedStateMachine]:
             self.engine = open_database(f"sqlite:///{self.dir / 'drip.db'}", auto_upgrade=False)
             self.sessions = sessionmaker(self.engine, expire_on_commit=False)
             self.transport = MemoryTransport()
-            self.mailer = Mailer(
-                COURSE,
-                Renderer(COURSE, ROOT / "templates" / "email"),
-                LinkBuilder("https://drip.example.jp", ["k"]),
-                self.transport,
-            )
+            self.mailer = make_mailer(self.transport)
             self.now = START
             self.status: dict[str, str] = {}
             self.received: dict[str, list[str]] = {email: [] for email in EMAILS}

@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
+from tests.support import make_mailer
 from tests.test_delivery import T0
 
 from drip import store
 from drip.course import load_course
 from drip.delivery import Mailer, send_due, subscribe
-from drip.links import LinkBuilder
 from drip.operator import in_doubt, resolve
-from drip.render import Renderer
 from drip.transports.base import Outcome
 from drip.transports.memory import MemoryTransport
 
@@ -26,12 +25,7 @@ COURSE = load_course(ROOT / "course")
 @pytest.fixture
 def setup(engine: Engine) -> tuple[sessionmaker, Mailer, MemoryTransport]:  # type: ignore[type-arg]
     transport = MemoryTransport(script=[Outcome.IN_DOUBT, Outcome.IN_DOUBT])
-    mailer = Mailer(
-        COURSE,
-        Renderer(COURSE, ROOT / "templates" / "email"),
-        LinkBuilder("https://drip.example.jp", ["k"]),
-        transport,
-    )
+    mailer = make_mailer(transport)
     sessions = sessionmaker(engine, expire_on_commit=False)
     for index in range(2):
         subscribe(

@@ -15,11 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
+from tests.support import make_mailer
 
 from drip.course import load_course
-from drip.delivery import Mailer, send_due, subscribe
-from drip.links import LinkBuilder
-from drip.render import Renderer
+from drip.delivery import send_due, subscribe
 from drip.transports.memory import MemoryTransport
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +32,7 @@ STEP = timedelta(minutes=15)
 def test_thirty_days_every_fifteen_minutes(engine: Engine) -> None:
     course = load_course(ROOT / "course")
     transport = MemoryTransport()
-    mailer = Mailer(
-        course,
-        Renderer(course, ROOT / "templates" / "email"),
-        LinkBuilder("https://drip.example.jp", ["k"]),
-        transport,
-    )
+    mailer = make_mailer(transport, course)
     sessions = sessionmaker(engine, expire_on_commit=False)
     rng = random.Random(20261125)
     signups = sorted(
