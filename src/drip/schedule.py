@@ -11,31 +11,39 @@ The rules (issue "Subscribers, schedule and drip send"):
    A delay of 0 means that same local day at `send_time`, or right away if that has passed.
 3. Nothing goes out inside quiet hours (subscriber-local); a lesson due then waits for their end.
    Lessons after the first also never go out on a day that is not allowed.
-5. On resume after a pause the next lesson is due at the next `send_time` after the resume.
-6. A local time that does not exist (DST gap) means the first instant after the gap; one that
+4. On resume after a pause the next lesson is due at the next `send_time` after the resume.
+5. A local time that does not exist (DST gap) means the first instant after the gap; one that
    occurs twice (DST overlap) means its first occurrence.
 
-How the delivery layer uses this: store `next_send_at(...)` (or `resume_send_at(...)`) per
-subscriber, select those with `next_send_at <= now`, and before sending check
-`may_send_at(settings, tz, now, first_lesson=...)`; a run that is late (cron was down) may land in
-quiet hours or on a day off, and then the row is rescheduled to
-`earliest_send_at(settings, tz, now, first_lesson=...)` instead. After a send at `now`, the next
-lesson's `next_send_at` is always strictly later than `now`, so one run never sends two lessons.
+Every caller asks this module what comes next, through three functions: `first_send_at` (on
+confirmation or a confirmed import), `after_send` (after a lesson went out, or was settled as sent)
+and `after_resume` (at the end of a pause). The send run selects subscribers whose stored
+`next_send_at <= now` and checks `may_send_at(settings, tz, now, first_lesson=...)` before
+sending; a run that is late (cron was down) may land in quiet hours or on a day off, and then the
+row is rescheduled to `earliest_send_at(settings, tz, now, first_lesson=...)` instead.
+
+One lesson per run: after a send at `now`, `after_send` is always strictly later than `now` (the
+floor in `lesson_due_at`, the only place this is enforced), so one run never sends two lessons.
 """
 
 from __future__ import annotations
 
 import functools
 from datetime import UTC, date, datetime, time, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
-from drip.course import CourseSettings, Lesson
+from drip.course import Course, CourseSettings, Lesson
 from drip.errors import ConfigError
 
 __all__ = [
+    "Next",
+    "after_resume",
+    "after_send",
     "earliest_send_at",
+    "first_send_at",
     "is_allowed_day",
     "is_quiet",
     "lesson_due_at",
@@ -162,7 +170,7 @@ def _local_send_moment(zone: ZoneInfo, day: date, at: time) -> datetime:
 
 
 def local_send_moment(tz: Zone, day: date, at: time) -> datetime:
-    """The UTC instant when the wall clock in `tz` shows `at` on `day` (rule 6).
+    """The UTC instant when the wall clock in `tz` shows `at` on `day` (rule 5).
 
     A time that occurs twice gives its first occurrence; a time skipped by a DST jump gives the
     first instant after the jump (02:30 on a spring-forward day in New York -> 03:00 EDT).
@@ -252,7 +260,7 @@ def lesson_due_at(
     previous_sent_at: datetime | None,
     confirmed_at: datetime,
 ) -> datetime:
-    """When `lesson` becomes due for a subscriber in `tz` (rules 1, 2 and 6), in UTC.
+    """When `lesson` becomes due for a subscriber in `tz` (rules 1, 2 and 5), in UTC.
 
     `previous_sent_at` is when the previous lesson actually went out, None when `lesson` is the
     subscriber's first. A first lesson with delay 0 is due at `confirmed_at`; otherwise the lesson
@@ -291,7 +299,7 @@ def next_send_at(
 
 
 def resume_send_at(settings: CourseSettings, tz: Zone, *, resumed_at: datetime) -> datetime:
-    """When the next lesson may go out after a pause ends at `resumed_at` (rule 5), in UTC.
+    """When the next lesson may go out after a pause ends at `resumed_at` (rule 4), in UTC.
 
     The next `send_time` strictly after `resumed_at` on an allowed day, subscriber-local, then
     pushed out of quiet hours like any due time.
@@ -306,3 +314,67 @@ def resume_send_at(settings: CourseSettings, tz: Zone, *, resumed_at: datetime) 
             return earliest_send_at(settings, zone, due)
         day += _ONE_DAY
     raise ConfigError(f"no send day found after {resumed.isoformat()}; check course.toml")
+
+
+class Next(NamedTuple):
+    """What a subscriber gets next: the lesson's slug and the moment it may go out, both None
+    when the course is done."""
+
+    lesson: str | None
+    send_at: datetime | None
+
+
+def first_send_at(course: Course, tz: Zone, *, confirmed_at: datetime) -> datetime:
+    """When the first lesson may go out for a subscriber confirmed at `confirmed_at`.
+
+    Callers: subscribing with consent, confirming a pending subscriber, a confirmed import.
+    """
+    return next_send_at(
+        course.settings, tz, course.lessons[0], previous_sent_at=None, confirmed_at=confirmed_at
+    )
+
+
+def after_send(course: Course, tz: Zone, sent_lesson: str, *, sent_at: datetime) -> Next:
+    """The lesson after `sent_lesson` (sent at `sent_at`) and when it may go out.
+
+    Always strictly later than `sent_at`. `Next(None, None)` after the last lesson. Raises
+    `KeyError` when `sent_lesson` is not in the course (callers hold such subscribers).
+    Callers: recording a send, settling an in-doubt delivery as sent.
+    """
+    following = course.next_lesson(sent_lesson)
+    if following is None:
+        return Next(None, None)
+    # With a previous send the due time anchors on it alone: confirmation plays no part.
+    at = next_send_at(
+        course.settings, tz, following, previous_sent_at=sent_at, confirmed_at=sent_at
+    )
+    return Next(following.slug, at)
+
+
+def after_resume(
+    course: Course,
+    tz: Zone,
+    next_lesson: str | None,
+    *,
+    resumed_at: datetime,
+    last_sent_at: datetime | None,
+    confirmed_at: datetime | None,
+) -> datetime:
+    """When `next_lesson` may go out after a pause that ends at `resumed_at` (rule 4).
+
+    The next `send_time` after the resume, but never earlier than the lesson's normal due time:
+    a short pause must not speed the course up. Without a known next lesson (removed from the
+    course, or none), only the first part applies.
+    """
+    settings = course.settings
+    at = resume_send_at(settings, tz, resumed_at=resumed_at)
+    if next_lesson is None or not course.has_lesson(next_lesson):
+        return at
+    normal = next_send_at(
+        settings,
+        tz,
+        course.lesson(next_lesson),
+        previous_sent_at=last_sent_at,
+        confirmed_at=confirmed_at or resumed_at,
+    )
+    return max(at, normal)
