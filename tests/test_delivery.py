@@ -20,14 +20,8 @@ from tests.support import make_mailer
 
 from drip import store
 from drip.course import load_course
-from drip.delivery import (
-    PIPELINE_DEPTH,
-    Mailer,
-    pause_reader,
-    resume_reader,
-    send_due,
-    subscribe,
-)
+from drip.delivery import PIPELINE_DEPTH, Mailer, send_due
+from drip.lifecycle import pause_subscriber, resume_subscriber, subscribe
 from drip.render import Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult
 from drip.transports.memory import MemoryTransport
@@ -251,19 +245,19 @@ def test_resume_sends_at_the_next_send_time_but_never_speeds_the_course_up(
 ) -> None:
     harness.subscribe("z@example.com")
     send_due(harness.sessions, harness.mailer, now=T0)  # welcome on 03-02; rethink due 03-03 07:30
-    assert pause_reader(harness.sessions, COURSE, "z@example.com", now=T0 + timedelta(hours=1))
+    assert pause_subscriber(harness.sessions, COURSE, "z@example.com", now=T0 + timedelta(hours=1))
     tokyo_0730 = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)  # 03-03 07:30 in Tokyo
     assert send_due(harness.sessions, harness.mailer, now=tokyo_0730).sent == 0
     # Resumed at 03-02 12:00 Tokyo (short pause): still 03-03 07:30, not earlier.
-    assert resume_reader(harness.sessions, COURSE, "z@example.com", now=T0 + timedelta(hours=2))
+    assert resume_subscriber(harness.sessions, COURSE, "z@example.com", now=T0 + timedelta(hours=2))
     assert (
         send_due(harness.sessions, harness.mailer, now=tokyo_0730 - timedelta(minutes=1)).sent == 0
     )
     assert send_due(harness.sessions, harness.mailer, now=tokyo_0730).sent == 1
     # A long pause: lesson 3 was due 03-05 07:30; resumed 03-09 12:00 -> 03-10 07:30.
-    assert pause_reader(harness.sessions, COURSE, "z@example.com", now=tokyo_0730)
+    assert pause_subscriber(harness.sessions, COURSE, "z@example.com", now=tokyo_0730)
     resumed_at = datetime(2026, 3, 9, 3, 0, tzinfo=UTC)
-    assert resume_reader(harness.sessions, COURSE, "z@example.com", now=resumed_at)
+    assert resume_subscriber(harness.sessions, COURSE, "z@example.com", now=resumed_at)
     assert (
         send_due(
             harness.sessions, harness.mailer, now=datetime(2026, 3, 9, 22, 29, tzinfo=UTC)

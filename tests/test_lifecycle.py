@@ -26,12 +26,12 @@ from tests.support import make_mailer
 from drip import schedule, store
 from drip.course import load_course
 from drip.db import open_database
-from drip.delivery import (
-    pause_reader,
-    resume_reader,
-    send_due,
+from drip.delivery import send_due
+from drip.lifecycle import (
+    pause_subscriber,
+    resume_subscriber,
     subscribe,
-    unsubscribe_reader,
+    unsubscribe_subscriber,
 )
 from drip.transports.memory import MemoryTransport
 
@@ -117,7 +117,7 @@ def make_machine(template: Path) -> type[RuleBasedStateMachine]:
         @rule(email=email_strategy)
         def pause(self, email: str) -> None:
             if (
-                pause_reader(self.sessions, COURSE, email, now=self.now)
+                pause_subscriber(self.sessions, COURSE, email, now=self.now)
                 if email in self.status
                 else False
             ):
@@ -125,13 +125,15 @@ def make_machine(template: Path) -> type[RuleBasedStateMachine]:
 
         @rule(email=email_strategy)
         def resume(self, email: str) -> None:
-            if email in self.status and resume_reader(self.sessions, COURSE, email, now=self.now):
+            if email in self.status and resume_subscriber(
+                self.sessions, COURSE, email, now=self.now
+            ):
                 self.status[email] = "active"
 
         @rule(email=email_strategy)
         def unsubscribe(self, email: str) -> None:
             if email in self.status:
-                unsubscribe_reader(self.sessions, COURSE, email, now=self.now)
+                unsubscribe_subscriber(self.sessions, COURSE, email, now=self.now)
                 self.status[email] = "unsubscribed"
 
         @rule(minutes=st.integers(min_value=1, max_value=3 * 24 * 60))

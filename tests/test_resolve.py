@@ -13,8 +13,8 @@ from tests.test_delivery import T0
 
 from drip import store
 from drip.course import load_course
-from drip.delivery import Mailer, send_due, subscribe
-from drip.operator import in_doubt, resolve
+from drip.delivery import Mailer, send_due
+from drip.lifecycle import in_doubt, resolve, subscribe
 from drip.transports.base import Outcome
 from drip.transports.memory import MemoryTransport
 

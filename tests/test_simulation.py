@@ -18,7 +18,8 @@ from sqlalchemy.orm import sessionmaker
 from tests.support import make_mailer
 
 from drip.course import load_course
-from drip.delivery import send_due, subscribe
+from drip.delivery import send_due
+from drip.lifecycle import subscribe
 from drip.transports.memory import MemoryTransport
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -29,10 +28,11 @@ from drip.links import LinkBuilder
 
 if TYPE_CHECKING:  # each command imports what it uses, so start-up stays short
     from drip.course import Course
-    from drip.delivery import Mailer, SendReport
+    from drip.delivery import Mailer
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int) -> None:
@@ -65,15 +65,51 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def settings() -> Settings:
-    """Settings from the process environment; a `ConfigError` is reported with exit code 2."""
-    try:
-        return load_settings(os.environ)
-    except DripError as exc:
-        fail(str(exc), exc.exit_code)
-        raise AssertionError("unreachable") from exc
+    """Settings from the process environment, loaded once per command into the click context.
+
+    A `ConfigError` is reported with exit code 2 (by `reports_errors`).
+    """
+    root = click.get_current_context().find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = load_settings(os.environ)
+    return root.obj
 
 
-def _open_ledger(current: Settings | None = None) -> tuple[sessionmaker[Session], Course]:
+class NowType(click.ParamType[datetime]):
+    """`--now`: an ISO 8601 date-time with a UTC offset, as an aware UTC datetime."""
+
+    name = "ISO"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not an ISO-8601 date-time, e.g. 2026-04-01T07:30:00+09:00",
+                param,
+                ctx,
+            )
+        if moment.tzinfo is None:
+            self.fail(
+                f"{value!r} has no UTC offset; add one, e.g. {value}+09:00 or {value}Z", param, ctx
+            )
+        return moment.astimezone(UTC)
+
+
+def _clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def now_option(help: str = "Act as if it were this moment.") -> Callable[[F], F]:
+    """The `--now ISO` option every command that reads the clock takes (default: the clock)."""
+    return click.option("--now", type=NowType(), default=_clock, metavar="ISO", help=help)
+
+
+def open_ledger(current: Settings | None = None) -> tuple[sessionmaker[Session], Course]:
     """The course and a session factory on its database (the embedded default auto-upgrades)."""
     from drip.course import load_course
     from drip.db import open_database
@@ -137,6 +173,7 @@ def build_command(source: Path, force: bool) -> None:
 
 @course.command("check")
 @click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
+@reports_errors
 def check_command(path: Path | None) -> None:
     """Validate the course at PATH (default: the course directory) and the email templates.
 
@@ -155,25 +192,6 @@ def check_command(path: Path | None) -> None:
     sys.exit(1 if errors else 0)
 
 
-def parse_now(value: str | None) -> datetime:
-    """`--now` as an aware UTC datetime; the clock when not given. Naive values are refused."""
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO-8601 date-time, e.g. 2026-04-01T07:30:00+09:00",
-            param_hint="--now",
-        ) from None
-    if moment.tzinfo is None:
-        raise click.BadParameter(
-            f"{value!r} has no UTC offset; add one, e.g. {value}+09:00 or {value}Z",
-            param_hint="--now",
-        )
-    return moment.astimezone(UTC)
-
-
 def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
     """Everything a sending command needs, from settings; config errors surface before any claim."""
     from drip.delivery import Mailer
@@ -182,7 +200,7 @@ def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
 
     keys = signing_keys(current)
     transport = make_transport(current)
-    sessions, loaded = _open_ledger(current)
+    sessions, loaded = open_ledger(current)
     mailer = Mailer(
         course=loaded,
         renderer=Renderer(loaded, current.templates_dir),
@@ -202,19 +220,18 @@ def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
     is_flag=True,
     help="Consent was obtained elsewhere: skip the confirmation email, start the course.",
 )
-@click.option("--now", "now_text", metavar="ISO", help="Act as if it were this moment.")
+@now_option()
 @reports_errors
 def subscribe_command(
-    email: str, name: str | None, timezone: str | None, confirmed: bool, now_text: str | None
+    email: str, name: str | None, timezone: str | None, confirmed: bool, now: datetime
 ) -> None:
     """Add a subscriber. Without --confirmed a confirmation (double opt-in) email is sent.
 
     Exit 2 for an invalid email or timezone, or an address that unsubscribed, bounced or
     complained (it is never re-activated silently).
     """
-    from drip.delivery import subscribe
+    from drip.lifecycle import subscribe
 
-    now = parse_now(now_text)
     sessions, mailer = open_mailer(settings())
     with mailer.transport:
         result = subscribe(
@@ -236,7 +253,7 @@ def subscribe_command(
 
 
 @main.command("send")
-@click.option("--now", "now_text", metavar="ISO", help="Send what is due at this moment.")
+@now_option("Send what is due at this moment.")
 @click.option("--dry-run", is_flag=True, help="Count what is due; claim and send nothing.")
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N emails this run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
@@ -248,7 +265,7 @@ def subscribe_command(
 )
 @reports_errors
 def send_command(
-    now_text: str | None, dry_run: bool, limit: int | None, as_json: bool, bulk: bool | None
+    now: datetime, dry_run: bool, limit: int | None, as_json: bool, bulk: bool | None
 ) -> None:
     """Send every lesson that is due, once. Safe from cron at any frequency, and concurrently.
 
@@ -259,7 +276,6 @@ def send_command(
 
     from drip.delivery import send_due
 
-    now = parse_now(now_text)
     current = settings()
     if bulk is not None:
         current = replace(current, bulk="auto" if bulk else "off")
@@ -269,30 +285,11 @@ def send_command(
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
-        click.echo(format_report(report))
+        click.echo(report.summary())
         if current.transport == "outbox" and report.sent:
             click.echo(f"the emails are .eml files in {current.outbox_dir.resolve()}")
     if report.stopped:
         fail(f"the run stopped: {report.stopped}", 1)
-
-
-def format_report(report: SendReport) -> str:
-    if report.dry_run:
-        lines = [f"dry run at {report.now.isoformat()}: {report.due} due"]
-        lines += [
-            f"  {slug}: {counts['due']}" for slug, counts in sorted(report.per_lesson.items())
-        ]
-        return "\n".join(lines)
-    lines = [
-        f"sent {report.sent}, retried {report.retried}, failed {report.failed},"
-        f" in doubt {report.in_doubt}, skipped {report.skipped}, due before the run {report.due}"
-    ]
-    for slug, counts in sorted(report.per_lesson.items()):
-        parts = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
-        lines.append(f"  {slug}: {parts}")
-    if report.note:
-        lines.append(report.note)
-    return "\n".join(lines)
 
 
 @contextmanager
@@ -326,8 +323,6 @@ def preview_command(lesson: str | None, out_dir: Path) -> None:
     The emails are rendered for a sample subscriber (山田 太郎 <yamada@example.com>) with
     placeholder links, together with the confirmation email and an index.html linking them.
     """
-    from datetime import UTC, datetime
-
     from drip.preview import write_preview
 
     config = settings()
@@ -336,7 +331,7 @@ def preview_command(lesson: str | None, out_dir: Path) -> None:
         config.templates_dir,
         config.base_url,
         out_dir,
-        now=datetime.now(UTC),
+        now=_clock(),
         lesson=lesson,
     )
     for path in paths:
@@ -375,17 +370,10 @@ def _listed(items: list[str], limit: int = 20) -> str:
     is_flag=True,
     help="Consent was obtained elsewhere: start the course at once (no confirmation email).",
 )
-@click.option(
-    "--now",
-    "now_text",
-    metavar="ISO",
-    help="Act as if it were this moment, e.g. 2026-04-01T07:30:00+09:00.",
-)
+@now_option("Act as if it were this moment, e.g. 2026-04-01T07:30:00+09:00.")
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
 @reports_errors
-def subscribers_import_command(
-    file: Path, confirmed: bool, now_text: str | None, dry_run: bool
-) -> None:
+def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_run: bool) -> None:
     """Import subscribers from the CSV file FILE into the course.
 
     The header row names 'email' and optionally 'name' and 'timezone' (an IANA name; the
@@ -397,31 +385,14 @@ def subscribers_import_command(
     Exit 0 when every row was valid, 1 when some rows were invalid (the valid ones are
     imported), 2 for a missing or unreadable file, a bad header or a bad option.
     """
-    from drip import schedule
     from drip.errors import UsageError
-    from drip.importer import import_subscribers
+    from drip.lifecycle import import_subscribers
 
-    now = parse_now(now_text)
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
-    sessions, loaded = _open_ledger()
-    first = loaded.lessons[0]
-
-    def first_send_at(timezone: str) -> datetime:
-        return schedule.next_send_at(
-            loaded.settings, timezone, first, previous_sent_at=None, confirmed_at=now
-        )
-
+    sessions, loaded = open_ledger()
     report = import_subscribers(
-        sessions,
-        file,
-        course_id=loaded.id,
-        default_timezone=loaded.settings.timezone,
-        first_lesson=first.slug,
-        now=now,
-        confirmed=confirmed,
-        first_send_at=first_send_at if confirmed else None,
-        dry_run=dry_run,
+        sessions, loaded, file, now=now, confirmed=confirmed, dry_run=dry_run
     )
 
     would = "would be " if dry_run else ""
@@ -468,70 +439,62 @@ def worker_command(interval: int) -> None:
     overlapped; missed runs are coalesced). A failing run is logged and the next one tries
     again; bad provider credentials stop the worker with exit 1.
     """
-    from apscheduler.schedulers.blocking import BlockingScheduler
-    from apscheduler.triggers.interval import IntervalTrigger
+    from drip.worker import run_worker
 
-    from drip.delivery import send_due
-
-    log = logging.getLogger("drip.worker")
     sessions, mailer = open_mailer(settings())
-    scheduler = BlockingScheduler(timezone=UTC)
-    stopped: list[str] = []
-
-    def run_once() -> None:
-        try:
-            report = send_due(sessions, mailer, now=datetime.now(UTC))
-        except DripError as exc:
-            log.error("send failed, trying again in %s s: %s", interval, exc)
-            return
-        log.info(format_report(report).replace("\n", "; "))
-        if report.stopped:
-            stopped.append(report.stopped)
-            scheduler.shutdown(wait=False)
-
-    def stop(signum: int, frame: object) -> None:
-        log.info("signal %s: stopping after the current send", signum)
-        scheduler.shutdown(wait=False)
-
-    signal.signal(signal.SIGTERM, stop)
-    scheduler.add_job(
-        run_once,
-        IntervalTrigger(seconds=interval),
-        next_run_time=datetime.now(UTC),
-        max_instances=1,
-        coalesce=True,
-    )
-    with mailer.transport:
-        scheduler.start()
-    if stopped:
-        fail(f"the worker stopped: {stopped[0]}", 1)
+    stopped = run_worker(sessions, mailer, interval=interval)
+    if stopped is not None:
+        fail(f"the worker stopped: {stopped}", 1)
 
 
-def _reader_command(action: str, done: str, unchanged: str) -> click.Command:
-    """`drip subscribers pause|resume|unsubscribe EMAIL`: one status change, by address."""
+def _status_command(
+    name: str,
+    change: Callable[..., bool],
+    doc: str,
+    done: str,
+    unchanged: str,
+) -> None:
+    """`drip subscribers NAME EMAIL`: one status change by address, through `change`."""
 
     @click.argument("email")
-    @click.option("--now", "now_text", metavar="ISO", help="Act as if it were this moment.")
+    @now_option()
     @reports_errors
-    def command(email: str, now_text: str | None) -> None:
-        from drip import delivery
-
-        now = parse_now(now_text)
-        sessions, loaded = _open_ledger()
-        changed = getattr(delivery, f"{action}_reader")(sessions, loaded, email, now=now)
+    def command(email: str, now: datetime) -> None:
+        sessions, loaded = open_ledger()
+        changed = change(sessions, loaded, email, now=now)
         click.echo(f"{email}: {done if changed else unchanged}")
 
-    command.__doc__ = {
-        "pause": "Pause the reader EMAIL: nothing is sent until resumed.",
-        "resume": "Resume the paused reader EMAIL: the next lesson comes at the next send time.",
-        "unsubscribe": "Unsubscribe the reader EMAIL at once; it is never re-activated.",
-    }[action] + "\n\n    Exit 2 if the address is not subscribed."
-    return subscribers_group.command(action)(command)
+    command.__doc__ = doc + "\n\n    Exit 2 if the address is not subscribed."
+    subscribers_group.command(name)(command)
 
 
-_reader_command("pause", "paused", "not active, nothing changed")
-_reader_command("resume", "resumed", "not paused, nothing changed")
-_reader_command("unsubscribe", "unsubscribed", "already unsubscribed, bounced or complained")
+def _register_status_commands() -> None:
+    from drip import lifecycle
+
+    _status_command(
+        "pause",
+        lifecycle.pause_subscriber,
+        "Pause the reader EMAIL: nothing is sent until resumed.",
+        "paused",
+        "not active, nothing changed",
+    )
+    _status_command(
+        "resume",
+        lifecycle.resume_subscriber,
+        "Resume the paused reader EMAIL: the next lesson comes at the next send time.",
+        "resumed",
+        "not paused, nothing changed",
+    )
+    _status_command(
+        "unsubscribe",
+        lifecycle.unsubscribe_subscriber,
+        "Unsubscribe the reader EMAIL at once; it is never re-activated.",
+        "unsubscribed",
+        "already unsubscribed, bounced or complained",
+    )
+
+
+_register_status_commands()
 
 
 @main.group("deliveries")
@@ -548,9 +511,9 @@ def in_doubt_command(as_json: bool) -> None:
     Look each one up at the provider (SendGrid: custom arg drip_delivery_id; SMTP: header
     X-Drip-Delivery-Id), then settle it with `drip deliveries resolve`.
     """
-    from drip.operator import in_doubt
+    from drip.lifecycle import in_doubt
 
-    sessions, loaded = _open_ledger()
+    sessions, loaded = open_ledger()
     for doubt in in_doubt(sessions, loaded):
         if as_json:
             click.echo(
@@ -579,12 +542,11 @@ def in_doubt_command(as_json: bool) -> None:
     required=True,
     help="Whether the provider has the message (--sent) or not (--not-sent: send again).",
 )
-@click.option("--now", "now_text", metavar="ISO", help="Act as if it were this moment.")
+@now_option()
 @reports_errors
-def resolve_command(delivery_id: int, sent: bool, now_text: str | None) -> None:
+def resolve_command(delivery_id: int, sent: bool, now: datetime) -> None:
     """Settle the in-doubt delivery DELIVERY_ID. Exit 2 if it is unknown or not in doubt."""
-    from drip.operator import resolve
+    from drip.lifecycle import resolve
 
-    now = parse_now(now_text)
-    sessions, loaded = _open_ledger()
+    sessions, loaded = open_ledger()
     click.echo(resolve(sessions, loaded, delivery_id, sent=sent, now=now))

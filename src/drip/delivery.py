@@ -1,4 +1,8 @@
-"""The one place that joins store, schedule, render and transports: subscribing and `drip send`.
+"""The send engine: `drip send` claims what is due, renders it, hands it over, records the outcome.
+
+The one place that joins store, schedule, render and transports for sending; the subscriber
+lifecycle (subscribe, confirm, pause, resume, unsubscribe, settle) lives in `drip.lifecycle` and
+calls `send_confirmation` here.
 
 Exactly-once bookkeeping: a lesson is claimed in the ledger (committed) before it is handed to a
 transport, and the outcome is recorded after. A crash in between leaves a 'sending' row whose lease
@@ -21,7 +25,6 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
-from drip.addresses import check_timezone, clean_name, normalize_email
 from drip.course import Course
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
@@ -38,9 +41,6 @@ LEASE = timedelta(minutes=15)
 MAX_ATTEMPTS = 8
 BASE_RETRY_DELAY = timedelta(minutes=1)
 MAX_RETRY_DELAY = timedelta(hours=6)
-CONFIRMATION_INTERVAL = timedelta(hours=24)
-"""At most one confirmation email per address in this interval (subscription bombing)."""
-ONE_TICK = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Mailer:
         return settings.sender_email, settings.sender_name
 
     def recipient(self, subscriber_id: int, email: str, name: str | None) -> Recipient:
-        """The per-reader values of an email: address, name and signed links."""
+        """The per-subscriber values of an email: address, name and signed links."""
         return Recipient(
             email=email,
             name=name,
@@ -121,7 +121,27 @@ class SendReport:
         self.per_lesson.setdefault(lesson, Counter())[outcome] += 1
         setattr(self, outcome, getattr(self, outcome) + 1)
 
+    def summary(self) -> str:
+        """The report in words, as `drip send` prints it (a few lines)."""
+        if self.dry_run:
+            lines = [f"dry run at {self.now.isoformat()}: {self.due} due"]
+            lines += [
+                f"  {slug}: {counts['due']}" for slug, counts in sorted(self.per_lesson.items())
+            ]
+            return "\n".join(lines)
+        lines = [
+            f"sent {self.sent}, retried {self.retried}, failed {self.failed},"
+            f" in doubt {self.in_doubt}, skipped {self.skipped}, due before the run {self.due}"
+        ]
+        for slug, counts in sorted(self.per_lesson.items()):
+            parts = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+            lines.append(f"  {slug}: {parts}")
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
     def as_dict(self) -> dict[str, Any]:
+        """The report as `drip send --json` prints it."""
         return {
             "now": self.now.isoformat(),
             "dry_run": self.dry_run,
@@ -149,7 +169,7 @@ def compose(mailer: Mailer, claim: store.Claim) -> OutgoingEmail:
     """Render one claimed lesson for its subscriber into an `OutgoingEmail`.
 
     For a transport that says `fills_bulk_parts` (bulk mode) the html and text stay empty: it
-    fills them from `bulk` only for the readers it sends one by one.
+    fills them from `bulk` only for the subscribers it sends one by one.
     """
     lesson = mailer.course.lesson(claim.lesson)
     recipient = mailer.recipient(claim.subscriber_id, claim.email, claim.name)
@@ -179,34 +199,23 @@ def _record(
     failed: list[tuple[int, str]] = []
     doubt: list[tuple[int, str]] = []
     rate_limited = False
-    # With a previous send, a lesson's due time depends only on the zone, the lesson and that
-    # send (schedule.lesson_due_at anchors on it, not on confirmed_at): compute it once per pair.
-    next_times: dict[tuple[str, str], datetime] = {}
+    # After a send at `now` the next lesson and its time depend only on the zone and the lesson
+    # sent: compute them once per pair, not once per subscriber.
+    next_by_pair: dict[tuple[str, str], schedule.Next] = {}
     for result in results:
         claim = by_id[result.delivery_id]
         if result.outcome is Outcome.SENT:
-            following = course.next_lesson(claim.lesson)
-            next_at = None
-            if following is not None:
-                next_at = next_times.get((claim.timezone, following.slug))
-                if next_at is None:
-                    next_at = schedule.next_send_at(
-                        course.settings,
-                        claim.timezone,
-                        following,
-                        previous_sent_at=now,
-                        confirmed_at=claim.confirmed_at or now,
-                    )
-                    # Never due again within this run: at most one lesson per reader per run.
-                    next_at = max(next_at, now + ONE_TICK)
-                    next_times[claim.timezone, following.slug] = next_at
+            following = next_by_pair.get((claim.timezone, claim.lesson))
+            if following is None:
+                following = schedule.after_send(course, claim.timezone, claim.lesson, sent_at=now)
+                next_by_pair[claim.timezone, claim.lesson] = following
             sent.append(
                 store.SentItem(
                     delivery_id=claim.delivery_id,
                     provider_id=result.provider_id,
                     now=now,
-                    next_lesson=following.slug if following else None,
-                    next_send_at=next_at,
+                    next_lesson=following.lesson,
+                    next_send_at=following.send_at,
                 )
             )
             report.count(claim.lesson, "sent")
@@ -338,7 +347,7 @@ class _Window:
     claims: list[store.Claim]
     results: Future[list[SendResult]]
     size: int
-    """Claims of the window before removed lessons and inactive readers were taken out."""
+    """Claims of the window before removed lessons and inactive subscribers were taken out."""
 
 
 def _submit(transport: Transport, emails: list[OutgoingEmail]) -> Future[list[SendResult]]:
@@ -373,7 +382,7 @@ class _Run:
     def hand_over(self, claims: list[store.Claim]) -> _Window | None:
         """Compose the window, mark it 'sending' (committed), then give it to the transport.
 
-        Claims of removed lessons are recorded failed and readers no longer active are
+        Claims of removed lessons are recorded failed and subscribers no longer active are
         skipped. Returns None when nothing is left to send.
         """
         size = len(claims)
@@ -384,7 +393,7 @@ class _Run:
                 ids = [claim.delivery_id for claim in claims]
                 marked = set(store.mark_sending(session, ids, self.now))
             if len(marked) < len(claims):
-                # Readers who unsubscribed or paused since the claim get nothing more.
+                # Subscribers who unsubscribed or paused since the claim get nothing more.
                 for claim in claims:
                     if claim.delivery_id not in marked:
                         self.report.count(claim.lesson, "skipped")
@@ -403,7 +412,7 @@ class _Run:
         gone = [claim for claim in claims if not course.has_lesson(claim.lesson)]
         if not gone:
             return claims
-        # A lesson removed from course.toml while readers were waiting for it: hold them with a
+        # A lesson removed from course.toml while subscribers were waiting for it: hold them with a
         # reason rather than guess which lesson they should get instead.
         with self.sessions() as session, session.begin():
             store.record_failed(
@@ -484,74 +493,6 @@ def _deferral(course: Course, now: datetime) -> Callable[[str, str], datetime | 
     return defer
 
 
-@dataclass(frozen=True)
-class SubscribeResult:
-    subscriber_id: int
-    status: str
-    created: bool
-    confirmation_sent: bool
-    note: str = ""
-
-
-def subscribe(
-    sessions: sessionmaker[Session],
-    mailer: Mailer,
-    *,
-    email: str,
-    name: str | None,
-    timezone: str | None,
-    confirmed: bool,
-    now: datetime,
-    consent_source: str,
-) -> SubscribeResult:
-    """Add a subscriber; without `confirmed`, send the double opt-in email (at most once a day).
-
-    Raises `InvalidAddressError` for a bad email, name or timezone, and `SuppressedAddressError`
-    for an address that unsubscribed, bounced or complained: it is never re-activated silently.
-    """
-    course = mailer.course
-    address = normalize_email(email)
-    clean = clean_name(name)
-    zone = check_timezone(timezone or course.settings.timezone)
-    first = course.lessons[0]
-    first_send_at = schedule.next_send_at(
-        course.settings, zone, first, previous_sent_at=None, confirmed_at=now
-    )
-    with sessions() as session, session.begin():
-        added = store.add_subscriber(
-            session,
-            course_id=course.id,
-            email=address,
-            name=clean,
-            timezone=zone,
-            now=now,
-            consent_source=consent_source,
-            confirmed=confirmed,
-            first_lesson=first.slug,
-            first_send_at=first_send_at,
-        )
-        view = store.get_subscriber_by_id(session, added.subscriber_id)
-    status = str(added.status)
-    if status != store.SubscriberStatus.PENDING.value:
-        note = "" if added.created else f"already subscribed ({status})"
-        return SubscribeResult(added.subscriber_id, status, added.created, False, note)
-    last = view.confirmation_sent_at if view is not None else None
-    if last is not None and now - last < CONFIRMATION_INTERVAL:
-        return SubscribeResult(
-            added.subscriber_id,
-            status,
-            added.created,
-            False,
-            "a confirmation email was sent less than 24 hours ago; not sending another",
-        )
-    sent = send_confirmation(mailer, added.subscriber_id, address, clean, now=now)
-    if sent:
-        with sessions() as session, session.begin():
-            store.mark_confirmation_sent(session, added.subscriber_id, now)
-    note = "" if sent else "the confirmation email could not be sent now; try again later"
-    return SubscribeResult(added.subscriber_id, status, added.created, sent, note)
-
-
 def send_confirmation(
     mailer: Mailer, subscriber_id: int, email: str, name: str | None, *, now: datetime
 ) -> bool:
@@ -568,56 +509,3 @@ def send_confirmation(
     )
     [result] = mailer.transport.send([message])
     return result.outcome is Outcome.SENT
-
-
-def _find(session: Session, course: Course, email: str) -> store.SubscriberView:
-    view = store.get_subscriber(session, course.id, normalize_email(email))
-    if view is None:
-        raise store.NotFoundError(f"{email} is not subscribed to {course.id}")
-    return view
-
-
-def pause_reader(
-    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
-) -> bool:
-    """Pause an active reader: nothing is sent until resumed. False if it was not active.
-
-    Raises `NotFoundError` for an unknown address.
-    """
-    with sessions() as session, session.begin():
-        return store.pause(session, _find(session, course, email).id, now)
-
-
-def resume_reader(
-    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
-) -> bool:
-    """Resume a paused reader. The next lesson is due at the next `send_time` after `now`, but
-    never earlier than its normal due time: a short pause must not speed the course up.
-    False if the reader was not paused; raises `NotFoundError` for an unknown address.
-    """
-    with sessions() as session, session.begin():
-        view = _find(session, course, email)
-        settings = course.settings
-        at = schedule.resume_send_at(settings, view.timezone, resumed_at=now)
-        if view.next_lesson is not None and course.has_lesson(view.next_lesson):
-            lesson = course.lesson(view.next_lesson)
-            normal = schedule.next_send_at(
-                settings,
-                view.timezone,
-                lesson,
-                previous_sent_at=view.last_sent_at,
-                confirmed_at=view.confirmed_at or now,
-            )
-            at = max(at, normal)
-        return store.resume(session, view.id, now=now, next_send_at=at)
-
-
-def unsubscribe_reader(
-    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
-) -> bool:
-    """Unsubscribe at once; nothing more is ever sent. False if it was already suppressed.
-
-    Raises `NotFoundError` for an unknown address.
-    """
-    with sessions() as session, session.begin():
-        return store.unsubscribe(session, _find(session, course, email).id, now)

@@ -1,0 +1,223 @@
+"""The subscriber lifecycle: subscribe, import, pause, resume, unsubscribe, and settling in-doubt
+deliveries.
+
+Service functions for the entry points (CLI today). Each takes a session factory, the course (or a
+`Mailer` when it sends) and `now`, opens its own short transaction, and asks `drip.schedule` what
+comes next; none of them reads the clock or the environment.
+
+An in-doubt delivery may or may not have reached the subscriber (the answer was lost, or the run
+died while the message was with the transport). drip never re-sends it by itself; the operator
+looks (e.g. in SendGrid's activity feed, by `drip_delivery_id`) and settles it with `resolve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from drip import schedule, store
+from drip.addresses import check_timezone, clean_name, normalize_email
+from drip.course import Course
+from drip.delivery import Mailer, send_confirmation
+from drip.importer import ImportReport
+from drip.importer import import_subscribers as _import_rows
+
+CONFIRMATION_INTERVAL = timedelta(hours=24)
+"""At most one confirmation email per address in this interval (subscription bombing)."""
+
+
+@dataclass(frozen=True)
+class SubscribeResult:
+    subscriber_id: int
+    status: str
+    created: bool
+    confirmation_sent: bool
+    note: str = ""
+
+
+def subscribe(
+    sessions: sessionmaker[Session],
+    mailer: Mailer,
+    *,
+    email: str,
+    name: str | None,
+    timezone: str | None,
+    confirmed: bool,
+    now: datetime,
+    consent_source: str,
+) -> SubscribeResult:
+    """Add a subscriber; without `confirmed`, send the double opt-in email (at most once a day).
+
+    Raises `InvalidAddressError` for a bad email, name or timezone, and `SuppressedAddressError`
+    for an address that unsubscribed, bounced or complained: it is never re-activated silently.
+    """
+    course = mailer.course
+    address = normalize_email(email)
+    clean = clean_name(name)
+    zone = check_timezone(timezone or course.settings.timezone)
+    with sessions() as session, session.begin():
+        added = store.add_subscriber(
+            session,
+            course_id=course.id,
+            email=address,
+            name=clean,
+            timezone=zone,
+            now=now,
+            consent_source=consent_source,
+            confirmed=confirmed,
+            first_lesson=course.lessons[0].slug,
+            first_send_at=schedule.first_send_at(course, zone, confirmed_at=now),
+        )
+        view = store.get_subscriber_by_id(session, added.subscriber_id)
+    status = str(added.status)
+    if status != store.SubscriberStatus.PENDING.value:
+        note = "" if added.created else f"already subscribed ({status})"
+        return SubscribeResult(added.subscriber_id, status, added.created, False, note)
+    last = view.confirmation_sent_at if view is not None else None
+    if last is not None and now - last < CONFIRMATION_INTERVAL:
+        return SubscribeResult(
+            added.subscriber_id,
+            status,
+            added.created,
+            False,
+            "a confirmation email was sent less than 24 hours ago; not sending another",
+        )
+    sent = send_confirmation(mailer, added.subscriber_id, address, clean, now=now)
+    if sent:
+        with sessions() as session, session.begin():
+            store.mark_confirmation_sent(session, added.subscriber_id, now)
+    note = "" if sent else "the confirmation email could not be sent now; try again later"
+    return SubscribeResult(added.subscriber_id, status, added.created, sent, note)
+
+
+def import_subscribers(
+    sessions: Callable[[], Session],
+    course: Course,
+    path: Path,
+    *,
+    now: datetime,
+    confirmed: bool,
+    dry_run: bool = False,
+) -> ImportReport:
+    """Import the CSV file `path` into `course` (see `drip.importer.import_subscribers`).
+
+    With `confirmed`, new and pending subscribers start the course: the first lesson is due as
+    `schedule.first_send_at` says for their timezone.
+    """
+
+    def first_send_at(timezone: str) -> datetime:
+        return schedule.first_send_at(course, timezone, confirmed_at=now)
+
+    return _import_rows(
+        sessions,
+        path,
+        course_id=course.id,
+        default_timezone=course.settings.timezone,
+        first_lesson=course.lessons[0].slug,
+        now=now,
+        confirmed=confirmed,
+        first_send_at=first_send_at if confirmed else None,
+        dry_run=dry_run,
+    )
+
+
+def _find(session: Session, course: Course, email: str) -> store.SubscriberView:
+    view = store.get_subscriber(session, course.id, normalize_email(email))
+    if view is None:
+        raise store.NotFoundError(f"{email} is not subscribed to {course.id}")
+    return view
+
+
+def pause_subscriber(
+    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
+) -> bool:
+    """Pause an active subscriber: nothing is sent until resumed. False if it was not active.
+
+    Raises `NotFoundError` for an unknown address.
+    """
+    with sessions() as session, session.begin():
+        return store.pause(session, _find(session, course, email).id, now)
+
+
+def resume_subscriber(
+    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
+) -> bool:
+    """Resume a paused subscriber; the next lesson is due as `schedule.after_resume` says.
+
+    False if the subscriber was not paused; raises `NotFoundError` for an unknown address.
+    """
+    with sessions() as session, session.begin():
+        view = _find(session, course, email)
+        at = schedule.after_resume(
+            course,
+            view.timezone,
+            view.next_lesson,
+            resumed_at=now,
+            last_sent_at=view.last_sent_at,
+            confirmed_at=view.confirmed_at,
+        )
+        return store.resume(session, view.id, now=now, next_send_at=at)
+
+
+def unsubscribe_subscriber(
+    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
+) -> bool:
+    """Unsubscribe at once; nothing more is ever sent. False if it was already suppressed.
+
+    Raises `NotFoundError` for an unknown address.
+    """
+    with sessions() as session, session.begin():
+        return store.unsubscribe(session, _find(session, course, email).id, now)
+
+
+def in_doubt(sessions: sessionmaker[Session], course: Course) -> list[store.InDoubtView]:
+    """The course's in-doubt deliveries, oldest first."""
+    with sessions() as session:
+        return store.list_in_doubt(session, course.id)
+
+
+def resolve(
+    sessions: sessionmaker[Session], course: Course, delivery_id: int, *, sent: bool, now: datetime
+) -> str:
+    """Settle one in-doubt delivery and return what happens next, in words.
+
+    sent=True: recorded as sent when it was claimed; the subscriber moves on to the next lesson
+    on the usual schedule (or completes). sent=False: the same lesson is due again at once (the
+    next `drip send` takes it, quiet hours permitting). Raises `NotFoundError` for an unknown
+    id and `StateError` for a delivery that is not in doubt.
+    """
+    with sessions() as session, session.begin():
+        found = [d for d in store.list_in_doubt(session, course.id) if d.delivery_id == delivery_id]
+        if not found:
+            # Let the store say whether it is unknown or simply not in doubt.
+            store.resolve_in_doubt(
+                session, delivery_id, sent=sent, now=now, next_lesson=None, next_send_at=None
+            )
+            raise AssertionError("resolve_in_doubt accepted a delivery that is not in doubt")
+        doubt = found[0]
+        if not sent:
+            store.resolve_in_doubt(
+                session, delivery_id, sent=False, now=now, next_lesson=None, next_send_at=now
+            )
+            return f"{doubt.email}: lesson {doubt.lesson!r} will be sent again by the next run"
+        subscriber = store.get_subscriber_by_id(session, doubt.subscriber_id)
+        following = schedule.Next(None, None)
+        if subscriber is not None and course.has_lesson(doubt.lesson):
+            following = schedule.after_send(
+                course, subscriber.timezone, doubt.lesson, sent_at=doubt.claimed_at
+            )
+        store.resolve_in_doubt(
+            session,
+            delivery_id,
+            sent=True,
+            now=doubt.claimed_at,
+            next_lesson=following.lesson,
+            next_send_at=following.send_at,
+        )
+    if following.lesson is None:
+        return f"{doubt.email}: recorded as sent; that was the last lesson"
+    return f"{doubt.email}: recorded as sent; next is {following.lesson!r}"
