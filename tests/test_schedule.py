@@ -13,10 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drip.course import CourseSettings, Lesson, load_course
+from drip.course import Course, CourseSettings, Lesson, load_course
 from drip.errors import ConfigError, DripError
 from drip.schedule import (
+    Next,
+    after_resume,
+    after_send,
     earliest_send_at,
+    first_send_at,
     is_allowed_day,
     is_quiet,
     lesson_due_at,
@@ -282,7 +286,7 @@ def test_may_send_at_refuses_quiet_hours_and_days_off_for_late_runs() -> None:
     assert may_send_at(course, TOKYO, local(TOKYO, 2026, 3, 9, 7, 0))
 
 
-# --- rule 5: resume after a pause --------------------------------------------------------------
+# --- rule 4: resume after a pause --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -310,7 +314,7 @@ def test_resume_with_send_time_in_quiet_hours_is_pushed_out() -> None:
     assert got == local(TOKYO, 2026, 3, 3, 7, 0)
 
 
-# --- rule 6: DST --------------------------------------------------------------------------------
+# --- rule 5: DST --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -382,6 +386,73 @@ def test_quiet_hours_ending_in_a_gap_end_when_the_clock_jumps() -> None:
     course = replace(BASE, quiet_hours=(time(22, 0), time(2, 30)))
     moment = local(NEW_YORK, 2026, 3, 8, 1, 0)
     assert earliest_send_at(course, NEW_YORK, moment) == utc(2026, 3, 8, 7, 0)
+
+
+# --- what comes next: the functions every caller uses -----------------------------------------
+
+THREE = Course(
+    settings=replace(BASE, send_days=WEEKDAYS),
+    lessons=(lesson(1, 0), lesson(2, 1), lesson(3, 2)),
+    directory=Path("course"),
+)
+
+
+def test_first_send_at_is_confirmation_pushed_out_of_quiet_hours() -> None:
+    # 23:30 on a Saturday in Tokyo: the welcome waits for the end of quiet hours, on any day.
+    confirmed = local(TOKYO, 2026, 3, 7, 23, 30)
+    assert first_send_at(THREE, TOKYO, confirmed_at=confirmed) == local(TOKYO, 2026, 3, 8, 7, 0)
+    daytime = local(TOKYO, 2026, 3, 7, 12, 0)
+    assert first_send_at(THREE, TOKYO, confirmed_at=daytime) == daytime
+
+
+def test_after_send_names_the_next_lesson_and_its_send_time() -> None:
+    friday = local(TOKYO, 2026, 3, 6, 7, 30)
+    # Lesson 2 is one day later, but Saturday is not a send day: Monday 07:30.
+    assert after_send(THREE, TOKYO, "lesson-1", sent_at=friday) == Next(
+        "lesson-2", local(TOKYO, 2026, 3, 9, 7, 30)
+    )
+    assert after_send(THREE, TOKYO, "lesson-3", sent_at=friday) == Next(None, None)
+    with pytest.raises(KeyError):
+        after_send(THREE, TOKYO, "gone", sent_at=friday)
+
+
+def test_after_send_is_always_strictly_later_than_the_send() -> None:
+    course = replace(THREE, lessons=(lesson(1, 0), lesson(2, 0)), settings=PLAIN)
+    sent = local(TOKYO, 2026, 3, 2, 12, 0)  # after 07:30: lesson 2 (delay 0) is due at once...
+    following = after_send(course, TOKYO, "lesson-1", sent_at=sent)
+    assert following.lesson == "lesson-2"
+    assert following.send_at is not None and following.send_at > sent  # ...but never this run
+
+
+def test_after_resume_waits_for_the_next_send_time_but_never_speeds_up() -> None:
+    sent = local(TOKYO, 2026, 3, 2, 7, 30)  # Monday; lesson 3 is due 2 days later, Wednesday
+    early = after_resume(
+        THREE,
+        TOKYO,
+        "lesson-3",
+        resumed_at=local(TOKYO, 2026, 3, 2, 12, 0),
+        last_sent_at=sent,
+        confirmed_at=sent,
+    )
+    assert early == local(TOKYO, 2026, 3, 4, 7, 30)
+    late = after_resume(
+        THREE,
+        TOKYO,
+        "lesson-3",
+        resumed_at=local(TOKYO, 2026, 3, 10, 12, 0),
+        last_sent_at=sent,
+        confirmed_at=sent,
+    )
+    assert late == local(TOKYO, 2026, 3, 11, 7, 30)
+    # A lesson no longer in the course: only the next send time applies.
+    assert after_resume(
+        THREE,
+        TOKYO,
+        "gone",
+        resumed_at=local(TOKYO, 2026, 3, 2, 12, 0),
+        last_sent_at=sent,
+        confirmed_at=sent,
+    ) == local(TOKYO, 2026, 3, 3, 7, 30)
 
 
 # --- input checking ----------------------------------------------------------------------------

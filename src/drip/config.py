@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
+from typing import Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from drip.errors import ConfigError
@@ -20,9 +21,12 @@ from drip.errors import ConfigError
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_DATABASE_URL = "sqlite:///drip.db"
 DEFAULT_SENDGRID_API_URL = "https://api.sendgrid.com"
-TRANSPORTS = ("sendgrid", "smtp", "outbox")
-SENDGRID_CLIENTS = ("fast", "official")
-BULK_MODES = ("off", "auto")
+TransportName = Literal["sendgrid", "smtp", "outbox"]
+SendGridClient = Literal["fast", "official"]
+BulkMode = Literal["off", "auto"]
+TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
+SENDGRID_CLIENTS: tuple[SendGridClient, ...] = get_args(SendGridClient)
+BULK_MODES: tuple[BulkMode, ...] = get_args(BulkMode)
 DEFAULT_SENDGRID_WINDOW = 256
 
 
@@ -34,7 +38,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     course_dir: Path = Path("course")
     templates_dir: Path = Path("templates/email")
-    transport: str = "outbox"
+    transport: TransportName = "outbox"
     outbox_dir: Path = Path("outbox")
     sendgrid_api_key: str | None = field(default=None, repr=False)
     sendgrid_api_url: str = DEFAULT_SENDGRID_API_URL
@@ -42,7 +46,7 @@ class Settings:
     from_address: str | None = None
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     """Link-signing keys from DRIP_SECRET_KEY (comma-separated; the first signs, all verify)."""
-    sendgrid_client: str = "fast"
+    sendgrid_client: SendGridClient = "fast"
     """DRIP_SENDGRID_CLIENT: 'fast' (aiohttp, keep-alive, concurrent) or 'official' (the
     sendgrid library, one request at a time)."""
     sendgrid_rate: float | None = None
@@ -50,13 +54,25 @@ class Settings:
     sendgrid_window: int = DEFAULT_SENDGRID_WINDOW
     """DRIP_SENDGRID_WINDOW: requests in flight (fast client); after a crash at most this many
     emails are in doubt."""
-    bulk: str = "off"
+    bulk: BulkMode = "off"
     """DRIP_BULK: 'auto' sends a lesson as one body with per-recipient substitutions, up to
     1,000 recipients per request, when the transport and the lesson allow it; 'off' never."""
 
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url == DEFAULT_DATABASE_URL
+
+
+Choice = TypeVar("Choice", bound=str)
+
+
+def _choice(name: str, value: str, choices: tuple[Choice, ...]) -> Choice:
+    """`value` (trimmed, lower-cased) if it is one of `choices`, else a `ConfigError` naming them."""
+    wanted = value.strip().lower()
+    for choice in choices:
+        if choice == wanted:
+            return choice
+    raise ConfigError(f"{name}={wanted!r} is not known; use one of {', '.join(choices)}")
 
 
 def _http_url(name: str, value: str) -> str:
@@ -89,11 +105,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     """
     get = environ.get
     api_key = get("SENDGRID_API_KEY") or None
-    transport = (get("DRIP_TRANSPORT") or ("sendgrid" if api_key else "outbox")).strip().lower()
-    if transport not in TRANSPORTS:
-        raise ConfigError(
-            f"DRIP_TRANSPORT={transport!r} is not a transport; use one of {', '.join(TRANSPORTS)}"
-        )
+    transport = _choice(
+        "DRIP_TRANSPORT", get("DRIP_TRANSPORT") or ("sendgrid" if api_key else "outbox"), TRANSPORTS
+    )
     smtp_url = get("DRIP_SMTP_URL") or None
     if transport == "sendgrid" and not api_key:
         raise ConfigError("DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your API key")
@@ -108,15 +122,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
                 "DRIP_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465"
                 " (the value is not shown because it may hold a password)"
             )
-    client = (get("DRIP_SENDGRID_CLIENT") or "fast").strip().lower()
-    if client not in SENDGRID_CLIENTS:
-        raise ConfigError(
-            f"DRIP_SENDGRID_CLIENT={client!r} is not known;"
-            f" use one of {', '.join(SENDGRID_CLIENTS)}"
-        )
-    bulk = (get("DRIP_BULK") or "off").strip().lower()
-    if bulk not in BULK_MODES:
-        raise ConfigError(f"DRIP_BULK={bulk!r} is not known; use one of {', '.join(BULK_MODES)}")
+    client = _choice(
+        "DRIP_SENDGRID_CLIENT", get("DRIP_SENDGRID_CLIENT") or "fast", SENDGRID_CLIENTS
+    )
+    bulk = _choice("DRIP_BULK", get("DRIP_BULK") or "off", BULK_MODES)
     from_address = get("DRIP_FROM") or None
     if from_address is not None and "@" not in parseaddr(from_address)[1]:
         raise ConfigError(
