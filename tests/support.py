@@ -1,7 +1,9 @@
-"""Shared test helpers: the committed course and a Mailer around any transport."""
+"""Shared test helpers: the repository's paths, the committed course, a Mailer around any
+transport, the environment of a `drip` subprocess."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from drip.course import Course, load_course
@@ -12,7 +14,21 @@ from drip.transports.base import Transport
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates" / "email"
-COURSE = load_course(ROOT / "course")
+COURSE_DIR = ROOT / "course"
+COURSE = load_course(COURSE_DIR)
+
+
+def drip_env(**extra: str) -> dict[str, str]:
+    """The environment of a `drip` subprocess on the committed course: this process's, without
+    any DRIP_* setting, plus `extra`; the package imported from src/."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DRIP_")}
+    env.update(
+        DRIP_COURSE_DIR=str(COURSE_DIR),
+        DRIP_TEMPLATES_DIR=str(TEMPLATES),
+        PYTHONPATH=str(ROOT / "src"),
+    )
+    env.update(extra)
+    return env
 
 
 def make_mailer(transport: Transport, course: Course = COURSE) -> Mailer:

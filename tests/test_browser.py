@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support import COURSE, TEMPLATES
 
-from drip.course import load_course
 from drip.render import Recipient, Renderer
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
     "--headless",
@@ -76,14 +75,14 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def lesson_html() -> str:
-    course = load_course(ROOT / "course")
+    course = COURSE
     recipient = Recipient(
         "yamada@example.com",
         "山田 太郎",
         "http://127.0.0.1:8000/u/PLACEHOLDER-TOKEN",
         "http://127.0.0.1:8000/m/PLACEHOLDER-TOKEN",
     )
-    renderer = Renderer(course, ROOT / "templates" / "email")
+    renderer = Renderer(course, TEMPLATES)
     return renderer.lesson(course.lesson("comparison"), recipient).html
 
 

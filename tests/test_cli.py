@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from tests.fakes.sendgrid_server import FakeSendGrid
+from tests.support import COURSE_DIR, ROOT, TEMPLATES
 
 from drip.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 MORNING = "2026-04-01T09:00:00+09:00"
 
 
@@ -26,10 +26,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def drip(*args: str, **env: str) -> Result:
-    base = {
-        "DRIP_COURSE_DIR": str(ROOT / "course"),
-        "DRIP_TEMPLATES_DIR": str(ROOT / "templates" / "email"),
-    }
+    base = {"DRIP_COURSE_DIR": str(COURSE_DIR), "DRIP_TEMPLATES_DIR": str(TEMPLATES)}
     return CliRunner().invoke(main, list(args), env={**base, **env})
 
 

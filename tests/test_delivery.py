@@ -10,16 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from tests.fakes.sendgrid_server import FakeSendGrid
-from tests.support import make_mailer
+from tests.support import COURSE, TEMPLATES, make_mailer
 
 from drip import store
-from drip.course import load_course
 from drip.delivery import PIPELINE_DEPTH, Mailer, send_due
 from drip.lifecycle import pause_subscriber, resume_subscriber, subscribe
 from drip.render import Renderer
@@ -27,8 +25,6 @@ from drip.transports.base import FatalTransportError, Outcome, SendResult
 from drip.transports.memory import MemoryTransport
 from drip.transports.sendgrid_fast import FastSendGridTransport
 
-ROOT = Path(__file__).resolve().parents[1]
-COURSE = load_course(ROOT / "course")
 # 2026-03-02 is a Monday; 10:00 in Tokyo is outside quiet hours.
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 FAKE_KEY = "SG.delivery-test"
@@ -287,9 +283,7 @@ def test_a_lesson_inserted_into_a_live_course_shifts_nobody(harness: Harness) ->
             replace(lesson, number=index) for index, lesson in enumerate(lessons, start=1)
         ),
     )
-    mailer = replace(
-        harness.mailer, course=grown, renderer=Renderer(grown, ROOT / "templates" / "email")
-    )
+    mailer = replace(harness.mailer, course=grown, renderer=Renderer(grown, TEMPLATES))
     now = T0
     for _ in range(20 * 4):
         now += timedelta(hours=6)

@@ -21,10 +21,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from sqlalchemy.orm import sessionmaker
-from tests.support import make_mailer
+from tests.support import COURSE, make_mailer
 
 from drip import schedule, store
-from drip.course import load_course
 from drip.db import open_database
 from drip.delivery import send_due
 from drip.lifecycle import (
@@ -35,8 +34,6 @@ from drip.lifecycle import (
 )
 from drip.transports.memory import MemoryTransport
 
-ROOT = Path(__file__).resolve().parents[1]
-COURSE = load_course(ROOT / "course")
 SLUGS = [lesson.slug for lesson in COURSE.lessons]
 EMAILS = [f"r{index}@example.com" for index in range(4)]
 ZONES = ["Asia/Tokyo", "America/New_York", "Asia/Kathmandu"]

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
-from tests.support import make_mailer
+from tests.support import COURSE, make_mailer
 from tests.test_delivery import T0
 
 from drip import store
-from drip.course import load_course
 from drip.delivery import Mailer, send_due
 from drip.lifecycle import in_doubt, resolve, subscribe
 from drip.transports.base import Outcome
 from drip.transports.memory import MemoryTransport
-
-ROOT = Path(__file__).resolve().parents[1]
-COURSE = load_course(ROOT / "course")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support import COURSE_DIR
 
 from drip.course import Course, CourseSettings, Lesson, load_course
 from drip.errors import ConfigError, DripError
@@ -30,7 +31,6 @@ from drip.schedule import (
     resume_send_at,
 )
 
-COURSE_DIR = Path(__file__).resolve().parent.parent / "course"
 TOKYO = ZoneInfo("Asia/Tokyo")
 NEW_YORK = ZoneInfo("America/New_York")
 LONDON = ZoneInfo("Europe/London")

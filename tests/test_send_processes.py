@@ -6,7 +6,6 @@ the recorded in-doubt ones; nothing crashes on a locked database.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,13 +18,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from tests.fakes.sendgrid_server import FakeSendGrid, Step
+from tests.support import COURSE, drip_env
 
 from drip import store
-from drip.course import load_course
 from drip.delivery import PIPELINE_DEPTH
 
-ROOT = Path(__file__).resolve().parents[1]
-COURSE = load_course(ROOT / "course")
 # 10:00 in Tokyo on a Monday: outside quiet hours.
 NOW = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 API_KEY = "SG.test-key"
@@ -51,20 +48,15 @@ def seed(engine: Engine, count: int) -> None:
 
 
 def environment(database_url: str, fake: FakeSendGrid, tmp_path: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DRIP_")}
-    env.update(
+    return drip_env(
         DRIP_DATABASE_URL=database_url,
-        DRIP_COURSE_DIR=str(ROOT / "course"),
-        DRIP_TEMPLATES_DIR=str(ROOT / "templates" / "email"),
         DRIP_TRANSPORT="sendgrid",
         SENDGRID_API_KEY=API_KEY,
         DRIP_SENDGRID_API_URL=fake.url,
         DRIP_SECRET_KEY="process-test-key",
         # The fast client, one request per window unless a test asks for more.
         DRIP_SENDGRID_WINDOW="1",
-        PYTHONPATH=str(ROOT / "src"),
     )
-    return env
 
 
 def drip(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:

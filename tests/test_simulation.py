@@ -9,20 +9,17 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, time, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
-from tests.support import make_mailer
+from tests.support import COURSE, make_mailer
 
-from drip.course import load_course
 from drip.delivery import send_due
 from drip.lifecycle import subscribe
 from drip.transports.memory import MemoryTransport
 
-ROOT = Path(__file__).resolve().parents[1]
 ZONES = ["Asia/Tokyo", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kathmandu"]
 # Spans the March DST changes in New York (03-08) and London (03-29), and April in Lord Howe.
 START = datetime(2026, 3, 5, 0, 0, tzinfo=UTC)
@@ -31,7 +28,7 @@ STEP = timedelta(minutes=15)
 
 @pytest.mark.slow
 def test_thirty_days_every_fifteen_minutes(engine: Engine) -> None:
-    course = load_course(ROOT / "course")
+    course = COURSE
     transport = MemoryTransport()
     mailer = make_mailer(transport, course)
     sessions = sessionmaker(engine, expire_on_commit=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from tests.support import drip_env
 
-ROOT = Path(__file__).resolve().parents[1]
 # Offsets -10, -5, 0, +5:30 and +9: at any moment one of them is between 08:00 and 20:00,
 # outside the course's quiet hours, so the first lesson goes out at once.
 ZONES = ["Pacific/Honolulu", "America/New_York", "Europe/London", "Asia/Kolkata", "Asia/Tokyo"]
@@ -26,12 +25,7 @@ def daytime_zone() -> str:
 
 @pytest.mark.slow
 def test_the_worker_sends_what_is_due_and_stops_on_sigterm(tmp_path: Path) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DRIP_")}
-    env.update(
-        DRIP_COURSE_DIR=str(ROOT / "course"),
-        DRIP_TEMPLATES_DIR=str(ROOT / "templates" / "email"),
-        PYTHONPATH=str(ROOT / "src"),
-    )
+    env = drip_env()
     drip = [sys.executable, "-m", "drip"]
     subscribe = subprocess.run(
         [*drip, "subscribe", "w@example.com", "--confirmed", "--timezone", daytime_zone()],
