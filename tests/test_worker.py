@@ -6,12 +6,22 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
-from tests.support import drip_env
+from psycopg import sql
+from sqlalchemy import Engine, make_url, text
+from sqlalchemy.orm import Session
+from tests.conftest import PostgresServer
+from tests.fakes.sendgrid_server import FakeSendGrid
+from tests.support import COURSE, drip_env
+
+from drip import store
+from drip.db import upgrade
 
 # Offsets -10, -5, 0, +5:30 and +9: at any moment one of them is between 08:00 and 20:00,
 # outside the course's quiet hours, so the first lesson goes out at once.
@@ -55,3 +65,117 @@ def test_the_worker_sends_what_is_due_and_stops_on_sigterm(tmp_path: Path) -> No
         _out, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
     assert "sent 1," in err and "sent 0," in err
+
+
+def _seed_due_now(engine: Engine, count: int, zone: str) -> None:
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        for index in range(count):
+            store.add_subscriber(
+                session,
+                course_id=COURSE.id,
+                email=f"w{index}@example.com",
+                name=None,
+                timezone=zone,
+                now=now - timedelta(hours=1),
+                consent_source="test",
+                confirmed=True,
+                first_lesson=COURSE.lessons[0].slug,
+                first_send_at=now - timedelta(minutes=5),
+            )
+
+
+def _ledger(engine: Engine) -> Counter[str]:
+    with engine.connect() as conn:
+        return Counter(status for (status,) in conn.execute(text("SELECT status FROM deliveries")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_a_send_finishes_what_is_in_flight_and_releases_the_rest(
+    database_url: str, engine: Engine, tmp_path: Path, signum: int
+) -> None:
+    """A deploy or Ctrl-C in the middle of a long send: the windows with the provider are
+    recorded, the claims not yet handed over are released, nothing is in doubt, exit 0."""
+    _seed_due_now(engine, 600, daytime_zone())
+    with FakeSendGrid(api_key="SG.worker-key", latency=0.05) as fake:
+        env = drip_env(
+            DRIP_DATABASE_URL=database_url,
+            DRIP_TRANSPORT="sendgrid",
+            SENDGRID_API_KEY="SG.worker-key",
+            DRIP_SENDGRID_API_URL=fake.url,
+            DRIP_SECRET_KEY="worker-test-key-0123456789abcdef",
+            DRIP_SENDGRID_WINDOW="8",
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "drip", "worker", "--interval", "3600"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while len(fake.accepted) < 40 and time.monotonic() < deadline:
+            assert worker.poll() is None, worker.communicate()
+            time.sleep(0.02)
+        worker.send_signal(signum)
+        _out, err = worker.communicate(timeout=60)
+        accepted = fake.accepted_ids()
+    assert worker.returncode == 0, err
+    assert "Traceback" not in err and "Aborted" not in err, err
+    ledger = _ledger(engine)
+    assert ledger["in_doubt"] == 0, (ledger, err)
+    assert ledger["sending"] == 0 and ledger["claimed"] == 0, ledger
+    assert 0 < ledger["sent"] < 600, ledger
+    # What the provider accepted is exactly what the ledger says was sent, once each.
+    assert sum(accepted.values()) == len(accepted) == ledger["sent"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_database_outage_is_one_log_line_per_tick_and_the_worker_carries_on(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres_server.create("drip_worker_outage")
+    name = make_url(url).database
+    try:
+        upgrade(url)
+        env = drip_env(DRIP_DATABASE_URL=url, DRIP_SECRET_KEY="worker-test-key-0123456789abcdef")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "drip", "worker", "--interval", "1"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2)
+        with psycopg.connect(
+            make_url(postgres_server.admin_url)
+            .render_as_string(hide_password=False)
+            .replace("postgresql+psycopg", "postgresql"),
+            autocommit=True,
+        ) as admin:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+            )
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            time.sleep(4)
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name))
+            )
+        time.sleep(2)
+        worker.send_signal(signal.SIGTERM)
+        _out, err = worker.communicate(timeout=30)
+    finally:
+        postgres_server.drop(url)
+    assert worker.returncode == 0, err
+    assert "Traceback" not in err, err
+    outages = [line for line in err.splitlines() if "database became unavailable" in line]
+    assert 2 <= len(outages) <= 6, err
+    assert len(err.splitlines()) < 20, err
+    assert "sent 0," in err  # and it sent again once the database was back

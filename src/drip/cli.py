@@ -51,14 +51,10 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
             fail(str(exc), exc.exit_code)
             raise AssertionError("unreachable") from exc
         except (OperationalError, InterfaceError) as exc:
-            # The database went away during the command (server stopped, connection refused,
-            # SQLite file unreadable). Claims already made are safe: see the README.
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "?"
-            fail(
-                f"the database became unavailable: {reason}; nothing is lost, run the command"
-                " again when it is back",
-                1,
-            )
+            # Claims already made are safe: see the README.
+            from drip.db import outage_message
+
+            fail(outage_message(exc), 1)
             raise AssertionError("unreachable") from exc
 
     return wrapper

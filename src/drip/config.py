@@ -67,7 +67,7 @@ Choice = TypeVar("Choice", bound=str)
 
 
 def _choice(name: str, value: str, choices: tuple[Choice, ...]) -> Choice:
-    """`value` (trimmed, lower-cased) if it is one of `choices`, else a `ConfigError` naming them."""
+    """`value` (trimmed, lower-cased) if one of `choices`, else a `ConfigError` naming them."""
     wanted = value.strip().lower()
     for choice in choices:
         if choice == wanted:

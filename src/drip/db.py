@@ -43,6 +43,16 @@ class DatabaseUnavailableError(DripError):
     exit_code = 1
 
 
+def outage_message(exc: DBAPIError) -> str:
+    """One line for an operator when the database went away (server stopped, connection
+    refused, SQLite file unreadable) in the middle of a command."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "?"
+    return (
+        f"the database became unavailable: {reason}; nothing is lost, run the command again"
+        " when it is back"
+    )
+
+
 def safe_url(url: str | URL) -> str:
     """The URL as it may be shown to people: the password replaced by '***'."""
     try:

@@ -256,6 +256,7 @@ def send_due(
     window: int | None = None,
     run_id: str | None = None,
     progress: Callable[[int], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> SendReport:
     """Send every lesson due at `now` (at most `limit`), claiming and recording in batches.
 
@@ -263,7 +264,9 @@ def send_due(
     provider error (bad credentials) stops the run: the windows already with the transport are
     recorded, claims not yet sent are released for the next run, and `report.stopped` says why;
     a rate limit ends the run early the same way, with `report.note`. `progress` is called with
-    the number handled per window.
+    the number handled per window. `stop_requested` (a signal arrived) is asked before each
+    window: once it says True nothing more is handed over, the windows in flight are recorded
+    and the remaining claims released, with `report.note` saying so.
 
     A transport with `submit` (the SendGrid fast and bulk clients) gets the next window while the
     previous one is still in flight (PIPELINE_DEPTH windows at once), so the main thread composes,
@@ -281,10 +284,12 @@ def send_due(
         return report
     # A transport that sends concurrently says how many it keeps in flight (`window`).
     window = window or int(getattr(mailer.transport, "window", SEND_WINDOW))
-    run = _Run(sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress)
+    run = _Run(sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress, stop_requested)
     depth = PIPELINE_DEPTH if hasattr(mailer.transport, "submit") else 1
     in_flight: deque[_Window] = deque()
     for claims in _claimed_windows(run, limit=limit, batch_size=batch_size, window=window):
+        if run.stopping():
+            return run.stop(_STOPPED_BY_SIGNAL, in_flight)
         handed = run.hand_over(claims)
         if handed is not None:
             in_flight.append(handed)
@@ -308,7 +313,7 @@ def _claimed_windows(
     pipelining transport the claim runs while earlier windows are in flight.
     """
     remaining = limit
-    while remaining is None or remaining > 0:
+    while (remaining is None or remaining > 0) and not run.stopping():
         # Whole windows (a bulk transport's window can exceed a batch): no short window per batch.
         size = -(-max(batch_size, window) // window) * window
         if remaining is not None:
@@ -338,6 +343,12 @@ def _claimed_windows(
 class _Stop:
     message: str
     fatal: bool
+
+
+_STOPPED_BY_SIGNAL = _Stop(
+    "stopped on request: what was with the provider is recorded, the rest waits for the next run",
+    fatal=False,
+)
 
 
 @dataclass(frozen=True)
@@ -374,6 +385,10 @@ class _Run:
     run_id: str
     report: SendReport
     progress: Callable[[int], None] | None
+    stop_requested: Callable[[], bool] | None = None
+
+    def stopping(self) -> bool:
+        return self.stop_requested is not None and self.stop_requested()
 
     @cached_property
     def defer(self) -> Callable[[str, str], datetime | None]:
