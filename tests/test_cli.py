@@ -25,6 +25,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+KEY = "cli-test-key-Xq3vN8kZ1pL0sT7wR2yB5mC9"
+
+
 def drip(*args: str, **env: str) -> Result:
     base = {"DRIP_COURSE_DIR": str(COURSE_DIR), "DRIP_TEMPLATES_DIR": str(TEMPLATES)}
     return CliRunner().invoke(main, list(args), env={**base, **env})
@@ -102,14 +105,14 @@ def test_config_errors_exit_2_before_touching_the_database(workdir: Path) -> Non
 
 def test_a_database_that_is_not_upgraded_is_refused(workdir: Path) -> None:
     result = drip(
-        "send", DRIP_DATABASE_URL=f"sqlite:///{workdir / 'other.db'}", DRIP_SECRET_KEY="k"
+        "send", DRIP_DATABASE_URL=f"sqlite:///{workdir / 'other.db'}", DRIP_SECRET_KEY=KEY
     )
     assert result.exit_code == 2
     assert "drip db upgrade" in result.output
     upgraded = drip("db", "upgrade", DRIP_DATABASE_URL=f"sqlite:///{workdir / 'other.db'}")
     assert upgraded.exit_code == 0, upgraded.output
     result = drip(
-        "send", DRIP_DATABASE_URL=f"sqlite:///{workdir / 'other.db'}", DRIP_SECRET_KEY="k"
+        "send", DRIP_DATABASE_URL=f"sqlite:///{workdir / 'other.db'}", DRIP_SECRET_KEY=KEY
     )
     assert result.exit_code == 0, result.output
 
@@ -118,7 +121,7 @@ def test_an_unreachable_database_exits_1(workdir: Path) -> None:
     result = drip(
         "send",
         DRIP_DATABASE_URL="postgresql+psycopg://drip:pw@127.0.0.1:9/drip",
-        DRIP_SECRET_KEY="k",
+        DRIP_SECRET_KEY=KEY,
     )
     assert result.exit_code == 1, result.output
     assert "pw" not in result.output
@@ -126,7 +129,7 @@ def test_an_unreachable_database_exits_1(workdir: Path) -> None:
 
 def test_bad_provider_credentials_stop_the_run_with_exit_1_and_no_secret(workdir: Path) -> None:
     sentinel_key = "SG.SENTINEL-API-KEY-0123456789"
-    sentinel_secret = "SENTINEL-SIGNING-KEY"
+    sentinel_secret = "SENTINEL-SIGNING-KEY-Xq3vN8kZ1pL0sT7wR2y"
     env = {
         "SENDGRID_API_KEY": sentinel_key,
         "DRIP_SECRET_KEY": sentinel_secret,

@@ -53,7 +53,7 @@ def environment(database_url: str, fake: FakeSendGrid, tmp_path: Path) -> dict[s
         DRIP_TRANSPORT="sendgrid",
         SENDGRID_API_KEY=API_KEY,
         DRIP_SENDGRID_API_URL=fake.url,
-        DRIP_SECRET_KEY="process-test-key",
+        DRIP_SECRET_KEY="process-test-key-Xq3vN8kZ1pL0sT7wR2yB5",
         # The fast client, one request per window unless a test asks for more.
         DRIP_SENDGRID_WINDOW="1",
     )

@@ -6,6 +6,8 @@ and hand the frozen `Settings` to the functions they call.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import secrets
 import time
@@ -28,6 +30,12 @@ TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
 SENDGRID_CLIENTS: tuple[SendGridClient, ...] = get_args(SendGridClient)
 BULK_MODES: tuple[BulkMode, ...] = get_args(BulkMode)
 DEFAULT_SENDGRID_WINDOW = 256
+MIN_SECRET_KEY_LENGTH = 32
+MIN_SECRET_KEY_BITS = 128
+"""A signing key must be at least this long and this rich (length x log2(distinct characters)):
+a short or repetitive key is recovered offline from one link, and then any link can be forged."""
+GENERATE_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+_URL_UNSAFE = frozenset(' "<>\\^`{|}')
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,109 @@ def _choice(name: str, value: str, choices: tuple[Choice, ...]) -> Choice:
     raise ConfigError(f"{name}={wanted!r} is not known; use one of {', '.join(choices)}")
 
 
-def _http_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+def _check_host(name: str, host: str | None, shown: str) -> str:
+    """`host` if it is an IP address or a valid DNS name, else a `ConfigError` for `name`.
+
+    Caught here rather than at the first connection, which would fail after claims were made.
+    """
+    if not host:
+        raise ConfigError(f"{name}={shown} has no host name")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_host = ""
+    labels = ascii_host.rstrip(".").split(".")
+    if not ascii_host or len(ascii_host) > 253 or not all(_valid_label(label) for label in labels):
+        raise ConfigError(f"{name}={shown}: {host!r} is not a valid host name")
+    return host
+
+
+def _valid_label(label: str) -> bool:
+    return (
+        0 < len(label) <= 63
+        and not label.startswith("-")
+        and not label.endswith("-")
+        and all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in label)
+    )
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for localhost and the loopback addresses (127.0.0.0/8, ::1)."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url(name: str, value: str, *, https_unless_loopback: bool = False) -> str:
+    """`value` without a trailing slash if it is a usable http(s) URL, else a `ConfigError`.
+
+    With `https_unless_loopback` plain http is refused except for a loopback host (a secret
+    travels with each request).
+    """
+    example = "set it like https://example.com"
+    if any(ch in _URL_UNSAFE or not ch.isprintable() or not ch.isascii() for ch in value):
         raise ConfigError(
-            f"{name}={value!r} is not an http(s) URL; set it like https://example.com"
+            f"{name}={value!r} contains characters a URL may not hold (spaces, quotes, non-ASCII);"
+            f" percent-encode them or use the punycode host name, {example}"
+        )
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError as exc:  # e.g. "http://[::1" (an unclosed IPv6 literal)
+        raise ConfigError(f"{name}={value!r} is not a valid URL ({exc}); {example}") from exc
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}={value!r} is not an http(s) URL; {example}")
+    _check_host(name, host, repr(value))
+    if https_unless_loopback and parts.scheme != "https" and not is_loopback(host):
+        raise ConfigError(
+            f"{name}={value!r} uses plain http to a host that is not this machine; the API key"
+            " would travel unencrypted: use https"
         )
     return value.rstrip("/")
+
+
+def _smtp_url(value: str) -> str:
+    """`value` if it is a usable smtp:// or smtps:// URL; errors never show it (a password)."""
+    usage = (
+        "DRIP_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465"
+        " (the value is not shown because it may hold a password)"
+    )
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(usage) from exc
+    if parts.scheme not in ("smtp", "smtps") or not host:
+        raise ConfigError(usage)
+    _check_host("DRIP_SMTP_URL", host, "(not shown)")
+    return value
+
+
+def _secret_keys(raw: str) -> tuple[str, ...]:
+    """DRIP_SECRET_KEY split at commas; every key must be long and varied enough."""
+    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
+    for position, key in enumerate(keys, start=1):
+        bits = len(key) * math.log2(max(len(set(key)), 2))
+        if len(key) < MIN_SECRET_KEY_LENGTH or bits < MIN_SECRET_KEY_BITS:
+            which = f"key {position} of DRIP_SECRET_KEY" if len(keys) > 1 else "DRIP_SECRET_KEY"
+            raise ConfigError(
+                f"{which} is too weak to sign links ({len(key)} characters,"
+                f" {len(set(key))} different): anyone could forge unsubscribe and confirm links;"
+                f" use at least {MIN_SECRET_KEY_LENGTH} random characters, e.g. {GENERATE_KEY_HINT}"
+            )
+    return keys
 
 
 def _positive(name: str, value: str | None, kind: type[int] | type[float]) -> float | None:
@@ -116,12 +220,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             raise ConfigError(
                 "DRIP_TRANSPORT=smtp needs DRIP_SMTP_URL, e.g. smtp://user:pass@host:587"
             )
-        scheme = urlsplit(smtp_url).scheme
-        if scheme not in ("smtp", "smtps") or not urlsplit(smtp_url).hostname:
-            raise ConfigError(
-                "DRIP_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465"
-                " (the value is not shown because it may hold a password)"
-            )
+        _smtp_url(smtp_url)
     client = _choice(
         "DRIP_SENDGRID_CLIENT", get("DRIP_SENDGRID_CLIENT") or "fast", SENDGRID_CLIENTS
     )
@@ -148,13 +247,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         outbox_dir=Path(get("DRIP_OUTBOX_DIR") or "outbox"),
         sendgrid_api_key=api_key,
         sendgrid_api_url=_http_url(
-            "DRIP_SENDGRID_API_URL", get("DRIP_SENDGRID_API_URL") or DEFAULT_SENDGRID_API_URL
+            "DRIP_SENDGRID_API_URL",
+            get("DRIP_SENDGRID_API_URL") or DEFAULT_SENDGRID_API_URL,
+            https_unless_loopback=True,
         ),
         smtp_url=smtp_url,
         from_address=from_address,
-        secret_keys=tuple(
-            key.strip() for key in (get("DRIP_SECRET_KEY") or "").split(",") if key.strip()
-        ),
+        secret_keys=_secret_keys(get("DRIP_SECRET_KEY") or ""),
     )
 
 
@@ -173,8 +272,7 @@ def signing_keys(settings: Settings) -> tuple[str, ...]:
     if not settings.uses_embedded_database:
         raise ConfigError(
             "DRIP_SECRET_KEY is not set; it signs the links in emails and must be the same on"
-            " every host: set it to a long random string (e.g. python -c 'import secrets;"
-            " print(secrets.token_urlsafe(32))')"
+            f" every host: set it to a long random string (e.g. {GENERATE_KEY_HINT})"
         )
     for _ in range(50):
         try:
