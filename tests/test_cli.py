@@ -69,6 +69,11 @@ def test_subscribe_without_confirmed_sends_the_confirmation(workdir: Path) -> No
         (["subscribe", "ok@example.com", "--timezone", "Mars/Base"], "not a timezone"),
         (["send", "--now", "2026-04-01T09:00:00"], "has no UTC offset"),
         (["send", "--now", "yesterday"], "not an ISO-8601 date-time"),
+        # A date alone: the hint must give a time too ("2026-04-01+09:00" would mean 09:00).
+        (["send", "--now", "2026-04-01"], "e.g. 2026-04-01T07:30+09:00"),
+        (["send", "--now", "0001-01-01T00:00+09:00"], "outside the years"),
+        (["send", "--now", "9999-12-31T23:59+00:00"], "outside the years"),
+        (["subscribers", "pause", "a@example.com", "--now", "9999-12-31T23:59Z"], "outside"),
         (["send", "--limit", "0"], "--limit"),
     ],
 )
@@ -76,6 +81,7 @@ def test_usage_errors_exit_2(workdir: Path, args: list[str], message: str) -> No
     result = drip(*args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_an_unsubscribed_address_is_not_reactivated(workdir: Path) -> None:

@@ -71,6 +71,10 @@ def settings() -> Settings:
     return root.obj
 
 
+MIN_NOW_YEAR, MAX_NOW_YEAR = 1971, 9998
+"""--now must leave room for the lease, back-off and schedule arithmetic on either side."""
+
+
 class NowType(click.ParamType[datetime]):
     """`--now`: an ISO 8601 date-time with a UTC offset, as an aware UTC datetime."""
 
@@ -90,8 +94,16 @@ class NowType(click.ParamType[datetime]):
                 ctx,
             )
         if moment.tzinfo is None:
+            # A date alone needs a time before the offset: "2026-04-01+09:00" reads as 09:00.
+            fixed = value if "T" in value or " " in value.strip() else f"{value}T07:30"
             self.fail(
-                f"{value!r} has no UTC offset; add one, e.g. {value}+09:00 or {value}Z", param, ctx
+                f"{value!r} has no UTC offset; add one, e.g. {fixed}+09:00 or {fixed}Z", param, ctx
+            )
+        if not MIN_NOW_YEAR <= moment.year <= MAX_NOW_YEAR:
+            self.fail(
+                f"{value!r} is outside the years {MIN_NOW_YEAR}-{MAX_NOW_YEAR} drip can schedule",
+                param,
+                ctx,
             )
         return moment.astimezone(UTC)
 
