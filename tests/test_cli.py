@@ -229,3 +229,44 @@ def test_send_bulk_flag_overrides_the_setting(workdir: Path) -> None:
         assert json.loads(sent.stdout)["sent"] == 3
         assert [len(r.delivery_ids) for r in fake.requests] == [3]
         assert fake.problems == []
+
+
+def _broken_course(workdir: Path, how: str) -> Path:
+    import shutil
+
+    course = workdir / "broken"
+    shutil.copytree(COURSE_DIR, course)
+    if how == "timezone":
+        toml = course / "course.toml"
+        toml.write_text(
+            re.sub(r"(?m)^timezone = .*$", 'timezone = "Tokyo"', toml.read_text("utf-8")),
+            encoding="utf-8",
+        )
+    else:
+        next((course / "lessons").glob("03-*.md")).unlink()
+    return course
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # cron without `cd`: no course here.
+        ({"DRIP_COURSE_DIR": "course"}, "course.toml"),
+        ({"DRIP_DATABASE_URL": "nonsense"}, "database URL"),
+        ({"DRIP_DATABASE_URL": "sqlite:///other.db"}, "no database file"),
+        ({"DRIP_COURSE_DIR": "broken:timezone"}, "timezone 'Tokyo'"),
+        ({"DRIP_COURSE_DIR": "broken:lesson"}, "lesson 'events' is listed"),
+    ],
+)
+def test_configuration_errors_exit_2_and_leave_nothing_behind(
+    workdir: Path, env: dict[str, str], message: str
+) -> None:
+    if env.get("DRIP_COURSE_DIR", "").startswith("broken:"):
+        env = {"DRIP_COURSE_DIR": str(_broken_course(workdir, env["DRIP_COURSE_DIR"][7:]))}
+    before = set(workdir.iterdir())
+    for args in (["send"], ["send", "--dry-run"], ["subscribe", "a@example.com"]):
+        result = drip(*args, **env)
+        assert result.exit_code == 2, result.output
+        assert message in result.output, result.output
+        assert "DRIP_SECRET_KEY" not in result.output
+    assert set(workdir.iterdir()) == before  # no drip-secret.key, no empty database file

@@ -206,9 +206,11 @@ def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
     from drip.render import Renderer
     from drip.transports import make_transport
 
+    # The course and the database URL first: run from the wrong directory, or with a bad URL,
+    # the error names that, and no drip-secret.key is left behind.
+    sessions, loaded = open_ledger(current)
     keys = signing_keys(current)
     transport = make_transport(current)
-    sessions, loaded = open_ledger(current)
     mailer = Mailer(
         course=loaded,
         renderer=Renderer(loaded, current.templates_dir),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
@@ -201,6 +202,21 @@ def upgrade(url: str) -> str:
         engine.dispose()
 
 
+def _refuse_missing_sqlite_file(url: str) -> None:
+    """A SQLite URL naming a file that does not exist: say so before connecting, which would
+    leave an empty file behind."""
+    parsed = _parse(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if path.startswith("file:") or Path(path).exists():
+        return
+    raise SchemaError(
+        f"there is no database file at {Path(path).resolve()}; check DRIP_DATABASE_URL, or run"
+        " 'drip db upgrade' to create it"
+    )
+
+
 def open_database(url: str, *, auto_upgrade: bool) -> Engine:
     """An Engine for a database whose schema is at the current revision.
 
@@ -209,6 +225,8 @@ def open_database(url: str, *, auto_upgrade: bool) -> Engine:
     once. Otherwise raises `SchemaError` telling to run `drip db upgrade`; a schema newer than
     this drip also raises `SchemaError`. Raises `DatabaseUnavailableError` when unreachable.
     """
+    if not auto_upgrade:
+        _refuse_missing_sqlite_file(url)
     engine = make_engine(url)
     try:
         head = head_revision()

@@ -24,6 +24,7 @@ class UsageError(DripError):
 
 
 class CourseError(DripError):
-    """The course on disk cannot be loaded (unreadable file, broken front matter)."""
+    """The course on disk cannot be loaded (missing or unreadable file, broken front matter,
+    invalid course.toml): a configuration error, exit code 2."""
 
-    exit_code = 1
+    exit_code = 2
