@@ -253,7 +253,7 @@ def _broken_course(workdir: Path, how: str) -> Path:
         # cron without `cd`: no course here.
         ({"DRIP_COURSE_DIR": "course"}, "course.toml"),
         ({"DRIP_DATABASE_URL": "nonsense"}, "database URL"),
-        ({"DRIP_DATABASE_URL": "sqlite:///other.db"}, "no database file"),
+        ({"DRIP_DATABASE_URL": "sqlite:///other.db"}, "there is no file at"),
         ({"DRIP_COURSE_DIR": "broken:timezone"}, "timezone 'Tokyo'"),
         ({"DRIP_COURSE_DIR": "broken:lesson"}, "lesson 'events' is listed"),
     ],

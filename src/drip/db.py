@@ -212,8 +212,8 @@ def _refuse_missing_sqlite_file(url: str) -> None:
     if path.startswith("file:") or Path(path).exists():
         return
     raise SchemaError(
-        f"there is no database file at {Path(path).resolve()}; check DRIP_DATABASE_URL, or run"
-        " 'drip db upgrade' to create it"
+        f"the database at {safe_url(url)} has no drip schema: there is no file at"
+        f" {Path(path).resolve()}; check DRIP_DATABASE_URL, or run 'drip db upgrade' to create it"
     )
 
 
