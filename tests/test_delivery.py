@@ -18,7 +18,7 @@ from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.support import COURSE, TEMPLATES, make_mailer
 
 from drip import store
-from drip.delivery import PIPELINE_DEPTH, Mailer, send_due
+from drip.delivery import MAX_ATTEMPTS, PIPELINE_DEPTH, Mailer, retry_delay, send_due
 from drip.lifecycle import pause_subscriber, resume_subscriber, subscribe
 from drip.render import Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult
@@ -336,3 +336,106 @@ def test_a_fatal_answer_with_windows_in_flight_records_them_and_releases_the_res
     assert (counts["sending"], counts["claimed"], counts["retry"]) == (0, 0, 12 - accepted)
     rest = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=2))
     assert rest.sent == 12 - accepted
+
+
+# --- retries, rate limits, one lesson per run (mutation survivors) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempts", "retry_after", "minutes"),
+    [
+        (1, None, 1),
+        (2, None, 2),
+        (3, None, 4),
+        (4, None, 8),
+        (9, None, 256),
+        (10, None, 360),  # capped at 6 hours
+        (30, None, 360),
+        (1, 120.0, 2),  # Retry-After wins when longer...
+        (4, 60.0, 8),  # ...and not when shorter
+        (1, float("inf"), 24 * 60),  # absurd answers are clamped, never an OverflowError
+        (1, 1e15, 24 * 60),
+        (1, float("nan"), 1),
+        (1, -5.0, 1),
+    ],
+)
+def test_retry_delay_doubles_from_one_minute_up_to_six_hours(
+    attempts: int, retry_after: float | None, minutes: int
+) -> None:
+    assert retry_delay(attempts, retry_after) == timedelta(minutes=minutes)
+
+
+def test_repeated_temporary_failures_back_off_exponentially_then_give_up(harness: Harness) -> None:
+    sid = harness.subscribe("t@example.com")
+    harness.transport.default = Outcome.RETRY
+    now = T0
+    waits = []
+    for _ in range(MAX_ATTEMPTS - 1):
+        report = send_due(harness.sessions, harness.mailer, now=now)
+        assert report.retried == 1
+        with harness.sessions() as session:
+            view = store.get_subscriber_by_id(session, sid)
+        assert view is not None and view.next_send_at is not None
+        waits.append(view.next_send_at - now)
+        # Just before the retry is due nothing happens; at the moment it is due it is tried.
+        assert (
+            send_due(
+                harness.sessions, harness.mailer, now=view.next_send_at - timedelta(seconds=1)
+            ).due
+            == 0
+        )
+        now = view.next_send_at
+    assert waits == [timedelta(minutes=2**n) for n in range(MAX_ATTEMPTS - 1)]
+    last = send_due(harness.sessions, harness.mailer, now=now)
+    assert (last.failed, last.retried) == (1, 0)
+    with harness.sessions() as session:
+        counts = store.delivery_counts(session, COURSE.id)
+        view = store.get_subscriber_by_id(session, sid)
+    assert counts["failed"] == 1
+    assert view is not None and view.next_send_at is None  # held for the operator
+    assert len(harness.transport.attempts) == MAX_ATTEMPTS
+    assert send_due(harness.sessions, harness.mailer, now=now + timedelta(days=7)).due == 0
+
+
+def test_a_rate_limit_answer_ends_the_run_and_the_rest_waits(harness: Harness) -> None:
+    for index in range(3):
+        harness.subscribe(f"rl{index}@example.com", now=T0 + timedelta(seconds=index))
+    harness.transport.add_script(SendResult("", Outcome.RETRY, retry_after=120, detail="429"))
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    assert harness.transport.calls == 1 and len(harness.transport.attempts) == 1
+    assert report.retried == 1 and report.sent == 0
+    assert report.note is not None and "slow down" in report.note
+    with harness.sessions() as session:
+        assert store.count_due(session, COURSE.id, T0 + timedelta(minutes=1)) == 2
+
+
+def test_every_lesson_due_at_once_still_goes_out_one_per_run(harness: Harness) -> None:
+    same_day = replace(
+        COURSE,
+        lessons=tuple(replace(lesson, delay_days=0) for lesson in COURSE.lessons),
+        settings=replace(COURSE.settings, quiet_hours=None),
+    )
+    mailer = replace(harness.mailer, course=same_day, renderer=Renderer(same_day, TEMPLATES))
+    harness.subscribe("zero@example.com")
+    now = T0
+    for run in range(len(COURSE.lessons)):
+        report = send_due(harness.sessions, mailer, now=now)
+        assert report.sent == 1, run
+        now += timedelta(seconds=1)
+    assert harness.lessons_sent_to("zero@example.com") == [lesson.slug for lesson in COURSE.lessons]
+
+
+def test_a_late_run_on_a_day_off_waits_for_the_next_send_day(harness: Harness) -> None:
+    weekdays = replace(COURSE, settings=replace(COURSE.settings, send_days=frozenset(range(5))))
+    mailer = replace(harness.mailer, course=weekdays, renderer=Renderer(weekdays, TEMPLATES))
+    friday = datetime(2026, 3, 5, 22, 30, tzinfo=UTC)  # 07:30 Tokyo, Friday 6 March
+    harness.subscribe("off@example.com", now=friday - timedelta(days=1))
+    assert send_due(harness.sessions, mailer, now=friday - timedelta(days=1)).sent == 1
+    # Lesson 2 was due Friday 07:30; cron was down until Saturday 10:00 Tokyo.
+    saturday = datetime(2026, 3, 7, 1, 0, tzinfo=UTC)
+    late = send_due(harness.sessions, mailer, now=saturday)
+    assert late.sent == 0
+    monday_0700 = datetime(2026, 3, 8, 22, 0, tzinfo=UTC)  # quiet hours end 07:00 Tokyo
+    assert send_due(harness.sessions, mailer, now=monday_0700 - timedelta(minutes=1)).sent == 0
+    assert send_due(harness.sessions, mailer, now=monday_0700).sent == 1
+    assert harness.lessons_sent_to("off@example.com") == ["welcome", "rethink"]

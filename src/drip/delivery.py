@@ -41,6 +41,7 @@ LEASE = timedelta(minutes=15)
 MAX_ATTEMPTS = 8
 BASE_RETRY_DELAY = timedelta(minutes=1)
 MAX_RETRY_DELAY = timedelta(hours=6)
+MAX_RETRY_AFTER = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -158,10 +159,14 @@ class SendReport:
 
 
 def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
-    """Exponential back-off from BASE_RETRY_DELAY, capped, never shorter than Retry-After."""
-    delay: timedelta = min(BASE_RETRY_DELAY * 2 ** max(attempts - 1, 0), MAX_RETRY_DELAY)
-    if retry_after is not None:
-        delay = max(delay, timedelta(seconds=retry_after))
+    """Exponential back-off from BASE_RETRY_DELAY (1, 2, 4 ... minutes for attempts 1, 2, 3 ...),
+    capped at MAX_RETRY_DELAY, never shorter than the provider's Retry-After — which is itself
+    clamped to MAX_RETRY_AFTER (an absurd or infinite answer must not break recording)."""
+    delay: timedelta = BASE_RETRY_DELAY * 2 ** min(max(attempts - 1, 0), 20)
+    delay = min(delay, MAX_RETRY_DELAY)
+    if retry_after is not None and retry_after == retry_after:  # NaN compares unequal
+        asked = min(max(retry_after, 0.0), MAX_RETRY_AFTER.total_seconds())
+        delay = max(delay, timedelta(seconds=asked))
     return delay
 
 
