@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests.support import ROOT, TEMPLATES
 
 from drip.check import Problem, check_course
 from drip.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = ROOT / "templates" / "email"
 
 SOURCE = """はじめに。ようこそ。
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support import ROOT
 
 from drip.course import load_course, parse_course_settings, split_front_matter
 from drip.errors import CourseError
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE: dict[str, Any] = {
     "id": "c",
     "title": "t",

@@ -8,8 +8,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from tests.support import COURSE, TEMPLATES
 
-from drip.course import Course, Lesson, load_course, split_front_matter
+from drip.course import Course, Lesson, split_front_matter
 from drip.errors import DripError
 from drip.render import (
     SLOT_OPEN,
@@ -20,9 +21,6 @@ from drip.render import (
     time_greeting,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-COURSE_DIR = ROOT / "course"
-TEMPLATES = ROOT / "templates" / "email"
 BASE = "https://drip.example.com"
 NAMED = Recipient(
     email="yamada@example.com",
@@ -99,7 +97,7 @@ def parse_html(html: str) -> StrictTags:
 
 @pytest.fixture(scope="module")
 def course() -> Course:
-    return load_course(COURSE_DIR)
+    return COURSE
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +109,7 @@ def lesson_ids(lesson: Lesson) -> str:
     return lesson.slug
 
 
-COMMITTED = load_course(COURSE_DIR).lessons
+COMMITTED = COURSE.lessons
 
 
 @pytest.mark.parametrize("lesson", COMMITTED, ids=lesson_ids)
