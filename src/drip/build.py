@@ -34,9 +34,11 @@ class Section:
 
 @dataclass(frozen=True)
 class BuildReport:
+    """What `build_course` did: lesson files written, lesson files already up to date, and
+    whether it created `course.toml`."""
+
     written: tuple[Path, ...]
     unchanged: tuple[Path, ...]
-    kept_front_matter: tuple[Path, ...]
     course_toml_written: bool
 
 
@@ -134,13 +136,12 @@ def build_course(source: Path, course_dir: Path, *, force: bool = False) -> Buil
     title = article_title(markdown) or source.stem
     plans: list[tuple[Path, str]] = []
     paths: list[Path] = []
-    conflicts, unchanged, kept = [], [], []
+    conflicts, unchanged = [], []
     for position, section in enumerate(sections, start=1):
         old = existing.get(position)
         if old is not None:
             front = dict(old.front_matter)
             path = old.path
-            kept.append(path)
         else:
             front = {
                 "subject": section.heading or title,
@@ -173,7 +174,6 @@ def build_course(source: Path, course_dir: Path, *, force: bool = False) -> Buil
     return BuildReport(
         written=tuple(path for path, _ in plans),
         unchanged=tuple(unchanged),
-        kept_front_matter=tuple(kept),
         course_toml_written=wrote_toml,
     )
 

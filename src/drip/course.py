@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,6 @@ class Course:
     settings: CourseSettings
     lessons: tuple[Lesson, ...]
     directory: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:

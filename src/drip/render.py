@@ -236,10 +236,6 @@ class Renderer:
         self._lessons: dict[Lesson, _Compiled] = {}
         self._confirmation: _Compiled | None = None
 
-    def template_variables(self) -> dict[str, tuple[str, ...]]:
-        """The variables each email kind's templates receive, for `drip course check`."""
-        return dict(TEMPLATE_VARIABLES)
-
     # --- per recipient -------------------------------------------------------------------------
 
     def lesson(self, lesson: Lesson, recipient: Recipient, *, fill: bool = True) -> RenderedEmail:
