@@ -9,10 +9,16 @@ from __future__ import annotations
 import difflib
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
+import jinja2
+from jinja2 import meta
 from markdown_it.token import Token
+from markupsafe import Markup
 
 from drip.addresses import InvalidAddressError, normalize_email
 from drip.course import (
@@ -24,7 +30,19 @@ from drip.course import (
     read_lesson_files,
 )
 from drip.errors import CourseError
-from drip.markup import parse
+from drip.markup import convert, parse
+from drip.render import (
+    CONFIRMATION_TEMPLATES,
+    LAYOUTS,
+    LESSON_TEMPLATES,
+    REQUIRED_TEMPLATES,
+    CourseContext,
+    LessonContext,
+    describe_template_error,
+    make_environment,
+    template_error_location,
+    time_greeting,
+)
 
 SUBJECT_WARN_WIDTH = 44
 """Display columns (a full-width character counts 2) a phone inbox shows on one line, roughly."""
@@ -34,16 +52,28 @@ MAX_DELAY_DAYS = 365
 SENTENCE_ENDINGS = tuple("。．.!！?？」』）)…】〕”’♪")
 
 
+Severity = Literal["error", "warning"]
+
+
 @dataclass(frozen=True)
 class Problem:
+    """One finding: the file and 1-based line it is about, and what is wrong there.
+
+    `error` problems make `drip course check` exit 1; warnings (`error=False`) are only shown.
+    """
+
     path: Path
     line: int
     message: str
     error: bool = True
 
+    @property
+    def severity(self) -> Severity:
+        return "error" if self.error else "warning"
+
     def __str__(self) -> str:
-        kind = "error" if self.error else "warning"
-        return f"{self.path}:{self.line}: {kind}: {self.message}"
+        """The line `drip course check` prints: FILE:LINE: error|warning: message."""
+        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -315,20 +345,175 @@ def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
     for number, file in enumerate(ordered, start=1):
         problems.extend(check_lesson_file(file, number))
     problems.extend(check_coverage(settings, course_dir, ordered))
-    problems.extend(check_rendering(course_dir, templates_dir))
+    problems.extend(check_templates(templates_dir))
     return sorted(problems, key=lambda p: (not p.error, str(p.path), p.line))
 
 
-def check_rendering(course_dir: Path, templates_dir: Path) -> list[Problem]:
-    """Template problems (syntax, undefined variables, no unsubscribe link) from the renderer."""
-    from drip.render import check_templates  # rendering depends on jinja2; keep check importable
+# --- the email templates ------------------------------------------------------------------------
 
-    problems = []
-    for text in check_templates(templates_dir):
-        location, _, message = text.partition(": ")
-        path, _, line = location.rpartition(":")
-        if path and line.isdigit():
-            problems.append(Problem(Path(path), int(line), message))
-        else:
-            problems.append(Problem(templates_dir, 1, text))
-    return problems
+SAMPLE_BODY = """## 見出し
+
+本文の段落です。
+
+- 項目
+  - 入れ子の項目
+
+| 方法 | 特徴 |
+|---|---|
+| A | 一行目<br>二行目 |
+"""
+
+
+def check_templates(templates_dir: Path) -> list[Problem]:
+    """Problems with the email templates, in the order found, each once (empty when fine).
+
+    Reports: missing required templates, syntax errors, undefined variables (each template is
+    rendered with sample data under StrictUndefined, as the renderer does), a layout that never
+    uses `unsubscribe_url`, and rendered emails without the unsubscribe link.
+    """
+    if not templates_dir.is_dir():
+        message = f"{templates_dir}: templates directory not found; set DRIP_TEMPLATES_DIR"
+        return [Problem(templates_dir, 1, message)]
+    env = make_environment(templates_dir)
+    unparsable = _syntax_errors(env, templates_dir)
+    missing = _missing_templates(templates_dir)
+    broken = unparsable.keys() | missing.keys()
+    problems = [
+        *unparsable.values(),
+        *missing.values(),
+        *_layouts_without_unsubscribe(env, templates_dir, broken),
+        *_sample_render_problems(env, templates_dir, broken),
+    ]
+    return list(dict.fromkeys(problems))
+
+
+def _syntax_errors(env: jinja2.Environment, templates_dir: Path) -> dict[str, Problem]:
+    """Every `*.j2` under `templates_dir` that does not parse, by template name."""
+    found = {}
+    for path in sorted(templates_dir.rglob("*.j2")):
+        name = path.relative_to(templates_dir).as_posix()
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            found[name] = Problem(templates_dir / name, exc.lineno, describe_template_error(exc))
+    return found
+
+
+def _missing_templates(templates_dir: Path) -> dict[str, Problem]:
+    # The message repeats the file after the directory: `drip course check` has always printed
+    # these as "DIR:1: error: DIR/NAME: missing; ...".
+    return {
+        name: Problem(
+            templates_dir, 1, f"{templates_dir / name}: missing; every course needs {name}"
+        )
+        for name in REQUIRED_TEMPLATES
+        if not (templates_dir / name).is_file()
+    }
+
+
+def _layouts_without_unsubscribe(
+    env: jinja2.Environment, templates_dir: Path, broken: AbstractSet[str]
+) -> Iterator[Problem]:
+    for layout in LAYOUTS:
+        if layout in broken:
+            continue
+        try:
+            used = _referenced_variables(env, layout, set())
+        except jinja2.TemplateError:
+            continue  # reported by the syntax pass or the render pass
+        if "unsubscribe_url" not in used:
+            yield Problem(
+                templates_dir / layout,
+                1,
+                "the layout never uses unsubscribe_url; every email must show a visible"
+                " unsubscribe link (配信停止)",
+            )
+
+
+def _referenced_variables(env: jinja2.Environment, name: str, seen: set[str]) -> set[str]:
+    """Variables used by template `name` and by every template it extends, includes or imports."""
+    if name in seen:
+        return set()
+    seen.add(name)
+    assert env.loader is not None
+    source = env.loader.get_source(env, name)[0]
+    ast = env.parse(source)
+    found = set(meta.find_undeclared_variables(ast))
+    for child in meta.find_referenced_templates(ast):
+        if child is not None:
+            found |= _referenced_variables(env, child, seen)
+    return found
+
+
+def _sample_render_problems(
+    env: jinja2.Environment, templates_dir: Path, broken: AbstractSet[str]
+) -> Iterator[Problem]:
+    """Render every lesson and confirmation template that parses with each sample context."""
+    for kind, context in _sample_contexts():
+        names = LESSON_TEMPLATES if kind == "lesson" else CONFIRMATION_TEMPLATES
+        for name in names:
+            if name not in broken:
+                yield from _sample_render_problem(env, templates_dir, name, context)
+
+
+def _sample_render_problem(
+    env: jinja2.Environment, templates_dir: Path, name: str, context: dict[str, Any]
+) -> Iterator[Problem]:
+    try:
+        rendered = env.get_template(name).render(context)
+    except Exception as exc:  # any failure is a finding, not a crash of `course check`
+        file, line = template_error_location(exc, templates_dir, name)
+        yield Problem(Path(file), line, describe_template_error(exc))
+        return
+    if context["unsubscribe_url"] not in rendered:
+        yield Problem(
+            templates_dir / name,
+            1,
+            "the rendered email has no unsubscribe link ({{ unsubscribe_url }}, 配信停止)",
+        )
+
+
+def _sample_contexts() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(template kind, context) pairs covering both name variants and first/middle/last lessons."""
+    converted = convert(SAMPLE_BODY)
+    course = CourseContext(id="sample", title="サンプル講座", sender_name="サンプル講座事務局")
+    urls = {
+        "unsubscribe_url": "https://example.com/u/SAMPLE-TOKEN",
+        "manage_url": "https://example.com/m/SAMPLE-TOKEN",
+    }
+    for name in ("山田 太郎", None):
+        for number in (1, 2, 3):
+            lesson = LessonContext(
+                number=number,
+                total=3,
+                slug="sample",
+                subject="件名",
+                preheader="プレヘッダー",
+                is_first=number == 1,
+                is_last=number == 3,
+            )
+            yield (
+                "lesson",
+                {
+                    "course": course,
+                    "lesson": lesson,
+                    "subject": "件名",
+                    "preheader": "プレヘッダー",
+                    "body_html": Markup(converted.html),
+                    "body_text": converted.text,
+                    "time_greeting": time_greeting(7),
+                    "name": name,
+                    **urls,
+                },
+            )
+        yield (
+            "confirmation",
+            {
+                "course": course,
+                "name": name,
+                "confirm_url": "https://example.com/c/SAMPLE-TOKEN",
+                "subject": "件名",
+                "preheader": "プレヘッダー",
+                **urls,
+            },
+        )
