@@ -7,7 +7,6 @@ exits 1 when any is an error (warnings alone exit 0).
 from __future__ import annotations
 
 import difflib
-import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
@@ -22,9 +21,9 @@ from markupsafe import Markup
 
 from drip.addresses import InvalidAddressError, normalize_email
 from drip.course import (
-    FRONT_MATTER_KEYS,
     CourseSettings,
     LessonFile,
+    front_matter_issues,
     parse_course_settings,
     read_course_toml,
     read_lesson_files,
@@ -44,11 +43,6 @@ from drip.render import (
     time_greeting,
 )
 
-SUBJECT_WARN_WIDTH = 44
-"""Display columns (a full-width character counts 2) a phone inbox shows on one line, roughly."""
-SUBJECT_MAX_WIDTH = 60
-PREHEADER_MAX_WIDTH = 200
-MAX_DELAY_DAYS = 365
 SENTENCE_ENDINGS = tuple("。．.!！?？」』）)…】〕”’♪")
 
 
@@ -130,10 +124,6 @@ def _line(token: Token) -> int:
     return token.map[0] + 1 if token.map else 1
 
 
-def display_width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
 def ends_mid_sentence(block: Block) -> bool:
     """True when a paragraph or list item does not end like a finished sentence."""
     if block.kind not in ("paragraph", "item"):
@@ -150,80 +140,35 @@ def _key_line(file: LessonFile, key: str) -> int:
 
 def check_lesson_file(file: LessonFile, number: int) -> list[Problem]:
     """Front matter and body problems of one lesson file. `number` is its position in the course."""
-    problems: list[Problem] = []
-    front = file.front_matter
+    problems = [
+        Problem(
+            file.path,
+            1 if issue.key is None else _key_line(file, issue.key),
+            issue.message,
+            issue.error,
+        )
+        for issue in front_matter_issues(file.front_matter, number)
+    ]
+    return problems + _body_problems(file)
 
-    def problem(key: str, message: str, error: bool = True) -> None:
-        problems.append(Problem(file.path, _key_line(file, key), message, error))
 
-    if not front:
-        problems.append(Problem(file.path, 1, "no front matter; start the file with '---'"))
-    for key in front:
-        if key not in FRONT_MATTER_KEYS:
-            problem(
-                key, f"unknown front-matter key '{key}' (known: {', '.join(FRONT_MATTER_KEYS)})"
-            )
-    for key in FRONT_MATTER_KEYS:
-        if front and key not in front:
-            problems.append(Problem(file.path, 1, f"front matter is missing '{key}'"))
-    subject = front.get("subject")
-    if "subject" in front and (not isinstance(subject, str) or not subject.strip()):
-        problem("subject", "'subject' must be non-empty text")
-    elif isinstance(subject, str):
-        width = display_width(subject.strip())
-        if width > SUBJECT_MAX_WIDTH:
-            problem(
-                "subject",
-                f"subject is {width} columns wide (full-width characters count 2); at most"
-                f" {SUBJECT_MAX_WIDTH} fit a phone inbox: shorten it",
-            )
-        elif width > SUBJECT_WARN_WIDTH:
-            problem(
-                "subject",
-                f"subject is {width} columns wide; phones cut it after about {SUBJECT_WARN_WIDTH}",
-                error=False,
-            )
-    preheader = front.get("preheader")
-    if "preheader" in front and not isinstance(preheader, str):
-        problem("preheader", "'preheader' must be text")
-    elif isinstance(preheader, str):
-        if not preheader.strip():
-            problem(
-                "preheader",
-                "preheader is empty; inboxes will show the body's first words",
-                error=False,
-            )
-        elif display_width(preheader) > PREHEADER_MAX_WIDTH:
-            problem("preheader", f"preheader is longer than {PREHEADER_MAX_WIDTH} columns")
-    delay = front.get("delay_days")
-    if "delay_days" in front:
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-            problem(
-                "delay_days", f"delay_days must be a whole number of days, 0 or more, not {delay!r}"
-            )
-        elif delay > MAX_DELAY_DAYS:
-            problem("delay_days", f"delay_days {delay} is more than a year; is that a typo?")
-        elif number == 1 and delay != 0:
-            problem("delay_days", "the first lesson goes out at confirmation: set delay_days: 0")
+def _body_problems(file: LessonFile) -> list[Problem]:
+    """The lesson has text, and its last block is a finished sentence (not a heading)."""
     blocks = markdown_blocks(file.body)
     if not blocks:
-        problems.append(Problem(file.path, file.body_line, "the lesson has no text"))
-    else:
-        last = blocks[-1]
-        line = file.body_line + last.line - 1
-        if last.kind in ("h1", "h2", "h3", "h4", "h5", "h6"):
-            problems.append(Problem(file.path, line, "the lesson ends with a heading"))
-        elif ends_mid_sentence(last):
-            problems.append(
-                Problem(
-                    file.path,
-                    line,
-                    f"the lesson ends mid-sentence (…{last.text[-20:]}); no reader may get a broken"
-                    " sentence: finish it, or cut the unfinished part (and list it under 'omit'"
-                    " in course.toml)",
-                )
-            )
-    return problems
+        return [Problem(file.path, file.body_line, "the lesson has no text")]
+    last = blocks[-1]
+    line = file.body_line + last.line - 1
+    if last.kind in ("h1", "h2", "h3", "h4", "h5", "h6"):
+        return [Problem(file.path, line, "the lesson ends with a heading")]
+    if ends_mid_sentence(last):
+        message = (
+            f"the lesson ends mid-sentence (…{last.text[-20:]}); no reader may get a broken"
+            " sentence: finish it, or cut the unfinished part (and list it under 'omit'"
+            " in course.toml)"
+        )
+        return [Problem(file.path, line, message)]
+    return []
 
 
 def check_coverage(

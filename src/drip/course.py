@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
@@ -21,6 +23,11 @@ from drip.errors import CourseError
 
 LESSON_FILE_RE = re.compile(r"^(?P<position>\d{2,3})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
 FRONT_MATTER_KEYS = ("subject", "preheader", "delay_days")
+SUBJECT_WARN_WIDTH = 44
+"""Display columns (a full-width character counts 2) a phone inbox shows on one line, roughly."""
+SUBJECT_MAX_WIDTH = 60
+PREHEADER_MAX_WIDTH = 200
+MAX_DELAY_DAYS = 365
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -250,20 +257,132 @@ def read_course_toml(course_dir: Path) -> dict[str, Any]:
         raise CourseError(f"{path}: not valid TOML: {exc}") from exc
 
 
+# --- front matter ---------------------------------------------------------------------------------
+# The rules for a lesson's front matter, in one place: `lesson_from_file` refuses what cannot be
+# sent, `front_matter_issues` lists everything `drip course check` reports.
+
+
+def is_subject(value: object) -> TypeGuard[str]:
+    """A usable `subject`: text that is not blank."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def is_preheader(value: object) -> TypeGuard[str]:
+    """A usable `preheader`: any text (blank means "inboxes show the body's first words")."""
+    return isinstance(value, str)
+
+
+def is_delay_days(value: object) -> TypeGuard[int]:
+    """A usable `delay_days`: a whole number of days, 0 or more (YAML `true` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def display_width(text: str) -> int:
+    """Columns `text` takes in an inbox list: a full-width (East Asian wide) character counts 2."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+@dataclass(frozen=True)
+class FrontMatterIssue:
+    """Something wrong with a lesson's front matter. `key` is the key it is about, or None for
+    the front matter as a whole; `error=False` marks a warning."""
+
+    key: str | None
+    message: str
+    error: bool = True
+
+
+def front_matter_issues(front: Mapping[str, Any], number: int) -> list[FrontMatterIssue]:
+    """Every problem of one lesson's front matter; `number` is the lesson's position (1-based)."""
+    return [
+        *_key_issues(front),
+        *_subject_issues(front),
+        *_preheader_issues(front),
+        *_delay_issues(front, number),
+    ]
+
+
+def _key_issues(front: Mapping[str, Any]) -> list[FrontMatterIssue]:
+    if not front:
+        return [FrontMatterIssue(None, "no front matter; start the file with '---'")]
+    known = ", ".join(FRONT_MATTER_KEYS)
+    unknown = [
+        FrontMatterIssue(str(key), f"unknown front-matter key '{key}' (known: {known})")
+        for key in front
+        if key not in FRONT_MATTER_KEYS
+    ]
+    missing = [
+        FrontMatterIssue(None, f"front matter is missing '{key}'")
+        for key in FRONT_MATTER_KEYS
+        if key not in front
+    ]
+    return unknown + missing
+
+
+def _subject_issues(front: Mapping[str, Any]) -> list[FrontMatterIssue]:
+    subject = front.get("subject")
+    if "subject" in front and not is_subject(subject):
+        return [FrontMatterIssue("subject", "'subject' must be non-empty text")]
+    if not isinstance(subject, str):
+        return []
+    width = display_width(subject.strip())
+    if width > SUBJECT_MAX_WIDTH:
+        message = (
+            f"subject is {width} columns wide (full-width characters count 2); at most"
+            f" {SUBJECT_MAX_WIDTH} fit a phone inbox: shorten it"
+        )
+        return [FrontMatterIssue("subject", message)]
+    if width > SUBJECT_WARN_WIDTH:
+        message = f"subject is {width} columns wide; phones cut it after about {SUBJECT_WARN_WIDTH}"
+        return [FrontMatterIssue("subject", message, error=False)]
+    return []
+
+
+def _preheader_issues(front: Mapping[str, Any]) -> list[FrontMatterIssue]:
+    preheader = front.get("preheader")
+    if "preheader" in front and not is_preheader(preheader):
+        return [FrontMatterIssue("preheader", "'preheader' must be text")]
+    if not isinstance(preheader, str):
+        return []
+    if not preheader.strip():
+        message = "preheader is empty; inboxes will show the body's first words"
+        return [FrontMatterIssue("preheader", message, error=False)]
+    if display_width(preheader) > PREHEADER_MAX_WIDTH:
+        message = f"preheader is longer than {PREHEADER_MAX_WIDTH} columns"
+        return [FrontMatterIssue("preheader", message)]
+    return []
+
+
+def _delay_issues(front: Mapping[str, Any], number: int) -> list[FrontMatterIssue]:
+    if "delay_days" not in front:
+        return []
+    delay = front["delay_days"]
+    if not is_delay_days(delay):
+        message = f"delay_days must be a whole number of days, 0 or more, not {delay!r}"
+    elif delay > MAX_DELAY_DAYS:
+        message = f"delay_days {delay} is more than a year; is that a typo?"
+    elif number == 1 and delay != 0:
+        message = "the first lesson goes out at confirmation: set delay_days: 0"
+    else:
+        return []
+    return [FrontMatterIssue("delay_days", message)]
+
+
 def lesson_from_file(file: LessonFile, number: int) -> Lesson:
     """Turn a lesson file into a `Lesson`; raises `CourseError` when front matter is unusable.
 
-    `drip course check` reports the finer problems; this only refuses what cannot be sent.
+    `drip course check` reports the finer problems (`front_matter_issues`); this only refuses
+    what cannot be sent.
     """
     front = file.front_matter
     subject = front.get("subject")
     preheader = front.get("preheader", "")
     delay = front.get("delay_days")
-    if not isinstance(subject, str) or not subject.strip():
+    if not is_subject(subject):
         raise CourseError(f"{file.path}:2: 'subject' is missing or empty")
-    if not isinstance(preheader, str):
+    if not is_preheader(preheader):
         raise CourseError(f"{file.path}:2: 'preheader' must be text")
-    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+    if not is_delay_days(delay):
         raise CourseError(f"{file.path}:2: 'delay_days' must be a whole number of days, 0 or more")
     return Lesson(
         slug=file.slug,
