@@ -30,6 +30,7 @@ import css_inline
 import jinja2
 from markupsafe import Markup, escape
 
+from drip.addresses import clean_name
 from drip.course import Course, Lesson
 from drip.errors import DripError
 from drip.markup import convert
@@ -274,7 +275,7 @@ class Renderer:
         bulk: bool = False,
         fill: bool = True,
     ) -> RenderedEmail:
-        name = _clean_name(recipient.name)
+        name = clean_name(recipient.name, max_length=None)
         unsubscribe_url = _check_url("unsubscribe_url", recipient.unsubscribe_url)
         values = {
             "name": name or "",
@@ -402,18 +403,6 @@ class Renderer:
                 " a filter; print it as it is, e.g. {{ name }}"
             )
         return template
-
-
-def _clean_name(name: str | None) -> str | None:
-    """Drop control and private-use characters (which are also our slot markers); None if empty."""
-    if name is None:
-        return None
-    cleaned = " ".join(
-        "".join(
-            ch if ch.isprintable() and not "\ue000" <= ch <= "\uf8ff" else " " for ch in name
-        ).split()
-    )
-    return cleaned or None
 
 
 def _check_url(field: str, url: str) -> str:
