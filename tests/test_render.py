@@ -17,6 +17,7 @@ from drip.render import (
     Recipient,
     Renderer,
     RenderError,
+    list_unsubscribe_headers,
     time_greeting,
 )
 
@@ -221,6 +222,7 @@ def test_confirmation_email(renderer: Renderer) -> None:
     assert f"{confirm}\n" in email.text
     assert "山田 太郎さん、" in email.text and "山田 太郎さん、" in email.html
     assert email.headers["List-Unsubscribe"] == f"<{NAMED.unsubscribe_url}>"
+    assert email.headers == list_unsubscribe_headers(NAMED.unsubscribe_url)
     nameless = renderer.confirmation(NAMELESS, confirm)
     assert nameless.text.startswith("『40代からの人脈革命』へのご登録ありがとうございます。")
 
@@ -234,6 +236,13 @@ def test_unusable_urls_are_refused(renderer: Renderer, course: Course, url: str)
         renderer.lesson(course.lessons[0], bad)
     with pytest.raises(RenderError, match="confirm_url"):
         renderer.confirmation(NAMED, url)
+
+
+def test_list_unsubscribe_headers_offer_one_click_unsubscribe() -> None:
+    assert list_unsubscribe_headers("https://e.com/u/T") == {
+        "List-Unsubscribe": "<https://e.com/u/T>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
 
 
 def test_time_greeting_follows_the_send_hour() -> None:

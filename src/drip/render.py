@@ -90,7 +90,7 @@ class Recipient:
 
 @dataclass(frozen=True)
 class RenderedEmail:
-    """One rendered email. `headers` holds List-Unsubscribe and List-Unsubscribe-Post."""
+    """One rendered email. `headers` are `list_unsubscribe_headers(unsubscribe_url)`."""
 
     subject: str
     preheader: str
@@ -156,6 +156,15 @@ class _Compiled:
 def slot(name: str) -> str:
     """The marker that stands for the per-recipient value `name` during the per-lesson render."""
     return f"{SLOT_OPEN}{name}{SLOT_CLOSE}"
+
+
+def list_unsubscribe_headers(unsubscribe_url: str) -> dict[str, str]:
+    """The List-Unsubscribe (RFC 2369) and one-click List-Unsubscribe-Post (RFC 8058) headers of
+    an email whose unsubscribe link is `unsubscribe_url`, which is used as it is."""
+    return {
+        "List-Unsubscribe": f"<{unsubscribe_url}>",
+        "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
+    }
 
 
 def make_environment(templates_dir: Path) -> jinja2.Environment:
@@ -295,10 +304,7 @@ class Renderer:
             preheader=compiled.preheader,
             html=html_text,
             text=plain_text,
-            headers={
-                "List-Unsubscribe": f"<{unsubscribe_url}>",
-                "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
-            },
+            headers=list_unsubscribe_headers(unsubscribe_url),
             bulk=BulkParts(html.parts, text.parts, values) if bulk else None,
         )
 
