@@ -1,4 +1,4 @@
-"""`drip course check`: every problem in a course that would reach a reader, with file and line.
+"""`drip course check`: every problem in a course that would reach a subscriber, with file and line.
 
 Pure apart from reading the course and template files. Returns `Problem`s; the CLI prints them and
 exits 1 when any is an error (warnings alone exit 0).
@@ -72,7 +72,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class Block:
-    """A unit of text the reader sees: a heading, a paragraph, a list item or a table row."""
+    """A unit of text the subscriber sees: a heading, a paragraph, a list item or a table row."""
 
     kind: str
     text: str

@@ -98,7 +98,7 @@ class RenderedEmail:
     text: str
     headers: dict[str, str]
     bulk: BulkParts | None = field(default=None, compare=False, repr=False)
-    """The shared parts and this reader's values (lessons only), for bulk sending."""
+    """The shared parts and this subscriber's values (lessons only), for bulk sending."""
 
 
 @dataclass(frozen=True)
@@ -258,8 +258,8 @@ class Renderer:
         """The email for `lesson` addressed to `recipient`; cheap after the lesson's first call.
 
         With `fill=False` the html and text are left empty and only `bulk` (the shared parts and
-        this reader's checked values) is set: for a transport that fills them itself
-        (`drip.bulk.fill_parts`), so a reader sent in bulk costs no per-reader HTML.
+        this subscriber's checked values) is set: for a transport that fills them itself
+        (`drip.bulk.fill_parts`), so a subscriber sent in bulk costs no per-subscriber HTML.
         """
         compiled = self._lessons.get(lesson)
         if compiled is None:
