@@ -196,43 +196,49 @@ def check_coverage(
     actual: list[tuple[LessonFile, Block]] = [
         (file, block) for file in files for block in markdown_blocks(file.body)
     ]
+    problems.extend(_coverage_differences(source_path, source_blocks, expected, actual))
+    return problems
+
+
+def _coverage_differences(
+    source_path: Path,
+    source_blocks: list[Block],
+    expected: list[Block],
+    actual: list[tuple[LessonFile, Block]],
+) -> list[Problem]:
+    """Where the lessons' blocks (`actual`) differ from the source blocks they should be."""
     source_texts = Counter(block.text for block in source_blocks)
     matcher = difflib.SequenceMatcher(
         a=[block.text for block in expected], b=[block.text for _, block in actual], autojunk=False
     )
+    problems: list[Problem] = []
     for tag, a0, a1, b0, b1 in matcher.get_opcodes():
         if tag in ("delete", "replace"):
-            for block in expected[a0:a1]:
-                problems.append(
-                    Problem(
-                        source_path,
-                        block.line,
-                        f"this source text is in no lesson, or out of order: {block.text[:40]}…"
-                        " (add it back, or list it under 'omit' in course.toml)",
-                    )
+            problems.extend(
+                Problem(
+                    source_path,
+                    block.line,
+                    f"this source text is in no lesson, or out of order: {block.text[:40]}…"
+                    " (add it back, or list it under 'omit' in course.toml)",
                 )
+                for block in expected[a0:a1]
+            )
         if tag in ("insert", "replace"):
-            for file, block in actual[b0:b1]:
-                line = file.body_line + block.line - 1
-                if source_texts[block.text]:
-                    problems.append(
-                        Problem(
-                            file.path,
-                            line,
-                            "this text is repeated or out of the source's order:"
-                            f" {block.text[:40]}…",
-                        )
-                    )
-                else:
-                    problems.append(
-                        Problem(
-                            file.path,
-                            line,
-                            f"this text is not in the source: {block.text[:40]}…",
-                            error=False,
-                        )
-                    )
+            problems.extend(
+                _foreign_text(file, block, in_source=source_texts[block.text] > 0)
+                for file, block in actual[b0:b1]
+            )
     return problems
+
+
+def _foreign_text(file: LessonFile, block: Block, *, in_source: bool) -> Problem:
+    """A lesson block where the source has none: repeated or moved (error), or new (warning)."""
+    line = file.body_line + block.line - 1
+    if in_source:
+        message = f"this text is repeated or out of the source's order: {block.text[:40]}…"
+        return Problem(file.path, line, message)
+    message = f"this text is not in the source: {block.text[:40]}…"
+    return Problem(file.path, line, message, error=False)
 
 
 def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
@@ -248,7 +254,22 @@ def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
         normalize_email(settings.sender_email)
     except InvalidAddressError as exc:
         problems.append(Problem(toml_path, 1, f"sender_email: {exc}"))
+    by_slug, clashes = _lesson_names(files)
+    problems.extend(clashes)
+    order = list(settings.lessons) or [file.slug for file in files]
+    problems.extend(_order_problems(toml_path, order, by_slug, files))
+    ordered = [by_slug[slug] for slug in dict.fromkeys(order) if slug in by_slug]
+    for number, file in enumerate(ordered, start=1):
+        problems.extend(check_lesson_file(file, number))
+    problems.extend(check_coverage(settings, course_dir, ordered))
+    problems.extend(check_templates(templates_dir))
+    return sorted(problems, key=lambda p: (not p.error, str(p.path), p.line))
+
+
+def _lesson_names(files: list[LessonFile]) -> tuple[dict[str, LessonFile], list[Problem]]:
+    """The lesson files by slug (the first of each), and files that share a slug or a number."""
     by_slug: dict[str, LessonFile] = {}
+    problems = []
     positions = Counter(file.position for file in files)
     for file in files:
         if file.slug in by_slug:
@@ -265,33 +286,33 @@ def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
             problems.append(
                 Problem(file.path, 1, f"two lesson files have number {file.position:02d}")
             )
-    order = list(settings.lessons) or [file.slug for file in files]
-    for slug, count in Counter(order).items():
-        if count > 1:
-            problems.append(Problem(toml_path, 1, f"lessons lists '{slug}' {count} times"))
-    for slug in order:
-        if slug not in by_slug:
-            problems.append(
-                Problem(
-                    toml_path, 1, f"lessons lists '{slug}' but there is no lessons/NN-{slug}.md"
-                )
-            )
-    for file in files:
-        if file.slug not in order:
-            problems.append(
-                Problem(
-                    file.path,
-                    1,
-                    f"'{file.slug}' is not in course.toml's lessons"
-                    " list: add it there or delete the file",
-                )
-            )
-    ordered = [by_slug[slug] for slug in dict.fromkeys(order) if slug in by_slug]
-    for number, file in enumerate(ordered, start=1):
-        problems.extend(check_lesson_file(file, number))
-    problems.extend(check_coverage(settings, course_dir, ordered))
-    problems.extend(check_templates(templates_dir))
-    return sorted(problems, key=lambda p: (not p.error, str(p.path), p.line))
+    return by_slug, problems
+
+
+def _order_problems(
+    toml_path: Path, order: list[str], by_slug: dict[str, LessonFile], files: list[LessonFile]
+) -> list[Problem]:
+    """course.toml's `lessons` list against the lesson files: repeats, missing and unlisted."""
+    problems = [
+        Problem(toml_path, 1, f"lessons lists '{slug}' {count} times")
+        for slug, count in Counter(order).items()
+        if count > 1
+    ]
+    problems.extend(
+        Problem(toml_path, 1, f"lessons lists '{slug}' but there is no lessons/NN-{slug}.md")
+        for slug in order
+        if slug not in by_slug
+    )
+    problems.extend(
+        Problem(
+            file.path,
+            1,
+            f"'{file.slug}' is not in course.toml's lessons list: add it there or delete the file",
+        )
+        for file in files
+        if file.slug not in order
+    )
+    return problems
 
 
 # --- the email templates ------------------------------------------------------------------------

@@ -175,52 +175,24 @@ def _parse_time(value: Any, where: str) -> time:
 
 
 def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
-    """Validate the parsed `course.toml`; raises `CourseError` naming the key at fault."""
+    """Validate the parsed `course.toml`; raises `CourseError` naming the key at fault.
 
-    def text(key: str, default: str | None = None) -> str:
-        value = data.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            raise CourseError(f"{path}: '{key}' must be a non-empty string")
-        return value.strip()
-
-    course_id = text("id")
+    Keys are checked in a fixed order (id, timezone, quiet_hours, send_days, skip_holidays,
+    lessons, omit, source, title, sender_name, sender_email, send_time); the first fault raises.
+    """
+    course_id = _text(data, "id", path)
     if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", course_id):
         raise CourseError(f"{path}: id {course_id!r} must be lowercase a-z, 0-9 and '-'")
-    timezone = text("timezone", "Asia/Tokyo")
+    timezone = _text(data, "timezone", path, "Asia/Tokyo")
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise CourseError(
             f"{path}: timezone {timezone!r} is not an IANA zone such as Asia/Tokyo"
         ) from exc
-    quiet = data.get("quiet_hours")
-    quiet_hours = None
-    if quiet is not None:
-        if not (isinstance(quiet, list) and len(quiet) == 2):
-            raise CourseError(f'{path}: quiet_hours must be ["HH:MM", "HH:MM"] (start, end)')
-        quiet_hours = (
-            _parse_time(quiet[0], f"{path}: quiet_hours"),
-            _parse_time(quiet[1], f"{path}: quiet_hours"),
-        )
-    days = data.get("send_days")
-    send_days = None
-    if days is not None:
-        if (
-            not isinstance(days, list)
-            or not days
-            or any(not isinstance(day, str) or day.lower()[:3] not in WEEKDAYS for day in days)
-        ):
-            raise CourseError(f'{path}: send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
-        send_days = frozenset(WEEKDAYS.index(day.lower()[:3]) for day in days)
-    holidays_code = data.get("skip_holidays")
-    if holidays_code is not None and (
-        not isinstance(holidays_code, str)
-        or holidays_code.upper() not in holidays.list_supported_countries()
-    ):
-        raise CourseError(
-            f"{path}: skip_holidays = {holidays_code!r} is not a country code the holidays"
-            ' library knows; use an ISO code such as "JP"'
-        )
+    quiet_hours = _quiet_hours(data.get("quiet_hours"), path)
+    send_days = _send_days(data.get("send_days"), path)
+    skip_holidays = _skip_holidays(data.get("skip_holidays"), path)
     lessons = data.get("lessons", [])
     if not isinstance(lessons, list) or any(not isinstance(slug, str) for slug in lessons):
         raise CourseError(f"{path}: 'lessons' must be a list of lesson slugs")
@@ -232,18 +204,59 @@ def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
         raise CourseError(f"{path}: 'source' must be a path relative to the course directory")
     return CourseSettings(
         id=course_id,
-        title=text("title"),
-        sender_name=text("sender_name"),
-        sender_email=text("sender_email"),
+        title=_text(data, "title", path),
+        sender_name=_text(data, "sender_name", path),
+        sender_email=_text(data, "sender_email", path),
         timezone=timezone,
         send_time=_parse_time(data.get("send_time", "07:30"), f"{path}: send_time"),
         quiet_hours=quiet_hours,
         send_days=send_days,
-        skip_holidays=holidays_code.upper() if holidays_code else None,
+        skip_holidays=skip_holidays,
         source=source,
         omit=tuple(omit),
         lessons=tuple(lessons),
     )
+
+
+def _text(data: dict[str, Any], key: str, path: Path, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise CourseError(f"{path}: '{key}' must be a non-empty string")
+    return value.strip()
+
+
+def _quiet_hours(value: Any, path: Path) -> tuple[time, time] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2):
+        raise CourseError(f'{path}: quiet_hours must be ["HH:MM", "HH:MM"] (start, end)')
+    return (
+        _parse_time(value[0], f"{path}: quiet_hours"),
+        _parse_time(value[1], f"{path}: quiet_hours"),
+    )
+
+
+def _send_days(value: Any, path: Path) -> frozenset[int] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(not isinstance(day, str) or day.lower()[:3] not in WEEKDAYS for day in value)
+    ):
+        raise CourseError(f'{path}: send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
+    return frozenset(WEEKDAYS.index(day.lower()[:3]) for day in value)
+
+
+def _skip_holidays(value: Any, path: Path) -> str | None:
+    if value is not None and (
+        not isinstance(value, str) or value.upper() not in holidays.list_supported_countries()
+    ):
+        raise CourseError(
+            f"{path}: skip_holidays = {value!r} is not a country code the holidays"
+            ' library knows; use an ISO code such as "JP"'
+        )
+    return value.upper() if value else None
 
 
 def read_course_toml(course_dir: Path) -> dict[str, Any]:
