@@ -3,14 +3,11 @@ exactly once, in order, across the committed lessons, except the unfinished tail
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from tests.support import COURSE, ROOT
 
 from drip.check import markdown_blocks
-from drip.course import load_course
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTICLE_TXT = ROOT / "course" / "source" / "article.txt"
 SHARED_ARTICLE = ROOT.parent / "shared" / "article.txt"
 UNFINISHED_TAIL = ["即効性を求めず、長期的な視点で関係を育む", "人脈構築は、"]
@@ -31,8 +28,7 @@ def source_units() -> list[str]:
 
 
 def lesson_units() -> list[str]:
-    course = load_course(ROOT / "course")
-    return [block.text for lesson in course.lessons for block in markdown_blocks(lesson.body)]
+    return [block.text for lesson in COURSE.lessons for block in markdown_blocks(lesson.body)]
 
 
 def test_committed_copy_matches_the_shared_article() -> None:
@@ -62,7 +58,6 @@ def test_headings_and_nesting_of_the_markdown() -> None:
 
 
 def test_course_has_eight_lessons_over_about_two_weeks() -> None:
-    course = load_course(ROOT / "course")
-    assert len(course.lessons) == 8
-    assert course.lessons[0].delay_days == 0
-    assert 10 <= sum(lesson.delay_days for lesson in course.lessons) <= 16
+    assert len(COURSE.lessons) == 8
+    assert COURSE.lessons[0].delay_days == 0
+    assert 10 <= sum(lesson.delay_days for lesson in COURSE.lessons) <= 16

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests.support import ROOT
 
 from drip.build import build_course, first_sentence, split_sections
 from drip.cli import main
 from drip.course import load_course, read_lesson_files
 from drip.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTICLE = ROOT / "course" / "source" / "article.md"
 
 SMALL = """# 小さな講座

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests.support import ROOT, TEMPLATES
 
-from drip.check import Problem, check_course
+from drip.check import Problem, check_course, check_templates
 from drip.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = ROOT / "templates" / "email"
 
 SOURCE = """はじめに。ようこそ。
 
@@ -192,3 +190,98 @@ def test_warning_only_exits_zero_and_errors_exit_one(tmp_path: Path) -> None:
     bad = runner.invoke(main, ["course", "check", str(course)], env=env)
     assert bad.exit_code == 1
     assert "02-first.md:4: error:" in bad.output
+
+
+# --- check_templates ---------------------------------------------------------------------------
+
+MINIMAL = {
+    "layout.html.j2": (
+        "<html><body>{% block content %}{% endblock %}"
+        '<a href="{{ unsubscribe_url }}">配信停止</a></body></html>\n'
+    ),
+    "layout.txt.j2": "{% block content %}{% endblock %}\n配信停止 {{ unsubscribe_url }}\n",
+    "lesson.html.j2": '{% extends "layout.html.j2" %}{% block content %}{{ body_html }}'
+    "{% endblock %}",
+    "lesson.txt.j2": '{% extends "layout.txt.j2" %}{% block content %}{{ body_text }}'
+    "{% endblock %}",
+    "confirmation.html.j2": '{% extends "layout.html.j2" %}{% block content %}'
+    '<a href="{{ confirm_url }}">確認</a>{% endblock %}',
+    "confirmation.txt.j2": '{% set subject = "確認" %}{% set preheader = "" %}'
+    '{% extends "layout.txt.j2" %}{% block content %}{{ confirm_url }}{% endblock %}',
+}
+
+
+def write_templates(tmp_path: Path, **changes: str) -> Path:
+    target = tmp_path / "minimal"
+    target.mkdir()
+    for name, text in MINIMAL.items():
+        text = changes.get(name.replace(".", "_"), text)
+        (target / name).write_text(text, encoding="utf-8")
+    return target
+
+
+def located(problem: Problem) -> str:
+    """FILE:LINE: message, as the template problems read before they were values."""
+    return f"{problem.path}:{problem.line}: {problem.message}"
+
+
+def test_committed_and_minimal_templates_are_clean(tmp_path: Path) -> None:
+    assert check_templates(TEMPLATES) == []
+    assert check_templates(write_templates(tmp_path)) == []
+
+
+def test_check_templates_reports_an_undefined_variable(tmp_path: Path) -> None:
+    templates = write_templates(
+        tmp_path,
+        lesson_txt_j2='{% extends "layout.txt.j2" %}{% block content %}\n\n'
+        "{{ body_text }} {{ lesson.colour }}{% endblock %}",
+    )
+    problems = check_templates(templates)
+    assert len(problems) == 1, problems
+    assert located(problems[0]).startswith(
+        f"{templates / 'lesson.txt.j2'}:3: undefined template variable"
+    )
+    assert "colour" in problems[0].message
+
+
+def test_template_problems_are_values_with_file_line_and_severity(tmp_path: Path) -> None:
+    templates = write_templates(
+        tmp_path,
+        lesson_txt_j2='{% extends "layout.txt.j2" %}{% block content %}\n\n'
+        "{{ body_text }} {{ lesson.colour }}{% endblock %}",
+    )
+    [problem] = check_templates(templates)
+    assert isinstance(problem, Problem)
+    assert (problem.path, problem.line, problem.severity) == (
+        templates / "lesson.txt.j2",
+        3,
+        "error",
+    )
+    assert problem.message.startswith("undefined template variable: ")
+    assert "colour" in problem.message and str(templates) not in problem.message
+    course_problems = check_course(make_course(tmp_path), templates)
+    assert course_problems == [problem]
+
+
+def test_check_templates_reports_a_layout_without_unsubscribe_link(tmp_path: Path) -> None:
+    templates = write_templates(
+        tmp_path, layout_html_j2="<html><body>{% block content %}{% endblock %}</body></html>"
+    )
+    problems = [located(problem) for problem in check_templates(templates)]
+    assert (
+        f"{templates / 'layout.html.j2'}:1: the layout never uses unsubscribe_url" in (problems[0])
+    )
+    assert any(
+        "lesson.html.j2:1: the rendered email has no unsubscribe link" in p for p in problems
+    )
+
+
+def test_check_templates_reports_syntax_errors_and_missing_files(tmp_path: Path) -> None:
+    templates = write_templates(tmp_path, confirmation_html_j2="{% if %}\n")
+    (templates / "lesson.txt.j2").unlink()
+    problems = check_templates(templates)
+    assert f"{templates / 'confirmation.html.j2'}:1: template syntax error" in located(problems[0])
+    assert any(p.message.startswith(f"{templates / 'lesson.txt.j2'}: missing") for p in problems)
+    assert check_templates(tmp_path / "nowhere")[0].message.endswith(
+        "templates directory not found; set DRIP_TEMPLATES_DIR"
+    )

@@ -7,11 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support import ROOT
 
-from drip.course import load_course, parse_course_settings, split_front_matter
+from drip.course import (
+    FrontMatterIssue,
+    LessonFile,
+    front_matter_issues,
+    lesson_from_file,
+    load_course,
+    parse_course_settings,
+    split_front_matter,
+)
 from drip.errors import CourseError
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE: dict[str, Any] = {
     "id": "c",
     "title": "t",
@@ -77,3 +85,20 @@ def test_a_listed_lesson_without_a_file_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(CourseError, match=r"no lessons/NN-welcome\.md"):
         load_course(tmp_path)
+
+
+def test_front_matter_rules_are_shared_by_loading_and_checking() -> None:
+    front = {"subject": "件名", "preheader": "", "delay_days": True, "extra": 1}
+    issues = front_matter_issues(front, 2)
+    assert [(issue.key, issue.error) for issue in issues] == [
+        ("extra", True),
+        ("preheader", False),
+        ("delay_days", True),
+    ]
+    assert issues[2].message == "delay_days must be a whole number of days, 0 or more, not True"
+    file = LessonFile(Path("02-x.md"), 2, "x", front, "本文です。\n", 6)
+    with pytest.raises(CourseError, match="'delay_days' must be a whole number of days"):
+        lesson_from_file(file, 2)
+    assert front_matter_issues({}, 1)[0] == FrontMatterIssue(
+        None, "no front matter; start the file with '---'"
+    )

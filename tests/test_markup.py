@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
+
+from tests.support import ROOT
 
 from drip.course import split_front_matter
 from drip.markup import INDENT, SUMMARY_LENGTH, convert
 
-ROOT = Path(__file__).resolve().parents[1]
 LESSONS = ROOT / "course" / "lessons"
 
 

@@ -7,18 +7,16 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support import COURSE, TEMPLATES
 
-from drip.course import load_course
 from drip.message import OutgoingEmail
 from drip.mime import MimeError, build_mime, neutralise, to_bytes
 from drip.render import Recipient, Renderer
 
-ROOT = Path(__file__).resolve().parents[1]
 DATE = datetime(2026, 4, 1, 22, 30, tzinfo=UTC)
 LONG_URL = "https://drip.example.com/u/" + "Tok3n-" * 40
 EXPECTED_HEADERS = [
@@ -73,9 +71,8 @@ def body(message: EmailMessage, subtype: str) -> str:
 
 
 def test_a_rendered_lesson_round_trips() -> None:
-    course = load_course(ROOT / "course")
     recipient = Recipient("yamada@example.com", "山田 太郎", LONG_URL, LONG_URL + "/m")
-    rendered = Renderer(course, ROOT / "templates" / "email").lesson(course.lessons[6], recipient)
+    rendered = Renderer(COURSE, TEMPLATES).lesson(COURSE.lessons[6], recipient)
     email = outgoing(
         subject=rendered.subject, html=rendered.html, text=rendered.text, headers=rendered.headers
     )

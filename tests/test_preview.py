@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests.support import ROOT, TEMPLATES
 
 from drip.cli import main
 from drip.errors import UsageError
 from drip.preview import PLACEHOLDER_TOKEN, write_preview
 
-ROOT = Path(__file__).resolve().parents[1]
 COURSE_DIR = ROOT / "course"
-TEMPLATES = ROOT / "templates" / "email"
 NOW = datetime(2026, 4, 1, 7, 30, tzinfo=UTC)
 BASE = "https://drip.example.com"
 

@@ -8,21 +8,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from tests.support import COURSE, TEMPLATES
 
-from drip.course import Course, Lesson, load_course, split_front_matter
+from drip.course import Course, Lesson, split_front_matter
 from drip.errors import DripError
 from drip.render import (
     SLOT_OPEN,
     Recipient,
     Renderer,
     RenderError,
-    check_templates,
+    list_unsubscribe_headers,
     time_greeting,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-COURSE_DIR = ROOT / "course"
-TEMPLATES = ROOT / "templates" / "email"
 BASE = "https://drip.example.com"
 NAMED = Recipient(
     email="yamada@example.com",
@@ -99,7 +97,7 @@ def parse_html(html: str) -> StrictTags:
 
 @pytest.fixture(scope="module")
 def course() -> Course:
-    return load_course(COURSE_DIR)
+    return COURSE
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +109,7 @@ def lesson_ids(lesson: Lesson) -> str:
     return lesson.slug
 
 
-COMMITTED = load_course(COURSE_DIR).lessons
+COMMITTED = COURSE.lessons
 
 
 @pytest.mark.parametrize("lesson", COMMITTED, ids=lesson_ids)
@@ -224,6 +222,7 @@ def test_confirmation_email(renderer: Renderer) -> None:
     assert f"{confirm}\n" in email.text
     assert "山田 太郎さん、" in email.text and "山田 太郎さん、" in email.html
     assert email.headers["List-Unsubscribe"] == f"<{NAMED.unsubscribe_url}>"
+    assert email.headers == list_unsubscribe_headers(NAMED.unsubscribe_url)
     nameless = renderer.confirmation(NAMELESS, confirm)
     assert nameless.text.startswith("『40代からの人脈革命』へのご登録ありがとうございます。")
 
@@ -237,6 +236,13 @@ def test_unusable_urls_are_refused(renderer: Renderer, course: Course, url: str)
         renderer.lesson(course.lessons[0], bad)
     with pytest.raises(RenderError, match="confirm_url"):
         renderer.confirmation(NAMED, url)
+
+
+def test_list_unsubscribe_headers_offer_one_click_unsubscribe() -> None:
+    assert list_unsubscribe_headers("https://e.com/u/T") == {
+        "List-Unsubscribe": "<https://e.com/u/T>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
 
 
 def test_time_greeting_follows_the_send_hour() -> None:
@@ -297,72 +303,3 @@ def test_transformed_recipient_values_are_refused(tmp_path: Path, course: Course
     edit(templates / "lesson.txt.j2", "{{ name }}さん", "{{ name|upper }}さん")
     with pytest.raises(RenderError, match="changed by a filter"):
         Renderer(course, templates).lesson(course.lessons[1], NAMED)
-
-
-# --- check_templates ---------------------------------------------------------------------------
-
-MINIMAL = {
-    "layout.html.j2": (
-        "<html><body>{% block content %}{% endblock %}"
-        '<a href="{{ unsubscribe_url }}">配信停止</a></body></html>\n'
-    ),
-    "layout.txt.j2": "{% block content %}{% endblock %}\n配信停止 {{ unsubscribe_url }}\n",
-    "lesson.html.j2": '{% extends "layout.html.j2" %}{% block content %}{{ body_html }}'
-    "{% endblock %}",
-    "lesson.txt.j2": '{% extends "layout.txt.j2" %}{% block content %}{{ body_text }}'
-    "{% endblock %}",
-    "confirmation.html.j2": '{% extends "layout.html.j2" %}{% block content %}'
-    '<a href="{{ confirm_url }}">確認</a>{% endblock %}',
-    "confirmation.txt.j2": '{% set subject = "確認" %}{% set preheader = "" %}'
-    '{% extends "layout.txt.j2" %}{% block content %}{{ confirm_url }}{% endblock %}',
-}
-
-
-def write_templates(tmp_path: Path, **changes: str) -> Path:
-    target = tmp_path / "minimal"
-    target.mkdir()
-    for name, text in MINIMAL.items():
-        text = changes.get(name.replace(".", "_"), text)
-        (target / name).write_text(text, encoding="utf-8")
-    return target
-
-
-def test_committed_and_minimal_templates_are_clean(tmp_path: Path) -> None:
-    assert check_templates(TEMPLATES) == []
-    assert check_templates(write_templates(tmp_path)) == []
-
-
-def test_check_templates_reports_an_undefined_variable(tmp_path: Path) -> None:
-    templates = write_templates(
-        tmp_path,
-        lesson_txt_j2='{% extends "layout.txt.j2" %}{% block content %}\n\n'
-        "{{ body_text }} {{ lesson.colour }}{% endblock %}",
-    )
-    problems = check_templates(templates)
-    assert len(problems) == 1, problems
-    assert problems[0].startswith(f"{templates / 'lesson.txt.j2'}:3: undefined template variable")
-    assert "colour" in problems[0]
-
-
-def test_check_templates_reports_a_layout_without_unsubscribe_link(tmp_path: Path) -> None:
-    templates = write_templates(
-        tmp_path, layout_html_j2="<html><body>{% block content %}{% endblock %}</body></html>"
-    )
-    problems = check_templates(templates)
-    assert (
-        f"{templates / 'layout.html.j2'}:1: the layout never uses unsubscribe_url" in (problems[0])
-    )
-    assert any(
-        "lesson.html.j2:1: the rendered email has no unsubscribe link" in p for p in problems
-    )
-
-
-def test_check_templates_reports_syntax_errors_and_missing_files(tmp_path: Path) -> None:
-    templates = write_templates(tmp_path, confirmation_html_j2="{% if %}\n")
-    (templates / "lesson.txt.j2").unlink()
-    problems = check_templates(templates)
-    assert f"{templates / 'confirmation.html.j2'}:1: template syntax error" in problems[0]
-    assert any(p.startswith(f"{templates / 'lesson.txt.j2'}: missing") for p in problems)
-    assert check_templates(tmp_path / "nowhere")[0].endswith(
-        "templates directory not found; set DRIP_TEMPLATES_DIR"
-    )

@@ -30,17 +30,23 @@ def normalize_email(raw: str) -> str:
     return result.normalized.lower()
 
 
-def clean_name(raw: str | None) -> str | None:
-    """A display name safe to store and show: control characters removed, length bounded.
+def clean_name(raw: str | None, *, max_length: int | None = MAX_NAME_LENGTH) -> str | None:
+    """A display name safe to store and to print in an email; None for None or a blank name.
 
-    Returns None for an empty name. Raises `InvalidAddressError` for a name over
-    MAX_NAME_LENGTH characters rather than silently cutting it.
+    Every character that is not printable (control characters such as CR and LF, format and
+    private-use characters, which include drip.render's slot markers, and every space but the
+    ASCII one, such as the full-width space) becomes a space; runs of spaces collapse to one and
+    the ends are trimmed, so `山田\u3000太郎` becomes `山田 太郎`. Raises `InvalidAddressError`
+    when the result is longer than `max_length` characters (None: any length) rather than
+    silently cutting it.
     """
     if raw is None:
         return None
-    name = "".join(ch for ch in raw if ch.isprintable()).strip()
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidAddressError(f"the name is longer than {MAX_NAME_LENGTH} characters")
+    if not raw.isprintable():  # the common case skips the per-character pass
+        raw = "".join(ch if ch.isprintable() else " " for ch in raw)
+    name = " ".join(raw.split())
+    if max_length is not None and len(name) > max_length:
+        raise InvalidAddressError(f"the name is longer than {max_length} characters")
     return name or None
 
 

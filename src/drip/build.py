@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tomlkit
 
-from drip.course import read_lesson_files, render_front_matter
+from drip.course import LessonFile, read_lesson_files, render_front_matter
 from drip.errors import UsageError
 
 WELCOME_SLUG = "welcome"
@@ -34,9 +34,11 @@ class Section:
 
 @dataclass(frozen=True)
 class BuildReport:
+    """What `build_course` did: lesson files written, lesson files already up to date, and
+    whether it created `course.toml`."""
+
     written: tuple[Path, ...]
     unchanged: tuple[Path, ...]
-    kept_front_matter: tuple[Path, ...]
     course_toml_written: bool
 
 
@@ -132,15 +134,56 @@ def build_course(source: Path, course_dir: Path, *, force: bool = False) -> Buil
         else {}
     )
     title = article_title(markdown) or source.stem
-    plans: list[tuple[Path, str]] = []
-    paths: list[Path] = []
-    conflicts, unchanged, kept = [], [], []
+    plan = _plan(sections, existing, lessons_dir, title, force=force)
+    if plan.conflicts:
+        listed = "\n  ".join(str(path) for path in plan.conflicts)
+        raise UsageError(
+            "these lessons were edited since the last build and differ from the article:\n  "
+            f"{listed}\nnothing was written; re-run with --force to overwrite their bodies"
+            " (front matter is kept either way)"
+        )
+    lessons_dir.mkdir(parents=True, exist_ok=True)
+    for path, text in plan.writes:
+        path.write_text(text, encoding="utf-8")
+    toml_path = course_dir / "course.toml"
+    wrote_toml = not toml_path.exists()
+    if wrote_toml:
+        slugs = [path.stem.split("-", 1)[1] for path in plan.paths]
+        toml_path.write_text(course_toml_text(title, slugs), encoding="utf-8")
+    return BuildReport(
+        written=tuple(path for path, _ in plan.writes),
+        unchanged=tuple(plan.unchanged),
+        course_toml_written=wrote_toml,
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    writes: list[tuple[Path, str]]
+    """(path, new text) of every lesson file to write, in position order."""
+    paths: list[Path]
+    """Every lesson's file, in position order."""
+    conflicts: list[Path]
+    """Existing lessons whose body the author changed (only filled without `force`)."""
+    unchanged: list[Path]
+
+
+def _plan(
+    sections: list[Section],
+    existing: dict[int, LessonFile],
+    lessons_dir: Path,
+    title: str,
+    *,
+    force: bool,
+) -> _Plan:
+    """What the build would write: an existing lesson at a position keeps its path and front
+    matter; a new one gets a slug from its heading and default front matter."""
+    plan = _Plan([], [], [], [])
     for position, section in enumerate(sections, start=1):
         old = existing.get(position)
         if old is not None:
             front = dict(old.front_matter)
             path = old.path
-            kept.append(path)
         else:
             front = {
                 "subject": section.heading or title,
@@ -148,34 +191,14 @@ def build_course(source: Path, course_dir: Path, *, force: bool = False) -> Buil
                 "delay_days": FIRST_DELAY_DAYS if position == 1 else DEFAULT_DELAY_DAYS,
             }
             path = lessons_dir / f"{position:02d}-{slug_for(section.heading, position)}.md"
-        paths.append(path)
+        plan.paths.append(path)
         if old is not None and old.body.strip() == section.markdown.strip():
-            unchanged.append(path)
+            plan.unchanged.append(path)
             continue
         if old is not None and not force:
-            conflicts.append(path)
-        plans.append((path, render_front_matter(front) + section.markdown))
-    if conflicts:
-        listed = "\n  ".join(str(path) for path in conflicts)
-        raise UsageError(
-            "these lessons were edited since the last build and differ from the article:\n  "
-            f"{listed}\nnothing was written; re-run with --force to overwrite their bodies"
-            " (front matter is kept either way)"
-        )
-    lessons_dir.mkdir(parents=True, exist_ok=True)
-    for path, text in plans:
-        path.write_text(text, encoding="utf-8")
-    toml_path = course_dir / "course.toml"
-    wrote_toml = not toml_path.exists()
-    if wrote_toml:
-        slugs = [path.stem.split("-", 1)[1] for path in paths]
-        toml_path.write_text(course_toml_text(title, slugs), encoding="utf-8")
-    return BuildReport(
-        written=tuple(path for path, _ in plans),
-        unchanged=tuple(unchanged),
-        kept_front_matter=tuple(kept),
-        course_toml_written=wrote_toml,
-    )
+            plan.conflicts.append(path)
+        plan.writes.append((path, render_front_matter(front) + section.markdown))
+    return plan
 
 
 def article_title(markdown: str) -> str | None:

@@ -1,4 +1,4 @@
-"""`drip course check`: every problem in a course that would reach a reader, with file and line.
+"""`drip course check`: every problem in a course that would reach a subscriber, with file and line.
 
 Pure apart from reading the course and template files. Returns `Problem`s; the CLI prints them and
 exits 1 when any is an error (warnings alone exit 0).
@@ -7,48 +7,72 @@ exits 1 when any is an error (warnings alone exit 0).
 from __future__ import annotations
 
 import difflib
-import unicodedata
 from collections import Counter
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
+import jinja2
+from jinja2 import meta
 from markdown_it.token import Token
+from markupsafe import Markup
 
 from drip.addresses import InvalidAddressError, normalize_email
 from drip.course import (
-    FRONT_MATTER_KEYS,
     CourseSettings,
     LessonFile,
+    front_matter_issues,
     parse_course_settings,
     read_course_toml,
     read_lesson_files,
 )
 from drip.errors import CourseError
-from drip.markup import parse
+from drip.markup import convert, parse
+from drip.render import (
+    CONFIRMATION_TEMPLATES,
+    LAYOUTS,
+    LESSON_TEMPLATES,
+    REQUIRED_TEMPLATES,
+    CourseContext,
+    LessonContext,
+    describe_template_error,
+    make_environment,
+    template_error_location,
+    time_greeting,
+)
 
-SUBJECT_WARN_WIDTH = 44
-"""Display columns (a full-width character counts 2) a phone inbox shows on one line, roughly."""
-SUBJECT_MAX_WIDTH = 60
-PREHEADER_MAX_WIDTH = 200
-MAX_DELAY_DAYS = 365
 SENTENCE_ENDINGS = tuple("。．.!！?？」』）)…】〕”’♪")
+
+
+Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True)
 class Problem:
+    """One finding: the file and 1-based line it is about, and what is wrong there.
+
+    `error` problems make `drip course check` exit 1; warnings (`error=False`) are only shown.
+    """
+
     path: Path
     line: int
     message: str
     error: bool = True
 
+    @property
+    def severity(self) -> Severity:
+        return "error" if self.error else "warning"
+
     def __str__(self) -> str:
-        kind = "error" if self.error else "warning"
-        return f"{self.path}:{self.line}: {kind}: {self.message}"
+        """The line `drip course check` prints: FILE:LINE: error|warning: message."""
+        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
 
 
 @dataclass(frozen=True)
 class Block:
-    """A unit of text the reader sees: a heading, a paragraph, a list item or a table row."""
+    """A unit of text the subscriber sees: a heading, a paragraph, a list item or a table row."""
 
     kind: str
     text: str
@@ -100,10 +124,6 @@ def _line(token: Token) -> int:
     return token.map[0] + 1 if token.map else 1
 
 
-def display_width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
 def ends_mid_sentence(block: Block) -> bool:
     """True when a paragraph or list item does not end like a finished sentence."""
     if block.kind not in ("paragraph", "item"):
@@ -120,80 +140,35 @@ def _key_line(file: LessonFile, key: str) -> int:
 
 def check_lesson_file(file: LessonFile, number: int) -> list[Problem]:
     """Front matter and body problems of one lesson file. `number` is its position in the course."""
-    problems: list[Problem] = []
-    front = file.front_matter
+    problems = [
+        Problem(
+            file.path,
+            1 if issue.key is None else _key_line(file, issue.key),
+            issue.message,
+            issue.error,
+        )
+        for issue in front_matter_issues(file.front_matter, number)
+    ]
+    return problems + _body_problems(file)
 
-    def problem(key: str, message: str, error: bool = True) -> None:
-        problems.append(Problem(file.path, _key_line(file, key), message, error))
 
-    if not front:
-        problems.append(Problem(file.path, 1, "no front matter; start the file with '---'"))
-    for key in front:
-        if key not in FRONT_MATTER_KEYS:
-            problem(
-                key, f"unknown front-matter key '{key}' (known: {', '.join(FRONT_MATTER_KEYS)})"
-            )
-    for key in FRONT_MATTER_KEYS:
-        if front and key not in front:
-            problems.append(Problem(file.path, 1, f"front matter is missing '{key}'"))
-    subject = front.get("subject")
-    if "subject" in front and (not isinstance(subject, str) or not subject.strip()):
-        problem("subject", "'subject' must be non-empty text")
-    elif isinstance(subject, str):
-        width = display_width(subject.strip())
-        if width > SUBJECT_MAX_WIDTH:
-            problem(
-                "subject",
-                f"subject is {width} columns wide (full-width characters count 2); at most"
-                f" {SUBJECT_MAX_WIDTH} fit a phone inbox: shorten it",
-            )
-        elif width > SUBJECT_WARN_WIDTH:
-            problem(
-                "subject",
-                f"subject is {width} columns wide; phones cut it after about {SUBJECT_WARN_WIDTH}",
-                error=False,
-            )
-    preheader = front.get("preheader")
-    if "preheader" in front and not isinstance(preheader, str):
-        problem("preheader", "'preheader' must be text")
-    elif isinstance(preheader, str):
-        if not preheader.strip():
-            problem(
-                "preheader",
-                "preheader is empty; inboxes will show the body's first words",
-                error=False,
-            )
-        elif display_width(preheader) > PREHEADER_MAX_WIDTH:
-            problem("preheader", f"preheader is longer than {PREHEADER_MAX_WIDTH} columns")
-    delay = front.get("delay_days")
-    if "delay_days" in front:
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-            problem(
-                "delay_days", f"delay_days must be a whole number of days, 0 or more, not {delay!r}"
-            )
-        elif delay > MAX_DELAY_DAYS:
-            problem("delay_days", f"delay_days {delay} is more than a year; is that a typo?")
-        elif number == 1 and delay != 0:
-            problem("delay_days", "the first lesson goes out at confirmation: set delay_days: 0")
+def _body_problems(file: LessonFile) -> list[Problem]:
+    """The lesson has text, and its last block is a finished sentence (not a heading)."""
     blocks = markdown_blocks(file.body)
     if not blocks:
-        problems.append(Problem(file.path, file.body_line, "the lesson has no text"))
-    else:
-        last = blocks[-1]
-        line = file.body_line + last.line - 1
-        if last.kind in ("h1", "h2", "h3", "h4", "h5", "h6"):
-            problems.append(Problem(file.path, line, "the lesson ends with a heading"))
-        elif ends_mid_sentence(last):
-            problems.append(
-                Problem(
-                    file.path,
-                    line,
-                    f"the lesson ends mid-sentence (…{last.text[-20:]}); no reader may get a broken"
-                    " sentence: finish it, or cut the unfinished part (and list it under 'omit'"
-                    " in course.toml)",
-                )
-            )
-    return problems
+        return [Problem(file.path, file.body_line, "the lesson has no text")]
+    last = blocks[-1]
+    line = file.body_line + last.line - 1
+    if last.kind in ("h1", "h2", "h3", "h4", "h5", "h6"):
+        return [Problem(file.path, line, "the lesson ends with a heading")]
+    if ends_mid_sentence(last):
+        message = (
+            f"the lesson ends mid-sentence (…{last.text[-20:]}); no reader may get a broken"
+            " sentence: finish it, or cut the unfinished part (and list it under 'omit'"
+            " in course.toml)"
+        )
+        return [Problem(file.path, line, message)]
+    return []
 
 
 def check_coverage(
@@ -221,43 +196,49 @@ def check_coverage(
     actual: list[tuple[LessonFile, Block]] = [
         (file, block) for file in files for block in markdown_blocks(file.body)
     ]
+    problems.extend(_coverage_differences(source_path, source_blocks, expected, actual))
+    return problems
+
+
+def _coverage_differences(
+    source_path: Path,
+    source_blocks: list[Block],
+    expected: list[Block],
+    actual: list[tuple[LessonFile, Block]],
+) -> list[Problem]:
+    """Where the lessons' blocks (`actual`) differ from the source blocks they should be."""
     source_texts = Counter(block.text for block in source_blocks)
     matcher = difflib.SequenceMatcher(
         a=[block.text for block in expected], b=[block.text for _, block in actual], autojunk=False
     )
+    problems: list[Problem] = []
     for tag, a0, a1, b0, b1 in matcher.get_opcodes():
         if tag in ("delete", "replace"):
-            for block in expected[a0:a1]:
-                problems.append(
-                    Problem(
-                        source_path,
-                        block.line,
-                        f"this source text is in no lesson, or out of order: {block.text[:40]}…"
-                        " (add it back, or list it under 'omit' in course.toml)",
-                    )
+            problems.extend(
+                Problem(
+                    source_path,
+                    block.line,
+                    f"this source text is in no lesson, or out of order: {block.text[:40]}…"
+                    " (add it back, or list it under 'omit' in course.toml)",
                 )
+                for block in expected[a0:a1]
+            )
         if tag in ("insert", "replace"):
-            for file, block in actual[b0:b1]:
-                line = file.body_line + block.line - 1
-                if source_texts[block.text]:
-                    problems.append(
-                        Problem(
-                            file.path,
-                            line,
-                            "this text is repeated or out of the source's order:"
-                            f" {block.text[:40]}…",
-                        )
-                    )
-                else:
-                    problems.append(
-                        Problem(
-                            file.path,
-                            line,
-                            f"this text is not in the source: {block.text[:40]}…",
-                            error=False,
-                        )
-                    )
+            problems.extend(
+                _foreign_text(file, block, in_source=source_texts[block.text] > 0)
+                for file, block in actual[b0:b1]
+            )
     return problems
+
+
+def _foreign_text(file: LessonFile, block: Block, *, in_source: bool) -> Problem:
+    """A lesson block where the source has none: repeated or moved (error), or new (warning)."""
+    line = file.body_line + block.line - 1
+    if in_source:
+        message = f"this text is repeated or out of the source's order: {block.text[:40]}…"
+        return Problem(file.path, line, message)
+    message = f"this text is not in the source: {block.text[:40]}…"
+    return Problem(file.path, line, message, error=False)
 
 
 def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
@@ -273,7 +254,22 @@ def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
         normalize_email(settings.sender_email)
     except InvalidAddressError as exc:
         problems.append(Problem(toml_path, 1, f"sender_email: {exc}"))
+    by_slug, clashes = _lesson_names(files)
+    problems.extend(clashes)
+    order = list(settings.lessons) or [file.slug for file in files]
+    problems.extend(_order_problems(toml_path, order, by_slug, files))
+    ordered = [by_slug[slug] for slug in dict.fromkeys(order) if slug in by_slug]
+    for number, file in enumerate(ordered, start=1):
+        problems.extend(check_lesson_file(file, number))
+    problems.extend(check_coverage(settings, course_dir, ordered))
+    problems.extend(check_templates(templates_dir))
+    return sorted(problems, key=lambda p: (not p.error, str(p.path), p.line))
+
+
+def _lesson_names(files: list[LessonFile]) -> tuple[dict[str, LessonFile], list[Problem]]:
+    """The lesson files by slug (the first of each), and files that share a slug or a number."""
     by_slug: dict[str, LessonFile] = {}
+    problems = []
     positions = Counter(file.position for file in files)
     for file in files:
         if file.slug in by_slug:
@@ -290,45 +286,200 @@ def check_course(course_dir: Path, templates_dir: Path) -> list[Problem]:
             problems.append(
                 Problem(file.path, 1, f"two lesson files have number {file.position:02d}")
             )
-    order = list(settings.lessons) or [file.slug for file in files]
-    for slug, count in Counter(order).items():
-        if count > 1:
-            problems.append(Problem(toml_path, 1, f"lessons lists '{slug}' {count} times"))
-    for slug in order:
-        if slug not in by_slug:
-            problems.append(
-                Problem(
-                    toml_path, 1, f"lessons lists '{slug}' but there is no lessons/NN-{slug}.md"
-                )
-            )
-    for file in files:
-        if file.slug not in order:
-            problems.append(
-                Problem(
-                    file.path,
-                    1,
-                    f"'{file.slug}' is not in course.toml's lessons"
-                    " list: add it there or delete the file",
-                )
-            )
-    ordered = [by_slug[slug] for slug in dict.fromkeys(order) if slug in by_slug]
-    for number, file in enumerate(ordered, start=1):
-        problems.extend(check_lesson_file(file, number))
-    problems.extend(check_coverage(settings, course_dir, ordered))
-    problems.extend(check_rendering(course_dir, templates_dir))
-    return sorted(problems, key=lambda p: (not p.error, str(p.path), p.line))
+    return by_slug, problems
 
 
-def check_rendering(course_dir: Path, templates_dir: Path) -> list[Problem]:
-    """Template problems (syntax, undefined variables, no unsubscribe link) from the renderer."""
-    from drip.render import check_templates  # rendering depends on jinja2; keep check importable
-
-    problems = []
-    for text in check_templates(templates_dir):
-        location, _, message = text.partition(": ")
-        path, _, line = location.rpartition(":")
-        if path and line.isdigit():
-            problems.append(Problem(Path(path), int(line), message))
-        else:
-            problems.append(Problem(templates_dir, 1, text))
+def _order_problems(
+    toml_path: Path, order: list[str], by_slug: dict[str, LessonFile], files: list[LessonFile]
+) -> list[Problem]:
+    """course.toml's `lessons` list against the lesson files: repeats, missing and unlisted."""
+    problems = [
+        Problem(toml_path, 1, f"lessons lists '{slug}' {count} times")
+        for slug, count in Counter(order).items()
+        if count > 1
+    ]
+    problems.extend(
+        Problem(toml_path, 1, f"lessons lists '{slug}' but there is no lessons/NN-{slug}.md")
+        for slug in order
+        if slug not in by_slug
+    )
+    problems.extend(
+        Problem(
+            file.path,
+            1,
+            f"'{file.slug}' is not in course.toml's lessons list: add it there or delete the file",
+        )
+        for file in files
+        if file.slug not in order
+    )
     return problems
+
+
+# --- the email templates ------------------------------------------------------------------------
+
+SAMPLE_BODY = """## 見出し
+
+本文の段落です。
+
+- 項目
+  - 入れ子の項目
+
+| 方法 | 特徴 |
+|---|---|
+| A | 一行目<br>二行目 |
+"""
+
+
+def check_templates(templates_dir: Path) -> list[Problem]:
+    """Problems with the email templates, in the order found, each once (empty when fine).
+
+    Reports: missing required templates, syntax errors, undefined variables (each template is
+    rendered with sample data under StrictUndefined, as the renderer does), a layout that never
+    uses `unsubscribe_url`, and rendered emails without the unsubscribe link.
+    """
+    if not templates_dir.is_dir():
+        message = f"{templates_dir}: templates directory not found; set DRIP_TEMPLATES_DIR"
+        return [Problem(templates_dir, 1, message)]
+    env = make_environment(templates_dir)
+    unparsable = _syntax_errors(env, templates_dir)
+    missing = _missing_templates(templates_dir)
+    broken = unparsable.keys() | missing.keys()
+    problems = [
+        *unparsable.values(),
+        *missing.values(),
+        *_layouts_without_unsubscribe(env, templates_dir, broken),
+        *_sample_render_problems(env, templates_dir, broken),
+    ]
+    return list(dict.fromkeys(problems))
+
+
+def _syntax_errors(env: jinja2.Environment, templates_dir: Path) -> dict[str, Problem]:
+    """Every `*.j2` under `templates_dir` that does not parse, by template name."""
+    found = {}
+    for path in sorted(templates_dir.rglob("*.j2")):
+        name = path.relative_to(templates_dir).as_posix()
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            found[name] = Problem(templates_dir / name, exc.lineno, describe_template_error(exc))
+    return found
+
+
+def _missing_templates(templates_dir: Path) -> dict[str, Problem]:
+    # The message repeats the file after the directory: `drip course check` has always printed
+    # these as "DIR:1: error: DIR/NAME: missing; ...".
+    return {
+        name: Problem(
+            templates_dir, 1, f"{templates_dir / name}: missing; every course needs {name}"
+        )
+        for name in REQUIRED_TEMPLATES
+        if not (templates_dir / name).is_file()
+    }
+
+
+def _layouts_without_unsubscribe(
+    env: jinja2.Environment, templates_dir: Path, broken: AbstractSet[str]
+) -> Iterator[Problem]:
+    for layout in LAYOUTS:
+        if layout in broken:
+            continue
+        try:
+            used = _referenced_variables(env, layout, set())
+        except jinja2.TemplateError:
+            continue  # reported by the syntax pass or the render pass
+        if "unsubscribe_url" not in used:
+            yield Problem(
+                templates_dir / layout,
+                1,
+                "the layout never uses unsubscribe_url; every email must show a visible"
+                " unsubscribe link (配信停止)",
+            )
+
+
+def _referenced_variables(env: jinja2.Environment, name: str, seen: set[str]) -> set[str]:
+    """Variables used by template `name` and by every template it extends, includes or imports."""
+    if name in seen:
+        return set()
+    seen.add(name)
+    assert env.loader is not None
+    source = env.loader.get_source(env, name)[0]
+    ast = env.parse(source)
+    found = set(meta.find_undeclared_variables(ast))
+    for child in meta.find_referenced_templates(ast):
+        if child is not None:
+            found |= _referenced_variables(env, child, seen)
+    return found
+
+
+def _sample_render_problems(
+    env: jinja2.Environment, templates_dir: Path, broken: AbstractSet[str]
+) -> Iterator[Problem]:
+    """Render every lesson and confirmation template that parses with each sample context."""
+    for kind, context in _sample_contexts():
+        names = LESSON_TEMPLATES if kind == "lesson" else CONFIRMATION_TEMPLATES
+        for name in names:
+            if name not in broken:
+                yield from _sample_render_problem(env, templates_dir, name, context)
+
+
+def _sample_render_problem(
+    env: jinja2.Environment, templates_dir: Path, name: str, context: dict[str, Any]
+) -> Iterator[Problem]:
+    try:
+        rendered = env.get_template(name).render(context)
+    except Exception as exc:  # any failure is a finding, not a crash of `course check`
+        file, line = template_error_location(exc, templates_dir, name)
+        yield Problem(Path(file), line, describe_template_error(exc))
+        return
+    if context["unsubscribe_url"] not in rendered:
+        yield Problem(
+            templates_dir / name,
+            1,
+            "the rendered email has no unsubscribe link ({{ unsubscribe_url }}, 配信停止)",
+        )
+
+
+def _sample_contexts() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(template kind, context) pairs covering both name variants and first/middle/last lessons."""
+    converted = convert(SAMPLE_BODY)
+    course = CourseContext(id="sample", title="サンプル講座", sender_name="サンプル講座事務局")
+    urls = {
+        "unsubscribe_url": "https://example.com/u/SAMPLE-TOKEN",
+        "manage_url": "https://example.com/m/SAMPLE-TOKEN",
+    }
+    for name in ("山田 太郎", None):
+        for number in (1, 2, 3):
+            lesson = LessonContext(
+                number=number,
+                total=3,
+                slug="sample",
+                subject="件名",
+                preheader="プレヘッダー",
+                is_first=number == 1,
+                is_last=number == 3,
+            )
+            yield (
+                "lesson",
+                {
+                    "course": course,
+                    "lesson": lesson,
+                    "subject": "件名",
+                    "preheader": "プレヘッダー",
+                    "body_html": Markup(converted.html),
+                    "body_text": converted.text,
+                    "time_greeting": time_greeting(7),
+                    "name": name,
+                    **urls,
+                },
+            )
+        yield (
+            "confirmation",
+            {
+                "course": course,
+                "name": name,
+                "confirm_url": "https://example.com/c/SAMPLE-TOKEN",
+                "subject": "件名",
+                "preheader": "プレヘッダー",
+                **urls,
+            },
+        )

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
@@ -21,6 +23,11 @@ from drip.errors import CourseError
 
 LESSON_FILE_RE = re.compile(r"^(?P<position>\d{2,3})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
 FRONT_MATTER_KEYS = ("subject", "preheader", "delay_days")
+SUBJECT_WARN_WIDTH = 44
+"""Display columns (a full-width character counts 2) a phone inbox shows on one line, roughly."""
+SUBJECT_MAX_WIDTH = 60
+PREHEADER_MAX_WIDTH = 200
+MAX_DELAY_DAYS = 365
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -68,7 +75,6 @@ class Course:
     settings: CourseSettings
     lessons: tuple[Lesson, ...]
     directory: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -169,52 +175,24 @@ def _parse_time(value: Any, where: str) -> time:
 
 
 def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
-    """Validate the parsed `course.toml`; raises `CourseError` naming the key at fault."""
+    """Validate the parsed `course.toml`; raises `CourseError` naming the key at fault.
 
-    def text(key: str, default: str | None = None) -> str:
-        value = data.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            raise CourseError(f"{path}: '{key}' must be a non-empty string")
-        return value.strip()
-
-    course_id = text("id")
+    Keys are checked in a fixed order (id, timezone, quiet_hours, send_days, skip_holidays,
+    lessons, omit, source, title, sender_name, sender_email, send_time); the first fault raises.
+    """
+    course_id = _text(data, "id", path)
     if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", course_id):
         raise CourseError(f"{path}: id {course_id!r} must be lowercase a-z, 0-9 and '-'")
-    timezone = text("timezone", "Asia/Tokyo")
+    timezone = _text(data, "timezone", path, "Asia/Tokyo")
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise CourseError(
             f"{path}: timezone {timezone!r} is not an IANA zone such as Asia/Tokyo"
         ) from exc
-    quiet = data.get("quiet_hours")
-    quiet_hours = None
-    if quiet is not None:
-        if not (isinstance(quiet, list) and len(quiet) == 2):
-            raise CourseError(f'{path}: quiet_hours must be ["HH:MM", "HH:MM"] (start, end)')
-        quiet_hours = (
-            _parse_time(quiet[0], f"{path}: quiet_hours"),
-            _parse_time(quiet[1], f"{path}: quiet_hours"),
-        )
-    days = data.get("send_days")
-    send_days = None
-    if days is not None:
-        if (
-            not isinstance(days, list)
-            or not days
-            or any(not isinstance(day, str) or day.lower()[:3] not in WEEKDAYS for day in days)
-        ):
-            raise CourseError(f'{path}: send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
-        send_days = frozenset(WEEKDAYS.index(day.lower()[:3]) for day in days)
-    holidays_code = data.get("skip_holidays")
-    if holidays_code is not None and (
-        not isinstance(holidays_code, str)
-        or holidays_code.upper() not in holidays.list_supported_countries()
-    ):
-        raise CourseError(
-            f"{path}: skip_holidays = {holidays_code!r} is not a country code the holidays"
-            ' library knows; use an ISO code such as "JP"'
-        )
+    quiet_hours = _quiet_hours(data.get("quiet_hours"), path)
+    send_days = _send_days(data.get("send_days"), path)
+    skip_holidays = _skip_holidays(data.get("skip_holidays"), path)
     lessons = data.get("lessons", [])
     if not isinstance(lessons, list) or any(not isinstance(slug, str) for slug in lessons):
         raise CourseError(f"{path}: 'lessons' must be a list of lesson slugs")
@@ -226,18 +204,59 @@ def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
         raise CourseError(f"{path}: 'source' must be a path relative to the course directory")
     return CourseSettings(
         id=course_id,
-        title=text("title"),
-        sender_name=text("sender_name"),
-        sender_email=text("sender_email"),
+        title=_text(data, "title", path),
+        sender_name=_text(data, "sender_name", path),
+        sender_email=_text(data, "sender_email", path),
         timezone=timezone,
         send_time=_parse_time(data.get("send_time", "07:30"), f"{path}: send_time"),
         quiet_hours=quiet_hours,
         send_days=send_days,
-        skip_holidays=holidays_code.upper() if holidays_code else None,
+        skip_holidays=skip_holidays,
         source=source,
         omit=tuple(omit),
         lessons=tuple(lessons),
     )
+
+
+def _text(data: dict[str, Any], key: str, path: Path, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise CourseError(f"{path}: '{key}' must be a non-empty string")
+    return value.strip()
+
+
+def _quiet_hours(value: Any, path: Path) -> tuple[time, time] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2):
+        raise CourseError(f'{path}: quiet_hours must be ["HH:MM", "HH:MM"] (start, end)')
+    return (
+        _parse_time(value[0], f"{path}: quiet_hours"),
+        _parse_time(value[1], f"{path}: quiet_hours"),
+    )
+
+
+def _send_days(value: Any, path: Path) -> frozenset[int] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(not isinstance(day, str) or day.lower()[:3] not in WEEKDAYS for day in value)
+    ):
+        raise CourseError(f'{path}: send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
+    return frozenset(WEEKDAYS.index(day.lower()[:3]) for day in value)
+
+
+def _skip_holidays(value: Any, path: Path) -> str | None:
+    if value is not None and (
+        not isinstance(value, str) or value.upper() not in holidays.list_supported_countries()
+    ):
+        raise CourseError(
+            f"{path}: skip_holidays = {value!r} is not a country code the holidays"
+            ' library knows; use an ISO code such as "JP"'
+        )
+    return value.upper() if value else None
 
 
 def read_course_toml(course_dir: Path) -> dict[str, Any]:
@@ -251,20 +270,132 @@ def read_course_toml(course_dir: Path) -> dict[str, Any]:
         raise CourseError(f"{path}: not valid TOML: {exc}") from exc
 
 
+# --- front matter ---------------------------------------------------------------------------------
+# The rules for a lesson's front matter, in one place: `lesson_from_file` refuses what cannot be
+# sent, `front_matter_issues` lists everything `drip course check` reports.
+
+
+def is_subject(value: object) -> TypeGuard[str]:
+    """A usable `subject`: text that is not blank."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def is_preheader(value: object) -> TypeGuard[str]:
+    """A usable `preheader`: any text (blank means "inboxes show the body's first words")."""
+    return isinstance(value, str)
+
+
+def is_delay_days(value: object) -> TypeGuard[int]:
+    """A usable `delay_days`: a whole number of days, 0 or more (YAML `true` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def display_width(text: str) -> int:
+    """Columns `text` takes in an inbox list: a full-width (East Asian wide) character counts 2."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+@dataclass(frozen=True)
+class FrontMatterIssue:
+    """Something wrong with a lesson's front matter. `key` is the key it is about, or None for
+    the front matter as a whole; `error=False` marks a warning."""
+
+    key: str | None
+    message: str
+    error: bool = True
+
+
+def front_matter_issues(front: Mapping[str, Any], number: int) -> list[FrontMatterIssue]:
+    """Every problem of one lesson's front matter; `number` is the lesson's position (1-based)."""
+    return [
+        *_key_issues(front),
+        *_subject_issues(front),
+        *_preheader_issues(front),
+        *_delay_issues(front, number),
+    ]
+
+
+def _key_issues(front: Mapping[str, Any]) -> list[FrontMatterIssue]:
+    if not front:
+        return [FrontMatterIssue(None, "no front matter; start the file with '---'")]
+    known = ", ".join(FRONT_MATTER_KEYS)
+    unknown = [
+        FrontMatterIssue(str(key), f"unknown front-matter key '{key}' (known: {known})")
+        for key in front
+        if key not in FRONT_MATTER_KEYS
+    ]
+    missing = [
+        FrontMatterIssue(None, f"front matter is missing '{key}'")
+        for key in FRONT_MATTER_KEYS
+        if key not in front
+    ]
+    return unknown + missing
+
+
+def _subject_issues(front: Mapping[str, Any]) -> list[FrontMatterIssue]:
+    subject = front.get("subject")
+    if "subject" in front and not is_subject(subject):
+        return [FrontMatterIssue("subject", "'subject' must be non-empty text")]
+    if not isinstance(subject, str):
+        return []
+    width = display_width(subject.strip())
+    if width > SUBJECT_MAX_WIDTH:
+        message = (
+            f"subject is {width} columns wide (full-width characters count 2); at most"
+            f" {SUBJECT_MAX_WIDTH} fit a phone inbox: shorten it"
+        )
+        return [FrontMatterIssue("subject", message)]
+    if width > SUBJECT_WARN_WIDTH:
+        message = f"subject is {width} columns wide; phones cut it after about {SUBJECT_WARN_WIDTH}"
+        return [FrontMatterIssue("subject", message, error=False)]
+    return []
+
+
+def _preheader_issues(front: Mapping[str, Any]) -> list[FrontMatterIssue]:
+    preheader = front.get("preheader")
+    if "preheader" in front and not is_preheader(preheader):
+        return [FrontMatterIssue("preheader", "'preheader' must be text")]
+    if not isinstance(preheader, str):
+        return []
+    if not preheader.strip():
+        message = "preheader is empty; inboxes will show the body's first words"
+        return [FrontMatterIssue("preheader", message, error=False)]
+    if display_width(preheader) > PREHEADER_MAX_WIDTH:
+        message = f"preheader is longer than {PREHEADER_MAX_WIDTH} columns"
+        return [FrontMatterIssue("preheader", message)]
+    return []
+
+
+def _delay_issues(front: Mapping[str, Any], number: int) -> list[FrontMatterIssue]:
+    if "delay_days" not in front:
+        return []
+    delay = front["delay_days"]
+    if not is_delay_days(delay):
+        message = f"delay_days must be a whole number of days, 0 or more, not {delay!r}"
+    elif delay > MAX_DELAY_DAYS:
+        message = f"delay_days {delay} is more than a year; is that a typo?"
+    elif number == 1 and delay != 0:
+        message = "the first lesson goes out at confirmation: set delay_days: 0"
+    else:
+        return []
+    return [FrontMatterIssue("delay_days", message)]
+
+
 def lesson_from_file(file: LessonFile, number: int) -> Lesson:
     """Turn a lesson file into a `Lesson`; raises `CourseError` when front matter is unusable.
 
-    `drip course check` reports the finer problems; this only refuses what cannot be sent.
+    `drip course check` reports the finer problems (`front_matter_issues`); this only refuses
+    what cannot be sent.
     """
     front = file.front_matter
     subject = front.get("subject")
     preheader = front.get("preheader", "")
     delay = front.get("delay_days")
-    if not isinstance(subject, str) or not subject.strip():
+    if not is_subject(subject):
         raise CourseError(f"{file.path}:2: 'subject' is missing or empty")
-    if not isinstance(preheader, str):
+    if not is_preheader(preheader):
         raise CourseError(f"{file.path}:2: 'preheader' must be text")
-    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+    if not is_delay_days(delay):
         raise CourseError(f"{file.path}:2: 'delay_days' must be a whole number of days, 0 or more")
     return Lesson(
         slug=file.slug,

@@ -32,6 +32,15 @@ INDENT = "\u3000"  # a full-width space: visible indentation even in proportiona
 RULE = "―" * 20
 SUMMARY_LENGTH = 90
 SHORT_CELL = 6  # characters; see _mark_short_columns
+LIST_TOKENS = frozenset(
+    (
+        "bullet_list_open",
+        "ordered_list_open",
+        "bullet_list_close",
+        "ordered_list_close",
+        "list_item_open",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -221,52 +230,66 @@ class _TextWriter:
 
     def run(self) -> str:
         index = 0
-        tokens = self.tokens
-        while index < len(tokens):
-            token = tokens[index]
-            kind = token.type
-            if kind == "heading_open":
-                title = _inline_text(tokens[index + 1].children or []).replace("\n", " ")
-                self.emit(f"■ {title}" if token.tag in ("h1", "h2") else f"【{title}】")
-                index += 3
-                continue
-            if kind == "inline":
-                text = _inline_text(token.children or [])
-                if not self.summary and text.strip():
-                    self.summary = text.replace("\n", "").strip()
-                self.emit(text)
-            elif kind == "bullet_list_open":
-                self.list_starts = self.list_starts or not self.lists
-                self.lists.append(None)
-            elif kind == "ordered_list_open":
-                self.list_starts = self.list_starts or not self.lists
-                self.lists.append([int(token.attrGet("start") or 1)])
-            elif kind in ("bullet_list_close", "ordered_list_close"):
-                self.lists.pop()
-            elif kind == "list_item_open":
-                counter = self.lists[-1]
-                if counter is None:
-                    self.item_marker = "・"
-                else:
-                    self.item_marker = f"{counter[0]}. "
-                    counter[0] += 1
-            elif kind == "blockquote_open":
-                self.quote_depth += 1
-            elif kind == "blockquote_close":
-                self.quote_depth -= 1
-            elif kind in ("fence", "code_block"):
-                code = token.content.rstrip("\n").split("\n")
-                self.emit("\n".join("    " + line for line in code))
-            elif kind == "hr":
-                self.emit(RULE)
-            elif kind == "html_block":
-                content = token.content.strip()
-                self.emit("" if BR_RE.fullmatch(content) else content)
-            elif kind == "table_open":
-                index = self.table(index)
-                continue
-            index += 1
+        while index < len(self.tokens):
+            index = self.step(index)
         return "\n\n".join(block for block in self.blocks if block.strip())
+
+    def step(self, index: int) -> int:
+        """Write what token `index` starts; returns the index of the next token to look at."""
+        token = self.tokens[index]
+        kind = token.type
+        if kind == "heading_open":
+            title = _inline_text(self.tokens[index + 1].children or []).replace("\n", " ")
+            self.emit(f"■ {title}" if token.tag in ("h1", "h2") else f"【{title}】")
+            return index + 3
+        if kind == "table_open":
+            return self.table(index)
+        if kind == "inline":
+            text = _inline_text(token.children or [])
+            if not self.summary and text.strip():
+                self.summary = text.replace("\n", "").strip()
+            self.emit(text)
+        elif kind in LIST_TOKENS:
+            self.list_token(token)
+        else:
+            self.block_token(token)
+        return index + 1
+
+    def list_token(self, token: Token) -> None:
+        """Open or close a list, or start an item (its marker goes on its first line)."""
+        kind = token.type
+        if kind == "bullet_list_open":
+            self.list_starts = self.list_starts or not self.lists
+            self.lists.append(None)
+        elif kind == "ordered_list_open":
+            self.list_starts = self.list_starts or not self.lists
+            self.lists.append([int(token.attrGet("start") or 1)])
+        elif kind in ("bullet_list_close", "ordered_list_close"):
+            self.lists.pop()
+        else:  # list_item_open
+            counter = self.lists[-1]
+            if counter is None:
+                self.item_marker = "・"
+            else:
+                self.item_marker = f"{counter[0]}. "
+                counter[0] += 1
+
+    def block_token(self, token: Token) -> None:
+        """Quotes, code, rules and raw HTML blocks; other tokens (closers, paragraphs) write
+        nothing themselves."""
+        kind = token.type
+        if kind == "blockquote_open":
+            self.quote_depth += 1
+        elif kind == "blockquote_close":
+            self.quote_depth -= 1
+        elif kind in ("fence", "code_block"):
+            code = token.content.rstrip("\n").split("\n")
+            self.emit("\n".join("    " + line for line in code))
+        elif kind == "hr":
+            self.emit(RULE)
+        elif kind == "html_block":
+            content = token.content.strip()
+            self.emit("" if BR_RE.fullmatch(content) else content)
 
     def table(self, start: int) -> int:
         """Write a table as one block per body row; returns the index after `table_close`."""

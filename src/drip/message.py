@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 class BulkParts:
     """How a lesson email was made, for bulk sending (`drip.bulk`).
 
-    `html` and `text` are the lesson's precompiled parts, shared by every reader of the same
+    `html` and `text` are the lesson's precompiled parts, shared by every subscriber of the same
     lesson and name variant: literal, slot name, literal, slot name, ..., literal. `values` holds
-    this reader's raw slot values (name, unsubscribe_url, manage_url); the HTML part shows them
+    this subscriber's raw slot values (name, unsubscribe_url, manage_url); the HTML part shows them
     HTML-escaped, the text part as they are.
     """
 
@@ -41,4 +41,4 @@ class OutgoingEmail:
     headers: Mapping[str, str] = field(default_factory=dict)
     custom_args: Mapping[str, str] = field(default_factory=dict)
     bulk: BulkParts | None = field(default=None, compare=False, repr=False)
-    """Set for lesson emails: lets a bulk-capable transport send many readers in one request."""
+    """Set for lesson emails: lets a bulk-capable transport send to many subscribers at once."""

@@ -28,7 +28,7 @@ from drip.errors import DripError
 from drip.message import OutgoingEmail
 
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
-MAX_DISPLAY_NAME = 200  # characters; longer names are cut (signup allows 100)
+MAX_DISPLAY_NAME = 200  # characters; longer names are cut (stored names have at most 100)
 DELIVERY_ID_HEADER = "X-Drip-Delivery-Id"
 VERBATIM_HEADERS = ("List-Unsubscribe", "List-Unsubscribe-Post", DELIVERY_ID_HEADER)
 # Headers build_mime writes itself; `OutgoingEmail.headers` may not set them.

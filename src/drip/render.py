@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import css_inline
 import jinja2
-from jinja2 import meta
 from markupsafe import Markup, escape
 
+from drip.addresses import clean_name
 from drip.course import Course, Lesson
 from drip.errors import DripError
 from drip.markup import convert
@@ -90,7 +90,7 @@ class Recipient:
 
 @dataclass(frozen=True)
 class RenderedEmail:
-    """One rendered email. `headers` holds List-Unsubscribe and List-Unsubscribe-Post."""
+    """One rendered email. `headers` are `list_unsubscribe_headers(unsubscribe_url)`."""
 
     subject: str
     preheader: str
@@ -98,7 +98,7 @@ class RenderedEmail:
     text: str
     headers: dict[str, str]
     bulk: BulkParts | None = field(default=None, compare=False, repr=False)
-    """The shared parts and this reader's values (lessons only), for bulk sending."""
+    """The shared parts and this subscriber's values (lessons only), for bulk sending."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,15 @@ def slot(name: str) -> str:
     return f"{SLOT_OPEN}{name}{SLOT_CLOSE}"
 
 
+def list_unsubscribe_headers(unsubscribe_url: str) -> dict[str, str]:
+    """The List-Unsubscribe (RFC 2369) and one-click List-Unsubscribe-Post (RFC 8058) headers of
+    an email whose unsubscribe link is `unsubscribe_url`, which is used as it is."""
+    return {
+        "List-Unsubscribe": f"<{unsubscribe_url}>",
+        "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
+    }
+
+
 def make_environment(templates_dir: Path) -> jinja2.Environment:
     """The Jinja environment for email templates: StrictUndefined, autoescape for `*.html.j2`."""
     return jinja2.Environment(
@@ -186,22 +195,24 @@ def _tidy_text(text: str) -> str:
     return BLANK_LINES_RE.sub("\n\n\n", "\n".join(lines)) + "\n"
 
 
-def _error_location(exc: BaseException, templates_dir: Path, fallback: str) -> str:
-    """`file:line` of the innermost template frame of `exc` (Jinja rewrites tracebacks so the
-    template's own file and line appear as frames)."""
+def template_error_location(
+    exc: BaseException, templates_dir: Path, fallback: str
+) -> tuple[str, int]:
+    """(file, line) of the innermost template frame of `exc` (Jinja rewrites tracebacks so the
+    template's own file and line appear as frames); `fallback`'s first line when there is none."""
     if isinstance(exc, jinja2.TemplateSyntaxError) and exc.lineno:
-        name = exc.filename or exc.name or fallback
-        return f"{name}:{exc.lineno}"
+        return exc.filename or exc.name or fallback, exc.lineno
     root = str(templates_dir.resolve())
     found = None
     for frame in traceback.extract_tb(exc.__traceback__):
         filename = frame.filename
         if filename.endswith(".j2") or str(Path(filename).resolve()).startswith(root):
-            found = f"{filename}:{frame.lineno}"
-    return found or f"{templates_dir / fallback}:1"
+            found = (filename, frame.lineno or 1)
+    return found or (str(templates_dir / fallback), 1)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_template_error(exc: BaseException) -> str:
+    """What went wrong in a template, without its location."""
     if isinstance(exc, jinja2.UndefinedError):
         return f"undefined template variable: {exc.message}"
     if isinstance(exc, jinja2.TemplateSyntaxError):
@@ -209,6 +220,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, jinja2.TemplateNotFound):
         return f"template not found: {exc.name}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _template_error(exc: BaseException, templates_dir: Path, name: str) -> RenderError:
+    file, line = template_error_location(exc, templates_dir, name)
+    return RenderError(f"{file}:{line}: {describe_template_error(exc)}")
 
 
 def _inline_css(html: str) -> str:
@@ -236,18 +252,14 @@ class Renderer:
         self._lessons: dict[Lesson, _Compiled] = {}
         self._confirmation: _Compiled | None = None
 
-    def template_variables(self) -> dict[str, tuple[str, ...]]:
-        """The variables each email kind's templates receive, for `drip course check`."""
-        return dict(TEMPLATE_VARIABLES)
-
     # --- per recipient -------------------------------------------------------------------------
 
     def lesson(self, lesson: Lesson, recipient: Recipient, *, fill: bool = True) -> RenderedEmail:
         """The email for `lesson` addressed to `recipient`; cheap after the lesson's first call.
 
         With `fill=False` the html and text are left empty and only `bulk` (the shared parts and
-        this reader's checked values) is set: for a transport that fills them itself
-        (`drip.bulk.fill_parts`), so a reader sent in bulk costs no per-reader HTML.
+        this subscriber's checked values) is set: for a transport that fills them itself
+        (`drip.bulk.fill_parts`), so a subscriber sent in bulk costs no per-subscriber HTML.
         """
         compiled = self._lessons.get(lesson)
         if compiled is None:
@@ -272,7 +284,7 @@ class Renderer:
         bulk: bool = False,
         fill: bool = True,
     ) -> RenderedEmail:
-        name = _clean_name(recipient.name)
+        name = clean_name(recipient.name, max_length=None)
         unsubscribe_url = _check_url("unsubscribe_url", recipient.unsubscribe_url)
         values = {
             "name": name or "",
@@ -292,10 +304,7 @@ class Renderer:
             preheader=compiled.preheader,
             html=html_text,
             text=plain_text,
-            headers={
-                "List-Unsubscribe": f"<{unsubscribe_url}>",
-                "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
-            },
+            headers=list_unsubscribe_headers(unsubscribe_url),
             bulk=BulkParts(html.parts, text.parts, values) if bulk else None,
         )
 
@@ -377,15 +386,13 @@ class Renderer:
         try:
             return self.env.get_template(name).make_module(dict(context))
         except jinja2.TemplateError as exc:
-            where = _error_location(exc, self.templates_dir, name)
-            raise RenderError(f"{where}: {_describe(exc)}") from exc
+            raise _template_error(exc, self.templates_dir, name) from exc
 
     def _render(self, name: str, context: Mapping[str, Any], *, html: bool) -> _SlotTemplate:
         try:
             rendered = self.env.get_template(name).render(context)
         except jinja2.TemplateError as exc:
-            where = _error_location(exc, self.templates_dir, name)
-            raise RenderError(f"{where}: {_describe(exc)}") from exc
+            raise _template_error(exc, self.templates_dir, name) from exc
         return self._checked(_inline_css(rendered) if html else _tidy_text(rendered), name)
 
     def _checked(self, rendered: str, name: str) -> _SlotTemplate:
@@ -404,18 +411,6 @@ class Renderer:
         return template
 
 
-def _clean_name(name: str | None) -> str | None:
-    """Drop control and private-use characters (which are also our slot markers); None if empty."""
-    if name is None:
-        return None
-    cleaned = " ".join(
-        "".join(
-            ch if ch.isprintable() and not "\ue000" <= ch <= "\uf8ff" else " " for ch in name
-        ).split()
-    )
-    return cleaned or None
-
-
 def _check_url(field: str, url: str) -> str:
     if not URL_RE.fullmatch(url):
         raise RenderError(
@@ -423,139 +418,3 @@ def _check_url(field: str, url: str) -> str:
             " characters); build it with drip.links"
         )
     return url
-
-
-# --- drip course check ---------------------------------------------------------------------------
-
-SAMPLE_BODY = """## 見出し
-
-本文の段落です。
-
-- 項目
-  - 入れ子の項目
-
-| 方法 | 特徴 |
-|---|---|
-| A | 一行目<br>二行目 |
-"""
-
-
-def _sample_contexts() -> Iterable[tuple[str, dict[str, Any]]]:
-    """(template kind, context) pairs covering both name variants and first/middle/last lessons."""
-    converted = convert(SAMPLE_BODY)
-    course = CourseContext(id="sample", title="サンプル講座", sender_name="サンプル講座事務局")
-    urls = {
-        "unsubscribe_url": "https://example.com/u/SAMPLE-TOKEN",
-        "manage_url": "https://example.com/m/SAMPLE-TOKEN",
-    }
-    for name in ("山田 太郎", None):
-        for number in (1, 2, 3):
-            lesson = LessonContext(
-                number=number,
-                total=3,
-                slug="sample",
-                subject="件名",
-                preheader="プレヘッダー",
-                is_first=number == 1,
-                is_last=number == 3,
-            )
-            yield (
-                "lesson",
-                {
-                    "course": course,
-                    "lesson": lesson,
-                    "subject": "件名",
-                    "preheader": "プレヘッダー",
-                    "body_html": Markup(converted.html),
-                    "body_text": converted.text,
-                    "time_greeting": time_greeting(7),
-                    "name": name,
-                    **urls,
-                },
-            )
-        yield (
-            "confirmation",
-            {
-                "course": course,
-                "name": name,
-                "confirm_url": "https://example.com/c/SAMPLE-TOKEN",
-                "subject": "件名",
-                "preheader": "プレヘッダー",
-                **urls,
-            },
-        )
-
-
-def _referenced_variables(env: jinja2.Environment, name: str, seen: set[str]) -> set[str]:
-    """Variables used by template `name` and by every template it extends, includes or imports."""
-    if name in seen:
-        return set()
-    seen.add(name)
-    assert env.loader is not None
-    source = env.loader.get_source(env, name)[0]
-    ast = env.parse(source)
-    found = set(meta.find_undeclared_variables(ast))
-    for child in meta.find_referenced_templates(ast):
-        if child is not None:
-            found |= _referenced_variables(env, child, seen)
-    return found
-
-
-def check_templates(templates_dir: Path) -> list[str]:
-    """Problems with the email templates, as "file:line: message" strings (empty when fine).
-
-    Reports: missing required templates, syntax errors, undefined variables (each template is
-    rendered with sample data under StrictUndefined), a layout that never uses
-    `unsubscribe_url`, and rendered emails without the unsubscribe link.
-    """
-    if not templates_dir.is_dir():
-        return [f"{templates_dir}: templates directory not found; set DRIP_TEMPLATES_DIR"]
-    env = make_environment(templates_dir)
-    problems: list[str] = []
-
-    def report(message: str) -> None:
-        if message not in problems:
-            problems.append(message)
-
-    broken: set[str] = set()
-    for path in sorted(templates_dir.rglob("*.j2")):
-        name = path.relative_to(templates_dir).as_posix()
-        try:
-            env.get_template(name)
-        except jinja2.TemplateSyntaxError as exc:
-            broken.add(name)
-            report(f"{templates_dir / name}:{exc.lineno}: {_describe(exc)}")
-    for name in REQUIRED_TEMPLATES:
-        if not (templates_dir / name).is_file():
-            broken.add(name)
-            report(f"{templates_dir / name}: missing; every course needs {name}")
-
-    for layout in LAYOUTS:
-        if layout in broken:
-            continue
-        try:
-            used = _referenced_variables(env, layout, set())
-        except jinja2.TemplateError:
-            continue  # reported by the syntax pass or the render pass
-        if "unsubscribe_url" not in used:
-            report(
-                f"{templates_dir / layout}:1: the layout never uses unsubscribe_url; every email"
-                " must show a visible unsubscribe link (配信停止)"
-            )
-
-    for kind, context in _sample_contexts():
-        names = LESSON_TEMPLATES if kind == "lesson" else CONFIRMATION_TEMPLATES
-        for name in names:
-            if name in broken:
-                continue
-            try:
-                rendered = env.get_template(name).render(context)
-            except Exception as exc:  # any failure is a finding, not a crash of `course check`
-                report(f"{_error_location(exc, templates_dir, name)}: {_describe(exc)}")
-                continue
-            if context["unsubscribe_url"] not in rendered:
-                report(
-                    f"{templates_dir / name}:1: the rendered email has no unsubscribe link"
-                    " ({{ unsubscribe_url }}, 配信停止)"
-                )
-    return problems

@@ -1,0 +1,37 @@
+"""drip.addresses: the one name cleaner, used when a name is stored and when it is rendered."""
+
+from __future__ import annotations
+
+import pytest
+
+from drip.addresses import MAX_NAME_LENGTH, InvalidAddressError, clean_name
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, None),
+        ("", None),
+        (" \t\r\n\u3000 ", None),
+        ("山田 太郎", "山田 太郎"),
+        ("  山田   太郎  ", "山田 太郎"),
+        ("山田\u3000太郎", "山田 太郎"),
+        ("Yamada\r\nBcc: a@b.c", "Yamada Bcc: a@b.c"),
+        ("a\x00b\u200bc", "a b c"),
+        ("x\ue000name\ue001y\U000f0000", "x name y"),  # slot markers and other private use
+        ('<script>alert("x")</script>', '<script>alert("x")</script>'),  # escaping is HTML's job
+    ],
+)
+def test_clean_name_turns_unprintable_characters_into_one_space(
+    raw: str | None, expected: str | None
+) -> None:
+    assert clean_name(raw) == expected
+    assert clean_name(raw, max_length=None) == expected
+
+
+def test_clean_name_refuses_a_long_name_unless_unlimited() -> None:
+    longest = "名" * MAX_NAME_LENGTH
+    assert clean_name(f"  {longest}\n") == longest
+    with pytest.raises(InvalidAddressError, match=f"longer than {MAX_NAME_LENGTH} characters"):
+        clean_name(longest + "前")
+    assert clean_name(longest + "前", max_length=None) == longest + "前"
