@@ -270,3 +270,18 @@ def test_configuration_errors_exit_2_and_leave_nothing_behind(
         assert message in result.output, result.output
         assert "DRIP_SECRET_KEY" not in result.output
     assert set(workdir.iterdir()) == before  # no drip-secret.key, no empty database file
+
+
+def test_confirming_a_pending_subscriber_says_so_and_an_empty_in_doubt_list_says_none(
+    workdir: Path,
+) -> None:
+    assert drip("subscribe", "p@example.com", "--now", MORNING).exit_code == 0
+    confirmed = drip("subscribe", "p@example.com", "--confirmed", "--now", MORNING)
+    assert confirmed.exit_code == 0, confirmed.output
+    assert "already subscribed" not in confirmed.output
+    assert "confirmed" in confirmed.output and "starts the course" in confirmed.output
+    again = drip("subscribe", "p@example.com", "--confirmed", "--now", MORNING)
+    assert "already subscribed (active)" in again.output
+    listing = drip("deliveries", "in-doubt")
+    assert listing.exit_code == 0 and listing.output.strip() == "none: no delivery is in doubt"
+    assert drip("deliveries", "in-doubt", "--json").output == ""

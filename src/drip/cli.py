@@ -524,7 +524,10 @@ def in_doubt_command(as_json: bool) -> None:
     from drip.lifecycle import in_doubt
 
     sessions, loaded = open_ledger()
-    for doubt in in_doubt(sessions, loaded):
+    doubts = in_doubt(sessions, loaded)
+    if not doubts and not as_json:
+        click.echo("none: no delivery is in doubt")
+    for doubt in doubts:
         if as_json:
             click.echo(
                 json.dumps(

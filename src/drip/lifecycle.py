@@ -75,7 +75,10 @@ def subscribe(
         view = store.get_subscriber_by_id(session, added.subscriber_id)
     status = str(added.status)
     if status != store.SubscriberStatus.PENDING.value:
-        note = "" if added.created else f"already subscribed ({status})"
+        if added.confirmed_now:
+            note = "confirmed: was waiting for confirmation, now starts the course"
+        else:
+            note = "" if added.created else f"already subscribed ({status})"
         return SubscribeResult(added.subscriber_id, status, added.created, False, note)
     last = view.confirmation_sent_at if view is not None else None
     if last is not None and now - last < CONFIRMATION_INTERVAL:
