@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -62,11 +62,9 @@ __all__ = [
     "ClaimBatch",
     "DeliveryStatus",
     "ExistingSubscriber",
-    "FailedItem",
     "InDoubtView",
     "NewSubscriber",
     "NotFoundError",
-    "RetryItem",
     "SentItem",
     "StateError",
     "SubscriberStatus",
@@ -191,19 +189,6 @@ class SentItem:
     now: datetime
     next_lesson: str | None
     next_send_at: datetime | None
-
-
-class RetryItem(NamedTuple):
-    delivery_id: int
-    retry_at: datetime
-    detail: str
-
-
-class FailedItem(NamedTuple):
-    """Used by `record_failed` and `record_in_doubt`."""
-
-    delivery_id: int
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -934,14 +919,6 @@ def _settling(conn: Connection, delivery_ids: Iterable[int]) -> dict[int, _Settl
         for row in conn.execute(stmt, {"ids": list(chunk)}):
             found[row.id] = _Settling(*row)
     return found
-
-
-def _executemany(conn: Connection, stmt: Any, params: list[dict[str, Any]]) -> None:
-    if params:
-        conn.execute(stmt, params)
-
-
-_DT = S.c.next_send_at.type
 
 
 def _converter(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
