@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from drip import store
 from drip.models import DeliveryStatus, SubscriberStatus, deliveries, subscribers
+from drip.store._sql import due_filter
 
 COURSE = "course-a"
 T0 = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
@@ -607,7 +608,7 @@ def test_recorded_instants_are_stored_as_the_orm_stores_them(session: Session) -
 
 
 def test_the_due_query_uses_the_partial_index(session: Session) -> None:
-    query = select(subscribers.c.id).where(*store._due_filter(COURSE, T0))
+    query = select(subscribers.c.id).where(*due_filter(COURSE, T0))
     compiled = query.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
     connection = session.connection()
     if connection.dialect.name == "sqlite":
