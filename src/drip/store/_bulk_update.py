@@ -8,14 +8,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 
-from drip.store._sql import ACTIVE, chunks, is_postgresql
+from drip.store._sql import ACTIVE, chunks
+from drip.store.capabilities import capabilities_of
 
 
 def converter(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
     """The bind processing of `column`'s type, memoised per value (None: nothing to do).
 
     A batch shares a handful of distinct values (its `now`, a few next_send_at), so converting
-    each once instead of once per row is most of the saving of `_update_rows`.
+    each once instead of once per row is most of the saving of `update_rows`.
     """
     # dialect_impl: the full chain (aware -> naive UTC -> the pinned SQLite text format).
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
@@ -44,8 +45,9 @@ def update_rows(
     """UPDATE `table` SET each of `columns` WHERE id = the last value of the row, for every row
     (and, with `only_active`, only where the row's status is 'active').
 
-    One statement per call: on PostgreSQL an UPDATE ... FROM unnest(<one array per column>), so
-    a batch is one round trip; elsewhere one executemany of plain tuples on the DBAPI cursor.
+    One statement per call: with array parameters (PostgreSQL) an UPDATE ... FROM unnest(<one
+    array per column>), so a batch is one round trip; otherwise one executemany of plain tuples
+    on the DBAPI cursor.
     Values are converted by the columns' types (aware datetimes -> the stored UTC form) but skip
     SQLAlchemy's per-row parameter processing, which cost more than the SQL itself.
     """
@@ -71,8 +73,10 @@ def update_rows(
             )
             for row in rows
         ]
-    if is_postgresql(conn):
-        arrays = ", ".join(f"%s::{table.c[name].type.compile(dialect)}[]" for name in names)
+    capabilities = capabilities_of(dialect)
+    mark = capabilities.placeholder
+    if capabilities.array_params:
+        arrays = ", ".join(f"{mark}::{table.c[name].type.compile(dialect)}[]" for name in names)
         assignments = ", ".join(f"{name} = v.{name}" for name in columns)
         sql = (
             f"UPDATE {table.name} AS t SET {assignments}"
@@ -80,14 +84,13 @@ def update_rows(
         )
         conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*params, strict=True)))
         return
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
     assignments = ", ".join(f"{name} = {mark}" for name in columns)
     sql = f"UPDATE {table.name} AS t SET {assignments} WHERE t.id = {mark}{active}"
     conn.exec_driver_sql(sql, params)
 
 
 SHARED_RATIO = 4
-"""`_update_rows` goes set-based when rows share their values at least this much on average."""
+"""`update_rows` goes set-based when rows share their values at least this much on average."""
 
 
 def update_groups(
@@ -98,17 +101,18 @@ def update_groups(
     active: str,
 ) -> None:
     """One `UPDATE ... SET <shared values> WHERE id IN <ids>` per group of rows with equal
-    values: a bulk request's readers share their outcome and next lesson, so most of a batch is
+    values: a bulk request's subscribers share their outcome and next lesson, so most of a batch is
     one statement with one id list instead of per-row values (less binding and conversion).
     """
     dialect = conn.dialect
     converters = [converter(table.c[name], dialect) for name in columns]
-    postgres = is_postgresql(conn)
-    mark = "%s" if postgres or dialect.paramstyle != "qmark" else "?"
-    if postgres:
+    capabilities = capabilities_of(dialect)
+    arrays = capabilities.array_params
+    mark = capabilities.placeholder
+    if arrays:
         # Cast like the unnest form does, so a value is read as its column's type.
         assignments = ", ".join(
-            f"{name} = %s::{table.c[name].type.compile(dialect)}" for name in columns
+            f"{name} = {mark}::{table.c[name].type.compile(dialect)}" for name in columns
         )
     else:
         assignments = ", ".join(f"{name} = {mark}" for name in columns)
@@ -117,9 +121,10 @@ def update_groups(
             value if convert is None else convert(value)
             for convert, value in zip(converters, values, strict=True)
         )
-        if postgres:
+        if arrays:
             sql = (
-                f"UPDATE {table.name} AS t SET {assignments} WHERE t.id = ANY(%s::BIGINT[]){active}"
+                f"UPDATE {table.name} AS t SET {assignments}"
+                f" WHERE t.id = ANY({mark}::BIGINT[]){active}"
             )
             conn.exec_driver_sql(sql, (*shared, list(ids)))
             continue

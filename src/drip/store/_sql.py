@@ -8,12 +8,13 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Insert, Table, any_, bindparam
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
 from drip.models import deliveries, subscribers
 from drip.statuses import SubscriberStatus
+from drip.store.capabilities import capabilities_of
 
 S = subscribers
 D = deliveries
@@ -36,25 +37,20 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def is_postgresql(conn: Connection) -> bool:
-    return conn.dialect.name == "postgresql"
-
-
 def insert_ignoring_conflicts(conn: Connection, table: Table, keys: Sequence[str]) -> Insert:
     """INSERT ... ON CONFLICT (keys) DO NOTHING in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
-    return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    insert = capabilities_of(conn.dialect).insert_on_conflict
+    return insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
 def in_list(conn: Connection, column: Any, name: str, item_type: TypeEngine[Any]) -> Any:
     """`column IN (list)` with the list bound as parameter `name`.
 
-    PostgreSQL: `= ANY(:array)`, one parameter whatever the length, so the statement is the
-    same text every time (thousands of placeholders cost more to send and plan than the query).
-    SQLite: an expanding IN list.
+    With array parameters (PostgreSQL): `= ANY(:array)`, one parameter whatever the length, so
+    the statement is the same text every time (thousands of placeholders cost more to send and
+    plan than the query). Otherwise (SQLite): an expanding IN list.
     """
-    if is_postgresql(conn):
+    if capabilities_of(conn.dialect).array_params:
         return column == any_(bindparam(name, type_=postgresql.ARRAY(item_type)))
     return column.in_(bindparam(name, expanding=True))
 

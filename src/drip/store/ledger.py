@@ -38,8 +38,8 @@ from drip.store._sql import (
     connection,
     due_filter,
     in_list,
-    is_postgresql,
 )
+from drip.store.capabilities import capabilities_of
 from drip.store.exceptions import NotFoundError, StateError
 from drip.store.values import Claim, ClaimBatch, SentItem
 
@@ -69,7 +69,7 @@ def _pick_due(conn: Connection, course_id: str, now: datetime, limit: int) -> li
         .order_by(S.c.next_send_at, S.c.id)
         .limit(limit)
     )
-    if is_postgresql(conn):
+    if capabilities_of(conn.dialect).skip_locked:
         # Rows another run is claiming right now are skipped, not waited for.
         stmt = stmt.with_for_update(skip_locked=True, of=S)
     return list(conn.execute(stmt))
@@ -324,7 +324,7 @@ class _Settling:
 
 
 def _settling(conn: Connection, delivery_ids: Iterable[int]) -> dict[int, _Settling]:
-    """Current state of deliveries and their subscribers; locked on PostgreSQL so an unsubscribe
+    """Current state of deliveries and their subscribers; row-locked (PostgreSQL) so an unsubscribe
     committed concurrently is either seen here or applied after this transaction (and wins).
     """
     stmt: Select[Any] = (
@@ -341,7 +341,7 @@ def _settling(conn: Connection, delivery_ids: Iterable[int]) -> dict[int, _Settl
         .where(in_list(conn, D.c.id, "ids", BigInteger()))
         .order_by(D.c.id)
     )
-    if is_postgresql(conn):
+    if capabilities_of(conn.dialect).row_locks:
         stmt = stmt.with_for_update(of=[D, S])
     found: dict[int, _Settling] = {}
     for chunk in chunks(sorted(set(delivery_ids))):

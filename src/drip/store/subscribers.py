@@ -22,8 +22,8 @@ from drip.store._sql import (
     chunks,
     connection,
     insert_ignoring_conflicts,
-    is_postgresql,
 )
+from drip.store.capabilities import capabilities_of
 from drip.store.exceptions import NotFoundError, SuppressedAddressError
 from drip.store.values import AddResult, ExistingSubscriber, NewSubscriber, SubscriberView
 
@@ -265,7 +265,7 @@ def existing_subscribers(
     found: dict[str, ExistingSubscriber] = {}
     columns = (S.c.email, S.c.id, S.c.status, S.c.timezone)
     stmt: Select[Any]
-    if is_postgresql(conn):
+    if capabilities_of(conn.dialect).array_params:
         # A join on unnest() probes the (course_id, email) index once per address whatever the
         # table statistics say; `email = ANY(...)` right after a big import (statistics not yet
         # refreshed) was planned as a scan of the whole course, 1 s per batch at 100k rows.
