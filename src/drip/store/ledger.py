@@ -8,8 +8,8 @@ lesson goes out at most once whatever runs crash or overlap.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from drip.claim_policy import ClaimAction, Defer, decide_claim
 from drip.statuses import DeliveryStatus
 from drip.store._bulk_update import update_rows
 from drip.store._sql import (
@@ -85,7 +86,7 @@ def _set_next_send_at(conn: Connection, ids: Sequence[int], value: datetime | No
         conn.execute(stmt, {"ids": list(chunk), "b_at": value})
 
 
-def _insert_claims(
+def _insert_claims_statement(
     conn: Connection, course_id: str, run_id: str, now: datetime, lease_until: datetime
 ) -> Any:
     """INSERT one 'claimed' delivery of its next lesson per subscriber in the bound list `ids`,
@@ -128,21 +129,17 @@ def claim_due(
     limit: int,
     run_id: str,
     lease: timedelta,
-    defer: Callable[[str, str], datetime | None] | None = None,
+    defer: Defer | None = None,
 ) -> ClaimBatch:
     """Claim up to `limit` due lessons of `course_id` for run `run_id`, oldest due first.
 
-    Due: 'active' with next_send_at <= now, in (next_send_at, id) order. `defer(timezone,
-    lesson)` may return a later moment for a subscriber that must not get mail now (a late run
-    inside quiet hours): its next_send_at becomes that moment and it is not claimed. Per
-    subscriber, by the ledger row of (subscriber, next_lesson): none -> inserted 'claimed'
-    (attempts 1); 'retry', 'failed' (re-armed by an operator) or 'claimed' past its lease (never
-    handed to a transport) -> 'claimed', attempts + 1; 'sending' past its lease (the run crashed
-    while the message was with the transport) -> 'in_doubt', subscriber held (next_send_at
-    NULL), counted in `newly_in_doubt`, not claimed; 'claimed' or 'sending' within another run's
-    lease -> left alone until it ends; 'sent' or 'in_doubt' -> not claimed, subscriber held,
-    logged. A claimed subscriber's next_send_at becomes the lease end so no other run picks it
-    meanwhile. Call `mark_sending` just before handing claims to a transport.
+    Due: 'active' with next_send_at <= now, in (next_send_at, id) order. What happens to each
+    due subscriber is `drip.claim_policy.decide_claim`'s decision on the ledger row of
+    (subscriber, next_lesson): claimed (a new row, or an old one again with attempts + 1),
+    deferred to the moment `defer(timezone, lesson)` names, left to another run until its lease
+    ends, marked 'in_doubt' (a 'sending' row past its lease: counted in `newly_in_doubt`), or
+    held (next_send_at NULL). A claimed subscriber's next_send_at becomes the lease end so no
+    other run picks it meanwhile. Call `mark_sending` just before handing claims to a transport.
 
     The caller must commit right after and before sending anything: the claim is what makes a
     concurrent or later run leave these lessons alone. PostgreSQL: FOR UPDATE SKIP LOCKED, so
@@ -160,98 +157,149 @@ def claim_due(
         picked = _pick_due(conn, course_id, now, limit - len(claims))
         if not picked:
             break
-        fresh: list[Row[Any]] = []
-        again: list[Row[Any]] = []
-        expired: list[Row[Any]] = []
-        held: list[int] = []
-        leased: list[tuple[int, datetime]] = []
-        deferred: list[tuple[int, datetime]] = []
-        for row in picked:
-            status = row.delivery_status
-            claimable = status is None or status in (DeliveryStatus.RETRY, DeliveryStatus.FAILED)
-            if status == DeliveryStatus.CLAIMED and row.lease_until <= now:
-                claimable = True  # its run died before handing it over: nothing went out
-            later = (
-                defer(row.timezone, row.next_lesson)
-                if claimable and defer is not None and row.next_lesson is not None
-                else None
-            )
-            if row.next_lesson is None:
-                log.warning("subscriber %s is active and due with no next lesson; held", row.id)
-                held.append(row.id)
-            elif later is not None:
-                deferred.append((row.id, later))
-            elif status is None:
-                fresh.append(row)
-            elif claimable:
-                again.append(row)
-            elif status == DeliveryStatus.SENDING and row.lease_until <= now:
-                expired.append(row)
-                held.append(row.id)
-            elif status in (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING):
-                leased.append((row.id, row.lease_until))
-            else:
-                log.warning(
-                    "subscriber %s is due for %r, which the ledger has as %r; held, not sent",
-                    row.id,
-                    row.next_lesson,
-                    status,
-                )
-                held.append(row.id)
-
-        delivery_ids: dict[int, int] = {}
-        if fresh:
-            for chunk in chunks(fresh):
-                inserted = conn.execute(
-                    _insert_claims(conn, course_id, run_id, now, lease_until),
-                    {"ids": [row.id for row in chunk]},
-                )
-                delivery_ids.update((subscriber, delivery) for delivery, subscriber in inserted)
-        if again:
-            reclaim = (
-                update(D)
-                .where(in_list(conn, D.c.id, "ids", BigInteger()))
-                .values(
-                    status=DeliveryStatus.CLAIMED.value,
-                    run_id=run_id,
-                    attempts=D.c.attempts + 1,
-                    claimed_at=now,
-                    lease_until=lease_until,
-                    updated_at=now,
-                )
-            )
-            for chunk in chunks(again):
-                conn.execute(reclaim, {"ids": [row.delivery_id for row in chunk]})
-        if expired:
-            doubt = (
-                update(D)
-                .where(in_list(conn, D.c.id, "ids", BigInteger()))
-                .values(
-                    status=DeliveryStatus.IN_DOUBT.value,
-                    updated_at=now,
-                    detail="the run that claimed it ended without recording an outcome"
-                    " (crashed or killed); it may or may not have been sent",
-                )
-            )
-            for chunk in chunks(expired):
-                conn.execute(doubt, {"ids": [row.delivery_id for row in chunk]})
-            newly_in_doubt += len(expired)
-        leased.extend(deferred)
-        if leased:
-            conn.execute(
-                update(S)
-                .where(S.c.id == bindparam("b_id"))
-                .values(next_send_at=bindparam("b_at", type_=S.c.next_send_at.type)),
-                [{"b_id": sid, "b_at": until} for sid, until in leased],
-            )
-        _set_next_send_at(conn, held, None)
-        claimed_rows = fresh + again
-        _set_next_send_at(conn, [row.id for row in claimed_rows], lease_until)
-        for row in fresh:
-            claims.append(_claim(row, delivery_ids[row.id], 1))
-        for row in again:
-            claims.append(_claim(row, row.delivery_id, row.attempts + 1))
+        plan = _plan(picked, now, defer)
+        claims.extend(_apply(conn, plan, course_id, run_id, now, lease_until))
+        newly_in_doubt += len(plan.in_doubt)
     return ClaimBatch(claims, newly_in_doubt)
+
+
+@dataclass(slots=True)
+class _ClaimPlan:
+    """One pick's rows, sorted by the claim policy's decisions."""
+
+    new: list[Row[Any]] = field(default_factory=list)
+    again: list[Row[Any]] = field(default_factory=list)
+    in_doubt: list[Row[Any]] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+    """Subscriber ids whose next_send_at becomes NULL."""
+    rescheduled: list[tuple[int, datetime | None]] = field(default_factory=list)
+    """(subscriber id, next_send_at): deferred, or waiting for another run's lease to end."""
+
+
+# Bound once: the loop below compares every picked row's decision with these.
+_CLAIM_NEW = ClaimAction.CLAIM_NEW
+_CLAIM_AGAIN = ClaimAction.CLAIM_AGAIN
+_MARK_IN_DOUBT = ClaimAction.MARK_IN_DOUBT
+_HOLD_NO_LESSON = ClaimAction.HOLD_NO_LESSON
+_RESCHEDULE = frozenset({ClaimAction.DEFER, ClaimAction.WAIT})
+
+
+def _plan(picked: Sequence[Row[Any]], now: datetime, defer: Defer | None) -> _ClaimPlan:
+    plan = _ClaimPlan()
+    for row in picked:
+        decision = decide_claim(row, now, defer)
+        action = decision.action
+        if action is _CLAIM_NEW:
+            plan.new.append(row)
+        elif action is _CLAIM_AGAIN:
+            plan.again.append(row)
+        elif action in _RESCHEDULE:
+            plan.rescheduled.append((row.id, decision.at))
+        elif action is _MARK_IN_DOUBT:
+            plan.in_doubt.append(row)
+            plan.held.append(row.id)
+        else:
+            _log_held(row, action)
+            plan.held.append(row.id)
+    return plan
+
+
+def _log_held(row: Row[Any], action: ClaimAction) -> None:
+    if action is _HOLD_NO_LESSON:
+        log.warning("subscriber %s is active and due with no next lesson; held", row.id)
+    else:
+        log.warning(
+            "subscriber %s is due for %r, which the ledger has as %r; held, not sent",
+            row.id,
+            row.next_lesson,
+            row.delivery_status,
+        )
+
+
+def _apply(
+    conn: Connection,
+    plan: _ClaimPlan,
+    course_id: str,
+    run_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> list[Claim]:
+    """Carry out `plan`: a few set-based statements whatever its size. Returns the claims."""
+    delivery_ids = _insert_claims(conn, plan.new, course_id, run_id, now, lease_until)
+    _claim_again(conn, plan.again, run_id, now, lease_until)
+    _mark_in_doubt(conn, plan.in_doubt, now)
+    if plan.rescheduled:
+        conn.execute(
+            update(S)
+            .where(S.c.id == bindparam("b_id"))
+            .values(next_send_at=bindparam("b_at", type_=S.c.next_send_at.type)),
+            [{"b_id": sid, "b_at": at} for sid, at in plan.rescheduled],
+        )
+    _set_next_send_at(conn, plan.held, None)
+    _set_next_send_at(conn, [row.id for row in (*plan.new, *plan.again)], lease_until)
+    claims = [_claim(row, delivery_ids[row.id], 1) for row in plan.new]
+    claims.extend(_claim(row, row.delivery_id, row.attempts + 1) for row in plan.again)
+    return claims
+
+
+def _insert_claims(
+    conn: Connection,
+    rows: Sequence[Row[Any]],
+    course_id: str,
+    run_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> dict[int, int]:
+    """Insert a 'claimed' ledger row (attempts 1) for each subscriber's next lesson. Returns
+    {subscriber id: delivery id}."""
+    delivery_ids: dict[int, int] = {}
+    if not rows:
+        return delivery_ids
+    stmt = _insert_claims_statement(conn, course_id, run_id, now, lease_until)
+    for chunk in chunks(rows):
+        inserted = conn.execute(stmt, {"ids": [row.id for row in chunk]})
+        delivery_ids.update((subscriber, delivery) for delivery, subscriber in inserted)
+    return delivery_ids
+
+
+def _claim_again(
+    conn: Connection, rows: Sequence[Row[Any]], run_id: str, now: datetime, lease_until: datetime
+) -> None:
+    """Existing ledger rows become 'claimed' by `run_id`, attempts + 1."""
+    if not rows:
+        return
+    reclaim = (
+        update(D)
+        .where(in_list(conn, D.c.id, "ids", BigInteger()))
+        .values(
+            status=DeliveryStatus.CLAIMED.value,
+            run_id=run_id,
+            attempts=D.c.attempts + 1,
+            claimed_at=now,
+            lease_until=lease_until,
+            updated_at=now,
+        )
+    )
+    for chunk in chunks(rows):
+        conn.execute(reclaim, {"ids": [row.delivery_id for row in chunk]})
+
+
+def _mark_in_doubt(conn: Connection, rows: Sequence[Row[Any]], now: datetime) -> None:
+    """'sending' rows whose run died become 'in_doubt' (the caller holds their subscribers)."""
+    if not rows:
+        return
+    doubt = (
+        update(D)
+        .where(in_list(conn, D.c.id, "ids", BigInteger()))
+        .values(
+            status=DeliveryStatus.IN_DOUBT.value,
+            updated_at=now,
+            detail="the run that claimed it ended without recording an outcome"
+            " (crashed or killed); it may or may not have been sent",
+        )
+    )
+    for chunk in chunks(rows):
+        conn.execute(doubt, {"ids": [row.delivery_id for row in chunk]})
 
 
 def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -> list[int]:
