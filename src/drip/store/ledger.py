@@ -306,7 +306,7 @@ def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -
     """These claims are about to be handed to a transport: 'claimed' -> 'sending'.
 
     Only claims whose subscriber is still 'active' are marked; the others (an unsubscribe or a
-    pause since the claim) go back to 'retry', unsent, so a reader who unsubscribed while a long
+    pause since the claim) go back to 'retry', unsent, so a subscriber who unsubscribed while a long
     run was going gets nothing after that. Returns the ids marked 'sending': send only those.
     Commit before sending. After a crash, only 'sending' rows can have gone out (they become
     'in_doubt'); rows still 'claimed' are sent by a later run.
