@@ -6,7 +6,8 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tests.store_support import COURSE, LEASE, LESSONS, T0, add, claim, delivery, view
 
@@ -480,3 +481,45 @@ def test_record_sent_set_based_when_a_batch_shares_its_values(
                 item.next_send_at,
                 T0,
             )
+
+
+def test_a_run_never_takes_over_another_runs_claim_within_its_lease(session: Session) -> None:
+    """A pause and resume make the subscriber due again while run 1 still holds its claim: run
+    2 must leave the claim alone (mutation survivor: claimed rows reclaimable inside the lease)."""
+    added = add(session, "held@example.com")
+    session.commit()
+    [first] = claim(session, T0, run_id="run-1").claims
+    one_minute = T0 + timedelta(minutes=1)
+    assert store.pause(session, added.subscriber_id, one_minute)
+    assert store.resume(session, added.subscriber_id, now=one_minute, next_send_at=one_minute)
+    session.commit()
+    assert store.count_due(session, COURSE, T0 + timedelta(minutes=2)) == 1
+
+    assert claim(session, T0 + timedelta(minutes=2), run_id="run-2") == store.ClaimBatch([], 0)
+    row = delivery(session, first.delivery_id)
+    assert (row["status"], row["run_id"], row["attempts"]) == ("claimed", "run-1", 1)
+    assert (row["claimed_at"], row["lease_until"]) == (T0, T0 + LEASE)
+    # Due again when run 1's lease ends, not before.
+    assert view(session, added.subscriber_id).next_send_at == T0 + LEASE
+
+
+def test_the_ledger_holds_one_row_per_subscriber_and_lesson(session: Session) -> None:
+    """The unique (subscriber_id, lesson) constraint that makes a lesson go out at most once."""
+    add(session, "once@example.com")
+    session.commit()
+    [claimed] = claim(session, T0).claims
+    again = {
+        "subscriber_id": claimed.subscriber_id,
+        "course_id": COURSE,
+        "lesson": claimed.lesson,
+        "status": "claimed",
+        "run_id": "run-2",
+        "attempts": 1,
+        "claimed_at": T0,
+        "lease_until": T0 + LEASE,
+        "updated_at": T0,
+    }
+    with pytest.raises(IntegrityError):
+        session.execute(insert(deliveries).values(again))
+    session.rollback()
+    assert store.delivery_counts(session, COURSE)["claimed"] == 1

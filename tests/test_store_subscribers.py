@@ -183,3 +183,26 @@ def test_aware_datetimes_in_any_offset_are_stored_as_the_same_instant(session: S
     stored = view(session, added.subscriber_id).next_send_at
     assert stored == tokyo and stored is not None and stored.tzinfo is UTC
     assert stored.isoformat() == "2026-04-01T00:00:00.000001+00:00"
+
+
+def test_confirm_pending_never_activates_an_unsubscribed_subscriber(session: Session) -> None:
+    """An import's bulk confirm after the person unsubscribed changes nothing (mutation
+    survivor: confirm_pending without its status = 'pending' filter)."""
+    pending = add(session, "gone@example.com", confirmed=False)
+    assert store.unsubscribe(session, pending.subscriber_id, T0 + timedelta(minutes=1))
+    session.commit()
+    later = T0 + timedelta(minutes=2)
+    confirmed = store.confirm_pending(
+        session, [(pending.subscriber_id, later)], now=later, first_lesson="welcome"
+    )
+    session.commit()
+    assert confirmed == 0
+    seen = view(session, pending.subscriber_id)
+    assert (seen.status, seen.confirmed_at, seen.next_lesson, seen.next_send_at) == (
+        "unsubscribed",
+        None,
+        None,
+        None,
+    )
+    assert seen.status_changed_at == T0 + timedelta(minutes=1)
+    assert store.count_due(session, COURSE, later + timedelta(days=30)) == 0
