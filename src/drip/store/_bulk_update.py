@@ -11,6 +11,9 @@ from sqlalchemy import Connection, Table
 from drip.store._sql import ACTIVE, chunks
 from drip.store.capabilities import capabilities_of
 
+SHARED_RATIO = 4
+"""`update_rows` goes set-based when rows share their values at least this much on average."""
+
 
 def converter(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
     """The bind processing of `column`'s type, memoised per value (None: nothing to do).
@@ -87,10 +90,6 @@ def update_rows(
     assignments = ", ".join(f"{name} = {mark}" for name in columns)
     sql = f"UPDATE {table.name} AS t SET {assignments} WHERE t.id = {mark}{active}"
     conn.exec_driver_sql(sql, params)
-
-
-SHARED_RATIO = 4
-"""`update_rows` goes set-based when rows share their values at least this much on average."""
 
 
 def update_groups(

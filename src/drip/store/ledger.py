@@ -49,78 +49,6 @@ log = logging.getLogger(__name__)
 # --- claiming ---------------------------------------------------------------------------------
 
 
-def _pick_due(conn: Connection, course_id: str, now: datetime, limit: int) -> list[Row[Any]]:
-    joined = S.outerjoin(D, and_(D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson))
-    stmt: Select[Any] = (
-        select(
-            S.c.id,
-            S.c.email,
-            S.c.name,
-            S.c.timezone,
-            S.c.next_lesson,
-            S.c.confirmed_at,
-            S.c.last_sent_at,
-            D.c.id.label("delivery_id"),
-            D.c.status.label("delivery_status"),
-            D.c.attempts,
-            D.c.lease_until,
-        )
-        .select_from(joined)
-        .where(*due_filter(course_id, now))
-        .order_by(S.c.next_send_at, S.c.id)
-        .limit(limit)
-    )
-    if capabilities_of(conn.dialect).skip_locked:
-        # Rows another run is claiming right now are skipped, not waited for.
-        stmt = stmt.with_for_update(skip_locked=True, of=S)
-    return list(conn.execute(stmt))
-
-
-def _set_next_send_at(conn: Connection, ids: Sequence[int], value: datetime | None) -> None:
-    stmt = (
-        update(S)
-        .where(in_list(conn, S.c.id, "ids", BigInteger()))
-        .values(next_send_at=bindparam("b_at", type_=S.c.next_send_at.type))
-    )
-    for chunk in chunks(ids):
-        conn.execute(stmt, {"ids": list(chunk), "b_at": value})
-
-
-def _insert_claims_statement(
-    conn: Connection, course_id: str, run_id: str, now: datetime, lease_until: datetime
-) -> Any:
-    """INSERT one 'claimed' delivery of its next lesson per subscriber in the bound list `ids`,
-    RETURNING (delivery id, subscriber id). One INSERT ... SELECT: the shared values are bound
-    once, not once per row."""
-
-    def shared(value: Any, column: Any) -> Any:
-        return literal(value, type_=column.type)
-
-    source = select(
-        S.c.id,
-        shared(course_id, D.c.course_id),
-        S.c.next_lesson,
-        shared(DeliveryStatus.CLAIMED.value, D.c.status),
-        shared(run_id, D.c.run_id),
-        shared(1, D.c.attempts),
-        shared(now, D.c.claimed_at),
-        shared(lease_until, D.c.lease_until),
-        shared(now, D.c.updated_at),
-    ).where(in_list(conn, S.c.id, "ids", BigInteger()))
-    columns = [
-        "subscriber_id",
-        "course_id",
-        "lesson",
-        "status",
-        "run_id",
-        "attempts",
-        "claimed_at",
-        "lease_until",
-        "updated_at",
-    ]
-    return insert(D).from_select(columns, source).returning(D.c.id, D.c.subscriber_id)
-
-
 def claim_due(
     session: Session,
     *,
@@ -216,6 +144,33 @@ def _log_held(row: Row[Any], action: ClaimAction) -> None:
         )
 
 
+def _pick_due(conn: Connection, course_id: str, now: datetime, limit: int) -> list[Row[Any]]:
+    joined = S.outerjoin(D, and_(D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson))
+    stmt: Select[Any] = (
+        select(
+            S.c.id,
+            S.c.email,
+            S.c.name,
+            S.c.timezone,
+            S.c.next_lesson,
+            S.c.confirmed_at,
+            S.c.last_sent_at,
+            D.c.id.label("delivery_id"),
+            D.c.status.label("delivery_status"),
+            D.c.attempts,
+            D.c.lease_until,
+        )
+        .select_from(joined)
+        .where(*due_filter(course_id, now))
+        .order_by(S.c.next_send_at, S.c.id)
+        .limit(limit)
+    )
+    if capabilities_of(conn.dialect).skip_locked:
+        # Rows another run is claiming right now are skipped, not waited for.
+        stmt = stmt.with_for_update(skip_locked=True, of=S)
+    return list(conn.execute(stmt))
+
+
 def _apply(
     conn: Connection,
     plan: _ClaimPlan,
@@ -262,6 +217,41 @@ def _insert_claims(
     return delivery_ids
 
 
+def _insert_claims_statement(
+    conn: Connection, course_id: str, run_id: str, now: datetime, lease_until: datetime
+) -> Any:
+    """INSERT one 'claimed' delivery of its next lesson per subscriber in the bound list `ids`,
+    RETURNING (delivery id, subscriber id). One INSERT ... SELECT: the shared values are bound
+    once, not once per row."""
+
+    def shared(value: Any, column: Any) -> Any:
+        return literal(value, type_=column.type)
+
+    source = select(
+        S.c.id,
+        shared(course_id, D.c.course_id),
+        S.c.next_lesson,
+        shared(DeliveryStatus.CLAIMED.value, D.c.status),
+        shared(run_id, D.c.run_id),
+        shared(1, D.c.attempts),
+        shared(now, D.c.claimed_at),
+        shared(lease_until, D.c.lease_until),
+        shared(now, D.c.updated_at),
+    ).where(in_list(conn, S.c.id, "ids", BigInteger()))
+    columns = [
+        "subscriber_id",
+        "course_id",
+        "lesson",
+        "status",
+        "run_id",
+        "attempts",
+        "claimed_at",
+        "lease_until",
+        "updated_at",
+    ]
+    return insert(D).from_select(columns, source).returning(D.c.id, D.c.subscriber_id)
+
+
 def _claim_again(
     conn: Connection, rows: Sequence[Row[Any]], run_id: str, now: datetime, lease_until: datetime
 ) -> None:
@@ -302,6 +292,30 @@ def _mark_in_doubt(conn: Connection, rows: Sequence[Row[Any]], now: datetime) ->
         conn.execute(doubt, {"ids": [row.delivery_id for row in chunk]})
 
 
+def _set_next_send_at(conn: Connection, ids: Sequence[int], value: datetime | None) -> None:
+    stmt = (
+        update(S)
+        .where(in_list(conn, S.c.id, "ids", BigInteger()))
+        .values(next_send_at=bindparam("b_at", type_=S.c.next_send_at.type))
+    )
+    for chunk in chunks(ids):
+        conn.execute(stmt, {"ids": list(chunk), "b_at": value})
+
+
+def _claim(row: Row[Any], delivery_id: int, attempts: int) -> Claim:
+    return Claim(
+        delivery_id=delivery_id,
+        subscriber_id=row.id,
+        email=row.email,
+        name=row.name,
+        timezone=row.timezone,
+        lesson=row.next_lesson,
+        attempts=attempts,
+        confirmed_at=row.confirmed_at,
+        last_sent_at=row.last_sent_at,
+    )
+
+
 def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -> list[int]:
     """These claims are about to be handed to a transport: 'claimed' -> 'sending'.
 
@@ -336,21 +350,12 @@ def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -
     return marked
 
 
-def _claim(row: Row[Any], delivery_id: int, attempts: int) -> Claim:
-    return Claim(
-        delivery_id=delivery_id,
-        subscriber_id=row.id,
-        email=row.email,
-        name=row.name,
-        timezone=row.timezone,
-        lesson=row.next_lesson,
-        attempts=attempts,
-        confirmed_at=row.confirmed_at,
-        last_sent_at=row.last_sent_at,
-    )
-
-
 # --- recording outcomes -----------------------------------------------------------------------
+
+
+_MINE = frozenset({DeliveryStatus.CLAIMED.value, DeliveryStatus.SENDING.value})
+"""A run's open rows: claimed, and maybe handed to the transport."""
+_OPEN = _MINE | {DeliveryStatus.IN_DOUBT.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,11 +510,6 @@ def _settle(
     _update_deliveries(conn, status, changed)
     _hold_or_reschedule(conn, subscribers_after)
     return len(changed)
-
-
-_MINE = frozenset({DeliveryStatus.CLAIMED.value, DeliveryStatus.SENDING.value})
-"""A run's open rows: claimed, and maybe handed to the transport."""
-_OPEN = _MINE | {DeliveryStatus.IN_DOUBT.value}
 
 
 def record_retry(
