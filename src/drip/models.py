@@ -35,6 +35,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+# Defined in drip.statuses (no database imports there); importable from here as before.
+from drip.statuses import SUPPRESSED_STATUSES as SUPPRESSED_STATUSES
+from drip.statuses import DeliveryStatus as DeliveryStatus
+from drip.statuses import SubscriberStatus as SubscriberStatus
+
 # SQLite keeps datetimes as text and compares them as strings, so every value must be written in
 # one fixed-width format; this is SQLAlchemy's default, pinned here so it can never drift.
 SQLITE_DATETIME_FORMAT = (
@@ -73,41 +78,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
-
-
-class SubscriberStatus(enum.StrEnum):
-    """Where one enrolment stands. The last three are suppressions: never mailed again."""
-
-    PENDING = "pending"
-    ACTIVE = "active"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    UNSUBSCRIBED = "unsubscribed"
-    BOUNCED = "bounced"
-    COMPLAINED = "complained"
-
-
-SUPPRESSED_STATUSES = frozenset(
-    {SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED}
-)
-
-
-class DeliveryStatus(enum.StrEnum):
-    """Where one (subscriber, lesson) send stands in the ledger."""
-
-    CLAIMED = "claimed"
-    """Reserved by a run, not yet handed to a transport: claimable again once its lease ends."""
-    SENDING = "sending"
-    """Handed to a transport by a run that has not recorded the outcome yet. If that run dies,
-    the message may or may not have gone out: past the lease it becomes 'in_doubt'."""
-    SENT = "sent"
-    """The provider accepted it."""
-    RETRY = "retry"
-    """Known not sent; will be claimed again when the subscriber is due."""
-    FAILED = "failed"
-    """Permanently refused by the provider; the subscriber is held for the operator."""
-    IN_DOUBT = "in_doubt"
-    """Maybe sent (crash or a lost response); an operator or a provider event decides."""
 
 
 def _check_in(column: str, values: type[enum.StrEnum]) -> str:

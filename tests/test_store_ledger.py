@@ -1,246 +1,18 @@
-"""The store on SQLite and PostgreSQL: subscriber rules, claims, outcomes, events."""
+"""The store's ledger on SQLite and PostgreSQL: claims, marking sending, outcomes, in doubt."""
 
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, select, text, update
-from sqlalchemy.exc import StatementError
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from tests.store_support import COURSE, LEASE, LESSONS, T0, add, claim, delivery, view
 
 from drip import store
-from drip.models import DeliveryStatus, SubscriberStatus, deliveries, subscribers
-
-COURSE = "course-a"
-T0 = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
-LEASE = timedelta(minutes=15)
-LESSONS = ("welcome", "second", "third")
-
-
-def add(
-    session: Session,
-    email: str,
-    *,
-    confirmed: bool = True,
-    at: datetime = T0,
-    course: str = COURSE,
-    now: datetime = T0,
-) -> store.AddResult:
-    return store.add_subscriber(
-        session,
-        course_id=course,
-        email=email,
-        name="名前",
-        timezone="Asia/Tokyo",
-        now=now,
-        consent_source="cli",
-        confirmed=confirmed,
-        first_lesson=LESSONS[0],
-        first_send_at=at,
-    )
-
-
-def claim(
-    session: Session, now: datetime = T0, *, limit: int = 100, run_id: str = "run-1"
-) -> store.ClaimBatch:
-    batch = store.claim_due(
-        session, course_id=COURSE, now=now, limit=limit, run_id=run_id, lease=LEASE
-    )
-    session.commit()
-    return batch
-
-
-def view(session: Session, subscriber_id: int) -> store.SubscriberView:
-    found = store.get_subscriber_by_id(session, subscriber_id)
-    assert found is not None
-    return found
-
-
-def delivery(session: Session, delivery_id: int) -> dict[str, object]:
-    row = (
-        session.connection().execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
-    )
-    return row._asdict()
-
-
-# --- subscribers ------------------------------------------------------------------------------
-
-
-def test_new_subscribers_are_pending_or_active(session: Session) -> None:
-    pending = add(session, "p@example.com", confirmed=False)
-    active = add(session, "a@example.com", at=T0 + timedelta(hours=1))
-    session.commit()
-    assert (pending.status, pending.created) == (SubscriberStatus.PENDING, True)
-    assert (active.status, active.created) == (SubscriberStatus.ACTIVE, True)
-    p, a = view(session, pending.subscriber_id), view(session, active.subscriber_id)
-    assert p.next_lesson is None and p.next_send_at is None and p.confirmed_at is None
-    assert a.next_lesson == "welcome"
-    assert a.next_send_at == T0 + timedelta(hours=1)
-    assert a.next_send_at is not None and a.next_send_at.tzinfo is not None
-    assert a.confirmed_at == T0 and a.consent_source == "cli" and a.name == "名前"
-
-
-def test_email_is_unique_per_course_whatever_its_case(session: Session) -> None:
-    first = add(session, "Alice@Example.com")
-    again = add(session, "alice@EXAMPLE.com ")
-    other_course = add(session, "alice@example.com", course="course-b")
-    session.commit()
-    assert again.subscriber_id == first.subscriber_id and not again.created
-    assert other_course.created and other_course.subscriber_id != first.subscriber_id
-    found = store.get_subscriber(session, COURSE, "ALICE@example.com")
-    assert found is not None and found.email == "alice@example.com"
-    assert store.get_subscriber(session, COURSE, "nobody@example.com") is None
-
-
-def test_confirmed_add_confirms_a_pending_subscriber(session: Session) -> None:
-    pending = add(session, "p@example.com", confirmed=False)
-    result = add(session, "p@example.com", at=T0 + timedelta(hours=2), now=T0 + timedelta(hours=1))
-    session.commit()
-    assert result == store.AddResult(
-        pending.subscriber_id, SubscriberStatus.ACTIVE, created=False, confirmed_now=True
-    )
-    seen = view(session, pending.subscriber_id)
-    assert seen.status is SubscriberStatus.ACTIVE
-    assert seen.confirmed_at == T0 + timedelta(hours=1)
-    assert seen.next_send_at == T0 + timedelta(hours=2)
-
-
-def test_existing_active_paused_completed_are_left_alone(session: Session) -> None:
-    active = add(session, "a@example.com", at=T0)
-    paused = add(session, "p@example.com")
-    store.pause(session, paused.subscriber_id, T0)
-    again = add(session, "a@example.com", at=T0 + timedelta(days=9))
-    paused_again = add(session, "p@example.com", confirmed=False)
-    session.commit()
-    assert (again.status, again.created, again.confirmed_now) == (
-        SubscriberStatus.ACTIVE,
-        False,
-        False,
-    )
-    assert view(session, active.subscriber_id).next_send_at == T0
-    assert paused_again.status is SubscriberStatus.PAUSED
-
-
-@pytest.mark.parametrize("how", ["unsubscribed", "bounced", "complained"])
-def test_suppressed_addresses_are_never_reactivated(session: Session, how: str) -> None:
-    added = add(session, "s@example.com")
-    if how == "unsubscribed":
-        store.unsubscribe(session, added.subscriber_id, T0)
-    else:
-        store.mark_suppressed(session, "S@example.com", how, T0)
-    session.commit()
-    with pytest.raises(store.SuppressedAddressError, match=how) as raised:
-        add(session, "s@example.com")
-    assert raised.value.exit_code == 2
-    with pytest.raises(store.SuppressedAddressError):
-        add(session, "s@example.com", confirmed=False)
-    with pytest.raises(store.SuppressedAddressError):
-        store.confirm_subscriber(
-            session, added.subscriber_id, now=T0, first_lesson="welcome", first_send_at=T0
-        )
-    session.rollback()
-    assert view(session, added.subscriber_id).status == how
-    assert view(session, added.subscriber_id).next_send_at is None
-
-
-def test_confirm_subscriber(session: Session) -> None:
-    pending = add(session, "p@example.com", confirmed=False)
-    assert store.confirm_subscriber(
-        session, pending.subscriber_id, now=T0, first_lesson="welcome", first_send_at=T0
-    )
-    # A second click on the link changes nothing.
-    assert not store.confirm_subscriber(
-        session,
-        pending.subscriber_id,
-        now=T0 + timedelta(days=1),
-        first_lesson="welcome",
-        first_send_at=T0 + timedelta(days=1),
-    )
-    session.commit()
-    seen = view(session, pending.subscriber_id)
-    assert (seen.status, seen.confirmed_at, seen.next_send_at) == ("active", T0, T0)
-    with pytest.raises(store.NotFoundError):
-        store.confirm_subscriber(session, 999_999, now=T0, first_lesson="w", first_send_at=T0)
-
-
-def test_mark_confirmation_sent(session: Session) -> None:
-    pending = add(session, "p@example.com", confirmed=False)
-    store.mark_confirmation_sent(session, pending.subscriber_id, T0 + timedelta(minutes=1))
-    session.commit()
-    assert view(session, pending.subscriber_id).confirmation_sent_at == T0 + timedelta(minutes=1)
-    with pytest.raises(store.NotFoundError):
-        store.mark_confirmation_sent(session, 999_999, T0)
-
-
-def test_pause_and_resume(session: Session) -> None:
-    added = add(session, "a@example.com")
-    assert store.pause(session, added.subscriber_id, T0)
-    assert not store.pause(session, added.subscriber_id, T0)
-    session.commit()
-    paused = view(session, added.subscriber_id)
-    assert (paused.status, paused.paused_at, paused.next_send_at) == ("paused", T0, None)
-    assert store.count_due(session, COURSE, T0 + timedelta(days=30)) == 0
-    later = T0 + timedelta(days=3)
-    assert store.resume(session, added.subscriber_id, now=later, next_send_at=later)
-    assert not store.resume(session, added.subscriber_id, now=later, next_send_at=later)
-    session.commit()
-    resumed = view(session, added.subscriber_id)
-    assert (resumed.status, resumed.next_send_at, resumed.paused_at) == ("active", later, None)
-    assert resumed.next_lesson == "welcome"
-    assert store.count_due(session, COURSE, later) == 1
-    with pytest.raises(store.NotFoundError):
-        store.pause(session, 999_999, T0)
-
-
-def test_unsubscribe(session: Session) -> None:
-    added = add(session, "a@example.com")
-    assert store.unsubscribe(session, added.subscriber_id, T0)
-    assert not store.unsubscribe(session, added.subscriber_id, T0 + timedelta(days=1))
-    session.commit()
-    seen = view(session, added.subscriber_id)
-    assert (seen.status, seen.next_send_at, seen.status_changed_at) == ("unsubscribed", None, T0)
-
-
-def test_mark_suppressed_covers_every_course_and_ranks_complaints_highest(
-    session: Session,
-) -> None:
-    a = add(session, "x@example.com")
-    b = add(session, "x@example.com", course="course-b")
-    c = add(session, "y@example.com", course="course-b")
-    store.unsubscribe(session, b.subscriber_id, T0)
-    assert store.mark_suppressed(session, "X@example.com", "bounced", T0) == 1
-    assert view(session, a.subscriber_id).status == "bounced"
-    assert view(session, b.subscriber_id).status == "unsubscribed"
-    assert store.mark_suppressed(session, "x@example.com", SubscriberStatus.COMPLAINED, T0) == 2
-    assert {view(session, a.subscriber_id).status, view(session, b.subscriber_id).status} == {
-        "complained"
-    }
-    assert view(session, c.subscriber_id).status == "active"
-    with pytest.raises(ValueError, match="bounced"):
-        store.mark_suppressed(session, "x@example.com", "active", T0)
-
-
-def test_naive_datetimes_are_refused(session: Session) -> None:
-    with pytest.raises(StatementError) as raised:
-        add(session, "n@example.com", now=datetime(2026, 4, 1, 9, 0))
-    assert isinstance(raised.value.orig, ValueError)
-    assert "naive" in str(raised.value)
-
-
-def test_aware_datetimes_in_any_offset_are_stored_as_the_same_instant(session: Session) -> None:
-    from zoneinfo import ZoneInfo
-
-    tokyo = datetime(2026, 4, 1, 9, 0, 0, 1, tzinfo=ZoneInfo("Asia/Tokyo"))
-    added = add(session, "t@example.com", at=tokyo)
-    session.commit()
-    stored = view(session, added.subscriber_id).next_send_at
-    assert stored == tokyo and stored is not None and stored.tzinfo is UTC
-    assert stored.isoformat() == "2026-04-01T00:00:00.000001+00:00"
-
-
-# --- claims -----------------------------------------------------------------------------------
+from drip.models import deliveries, subscribers
 
 
 def test_claims_respect_due_time_order_and_limit(session: Session) -> None:
@@ -606,74 +378,6 @@ def test_recorded_instants_are_stored_as_the_orm_stores_them(session: Session) -
     assert view(session, third.subscriber_id).next_send_at == T0 + LEASE
 
 
-def test_the_due_query_uses_the_partial_index(session: Session) -> None:
-    query = select(subscribers.c.id).where(*store._due_filter(COURSE, T0))
-    compiled = query.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        plan = " ".join(
-            str(row) for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
-        )
-    else:
-        # With a handful of rows the planner prefers a scan; forbid it to see the index is usable.
-        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        plan = " ".join(str(row) for row in connection.exec_driver_sql(f"EXPLAIN {compiled}"))
-    assert "ix_subscribers_due" in plan
-
-
-# --- events -----------------------------------------------------------------------------------
-
-
-def test_add_event_is_idempotent_per_provider_event(session: Session) -> None:
-    args = {
-        "provider": "sendgrid",
-        "type": "delivered",
-        "occurred_at": T0,
-        "received_at": T0 + timedelta(seconds=3),
-        "payload": {"event": "delivered", "メモ": "日本語"},
-    }
-    first = store.add_event(session, provider_event_id="ev-1", **args)  # type: ignore[arg-type]
-    again = store.add_event(session, provider_event_id="ev-1", **args)  # type: ignore[arg-type]
-    other_provider = store.add_event(
-        session,
-        **{**args, "provider": "smtp"},
-        provider_event_id="ev-1",  # type: ignore[arg-type]
-    )
-    anonymous = [
-        store.add_event(session, provider_event_id=None, **args)  # type: ignore[arg-type]
-        for _ in range(2)
-    ]
-    session.commit()
-    assert first is not None and again is None and other_provider is not None
-    assert None not in anonymous and len(set(anonymous)) == 2
-    payload = (
-        session.connection()
-        .execute(text("SELECT COUNT(*) FROM events WHERE provider_event_id = 'ev-1'"))
-        .scalar_one()
-    )
-    assert payload == 2
-
-
-def test_statuses_are_the_documented_ones() -> None:
-    assert [s.value for s in SubscriberStatus] == [
-        "pending",
-        "active",
-        "paused",
-        "completed",
-        "unsubscribed",
-        "bounced",
-        "complained",
-    ]
-    assert [s.value for s in DeliveryStatus] == [
-        "claimed",
-        "sending",
-        "sent",
-        "retry",
-        "failed",
-        "in_doubt",
-    ]
-
-
 def test_a_claim_never_handed_to_a_transport_is_claimed_again_after_its_lease(
     session: Session,
 ) -> None:
@@ -698,7 +402,7 @@ def test_mark_sending_only_moves_claimed_rows(session: Session) -> None:
     assert delivery(session, claimed.delivery_id)["status"] == "sending"
 
 
-def test_mark_sending_skips_readers_who_unsubscribed_since_the_claim(session: Session) -> None:
+def test_mark_sending_skips_subscribers_who_unsubscribed_since_the_claim(session: Session) -> None:
     stays = add(session, "stays@example.com")
     leaves = add(session, "leaves@example.com", at=T0 + timedelta(seconds=1))
     session.commit()
@@ -740,8 +444,8 @@ def test_deferred_subscribers_are_rescheduled_not_claimed(session: Session) -> N
 def test_record_sent_set_based_when_a_batch_shares_its_values(
     session: Session, shared_provider_id: bool
 ) -> None:
-    """40 readers, one bulk answer (shared provider id) or one per reader, two next-send times,
-    one paused: the grouped and the per-row UPDATEs give each row exactly its own values."""
+    """40 subscribers, one bulk answer (shared provider id) or one per subscriber, two next-send
+    times, one paused: the grouped and the per-row UPDATEs give each row exactly its own values."""
     added = [add(session, f"r{index}@example.com") for index in range(40)]
     session.commit()
     claims = claim(session, T0).claims
@@ -777,3 +481,45 @@ def test_record_sent_set_based_when_a_batch_shares_its_values(
                 item.next_send_at,
                 T0,
             )
+
+
+def test_a_run_never_takes_over_another_runs_claim_within_its_lease(session: Session) -> None:
+    """A pause and resume make the subscriber due again while run 1 still holds its claim: run
+    2 must leave the claim alone (mutation survivor: claimed rows reclaimable inside the lease)."""
+    added = add(session, "held@example.com")
+    session.commit()
+    [first] = claim(session, T0, run_id="run-1").claims
+    one_minute = T0 + timedelta(minutes=1)
+    assert store.pause(session, added.subscriber_id, one_minute)
+    assert store.resume(session, added.subscriber_id, now=one_minute, next_send_at=one_minute)
+    session.commit()
+    assert store.count_due(session, COURSE, T0 + timedelta(minutes=2)) == 1
+
+    assert claim(session, T0 + timedelta(minutes=2), run_id="run-2") == store.ClaimBatch([], 0)
+    row = delivery(session, first.delivery_id)
+    assert (row["status"], row["run_id"], row["attempts"]) == ("claimed", "run-1", 1)
+    assert (row["claimed_at"], row["lease_until"]) == (T0, T0 + LEASE)
+    # Due again when run 1's lease ends, not before.
+    assert view(session, added.subscriber_id).next_send_at == T0 + LEASE
+
+
+def test_the_ledger_holds_one_row_per_subscriber_and_lesson(session: Session) -> None:
+    """The unique (subscriber_id, lesson) constraint that makes a lesson go out at most once."""
+    add(session, "once@example.com")
+    session.commit()
+    [claimed] = claim(session, T0).claims
+    again = {
+        "subscriber_id": claimed.subscriber_id,
+        "course_id": COURSE,
+        "lesson": claimed.lesson,
+        "status": "claimed",
+        "run_id": "run-2",
+        "attempts": 1,
+        "claimed_at": T0,
+        "lease_until": T0 + LEASE,
+        "updated_at": T0,
+    }
+    with pytest.raises(IntegrityError):
+        session.execute(insert(deliveries).values(again))
+    session.rollback()
+    assert store.delivery_counts(session, COURSE)["claimed"] == 1

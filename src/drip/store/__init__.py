@@ -1,0 +1,102 @@
+"""The store: the only package that builds queries. Functions take a Session and plain values.
+
+Everything public is importable from here (`from drip import store; store.claim_due(...)`):
+`subscribers` (enrol, confirm, status changes, import look-ups), `ledger` (claim, mark sending,
+record outcomes, release, resolve), `reports` (counts and listings), `events` (provider
+events), `values` (the dataclasses in and out), `exceptions`.
+
+Transactions belong to the caller: no function here commits. Use
+`with sessions() as session, session.begin(): ...` and keep transactions short (on SQLite every
+transaction holds the database's write lock from its start, see `drip.db`).
+
+Data leaves as plain frozen dataclasses, never ORM objects. The hot paths (claiming due lessons,
+recording outcomes, importing) are SQLAlchemy Core statements run in batches: one statement per
+chunk or one executemany per batch, never one round trip per row where avoidable.
+
+State rules kept here:
+- `next_send_at` is non-NULL only for an 'active' subscriber with a `next_lesson`; the send query
+  reads the partial index on (course_id, next_send_at) and nothing else.
+- An 'unsubscribed', 'bounced' or 'complained' enrolment is never re-activated by this package.
+- The ledger row of a (subscriber, lesson) is created when first claimed and never deleted, so a
+  lesson goes out at most once; progress is kept by lesson slug, never by position.
+"""
+
+from drip.statuses import DeliveryStatus, SubscriberStatus
+from drip.store.events import add_event
+from drip.store.exceptions import NotFoundError, StateError, SuppressedAddressError
+from drip.store.ledger import (
+    claim_due,
+    mark_sending,
+    record_failed,
+    record_in_doubt,
+    record_retry,
+    record_sent,
+    release_claims,
+    resolve_in_doubt,
+)
+from drip.store.reports import count_due, delivery_counts, due_by_lesson, list_in_doubt
+from drip.store.subscribers import (
+    add_subscriber,
+    confirm_pending,
+    confirm_subscriber,
+    existing_subscribers,
+    get_subscriber,
+    get_subscriber_by_id,
+    insert_subscribers,
+    mark_confirmation_sent,
+    mark_suppressed,
+    pause,
+    resume,
+    unsubscribe,
+)
+from drip.store.values import (
+    AddResult,
+    Claim,
+    ClaimBatch,
+    ExistingSubscriber,
+    InDoubtView,
+    NewSubscriber,
+    SentItem,
+    SubscriberView,
+)
+
+__all__ = [
+    "AddResult",
+    "Claim",
+    "ClaimBatch",
+    "DeliveryStatus",
+    "ExistingSubscriber",
+    "InDoubtView",
+    "NewSubscriber",
+    "NotFoundError",
+    "SentItem",
+    "StateError",
+    "SubscriberStatus",
+    "SubscriberView",
+    "SuppressedAddressError",
+    "add_event",
+    "add_subscriber",
+    "claim_due",
+    "confirm_pending",
+    "confirm_subscriber",
+    "count_due",
+    "delivery_counts",
+    "due_by_lesson",
+    "existing_subscribers",
+    "get_subscriber",
+    "get_subscriber_by_id",
+    "insert_subscribers",
+    "list_in_doubt",
+    "mark_confirmation_sent",
+    "mark_sending",
+    "mark_suppressed",
+    "pause",
+    "record_failed",
+    "record_in_doubt",
+    "record_retry",
+    "record_sent",
+    "release_claims",
+    "resolve_in_doubt",
+    "resume",
+    "unsubscribe",
+]

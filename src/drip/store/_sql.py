@@ -1,0 +1,66 @@
+"""Building blocks shared by the store's modules: table aliases, chunking, dialect helpers and
+the due filter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Insert, Table, any_, bindparam
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
+
+from drip.models import deliveries, subscribers
+from drip.statuses import SubscriberStatus
+from drip.store.capabilities import capabilities_of
+
+S = subscribers
+D = deliveries
+ACTIVE = SubscriberStatus.ACTIVE.value
+COMPLETED = SubscriberStatus.COMPLETED.value
+# Ids per IN (...) list: well below SQLite's 32766 and PostgreSQL's 65535 bound parameters.
+CHUNK = 5_000
+
+T = TypeVar("T")
+
+
+def connection(session: Session) -> Connection:
+    # Core statements on the session's connection: same transaction, and CursorResult gives
+    # rowcount, which Session.execute's Result type does not expose.
+    return session.connection()
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def insert_ignoring_conflicts(conn: Connection, table: Table, keys: Sequence[str]) -> Insert:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING in the connection's dialect."""
+    insert = capabilities_of(conn.dialect).insert_on_conflict
+    return insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+
+def in_list(conn: Connection, column: Any, name: str, item_type: TypeEngine[Any]) -> Any:
+    """`column IN (list)` with the list bound as parameter `name`.
+
+    With array parameters (PostgreSQL): `= ANY(:array)`, one parameter whatever the length, so
+    the statement is the same text every time (thousands of placeholders cost more to send and
+    plan than the query). Otherwise (SQLite): an expanding IN list.
+    """
+    if capabilities_of(conn.dialect).array_params:
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(item_type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def due_filter(course_id: str, now: datetime) -> tuple[Any, ...]:
+    """The subscribers of `course_id` due at `now`: the send query's WHERE clause."""
+    # `IS NOT NULL` matches the partial index's predicate word for word.
+    return (
+        S.c.course_id == course_id,
+        S.c.next_send_at.is_not(None),
+        S.c.next_send_at <= now,
+        S.c.status == ACTIVE,
+    )

@@ -1,0 +1,622 @@
+"""The delivery ledger: claiming due lessons, marking them sending, recording outcomes,
+releasing claims and resolving in-doubt deliveries.
+
+One ledger row per (subscriber, lesson), created when first claimed and never deleted, so a
+lesson goes out at most once whatever runs crash or overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from drip.claim_policy import ClaimAction, Defer, decide_claim
+from drip.statuses import DeliveryStatus
+from drip.store._bulk_update import update_rows
+from drip.store._sql import (
+    ACTIVE,
+    COMPLETED,
+    D,
+    S,
+    chunks,
+    connection,
+    due_filter,
+    in_list,
+)
+from drip.store.capabilities import capabilities_of
+from drip.store.exceptions import NotFoundError, StateError
+from drip.store.values import Claim, ClaimBatch, SentItem
+
+log = logging.getLogger(__name__)
+
+# --- claiming ---------------------------------------------------------------------------------
+
+
+def claim_due(
+    session: Session,
+    *,
+    course_id: str,
+    now: datetime,
+    limit: int,
+    run_id: str,
+    lease: timedelta,
+    defer: Defer | None = None,
+) -> ClaimBatch:
+    """Claim up to `limit` due lessons of `course_id` for run `run_id`, oldest due first.
+
+    Due: 'active' with next_send_at <= now, in (next_send_at, id) order. What happens to each
+    due subscriber is `drip.claim_policy.decide_claim`'s decision on the ledger row of
+    (subscriber, next_lesson): claimed (a new row, or an old one again with attempts + 1),
+    deferred to the moment `defer(timezone, lesson)` names, left to another run until its lease
+    ends, marked 'in_doubt' (a 'sending' row past its lease: counted in `newly_in_doubt`), or
+    held (next_send_at NULL). A claimed subscriber's next_send_at becomes the lease end so no
+    other run picks it meanwhile. Call `mark_sending` just before handing claims to a transport.
+
+    The caller must commit right after and before sending anything: the claim is what makes a
+    concurrent or later run leave these lessons alone. PostgreSQL: FOR UPDATE SKIP LOCKED, so
+    concurrent runs claim disjoint sets; SQLite: the transaction holds the write lock.
+    """
+    if limit < 1:
+        return ClaimBatch([], 0)
+    conn = connection(session)
+    lease_until = now + lease
+    claims: list[Claim] = []
+    newly_in_doubt = 0
+    # Loop because rows that cannot be claimed still use up a pick; each pass moves every picked
+    # row out of the due set, so this ends.
+    while len(claims) < limit:
+        picked = _pick_due(conn, course_id, now, limit - len(claims))
+        if not picked:
+            break
+        plan = _plan(picked, now, defer)
+        claims.extend(_apply(conn, plan, course_id, run_id, now, lease_until))
+        newly_in_doubt += len(plan.in_doubt)
+    return ClaimBatch(claims, newly_in_doubt)
+
+
+@dataclass(slots=True)
+class _ClaimPlan:
+    """One pick's rows, sorted by the claim policy's decisions."""
+
+    new: list[Row[Any]] = field(default_factory=list)
+    again: list[Row[Any]] = field(default_factory=list)
+    in_doubt: list[Row[Any]] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+    """Subscriber ids whose next_send_at becomes NULL."""
+    rescheduled: list[tuple[int, datetime | None]] = field(default_factory=list)
+    """(subscriber id, next_send_at): deferred, or waiting for another run's lease to end."""
+
+
+# Bound once: the loop below compares every picked row's decision with these.
+_CLAIM_NEW = ClaimAction.CLAIM_NEW
+_CLAIM_AGAIN = ClaimAction.CLAIM_AGAIN
+_MARK_IN_DOUBT = ClaimAction.MARK_IN_DOUBT
+_HOLD_NO_LESSON = ClaimAction.HOLD_NO_LESSON
+_RESCHEDULE = frozenset({ClaimAction.DEFER, ClaimAction.WAIT})
+
+
+def _plan(picked: Sequence[Row[Any]], now: datetime, defer: Defer | None) -> _ClaimPlan:
+    plan = _ClaimPlan()
+    for row in picked:
+        decision = decide_claim(row, now, defer)
+        action = decision.action
+        if action is _CLAIM_NEW:
+            plan.new.append(row)
+        elif action is _CLAIM_AGAIN:
+            plan.again.append(row)
+        elif action in _RESCHEDULE:
+            plan.rescheduled.append((row.id, decision.at))
+        elif action is _MARK_IN_DOUBT:
+            plan.in_doubt.append(row)
+            plan.held.append(row.id)
+        else:
+            _log_held(row, action)
+            plan.held.append(row.id)
+    return plan
+
+
+def _log_held(row: Row[Any], action: ClaimAction) -> None:
+    if action is _HOLD_NO_LESSON:
+        log.warning("subscriber %s is active and due with no next lesson; held", row.id)
+    else:
+        log.warning(
+            "subscriber %s is due for %r, which the ledger has as %r; held, not sent",
+            row.id,
+            row.next_lesson,
+            row.delivery_status,
+        )
+
+
+def _pick_due(conn: Connection, course_id: str, now: datetime, limit: int) -> list[Row[Any]]:
+    joined = S.outerjoin(D, and_(D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson))
+    stmt: Select[Any] = (
+        select(
+            S.c.id,
+            S.c.email,
+            S.c.name,
+            S.c.timezone,
+            S.c.next_lesson,
+            S.c.confirmed_at,
+            S.c.last_sent_at,
+            D.c.id.label("delivery_id"),
+            D.c.status.label("delivery_status"),
+            D.c.attempts,
+            D.c.lease_until,
+        )
+        .select_from(joined)
+        .where(*due_filter(course_id, now))
+        .order_by(S.c.next_send_at, S.c.id)
+        .limit(limit)
+    )
+    if capabilities_of(conn.dialect).skip_locked:
+        # Rows another run is claiming right now are skipped, not waited for.
+        stmt = stmt.with_for_update(skip_locked=True, of=S)
+    return list(conn.execute(stmt))
+
+
+def _apply(
+    conn: Connection,
+    plan: _ClaimPlan,
+    course_id: str,
+    run_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> list[Claim]:
+    """Carry out `plan`: a few set-based statements whatever its size. Returns the claims."""
+    delivery_ids = _insert_claims(conn, plan.new, course_id, run_id, now, lease_until)
+    _claim_again(conn, plan.again, run_id, now, lease_until)
+    _mark_in_doubt(conn, plan.in_doubt, now)
+    if plan.rescheduled:
+        conn.execute(
+            update(S)
+            .where(S.c.id == bindparam("b_id"))
+            .values(next_send_at=bindparam("b_at", type_=S.c.next_send_at.type)),
+            [{"b_id": sid, "b_at": at} for sid, at in plan.rescheduled],
+        )
+    _set_next_send_at(conn, plan.held, None)
+    _set_next_send_at(conn, [row.id for row in (*plan.new, *plan.again)], lease_until)
+    claims = [_claim(row, delivery_ids[row.id], 1) for row in plan.new]
+    claims.extend(_claim(row, row.delivery_id, row.attempts + 1) for row in plan.again)
+    return claims
+
+
+def _insert_claims(
+    conn: Connection,
+    rows: Sequence[Row[Any]],
+    course_id: str,
+    run_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> dict[int, int]:
+    """Insert a 'claimed' ledger row (attempts 1) for each subscriber's next lesson. Returns
+    {subscriber id: delivery id}."""
+    delivery_ids: dict[int, int] = {}
+    if not rows:
+        return delivery_ids
+    stmt = _insert_claims_statement(conn, course_id, run_id, now, lease_until)
+    for chunk in chunks(rows):
+        inserted = conn.execute(stmt, {"ids": [row.id for row in chunk]})
+        delivery_ids.update((subscriber, delivery) for delivery, subscriber in inserted)
+    return delivery_ids
+
+
+def _insert_claims_statement(
+    conn: Connection, course_id: str, run_id: str, now: datetime, lease_until: datetime
+) -> Any:
+    """INSERT one 'claimed' delivery of its next lesson per subscriber in the bound list `ids`,
+    RETURNING (delivery id, subscriber id). One INSERT ... SELECT: the shared values are bound
+    once, not once per row."""
+
+    def shared(value: Any, column: Any) -> Any:
+        return literal(value, type_=column.type)
+
+    source = select(
+        S.c.id,
+        shared(course_id, D.c.course_id),
+        S.c.next_lesson,
+        shared(DeliveryStatus.CLAIMED.value, D.c.status),
+        shared(run_id, D.c.run_id),
+        shared(1, D.c.attempts),
+        shared(now, D.c.claimed_at),
+        shared(lease_until, D.c.lease_until),
+        shared(now, D.c.updated_at),
+    ).where(in_list(conn, S.c.id, "ids", BigInteger()))
+    columns = [
+        "subscriber_id",
+        "course_id",
+        "lesson",
+        "status",
+        "run_id",
+        "attempts",
+        "claimed_at",
+        "lease_until",
+        "updated_at",
+    ]
+    return insert(D).from_select(columns, source).returning(D.c.id, D.c.subscriber_id)
+
+
+def _claim_again(
+    conn: Connection, rows: Sequence[Row[Any]], run_id: str, now: datetime, lease_until: datetime
+) -> None:
+    """Existing ledger rows become 'claimed' by `run_id`, attempts + 1."""
+    if not rows:
+        return
+    reclaim = (
+        update(D)
+        .where(in_list(conn, D.c.id, "ids", BigInteger()))
+        .values(
+            status=DeliveryStatus.CLAIMED.value,
+            run_id=run_id,
+            attempts=D.c.attempts + 1,
+            claimed_at=now,
+            lease_until=lease_until,
+            updated_at=now,
+        )
+    )
+    for chunk in chunks(rows):
+        conn.execute(reclaim, {"ids": [row.delivery_id for row in chunk]})
+
+
+def _mark_in_doubt(conn: Connection, rows: Sequence[Row[Any]], now: datetime) -> None:
+    """'sending' rows whose run died become 'in_doubt' (the caller holds their subscribers)."""
+    if not rows:
+        return
+    doubt = (
+        update(D)
+        .where(in_list(conn, D.c.id, "ids", BigInteger()))
+        .values(
+            status=DeliveryStatus.IN_DOUBT.value,
+            updated_at=now,
+            detail="the run that claimed it ended without recording an outcome"
+            " (crashed or killed); it may or may not have been sent",
+        )
+    )
+    for chunk in chunks(rows):
+        conn.execute(doubt, {"ids": [row.delivery_id for row in chunk]})
+
+
+def _set_next_send_at(conn: Connection, ids: Sequence[int], value: datetime | None) -> None:
+    stmt = (
+        update(S)
+        .where(in_list(conn, S.c.id, "ids", BigInteger()))
+        .values(next_send_at=bindparam("b_at", type_=S.c.next_send_at.type))
+    )
+    for chunk in chunks(ids):
+        conn.execute(stmt, {"ids": list(chunk), "b_at": value})
+
+
+def _claim(row: Row[Any], delivery_id: int, attempts: int) -> Claim:
+    return Claim(
+        delivery_id=delivery_id,
+        subscriber_id=row.id,
+        email=row.email,
+        name=row.name,
+        timezone=row.timezone,
+        lesson=row.next_lesson,
+        attempts=attempts,
+        confirmed_at=row.confirmed_at,
+        last_sent_at=row.last_sent_at,
+    )
+
+
+def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -> list[int]:
+    """These claims are about to be handed to a transport: 'claimed' -> 'sending'.
+
+    Only claims whose subscriber is still 'active' are marked; the others (an unsubscribe or a
+    pause since the claim) go back to 'retry', unsent, so a subscriber who unsubscribed while a long
+    run was going gets nothing after that. Returns the ids marked 'sending': send only those.
+    Commit before sending. After a crash, only 'sending' rows can have gone out (they become
+    'in_doubt'); rows still 'claimed' are sent by a later run.
+    """
+    conn = connection(session)
+    still_active = select(S.c.id).where(S.c.id == D.c.subscriber_id, S.c.status == ACTIVE).exists()
+    claimed = D.c.status == DeliveryStatus.CLAIMED.value
+    mark = (
+        update(D)
+        .where(in_list(conn, D.c.id, "ids", BigInteger()), claimed, still_active)
+        .values(status=DeliveryStatus.SENDING.value, updated_at=now)
+        .returning(D.c.id)
+    )
+    release = (
+        update(D)
+        .where(in_list(conn, D.c.id, "ids", BigInteger()), claimed)
+        .values(
+            status=DeliveryStatus.RETRY.value,
+            updated_at=now,
+            detail="not sent: the reader was no longer active when its turn came",
+        )
+    )
+    marked: list[int] = []
+    for chunk in chunks(delivery_ids):
+        marked.extend(row[0] for row in conn.execute(mark, {"ids": list(chunk)}))
+        conn.execute(release, {"ids": list(chunk)})
+    return marked
+
+
+# --- recording outcomes -----------------------------------------------------------------------
+
+
+_MINE = frozenset({DeliveryStatus.CLAIMED.value, DeliveryStatus.SENDING.value})
+"""A run's open rows: claimed, and maybe handed to the transport."""
+_OPEN = _MINE | {DeliveryStatus.IN_DOUBT.value}
+
+
+@dataclass(frozen=True, slots=True)
+class _Settling:
+    """A delivery about to change state, with its subscriber, locked for this transaction."""
+
+    delivery_id: int
+    delivery_status: str
+    run_id: str
+    lesson: str
+    subscriber_id: int
+    subscriber_status: str
+    next_lesson: str | None
+
+    @property
+    def on_track(self) -> bool:
+        """The subscriber is active and waiting for exactly this lesson."""
+        return self.subscriber_status == ACTIVE and self.next_lesson == self.lesson
+
+
+def _settling(conn: Connection, delivery_ids: Iterable[int]) -> dict[int, _Settling]:
+    """Current state of deliveries and their subscribers; row-locked (PostgreSQL) so an unsubscribe
+    committed concurrently is either seen here or applied after this transaction (and wins).
+    """
+    stmt: Select[Any] = (
+        select(
+            D.c.id,
+            D.c.status,
+            D.c.run_id,
+            D.c.lesson,
+            D.c.subscriber_id,
+            S.c.status.label("subscriber_status"),
+            S.c.next_lesson,
+        )
+        .select_from(D.join(S, S.c.id == D.c.subscriber_id))
+        .where(in_list(conn, D.c.id, "ids", BigInteger()))
+        .order_by(D.c.id)
+    )
+    if capabilities_of(conn.dialect).row_locks:
+        stmt = stmt.with_for_update(of=[D, S])
+    found: dict[int, _Settling] = {}
+    for chunk in chunks(sorted(set(delivery_ids))):
+        for row in conn.execute(stmt, {"ids": list(chunk)}):
+            found[row.id] = _Settling(*row)
+    return found
+
+
+def _update_deliveries(
+    conn: Connection, status: DeliveryStatus, params: list[dict[str, Any]]
+) -> None:
+    """Set `status` (and each param's b_detail / b_now) on deliveries by b_id (one executemany)."""
+    if not params:
+        return
+    keys = [key for key in ("b_detail", "b_now") if key in params[0]]
+    columns = ["status", *({"b_detail": "detail", "b_now": "updated_at"}[key] for key in keys)]
+    rows = [(status.value, *(p[key] for key in keys), p["b_id"]) for p in params]
+    update_rows(conn, D, columns, rows)
+
+
+def record_sent(session: Session, items: Sequence[SentItem], run_id: str) -> int:
+    """The provider accepted these deliveries. Returns how many were recorded 'sent'.
+
+    A delivery is recorded when it is 'sending' for `run_id`, or 'in_doubt' (it turned out to be
+    sent); anything else is logged and skipped. Its subscriber, if still 'active' and waiting for
+    this lesson, moves on: next_lesson/next_send_at from the item, or 'completed' when
+    next_lesson is None. A subscriber who is no longer active (an unsubscribe or pause during
+    the run wins) keeps its status and holds; only last_sent_at and the lesson progress
+    (next_lesson) are recorded, so a later resume does not resend this lesson.
+    """
+    if not items:
+        return 0
+    conn = connection(session)
+    state = _settling(conn, (item.delivery_id for item in items))
+    sent = DeliveryStatus.SENT.value
+    deliveries_sent: list[tuple[Any, ...]] = []
+    advance: list[tuple[Any, ...]] = []
+    complete: list[tuple[Any, ...]] = []
+    progress_only: list[tuple[Any, ...]] = []
+    touched_only: list[tuple[Any, ...]] = []
+    for item in items:
+        current = state.get(item.delivery_id)
+        if current is None or not (
+            current.delivery_status == DeliveryStatus.IN_DOUBT
+            or (current.delivery_status in _MINE and current.run_id == run_id)
+        ):
+            log.warning(
+                "delivery %s reported sent but is %s; not recorded",
+                item.delivery_id,
+                "unknown" if current is None else f"{current.delivery_status!r} ({current.run_id})",
+            )
+            continue
+        now = item.now
+        deliveries_sent.append((sent, now, now, item.provider_id, item.delivery_id))
+        subscriber = current.subscriber_id
+        if current.on_track:
+            if item.next_lesson is None:
+                complete.append((COMPLETED, now, None, None, now, subscriber))
+            else:
+                advance.append((item.next_lesson, item.next_send_at, now, subscriber))
+        elif current.next_lesson == current.lesson:
+            progress_only.append((item.next_lesson, now, subscriber))
+        else:
+            touched_only.append((now, subscriber))
+
+    update_rows(conn, D, ("status", "sent_at", "updated_at", "provider_id"), deliveries_sent)
+    progress = ("next_lesson", "next_send_at", "last_sent_at")
+    update_rows(conn, S, progress, advance, only_active=True)
+    update_rows(conn, S, ("status", "status_changed_at", *progress), complete, only_active=True)
+    update_rows(conn, S, ("next_lesson", "last_sent_at"), progress_only)
+    update_rows(conn, S, ("last_sent_at",), touched_only)
+    return len(deliveries_sent)
+
+
+def _hold_or_reschedule(conn: Connection, rows: list[tuple[_Settling, datetime | None]]) -> None:
+    """Subscribers still waiting for the lesson of these deliveries get next_send_at = value."""
+    update_rows(
+        conn,
+        S,
+        ("next_send_at",),
+        [(at, row.subscriber_id) for row, at in rows if row.on_track],
+        only_active=True,
+    )
+
+
+def _settle(
+    session: Session,
+    delivery_ids_details: Sequence[tuple[int, str, datetime | None]],
+    *,
+    allowed: frozenset[str],
+    status: DeliveryStatus,
+    now: datetime | None,
+) -> int:
+    conn = connection(session)
+    state = _settling(conn, (delivery_id for delivery_id, _, _ in delivery_ids_details))
+    changed: list[dict[str, Any]] = []
+    subscribers_after: list[tuple[_Settling, datetime | None]] = []
+    for delivery_id, detail, next_at in delivery_ids_details:
+        current = state.get(delivery_id)
+        if current is None or current.delivery_status not in allowed:
+            log.warning(
+                "delivery %s cannot become %r from %r; not recorded",
+                delivery_id,
+                status.value,
+                None if current is None else current.delivery_status,
+            )
+            continue
+        params: dict[str, Any] = {"b_id": delivery_id, "b_detail": detail}
+        if now is not None:
+            params["b_now"] = now
+        changed.append(params)
+        subscribers_after.append((current, next_at))
+    _update_deliveries(conn, status, changed)
+    _hold_or_reschedule(conn, subscribers_after)
+    return len(changed)
+
+
+def record_retry(
+    session: Session, items: Sequence[tuple[int, datetime, str]], *, now: datetime | None = None
+) -> int:
+    """Known not sent, try again: (delivery_id, retry_at, detail) each -> 'retry'; the subscriber,
+    if still waiting for that lesson, is due again at retry_at. Pass `now` to stamp updated_at.
+    Returns how many were recorded.
+    """
+    return _settle(
+        session,
+        [(delivery_id, detail, retry_at) for delivery_id, retry_at, detail in items],
+        allowed=_OPEN,
+        status=DeliveryStatus.RETRY,
+        now=now,
+    )
+
+
+def record_failed(
+    session: Session, items: Sequence[tuple[int, str]], *, now: datetime | None = None
+) -> int:
+    """Permanently refused: (delivery_id, detail) each -> 'failed'; the subscriber is held
+    (next_send_at NULL) for the operator. Returns how many were recorded.
+    """
+    return _settle(
+        session,
+        [(delivery_id, detail, None) for delivery_id, detail in items],
+        allowed=_OPEN | {DeliveryStatus.RETRY.value},
+        status=DeliveryStatus.FAILED,
+        now=now,
+    )
+
+
+def record_in_doubt(
+    session: Session, items: Sequence[tuple[int, str]], *, now: datetime | None = None
+) -> int:
+    """Maybe sent (the connection broke after the request was written): (delivery_id, detail)
+    each -> 'in_doubt'; the subscriber is held until resolved. Returns how many were recorded.
+    """
+    return _settle(
+        session,
+        [(delivery_id, detail, None) for delivery_id, detail in items],
+        allowed=_MINE,
+        status=DeliveryStatus.IN_DOUBT,
+        now=now,
+    )
+
+
+def release_claims(session: Session, run_id: str, now: datetime) -> int:
+    """Give back every open claim of `run_id` (nothing was sent for them): -> 'retry', and
+    their subscribers, if still waiting for that lesson, are due again at `now`. Returns the count.
+    """
+    conn = connection(session)
+    mine = and_(D.c.run_id == run_id, D.c.status.in_(sorted(_MINE)))
+    waiting = (
+        select(D.c.subscriber_id)
+        .where(mine, D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson)
+        .exists()
+    )
+    conn.execute(update(S).where(S.c.status == ACTIVE, waiting).values(next_send_at=now))
+    result = conn.execute(
+        update(D)
+        .where(mine)
+        .values(
+            status=DeliveryStatus.RETRY.value,
+            updated_at=now,
+            detail="released unsent: the run stopped before sending it",
+        )
+    )
+    return result.rowcount
+
+
+def resolve_in_doubt(
+    session: Session,
+    delivery_id: int,
+    *,
+    sent: bool,
+    now: datetime,
+    next_lesson: str | None,
+    next_send_at: datetime | None,
+) -> None:
+    """The operator's (or a provider event's) decision on an in-doubt delivery.
+
+    sent=True: recorded 'sent'; the subscriber moves on to `next_lesson` at `next_send_at`
+    (or completes when `next_lesson` is None). sent=False: 'retry'; the same lesson is due again at
+    `next_send_at` (`next_lesson` is ignored). Raises `NotFoundError` or `StateError` when the
+    delivery is unknown or not in doubt.
+    """
+    conn = connection(session)
+    current = _settling(conn, [delivery_id]).get(delivery_id)
+    if current is None:
+        raise NotFoundError(f"no delivery with id {delivery_id}")
+    if current.delivery_status != DeliveryStatus.IN_DOUBT:
+        raise StateError(
+            f"delivery {delivery_id} is {current.delivery_status!r}, not 'in_doubt'; only an"
+            " in-doubt delivery can be resolved"
+        )
+    if sent:
+        record_sent(
+            session,
+            [SentItem(delivery_id, None, now, next_lesson, next_send_at)],
+            run_id=current.run_id,
+        )
+        _update_deliveries(
+            conn,
+            DeliveryStatus.SENT,
+            [{"b_id": delivery_id, "b_detail": "resolved as sent"}],
+        )
+    else:
+        record_retry(session, [(delivery_id, next_send_at or now, "resolved as not sent")], now=now)

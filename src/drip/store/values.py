@@ -1,0 +1,102 @@
+"""The plain values the store takes and returns (frozen dataclasses, never ORM objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from drip.statuses import SubscriberStatus
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    subscriber_id: int
+    status: SubscriberStatus
+    created: bool
+    confirmed_now: bool = False
+    """True when this call moved an existing pending subscriber to 'active'."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberView:
+    id: int
+    course_id: str
+    email: str
+    name: str | None
+    timezone: str
+    status: SubscriberStatus
+    created_at: datetime
+    consent_at: datetime
+    consent_source: str
+    confirmed_at: datetime | None
+    paused_at: datetime | None
+    status_changed_at: datetime
+    confirmation_sent_at: datetime | None
+    next_lesson: str | None
+    next_send_at: datetime | None
+    last_sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSubscriber:
+    """A validated subscriber for `insert_subscribers` (email already normalised)."""
+
+    email: str
+    name: str | None
+    timezone: str
+    first_send_at: datetime | None = None
+    """Only used when inserted as confirmed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingSubscriber:
+    id: int
+    status: SubscriberStatus
+    timezone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One lesson claimed for sending by one run: the ledger row exists and is 'claimed'."""
+
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str | None
+    timezone: str
+    lesson: str
+    attempts: int
+    confirmed_at: datetime | None
+    last_sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimBatch:
+    claims: list[Claim]
+    newly_in_doubt: int
+    """'sending' rows whose lease ran out (a crashed run), now 'in_doubt' and not claimed."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentItem:
+    """The provider accepted a delivery. `next_lesson` None means the course is complete."""
+
+    delivery_id: int
+    provider_id: str | None
+    now: datetime
+    next_lesson: str | None
+    next_send_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubtView:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    lesson: str
+    run_id: str
+    attempts: int
+    claimed_at: datetime
+    lease_until: datetime
+    detail: str | None
+    updated_at: datetime
