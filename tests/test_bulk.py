@@ -17,22 +17,22 @@ from pathlib import Path
 import pytest
 from tests.fakes.sendgrid_server import FakeSendGrid
 
-from drip.bulk import (
-    KEY_PREFIX,
-    BulkSendGridTransport,
-    apply_substitutions,
-    bulk_payload,
-    bulk_safe,
-    fill_parts,
-    substitution_keys,
-)
 from drip.course import load_course
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
 from drip.render import Recipient, Renderer
 from drip.transports import Outcome
-from drip.transports.sendgrid import build_payload
-from drip.transports.sendgrid_fast import FastSendGridTransport
+from drip.transports.sendgrid.bulk import BulkSendGridTransport
+from drip.transports.sendgrid.fast import FastSendGridTransport
+from drip.transports.sendgrid.protocol import (
+    KEY_PREFIX,
+    apply_substitutions,
+    build_payload,
+    bulk_payload,
+    bulk_safe,
+    fill_parts,
+    substitution_keys,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = load_course(ROOT / "course")

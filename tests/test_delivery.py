@@ -31,7 +31,7 @@ from drip.delivery import (
 from drip.render import Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult
 from drip.transports.memory import MemoryTransport
-from drip.transports.sendgrid_fast import FastSendGridTransport
+from drip.transports.sendgrid.fast import FastSendGridTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = load_course(ROOT / "course")

@@ -36,8 +36,9 @@ from drip.message import OutgoingEmail
 from drip.transports import FatalTransportError, Outcome, SendResult, Transport, make_transport
 from drip.transports.memory import MemoryTransport
 from drip.transports.outbox import OutboxTransport
-from drip.transports.sendgrid import SendGridTransport, build_payload, retry_after_seconds
-from drip.transports.sendgrid_fast import FastSendGridTransport
+from drip.transports.sendgrid.fast import FastSendGridTransport
+from drip.transports.sendgrid.official import SendGridTransport
+from drip.transports.sendgrid.protocol import build_payload, retry_after_seconds
 from drip.transports.smtp import SmtpTransport, _wire_data, parse_smtp_url
 
 pytestmark = pytest.mark.filterwarnings(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -128,3 +129,40 @@ def not_attempted(
         )
         for email in emails
     ]
+
+
+def utc_now() -> datetime:
+    """The wall clock, timezone-aware: the default `clock` of the transports."""
+    return datetime.now(UTC)
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """`text` with `secret` (API key, SMTP password) replaced by "[redacted]".
+
+    A server or proxy could echo a credential back in an error; no result or error may carry it.
+    """
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def scrub_result(result: SendResult, secret: str | None) -> SendResult:
+    """`result` with `secret` removed from its detail (the same object when it has none)."""
+    if not secret or secret not in result.detail:
+        return result
+    return SendResult(
+        result.delivery_id,
+        result.outcome,
+        result.provider_id,
+        result.retry_after,
+        scrub(result.detail, secret),
+    )
+
+
+def sender_domain(sender: str) -> str:
+    """The domain of `sender` (an address, or 'Name <address>'): the text after its last '@'."""
+    return sender.rpartition("@")[2].strip(" >")
+
+
+def message_id_domain(email: OutgoingEmail, configured: str | None) -> str:
+    """The right-hand side of `email`'s Message-ID: `configured` (DRIP_FROM's domain or the
+    caller's choice), else the sender's domain, else "localhost"."""
+    return configured or sender_domain(email.from_address) or "localhost"
