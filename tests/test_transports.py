@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import pytest
 import trustme
-from tests.fakes.sendgrid_server import FakeSendGrid, check_mail_send
+from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.fakes.smtp_server import FakeSmtp
 
 from drip.config import Settings
@@ -39,6 +39,7 @@ from drip.transports.outbox import OutboxTransport
 from drip.transports.sendgrid.fast import FastSendGridTransport
 from drip.transports.sendgrid.official import SendGridTransport
 from drip.transports.sendgrid.protocol import build_payload, retry_after_seconds
+from drip.transports.sendgrid.validate import validate_request_payload
 from drip.transports.smtp import SmtpTransport, _wire_data, parse_smtp_url
 
 pytestmark = pytest.mark.filterwarnings(
@@ -414,11 +415,11 @@ def test_build_payload_is_the_v3_shape() -> None:
 
 def test_fake_sendgrid_rejects_what_sendgrid_would() -> None:
     good = build_payload(make_email(1))
-    assert check_mail_send(good) == []
+    assert validate_request_payload(good) == []
     swapped = {**good, "content": list(reversed(good["content"]))}
-    assert any("content types" in p for p in check_mail_send(swapped))
+    assert any("content types" in p for p in validate_request_payload(swapped))
     no_args = {k: v for k, v in good.items() if k != "custom_args"}
-    assert check_mail_send(no_args)
+    assert validate_request_payload(no_args)
 
 
 def test_sendgrid_request_is_checked_by_the_fake(sendgrid: FakeSendGrid) -> None:
