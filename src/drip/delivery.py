@@ -273,7 +273,7 @@ def send_due(
     # A transport that sends concurrently says how many it keeps in flight (`window`).
     window = window or int(getattr(mailer.transport, "window", SEND_WINDOW))
     run = _Run(sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress)
-    depth = PIPELINE_DEPTH if hasattr(mailer.transport, "submit") else 1
+    depth = PIPELINE_DEPTH if getattr(mailer.transport, "pipelines", False) else 1
     in_flight: deque[_Window] = deque()
     for claims in _claimed_windows(run, limit=limit, batch_size=batch_size, window=window):
         handed = run.hand_over(claims)

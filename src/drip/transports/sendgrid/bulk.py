@@ -53,8 +53,9 @@ class BulkSendGridTransport(TransportBase):
     """
 
     name = "sendgrid"
+    pipelines = True
     fills_bulk_parts = True
-    """Emails may come with empty html/text and their bulk parts (see `fill_parts`)."""
+    """Emails may come with empty html/text and their bulk parts (see `protocol.fill_parts`)."""
 
     def __init__(
         self,

@@ -191,6 +191,7 @@ class FastSendGridTransport(TransportBase):
     """
 
     name = "sendgrid"
+    pipelines = True
 
     def __init__(
         self,
