@@ -30,7 +30,13 @@ from typing import Any
 import orjson
 
 from drip.message import OutgoingEmail
-from drip.transports.base import FatalTransportError, Outcome, SendResult, TransportBase
+from drip.transports.base import (
+    FatalTransportError,
+    Outcome,
+    SendResult,
+    TransportBase,
+    not_attempted,
+)
 from drip.transports.sendgrid.fast import FastSendGridTransport
 from drip.transports.sendgrid.protocol import (
     MAX_PERSONALIZATIONS,
@@ -82,7 +88,20 @@ class BulkSendGridTransport(TransportBase):
         return self.inner.run_soon(self.send_async(list(emails)))
 
     async def send_async(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
-        """`send` inside the inner transport's loop."""
+        """`send` inside the inner transport's loop: the bulk requests, then the emails sent on
+        their own (not bulk-safe, or in a bulk request refused as a whole)."""
+        chunks, singles = self._plan(emails)
+        results: dict[int, SendResult] = {}
+        refused, fatal = await self._send_chunks(emails, chunks, results)
+        if fatal is not None:
+            raise FatalTransportError(fatal, [results[i] for i in sorted(results)])
+        singles = sorted(singles + refused)
+        if singles:
+            await self._send_singles(emails, singles, results)
+        return [results[i] for i in range(len(emails))]
+
+    def _plan(self, emails: Sequence[OutgoingEmail]) -> tuple[list[list[int]], list[int]]:
+        """(indices of each bulk request, indices of the emails to send on their own)."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         singles: list[int] = []
         for index, email in enumerate(emails):
@@ -95,51 +114,60 @@ class BulkSendGridTransport(TransportBase):
             for members in groups.values()
             for start in range(0, len(members), self.per_request)
         ]
-        results: dict[int, SendResult] = {}
+        return chunks, singles
+
+    async def _send_chunks(
+        self,
+        emails: Sequence[OutgoingEmail],
+        chunks: list[list[int]],
+        results: dict[int, SendResult],
+    ) -> tuple[list[int], str | None]:
+        """Send one request per chunk and fill `results` from the answers.
+
+        Returns (the indices of requests refused as a whole, the fatal message or None).
+        """
+        if not chunks:
+            return [], None
         jobs = [
             (f"bulk-{n}", partial(_bulk_body, [emails[i] for i in chunk]))
             for n, chunk in enumerate(chunks)
         ]
-        answers, fatal, call = await self.inner.post_all_async(jobs) if jobs else ([], None, None)
+        answers, fatal, call = await self.inner.post_all_async(jobs)
+        refused: list[int] = []
         for chunk, answer in zip(chunks, answers, strict=True):
             if answer is None:
                 if fatal is None:
-                    reason = call.stop_reason if call is not None else None
-                    retry_after = call.stop_retry_after if call is not None else None
-                    for i in chunk:
-                        results[i] = SendResult(
-                            emails[i].delivery_id,
-                            Outcome.RETRY,
-                            retry_after=retry_after,
-                            detail=f"not attempted: {reason or 'the call ended early'}",
-                        )
-                continue
-            if answer.outcome is Outcome.FAILED:
-                singles.extend(chunk)  # nothing was accepted; find the one bad subscriber
-                continue
-            for i in chunk:
-                results[i] = SendResult(
-                    emails[i].delivery_id,
-                    answer.outcome,
-                    answer.provider_id,
-                    answer.retry_after,
-                    answer.detail,
-                )
-        if fatal is not None:
-            raise FatalTransportError(fatal, [results[i] for i in sorted(results)])
-        if singles:
-            singles.sort()
-            try:
-                alone = await self.inner.send_async([fill_parts(emails[i]) for i in singles])
-            except FatalTransportError as exc:
-                done = {r.delivery_id: r for r in exc.results}
-                for i in singles:
-                    if emails[i].delivery_id in done:
-                        results[i] = done[emails[i].delivery_id]
-                raise FatalTransportError(str(exc), [results[i] for i in sorted(results)]) from None
-            for i, result in zip(singles, alone, strict=True):
-                results[i] = result
-        return [results[i] for i in range(len(emails))]
+                    reason = call.stop_reason or "the call ended early"
+                    skipped = not_attempted(
+                        [emails[i] for i in chunk], reason, call.stop_retry_after
+                    )
+                    results.update(zip(chunk, skipped, strict=True))
+            elif answer.outcome is Outcome.FAILED:
+                refused.extend(chunk)  # nothing was accepted; find the one bad subscriber
+            else:
+                for i in chunk:
+                    results[i] = SendResult(
+                        emails[i].delivery_id,
+                        answer.outcome,
+                        answer.provider_id,
+                        answer.retry_after,
+                        answer.detail,
+                    )
+        return refused, fatal
+
+    async def _send_singles(
+        self, emails: Sequence[OutgoingEmail], singles: list[int], results: dict[int, SendResult]
+    ) -> None:
+        """Send these emails one per request (filled from their bulk parts) into `results`."""
+        try:
+            alone = await self.inner.send_async([fill_parts(emails[i]) for i in singles])
+        except FatalTransportError as exc:
+            done = {r.delivery_id: r for r in exc.results}
+            for i in singles:
+                if emails[i].delivery_id in done:
+                    results[i] = done[emails[i].delivery_id]
+            raise FatalTransportError(str(exc), [results[i] for i in sorted(results)]) from None
+        results.update(zip(singles, alone, strict=True))
 
 
 def _bulk_body(emails: Sequence[OutgoingEmail]) -> bytes:
