@@ -33,7 +33,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so readers (and a crash) see the old file or the new one."""
+    """Replace `path` with `data` so whoever reads it (and a crash) sees the old file or the new."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
