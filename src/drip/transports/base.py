@@ -202,7 +202,7 @@ def sender_domain(sender: str) -> str:
     return sender.rpartition("@")[2].strip(" >")
 
 
-def message_id_domain(email: OutgoingEmail, configured: str | None) -> str:
+def message_id_domain_for(email: OutgoingEmail, configured: str | None) -> str:
     """The right-hand side of `email`'s Message-ID: `configured` (DRIP_FROM's domain or the
     caller's choice), else the sender's domain, else "localhost"."""
     return configured or sender_domain(email.from_address) or "localhost"

@@ -23,7 +23,7 @@ from drip.transports.base import (
     Outcome,
     SendResult,
     TransportBase,
-    message_id_domain,
+    message_id_domain_for,
     not_attempted,
     utc_now,
 )
@@ -102,7 +102,7 @@ class OutboxTransport(TransportBase):
             return SendResult(
                 did, Outcome.FAILED, detail=f"delivery id {did!r} cannot be used as a file name"
             )
-        domain = message_id_domain(email, self._message_id_domain)
+        domain = message_id_domain_for(email, self._message_id_domain)
         try:
             data = to_bytes(build_mime(email, date=self._clock(), message_id_domain=domain))
         except (DripError, ValueError, TypeError) as exc:

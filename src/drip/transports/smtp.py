@@ -29,7 +29,7 @@ from drip.transports.base import (
     Outcome,
     SendResult,
     TransportBase,
-    message_id_domain,
+    message_id_domain_for,
     not_attempted,
     scrub,
     utc_now,
@@ -279,7 +279,7 @@ class SmtpTransport(TransportBase):
     def _send_one(self, smtp: smtplib.SMTP, email: OutgoingEmail) -> SendResult:
         did = email.delivery_id
         try:
-            domain = message_id_domain(email, self._message_id_domain)
+            domain = message_id_domain_for(email, self._message_id_domain)
             message = build_mime(email, date=self._clock(), message_id_domain=domain)
             data = _wire_data(to_bytes(message))
         except (DripError, ValueError, TypeError) as exc:

@@ -320,8 +320,8 @@ class FastSendGridTransport(TransportBase):
 
         Returns (results in job order, fatal message or None, call state). A result is None for
         a job not started (after an outage-like or fatal answer) or that met the fatal answer.
-        A builder that raises `ValueError`/`TypeError` gives FAILED. Used by
-        `send` (one email per job) and by bulk mode (many recipients per job).
+        A builder that raises `ValueError`/`TypeError` gives FAILED. Used by `send` (one email
+        per job) and by bulk mode (many recipients per job).
         """
         call = await self._send_all(list(jobs))
         fatal = None if call.fatal is None else scrub(call.fatal, self._secret)
