@@ -1,9 +1,10 @@
 """A fast fake SendGrid v3 Mail Send API for the benchmark (aiohttp, its own process).
 
 `python bench/fake_provider.py --port 0 --latency 0.05` prints its port on the first stdout line
-and serves until SIGTERM. Every POST /v3/mail/send is parsed and checked (cheaply: the parts
-SendGrid checks and drip's contract, per personalization for bulk requests), then answered 202
-with an X-Message-Id after `latency` seconds; a bad request gets 400 and is counted as invalid.
+and serves until SIGTERM. Every POST /v3/mail/send is parsed and checked with the test fake's
+check (`drip.transports.sendgrid.validate`: the parts SendGrid checks and drip's contract, per
+personalization for bulk requests), then answered 202 with an X-Message-Id after `latency`
+seconds; a bad request gets 400 and is counted as invalid.
 Accepted emails are counted per `drip_delivery_id` (a personalization's own custom_args, else
 the request's), so duplicates and losses can be reported.
 
@@ -19,59 +20,12 @@ import os
 import signal
 import sys
 from collections import Counter
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-MAIL_SEND_PATH = "/v3/mail/send"
-RESERVED_HEADERS = frozenset(
-    {"content-type", "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc"}
-)
-
-
-def problems_of(payload: Any) -> tuple[list[str], list[str]]:
-    """(problems, delivery ids) of one request body; ids only when there are no problems."""
-    if not isinstance(payload, dict):
-        return ["body is not a JSON object"], []
-    problems: list[str] = []
-    sender = payload.get("from")
-    if not isinstance(sender, dict) or "@" not in str(sender.get("email", "")):
-        problems.append("from.email missing")
-    content = payload.get("content")
-    if not isinstance(content, list) or [c.get("type") for c in content] != [
-        "text/plain",
-        "text/html",
-    ]:
-        problems.append("content must be text/plain then text/html")
-    elif not all(isinstance(c.get("value"), str) and c["value"] for c in content):
-        problems.append("content values must be non-empty strings")
-    shared_args = payload.get("custom_args") or {}
-    shared_headers = payload.get("headers") or {}
-    personalizations = payload.get("personalizations")
-    if not isinstance(personalizations, list) or not 1 <= len(personalizations) <= 1000:
-        return [*problems, "personalizations must hold 1..1000 items"], []
-    ids: list[str] = []
-    for index, item in enumerate(personalizations):
-        to = item.get("to")
-        if not isinstance(to, list) or len(to) != 1 or "@" not in str(to[0].get("email", "")):
-            problems.append(f"personalizations[{index}].to must be one address")
-        args = {**shared_args, **(item.get("custom_args") or {})}
-        headers = {**shared_headers, **(item.get("headers") or {})}
-        if not all(isinstance(v, str) for v in args.values()):
-            problems.append(f"personalizations[{index}] custom_args must be strings")
-        missing = {"drip_delivery_id", "drip_lesson", "drip_subscriber"} - args.keys()
-        if missing:
-            problems.append(f"personalizations[{index}] custom_args lack {sorted(missing)}")
-        if not str(headers.get("List-Unsubscribe", "")).startswith("<http"):
-            problems.append(f"personalizations[{index}] has no List-Unsubscribe")
-        if any(name.lower() in RESERVED_HEADERS for name in headers):
-            problems.append(f"personalizations[{index}] sets a reserved header")
-        subject = item.get("subject") or payload.get("subject")
-        if not isinstance(subject, str) or not subject:
-            problems.append(f"personalizations[{index}] has no subject")
-        ids.append(str(args.get("drip_delivery_id")))
-    return problems, ([] if problems else ids)
+from drip.transports.sendgrid.protocol import MAIL_SEND_PATH
+from drip.transports.sendgrid.validate import delivery_ids_of, validate_request_payload
 
 
 class Provider:
@@ -96,7 +50,8 @@ class Provider:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
             payload = None
-        problems, ids = problems_of(payload)
+        problems = validate_request_payload(payload)
+        ids = [] if problems else delivery_ids_of(payload)
         if not request.content_type.startswith("application/json"):
             problems.append("Content-Type is not application/json")
         if problems:

@@ -23,8 +23,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+# bench/run.py: this script's directory is on sys.path when it runs as `python bench/profile.py`.
 from run import (
     NOW,
     ROOT,

@@ -32,12 +32,11 @@ from typing import Any
 
 from sqlalchemy import insert, update
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+from drip.course import load_course
+from drip.db import make_engine, upgrade
+from drip.models import subscribers
 
-from drip.course import load_course  # noqa: E402
-from drip.db import make_engine, upgrade  # noqa: E402
-from drip.models import subscribers  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 COURSE = load_course(ROOT / "course")
 # A Monday, 10:00 in Tokyo: inside the course's sending hours.

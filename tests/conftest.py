@@ -8,22 +8,31 @@
 PostgreSQL comes from DRIP_TEST_POSTGRES_URL (default: the local server, trust auth). When it is
 unreachable its tests are skipped with the reason, unless DRIP_TEST_REQUIRE contains "postgres"
 (CI), in which case they fail.
+
+The transport tests share the loopback fakes (tests/fakes): `sendgrid` (FakeSendGrid accepting
+transport_support.API_KEY), `smtp` (FakeSmtp), and `server_tls` / `client_tls`, an SSL context
+pair trusting one test CA.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import trustme
 from psycopg import sql
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+from tests.fakes.sendgrid_server import FakeSendGrid
+from tests.fakes.smtp_server import FakeSmtp
+from tests.transport_support import API_KEY
 
 from drip.db import make_engine, upgrade
 
@@ -153,3 +162,37 @@ def engine(database_url: str) -> Iterator[Engine]:
 def session(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session
+
+
+# -- loopback fakes for the transport tests ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def client_tls(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[FakeSendGrid]:
+    with FakeSendGrid(api_key=API_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def smtp() -> Iterator[FakeSmtp]:
+    with FakeSmtp() as fake:
+        yield fake

@@ -23,7 +23,7 @@ from drip.lifecycle import pause_subscriber, resume_subscriber, subscribe
 from drip.render import Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult
 from drip.transports.memory import MemoryTransport
-from drip.transports.sendgrid_fast import FastSendGridTransport
+from drip.transports.sendgrid.fast import FastSendGridTransport
 
 # 2026-03-02 is a Monday; 10:00 in Tokyo is outside quiet hours.
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)

@@ -32,8 +32,6 @@ from drip.render import Recipient, RenderedEmail, Renderer
 from drip.transports.base import FatalTransportError, Outcome, SendResult, Transport
 
 BATCH_SIZE = 500
-SEND_WINDOW = 1
-"""Claims handed to the transport per call when it does not say (`transport.window`)."""
 PIPELINE_DEPTH = 2
 """Windows with a pipelining transport at once; after a crash at most this many are in doubt."""
 LEASE = timedelta(minutes=15)
@@ -58,7 +56,7 @@ class Mailer:
     @cached_property
     def fills_bulk_parts(self) -> bool:
         """The transport fills html/text from `OutgoingEmail.bulk` itself (bulk mode)."""
-        return bool(getattr(self.transport, "fills_bulk_parts", False))
+        return self.transport.fills_bulk_parts
 
     @cached_property
     def sender(self) -> tuple[str, str | None]:
@@ -273,10 +271,11 @@ def send_due(
     window: once it says True nothing more is handed over, the windows in flight are recorded
     and the remaining claims released, with `report.note` saying so.
 
-    A transport with `submit` (the SendGrid fast and bulk clients) gets the next window while the
-    previous one is still in flight (PIPELINE_DEPTH windows at once), so the main thread composes,
-    claims and records during the round trips. Each window is marked 'sending' (committed) before
-    it is handed over, so after a crash at most PIPELINE_DEPTH x window claims are in doubt.
+    A transport that `pipelines` (the SendGrid fast and bulk clients) gets the next window while
+    the previous one is still in flight (PIPELINE_DEPTH windows at once), so the main thread
+    composes, claims and records during the round trips. Each window is marked 'sending'
+    (committed) before it is handed over, so after a crash at most PIPELINE_DEPTH x window claims
+    are in doubt.
     """
     course_id = mailer.course.id
     report = SendReport(now=now, dry_run=dry_run)
@@ -288,9 +287,9 @@ def send_due(
                 report.per_lesson[slug] = Counter({"due": count})
         return report
     # A transport that sends concurrently says how many it keeps in flight (`window`).
-    window = window or int(getattr(mailer.transport, "window", SEND_WINDOW))
+    window = window or mailer.transport.window
     run = _Run(sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress, stop_requested)
-    depth = PIPELINE_DEPTH if hasattr(mailer.transport, "submit") else 1
+    depth = PIPELINE_DEPTH if mailer.transport.pipelines else 1
     in_flight: deque[_Window] = deque()
     for claims in _claimed_windows(run, limit=limit, batch_size=batch_size, window=window):
         if run.stopping():
@@ -366,20 +365,6 @@ class _Window:
     """Claims of the window before removed lessons and inactive subscribers were taken out."""
 
 
-def _submit(transport: Transport, emails: list[OutgoingEmail]) -> Future[list[SendResult]]:
-    """`transport.submit(emails)` when it has one, else `send` now, as a finished future."""
-    submit = getattr(transport, "submit", None)
-    if submit is not None:
-        started: Future[list[SendResult]] = submit(emails)
-        return started
-    done: Future[list[SendResult]] = Future()
-    try:
-        done.set_result(transport.send(emails))
-    except FatalTransportError as exc:
-        done.set_exception(exc)
-    return done
-
-
 @dataclass
 class _Run:
     """One `send_due` run: what every window needs, and the steps of a window."""
@@ -424,7 +409,7 @@ class _Run:
             if self.progress is not None:
                 self.progress(size)
             return None
-        return _Window(claims, _submit(self.mailer.transport, emails), size)
+        return _Window(claims, self.mailer.transport.submit(emails), size)
 
     def _drop_removed_lessons(self, claims: list[store.Claim]) -> list[store.Claim]:
         """Record claims of lessons no longer in the course as failed; return the others."""

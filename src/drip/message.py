@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class BulkParts:
-    """How a lesson email was made, for bulk sending (`drip.bulk`).
+    """How a lesson email was made, for bulk sending (`drip.transports.sendgrid.bulk`).
 
     `html` and `text` are the lesson's precompiled parts, shared by every subscriber of the same
     lesson and name variant: literal, slot name, literal, slot name, ..., literal. `values` holds

@@ -259,7 +259,8 @@ class Renderer:
 
         With `fill=False` the html and text are left empty and only `bulk` (the shared parts and
         this subscriber's checked values) is set: for a transport that fills them itself
-        (`drip.bulk.fill_parts`), so a subscriber sent in bulk costs no per-subscriber HTML.
+        (`drip.transports.sendgrid.protocol.fill_parts`), so a subscriber sent in bulk costs no
+        per-subscriber HTML.
         """
         compiled = self._lessons.get(lesson)
         if compiled is None:

@@ -12,8 +12,9 @@ Script steps (strings, the same in Python and on the command line):
 
 Each POST /v3/mail/send takes the next step; when the script is used up, `default` applies.
 Requests are checked first: a wrong or missing `Authorization: Bearer <api_key>` is answered 401
-and a payload that breaks the v3 schema (as drip uses it) 400; both are listed in `problems`
-without using a script step.
+and a payload that breaks the v3 schema as drip uses it (`drip.transports.sendgrid.validate`,
+the check the benchmark's fake provider applies too) 400; both are listed in `problems` without
+using a script step.
 
 As a process: `python -m tests.fakes.sendgrid_server --port 0 --api-key K --script 202,429:2`
 prints the port on its first stdout line and serves until SIGTERM/SIGINT. `GET /_fake/stats`
@@ -40,143 +41,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
-MAIL_SEND_PATH = "/v3/mail/send"
-TOP_LEVEL_KEYS = frozenset(
-    {
-        "personalizations",
-        "from",
-        "reply_to",
-        "reply_to_list",
-        "subject",
-        "content",
-        "attachments",
-        "template_id",
-        "headers",
-        "categories",
-        "custom_args",
-        "send_at",
-        "batch_id",
-        "asm",
-        "ip_pool_name",
-        "mail_settings",
-        "tracking_settings",
-    }
-)
-# Headers SendGrid refuses in `headers` (its docs: reserved, set from other fields).
-RESERVED_HEADERS = frozenset(
-    {
-        "x-sg-id",
-        "x-sg-eid",
-        "received",
-        "dkim-signature",
-        "content-type",
-        "content-transfer-encoding",
-        "to",
-        "from",
-        "subject",
-        "reply-to",
-        "cc",
-        "bcc",
-    }
-)
-REQUIRED_CUSTOM_ARGS = ("drip_delivery_id", "drip_lesson", "drip_subscriber")
-CUSTOM_ARGS_LIMIT = 10_000  # bytes, SendGrid's documented limit
-
-
-def check_mail_send(payload: Any) -> list[str]:
-    """Problems with a v3 Mail Send body as drip sends it; empty when the body is acceptable.
-
-    Checks the parts SendGrid checks (personalizations/to, from, subject, content) plus drip's
-    own contract: both text/plain and text/html, in that order; string-valued headers without
-    reserved names; custom_args with the drip_* keys, all strings, under the size limit.
-    """
-    if not isinstance(payload, dict):
-        return ["body is not a JSON object"]
-    problems = [f"unknown top-level key {key!r}" for key in payload if key not in TOP_LEVEL_KEYS]
-    personalizations = payload.get("personalizations")
-    if not isinstance(personalizations, list) or not personalizations:
-        problems.append("personalizations must be a non-empty list")
-        personalizations = []
-    for i, item in enumerate(personalizations):
-        to = item.get("to") if isinstance(item, dict) else None
-        if not isinstance(to, list) or not to:
-            problems.append(f"personalizations[{i}].to must be a non-empty list")
-            continue
-        for j, rcpt in enumerate(to):
-            if not isinstance(rcpt, dict) or "@" not in str(rcpt.get("email", "")):
-                problems.append(f"personalizations[{i}].to[{j}].email is not an address")
-            elif "name" in rcpt and not isinstance(rcpt["name"], str):
-                problems.append(f"personalizations[{i}].to[{j}].name is not a string")
-    sender = payload.get("from")
-    if not isinstance(sender, dict) or "@" not in str(sender.get("email", "")):
-        problems.append("from.email is missing or not an address")
-    subject = payload.get("subject")
-    if not (isinstance(subject, str) and subject.strip()) and not all(
-        isinstance(p, dict) and isinstance(p.get("subject"), str) for p in personalizations
-    ):
-        problems.append("subject is missing")
-    content = payload.get("content")
-    if not isinstance(content, list):
-        problems.append("content must be a list")
-        content = []
-    types = [c.get("type") if isinstance(c, dict) else None for c in content]
-    if types != ["text/plain", "text/html"]:
-        problems.append(f"content types must be ['text/plain', 'text/html'], got {types}")
-    for k, c in enumerate(content):
-        if not isinstance(c, dict) or not isinstance(c.get("value"), str) or not c["value"]:
-            problems.append(f"content[{k}].value must be a non-empty string")
-    problems += _check_headers("headers", payload.get("headers", {}))
-    for i, item in enumerate(personalizations):
-        if isinstance(item, dict) and "headers" in item:
-            problems += _check_headers(f"personalizations[{i}].headers", item["headers"])
-    top_args = payload.get("custom_args", {})
-    if not isinstance(top_args, dict):
-        problems.append("custom_args must be an object")
-        top_args = {}
-    # SendGrid merges each personalization's custom_args over the top-level ones; a bulk
-    # request (many personalizations) carries the per-reader drip_* keys there.
-    for i, item in enumerate(personalizations or [{}]):
-        own = item.get("custom_args", {}) if isinstance(item, dict) else {}
-        where = f"personalizations[{i}].custom_args" if own else "custom_args"
-        if not isinstance(own, dict):
-            problems.append(f"{where} must be an object")
-            continue
-        merged = {**top_args, **own}
-        for key in REQUIRED_CUSTOM_ARGS:
-            if key not in merged:
-                problems.append(f"{where}.{key} is missing")
-        for key, value in merged.items():
-            if not isinstance(value, str):
-                problems.append(f"{where}.{key} is not a string (SendGrid requires strings)")
-        if len(json.dumps(merged).encode()) > CUSTOM_ARGS_LIMIT:
-            problems.append(f"{where} exceed 10000 bytes")
-    return problems
-
-
-def _check_headers(where: str, headers: Any) -> list[str]:
-    if not isinstance(headers, dict):
-        return [f"{where} must be an object"]
-    problems = []
-    for name, value in headers.items():
-        if not isinstance(value, str):
-            problems.append(f"{where}: header {name!r} is not a string")
-        if name.lower() in RESERVED_HEADERS:
-            problems.append(f"{where}: header {name!r} is reserved")
-    return problems
-
-
-def delivery_ids_of(payload: Any) -> list[str]:
-    """The drip_delivery_id of every personalization (one for a single email, many in bulk)."""
-    if not isinstance(payload, dict):
-        return []
-    top = payload.get("custom_args") if isinstance(payload.get("custom_args"), dict) else {}
-    ids = []
-    for item in payload.get("personalizations") or []:
-        own = item.get("custom_args") if isinstance(item, dict) else None
-        merged = {**top, **(own if isinstance(own, dict) else {})}
-        if isinstance(merged.get("drip_delivery_id"), str):
-            ids.append(merged["drip_delivery_id"])
-    return ids
+from drip.transports.sendgrid.protocol import MAIL_SEND_PATH
+from drip.transports.sendgrid.validate import delivery_ids_of, validate_request_payload
 
 
 @dataclass(frozen=True)
@@ -408,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
             problems.append("body is not JSON")
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
             problems.append("Content-Type is not application/json")
-        problems += check_mail_send(payload) if payload is not None else []
+        problems += validate_request_payload(payload) if payload is not None else []
         ids = delivery_ids_of(payload)
         delivery_id = ids[0] if ids else None
         shown_auth = "Bearer [key]" if authorization.startswith("Bearer ") else authorization

@@ -1,7 +1,8 @@
 """Ways out for email: SendGrid, SMTP, a local outbox directory, and memory (tests).
 
 `make_transport(settings)` picks one from `Settings.transport`; everything speaks the `Transport`
-protocol of `drip.transports.base`.
+protocol of `drip.transports.base`. SendGrid is a package (`drip.transports.sendgrid`): a pure
+protocol module and three clients (official library, fast aiohttp, bulk mode).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from drip.transports.base import (
     SendResult,
     Transport,
     TransportBase,
+    sender_domain,
 )
 
 __all__ = [
@@ -34,33 +36,14 @@ def make_transport(settings: Settings, *, message_id_domain: str | None = None) 
     imported here so that choosing the outbox does not load the SendGrid client. Raises
     `ConfigError` for an unknown transport or a missing key / URL. For SendGrid the fast aiohttp
     client is the default; DRIP_SENDGRID_CLIENT=official selects the official library, and
-    DRIP_BULK=auto wraps the fast client in `drip.bulk.BulkSendGridTransport`.
+    DRIP_BULK=auto wraps the fast client in `sendgrid.bulk.BulkSendGridTransport`.
     """
     domain = message_id_domain
     if domain is None and settings.from_address and "@" in settings.from_address:
-        domain = settings.from_address.rpartition("@")[2].strip(" >") or None
+        domain = sender_domain(settings.from_address) or None
     kind = settings.transport
     if kind == "sendgrid":
-        if not settings.sendgrid_api_key:
-            raise ConfigError("DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your key")
-        if settings.sendgrid_client == "official":
-            from drip.transports.sendgrid import SendGridTransport
-
-            return SendGridTransport(settings.sendgrid_api_key, base_url=settings.sendgrid_api_url)
-        # The default: keep-alive connections, `sendgrid_window` requests in flight.
-        from drip.transports.sendgrid_fast import FastSendGridTransport
-
-        fast = FastSendGridTransport(
-            settings.sendgrid_api_key,
-            base_url=settings.sendgrid_api_url,
-            window=settings.sendgrid_window,
-            rate=settings.sendgrid_rate,
-        )
-        if settings.bulk == "auto":
-            from drip.bulk import BulkSendGridTransport
-
-            return BulkSendGridTransport(fast)
-        return fast
+        return _sendgrid(settings)
     if kind == "smtp":
         from drip.transports.smtp import SmtpTransport
 
@@ -80,3 +63,27 @@ def make_transport(settings: Settings, *, message_id_domain: str | None = None) 
     raise ConfigError(
         f"transport {kind!r} is unknown; set DRIP_TRANSPORT to sendgrid, smtp or outbox"
     )
+
+
+def _sendgrid(settings: Settings) -> Transport:
+    from drip.transports.sendgrid.protocol import require_api_key
+
+    api_key = require_api_key(settings.sendgrid_api_key)
+    if settings.sendgrid_client == "official":
+        from drip.transports.sendgrid.official import SendGridTransport
+
+        return SendGridTransport(api_key, base_url=settings.sendgrid_api_url)
+    # The default: keep-alive connections, `sendgrid_window` requests in flight.
+    from drip.transports.sendgrid.fast import FastSendGridTransport
+
+    fast = FastSendGridTransport(
+        api_key,
+        base_url=settings.sendgrid_api_url,
+        window=settings.sendgrid_window,
+        rate=settings.sendgrid_rate,
+    )
+    if settings.bulk == "auto":
+        from drip.transports.sendgrid.bulk import BulkSendGridTransport
+
+        return BulkSendGridTransport(fast)
+    return fast

@@ -11,13 +11,18 @@ returned `SendResult` in the ledger. The outcome decides what the ledger does wi
 
 A problem that concerns the whole run (bad API key, SMTP authentication refused) is not an
 outcome: `send` raises `FatalTransportError`, carrying the results it already has.
+
+What a transport can do is declared, with defaults, on `Transport` / `TransportBase`: `window`
+(emails per call), `submit` and `pipelines` (calls that overlap), `fills_bulk_parts` (bulk mode).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -68,16 +73,22 @@ class FatalTransportError(DripError):
 
 @runtime_checkable
 class Transport(Protocol):
-    """A way out for email. Implementations: sendgrid, smtp, outbox, memory.
+    """A way out for email. Implementations: sendgrid (official, fast, bulk), smtp, outbox, memory.
 
     `send` returns exactly one result per input email, in the same order. It does not raise for
     problems of one message or a temporary outage (those are outcomes); it raises only
-    `FatalTransportError`. `close` releases connections and may be called more than once.
+    `FatalTransportError`. `submit` is `send` returning a future. `close` releases connections
+    and may be called more than once. `TransportBase` documents each member and its default.
     """
 
     name: str
+    window: int
+    pipelines: bool
+    fills_bulk_parts: bool
 
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]: ...
+
+    def submit(self, emails: Sequence[OutgoingEmail]) -> Future[list[SendResult]]: ...
 
     def close(self) -> None: ...
 
@@ -92,9 +103,39 @@ class Transport(Protocol):
 
 
 class TransportBase:
-    """Context-manager plumbing shared by the concrete transports (`with make_transport(...)`)."""
+    """Every hook of `Transport` with its default, and the context-manager plumbing
+    (`with make_transport(...)`). A new transport implements `send` and overrides what it does
+    differently.
+    """
 
     name = "base"
+    """Short name for messages and reports ("sendgrid", "smtp", ...)."""
+    window: int = 1
+    """How many emails the send loop hands over per call. A transport that keeps several
+    requests in flight says how many (the fast SendGrid client: DRIP_SENDGRID_WINDOW; bulk mode:
+    recipients per request x requests in flight); after a crash that many can be in doubt."""
+    pipelines: bool = False
+    """True when `submit` returns before the call is done, so the send loop prepares the next call
+    while this one is in flight (the fast and bulk SendGrid clients). False: `submit` sends at
+    once and the send loop records each call before it starts the next."""
+    fills_bulk_parts: bool = False
+    """True when the transport fills html and text from `OutgoingEmail.bulk` itself (bulk mode),
+    so the send loop may hand over emails with both left empty."""
+
+    def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """One result per email, in input order; see `Transport` and the module docstring."""
+        raise NotImplementedError
+
+    def submit(self, emails: Sequence[OutgoingEmail]) -> Future[list[SendResult]]:
+        """`send` as a future. The default sends now and returns a finished future, whose
+        exception is the `FatalTransportError` that `send` raised; a pipelining transport
+        returns at once instead."""
+        done: Future[list[SendResult]] = Future()
+        try:
+            done.set_result(self.send(emails))
+        except FatalTransportError as exc:
+            done.set_exception(exc)
+        return done
 
     def close(self) -> None:
         """Release resources; the default has none."""
@@ -128,3 +169,40 @@ def not_attempted(
         )
         for email in emails
     ]
+
+
+def utc_now() -> datetime:
+    """The wall clock, timezone-aware: the default `clock` of the transports."""
+    return datetime.now(UTC)
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """`text` with `secret` (API key, SMTP password) replaced by "[redacted]".
+
+    A server or proxy could echo a credential back in an error; no result or error may carry it.
+    """
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def scrub_result(result: SendResult, secret: str | None) -> SendResult:
+    """`result` with `secret` removed from its detail (the same object when it has none)."""
+    if not secret or secret not in result.detail:
+        return result
+    return SendResult(
+        result.delivery_id,
+        result.outcome,
+        result.provider_id,
+        result.retry_after,
+        scrub(result.detail, secret),
+    )
+
+
+def sender_domain(sender: str) -> str:
+    """The domain of `sender` (an address, or 'Name <address>'): the text after its last '@'."""
+    return sender.rpartition("@")[2].strip(" >")
+
+
+def message_id_domain_for(email: OutgoingEmail, configured: str | None) -> str:
+    """The right-hand side of `email`'s Message-ID: `configured` (DRIP_FROM's domain or the
+    caller's choice), else the sender's domain, else "localhost"."""
+    return configured or sender_domain(email.from_address) or "localhost"

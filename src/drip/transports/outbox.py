@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from drip.errors import DripError
@@ -23,19 +23,17 @@ from drip.transports.base import (
     Outcome,
     SendResult,
     TransportBase,
+    message_id_domain_for,
     not_attempted,
+    utc_now,
 )
 
 # A delivery id becomes a file name: no separators, no leading dot, no surprises.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so readers (and a crash) see the old file or the new one."""
+    """Replace `path` with `data` so whoever reads it (and a crash) sees the old file or the new."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -70,7 +68,7 @@ class OutboxTransport(TransportBase):
         directory: Path,
         *,
         message_id_domain: str | None = None,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.directory = Path(directory)
         self._message_id_domain = message_id_domain
@@ -104,7 +102,7 @@ class OutboxTransport(TransportBase):
             return SendResult(
                 did, Outcome.FAILED, detail=f"delivery id {did!r} cannot be used as a file name"
             )
-        domain = self._message_id_domain or email.from_address.rpartition("@")[2] or "localhost"
+        domain = message_id_domain_for(email, self._message_id_domain)
         try:
             data = to_bytes(build_mime(email, date=self._clock(), message_id_domain=domain))
         except (DripError, ValueError, TypeError) as exc:

@@ -18,7 +18,7 @@ import smtplib
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from drip.errors import ConfigError, DripError
@@ -29,17 +29,16 @@ from drip.transports.base import (
     Outcome,
     SendResult,
     TransportBase,
+    message_id_domain_for,
     not_attempted,
+    scrub,
+    utc_now,
 )
 
 DEFAULT_TIMEOUT = 30.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ class SmtpTransport(TransportBase):
         url: str,
         *,
         message_id_domain: str | None = None,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         timeout: float = DEFAULT_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -144,12 +143,8 @@ class SmtpTransport(TransportBase):
 
     # -- connection ------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        secret = self.target.password
-        return text.replace(secret, "[redacted]") if secret else text
-
     def _fatal(self, message: str) -> FatalTransportError:
-        return FatalTransportError(self._scrub(message))
+        return FatalTransportError(scrub(message, self.target.password))
 
     def _untrusted(self, where: str, exc: ssl.SSLCertVerificationError) -> FatalTransportError:
         return self._fatal(
@@ -266,7 +261,9 @@ class SmtpTransport(TransportBase):
             except _Retry as stop:
                 self._drop()
                 result = SendResult(
-                    email.delivery_id, stop.result.outcome, detail=self._scrub(stop.result.detail)
+                    email.delivery_id,
+                    stop.result.outcome,
+                    detail=scrub(stop.result.detail, self.target.password),
                 )
                 results.append(result)
                 reason = f"SMTP connection lost at {email.delivery_id}: {result.detail}"
@@ -279,15 +276,11 @@ class SmtpTransport(TransportBase):
                 break
         return results
 
-    def _message_id_domain_for(self, email: OutgoingEmail) -> str:
-        return self._message_id_domain or email.from_address.rpartition("@")[2] or "localhost"
-
     def _send_one(self, smtp: smtplib.SMTP, email: OutgoingEmail) -> SendResult:
         did = email.delivery_id
         try:
-            message = build_mime(
-                email, date=self._clock(), message_id_domain=self._message_id_domain_for(email)
-            )
+            domain = message_id_domain_for(email, self._message_id_domain)
+            message = build_mime(email, date=self._clock(), message_id_domain=domain)
             data = _wire_data(to_bytes(message))
         except (DripError, ValueError, TypeError) as exc:
             return SendResult(did, Outcome.FAILED, detail=f"cannot build the message: {exc}")

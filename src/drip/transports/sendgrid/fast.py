@@ -1,11 +1,12 @@
 """SendGrid v3 Mail Send over aiohttp: keep-alive connections and many requests in flight.
 
-The same two pure ends as the official-client transport (`drip.transports.sendgrid`):
-`build_payload` makes the request body and `classify_status` maps the answer, so payloads and
-outcomes are identical; only the HTTP step differs. The official client opens a new connection
-per call and sends one request at a time (~19 emails/s at 50 ms latency); this one keeps up to
-`window` requests in flight over pooled connections (Little's law: rate x latency, e.g.
-2,800/s x 0.05 s = 140, so the default 256 leaves head-room for slower answers).
+The same two pure ends as the official-library client (`drip.transports.sendgrid.protocol`):
+`fast_payload` makes the request body (equal to `build_payload`'s) and `classify_status` maps
+the answer, so payloads and outcomes are identical; only the HTTP step differs. The official
+client opens a new connection per call and sends one request at a time (~19 emails/s at 50 ms
+latency); this one keeps up to `window` requests in flight over pooled connections (Little's
+law: rate x latency, e.g. 2,800/s x 0.05 s = 140, so the default 256 leaves head-room for slower
+answers).
 
 An asyncio loop runs in one background thread for the transport's lifetime, so connections stay
 open across calls; `send` blocks the caller until every email of the call has a result, `submit`
@@ -29,19 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-from sendgrid.helpers.mail.exceptions import SendGridException  # type: ignore[import-untyped]
 
 from drip.config import DEFAULT_SENDGRID_API_URL, DEFAULT_SENDGRID_WINDOW
 from drip.errors import ConfigError
@@ -52,25 +51,26 @@ from drip.transports.base import (
     SendResult,
     TransportBase,
     not_attempted,
+    scrub,
+    scrub_result,
+    utc_now,
 )
-from drip.transports.sendgrid import (
+from drip.transports.sendgrid.protocol import (
     DEFAULT_TIMEOUT,
+    MAIL_SEND_PATH,
     MAX_DETAIL,
-    build_payload,
+    build_failure,
     classify_status,
+    fast_payload,
+    require_api_key,
 )
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = DEFAULT_SENDGRID_WINDOW
 DEFAULT_CONNECT_TIMEOUT = 10.0
-MAIL_SEND_PATH = "/v3/mail/send"
 USER_AGENT = "drip (aiohttp keep-alive)"
 T = TypeVar("T")
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _shutdown(
@@ -163,59 +163,8 @@ class Aimd:
         return max(1, int(self.limit))
 
 
-_PLAIN_ADDRESS = re.compile(
-    r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
-)
-"""Addresses the official helper passes through unchanged when they come without a name."""
-
-
-def _plain_party(address: str, name: str | None) -> dict[str, str] | None:
-    """`Email(address, name).get()` for the shapes where it is a plain copy, else None."""
-    if name:
-        return {"name": name, "email": address}
-    if name is None and _PLAIN_ADDRESS.fullmatch(address):
-        return {"email": address}
-    return None  # "" or an address the helper would parse (rfc822.parseaddr): let it
-
-
-def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
-    """`build_payload(email)`, equal and in the same key order, without the official helper
-    objects (about a sixth of the loop thread's time per email).
-
-    Only for the common shape: sender and recipient that the helper copies as they are, non-empty
-    text and html that cannot trip its API-key check (which matches at the start of a part);
-    anything else goes through `build_payload` itself. tests/test_sendgrid_fast.py compares the
-    two on generated emails.
-    """
-    sender = _plain_party(email.from_address, email.from_name)
-    to = _plain_party(email.to_address, email.to_name)
-    text, html = email.text, email.html
-    if (
-        sender is None
-        or to is None
-        or not text
-        or not html
-        or text.startswith("SG.")
-        or html.startswith("SG.")
-    ):
-        return build_payload(email)
-    payload: dict[str, Any] = {
-        "from": sender,
-        "subject": email.subject,
-        "personalizations": [{"to": [to]}],
-        "content": [{"type": "text/plain", "value": text}, {"type": "text/html", "value": html}],
-    }
-    # The helper inserts each header and custom arg at the front of its list: reversed order.
-    if email.headers:
-        payload["headers"] = dict(reversed(list(email.headers.items())))
-    custom_args = {**email.custom_args, "drip_delivery_id": email.delivery_id}
-    payload["custom_args"] = dict(reversed(custom_args.items()))
-    return payload
-
-
 def _email_body(email: OutgoingEmail) -> bytes:
-    """The JSON body for one email: `build_payload`'s payload (via `fast_payload`), serialised
-    with orjson."""
+    """The JSON body for one email (`fast_payload`), serialised with orjson."""
     return orjson.dumps(fast_payload(email))
 
 
@@ -242,6 +191,7 @@ class FastSendGridTransport(TransportBase):
     """
 
     name = "sendgrid"
+    pipelines = True
 
     def __init__(
         self,
@@ -252,13 +202,11 @@ class FastSendGridTransport(TransportBase):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         window: int = DEFAULT_WINDOW,
         rate: float | None = None,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        if not api_key:
-            raise ConfigError("the sendgrid transport needs SENDGRID_API_KEY; set it to your key")
+        self._secret = require_api_key(api_key)
         if window < 1:
             raise ConfigError(f"DRIP_SENDGRID_WINDOW must be at least 1, not {window}")
-        self._secret = api_key
         self._url = base_url.rstrip("/") + MAIL_SEND_PATH
         self._headers = {
             "Authorization": f"Bearer {api_key}",
@@ -329,9 +277,6 @@ class FastSendGridTransport(TransportBase):
 
     # --- sending --------------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "[redacted]")
-
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """Send each email; see `Transport.send` and the module docstring for outcomes.
 
@@ -348,7 +293,7 @@ class FastSendGridTransport(TransportBase):
         return self.run_soon(self.send_async(list(emails)))
 
     def run_soon(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        """Schedule `coro` on the transport's loop thread (used by `drip.bulk`)."""
+        """Schedule `coro` on the transport's loop thread (also used by bulk mode)."""
         return asyncio.run_coroutine_threadsafe(coro, self._start())
 
     async def send_async(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
@@ -375,11 +320,11 @@ class FastSendGridTransport(TransportBase):
 
         Returns (results in job order, fatal message or None, call state). A result is None for
         a job not started (after an outage-like or fatal answer) or that met the fatal answer.
-        A builder that raises `SendGridException`/`ValueError`/`TypeError` gives FAILED. Used by
-        `send` (one email per job) and by `drip.bulk` (many recipients per job).
+        A builder that raises `ValueError`/`TypeError` gives FAILED. Used by `send` (one email
+        per job) and by bulk mode (many recipients per job).
         """
         call = await self._send_all(list(jobs))
-        fatal = None if call.fatal is None else self._scrub(call.fatal)
+        fatal = None if call.fatal is None else scrub(call.fatal, self._secret)
         return call.results, fatal, call
 
     async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]]) -> _Call:
@@ -419,12 +364,8 @@ class FastSendGridTransport(TransportBase):
     ) -> None:
         try:
             body = build()
-        except (SendGridException, ValueError, TypeError) as exc:
-            call.results[index] = SendResult(
-                label,
-                Outcome.FAILED,
-                detail=f"cannot build the request: {type(exc).__name__} {exc}"[:MAX_DETAIL],
-            )
+        except (ValueError, TypeError) as exc:
+            call.results[index] = build_failure(label, exc)
             return
         try:
             result = await self.post_body(session, label, body)
@@ -432,13 +373,7 @@ class FastSendGridTransport(TransportBase):
             # This job was not sent and gets no result; no new request starts.
             call.fatal = call.fatal or str(exc)
             return
-        result = SendResult(
-            result.delivery_id,
-            result.outcome,
-            result.provider_id,
-            result.retry_after,
-            self._scrub(result.detail),
-        )
+        result = scrub_result(result, self._secret)
         call.results[index] = result
         if result.outcome is Outcome.SENT:
             self.aimd.increase()

@@ -1,6 +1,7 @@
 """The aiohttp SendGrid transport with many requests in flight, against the loopback fake.
 
-The ordered contract scenarios run over this transport in test_transports.py (window 1); here
+The ordered contract scenarios run over this transport in test_transport_contract.py (window 1);
+here
 are the properties that only show with concurrency: requests really overlap, every accepted
 message has a result even when a fatal or outage answer arrives mid-call, rate limiting, AIMD.
 """
@@ -10,23 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
-import orjson
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from tests.fakes.sendgrid_server import FakeSendGrid
-from tests.test_transports import API_KEY, make_email
+from tests.transport_support import API_KEY, NOW, make_email
 
-from drip.config import Settings, load_settings
 from drip.errors import ConfigError
-from drip.message import OutgoingEmail
-from drip.transports import FatalTransportError, Outcome, make_transport
-from drip.transports.sendgrid import SendGridTransport, build_payload
-from drip.transports.sendgrid_fast import Aimd, FastSendGridTransport, TokenBucket, fast_payload
-
-NOW = datetime(2025, 3, 1, 7, 30, tzinfo=UTC)
+from drip.transports import FatalTransportError, Outcome
+from drip.transports.sendgrid.fast import Aimd, FastSendGridTransport, TokenBucket
+from drip.transports.sendgrid.protocol import build_payload
 
 
 @pytest.fixture
@@ -179,76 +172,3 @@ def test_close_stops_the_thread_and_is_idempotent(fake: FakeSendGrid) -> None:
     transport.close()
     transport.close()
     assert transport._thread is not None and not transport._thread.is_alive()
-
-
-def test_selection_fast_by_default_official_on_request() -> None:
-    env = {"SENDGRID_API_KEY": "SG.k", "DRIP_SENDGRID_RATE": "100", "DRIP_SENDGRID_WINDOW": "32"}
-    chosen = make_transport(load_settings(env))
-    assert isinstance(chosen, FastSendGridTransport) and chosen.window == 32
-    chosen.close()
-    official = make_transport(load_settings({**env, "DRIP_SENDGRID_CLIENT": "official"}))
-    assert isinstance(official, SendGridTransport)
-    with pytest.raises(ConfigError, match="DRIP_SENDGRID_RATE"):
-        load_settings({**env, "DRIP_SENDGRID_RATE": "-1"})
-    with pytest.raises(ConfigError, match="DRIP_SENDGRID_CLIENT"):
-        load_settings({**env, "DRIP_SENDGRID_CLIENT": "curl"})
-    assert Settings().sendgrid_client == "fast"
-
-
-_texts = st.text(min_size=0, max_size=12)
-_addresses = st.one_of(
-    st.from_regex(r"[a-z0-9.+_-]{1,8}@[a-z0-9-]{1,6}\.(jp|com)", fullmatch=True),
-    st.sampled_from(["名前 <a@b.jp>", "a@b", "x..y@example.jp", '"q"@example.jp', "", "a @b.jp"]),
-)
-_names = st.one_of(st.none(), st.just(""), _texts)
-_parts = st.one_of(_texts, st.sampled_from(["SG.abc.def", "SG.x", "<p>本文</p>"]))
-
-
-@given(
-    to_address=_addresses,
-    to_name=_names,
-    from_address=_addresses,
-    from_name=_names,
-    subject=_texts,
-    text=_parts,
-    html=_parts,
-    headers=st.dictionaries(st.sampled_from(["List-Unsubscribe", "X-A", "X-B"]), _texts),
-    custom_args=st.dictionaries(st.sampled_from(["drip_lesson", "drip_delivery_id", "k"]), _texts),
-)
-def test_fast_payload_equals_the_official_helper_in_value_and_key_order(
-    to_address: str,
-    to_name: str | None,
-    from_address: str,
-    from_name: str | None,
-    subject: str,
-    text: str,
-    html: str,
-    headers: dict[str, str],
-    custom_args: dict[str, str],
-) -> None:
-    email = OutgoingEmail(
-        "17",
-        to_address,
-        to_name,
-        from_address,
-        from_name,
-        subject,
-        html,
-        text,
-        headers,
-        custom_args,
-    )
-    try:
-        expected = orjson.dumps(build_payload(email))
-    except Exception as exc:  # the helper refuses (an API key in a part): so must the fast path
-        with pytest.raises(type(exc)):
-            fast_payload(email)
-        return
-    # Byte-equal JSON: same values and the same key order as the official helper's payload.
-    assert orjson.dumps(fast_payload(email)) == expected
-
-
-def test_fast_payload_of_a_lesson_email_skips_the_helper() -> None:
-    email = make_email(3)
-    assert fast_payload(email) == build_payload(email)
-    assert orjson.dumps(fast_payload(email)) == orjson.dumps(build_payload(email))

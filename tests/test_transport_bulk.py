@@ -1,7 +1,7 @@
-"""Bulk mode: one request per lesson group with per-reader substitutions.
+"""Bulk mode: one request per lesson group with per-subscriber substitutions.
 
-The key property: what a reader receives after SendGrid applies the substitutions equals the
-email drip renders for that reader alone (names with <, &, " and Japanese included).
+The key property: what a subscriber receives after SendGrid applies the substitutions equals
+the email drip renders for that subscriber alone (names with <, &, " and Japanese included).
 """
 
 from __future__ import annotations
@@ -12,31 +12,28 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from tests.fakes.sendgrid_server import FakeSendGrid
+from tests.support import COURSE, ROOT, TEMPLATES
 
-from drip.bulk import (
+from drip.links import LinkBuilder
+from drip.message import OutgoingEmail
+from drip.render import Recipient, Renderer
+from drip.transports import Outcome
+from drip.transports.sendgrid.bulk import BulkSendGridTransport
+from drip.transports.sendgrid.fast import FastSendGridTransport
+from drip.transports.sendgrid.protocol import (
     KEY_PREFIX,
-    BulkSendGridTransport,
     apply_substitutions,
+    build_payload,
     bulk_payload,
     bulk_safe,
     fill_parts,
     substitution_keys,
 )
-from drip.course import load_course
-from drip.links import LinkBuilder
-from drip.message import OutgoingEmail
-from drip.render import Recipient, Renderer
-from drip.transports import Outcome
-from drip.transports.sendgrid import build_payload
-from drip.transports.sendgrid_fast import FastSendGridTransport
 
-ROOT = Path(__file__).resolve().parents[1]
-COURSE = load_course(ROOT / "course")
-RENDERER = Renderer(COURSE, ROOT / "templates" / "email")
+RENDERER = Renderer(COURSE, TEMPLATES)
 LINKS = LinkBuilder("https://drip.example.jp", ["bulk-test-key"])
 API_KEY = "SG.bulk-test"
 NAMES = ["山田 太郎", "Tom & Jerry <tj>", 'O"Brien', None, "<script>alert(1)</script>", "鈴木"]
@@ -81,11 +78,11 @@ def test_unfilled_emails_are_filled_exactly_as_the_renderer_fills_them(name: str
     assert fill_parts(bare) == full
     assert (fill_parts(bare).html, fill_parts(bare).text) == (full.html, full.text)
     assert fill_parts(full) is full
-    # The bulk body does not depend on whether the reader's parts were filled.
+    # The bulk body does not depend on whether the subscriber's parts were filled.
     assert bulk_payload([bare]) == bulk_payload([full])
 
 
-def test_every_reader_sees_the_email_rendered_for_them() -> None:
+def test_every_subscriber_sees_the_email_rendered_for_them() -> None:
     for has_name in (True, False):
         emails = [
             lesson_email(n, name) for n, name in enumerate(NAMES) if (name is not None) is has_name
@@ -180,7 +177,7 @@ def test_bulk_transport_sends_groups_of_up_to_1000(provider: str) -> None:
 
 
 def test_a_refused_bulk_request_falls_back_to_single_sends() -> None:
-    # The provider refuses the bulk body with 400: the readers are then sent one by one and
+    # The provider refuses the bulk body with 400: the subscribers are then sent one by one and
     # all arrive, once.
     with FakeSendGrid(api_key=API_KEY, script=["400"]) as fake:
         inner = FastSendGridTransport(API_KEY, base_url=fake.url, window=4)
@@ -196,7 +193,7 @@ def test_a_refused_bulk_request_falls_back_to_single_sends() -> None:
         assert next(r.status for r in fake.requests) == 400
 
 
-def test_the_contract_fake_accepts_a_bulk_request_and_counts_every_reader() -> None:
+def test_the_contract_fake_accepts_a_bulk_request_and_counts_every_subscriber() -> None:
     with FakeSendGrid(api_key=API_KEY) as fake:
         inner = FastSendGridTransport(API_KEY, base_url=fake.url, window=4)
         with BulkSendGridTransport(inner) as transport:

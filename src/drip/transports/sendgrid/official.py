@@ -1,0 +1,142 @@
+"""SendGrid v3 Mail Send over the official `sendgrid` library.
+
+Sending is `protocol.build_payload` (pure) -> one POST /v3/mail/send per email ->
+`protocol.classify_status` (pure). Only the middle step does I/O; the fast client
+(`drip.transports.sendgrid.fast`) shares both ends, so payloads and outcomes are identical.
+
+How failures map to outcomes (python_http_client sits on urllib): urllib wraps every `OSError`
+raised while connecting and writing the request in `URLError`, and lets errors raised while
+waiting for or reading the response through unwrapped. So `URLError` means "the request was not
+fully written" (RETRY), while a bare timeout / reset / `http.client` error means "written, answer
+lost" (IN_DOUBT). SendGrid has no idempotency key, so an in-doubt message is never re-sent here.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import re
+import urllib.error
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import python_http_client.exceptions as http_errors  # type: ignore[import-untyped]
+from sendgrid import SendGridAPIClient  # type: ignore[import-untyped]
+
+from drip.config import DEFAULT_SENDGRID_API_URL
+from drip.message import OutgoingEmail
+from drip.transports.base import (
+    FatalTransportError,
+    Outcome,
+    SendResult,
+    TransportBase,
+    not_attempted,
+    scrub,
+    scrub_result,
+    utc_now,
+)
+from drip.transports.sendgrid.protocol import (
+    DEFAULT_TIMEOUT,
+    build_failure,
+    build_payload,
+    classify_status,
+    require_api_key,
+)
+
+_BEARER = re.compile(r"Bearer\s+[^\s'\",}]+")
+
+
+class _RedactBearer(logging.Filter):
+    """python_http_client logs the request headers, Authorization included, at DEBUG level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Bearer" in message:
+            record.msg = _BEARER.sub("Bearer [redacted]", message)
+            record.args = None
+        return True
+
+
+_REDACT_FILTER = _RedactBearer()
+
+
+def _install_log_redaction() -> None:
+    logger = logging.getLogger("python_http_client.client")
+    if _REDACT_FILTER not in logger.filters:
+        logger.addFilter(_REDACT_FILTER)
+
+
+class SendGridTransport(TransportBase):
+    """Sends each email with one POST to SendGrid's v3 Mail Send endpoint, one at a time.
+
+    After an outage-like answer (429, 5xx, unreachable, in doubt) the rest of the batch is not
+    attempted and comes back as RETRY. `clock` is read only to turn Retry-After dates and
+    X-RateLimit-Reset into seconds.
+    """
+
+    name = "sendgrid"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_SENDGRID_API_URL,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._secret = require_api_key(api_key)
+        _install_log_redaction()
+        self._client = SendGridAPIClient(api_key=api_key, host=base_url.rstrip("/"))
+        self._timeout = timeout
+        self._clock = clock
+
+    def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """Send each email; see `Transport.send`.
+
+        Raises `FatalTransportError` on 401/403/404/405, with the batch's earlier results.
+        """
+        results: list[SendResult] = []
+        for index, email in enumerate(emails):
+            try:
+                result = scrub_result(self._send_one(email), self._secret)
+            except FatalTransportError as exc:
+                raise FatalTransportError(scrub(str(exc), self._secret), results) from None
+            results.append(result)
+            if result.outcome in (Outcome.RETRY, Outcome.IN_DOUBT):
+                reason = f"SendGrid answered {email.delivery_id}: {result.detail}"
+                results.extend(not_attempted(emails[index + 1 :], reason, result.retry_after))
+                break
+        return results
+
+    def _send_one(self, email: OutgoingEmail) -> SendResult:
+        try:
+            payload = build_payload(email)
+        except (ValueError, TypeError) as exc:
+            return build_failure(email.delivery_id, exc)
+        try:
+            response = self._client.client.mail.send.post(
+                request_body=payload, timeout=self._timeout
+            )
+        except http_errors.HTTPError as exc:
+            return classify_status(
+                email.delivery_id, int(exc.status_code), exc.headers, exc.body, self._clock()
+            )
+        except urllib.error.URLError as exc:
+            return SendResult(
+                email.delivery_id,
+                Outcome.RETRY,
+                detail=f"request not sent, SendGrid unreachable: {exc.reason}",
+            )
+        except (OSError, http.client.HTTPException) as exc:
+            return SendResult(
+                email.delivery_id,
+                Outcome.IN_DOUBT,
+                detail=f"request sent, answer lost: {type(exc).__name__} {exc}".strip(),
+            )
+        return classify_status(
+            email.delivery_id,
+            int(response.status_code),
+            response.headers,
+            response.body,
+            self._clock(),
+        )

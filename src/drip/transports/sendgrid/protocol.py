@@ -1,0 +1,400 @@
+"""SendGrid v3 Mail Send as drip speaks it, without I/O: request bodies in, outcomes out.
+
+Every SendGrid client of `drip.transports.sendgrid` is "build a body here -> POST it -> classify
+the answer here"; only the middle step differs between them. This module holds both ends:
+
+- `build_payload` (one email; the body the official library's helper objects would make, value
+  for value and key for key), `fast_payload` (the same body, cheaper for the common shape) and
+  `bulk_payload` with its helpers (one body for many subscribers of one lesson, with
+  substitutions; see `drip.transports.sendgrid.bulk`);
+- `classify_status` (HTTP answer -> `SendResult`), `retry_after_seconds` and `error_text`;
+- the API-key check shared by the clients.
+
+It imports neither the `sendgrid` library nor aiohttp (a test checks this).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from email.utils import parseaddr, parsedate_to_datetime
+from typing import Any, Protocol
+
+from markupsafe import escape
+
+from drip.errors import ConfigError
+from drip.message import BulkParts, OutgoingEmail
+from drip.render import LIST_UNSUBSCRIBE_POST
+from drip.transports.base import FatalTransportError, Outcome, SendResult
+
+MAIL_SEND_PATH = "/v3/mail/send"
+DEFAULT_TIMEOUT = 30.0
+MAX_DETAIL = 300
+MAX_PERSONALIZATIONS = 1000
+"""SendGrid's limit per request (personalizations and recipients)."""
+KEY_PREFIX = "%drip"
+"""How every bulk substitution key starts (a nonce and the slot follow)."""
+API_KEY_MISSING = "DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your API key"
+
+
+def require_api_key(api_key: str | None) -> str:
+    """`api_key`, or `ConfigError` when there is none (the SendGrid library would quietly fall
+    back to os.environ; settings come from the caller)."""
+    if not api_key:
+        raise ConfigError(API_KEY_MISSING)
+    return api_key
+
+
+# --- one email ----------------------------------------------------------------------------------
+
+
+class ApiKeyIncludedException(ValueError):
+    """A text or HTML part starts with something shaped like a SendGrid API key.
+
+    The official library refuses such a part with an exception of this name (and no message);
+    `build_payload` does the same, so the FAILED detail recorded for it is unchanged.
+    """
+
+
+_API_KEY = re.compile(r"SG\.[0-9a-zA-Z]+\.[0-9a-zA-Z]+")
+"""The library's check (`ValidateApiKey`): matched at the start of a part only."""
+
+
+def _party(address: str, name: str | None) -> dict[str, str]:
+    """`Email(address, name).get()` of the official library: a name alone makes it parse the
+    address ("Name <a@b>"), and a parsed address without '@' becomes the name."""
+    if address and not name:
+        parsed_name, parsed = parseaddr(address)
+        if "@" not in parsed:
+            parsed_name, parsed = parsed, ""
+        party = {"name": parsed_name} if parsed_name else {}
+        if parsed:
+            party["email"] = parsed
+        return party
+    party = {} if name is None else {"name": name}
+    party["email"] = address
+    return party
+
+
+def build_payload(email: OutgoingEmail) -> dict[str, Any]:
+    """The /v3/mail/send JSON body for one email (pure).
+
+    One personalization with one recipient; content text/plain then text/html; `email.headers`
+    as headers; `email.custom_args` as custom_args, with `drip_delivery_id` always equal to
+    `email.delivery_id` so provider events can be matched to the ledger row. Equal, in value and
+    key order, to what the official library's helper objects build (`Mail().get()`; tests compare
+    the two), including its refusals: `ApiKeyIncludedException` for a part that starts with an
+    API key, and `KeyError` for a recipient whose address the helper cannot find.
+    """
+    for part in (email.text, email.html):
+        if _API_KEY.match(part):
+            raise ApiKeyIncludedException()
+    to = _party(email.to_address, email.to_name)
+    if "email" not in to:
+        raise KeyError("email")
+    payload: dict[str, Any] = {}
+    sender = _party(email.from_address, email.from_name)
+    if sender:
+        payload["from"] = sender
+    payload["subject"] = email.subject
+    payload["personalizations"] = [{"to": [to]}]
+    payload["content"] = [
+        {"type": "text/plain", "value": email.text},
+        {"type": "text/html", "value": email.html},
+    ]
+    # The helper inserts each header and custom arg at the front of its list: reversed order.
+    if email.headers:
+        payload["headers"] = dict(reversed(list(email.headers.items())))
+    custom_args = {**email.custom_args, "drip_delivery_id": email.delivery_id}
+    payload["custom_args"] = dict(reversed(custom_args.items()))
+    return payload
+
+
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+)
+"""Addresses the official helper passes through unchanged when they come without a name."""
+
+
+def _plain_party(address: str, name: str | None) -> dict[str, str] | None:
+    """`_party(address, name)` for the shapes where it is a plain copy, else None."""
+    if name:
+        return {"name": name, "email": address}
+    if name is None and _PLAIN_ADDRESS.fullmatch(address):
+        return {"email": address}
+    return None  # "" or an address the helper would parse (parseaddr): let it
+
+
+def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
+    """`build_payload(email)`, equal and in the same key order, with less work per email.
+
+    Only for the common shape: sender and recipient that are copied as they are, non-empty text
+    and html that cannot trip the API-key check (which matches at the start of a part); anything
+    else goes through `build_payload` itself. tests/test_transport_sendgrid_fast.py compares the
+    two with the official library on generated emails.
+    """
+    sender = _plain_party(email.from_address, email.from_name)
+    to = _plain_party(email.to_address, email.to_name)
+    text, html = email.text, email.html
+    if (
+        sender is None
+        or to is None
+        or not text
+        or not html
+        or text.startswith("SG.")
+        or html.startswith("SG.")
+    ):
+        return build_payload(email)
+    payload: dict[str, Any] = {
+        "from": sender,
+        "subject": email.subject,
+        "personalizations": [{"to": [to]}],
+        "content": [{"type": "text/plain", "value": text}, {"type": "text/html", "value": html}],
+    }
+    if email.headers:
+        payload["headers"] = dict(reversed(list(email.headers.items())))
+    custom_args = {**email.custom_args, "drip_delivery_id": email.delivery_id}
+    payload["custom_args"] = dict(reversed(custom_args.items()))
+    return payload
+
+
+def build_failure(label: str, exc: Exception) -> SendResult:
+    """FAILED for a request body that could not be built (the builder refused the email)."""
+    return SendResult(
+        label,
+        Outcome.FAILED,
+        detail=f"cannot build the request: {type(exc).__name__} {exc}"[:MAX_DETAIL],
+    )
+
+
+# --- answers ------------------------------------------------------------------------------------
+
+
+class Headers(Protocol):
+    """Response headers: `http.client.HTTPMessage`, aiohttp's `CIMultiDictProxy`, a dict in
+    tests."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+def retry_after_seconds(headers: Headers | None, now: datetime) -> float | None:
+    """Seconds to wait, from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (epoch).
+
+    Returns None when neither header is present or readable; never a negative number.
+    """
+    if headers is None:
+        return None
+    retry_after = (headers.get("Retry-After") or "").strip()
+    if retry_after:
+        try:
+            return max(0.0, float(retry_after))
+        except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(retry_after)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, (when - now).total_seconds())
+    reset = (headers.get("X-RateLimit-Reset") or "").strip()
+    if reset:
+        try:
+            return max(0.0, float(reset) - now.timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+def error_text(body: bytes | str | None) -> str:
+    """The messages of a SendGrid error body (`{"errors": [{"message": ...}]}`), shortened."""
+    if not body:
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+        messages = [str(err.get("message", "")) for err in data.get("errors", [])]
+        text = "; ".join(m for m in messages if m) or text
+    except (ValueError, AttributeError, TypeError):
+        pass
+    text = " ".join(text.split())
+    return text[:MAX_DETAIL]
+
+
+def classify_status(
+    delivery_id: str,
+    status: int,
+    headers: Headers | None,
+    body: bytes | str | None,
+    now: datetime,
+) -> SendResult:
+    """Map an HTTP answer from /v3/mail/send to a result (pure).
+
+    2xx SENT (provider_id from X-Message-Id); 429 and 5xx RETRY with the server's wait hint;
+    other 4xx FAILED for this message. 401/403 (bad key) and 404/405 (DRIP_SENDGRID_API_URL does
+    not point at the API, which would otherwise fail every message for good) raise
+    `FatalTransportError` without results; the caller adds the batch's earlier results.
+    """
+    reason = error_text(body)
+    detail = f"HTTP {status}" + (f": {reason}" if reason else "")
+    if 200 <= status < 300:
+        provider_id = headers.get("X-Message-Id") if headers is not None else None
+        return SendResult(delivery_id, Outcome.SENT, provider_id=provider_id, detail=detail)
+    if status in (401, 403):
+        raise FatalTransportError(
+            f"SendGrid refused the API key ({detail}); check SENDGRID_API_KEY and that the key"
+            " has the Mail Send permission. Nothing more was sent in this run."
+        )
+    if status in (404, 405):
+        raise FatalTransportError(
+            f"SendGrid API URL does not serve /v3/mail/send ({detail}); check"
+            " DRIP_SENDGRID_API_URL. Nothing more was sent in this run."
+        )
+    if status == 429 or status >= 500:
+        return SendResult(
+            delivery_id,
+            Outcome.RETRY,
+            retry_after=retry_after_seconds(headers, now),
+            detail=detail,
+        )
+    if 400 <= status < 500:
+        return SendResult(delivery_id, Outcome.FAILED, detail=detail)
+    # 1xx/3xx: not an answer Mail Send gives; nothing says the message was taken.
+    return SendResult(delivery_id, Outcome.RETRY, detail=f"unexpected answer {detail}")
+
+
+# --- many subscribers of one lesson in one request (bulk mode) ------------------------------------
+
+
+def substitution_keys(parts: Sequence[tuple[str, ...]]) -> tuple[str, Callable[[str, str], str]]:
+    """(key prefix, key(kind, slot)) for these parts: a prefix that no literal part contains.
+
+    The nonce is derived from the text (so the same lesson gives the same keys) and changed
+    until it does not collide.
+    """
+    literal = "".join("".join(p[::2]) for p in parts)
+    seed = hashlib.sha256(literal.encode()).hexdigest()
+    for start in range(0, len(seed) - 8):
+        prefix = f"{KEY_PREFIX}{seed[start : start + 8]}"
+        if prefix not in literal:
+            break
+    else:  # pragma: no cover - 56 distinct 8-hex nonces all present in one lesson
+        raise ValueError("no collision-free substitution key for this lesson")
+
+    def key(kind: str, slot: str) -> str:
+        return f"{prefix}{kind}{slot}%"
+
+    return prefix, key
+
+
+def template(parts: tuple[str, ...], kind: str, key: Callable[[str, str], str]) -> str:
+    """The parts joined with a substitution key in each slot."""
+    pieces = list(parts)
+    pieces[1::2] = [key(kind, slot) for slot in parts[1::2]]
+    return "".join(pieces)
+
+
+def substitutions(bulk: BulkParts, key: Callable[[str, str], str]) -> dict[str, str]:
+    """One subscriber's values: HTML-escaped under the `h` keys, raw under the `t` keys."""
+    values: dict[str, str] = {}
+    for slot in set(bulk.html[1::2]):
+        values[key("h", slot)] = str(escape(bulk.values[slot]))
+    for slot in set(bulk.text[1::2]):
+        values[key("t", slot)] = bulk.values[slot]
+    return values
+
+
+def fill_parts(email: OutgoingEmail) -> OutgoingEmail:
+    """`email` with html and text filled from its bulk parts when they were left empty
+    (`Renderer.lesson(fill=False)`), for a subscriber sent on its own; otherwise `email`."""
+    bulk = email.bulk
+    if bulk is None or email.html or email.text:
+        return email
+    escaped = {slot: str(escape(value)) for slot, value in bulk.values.items()}
+    html, text = list(bulk.html), list(bulk.text)
+    html[1::2] = [escaped[slot] for slot in bulk.html[1::2]]
+    text[1::2] = [bulk.values[slot] for slot in bulk.text[1::2]]
+    return replace(email, html="".join(html), text="".join(text))
+
+
+def _expected_headers(bulk: BulkParts) -> dict[str, str]:
+    return {
+        "List-Unsubscribe": f"<{bulk.values.get('unsubscribe_url', '')}>",
+        "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
+    }
+
+
+def bulk_safe(email: OutgoingEmail) -> bool:
+    """True when this email is exactly its bulk parts filled with its values (so SendGrid's
+    substitution gives the same email) and no value could be mistaken for a key."""
+    bulk = email.bulk
+    if bulk is None:
+        return False
+    if any(KEY_PREFIX in value for value in bulk.values.values()):
+        return False
+    if dict(email.headers) != _expected_headers(bulk):
+        return False
+    slots = set(bulk.html[1::2]) | set(bulk.text[1::2])
+    return slots <= bulk.values.keys()
+
+
+def group_key(email: OutgoingEmail) -> tuple[Any, ...]:
+    """What the emails of one bulk request share: parts, subject and sender."""
+    assert email.bulk is not None
+    # The parts tuples are shared per compiled lesson variant; compare by value to stay exact.
+    return (email.bulk.html, email.bulk.text, email.subject, email.from_address, email.from_name)
+
+
+def personalization(email: OutgoingEmail, key: Callable[[str, str], str]) -> dict[str, Any]:
+    """The per-subscriber part of a bulk request (same to / headers / custom_args as a single
+    send)."""
+    assert email.bulk is not None
+    to: dict[str, str] = {"email": email.to_address}
+    if email.to_name:
+        to["name"] = email.to_name
+    return {
+        "to": [to],
+        "headers": dict(email.headers),
+        "custom_args": {**email.custom_args, "drip_delivery_id": email.delivery_id},
+        "substitutions": substitutions(email.bulk, key),
+    }
+
+
+def bulk_payload(emails: Sequence[OutgoingEmail]) -> dict[str, Any]:
+    """The v3 Mail Send body for emails that share bulk parts, subject and sender (pure).
+
+    Raises ValueError when they do not share them or are more than MAX_PERSONALIZATIONS.
+    """
+    if not emails or len(emails) > MAX_PERSONALIZATIONS:
+        raise ValueError(f"a bulk request holds 1..{MAX_PERSONALIZATIONS} emails")
+    first = emails[0]
+    assert first.bulk is not None
+    if any(group_key(email) != group_key(first) for email in emails):
+        raise ValueError("bulk emails must share their parts, subject and sender")
+    _, key = substitution_keys((first.bulk.html, first.bulk.text))
+    sender: dict[str, str] = {"email": first.from_address}
+    if first.from_name:
+        sender["name"] = first.from_name
+    return {
+        "from": sender,
+        "subject": first.subject,
+        "personalizations": [personalization(email, key) for email in emails],
+        "content": [
+            {"type": "text/plain", "value": template(first.bulk.text, "t", key)},
+            {"type": "text/html", "value": template(first.bulk.html, "h", key)},
+        ],
+    }
+
+
+def apply_substitutions(payload: Mapping[str, Any], index: int) -> tuple[str, str]:
+    """(text, html) that personalization `index` receives after SendGrid substitutes (a plain
+    replace of each key by its value, as SendGrid does for legacy substitutions)."""
+    content = {part["type"]: part["value"] for part in payload["content"]}
+    text, html = content["text/plain"], content["text/html"]
+    for key, value in payload["personalizations"][index]["substitutions"].items():
+        text = text.replace(key, value)
+        html = html.replace(key, value)
+    return text, html

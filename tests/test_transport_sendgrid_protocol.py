@@ -1,0 +1,161 @@
+"""The pure SendGrid core: request bodies, the request check, Retry-After (no network).
+
+The request bodies are compared with what the official library's helper objects build, on
+generated emails: same values, same key order, same refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sendgrid.helpers.mail import (  # type: ignore[import-untyped]
+    CustomArg,
+    From,
+    Header,
+    HtmlContent,
+    Mail,
+    PlainTextContent,
+    Subject,
+    To,
+)
+from tests.transport_support import NOW, make_email
+
+from drip.message import OutgoingEmail
+from drip.transports.sendgrid.protocol import build_payload, fast_payload, retry_after_seconds
+from drip.transports.sendgrid.validate import validate_request_payload
+
+
+def test_build_payload_is_the_v3_shape() -> None:
+    email = make_email(1, custom_args={"drip_delivery_id": "stale", "drip_lesson": "01-intro"})
+    payload = build_payload(email)
+    assert payload["personalizations"] == [
+        {"to": [{"email": "reader1@example.com", "name": "山田 太郎"}]}
+    ]
+    assert payload["from"] == {"email": "course@example.org", "name": "ドリップ講座"}
+    assert [c["type"] for c in payload["content"]] == ["text/plain", "text/html"]
+    assert payload["headers"] == dict(email.headers)
+    # The ledger id wins over a stale custom arg: webhook events must find their row.
+    assert payload["custom_args"] == {"drip_delivery_id": "d1", "drip_lesson": "01-intro"}
+    json.dumps(payload)  # serialisable as it is
+
+
+def test_fake_sendgrid_rejects_what_sendgrid_would() -> None:
+    good = build_payload(make_email(1))
+    assert validate_request_payload(good) == []
+    swapped = {**good, "content": list(reversed(good["content"]))}
+    assert any("content types" in p for p in validate_request_payload(swapped))
+    no_args = {k: v for k, v in good.items() if k != "custom_args"}
+    assert validate_request_payload(no_args)
+
+
+def test_retry_after_forms() -> None:
+    later = NOW + timedelta(seconds=120)
+    assert retry_after_seconds({"Retry-After": format_datetime(later, usegmt=True)}, NOW) == 120
+    assert retry_after_seconds({"Retry-After": "2.5"}, NOW) == 2.5
+    assert retry_after_seconds({"X-RateLimit-Reset": str(int(NOW.timestamp()) - 5)}, NOW) == 0
+    assert retry_after_seconds({"Retry-After": "soon"}, NOW) is None
+    assert retry_after_seconds({}, NOW) is None
+
+
+_texts = st.text(min_size=0, max_size=12)
+_addresses = st.one_of(
+    st.from_regex(r"[a-z0-9.+_-]{1,8}@[a-z0-9-]{1,6}\.(jp|com)", fullmatch=True),
+    st.sampled_from(["名前 <a@b.jp>", "a@b", "x..y@example.jp", '"q"@example.jp', "", "a @b.jp"]),
+    st.sampled_from(["no-at-sign", "Name <no-at>", "<a@b.jp>", "@", "a@b@c.jp"]),
+)
+_names = st.one_of(st.none(), st.just(""), _texts)
+_parts = st.one_of(_texts, st.sampled_from(["SG.abc.def", "SG.x", "<p>本文</p>", "x SG.a.b"]))
+
+
+def sdk_payload(email: OutgoingEmail) -> dict[str, Any]:
+    """The body the official library's helper objects build for `email` (the reference)."""
+    mail = Mail()
+    mail.from_email = From(email.from_address, email.from_name)
+    mail.to = To(email.to_address, email.to_name)
+    mail.subject = Subject(email.subject)
+    mail.content = PlainTextContent(email.text)
+    mail.content = HtmlContent(email.html)
+    for key, value in email.headers.items():
+        mail.header = Header(key, value)
+    custom_args = {**email.custom_args, "drip_delivery_id": email.delivery_id}
+    for key, value in custom_args.items():
+        mail.custom_arg = CustomArg(key, value)
+    payload: dict[str, Any] = mail.get()
+    return payload
+
+
+@given(
+    to_address=_addresses,
+    to_name=_names,
+    from_address=_addresses,
+    from_name=_names,
+    subject=_texts,
+    text=_parts,
+    html=_parts,
+    headers=st.dictionaries(st.sampled_from(["List-Unsubscribe", "X-A", "X-B"]), _texts),
+    custom_args=st.dictionaries(st.sampled_from(["drip_lesson", "drip_delivery_id", "k"]), _texts),
+)
+def test_fast_payload_equals_the_official_helper_in_value_and_key_order(
+    to_address: str,
+    to_name: str | None,
+    from_address: str,
+    from_name: str | None,
+    subject: str,
+    text: str,
+    html: str,
+    headers: dict[str, str],
+    custom_args: dict[str, str],
+) -> None:
+    email = OutgoingEmail(
+        "17",
+        to_address,
+        to_name,
+        from_address,
+        from_name,
+        subject,
+        html,
+        text,
+        headers,
+        custom_args,
+    )
+    try:
+        expected = orjson.dumps(sdk_payload(email))
+    except Exception as exc:  # the helper refuses (an API key in a part): so must drip's builders
+        for builder in (build_payload, fast_payload):
+            with pytest.raises(Exception) as refused:
+                builder(email)
+            # The same refusal by name and text (drip's builders do not import the library).
+            assert (type(refused.value).__name__, str(refused.value)) == (
+                type(exc).__name__,
+                str(exc),
+            )
+        return
+    # Byte-equal JSON: same values and the same key order as the official helper's payload.
+    assert orjson.dumps(build_payload(email)) == expected
+    assert orjson.dumps(fast_payload(email)) == expected
+
+
+def test_fast_payload_of_a_lesson_email_skips_the_helper() -> None:
+    email = make_email(3)
+    assert fast_payload(email) == build_payload(email)
+    assert orjson.dumps(fast_payload(email)) == orjson.dumps(build_payload(email))
+    assert orjson.dumps(build_payload(email)) == orjson.dumps(sdk_payload(email))
+
+
+def test_the_protocol_module_imports_neither_the_library_nor_aiohttp() -> None:
+    code = (
+        "import sys, drip.transports.sendgrid.protocol, drip.transports.sendgrid.validate\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules})\n"
+        "print([m for m in ('sendgrid', 'python_http_client', 'aiohttp') if m in loaded])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
