@@ -19,9 +19,10 @@ from tests.support import COURSE, TEMPLATES, make_mailer
 
 from drip import store
 from drip.delivery import MAX_ATTEMPTS, PIPELINE_DEPTH, Mailer, retry_delay, send_due
+from drip.errors import FatalTransportError
 from drip.lifecycle import pause_subscriber, resume_subscriber, subscribe
 from drip.render import Renderer
-from drip.transports.base import FatalTransportError, Outcome, SendResult
+from drip.transports.base import Outcome, SendResult
 from drip.transports.memory import MemoryTransport
 from drip.transports.sendgrid.fast import FastSendGridTransport
 

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from drip.errors import ConfigError, DripError
+from drip.errors import ConfigError, DatabaseUnavailableError, SchemaError
 
 if TYPE_CHECKING:  # Alembic is imported only when a schema is created or upgraded
     from alembic.config import Config
@@ -30,18 +30,6 @@ compare one string."""
 # several processes starting at once upgrade it exactly once.
 UPGRADE_LOCK_KEY = 0x6472_6970  # "drip" in ASCII
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-class SchemaError(DripError):
-    """The database schema is not at the revision this version of drip needs."""
-
-    exit_code = 2
-
-
-class DatabaseUnavailableError(DripError):
-    """The database cannot be reached (server down, wrong host, unreadable file)."""
-
-    exit_code = 1
 
 
 def outage_message(exc: DBAPIError) -> str:

@@ -26,10 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
 from drip.course import Course
+from drip.errors import FatalTransportError
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
 from drip.render import Recipient, RenderedEmail, Renderer
-from drip.transports.base import FatalTransportError, Outcome, SendResult, Transport
+from drip.transports.base import Outcome, SendResult, Transport
 
 BATCH_SIZE = 500
 PIPELINE_DEPTH = 2

@@ -1,8 +1,17 @@
-"""The exception hierarchy. Entry points map these to messages and exit codes.
+"""The exception hierarchy, all in one place. Entry points map these to messages and exit codes.
 
 Every error the library raises on purpose derives from `DripError`; its message says what is
-wrong and what to do about it, so the CLI can print it as it is.
+wrong and what to do about it, so the CLI can print it as it is, and `exit_code` is the CLI's
+exit code for it (1: the job had to stop; 2: usage or configuration).
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from drip.transports.base import SendResult
 
 
 class DripError(Exception):
@@ -28,3 +37,61 @@ class CourseError(DripError):
     invalid course.toml): a configuration error, exit code 2."""
 
     exit_code = 2
+
+
+# --- the database and the store ----------------------------------------------------------------
+
+
+class SchemaError(DripError):
+    """The database schema is not at the revision this version of drip needs."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailableError(DripError):
+    """The database cannot be reached (server down, wrong host, unreadable file)."""
+
+    exit_code = 1
+
+
+class SuppressedAddressError(DripError):
+    """The address unsubscribed, bounced or complained: it is never re-subscribed silently."""
+
+    exit_code = 2
+
+
+class NotFoundError(DripError):
+    """No subscriber or delivery with the given id."""
+
+    exit_code = 2
+
+
+class StateError(DripError):
+    """The row is not in a state that allows the requested change."""
+
+    exit_code = 2
+
+
+# --- links and transports ----------------------------------------------------------------------
+
+
+class InvalidTokenError(DripError):
+    """A token was tampered with, truncated, made for another purpose, or has expired."""
+
+    exit_code = 2
+
+
+class FatalTransportError(DripError):
+    """The transport cannot send anything in this run (401/403, SMTP authentication refused).
+
+    The run must stop. `results` holds a result for every email of the failing `send` call that
+    the provider answered (in input order, possibly empty): those messages really were sent or
+    refused and must be recorded as such. With several requests in flight (the fast SendGrid
+    client, bulk mode) that can include emails after the one that met the fatal answer. An email
+    with no result was not sent (it met the fatal answer, or was never started): the caller
+    releases it for a later run.
+    """
+
+    def __init__(self, message: str, results: Sequence[SendResult] = ()) -> None:
+        super().__init__(message)
+        self.results: tuple[SendResult, ...] = tuple(results)

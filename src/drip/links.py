@@ -17,15 +17,9 @@ from functools import cache
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
-from drip.errors import DripError
+from drip.errors import InvalidTokenError
 
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
-
-
-class InvalidTokenError(DripError):
-    """A token was tampered with, truncated, made for another purpose, or has expired."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Everything public is importable from here (`from drip import store; store.claim_due(...)`):
 `subscribers` (enrol, confirm, status changes, import look-ups), `ledger` (claim, mark sending,
 record outcomes, release, resolve), `reports` (counts and listings), `events` (provider
-events), `values` (the dataclasses in and out), `exceptions`.
+events), `values` (the dataclasses in and out).
 
 Transactions belong to the caller: no function here commits. Use
 `with sessions() as session, session.begin(): ...` and keep transactions short (on SQLite every
@@ -21,9 +21,9 @@ State rules kept here:
   lesson goes out at most once; progress is kept by lesson slug, never by position.
 """
 
+from drip.errors import NotFoundError, StateError, SuppressedAddressError
 from drip.statuses import DeliveryStatus, SubscriberStatus
 from drip.store.events import add_event
-from drip.store.exceptions import NotFoundError, StateError, SuppressedAddressError
 from drip.store.ledger import (
     claim_due,
     mark_sending,

@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from drip.claim_policy import ClaimAction, Defer, decide_claim
+from drip.errors import NotFoundError, StateError
 from drip.statuses import DeliveryStatus
 from drip.store._bulk_update import update_rows
 from drip.store._sql import (
@@ -41,7 +42,6 @@ from drip.store._sql import (
     in_list,
 )
 from drip.store.capabilities import capabilities_of
-from drip.store.exceptions import NotFoundError, StateError
 from drip.store.values import Claim, ClaimBatch, SentItem
 
 log = logging.getLogger(__name__)

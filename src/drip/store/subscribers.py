@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Row, Select, String, and_, bindparam, case, f
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from drip.errors import NotFoundError, SuppressedAddressError
 from drip.statuses import SUPPRESSED_STATUSES, SubscriberStatus
 from drip.store._sql import (
     ACTIVE,
@@ -24,7 +25,6 @@ from drip.store._sql import (
     insert_ignoring_conflicts,
 )
 from drip.store.capabilities import capabilities_of
-from drip.store.exceptions import NotFoundError, SuppressedAddressError
 from drip.store.values import AddResult, ExistingSubscriber, NewSubscriber, SubscriberView
 
 

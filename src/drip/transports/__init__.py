@@ -8,15 +8,8 @@ protocol module and three clients (official library, fast aiohttp, bulk mode).
 from __future__ import annotations
 
 from drip.config import Settings
-from drip.errors import ConfigError
-from drip.transports.base import (
-    FatalTransportError,
-    Outcome,
-    SendResult,
-    Transport,
-    TransportBase,
-    sender_domain,
-)
+from drip.errors import ConfigError, FatalTransportError
+from drip.transports.base import Outcome, SendResult, Transport, TransportBase, sender_domain
 
 __all__ = [
     "FatalTransportError",

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from drip.errors import DripError
+from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
 
 
@@ -53,22 +53,6 @@ class SendResult:
     provider_id: str | None = None
     retry_after: float | None = None
     detail: str = ""
-
-
-class FatalTransportError(DripError):
-    """The transport cannot send anything in this run (401/403, SMTP authentication refused).
-
-    The run must stop. `results` holds a result for every email of the failing `send` call that
-    the provider answered (in input order, possibly empty): those messages really were sent or
-    refused and must be recorded as such. With several requests in flight (the fast SendGrid
-    client, bulk mode) that can include emails after the one that met the fatal answer. An email
-    with no result was not sent (it met the fatal answer, or was never started): the caller
-    releases it for a later run.
-    """
-
-    def __init__(self, message: str, results: Sequence[SendResult] = ()) -> None:
-        super().__init__(message)
-        self.results: tuple[SendResult, ...] = tuple(results)
 
 
 @runtime_checkable

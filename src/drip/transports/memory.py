@@ -7,8 +7,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
+from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
-from drip.transports.base import FatalTransportError, Outcome, SendResult, TransportBase
+from drip.transports.base import Outcome, SendResult, TransportBase
 
 #: What a script step can be: an outcome, a full result (its delivery_id is replaced by the
 #: email's), an exception to raise (a `FatalTransportError`), or a function of the email.

@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from drip.errors import DripError
+from drip.errors import DripError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.mime import build_mime, to_bytes
 from drip.transports.base import (
-    FatalTransportError,
     Outcome,
     SendResult,
     TransportBase,

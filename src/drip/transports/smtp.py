@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from drip.errors import ConfigError, DripError
+from drip.errors import ConfigError, DripError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.mime import build_mime, to_bytes
 from drip.transports.base import (
-    FatalTransportError,
     Outcome,
     SendResult,
     TransportBase,

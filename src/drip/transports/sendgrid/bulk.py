@@ -29,14 +29,9 @@ from typing import Any
 
 import orjson
 
+from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
-from drip.transports.base import (
-    FatalTransportError,
-    Outcome,
-    SendResult,
-    TransportBase,
-    not_attempted,
-)
+from drip.transports.base import Outcome, SendResult, TransportBase, not_attempted
 from drip.transports.sendgrid.fast import FastSendGridTransport
 from drip.transports.sendgrid.protocol import (
     MAX_PERSONALIZATIONS,

@@ -43,10 +43,9 @@ import aiohttp
 import orjson
 
 from drip.config import DEFAULT_SENDGRID_API_URL, DEFAULT_SENDGRID_WINDOW
-from drip.errors import ConfigError
+from drip.errors import ConfigError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
-    FatalTransportError,
     Outcome,
     SendResult,
     TransportBase,

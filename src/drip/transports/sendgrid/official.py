@@ -24,9 +24,9 @@ import python_http_client.exceptions as http_errors  # type: ignore[import-untyp
 from sendgrid import SendGridAPIClient  # type: ignore[import-untyped]
 
 from drip.config import DEFAULT_SENDGRID_API_URL
+from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
-    FatalTransportError,
     Outcome,
     SendResult,
     TransportBase,

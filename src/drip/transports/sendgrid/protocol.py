@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 from markupsafe import escape
 
-from drip.errors import ConfigError
+from drip.errors import ConfigError, FatalTransportError
 from drip.message import BulkParts, OutgoingEmail
 from drip.render import LIST_UNSUBSCRIBE_POST
-from drip.transports.base import FatalTransportError, Outcome, SendResult
+from drip.transports.base import Outcome, SendResult
 
 MAIL_SEND_PATH = "/v3/mail/send"
 DEFAULT_TIMEOUT = 30.0
