@@ -328,6 +328,52 @@ def check(results: list[Result]) -> list[str]:
     return verdicts
 
 
+def official_baseline(provider: Provider, work: Path, count: int) -> list[Result]:
+    """Scenario 7: the official client one request at a time, and the fast client, on `count`."""
+    small = sqlite_template(work, "baseline", count, count)
+    results: list[Result] = []
+    for client, name in (("official", "7-baseline-official"), ("fast", "7-fast")):
+        results.append(
+            measure(
+                name,
+                provider,
+                lambda client=client: [  # type: ignore[misc]
+                    environment(fresh_copy(small, work), provider, DRIP_SENDGRID_CLIENT=client)
+                ],
+                work,
+                count,
+            )
+        )
+    return results
+
+
+def big_database(
+    provider: Provider, work: Path, n: int, big: int, notes: dict[str, Any]
+) -> list[Result]:
+    """Scenarios 5 and 6: `big` subscribers, none due, then `n` of them due."""
+    results: list[Result] = []
+    print(f"filling {big:,} subscribers, none due ...", flush=True)
+    started = time.perf_counter()
+    path = sqlite_template(work, "big", big, 0)
+    notes["fill_1m_s"] = round(time.perf_counter() - started, 1)
+    url = f"sqlite:///{path}"
+    results.append(
+        measure("5-1m-none-due", provider, lambda: [environment(url, provider)], work, 0)
+    )
+    startup = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "import drip.cli, drip.delivery, drip.transports"],
+        env=environment(url, provider),
+        check=True,
+    )
+    notes["python_import_s"] = round(time.perf_counter() - startup, 3)
+    make_due(url, n)
+    results.append(
+        measure("6-1m-100k-due", provider, lambda: [environment(url, provider)], work, n)
+    )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="drip send benchmark")
     parser.add_argument("--quick", action="store_true", help="smaller N: a smoke run")
@@ -398,45 +444,9 @@ def main() -> None:
                     )
                 )
             if wanted("7"):
-                small = sqlite_template(work, "baseline", baseline_n, baseline_n)
-                for client, name in (("official", "7-baseline-official"), ("fast", "7-fast")):
-                    results.append(
-                        measure(
-                            name,
-                            provider,
-                            lambda client=client: [  # type: ignore[misc]
-                                environment(
-                                    fresh_copy(small, work), provider, DRIP_SENDGRID_CLIENT=client
-                                )
-                            ],
-                            work,
-                            baseline_n,
-                        )
-                    )
+                results += official_baseline(provider, work, baseline_n)
             if wanted("5") or wanted("6"):
-                print(f"filling {big:,} subscribers, none due ...", flush=True)
-                started = time.perf_counter()
-                path = sqlite_template(work, "big", big, 0)
-                notes["fill_1m_s"] = round(time.perf_counter() - started, 1)
-                url = f"sqlite:///{path}"
-                results.append(
-                    measure(
-                        "5-1m-none-due", provider, lambda: [environment(url, provider)], work, 0
-                    )
-                )
-                startup = time.perf_counter()
-                subprocess.run(
-                    [sys.executable, "-c", "import drip.cli, drip.delivery, drip.transports"],
-                    env=environment(url, provider),
-                    check=True,
-                )
-                notes["python_import_s"] = round(time.perf_counter() - startup, 3)
-                make_due(url, n)
-                results.append(
-                    measure(
-                        "6-1m-100k-due", provider, lambda: [environment(url, provider)], work, n
-                    )
-                )
+                results += big_database(provider, work, n, big, notes)
     finally:
         provider.stop()
 

@@ -42,127 +42,129 @@ START = datetime(2026, 3, 6, 0, 0, tzinfo=UTC)
 email_strategy = st.sampled_from(EMAILS)
 
 
-def make_machine(template: Path) -> type[RuleBasedStateMachine]:
-    class Lifecycle(RuleBasedStateMachine):
-        """The model: each address's status as the reader and the operator made it."""
+class Lifecycle(RuleBasedStateMachine):
+    """The model: each address's status as the reader and the operator made it."""
 
-        @initialize()
-        def setup(self) -> None:
-            self.dir = Path(tempfile.mkdtemp())
-            shutil.copyfile(template, self.dir / "drip.db")
-            self.engine = open_database(f"sqlite:///{self.dir / 'drip.db'}", auto_upgrade=False)
-            self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-            self.transport = MemoryTransport()
-            self.mailer = make_mailer(self.transport)
-            self.now = START
-            self.status: dict[str, str] = {}
-            self.received: dict[str, list[str]] = {email: [] for email in EMAILS}
-            self.seen = 0
+    template: Path  # an upgraded SQLite file, copied for each example
 
-        def teardown(self) -> None:
-            self.engine.dispose()
-            shutil.rmtree(self.dir, ignore_errors=True)
+    @initialize()
+    def setup(self) -> None:
+        self.dir = Path(tempfile.mkdtemp())
+        shutil.copyfile(self.template, self.dir / "drip.db")
+        self.engine = open_database(f"sqlite:///{self.dir / 'drip.db'}", auto_upgrade=False)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.transport = MemoryTransport()
+        self.mailer = make_mailer(self.transport)
+        self.now = START
+        self.status: dict[str, str] = {}
+        self.received: dict[str, list[str]] = {email: [] for email in EMAILS}
+        self.seen = 0
 
-        @rule(email=email_strategy, confirmed=st.booleans(), zone=st.sampled_from(ZONES))
-        def subscribe(self, email: str, confirmed: bool, zone: str) -> None:
-            try:
-                result = subscribe(
-                    self.sessions,
-                    self.mailer,
-                    email=email,
-                    name=None,
-                    timezone=zone,
-                    confirmed=confirmed,
-                    now=self.now,
-                    consent_source="model",
-                )
-            except store.SuppressedAddressError:
-                assert self.status.get(email) == "unsubscribed"
+    def teardown(self) -> None:
+        self.engine.dispose()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(email=email_strategy, confirmed=st.booleans(), zone=st.sampled_from(ZONES))
+    def subscribe(self, email: str, confirmed: bool, zone: str) -> None:
+        try:
+            result = subscribe(
+                self.sessions,
+                self.mailer,
+                email=email,
+                name=None,
+                timezone=zone,
+                confirmed=confirmed,
+                now=self.now,
+                consent_source="model",
+            )
+        except store.SuppressedAddressError:
+            assert self.status.get(email) == "unsubscribed"
+            return
+        if email not in self.status or (confirmed and self.status[email] == "pending"):
+            self.status[email] = "active" if confirmed else "pending"
+        assert result.status in ("pending", "active", "paused", "completed")
+        new = self.transport.sent[self.seen :]
+        self.seen = len(self.transport.sent)
+        # Only a pending reader gets an email from subscribing: the confirmation.
+        assert all("drip_lesson" not in m.custom_args for m in new)
+        assert len(new) <= (1 if result.status == "pending" else 0)
+
+    @rule(email=email_strategy)
+    def confirm(self, email: str) -> None:
+        with self.sessions() as session, session.begin():
+            view = store.get_subscriber(session, COURSE.id, email)
+            if view is None or view.status != "pending":
                 return
-            if email not in self.status or (confirmed and self.status[email] == "pending"):
-                self.status[email] = "active" if confirmed else "pending"
-            assert result.status in ("pending", "active", "paused", "completed")
-            new = self.transport.sent[self.seen :]
-            self.seen = len(self.transport.sent)
-            # Only a pending reader gets an email from subscribing: the confirmation.
-            assert all("drip_lesson" not in m.custom_args for m in new)
-            assert len(new) <= (1 if result.status == "pending" else 0)
+            first = COURSE.lessons[0]
+            store.confirm_subscriber(
+                session,
+                view.id,
+                now=self.now,
+                first_lesson=first.slug,
+                first_send_at=schedule.next_send_at(
+                    COURSE.settings,
+                    view.timezone,
+                    first,
+                    previous_sent_at=None,
+                    confirmed_at=self.now,
+                ),
+            )
+        self.status[email] = "active"
 
-        @rule(email=email_strategy)
-        def confirm(self, email: str) -> None:
-            with self.sessions() as session, session.begin():
-                view = store.get_subscriber(session, COURSE.id, email)
-                if view is None or view.status != "pending":
-                    return
-                first = COURSE.lessons[0]
-                store.confirm_subscriber(
-                    session,
-                    view.id,
-                    now=self.now,
-                    first_lesson=first.slug,
-                    first_send_at=schedule.next_send_at(
-                        COURSE.settings,
-                        view.timezone,
-                        first,
-                        previous_sent_at=None,
-                        confirmed_at=self.now,
-                    ),
-                )
+    @precondition(lambda self: any(s == "active" for s in self.status.values()))
+    @rule(email=email_strategy)
+    def pause(self, email: str) -> None:
+        if (
+            pause_subscriber(self.sessions, COURSE, email, now=self.now)
+            if email in self.status
+            else False
+        ):
+            self.status[email] = "paused"
+
+    @rule(email=email_strategy)
+    def resume(self, email: str) -> None:
+        if email in self.status and resume_subscriber(self.sessions, COURSE, email, now=self.now):
             self.status[email] = "active"
 
-        @precondition(lambda self: any(s == "active" for s in self.status.values()))
-        @rule(email=email_strategy)
-        def pause(self, email: str) -> None:
-            if (
-                pause_subscriber(self.sessions, COURSE, email, now=self.now)
-                if email in self.status
-                else False
-            ):
-                self.status[email] = "paused"
+    @rule(email=email_strategy)
+    def unsubscribe(self, email: str) -> None:
+        if email in self.status:
+            unsubscribe_subscriber(self.sessions, COURSE, email, now=self.now)
+            self.status[email] = "unsubscribed"
 
-        @rule(email=email_strategy)
-        def resume(self, email: str) -> None:
-            if email in self.status and resume_subscriber(
-                self.sessions, COURSE, email, now=self.now
-            ):
-                self.status[email] = "active"
+    @rule(minutes=st.integers(min_value=1, max_value=3 * 24 * 60))
+    def wait(self, minutes: int) -> None:
+        self.now += timedelta(minutes=minutes)
 
-        @rule(email=email_strategy)
-        def unsubscribe(self, email: str) -> None:
-            if email in self.status:
-                unsubscribe_subscriber(self.sessions, COURSE, email, now=self.now)
-                self.status[email] = "unsubscribed"
+    @rule()
+    def send(self) -> None:
+        before = dict(self.status)
+        send_due(self.sessions, self.mailer, now=self.now)
+        run = self.transport.sent[self.seen :]
+        self.seen = len(self.transport.sent)
+        lessons = [m for m in run if "drip_lesson" in m.custom_args]
+        readers = [m.to_address for m in lessons]
+        assert len(readers) == len(set(readers)), "two lessons to one reader in one run"
+        for message in lessons:
+            assert before.get(message.to_address) == "active", (
+                f"mailed {message.to_address} while {before.get(message.to_address)}"
+            )
+            self.received[message.to_address].append(message.custom_args["drip_lesson"])
+        for message in run:
+            if "drip_lesson" not in message.custom_args:
+                pytest.fail("send_due sent something that is not a lesson")
 
-        @rule(minutes=st.integers(min_value=1, max_value=3 * 24 * 60))
-        def wait(self, minutes: int) -> None:
-            self.now += timedelta(minutes=minutes)
+    @invariant()
+    def lessons_in_order_each_once(self) -> None:
+        if not hasattr(self, "received"):
+            return
+        for got in self.received.values():
+            assert got == SLUGS[: len(got)], got
 
-        @rule()
-        def send(self) -> None:
-            before = dict(self.status)
-            send_due(self.sessions, self.mailer, now=self.now)
-            run = self.transport.sent[self.seen :]
-            self.seen = len(self.transport.sent)
-            lessons = [m for m in run if "drip_lesson" in m.custom_args]
-            readers = [m.to_address for m in lessons]
-            assert len(readers) == len(set(readers)), "two lessons to one reader in one run"
-            for message in lessons:
-                assert before.get(message.to_address) == "active", (
-                    f"mailed {message.to_address} while {before.get(message.to_address)}"
-                )
-                self.received[message.to_address].append(message.custom_args["drip_lesson"])
-            for message in run:
-                if "drip_lesson" not in message.custom_args:
-                    pytest.fail("send_due sent something that is not a lesson")
 
-        @invariant()
-        def lessons_in_order_each_once(self) -> None:
-            if not hasattr(self, "received"):
-                return
-            for got in self.received.values():
-                assert got == SLUGS[: len(got)], got
-
-    return Lifecycle
+def make_machine(template: Path) -> type[RuleBasedStateMachine]:
+    """The state machine over a copy of `template` for each example."""
+    return type("LifecycleOnTemplate", (Lifecycle,), {"template": template})
 
 
 @pytest.mark.slow

@@ -322,19 +322,24 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._reply(step.status, None, {"X-Message-Id": message_id})
             return
-        headers: dict[str, str] = {}
-        if step.retry_after is not None:
-            headers["Retry-After"] = step.retry_after
-        if step.ratelimit_reset is not None:
-            headers.update(
-                {
-                    "X-RateLimit-Limit": "600",
-                    "X-RateLimit-Remaining": "0",
-                    "X-RateLimit-Reset": step.ratelimit_reset,
-                }
-            )
         log(step.text, step.status, False)
-        self._error(step.status, f"scripted {step.text}", headers)
+        self._error(step.status, f"scripted {step.text}", _refusal_headers(step))
+
+
+def _refusal_headers(step: Step) -> dict[str, str]:
+    """The rate-limit headers a scripted refusal carries."""
+    headers: dict[str, str] = {}
+    if step.retry_after is not None:
+        headers["Retry-After"] = step.retry_after
+    if step.ratelimit_reset is not None:
+        headers.update(
+            {
+                "X-RateLimit-Limit": "600",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": step.ratelimit_reset,
+            }
+        )
+    return headers
 
 
 def main(argv: list[str] | None = None) -> None:
