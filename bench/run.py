@@ -198,7 +198,7 @@ def environment(url: str, provider: Provider, **extra: str) -> dict[str, str]:
         DRIP_TRANSPORT="sendgrid",
         SENDGRID_API_KEY=API_KEY,
         DRIP_SENDGRID_API_URL=provider.url,
-        DRIP_SECRET_KEY="bench-secret",
+        DRIP_SECRET_KEY="bench-secret-Xq3vN8kZ1pL0sT7wR2yB5mC9dF",
         DRIP_BASE_URL="https://drip.example.jp",
         PYTHONPATH=str(ROOT / "src"),
         **extra,

@@ -528,24 +528,7 @@ def in_doubt_command(as_json: bool) -> None:
     if not doubts and not as_json:
         click.echo("none: no delivery is in doubt")
     for doubt in doubts:
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "delivery_id": doubt.delivery_id,
-                        "email": doubt.email,
-                        "lesson": doubt.lesson,
-                        "claimed_at": doubt.claimed_at.isoformat(),
-                        "detail": doubt.detail,
-                    },
-                    ensure_ascii=False,
-                )
-            )
-        else:
-            click.echo(
-                f"{doubt.delivery_id}\t{doubt.email}\t{doubt.lesson}\t"
-                f"{doubt.claimed_at.isoformat()}\t{doubt.detail or ''}"
-            )
+        click.echo(json.dumps(doubt.as_dict(), ensure_ascii=False) if as_json else doubt.as_row())
 
 
 @deliveries_group.command("resolve")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
-from drip.errors import ConfigError
+from drip.errors import ConfigError, MissingApiKeyError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_DATABASE_URL = "sqlite:///drip.db"
@@ -214,7 +214,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     )
     smtp_url = get("DRIP_SMTP_URL") or None
     if transport == "sendgrid" and not api_key:
-        raise ConfigError("DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your API key")
+        raise MissingApiKeyError()
     if transport == "smtp":
         if not smtp_url:
             raise ConfigError(

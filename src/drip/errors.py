@@ -26,6 +26,13 @@ class ConfigError(DripError):
     exit_code = 2
 
 
+class MissingApiKeyError(ConfigError):
+    """The SendGrid transport was chosen without SENDGRID_API_KEY (one wording everywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__("DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your API key")
+
+
 class UsageError(DripError):
     """The user asked for something that cannot be done as asked (bad argument, bad file)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from drip.statuses import SubscriberStatus
 
@@ -100,3 +101,20 @@ class InDoubtView:
     lease_until: datetime
     detail: str | None
     updated_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        """The delivery as `drip deliveries in-doubt --json` prints it (one object per line)."""
+        return {
+            "delivery_id": self.delivery_id,
+            "email": self.email,
+            "lesson": self.lesson,
+            "claimed_at": self.claimed_at.isoformat(),
+            "detail": self.detail,
+        }
+
+    def as_row(self) -> str:
+        """The delivery as one tab-separated line of `drip deliveries in-doubt`."""
+        return (
+            f"{self.delivery_id}\t{self.email}\t{self.lesson}\t"
+            f"{self.claimed_at.isoformat()}\t{self.detail or ''}"
+        )

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from markupsafe import escape
 
-from drip.errors import ConfigError, FatalTransportError
+from drip.errors import FatalTransportError, MissingApiKeyError
 from drip.message import BulkParts, OutgoingEmail
 from drip.render import LIST_UNSUBSCRIBE_POST
 from drip.transports.base import Outcome, SendResult
@@ -38,14 +38,13 @@ MAX_PERSONALIZATIONS = 1000
 """SendGrid's limit per request (personalizations and recipients)."""
 KEY_PREFIX = "%drip"
 """How every bulk substitution key starts (a nonce and the slot follow)."""
-API_KEY_MISSING = "DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your API key"
 
 
 def require_api_key(api_key: str | None) -> str:
-    """`api_key`, or `ConfigError` when there is none (the SendGrid library would quietly fall
-    back to os.environ; settings come from the caller)."""
+    """`api_key`, or `MissingApiKeyError` when there is none (the SendGrid library would quietly
+    fall back to os.environ; settings come from the caller)."""
     if not api_key:
-        raise ConfigError(API_KEY_MISSING)
+        raise MissingApiKeyError()
     return api_key
 
 
