@@ -285,3 +285,21 @@ def test_confirming_a_pending_subscriber_says_so_and_an_empty_in_doubt_list_says
     listing = drip("deliveries", "in-doubt")
     assert listing.exit_code == 0 and listing.output.strip() == "none: no delivery is in doubt"
     assert drip("deliveries", "in-doubt", "--json").output == ""
+
+
+def test_subscribers_list_by_status_held_and_json(workdir: Path) -> None:
+    assert drip("subscribe", "a@example.com", "--confirmed", "--now", MORNING).exit_code == 0
+    assert drip("subscribe", "p@example.com", "--now", MORNING).exit_code == 0
+    everyone = drip("subscribers", "list")
+    assert everyone.exit_code == 0, everyone.output
+    lines = everyone.output.strip().splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [
+        ["a@example.com", "active"],
+        ["p@example.com", "pending"],
+    ]
+    active = drip("subscribers", "list", "--status", "active", "--json")
+    [row] = [json.loads(line) for line in active.output.splitlines()]
+    assert row["email"] == "a@example.com" and row["next_lesson"] == "welcome"
+    assert row["held"] is False and row["held_reason"] is None
+    assert drip("subscribers", "list", "--held").output.strip() == "none: no subscriber is held"
+    assert drip("subscribers", "list", "--status", "bogus").exit_code == 2

@@ -20,7 +20,7 @@ from tests.support import COURSE, TEMPLATES, make_mailer
 from drip import store
 from drip.delivery import MAX_ATTEMPTS, PIPELINE_DEPTH, Mailer, retry_delay, send_due
 from drip.errors import FatalTransportError
-from drip.lifecycle import pause_subscriber, resume_subscriber, subscribe
+from drip.lifecycle import list_subscribers, pause_subscriber, resume_subscriber, subscribe
 from drip.render import Renderer
 from drip.transports.base import Outcome, SendResult
 from drip.transports.memory import MemoryTransport
@@ -440,3 +440,47 @@ def test_a_late_run_on_a_day_off_waits_for_the_next_send_day(harness: Harness) -
     assert send_due(harness.sessions, mailer, now=monday_0700 - timedelta(minutes=1)).sent == 0
     assert send_due(harness.sessions, mailer, now=monday_0700).sent == 1
     assert harness.lessons_sent_to("off@example.com") == ["welcome", "rethink"]
+
+
+# --- nobody waits silently: every hold has a reason ---------------------------------------------
+
+
+def held(harness: Harness) -> dict[str, str | None]:
+    return {
+        view.email: view.held_reason
+        for view in list_subscribers(harness.sessions, harness.mailer.course, held=True)
+    }
+
+
+def test_every_held_subscriber_is_listed_with_the_reason(harness: Harness) -> None:
+    harness.subscribe("failed@example.com")
+    harness.subscribe("doubt@example.com", now=T0 + timedelta(seconds=1))
+    harness.subscribe("fine@example.com", now=T0 + timedelta(seconds=2))
+    harness.transport.add_script(
+        SendResult("", Outcome.FAILED, detail="550 mailbox unavailable"),
+        SendResult("", Outcome.IN_DOUBT, detail="connection reset after the request"),
+    )
+    send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    reasons = held(harness)
+    assert set(reasons) == {"failed@example.com", "doubt@example.com"}
+    assert "failed" in (reasons["failed@example.com"] or "")
+    assert "550 mailbox unavailable" in (reasons["failed@example.com"] or "")
+    assert "in doubt" in (reasons["doubt@example.com"] or "")
+    assert "drip deliveries resolve" in (reasons["doubt@example.com"] or "")
+    # Listing by status and the JSON shape.
+    active = list(list_subscribers(harness.sessions, COURSE, status=store.SubscriberStatus.ACTIVE))
+    assert len(active) == 3
+    shape = next(v for v in active if v.email == "failed@example.com").as_dict()
+    assert shape["held"] is True and "550" in shape["held_reason"]
+    assert next(v for v in active if v.email == "fine@example.com").as_dict()["held_reason"] is None
+
+
+def test_a_removed_lesson_holds_its_subscribers_visibly(harness: Harness) -> None:
+    harness.subscribe("x@example.com")
+    send_due(harness.sessions, harness.mailer, now=T0)
+    shorter = replace(
+        COURSE, lessons=tuple(lesson for lesson in COURSE.lessons if lesson.slug != "rethink")
+    )
+    send_due(harness.sessions, replace(harness.mailer, course=shorter), now=T0 + timedelta(days=2))
+    reason = held(harness)["x@example.com"] or ""
+    assert "'rethink'" in reason and "no longer in the course" in reason

@@ -25,6 +25,7 @@ from drip import __version__
 from drip.config import Settings, load_settings, signing_keys
 from drip.errors import DripError
 from drip.links import LinkBuilder
+from drip.statuses import SubscriberStatus
 
 if TYPE_CHECKING:  # each command imports what it uses, so start-up stays short
     from drip.course import Course
@@ -455,6 +456,41 @@ def worker_command(interval: int) -> None:
     stopped = run_worker(sessions, mailer, interval=interval)
     if stopped is not None:
         fail(f"the worker stopped: {stopped}", 1)
+
+
+@subscribers_group.command("list")
+@click.option(
+    "--status",
+    type=click.Choice([status.value for status in SubscriberStatus]),
+    help="Only subscribers in this state.",
+)
+@click.option(
+    "--held",
+    is_flag=True,
+    help="Only the held ones: active, but waiting on the operator (the reason is shown).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@reports_errors
+def subscribers_list_command(status: str | None, held: bool, as_json: bool) -> None:
+    """List the course's subscribers: address, state, next lesson and when (UTC), and for a
+    held subscriber why it waits. Streamed, so it works at any size."""
+    from drip.lifecycle import list_subscribers
+
+    sessions, loaded = open_ledger()
+    chosen = SubscriberStatus(status) if status else None
+    shown = 0
+    for view in list_subscribers(sessions, loaded, status=chosen, held=held):
+        shown += 1
+        if as_json:
+            click.echo(json.dumps(view.as_dict(), ensure_ascii=False))
+            continue
+        when = view.next_send_at.isoformat() if view.next_send_at else "-"
+        line = f"{view.email}\t{view.status.value}\t{view.next_lesson or '-'}\t{when}"
+        click.echo(
+            line + (f"\theld: {view.held_reason or 'no reason recorded'}" if view.is_held else "")
+        )
+    if not shown and not as_json:
+        click.echo("none: no subscriber is held" if held else "none")
 
 
 def _status_command(

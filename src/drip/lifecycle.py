@@ -12,7 +12,7 @@ looks (e.g. in SendGrid's activity feed, by `drip_delivery_id`) and settles it w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -175,6 +175,18 @@ def unsubscribe_subscriber(
     """
     with sessions() as session, session.begin():
         return store.unsubscribe(session, _find(session, course, email).id, now)
+
+
+def list_subscribers(
+    sessions: sessionmaker[Session],
+    course: Course,
+    *,
+    status: store.SubscriberStatus | None = None,
+    held: bool = False,
+) -> Iterator[store.SubscriberView]:
+    """The course's subscribers (one status, or only the held ones with their reason), streamed."""
+    with sessions() as session:
+        yield from store.list_subscribers(session, course.id, status=status, held=held)
 
 
 def in_doubt(sessions: sessionmaker[Session], course: Course) -> list[store.InDoubtView]:

@@ -136,6 +136,9 @@ class Subscriber(Base):
     next_lesson: Mapped[str | None] = mapped_column(String(100))
     next_send_at: Mapped[datetime | None]
     last_sent_at: Mapped[datetime | None]
+    held_reason: Mapped[str | None] = mapped_column(Text)
+    """Why an 'active' subscriber with a next lesson has no next_send_at (held); meaningful
+    only while that is so, and set by every code path that holds."""
 
 
 class Delivery(Base):

@@ -34,7 +34,13 @@ from drip.store.ledger import (
     release_claims,
     resolve_in_doubt,
 )
-from drip.store.reports import count_due, delivery_counts, due_by_lesson, list_in_doubt
+from drip.store.reports import (
+    count_due,
+    delivery_counts,
+    due_by_lesson,
+    list_in_doubt,
+    list_subscribers,
+)
 from drip.store.subscribers import (
     add_subscriber,
     confirm_pending,
@@ -87,6 +93,7 @@ __all__ = [
     "get_subscriber_by_id",
     "insert_subscribers",
     "list_in_doubt",
+    "list_subscribers",
     "mark_confirmation_sent",
     "mark_sending",
     "mark_suppressed",

@@ -8,7 +8,7 @@ lesson goes out at most once whatever runs crash or overlap.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +45,11 @@ from drip.store.capabilities import capabilities_of
 from drip.store.values import Claim, ClaimBatch, SentItem
 
 log = logging.getLogger(__name__)
+
+IN_DOUBT_DETAIL = (
+    "the run that claimed it ended without recording an outcome (crashed or killed); it may or"
+    " may not have been sent"
+)
 
 # --- claiming ---------------------------------------------------------------------------------
 
@@ -98,8 +103,8 @@ class _ClaimPlan:
     new: list[Row[Any]] = field(default_factory=list)
     again: list[Row[Any]] = field(default_factory=list)
     in_doubt: list[Row[Any]] = field(default_factory=list)
-    held: list[int] = field(default_factory=list)
-    """Subscriber ids whose next_send_at becomes NULL."""
+    held: list[tuple[int, str]] = field(default_factory=list)
+    """(subscriber id, why): next_send_at becomes NULL, held_reason says why."""
     rescheduled: list[tuple[int, datetime | None]] = field(default_factory=list)
     """(subscriber id, next_send_at): deferred, or waiting for another run's lease to end."""
 
@@ -125,23 +130,39 @@ def _plan(picked: Sequence[Row[Any]], now: datetime, defer: Defer | None) -> _Cl
             plan.rescheduled.append((row.id, decision.at))
         elif action is _MARK_IN_DOUBT:
             plan.in_doubt.append(row)
-            plan.held.append(row.id)
+            plan.held.append((row.id, in_doubt_reason(row.next_lesson, IN_DOUBT_DETAIL)))
         else:
-            _log_held(row, action)
-            plan.held.append(row.id)
+            plan.held.append((row.id, _held(row, action)))
     return plan
 
 
-def _log_held(row: Row[Any], action: ClaimAction) -> None:
+def _held(row: Row[Any], action: ClaimAction) -> str:
+    """Why a due subscriber is held instead of claimed; also logged."""
     if action is _HOLD_NO_LESSON:
-        log.warning("subscriber %s is active and due with no next lesson; held", row.id)
+        reason = "active and due with no next lesson (inconsistent); set its progress by hand"
     else:
-        log.warning(
-            "subscriber %s is due for %r, which the ledger has as %r; held, not sent",
-            row.id,
-            row.next_lesson,
-            row.delivery_status,
+        reason = (
+            f"due for lesson {row.next_lesson!r}, which the ledger already has as"
+            f" {row.delivery_status!r}; never sent twice"
         )
+    log.warning("subscriber %s held: %s", row.id, reason)
+    return reason
+
+
+def in_doubt_reason(lesson: str, detail: str | None) -> str:
+    """The held_reason of a subscriber whose delivery of `lesson` is in doubt."""
+    return (
+        f"lesson {lesson!r} is in doubt ({detail or 'no detail'}); look it up at the provider and"
+        " settle it with 'drip deliveries resolve'"
+    )
+
+
+def failed_reason(lesson: str, detail: str | None) -> str:
+    """The held_reason of a subscriber whose delivery of `lesson` failed for good."""
+    return (
+        f"lesson {lesson!r} failed ({detail or 'no detail'}); fix the cause, then"
+        " 'drip deliveries retry'"
+    )
 
 
 def _pick_due(conn: Connection, course_id: str, now: datetime, limit: int) -> list[Row[Any]]:
@@ -190,7 +211,7 @@ def _apply(
             .values(next_send_at=bindparam("b_at", type_=S.c.next_send_at.type)),
             [{"b_id": sid, "b_at": at} for sid, at in plan.rescheduled],
         )
-    _set_next_send_at(conn, plan.held, None)
+    hold(conn, plan.held)
     _set_next_send_at(conn, [row.id for row in (*plan.new, *plan.again)], lease_until)
     claims = [_claim(row, delivery_ids[row.id], 1) for row in plan.new]
     claims.extend(_claim(row, row.delivery_id, row.attempts + 1) for row in plan.again)
@@ -284,12 +305,16 @@ def _mark_in_doubt(conn: Connection, rows: Sequence[Row[Any]], now: datetime) ->
         .values(
             status=DeliveryStatus.IN_DOUBT.value,
             updated_at=now,
-            detail="the run that claimed it ended without recording an outcome"
-            " (crashed or killed); it may or may not have been sent",
+            detail=IN_DOUBT_DETAIL,
         )
     )
     for chunk in chunks(rows):
         conn.execute(doubt, {"ids": [row.delivery_id for row in chunk]})
+
+
+def hold(conn: Connection, held: Sequence[tuple[int, str]]) -> None:
+    """Hold these subscribers: next_send_at NULL, held_reason set (one statement per batch)."""
+    update_rows(conn, S, ("next_send_at", "held_reason"), [(None, why, sid) for sid, why in held])
 
 
 def _set_next_send_at(conn: Connection, ids: Sequence[int], value: datetime | None) -> None:
@@ -469,13 +494,16 @@ def record_sent(session: Session, items: Sequence[SentItem], run_id: str) -> int
     return len(deliveries_sent)
 
 
-def _hold_or_reschedule(conn: Connection, rows: list[tuple[_Settling, datetime | None]]) -> None:
-    """Subscribers still waiting for the lesson of these deliveries get next_send_at = value."""
+def _hold_or_reschedule(
+    conn: Connection, rows: list[tuple[_Settling, datetime | None, str | None]]
+) -> None:
+    """Subscribers still waiting for the lesson of these deliveries get next_send_at = the
+    moment, or are held (NULL) with the reason."""
     update_rows(
         conn,
         S,
-        ("next_send_at",),
-        [(at, row.subscriber_id) for row, at in rows if row.on_track],
+        ("next_send_at", "held_reason"),
+        [(at, why, row.subscriber_id) for row, at, why in rows if row.on_track],
         only_active=True,
     )
 
@@ -487,11 +515,14 @@ def _settle(
     allowed: frozenset[str],
     status: DeliveryStatus,
     now: datetime | None,
+    reason: Callable[[str, str | None], str] | None = None,
 ) -> int:
+    """Move deliveries to `status` with their detail; their subscribers, if still waiting for the
+    lesson, are due again at the given moment, or held with `reason(lesson, detail)`."""
     conn = connection(session)
     state = _settling(conn, (delivery_id for delivery_id, _, _ in delivery_ids_details))
     changed: list[dict[str, Any]] = []
-    subscribers_after: list[tuple[_Settling, datetime | None]] = []
+    subscribers_after: list[tuple[_Settling, datetime | None, str | None]] = []
     for delivery_id, detail, next_at in delivery_ids_details:
         current = state.get(delivery_id)
         if current is None or current.delivery_status not in allowed:
@@ -506,7 +537,8 @@ def _settle(
         if now is not None:
             params["b_now"] = now
         changed.append(params)
-        subscribers_after.append((current, next_at))
+        why = reason(current.lesson, detail) if next_at is None and reason is not None else None
+        subscribers_after.append((current, next_at, why))
     _update_deliveries(conn, status, changed)
     _hold_or_reschedule(conn, subscribers_after)
     return len(changed)
@@ -540,6 +572,7 @@ def record_failed(
         allowed=_OPEN | {DeliveryStatus.RETRY.value},
         status=DeliveryStatus.FAILED,
         now=now,
+        reason=failed_reason,
     )
 
 
@@ -555,6 +588,7 @@ def record_in_doubt(
         allowed=_MINE,
         status=DeliveryStatus.IN_DOUBT,
         now=now,
+        reason=in_doubt_reason,
     )
 
 

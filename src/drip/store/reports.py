@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from drip.statuses import DeliveryStatus
-from drip.store._sql import D, S, connection, due_filter
-from drip.store.values import InDoubtView
+from drip.statuses import DeliveryStatus, SubscriberStatus
+from drip.store._sql import ACTIVE, D, S, connection, due_filter
+from drip.store.subscribers import subscriber_view
+from drip.store.values import InDoubtView, SubscriberView
 
 
 def count_due(session: Session, course_id: str, now: datetime) -> int:
@@ -61,3 +63,27 @@ def list_in_doubt(session: Session, course_id: str) -> list[InDoubtView]:
         .order_by(D.c.id)
     )
     return [InDoubtView(**row._asdict()) for row in connection(session).execute(stmt)]
+
+
+def list_subscribers(
+    session: Session,
+    course_id: str,
+    *,
+    status: SubscriberStatus | None = None,
+    held: bool = False,
+) -> Iterator[SubscriberView]:
+    """The subscribers of `course_id` in id order, streamed (constant memory at any size).
+
+    `status` keeps one status; `held` keeps only the held ones (active, a next lesson, no
+    moment to send it: waiting on the operator, `held_reason` says why).
+    """
+    stmt: Select[tuple[object, ...]] = select(S).where(S.c.course_id == course_id).order_by(S.c.id)
+    if status is not None:
+        stmt = stmt.where(S.c.status == status.value)
+    if held:
+        stmt = stmt.where(
+            S.c.status == ACTIVE, S.c.next_lesson.is_not(None), S.c.next_send_at.is_(None)
+        )
+    result = connection(session).execution_options(yield_per=1000).execute(stmt)
+    for row in result:
+        yield subscriber_view(row)

@@ -117,12 +117,12 @@ def get_subscriber(session: Session, course_id: str, email: str) -> SubscriberVi
         .execute(select(S).where(S.c.course_id == course_id, S.c.email == email.strip().lower()))
         .one_or_none()
     )
-    return None if row is None else _view(row)
+    return None if row is None else subscriber_view(row)
 
 
 def get_subscriber_by_id(session: Session, subscriber_id: int) -> SubscriberView | None:
     row = connection(session).execute(select(S).where(S.c.id == subscriber_id)).one_or_none()
-    return None if row is None else _view(row)
+    return None if row is None else subscriber_view(row)
 
 
 def confirm_subscriber(
@@ -354,7 +354,8 @@ def confirm_pending(
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _view(row: Row[Any]) -> SubscriberView:
+def subscriber_view(row: Row[Any]) -> SubscriberView:
+    """A `subscribers` row as the value the store hands out."""
     values = row._asdict()
     values["status"] = SubscriberStatus(values["status"])
     return SubscriberView(**values)

@@ -36,6 +36,31 @@ class SubscriberView:
     next_lesson: str | None
     next_send_at: datetime | None
     last_sent_at: datetime | None
+    held_reason: str | None = None
+    """Why the subscriber is held; meaningful only while `is_held`."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The subscriber as `drip subscribers list --json` prints it (one object per line)."""
+        return {
+            "email": self.email,
+            "name": self.name,
+            "status": self.status.value,
+            "timezone": self.timezone,
+            "next_lesson": self.next_lesson,
+            "next_send_at": self.next_send_at.isoformat() if self.next_send_at else None,
+            "last_sent_at": self.last_sent_at.isoformat() if self.last_sent_at else None,
+            "held": self.is_held,
+            "held_reason": self.held_reason if self.is_held else None,
+        }
+
+    @property
+    def is_held(self) -> bool:
+        """Active with a next lesson but no moment to send it: waiting on the operator."""
+        return (
+            self.status is SubscriberStatus.ACTIVE
+            and self.next_lesson is not None
+            and self.next_send_at is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
