@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drip.addresses import MAX_NAME_LENGTH, InvalidAddressError, clean_name
+from drip.addresses import MAX_NAME_LENGTH, InvalidAddressError, clean_name, normalize_email
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,27 @@ def test_clean_name_refuses_a_long_name_unless_unlimited() -> None:
     with pytest.raises(InvalidAddressError, match=f"longer than {MAX_NAME_LENGTH} characters"):
         clean_name(longest + "前")
     assert clean_name(longest + "前", max_length=None) == longest + "前"
+
+
+# --- email addresses (#4) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("yamada@example.com", "yamada@example.com"),
+        (" Yamada@Example.COM ", "yamada@example.com"),
+        ("ｙａｍａｄａ@example.com", "yamada@example.com"),  # full-width: the IME was left on
+        ("ｙａｍａｄａ＠ｅｘａｍｐｌｅ．ｃｏｍ", "yamada@example.com"),
+        ("taro@例え.jp", "taro@xn--r8jz45g.jp"),  # stored and sent with the ASCII (IDNA) domain
+        ("taro@xn--r8jz45g.jp", "taro@xn--r8jz45g.jp"),
+    ],
+)
+def test_normalize_email_gives_the_ascii_address(raw: str, expected: str) -> None:
+    assert normalize_email(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["講座@example.jp", "tarō@example.com", "太郎@例え.jp"])
+def test_normalize_email_refuses_a_non_ascii_local_part(raw: str) -> None:
+    with pytest.raises(InvalidAddressError, match=r"before the @.* only ASCII"):
+        normalize_email(raw)

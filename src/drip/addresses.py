@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -15,19 +16,41 @@ class InvalidAddressError(UsageError):
     """An email address, name or timezone given by a person is unusable."""
 
 
-def normalize_email(raw: str) -> str:
-    """Validate syntax (no DNS look-up) and return the canonical form used as the unique key.
+def ascii_address(raw: str, *, what: str = "address") -> str:
+    """Validate an address a message can be sent to and from everywhere; return its ASCII form.
 
-    The domain is lower-cased by the validator; the local part is lower-cased too, because
-    mailbox providers treat it case-insensitively in practice and a second row for `Alice@` would
-    be a second subscription. Raises `InvalidAddressError` saying what is wrong.
+    The rule every message's From and To obey (`drip.mime` applies it to both, `drip course
+    check` to the sender): email-validator's syntax check without DNS and without SMTPUTF8, so
+    the part before the @ must be ASCII; an internationalised domain is returned in its IDNA
+    (punycode) form, e.g. `taro@例え.jp` -> `taro@xn--r8jz45g.jp`, which every relay accepts.
+    Case is kept. Raises `InvalidAddressError` naming `what` and saying what is wrong.
     """
-    candidate = raw.strip()
+    local = raw.rpartition("@")[0]
+    if not local.isascii():
+        raise InvalidAddressError(
+            f"{what} {raw!r} cannot be used: the part before the @ may hold only ASCII letters,"
+            " digits and . _ + - (many mail servers refuse anything else); if it was typed with"
+            " the IME on, type it again in half-width characters"
+        )
     try:
-        result = validate_email(candidate, check_deliverability=False)
+        result = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise InvalidAddressError(f"{raw!r} is not a usable email address: {exc}") from exc
-    return result.normalized.lower()
+    return result.ascii_email or result.normalized
+
+
+def normalize_email(raw: str) -> str:
+    """Validate a person's address (no DNS look-up) and return the canonical form used as the
+    unique key, stored, and sent to.
+
+    Full-width input (the IME left on: `ｙａｍａｄａ＠example.com`) is NFKC-normalised to ASCII
+    first; then `ascii_address` applies: a non-ASCII local part is refused and the domain becomes
+    ASCII (IDNA). The result is lower-cased: mailbox providers treat the local part
+    case-insensitively in practice and a second row for `Alice@` would be a second subscription.
+    Raises `InvalidAddressError` saying what is wrong.
+    """
+    candidate = unicodedata.normalize("NFKC", raw).strip()
+    return ascii_address(candidate, what="the email address").lower()
 
 
 def clean_name(raw: str | None, *, max_length: int | None = MAX_NAME_LENGTH) -> str | None:
