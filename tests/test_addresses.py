@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from drip.addresses import MAX_NAME_LENGTH, InvalidAddressError, clean_name, normalize_email
+from drip.addresses import (
+    MAX_NAME_LENGTH,
+    InvalidAddressError,
+    check_timezone,
+    clean_name,
+    normalize_email,
+)
 
 
 @pytest.mark.parametrize(
@@ -59,3 +65,20 @@ def test_normalize_email_gives_the_ascii_address(raw: str, expected: str) -> Non
 def test_normalize_email_refuses_a_non_ascii_local_part(raw: str) -> None:
     with pytest.raises(InvalidAddressError, match=r"before the @.* only ASCII"):
         normalize_email(raw)
+
+
+# --- timezones (#13) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "Europe/London", "UTC", "America/New_York"])
+def test_check_timezone_accepts_iana_names(zone: str) -> None:
+    assert check_timezone(zone) == zone
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["localtime", "posixrules", "Factory", "posix/Asia/Tokyo", "right/Asia/Tokyo", "Tokyo", ""],
+)
+def test_check_timezone_refuses_host_specific_pseudo_zones(zone: str) -> None:
+    with pytest.raises(InvalidAddressError, match="is not a timezone"):
+        check_timezone(zone)

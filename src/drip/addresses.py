@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+import zoneinfo
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -73,12 +74,27 @@ def clean_name(raw: str | None, *, max_length: int | None = MAX_NAME_LENGTH) -> 
     return name or None
 
 
+HOST_SPECIFIC_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+"""Keys some hosts' tz databases hold that are no IANA zone (or mean "this host's zone")."""
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    # available_timezones() walks the tz database (tens of ms): once per process.
+    return frozenset(zoneinfo.available_timezones()) - HOST_SPECIFIC_ZONES
+
+
 def check_timezone(raw: str) -> str:
-    """Return `raw` if it names an IANA timezone, else raise `InvalidAddressError`."""
-    try:
-        ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidAddressError(
-            f"{raw!r} is not a timezone; use an IANA name such as Asia/Tokyo or Europe/London"
-        ) from exc
-    return raw
+    """Return `raw` if it names an IANA timezone this host can load, else raise
+    `InvalidAddressError`. Host-specific keys (`localtime`, `posixrules`, `Factory`, the
+    `posix/` and `right/` copies) are refused: they mean different things on different hosts."""
+    if raw in _iana_zones():
+        try:
+            zoneinfo.ZoneInfo(raw)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+        else:
+            return raw
+    raise InvalidAddressError(
+        f"{raw!r} is not a timezone; use an IANA name such as Asia/Tokyo or Europe/London"
+    )
