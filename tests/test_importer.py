@@ -361,3 +361,27 @@ def test_cli_refuses_a_database_that_was_not_upgraded(tmp_path: Path) -> None:
     path = write(tmp_path, "email\na@example.com\n")
     code, _, err = invoke(f"sqlite:///{tmp_path / 'fresh.db'}", "subscribers", "import", str(path))
     assert code == 2 and "drip db upgrade" in err
+
+
+def test_full_width_idn_and_unsafe_names_are_handled_row_by_row(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
+) -> None:
+    path = write(
+        tmp_path,
+        "email,name\n"
+        "ｙａｍａｄａ@example.com,山田\n"  # the IME was left on: converted
+        "taro@例え.jp,太郎\n"  # stored with the ASCII (IDNA) domain
+        "講座@example.jp,講座\n"  # non-ASCII before the @: refused
+        "spam@example.com,【当選】受取はこちら https://evil.example/win\n"
+        "ctrl@example.com,a\x1bb\n"
+        "emoji@example.com,👨\u200d👩\u200d👧\n",
+    )
+    report = run_import(path)
+    assert [line for line, _ in report.invalid] == [4, 5, 6]
+    reasons = dict(report.invalid)
+    assert "only ASCII" in reasons[4]
+    assert "web address" in reasons[5]
+    assert "control character" in reasons[6]
+    stored = rows(engine)
+    assert set(stored) == {"yamada@example.com", "taro@xn--r8jz45g.jp", "emoji@example.com"}
+    assert stored["emoji@example.com"].name == "👨\u200d👩\u200d👧"

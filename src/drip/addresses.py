@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 import zoneinfo
 
@@ -54,21 +55,70 @@ def normalize_email(raw: str) -> str:
     return ascii_address(candidate, what="the email address").lower()
 
 
-def clean_name(raw: str | None, *, max_length: int | None = MAX_NAME_LENGTH) -> str | None:
+KEPT_FORMAT_CHARACTERS = frozenset("\u200c\u200d")
+"""Zero-width non-joiner and joiner: not printable, but they join emoji sequences (👨‍👩‍👧) and the
+letters of some scripts, so they are kept. Variation selectors (❤️) and skin-tone modifiers (👍🏽)
+are printable and kept anyway."""
+TAG_SEQUENCE_RE = re.compile("(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f)")
+"""An emoji tag sequence (the flag of Scotland): black flag, tag characters, cancel tag."""
+WEB_ADDRESS_RE = re.compile(
+    r"[a-z][a-z0-9+.-]*://"  # any scheme: http://, hxxp://
+    r"|\bwww\."
+    r"|[a-z0-9-]+(?:\.[a-z0-9-]+)+/"  # a domain with a path: evil.example/win
+    r"|[a-z0-9-]\.(?:com|net|org|info|biz|jp|io|co|xyz|top|site|online|shop|club|app|link"
+    r"|click|ru|cn|ly)\b",
+    re.IGNORECASE,
+)
+"""What makes a name look like a web address; names such as K.Tanaka or J.R.R. Tolkien pass."""
+
+
+def _spaced(text: str) -> str:
+    """`text` with every non-printable character a space, but for the kept format characters."""
+    if text.isprintable():  # the common case skips the per-character pass
+        return text
+    return "".join(ch if ch.isprintable() or ch in KEPT_FORMAT_CHARACTERS else " " for ch in text)
+
+
+def _refuse_unsafe_name(raw: str) -> None:
+    """Raise `InvalidAddressError` for a name holding a control character or a web address."""
+    control = next(
+        (ch for ch in raw if unicodedata.category(ch) == "Cc" and not ch.isspace()), None
+    )
+    if control is not None:
+        raise InvalidAddressError(
+            f"the name contains the control character U+{ord(control):04X}; remove it"
+        )
+    plain = unicodedata.normalize("NFKC", raw).replace("\u3002", ".")
+    if WEB_ADDRESS_RE.search(plain):
+        raise InvalidAddressError(
+            "the name may not contain a web address or a domain name; give just the name"
+        )
+
+
+def clean_name(
+    raw: str | None, *, max_length: int | None = MAX_NAME_LENGTH, strict: bool = True
+) -> str | None:
     """A display name safe to store and to print in an email; None for None or a blank name.
 
-    Every character that is not printable (control characters such as CR and LF, format and
+    Every character that is not printable (control characters such as CR, LF and tab, format and
     private-use characters, which include drip.render's slot markers, and every space but the
     ASCII one, such as the full-width space) becomes a space; runs of spaces collapse to one and
-    the ends are trimmed, so `山田\u3000太郎` becomes `山田 太郎`. Raises `InvalidAddressError`
-    when the result is longer than `max_length` characters (None: any length) rather than
-    silently cutting it.
+    the ends are trimmed, so `山田\u3000太郎` becomes `山田 太郎`. Emoji sequences stay whole:
+    the zero-width joiner and non-joiner and a flag's tag characters are kept.
+
+    `strict` (storing a name given by a person, at signup or import) also refuses, with
+    `InvalidAddressError`, a name holding a control character other than whitespace, or a web
+    address or domain name (a signup form must not relay spam); rendering passes `strict=False`.
+    Raises `InvalidAddressError` when the result is longer than `max_length` characters (None:
+    any length) rather than silently cutting it.
     """
     if raw is None:
         return None
-    if not raw.isprintable():  # the common case skips the per-character pass
-        raw = "".join(ch if ch.isprintable() else " " for ch in raw)
-    name = " ".join(raw.split())
+    if strict:
+        _refuse_unsafe_name(raw)
+    parts = TAG_SEQUENCE_RE.split(raw)
+    parts[::2] = [_spaced(part) for part in parts[::2]]
+    name = " ".join("".join(parts).split())
     if max_length is not None and len(name) > max_length:
         raise InvalidAddressError(f"the name is longer than {max_length} characters")
     return name or None

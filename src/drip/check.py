@@ -476,7 +476,7 @@ def _sample_contexts() -> Iterator[tuple[str, dict[str, Any]]]:
             "confirmation",
             {
                 "course": course,
-                "name": name,
+                "name": None,
                 "confirm_url": "https://example.com/c/SAMPLE-TOKEN",
                 "subject": "件名",
                 "preheader": "プレヘッダー",

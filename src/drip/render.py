@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ TEMPLATE_VARIABLES: dict[str, tuple[str, ...]] = {
         "course",
         "subject",
         "preheader",
-        "name",
+        "name",  # always None: the confirmation email never shows a name
         "confirm_url",
         "unsubscribe_url",
         "manage_url",
@@ -268,11 +268,17 @@ class Renderer:
         return self._fill(compiled, recipient, {}, bulk=True, fill=fill)
 
     def confirmation(self, recipient: Recipient, confirm_url: str) -> RenderedEmail:
-        """The double opt-in email asking `recipient` to open `confirm_url`."""
+        """The double opt-in email asking `recipient` to open `confirm_url`.
+
+        It never shows the recipient's name (templates see `name` as None): the address is not
+        confirmed yet, and the name was typed by whoever filled in the form.
+        """
         if self._confirmation is None:
             self._confirmation = self._compile_confirmation()
         return self._fill(
-            self._confirmation, recipient, {"confirm_url": _check_url("confirm_url", confirm_url)}
+            self._confirmation,
+            replace(recipient, name=None),
+            {"confirm_url": _check_url("confirm_url", confirm_url)},
         )
 
     def _fill(
@@ -284,7 +290,7 @@ class Renderer:
         bulk: bool = False,
         fill: bool = True,
     ) -> RenderedEmail:
-        name = clean_name(recipient.name, max_length=None)
+        name = clean_name(recipient.name, max_length=None, strict=False)
         unsubscribe_url = _check_url("unsubscribe_url", recipient.unsubscribe_url)
         values = {
             "name": name or "",
@@ -352,35 +358,39 @@ class Renderer:
         return _Compiled(lesson.subject, preheader, html, text)
 
     def _compile_confirmation(self) -> _Compiled:
+        # `name` is always None here: the address is not confirmed yet, and a name chosen by
+        # whoever filled in the form would make the email a spam relay.
         context: dict[str, Any] = {
             "course": self.course_context,
             "confirm_url": slot("confirm_url"),
             "unsubscribe_url": slot("unsubscribe_url"),
             "manage_url": slot("manage_url"),
+            "name": None,
         }
-        html = {}
-        text = {}
-        subject = preheader = ""
-        for has_name in (True, False):
-            context["name"] = slot("name") if has_name else None
-            module = self._module("confirmation.txt.j2", context)
-            subject = str(getattr(module, "subject", ""))
-            preheader = str(getattr(module, "preheader", ""))
-            if not subject.strip() or SLOT_OPEN in subject + preheader:
-                raise RenderError(
-                    f"{self.templates_dir / 'confirmation.txt.j2'}:1: set a fixed subject and"
-                    ' preheader at the top, e.g. {% set subject = "..." %}; they may not use'
-                    " recipient values"
-                )
-            text[has_name] = self._checked(_tidy_text(str(module)), "confirmation.txt.j2")
-            html_context = {**context, "subject": subject, "preheader": preheader}
-            html[has_name] = self._render("confirmation.html.j2", html_context, html=True)
-            if "confirm_url" not in html[has_name].slots | text[has_name].slots:
-                raise RenderError(
-                    f"{self.templates_dir / 'confirmation.html.j2'}:1: the confirmation email"
-                    " never shows confirm_url; add a link to {{ confirm_url }}"
-                )
-        return _Compiled(subject.strip(), preheader.strip(), html, text)
+        module = self._module("confirmation.txt.j2", context)
+        subject = str(getattr(module, "subject", ""))
+        preheader = str(getattr(module, "preheader", ""))
+        if not subject.strip() or SLOT_OPEN in subject + preheader:
+            raise RenderError(
+                f"{self.templates_dir / 'confirmation.txt.j2'}:1: set a fixed subject and"
+                ' preheader at the top, e.g. {% set subject = "..." %}; they may not use'
+                " recipient values"
+            )
+        text = self._checked(_tidy_text(str(module)), "confirmation.txt.j2")
+        html_context = {**context, "subject": subject, "preheader": preheader}
+        html = self._render("confirmation.html.j2", html_context, html=True)
+        if "confirm_url" not in html.slots | text.slots:
+            raise RenderError(
+                f"{self.templates_dir / 'confirmation.html.j2'}:1: the confirmation email"
+                " never shows confirm_url; add a link to {{ confirm_url }}"
+            )
+        both = (True, False)
+        return _Compiled(
+            subject.strip(),
+            preheader.strip(),
+            dict.fromkeys(both, html),
+            dict.fromkeys(both, text),
+        )
 
     def _module(self, name: str, context: Mapping[str, Any]) -> Any:
         try:
