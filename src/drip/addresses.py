@@ -18,26 +18,27 @@ class InvalidAddressError(UsageError):
     """An email address, name or timezone given by a person is unusable."""
 
 
-def ascii_address(raw: str, *, what: str = "address") -> str:
+def ascii_address(raw: str, *, what: str = "email address") -> str:
     """Validate an address a message can be sent to and from everywhere; return its ASCII form.
 
-    The rule every message's From and To obey (`drip.mime` applies it to both, `drip course
-    check` to the sender): email-validator's syntax check without DNS and without SMTPUTF8, so
-    the part before the @ must be ASCII; an internationalised domain is returned in its IDNA
-    (punycode) form, e.g. `taro@例え.jp` -> `taro@xn--r8jz45g.jp`, which every relay accepts.
-    Case is kept. Raises `InvalidAddressError` naming `what` and saying what is wrong.
+    The one rule every message's From and To obey (`drip.mime` applies it to both, the course
+    loader and `drip course check` to the sender): email-validator's syntax check without DNS and
+    without SMTPUTF8, so the part before the @ must be ASCII; an internationalised domain is
+    returned in its IDNA (punycode) form, e.g. `taro@例え.jp` -> `taro@xn--r8jz45g.jp`, which
+    every relay accepts. Case is kept. Raises `InvalidAddressError` ("'x' is not a usable
+    {what}: why").
     """
     local = raw.rpartition("@")[0]
     if not local.isascii():
         raise InvalidAddressError(
-            f"{what} {raw!r} cannot be used: the part before the @ may hold only ASCII letters,"
+            f"{raw!r} is not a usable {what}: the part before the @ may hold only ASCII letters,"
             " digits and . _ + - (many mail servers refuse anything else); if it was typed with"
             " the IME on, type it again in half-width characters"
         )
     try:
         result = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
-        raise InvalidAddressError(f"{raw!r} is not a usable email address: {exc}") from exc
+        raise InvalidAddressError(f"{raw!r} is not a usable {what}: {exc}") from exc
     return result.ascii_email or result.normalized
 
 
@@ -52,7 +53,7 @@ def normalize_email(raw: str) -> str:
     Raises `InvalidAddressError` saying what is wrong.
     """
     candidate = unicodedata.normalize("NFKC", raw).strip()
-    return ascii_address(candidate, what="the email address").lower()
+    return ascii_address(candidate).lower()
 
 
 KEPT_FORMAT_CHARACTERS = frozenset("\u200c\u200d")

@@ -31,7 +31,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from drip.addresses import clean_name
-from drip.course import Course, Lesson
+from drip.course import RESERVED_CHARACTERS, Course, Lesson
 from drip.errors import DripError
 from drip.markup import convert
 from drip.message import BulkParts
@@ -67,7 +67,7 @@ TEMPLATE_VARIABLES: dict[str, tuple[str, ...]] = {
 """The variables each kind of email template receives (lesson.*, confirmation.*)."""
 
 LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
-SLOT_OPEN, SLOT_CLOSE = "\ue000", "\ue001"  # private-use characters: never in real text
+SLOT_OPEN, SLOT_CLOSE = RESERVED_CHARACTERS  # private-use characters: never in real text
 SLOT_RE = re.compile(f"{SLOT_OPEN}([a-z_]+){SLOT_CLOSE}")
 URL_RE = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+")
 BLANK_LINES_RE = re.compile(r"\n{4,}")
@@ -278,7 +278,7 @@ class Renderer:
         return self._fill(
             self._confirmation,
             replace(recipient, name=None),
-            {"confirm_url": _check_url("confirm_url", confirm_url)},
+            {"confirm_url": check_url("confirm_url", confirm_url)},
         )
 
     def _fill(
@@ -291,11 +291,11 @@ class Renderer:
         fill: bool = True,
     ) -> RenderedEmail:
         name = clean_name(recipient.name, max_length=None, strict=False)
-        unsubscribe_url = _check_url("unsubscribe_url", recipient.unsubscribe_url)
+        unsubscribe_url = check_url("unsubscribe_url", recipient.unsubscribe_url)
         values = {
             "name": name or "",
             "unsubscribe_url": unsubscribe_url,
-            "manage_url": _check_url("manage_url", recipient.manage_url),
+            "manage_url": check_url("manage_url", recipient.manage_url),
             **extra,
         }
         has_name = name is not None
@@ -317,11 +317,16 @@ class Renderer:
     # --- once per lesson -----------------------------------------------------------------------
 
     def _compile_lesson(self, lesson: Lesson) -> _Compiled:
-        if SLOT_OPEN in lesson.body or SLOT_CLOSE in lesson.body:
-            raise RenderError(
-                f"{lesson.path}:{lesson.body_line}: the lesson contains the private-use characters"
-                " U+E000/U+E001, which drip reserves; remove them"
-            )
+        for where, value in (
+            ("the lesson", lesson.body),
+            ("its subject", lesson.subject),
+            ("its preheader", lesson.preheader),
+        ):
+            if SLOT_OPEN in value or SLOT_CLOSE in value:
+                raise RenderError(
+                    f"{lesson.path}:{lesson.body_line}: {where} contains the private-use"
+                    " characters U+E000/U+E001, which drip reserves; remove them"
+                )
         converted = convert(lesson.body)
         lessons = self.course.lessons
         total = len(lessons)
@@ -421,7 +426,8 @@ class Renderer:
         return template
 
 
-def _check_url(field: str, url: str) -> str:
+def check_url(field: str, url: str) -> str:
+    """`url` if it can be a recipient link (a plain http(s) URL), else `RenderError`."""
     if not URL_RE.fullmatch(url):
         raise RenderError(
             f"{field} {url[:80]!r} is not a plain http(s) URL (no spaces, quotes, < > or control"
