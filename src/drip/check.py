@@ -101,6 +101,8 @@ class Block:
     text: str
     line: int
     """1-based line within the Markdown it was parsed from."""
+    last: int = field(default=0, compare=False)
+    """1-based last line of the block's source (a heading, a paragraph, a table row)."""
 
     def names(self) -> tuple[str, ...]:
         """How `omit` in course.toml may name this block: its text, or `## heading` form."""
@@ -125,32 +127,36 @@ def _markdown_blocks(markdown: str) -> tuple[Block, ...]:
     tokens = parse(markdown)
     context: list[str] = []
     row: list[str] = []
-    row_line = 0
+    row_line = row_last = 0
     for index, token in enumerate(tokens):
         if token.type in ("heading_open", "list_item_open", "tr_open"):
             context.append(token.type)
             if token.type == "tr_open":
-                row, row_line = [], _line(token)
+                row, row_line, row_last = [], _line(token), _last(token)
         elif token.type in ("heading_close", "list_item_close", "tr_close"):
             context.pop()
             if token.type == "tr_close":
-                blocks.append(Block("row", " | ".join(row), row_line))
+                blocks.append(Block("row", " | ".join(row), row_line, row_last))
         elif token.type == "inline":
             opener = tokens[index - 1]
             text = token.content.strip()
             if opener.type in ("th_open", "td_open"):
                 row.append(text)
             elif opener.type == "heading_open":
-                blocks.append(Block(opener.tag, text, _line(opener)))
+                blocks.append(Block(opener.tag, text, _line(opener), _last(opener)))
             elif context and context[-1] == "list_item_open":
-                blocks.append(Block("item", text, _line(token)))
+                blocks.append(Block("item", text, _line(token), _last(opener)))
             else:
-                blocks.append(Block("paragraph", text, _line(token)))
+                blocks.append(Block("paragraph", text, _line(token), _last(opener)))
     return tuple(blocks)
 
 
 def _line(token: Token) -> int:
     return token.map[0] + 1 if token.map else 1
+
+
+def _last(token: Token) -> int:
+    return token.map[1] if token.map else _line(token)
 
 
 def ends_mid_sentence(block: Block) -> bool:

@@ -369,6 +369,16 @@ def course_settings_issues(
     return CourseSettings(**values), issues
 
 
+def parse_setting(data: Mapping[str, Any], key: str, path: Path) -> Any:
+    """One key of the parsed `course.toml` (e.g. `omit` for the build), validated as
+    `parse_course_settings` does; `CourseError` when it is invalid."""
+    parse, default = _SETTINGS[key]
+    try:
+        return parse(data.get(key, default))
+    except _Invalid as exc:
+        raise CourseError(f"{path}: {exc}") from exc
+
+
 def parse_course_settings(data: Mapping[str, Any], path: Path) -> CourseSettings:
     """Validate the parsed `course.toml`; raises `CourseError` listing every key at fault."""
     settings, issues = course_settings_issues(data)
