@@ -320,6 +320,7 @@ def test_a_yaml_error_is_reported_in_its_lesson_and_the_others_still_checked(
     edit(course, "03-second.md", "delay_days: 2", "delay_days: -1")
     found = errors(check_course(course, TEMPLATES))
     assert any(line.startswith("02-first.md:3: front matter is not valid YAML") for line in found)
+    assert all("\n" not in line for line in found), found  # one line per problem
     assert any(line.startswith("03-second.md:4: delay_days must be") for line in found), found
     assert not any(line.startswith("course.toml") for line in found), found
     assert not any("lessons lists 'first'" in line for line in found), found

@@ -143,7 +143,9 @@ def split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str, int]
         # problem mark can point past it, at the end of the text.
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1
-        raise CourseFileError(path, line, f"front matter is not valid YAML: {exc}") from exc
+        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        reason = "; ".join(str(part) for part in parts if part) or str(exc)
+        raise CourseFileError(path, line, f"front matter is not valid YAML: {reason}") from exc
     if not isinstance(data, dict):
         raise CourseFileError(path, 2, "front matter must be 'key: value' lines")
     body = text[end + 5 :]
