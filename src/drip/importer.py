@@ -245,6 +245,42 @@ def _batches(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
         yield batch
 
 
+def _sort_batch(
+    session: Session,
+    course_id: str,
+    batch: list[_Row],
+    first_send_at: Callable[[str], datetime] | None,
+    report: ImportReport,
+) -> tuple[list[store.NewSubscriber], list[tuple[int, datetime | None]]]:
+    """The batch's new subscribers (starting at `first_send_at(timezone)` when given) and the
+    pending ones to confirm (only when `first_send_at` is given); suppressed and present rows
+    are counted in `report`."""
+    existing = store.existing_subscribers(
+        session, course_id, [row.subscriber.email for row in batch]
+    )
+    new: list[store.NewSubscriber] = []
+    to_confirm: list[tuple[int, datetime | None]] = []
+    for row in batch:
+        found = existing.get(row.subscriber.email)
+        if found is None:
+            subscriber = row.subscriber
+            if first_send_at is not None:
+                subscriber = store.NewSubscriber(
+                    subscriber.email,
+                    subscriber.name,
+                    subscriber.timezone,
+                    first_send_at(subscriber.timezone),
+                )
+            new.append(subscriber)
+        elif found.status in SUPPRESSED_STATUSES:
+            report.suppressed.append(row.line)
+        elif found.status is SubscriberStatus.PENDING and first_send_at is not None:
+            to_confirm.append((found.id, first_send_at(found.timezone)))
+        else:
+            report.present += 1
+    return new, to_confirm
+
+
 def import_subscribers(
     sessions: Callable[[], Session],
     path: Path,
@@ -279,32 +315,10 @@ def import_subscribers(
     text, header = _read_csv(path)
     report = ImportReport(dry_run=dry_run, ignored_columns=header.ignored)
     consent_source = f"import:{path.name}"
-    rows = _rows(path, text, header, default_timezone, report)
-    for batch in _batches(rows, batch_size):
+    starts = first_send_at if confirmed else None
+    for batch in _batches(_rows(path, text, header, default_timezone, report), batch_size):
         with sessions() as session:
-            existing = store.existing_subscribers(
-                session, course_id, [row.subscriber.email for row in batch]
-            )
-            new: list[store.NewSubscriber] = []
-            to_confirm: list[tuple[int, datetime | None]] = []
-            for row in batch:
-                found = existing.get(row.subscriber.email)
-                if found is None:
-                    subscriber = row.subscriber
-                    if first_send_at is not None and confirmed:
-                        subscriber = store.NewSubscriber(
-                            subscriber.email,
-                            subscriber.name,
-                            subscriber.timezone,
-                            first_send_at(subscriber.timezone),
-                        )
-                    new.append(subscriber)
-                elif found.status in SUPPRESSED_STATUSES:
-                    report.suppressed.append(row.line)
-                elif found.status is SubscriberStatus.PENDING and first_send_at and confirmed:
-                    to_confirm.append((found.id, first_send_at(found.timezone)))
-                else:
-                    report.present += 1
+            new, to_confirm = _sort_batch(session, course_id, batch, starts, report)
             if dry_run:
                 report.imported += len(new)
                 report.confirmed += len(to_confirm)
