@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tests.support import ROOT
+from tests.support import ROOT, TEMPLATES
 
 from drip.build import build_course, first_sentence, split_sections
+from drip.check import check_course
 from drip.cli import main
 from drip.course import load_course, read_lesson_files
-from drip.errors import UsageError
+from drip.errors import CourseError, UsageError
 
 ARTICLE = ROOT / "course" / "source" / "article.md"
 
@@ -122,10 +123,118 @@ def test_build_command_reports_and_exit_codes(tmp_path: Path) -> None:
     assert "cannot read the article" in missing.output
 
 
-def test_committed_course_is_what_build_leaves_plus_the_authors_edits(tmp_path: Path) -> None:
-    """Re-running the build on the committed course only refuses the lesson the author cut."""
-    shutil.copytree(ROOT / "course", tmp_path / "course")
-    with pytest.raises(UsageError) as caught:
-        build_course(ARTICLE, tmp_path / "course")
-    assert "08-pitfalls.md" in str(caught.value)
-    assert "0" + "7-comparison.md" not in str(caught.value)
+def snapshot(course: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(course)): path.read_bytes()
+        for path in sorted(course.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_building_the_shipped_course_again_changes_nothing(tmp_path: Path) -> None:
+    """The committed course is what the build leaves, with `omit` honoured (#17): a no-op, and
+    --force changes nothing either (it used to append the omitted, cut-off text to lesson 8)."""
+    course = tmp_path / "course"
+    shutil.copytree(ROOT / "course", course)
+    before = snapshot(course)
+    report = build_course(course / "source" / "article.md", course)
+    assert (report.written, len(report.unchanged), report.course_toml_written) == ((), 8, False)
+    forced = build_course(course / "source" / "article.md", course, force=True)
+    assert forced.written == ()
+    assert snapshot(course) == before
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        ["course", "build", "--force", str(course / "source" / "article.md")],
+        env={"DRIP_COURSE_DIR": str(course)},
+    )
+    assert result.exit_code == 0, result.output
+    assert snapshot(course) == before
+
+
+def test_omitted_blocks_are_left_out_of_the_lessons(tmp_path: Path) -> None:
+    source = tmp_path / "small.md"
+    source.write_text(SMALL, encoding="utf-8")
+    course = tmp_path / "course"
+    course.mkdir()
+    (course / "course.toml").write_text(
+        'id = "small"\nomit = ["### 小見出し", "項目です。"]\n', encoding="utf-8"
+    )
+    build_course(source, course)
+    second = (course / "lessons" / "02-first-steps.md").read_text(encoding="utf-8")
+    assert second.endswith("## 第一章 First Steps\n\n本文です。\n"), second
+    assert "小見出し" not in second and "項目" not in second
+
+
+def test_a_bad_omit_list_is_a_course_error(tmp_path: Path) -> None:
+    course = tmp_path / "course"
+    course.mkdir()
+    (course / "course.toml").write_text('omit = "all"\n', encoding="utf-8")
+    with pytest.raises(CourseError, match="'omit' must be a list"):
+        build_course(ARTICLE, course)
+
+
+HEADINGS = """# Steps
+
+Intro.
+
+## Step 1 Basics
+
+One.
+
+## Step 2 Basics
+
+Two.
+
+## Step 1 Basics
+
+Again.
+
+## Step 1 of the big plan
+
+Three.
+
+## Step 1 of the big idea
+
+Four.
+"""
+
+
+def test_headings_give_distinct_slugs_that_stay(tmp_path: Path) -> None:
+    source = tmp_path / "steps.md"
+    source.write_text(HEADINGS, encoding="utf-8")
+    build_course(source, tmp_path / "c")
+    names = [path.name for path in sorted((tmp_path / "c" / "lessons").iterdir())]
+    assert names == [
+        "01-welcome.md",
+        "02-step-1-basics.md",
+        "03-step-2-basics.md",
+        "04-step-1-basics-2.md",
+        "05-step-1-of-the-big.md",
+        "06-step-1-of-the-big-2.md",
+    ]
+    assert build_course(source, tmp_path / "c").written == ()
+    assert [path.name for path in sorted((tmp_path / "c" / "lessons").iterdir())] == names
+    load_course(tmp_path / "c")  # no duplicate slugs
+
+
+def test_a_course_built_into_a_new_directory_passes_its_own_source_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`DRIP_COURSE_DIR=newc drip course build course/source/article.md` (#22): `source` in the
+    new course.toml is relative to the new course directory."""
+    shutil.copytree(ROOT / "course" / "source", tmp_path / "course" / "source")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        ["course", "build", "course/source/article.md"],
+        env={"DRIP_COURSE_DIR": "newc", "DRIP_TEMPLATES_DIR": str(TEMPLATES)},
+    )
+    assert result.exit_code == 0, result.output
+    settings = load_course(tmp_path / "newc").settings
+    assert settings.source is not None
+    assert (tmp_path / "newc" / settings.source).resolve() == (
+        tmp_path / "course" / "source" / "article.md"
+    ).resolve()
+    problems = check_course(tmp_path / "newc", TEMPLATES)
+    assert not [p for p in problems if p.path.name in ("course.toml", "article.md")], problems

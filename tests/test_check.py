@@ -10,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 from tests.support import ROOT, TEMPLATES
 
-from drip.check import Problem, check_course, check_templates
+from drip.check import Problem, check_course, check_templates, sendable_problems
 from drip.cli import main
+from drip.course import load_course
+from drip.links import LinkBuilder
+from drip.render import Recipient, Renderer
 
 SOURCE = """はじめに。ようこそ。
 
@@ -285,3 +288,170 @@ def test_check_templates_reports_syntax_errors_and_missing_files(tmp_path: Path)
     assert check_templates(tmp_path / "nowhere")[0].message.endswith(
         "templates directory not found; set DRIP_TEMPLATES_DIR"
     )
+
+
+# --- course.toml and lesson files are reported where they are (#22) ---------------------------
+
+
+def test_every_course_toml_error_is_reported_on_its_line(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    edit(course, "course.toml", 'id = "mini"', 'id = "Mini Course"\ntimezone = "Tokyo"')
+    found = errors(check_course(course, TEMPLATES))
+    assert any(line.startswith("course.toml:1: id 'Mini Course' must be") for line in found), found
+    assert any(line.startswith("course.toml:2: timezone 'Tokyo'") for line in found), found
+    assert not any("course.toml:" in line.split(": ", 1)[1] for line in found), found
+
+
+def test_the_problem_line_does_not_repeat_the_file(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    edit(course, "course.toml", 'id = "mini"', 'id = "Mini"')
+    [problem] = [p for p in check_course(course, TEMPLATES) if p.error]
+    assert str(problem) == f"{course / 'course.toml'}:1: error: id 'Mini' must be lowercase" + (
+        problem.message.removeprefix("id 'Mini' must be lowercase")
+    )
+    assert str(course) not in problem.message
+
+
+def test_a_yaml_error_is_reported_in_its_lesson_and_the_others_still_checked(
+    tmp_path: Path,
+) -> None:
+    course = make_course(tmp_path)
+    edit(course, "02-first.md", "preheader: 一", "preheader: [unclosed")
+    edit(course, "03-second.md", "delay_days: 2", "delay_days: -1")
+    found = errors(check_course(course, TEMPLATES))
+    assert any(line.startswith("02-first.md:3: front matter is not valid YAML") for line in found)
+    assert all("\n" not in line for line in found), found  # one line per problem
+    assert any(line.startswith("03-second.md:4: delay_days must be") for line in found), found
+    assert not any(line.startswith("course.toml") for line in found), found
+    assert not any("lessons lists 'first'" in line for line in found), found
+
+
+def test_send_time_inside_quiet_hours_is_a_warning(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    edit(
+        course,
+        "course.toml",
+        'source = "source.md"',
+        'source = "source.md"\nsend_time = "22:00"\nquiet_hours = ["21:00", "07:00"]',
+    )
+    problems = check_course(course, TEMPLATES)
+    warnings = [p for p in problems if not p.error]
+    assert [p.line for p in warnings if "send_time" in p.message] == [6], problems
+    assert "inside quiet_hours" in warnings[0].message
+    assert errors(problems) == []
+
+
+# --- every real lesson is rendered and built as the send would (#2, #3) -------------------------
+
+
+def test_a_reserved_private_use_character_in_a_preheader_is_an_error(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    edit(course, "02-first.md", "preheader: 一", "preheader: 一\ue000二")
+    found = errors(check_course(course, TEMPLATES))
+    assert any(line.startswith("02-first.md:3: preheader") and "U+E000" in line for line in found)
+    [problem] = [p for p in sendable_problems(load_course(course), TEMPLATES, sender=SENDER)]
+    assert problem.slug == "first" and "U+E000" in problem.message
+
+
+def test_other_private_use_characters_are_a_warning(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    edit(course, "02-first.md", "subject: 第一章", "subject: 第一章\ue0a5")
+    edit(course, "03-second.md", "第二章の本文です。", "第二章の\uf8ff本文です。")
+    source = course / "source.md"
+    source.write_text(
+        source.read_text(encoding="utf-8").replace(
+            "第二章の本文です。", "第二章の\uf8ff本文です。"
+        ),
+        encoding="utf-8",
+    )
+    problems = check_course(course, TEMPLATES)
+    assert errors(problems) == []
+    warned = {(p.path.name, p.line) for p in problems if "private-use" in p.message}
+    assert warned == {("02-first.md", 2), ("03-second.md", 9)}
+
+
+def test_a_template_that_fails_only_for_a_real_lesson_names_that_lesson(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    lesson_txt = templates / "lesson.txt.j2"
+    lesson_txt.write_text(
+        lesson_txt.read_text(encoding="utf-8").replace(
+            "{{ body_text }}",
+            '{{ body_text }}{% if lesson.slug == "second" %}{{ nope }}{% endif %}',
+        ),
+        encoding="utf-8",
+    )
+    assert check_templates(templates) == []  # the sample lessons do not show it
+    found = [p for p in check_course(course, templates) if p.error]
+    assert [(p.path.name, p.slug) for p in found] == [("03-second.md", "second")], found
+    assert "nope" in found[0].message
+    sendable = sendable_problems(load_course(course), templates, sender=SENDER)
+    assert [p.slug for p in sendable] == ["second"]
+
+
+def test_a_confirmation_that_fails_for_the_real_course_is_an_error(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    confirmation = templates / "confirmation.txt.j2"
+    confirmation.write_text(
+        confirmation.read_text(encoding="utf-8").replace(
+            "{% block content %}",
+            '{% block content %}{% if course.title == "ミニ講座" %}{{ nope }}{% endif %}',
+        ),
+        encoding="utf-8",
+    )
+    found = [p for p in check_course(course, templates) if p.error]
+    assert [(p.path.name, p.slug) for p in found] == [("confirmation.txt.j2", None)], found
+
+
+SENDER = ("mini@example.com", "ミニ講座")
+
+
+@pytest.mark.parametrize("address", ["講座@example.jp", "course@example", "a b@example.com"])
+def test_an_unusable_sender_is_an_error_in_course_toml_and_in_drip_from(
+    tmp_path: Path, address: str
+) -> None:
+    course = make_course(tmp_path)
+    loaded = load_course(course)
+    [problem] = sendable_problems(loaded, TEMPLATES, sender=(address, "講座"))
+    assert (problem.path, problem.slug) == (Path("DRIP_FROM"), None)
+    assert address in problem.message
+    edit(course, "course.toml", 'sender_email = "mini@example.com"', f'sender_email = "{address}"')
+    found = errors(check_course(course, TEMPLATES))
+    assert any(line.startswith("course.toml:4: sender_email") for line in found), found
+
+
+def test_an_international_sender_domain_passes_and_is_sent_in_ascii(tmp_path: Path) -> None:
+    course = make_course(tmp_path)
+    edit(course, "course.toml", "mini@example.com", "mini@人脈.jp")
+    assert errors(check_course(course, TEMPLATES)) == []
+    assert load_course(course).settings.sender_email == "mini@xn--gmq593j.jp"
+
+
+def test_links_that_cannot_be_sent_are_one_error(tmp_path: Path) -> None:
+    loaded = load_course(make_course(tmp_path))
+    links = LinkBuilder("https://example.org/my list", ["k" * 32])
+    found = sendable_problems(loaded, TEMPLATES, sender=SENDER, links=links)
+    assert [(p.path, p.slug) for p in found] == [(Path("DRIP_BASE_URL"), None)], found
+    assert "my list" in found[0].message
+
+
+def test_sendable_problems_reuses_the_renderers_compiled_lessons(tmp_path: Path) -> None:
+    loaded = load_course(make_course(tmp_path))
+    renderer = Renderer(loaded, TEMPLATES)
+    assert sendable_problems(loaded, TEMPLATES, sender=SENDER, renderer=renderer) == []
+    compiled = dict(renderer._lessons)
+    assert set(compiled) == set(loaded.lessons)
+    renderer.lesson(loaded.lessons[0], renderer_recipient())
+    assert renderer._lessons[loaded.lessons[0]] is compiled[loaded.lessons[0]]
+
+
+def renderer_recipient() -> Recipient:
+    return Recipient("r@example.com", None, "https://e.com/u/T", "https://e.com/m/T")
+
+
+def test_the_committed_course_is_sendable() -> None:
+    course = load_course(ROOT / "course")
+    assert sendable_problems(course, TEMPLATES, sender=("course@example.com", "講座")) == []

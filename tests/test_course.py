@@ -16,6 +16,7 @@ from drip.course import (
     lesson_from_file,
     load_course,
     parse_course_settings,
+    read_lesson_files,
     split_front_matter,
 )
 from drip.errors import CourseError
@@ -102,3 +103,31 @@ def test_front_matter_rules_are_shared_by_loading_and_checking() -> None:
     assert front_matter_issues({}, 1)[0] == FrontMatterIssue(
         None, "no front matter; start the file with '---'"
     )
+
+
+def test_the_sender_must_be_sendable_and_is_kept_in_ascii() -> None:
+    """The rule drip.mime applies to every From (#3): checked when the course is loaded."""
+    with pytest.raises(CourseError, match=r"sender_email.*only ASCII"):
+        parse_course_settings({**BASE, "sender_email": "講座@example.jp"}, Path("course.toml"))
+    with pytest.raises(CourseError, match="sender_email"):
+        parse_course_settings({**BASE, "sender_email": "course@example"}, Path("course.toml"))
+    idn = parse_course_settings({**BASE, "sender_email": "course@人脈.jp"}, Path("course.toml"))
+    assert idn.sender_email == "course@xn--gmq593j.jp"
+
+
+def test_every_settings_error_is_reported_once_without_a_doubled_path() -> None:
+    bad = {**BASE, "id": "Has Spaces", "timezone": "Tokyo", "send_time": "25:00"}
+    with pytest.raises(CourseError) as raised:
+        parse_course_settings(bad, Path("c/course.toml"))
+    message = str(raised.value)
+    assert message.count("c/course.toml") == 1
+    assert "must be lowercase" in message
+    assert "'Tokyo' is not an IANA zone" in message
+    assert "'25:00' is not a time of day" in message
+
+
+def test_a_lesson_file_that_is_not_utf8_is_a_course_error(tmp_path: Path) -> None:
+    (tmp_path / "lessons").mkdir()
+    (tmp_path / "lessons" / "01-welcome.md").write_bytes("---\nsubject: 件名\n".encode("cp932"))
+    with pytest.raises(CourseError, match=r"01-welcome\.md:2: .*not UTF-8"):
+        read_lesson_files(tmp_path / "lessons")

@@ -101,18 +101,106 @@ def test_a_byte_order_mark_and_header_case_are_accepted(
     assert rows(engine)["a@example.com"].name == "A"
 
 
-def test_a_row_that_is_not_utf8_is_invalid_and_the_rest_imported(
+# --- the file as a whole: decoded strictly and parsed strictly before anything is written ------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "email,name\nok@example.com,OK\nsj@example.com,山田太郎\n",  # Excel's "CSV": CP932
+        "email,name\nmika@example.com,ﾐｶ\n",  # half-width kana: valid UTF-8 bytes (ж)
+        "email,name\nok@example.com,ｶﾀｶﾅ ﾀﾛｳ\n",
+    ],
+)
+def test_a_shift_jis_file_is_refused_whole_with_how_to_fix_it(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport], text: str
+) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(text.encode("cp932"))
+    with pytest.raises(UsageError, match="Shift_JIS/CP932") as raised:
+        run_import(path)
+    assert "CSV UTF-8" in str(raised.value) and "nothing was imported" in str(raised.value)
+    assert rows(engine) == {}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "email,name\nok@example.com,山田\n".encode("utf-16"),
+        "email,name\nok@example.com,山田\n".encode("utf-16-le"),
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        b"PK\x03\x04\x14\x00\x06\x00",  # an .xlsx workbook
+        "email,name\nok@example.com,OK\nbad@example.com,\udcff\n".encode(
+            "utf-8", "surrogateescape"
+        ),
+    ],
+    ids=["utf-16", "utf-16-le", "binary", "xlsx", "one-bad-byte"],
+)
+def test_a_file_that_is_not_utf8_is_refused_whole(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport], data: bytes
+) -> None:
+    path = tmp_path / "list.csv"
+    path.write_bytes(data)
+    with pytest.raises(UsageError, match="not a UTF-8 CSV") as raised:
+        run_import(path)
+    assert "unknown column" not in str(raised.value)
+    assert rows(engine) == {}
+
+
+def test_utf8_names_in_other_scripts_are_not_taken_for_shift_jis(
     tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
 ) -> None:
-    path = tmp_path / "mixed.csv"
-    path.write_bytes(
-        b"email,name\nok@example.com,\xe5\xa4\xaa\xe9\x83\x8e\nsj@example.com,\x91\xbe\x98Y\n"
+    path = write(tmp_path, "email,name\nivan@example.com,Иван\nmaria@example.com,Μαρία\n")
+    assert run_import(path).imported == 2
+    assert rows(engine)["ivan@example.com"].name == "Иван"
+
+
+def test_a_directory_is_named_as_one(
+    tmp_path: Path, run_import: Callable[..., ImportReport]
+) -> None:
+    with pytest.raises(UsageError, match="is a directory"):
+        run_import(tmp_path)
+
+
+def test_an_unterminated_quote_stops_the_import_before_anything_is_written(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
+) -> None:
+    path = write(
+        tmp_path,
+        'email,name\nok@example.com,OK\na@example.com,"山田\nb@example.com,鈴木\nc@example.com,佐藤\n',
+    )
+    with pytest.raises(UsageError, match=r"list\.csv:3: .*quote") as raised:
+        run_import(path)
+    assert "nothing was imported" in str(raised.value)
+    assert rows(engine) == {}
+    write(tmp_path, 'email,name\nok@example.com,"山田"太郎\n')
+    with pytest.raises(UsageError, match=r"list\.csv:2: "):
+        run_import(path)
+
+
+def test_a_quoted_field_spanning_lines_is_an_invalid_row(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
+) -> None:
+    path = write(
+        tmp_path, 'email,name\na@example.com,"山田\nb@example.com,鈴木"\nc@example.com,佐藤\n'
     )
     report = run_import(path)
     assert report.imported == 1
-    assert [line for line, _ in report.invalid] == [3]
-    assert "UTF-8" in report.invalid[0][1]
-    assert rows(engine)["ok@example.com"].name == "太郎"
+    assert [line for line, _ in report.invalid] == [2]
+    assert "line break" in report.invalid[0][1]
+    assert set(rows(engine)) == {"c@example.com"}
+
+
+def test_extra_columns_are_ignored_with_their_names(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
+) -> None:
+    path = write(
+        tmp_path, "Email,Phone,name,Company,\na@example.com,090,山田,ACME,\nb@example.com,,,,\n"
+    )
+    report = run_import(path)
+    assert (report.imported, report.invalid) == (2, [])
+    assert report.ignored_columns == ["Phone", "Company", ""]
+    assert rows(engine)["a@example.com"].name == "山田"
 
 
 def test_duplicates_are_merged_and_the_first_wins_even_across_batches(
@@ -218,8 +306,8 @@ def test_a_dry_run_counts_but_writes_nothing(
     ("text", "message"),
     [
         ("", "no header row"),
-        ("email,phone\n", "unknown column(s) 'phone'"),
         ("name,timezone\nx,Asia/Tokyo\n", "no 'email' column"),
+        ("mail,phone\nx,y\n", "no 'email' column (the header names 'mail', 'phone')"),
         ("email,Email\n", "more than once"),
     ],
 )
@@ -344,7 +432,13 @@ def test_cli_dry_run_and_errors(tmp_path: Path, database_url: str, engine: Engin
     code, _, err = invoke(database_url, "subscribers", "import", str(tmp_path / "none.csv"))
     assert code == 2 and "no such file" in err
     code, _, err = invoke(database_url, "subscribers", "import", str(write(tmp_path, "mail\nx\n")))
-    assert code == 2 and "unknown column" in err
+    assert code == 2 and "no 'email' column" in err
+    code, _, err = invoke(database_url, "subscribers", "import", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+    extra = write(tmp_path, "email,phone,company\nx@example.com,090,ACME\n")
+    code, out, err = invoke(database_url, "subscribers", "import", str(extra), "--dry-run")
+    assert code == 0 and "would be pending" in out
+    assert "ignored column(s) 'phone', 'company'" in err
 
 
 def test_cli_db_upgrade(empty_database_url: str) -> None:
@@ -354,10 +448,34 @@ def test_cli_db_upgrade(empty_database_url: str) -> None:
     code, _, err = invoke(
         empty_database_url, "subscribers", "import", str(REPO / "course" / "course.toml")
     )
-    assert code == 2 and "unknown column" in err  # the schema is there now: only the file fails
+    assert code == 2 and "no 'email' column" in err  # the schema is there now: only the file fails
 
 
 def test_cli_refuses_a_database_that_was_not_upgraded(tmp_path: Path) -> None:
     path = write(tmp_path, "email\na@example.com\n")
     code, _, err = invoke(f"sqlite:///{tmp_path / 'fresh.db'}", "subscribers", "import", str(path))
     assert code == 2 and "drip db upgrade" in err
+
+
+def test_full_width_idn_and_unsafe_names_are_handled_row_by_row(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
+) -> None:
+    path = write(
+        tmp_path,
+        "email,name\n"
+        "ｙａｍａｄａ@example.com,山田\n"  # the IME was left on: converted
+        "taro@例え.jp,太郎\n"  # stored with the ASCII (IDNA) domain
+        "講座@example.jp,講座\n"  # non-ASCII before the @: refused
+        "spam@example.com,【当選】受取はこちら https://evil.example/win\n"
+        "ctrl@example.com,a\x1bb\n"
+        "emoji@example.com,👨\u200d👩\u200d👧\n",
+    )
+    report = run_import(path)
+    assert [line for line, _ in report.invalid] == [4, 5, 6]
+    reasons = dict(report.invalid)
+    assert "only ASCII" in reasons[4]
+    assert "web address" in reasons[5]
+    assert "control character" in reasons[6]
+    stored = rows(engine)
+    assert set(stored) == {"yamada@example.com", "taro@xn--r8jz45g.jp", "emoji@example.com"}
+    assert stored["emoji@example.com"].name == "👨\u200d👩\u200d👧"

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support import COURSE, TEMPLATES
 
+from drip.addresses import InvalidAddressError, ascii_address
 from drip.message import OutgoingEmail
-from drip.mime import MimeError, build_mime, neutralise, to_bytes
+from drip.mime import MimeError, build_mime, neutralise, quote_display_name, to_bytes
 from drip.render import Recipient, Renderer
 
 DATE = datetime(2026, 4, 1, 22, 30, tzinfo=UTC)
@@ -204,3 +205,50 @@ def test_no_header_injection_through_names_or_subject(name: str, subject: str, s
     for value in (parsed["Subject"], to[0].display_name, sender_address[0].display_name):
         assert "\r" not in value and "\n" not in value and "\x00" not in value
     assert body(parsed, "plain") == "こんにちは\n"
+
+
+@pytest.mark.parametrize(
+    "name", ["Yamada, Taro", "Yamada; Taro", "山田, 太郎", '"Boss", Inc.', "a\\b; c"]
+)
+def test_display_names_with_commas_or_semicolons_stay_one_address(name: str) -> None:
+    parsed = reparse(
+        build_mime(outgoing(to_name=name, from_name=name), date=DATE, message_id_domain="ex.com")
+    )
+    for header in ("To", "From"):
+        assert len(parsed[header].addresses) == 1
+        assert parsed[header].addresses[0].display_name == name
+
+
+@pytest.mark.parametrize(
+    ("name", "quoted"),
+    [
+        ("山田 太郎", "山田 太郎"),
+        ("Yamada, Taro", '"Yamada, Taro"'),
+        ("Yamada; Taro", '"Yamada; Taro"'),
+        ('"Boss", Inc.', '"\\"Boss\\", Inc."'),
+        ("a\\b; c", '"a\\\\b; c"'),
+    ],
+)
+def test_quote_display_name_for_apis_that_split_at_commas(name: str, quoted: str) -> None:
+    assert quote_display_name(name) == quoted
+
+
+# --- the sender rule, shared with `drip course check` (#3) -------------------------------------
+
+
+@pytest.mark.parametrize("address", ["講座@example.jp", "a b@example.com", "course@example"])
+def test_an_unusable_sender_is_refused_by_the_one_address_rule(address: str) -> None:
+    with pytest.raises(MimeError, match="From address"):
+        build_mime(outgoing(from_address=address), date=DATE, message_id_domain="example.com")
+    with pytest.raises(InvalidAddressError):
+        ascii_address(address)
+
+
+def test_an_international_sender_domain_is_sent_as_punycode() -> None:
+    assert ascii_address("course@人脈.jp") == "course@xn--gmq593j.jp"
+    parsed = reparse(
+        build_mime(
+            outgoing(from_address="course@人脈.jp"), date=DATE, message_id_domain="example.com"
+        )
+    )
+    assert parsed["From"].addresses[0].addr_spec == "course@xn--gmq593j.jp"

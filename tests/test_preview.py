@@ -95,3 +95,18 @@ def test_cli_writes_the_preview(tmp_path: Path) -> None:
     failed = CliRunner().invoke(main, ["course", "preview", "nope", "--out", str(out)], env=env)
     assert failed.exit_code == 2
     assert "no lesson 'nope'" in failed.output
+
+
+@pytest.mark.parametrize("where", ["file/sub", "/proc/drip-preview", "/dev/null/out"])
+def test_an_output_directory_that_cannot_be_written_is_a_usage_error(
+    tmp_path: Path, where: str
+) -> None:
+    """`--out FILE/sub` and `--out /proc/x` ended in tracebacks (#24)."""
+    (tmp_path / "file").write_text("not a directory", encoding="utf-8")
+    out = Path(where) if where.startswith("/") else tmp_path / where
+    env = {"DRIP_COURSE_DIR": str(COURSE_DIR), "DRIP_TEMPLATES_DIR": str(TEMPLATES)}
+    result = CliRunner().invoke(main, ["course", "preview", "--out", str(out)], env=env)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"error: {out}: cannot write the preview there" in result.output
+    assert "--out" in result.output

@@ -220,7 +220,7 @@ def test_confirmation_email(renderer: Renderer) -> None:
     assert "background-color: #1f6f5c" in button.group(1)
     assert re.search(r"(^|;)\s*color: #ffffff", button.group(1))  # white text, not link colour
     assert f"{confirm}\n" in email.text
-    assert "山田 太郎さん、" in email.text and "山田 太郎さん、" in email.html
+    assert "山田" not in email.text and "山田" not in email.html  # no name: see below
     assert email.headers["List-Unsubscribe"] == f"<{NAMED.unsubscribe_url}>"
     assert email.headers == list_unsubscribe_headers(NAMED.unsubscribe_url)
     nameless = renderer.confirmation(NAMELESS, confirm)
@@ -303,3 +303,24 @@ def test_transformed_recipient_values_are_refused(tmp_path: Path, course: Course
     edit(templates / "lesson.txt.j2", "{{ name }}さん", "{{ name|upper }}さん")
     with pytest.raises(RenderError, match="changed by a filter"):
         Renderer(course, templates).lesson(course.lessons[1], NAMED)
+
+
+def test_the_confirmation_email_never_carries_the_submitted_name(renderer: Renderer) -> None:
+    """It goes to an address nobody has confirmed: a name there would relay spam (#14)."""
+    spam = "【当選】10万円 受取はこちら https://evil.example/win"
+    submitted = Recipient("x@example.com", spam, f"{BASE}/u/T", f"{BASE}/m/T")
+    email = renderer.confirmation(submitted, f"{BASE}/c/CONFIRM-TOKEN")
+    assert "当選" not in email.html and "当選" not in email.text
+    assert "evil.example" not in email.html + email.text
+    nameless = renderer.confirmation(
+        Recipient("x@example.com", None, f"{BASE}/u/T", f"{BASE}/m/T"), f"{BASE}/c/CONFIRM-TOKEN"
+    )
+    assert (email.html, email.text) == (nameless.html, nameless.text)
+
+
+@pytest.mark.parametrize("name", ["👨\u200d👩\u200d👧", "❤\ufe0f", "👍🏽"])
+def test_emoji_names_survive_rendering(renderer: Renderer, course: Course, name: str) -> None:
+    reader = Recipient("x@example.com", name, f"{BASE}/u/T", f"{BASE}/m/T")
+    email = renderer.lesson(course.lessons[1], reader)
+    assert f"{name}さん" in email.text
+    assert f"{name}さん" in email.html

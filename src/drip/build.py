@@ -1,20 +1,31 @@
 """`drip course build`: split a Markdown article into lesson files plus a `course.toml`.
 
 The text before the first `##` heading becomes the welcome lesson; every `##` section becomes
-one lesson, its body the section verbatim. Re-running never loses an author's edits: front matter
-of existing lessons is kept as it is, and a lesson whose body the author changed is only
-rewritten with `force=True`.
+one lesson, its body the section verbatim, less the blocks course.toml lists under `omit`.
+Re-running never loses an author's edits: front matter of existing lessons is kept as it is, and
+a lesson whose body the author changed is only rewritten with `force=True`.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import unicodedata
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
 
-from drip.course import LessonFile, read_lesson_files, render_front_matter
+from drip.check import markdown_blocks
+from drip.course import (
+    LessonFile,
+    parse_setting,
+    read_course_toml,
+    read_lesson_files,
+    render_front_matter,
+)
 from drip.errors import UsageError
 
 WELCOME_SLUG = "welcome"
@@ -61,12 +72,35 @@ def split_sections(markdown: str) -> list[Section]:
     return sections
 
 
-def slug_for(heading: str | None, position: int) -> str:
-    """A URL- and file-safe slug: ASCII words of the heading, else `lesson-NN`."""
+def slug_for(heading: str | None, position: int, taken: AbstractSet[str] = frozenset()) -> str:
+    """A URL- and file-safe slug: the first five ASCII words and numbers of the heading ("Step 1
+    Basics" -> `step-1-basics`; full-width letters count), else (no ASCII word, numbers alone
+    say nothing) `lesson-NN`; `-2`, `-3` ... is added while it is in `taken`, so every lesson
+    of a course gets its own."""
     if heading is None:
-        return WELCOME_SLUG
-    words = re.findall(r"[a-z]+", heading.lower())
-    return "-".join(words[:5]) if words else f"lesson-{position:02d}"
+        base = WELCOME_SLUG
+    else:
+        words = re.findall(r"[a-z0-9]+", unicodedata.normalize("NFKC", heading).lower())
+        has_word = any(not word.isdigit() for word in words)
+        base = "-".join(words[:5]) if has_word else f"lesson-{position:02d}"
+    slug, suffix = base, 2
+    while slug in taken:
+        slug, suffix = f"{base}-{suffix}", suffix + 1
+    return slug
+
+
+def omit_blocks(markdown: str, omit: Iterable[str]) -> str:
+    """`markdown` without the blocks `omit` names (course.toml's `omit`: a block's exact text, or
+    a heading as `### text`), as `drip course check` matches them; other lines stay verbatim."""
+    wanted = {entry.strip() for entry in omit}
+    if not wanted:
+        return markdown
+    dropped: set[int] = set()
+    for block in markdown_blocks(markdown):
+        if wanted.intersection(block.names()):
+            dropped.update(range(block.line - 1, max(block.last, block.line)))
+    lines = [line for index, line in enumerate(markdown.split("\n")) if index not in dropped]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
 def first_sentence(markdown: str) -> str:
@@ -81,7 +115,7 @@ def first_sentence(markdown: str) -> str:
     return ""
 
 
-def course_toml_text(title: str, slugs: list[str]) -> str:
+def course_toml_text(title: str, slugs: list[str], source: str = "source/article.md") -> str:
     """The initial `course.toml`, with comments for the author."""
     doc = tomlkit.document()
     doc.add(
@@ -102,7 +136,7 @@ def course_toml_text(title: str, slugs: list[str]) -> str:
     doc.add(tomlkit.comment('skip_holidays = "JP"'))
     doc.add(tomlkit.nl())
     doc.add(tomlkit.comment("The article the lessons come from, and blocks left out on purpose."))
-    doc.add("source", "source/article.md")
+    doc.add("source", source)
     doc.add("omit", tomlkit.array())
     doc.add(tomlkit.nl())
     doc.add(tomlkit.comment("Sending order. Progress is kept by slug: insert, do not rename."))
@@ -116,14 +150,20 @@ def course_toml_text(title: str, slugs: list[str]) -> str:
 def build_course(source: Path, course_dir: Path, *, force: bool = False) -> BuildReport:
     """Write `course_dir/lessons/NN-slug.md` for each section of `source` (and `course.toml`).
 
-    An existing lesson at the same position keeps its slug and its front matter. If its body
-    differs from the source section the build raises `UsageError` listing every such file and
-    writes nothing, unless `force` is true. An existing `course.toml` is never rewritten.
+    The blocks an existing `course.toml` lists under `omit` are left out first. An existing
+    lesson at the same position keeps its slug and its front matter. If its body differs from
+    the source section the build raises `UsageError` listing every such file and writes nothing,
+    unless `force` is true. An existing `course.toml` is never rewritten; a new one names
+    `source` relative to `course_dir`.
     """
     try:
         markdown = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{source}: cannot read the article: {exc.strerror}") from exc
+    toml_path = course_dir / "course.toml"
+    if toml_path.exists():
+        omit = parse_setting(read_course_toml(course_dir), "omit", toml_path)
+        markdown = omit_blocks(markdown, omit)
     sections = split_sections(markdown)
     if not sections:
         raise UsageError(f"{source}: the article is empty")
@@ -145,11 +185,11 @@ def build_course(source: Path, course_dir: Path, *, force: bool = False) -> Buil
     lessons_dir.mkdir(parents=True, exist_ok=True)
     for path, text in plan.writes:
         path.write_text(text, encoding="utf-8")
-    toml_path = course_dir / "course.toml"
     wrote_toml = not toml_path.exists()
     if wrote_toml:
         slugs = [path.stem.split("-", 1)[1] for path in plan.paths]
-        toml_path.write_text(course_toml_text(title, slugs), encoding="utf-8")
+        relative = Path(os.path.relpath(source.resolve(), course_dir.resolve())).as_posix()
+        toml_path.write_text(course_toml_text(title, slugs, relative), encoding="utf-8")
     return BuildReport(
         written=tuple(path for path, _ in plan.writes),
         unchanged=tuple(plan.unchanged),
@@ -179,6 +219,7 @@ def _plan(
     """What the build would write: an existing lesson at a position keeps its path and front
     matter; a new one gets a slug from its heading and default front matter."""
     plan = _Plan([], [], [], [])
+    taken = {file.slug for file in existing.values()}
     for position, section in enumerate(sections, start=1):
         old = existing.get(position)
         if old is not None:
@@ -190,7 +231,9 @@ def _plan(
                 "preheader": first_sentence(section.markdown),
                 "delay_days": FIRST_DELAY_DAYS if position == 1 else DEFAULT_DELAY_DAYS,
             }
-            path = lessons_dir / f"{position:02d}-{slug_for(section.heading, position)}.md"
+            slug = slug_for(section.heading, position, taken)
+            taken.add(slug)
+            path = lessons_dir / f"{position:02d}-{slug}.md"
         plan.paths.append(path)
         if old is not None and old.body.strip() == section.markdown.strip():
             plan.unchanged.append(path)

@@ -388,17 +388,21 @@ def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_r
     """Import subscribers from the CSV file FILE into the course.
 
     The header row names 'email' and optionally 'name' and 'timezone' (an IANA name; the
-    course's timezone when empty). UTF-8, with or without BOM. Invalid rows are reported with
-    their line and skipped; repeated addresses are merged (the first wins); existing subscribers
-    are left as they are (pending ones are confirmed with --confirmed); unsubscribed, bounced
-    and complained addresses are never re-activated.
+    course's timezone when empty); other columns are ignored with a warning. UTF-8, with or
+    without BOM ("CSV UTF-8" in Excel; a Shift_JIS file is refused and nothing imported).
+    Invalid rows are reported with their line and skipped; repeated addresses are merged (the
+    first wins); existing subscribers are left as they are (pending ones are confirmed with
+    --confirmed); unsubscribed, bounced and complained addresses are never re-activated.
 
     Exit 0 when every row was valid, 1 when some rows were invalid (the valid ones are
-    imported), 2 for a missing or unreadable file, a bad header or a bad option.
+    imported), 2 when nothing was imported: a missing or unreadable file, one that is not UTF-8
+    or not valid CSV (an unterminated quote), a bad header or a bad option.
     """
     from drip.errors import UsageError
     from drip.lifecycle import import_subscribers
 
+    if file.is_dir():
+        raise UsageError(f"{file}: is a directory; give the CSV file")
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
     sessions, loaded = open_ledger()
@@ -406,6 +410,12 @@ def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_r
         sessions, loaded, file, now=now, confirmed=confirmed, dry_run=dry_run
     )
 
+    if report.ignored_columns:
+        ignored = ", ".join(repr(name) for name in report.ignored_columns)
+        click.echo(
+            f"warning: ignored column(s) {ignored}: only email, name and timezone are imported",
+            err=True,
+        )
     would = "would be " if dry_run else ""
     state = "active, first lesson scheduled" if confirmed else "pending"
     click.echo(f"{'dry run, nothing written: ' if dry_run else ''}{report.rows} row(s) read")

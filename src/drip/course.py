@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import holidays
 import yaml
 
+from drip.addresses import InvalidAddressError, ascii_address
 from drip.errors import CourseError
 
 LESSON_FILE_RE = re.compile(r"^(?P<position>\d{2,3})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
@@ -29,6 +30,8 @@ SUBJECT_MAX_WIDTH = 60
 PREHEADER_MAX_WIDTH = 200
 MAX_DELAY_DAYS = 365
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+RESERVED_CHARACTERS = ("\ue000", "\ue001")
+"""Private-use characters drip.render uses as slot markers: never allowed in a course's text."""
 
 
 @dataclass(frozen=True)
@@ -111,17 +114,27 @@ class LessonFile:
     body_line: int
 
 
+class CourseFileError(CourseError):
+    """A course file cannot be read: `path`, the 1-based `line` when known, and the `reason`."""
+
+    def __init__(self, path: Path, line: int | None, reason: str) -> None:
+        super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+
 def split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str, int]:
     """Split `---` YAML front matter from a Markdown document.
 
-    Returns (front matter, body, line number where the body starts). Raises `CourseError` with
-    the file and line when the YAML is broken or is not a mapping.
+    Returns (front matter, body, line number where the body starts). Raises `CourseFileError`
+    with the file and line when the YAML is broken or is not a mapping.
     """
     if not text.startswith("---\n"):
         return {}, text, 1
     end = text.find("\n---\n", 3)
     if end == -1:
-        raise CourseError(f"{path}:1: front matter opened with '---' is never closed by '---'")
+        raise CourseFileError(path, 1, "front matter opened with '---' is never closed by '---'")
     raw = text[4 : end + 1]
     try:
         data = yaml.safe_load(raw) or {}
@@ -130,9 +143,11 @@ def split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str, int]
         # problem mark can point past it, at the end of the text.
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1
-        raise CourseError(f"{path}:{line}: front matter is not valid YAML: {exc}") from exc
+        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        reason = "; ".join(str(part) for part in parts if part) or str(exc)
+        raise CourseFileError(path, line, f"front matter is not valid YAML: {reason}") from exc
     if not isinstance(data, dict):
-        raise CourseError(f"{path}:2: front matter must be 'key: value' lines")
+        raise CourseFileError(path, 2, "front matter must be 'key: value' lines")
     body = text[end + 5 :]
     body_line = text[: end + 5].count("\n") + 1
     return data, body.lstrip("\n"), body_line + (len(body) - len(body.lstrip("\n")))
@@ -144,24 +159,76 @@ def render_front_matter(data: dict[str, Any]) -> str:
     return f"---\n{dumped}---\n\n"
 
 
-def read_lesson_files(lessons_dir: Path) -> list[LessonFile]:
-    """Every `NN-slug.md` under `lessons_dir`, in position order. Other `.md` names raise."""
+def lesson_file_paths(lessons_dir: Path) -> list[Path]:
+    """The `*.md` files under `lessons_dir`, in name order; `CourseError` without the directory."""
     if not lessons_dir.is_dir():
         raise CourseError(f"{lessons_dir}: no lessons directory; run 'drip course build' first")
-    files = []
-    for path in sorted(lessons_dir.glob("*.md")):
-        match = LESSON_FILE_RE.match(path.name)
-        if match is None:
-            raise CourseError(
-                f"{path}: lesson files are named NN-slug.md (slug in lowercase a-z, 0-9 and '-');"
-                " rename it"
-            )
-        text = path.read_text(encoding="utf-8")
-        front, body, body_line = split_front_matter(text, path)
-        files.append(
-            LessonFile(path, int(match["position"]), match["slug"], front, body, body_line)
+    return sorted(lessons_dir.glob("*.md"))
+
+
+def read_text_file(path: Path) -> str:
+    """A course file's text; `CourseFileError` (with the line of the first bad byte) for a file
+    that is not UTF-8 or cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CourseFileError(path, None, f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CourseFileError(
+            path, line, "is not UTF-8 (Shift_JIS?); save it as UTF-8 in your editor"
+        ) from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
+
+
+def read_lesson_file(path: Path) -> LessonFile:
+    """One `NN-slug.md` lesson file; raises `CourseFileError` naming the file (and line)."""
+    match = LESSON_FILE_RE.match(path.name)
+    if match is None:
+        raise CourseFileError(
+            path,
+            None,
+            "lesson files are named NN-slug.md (slug in lowercase a-z, 0-9 and '-'); rename it",
         )
-    return files
+    front, body, body_line = split_front_matter(read_text_file(path), path)
+    return LessonFile(path, int(match["position"]), match["slug"], front, body, body_line)
+
+
+def read_lesson_files(lessons_dir: Path) -> list[LessonFile]:
+    """Every `NN-slug.md` under `lessons_dir`, in position order. The first unreadable file, or
+    another `.md` name, raises `CourseFileError`."""
+    return [read_lesson_file(path) for path in lesson_file_paths(lessons_dir)]
+
+
+SETTINGS_KEYS = (
+    "id",
+    "title",
+    "sender_name",
+    "sender_email",
+    "timezone",
+    "send_time",
+    "quiet_hours",
+    "send_days",
+    "skip_holidays",
+    "source",
+    "omit",
+    "lessons",
+)
+
+
+class _Invalid(Exception):
+    """The problem of one setting; the message names the key, not the file."""
+
+
+@dataclass(frozen=True)
+class SettingsIssue:
+    """Something wrong in course.toml: the `key` it is about, and what; `error=False` warns."""
+
+    key: str | None
+    message: str
+    error: bool = True
 
 
 def _parse_time(value: Any, where: str) -> time:
@@ -171,72 +238,61 @@ def _parse_time(value: Any, where: str) -> time:
         hours, minutes = (int(part) for part in value.split(":"))
         if hours < 24 and minutes < 60:
             return time(hours, minutes)
-    raise CourseError(f'{where}: {value!r} is not a time of day; write it as "HH:MM"')
+    raise _Invalid(f'{where}: {value!r} is not a time of day; write it as "HH:MM"')
 
 
-def parse_course_settings(data: dict[str, Any], path: Path) -> CourseSettings:
-    """Validate the parsed `course.toml`; raises `CourseError` naming the key at fault.
-
-    Keys are checked in a fixed order (id, timezone, quiet_hours, send_days, skip_holidays,
-    lessons, omit, source, title, sender_name, sender_email, send_time); the first fault raises.
-    """
-    course_id = _text(data, "id", path)
-    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", course_id):
-        raise CourseError(f"{path}: id {course_id!r} must be lowercase a-z, 0-9 and '-'")
-    timezone = _text(data, "timezone", path, "Asia/Tokyo")
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise CourseError(
-            f"{path}: timezone {timezone!r} is not an IANA zone such as Asia/Tokyo"
-        ) from exc
-    quiet_hours = _quiet_hours(data.get("quiet_hours"), path)
-    send_days = _send_days(data.get("send_days"), path)
-    skip_holidays = _skip_holidays(data.get("skip_holidays"), path)
-    lessons = data.get("lessons", [])
-    if not isinstance(lessons, list) or any(not isinstance(slug, str) for slug in lessons):
-        raise CourseError(f"{path}: 'lessons' must be a list of lesson slugs")
-    omit = data.get("omit", [])
-    if not isinstance(omit, list) or any(not isinstance(block, str) for block in omit):
-        raise CourseError(f"{path}: 'omit' must be a list of source blocks (strings)")
-    source = data.get("source")
-    if source is not None and not isinstance(source, str):
-        raise CourseError(f"{path}: 'source' must be a path relative to the course directory")
-    return CourseSettings(
-        id=course_id,
-        title=_text(data, "title", path),
-        sender_name=_text(data, "sender_name", path),
-        sender_email=_text(data, "sender_email", path),
-        timezone=timezone,
-        send_time=_parse_time(data.get("send_time", "07:30"), f"{path}: send_time"),
-        quiet_hours=quiet_hours,
-        send_days=send_days,
-        skip_holidays=skip_holidays,
-        source=source,
-        omit=tuple(omit),
-        lessons=tuple(lessons),
-    )
-
-
-def _text(data: dict[str, Any], key: str, path: Path, default: str | None = None) -> str:
-    value = data.get(key, default)
+def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise CourseError(f"{path}: '{key}' must be a non-empty string")
+        raise _Invalid(f"'{key}' must be a non-empty string")
     return value.strip()
 
 
-def _quiet_hours(value: Any, path: Path) -> tuple[time, time] | None:
+def _shown_text(key: str) -> Callable[[Any], str]:
+    """A text every email shows (title, sender_name): non-empty, without reserved characters."""
+
+    def parse(value: Any) -> str:
+        text = _text(key, value)
+        reserved = private_use_issue(key, text)
+        if reserved is not None and reserved.error:
+            raise _Invalid(reserved.message)
+        return text
+
+    return parse
+
+
+def _course_id(value: Any) -> str:
+    course_id = _text("id", value)
+    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", course_id):
+        raise _Invalid(f"id {course_id!r} must be lowercase a-z, 0-9 and '-'")
+    return course_id
+
+
+def _sender_email(value: Any) -> str:
+    """The sender in the ASCII form every message is sent with (drip.mime's rule)."""
+    try:
+        return ascii_address(_text("sender_email", value))
+    except InvalidAddressError as exc:
+        raise _Invalid(f"sender_email: {exc}") from exc
+
+
+def _timezone(value: Any) -> str:
+    timezone = _text("timezone", value)
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise _Invalid(f"timezone {timezone!r} is not an IANA zone such as Asia/Tokyo") from exc
+    return timezone
+
+
+def _quiet_hours(value: Any) -> tuple[time, time] | None:
     if value is None:
         return None
     if not (isinstance(value, list) and len(value) == 2):
-        raise CourseError(f'{path}: quiet_hours must be ["HH:MM", "HH:MM"] (start, end)')
-    return (
-        _parse_time(value[0], f"{path}: quiet_hours"),
-        _parse_time(value[1], f"{path}: quiet_hours"),
-    )
+        raise _Invalid('quiet_hours must be ["HH:MM", "HH:MM"] (start, end)')
+    return (_parse_time(value[0], "quiet_hours"), _parse_time(value[1], "quiet_hours"))
 
 
-def _send_days(value: Any, path: Path) -> frozenset[int] | None:
+def _send_days(value: Any) -> frozenset[int] | None:
     if value is None:
         return None
     if (
@@ -244,30 +300,110 @@ def _send_days(value: Any, path: Path) -> frozenset[int] | None:
         or not value
         or any(not isinstance(day, str) or day.lower()[:3] not in WEEKDAYS for day in value)
     ):
-        raise CourseError(f'{path}: send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
+        raise _Invalid('send_days must list weekdays, e.g. ["mon", "tue", "fri"]')
     return frozenset(WEEKDAYS.index(day.lower()[:3]) for day in value)
 
 
-def _skip_holidays(value: Any, path: Path) -> str | None:
+def _skip_holidays(value: Any) -> str | None:
     if value is not None and (
         not isinstance(value, str) or value.upper() not in holidays.list_supported_countries()
     ):
-        raise CourseError(
-            f"{path}: skip_holidays = {value!r} is not a country code the holidays"
-            ' library knows; use an ISO code such as "JP"'
+        raise _Invalid(
+            f"skip_holidays = {value!r} is not a country code the holidays library knows;"
+            ' use an ISO code such as "JP"'
         )
     return value.upper() if value else None
 
 
-def read_course_toml(course_dir: Path) -> dict[str, Any]:
-    path = course_dir / "course.toml"
+def _source(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _Invalid("'source' must be a path relative to the course directory")
+    return value
+
+
+def _strings(key: str, what: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or any(not isinstance(item, str) for item in value):
+            raise _Invalid(f"'{key}' must be a list of {what}")
+        return tuple(value)
+
+    return parse
+
+
+_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "id": (_course_id, None),
+    "timezone": (_timezone, "Asia/Tokyo"),
+    "quiet_hours": (_quiet_hours, None),
+    "send_days": (_send_days, None),
+    "skip_holidays": (_skip_holidays, None),
+    "lessons": (_strings("lessons", "lesson slugs"), None),
+    "omit": (_strings("omit", "source blocks (strings)"), None),
+    "source": (_source, None),
+    "title": (_shown_text("title"), None),
+    "sender_name": (_shown_text("sender_name"), None),
+    "sender_email": (_sender_email, None),
+    "send_time": (lambda value: _parse_time(value, "send_time"), "07:30"),
+}
+"""Each key of course.toml: how it is parsed and its default (None: absent means None)."""
+
+
+def course_settings_issues(
+    data: Mapping[str, Any],
+) -> tuple[CourseSettings | None, list[SettingsIssue]]:
+    """Validate the parsed `course.toml`: the settings (None when any key is in error) and every
+    issue found, each naming its key; unknown keys are warnings."""
+    known = ", ".join(SETTINGS_KEYS)
+    issues = [
+        SettingsIssue(str(key), f"unknown key '{key}' (known: {known})", error=False)
+        for key in data
+        if key not in SETTINGS_KEYS
+    ]
+    values: dict[str, Any] = {}
+    for key, (parse, default) in _SETTINGS.items():
+        try:
+            values[key] = parse(data.get(key, default))
+        except _Invalid as exc:
+            issues.append(SettingsIssue(key, str(exc)))
+    if any(issue.error for issue in issues):
+        return None, issues
+    return CourseSettings(**values), issues
+
+
+def parse_setting(data: Mapping[str, Any], key: str, path: Path) -> Any:
+    """One key of the parsed `course.toml` (e.g. `omit` for the build), validated as
+    `parse_course_settings` does; `CourseError` when it is invalid."""
+    parse, default = _SETTINGS[key]
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError as exc:
-        raise CourseError(f"{path}: not found; run 'drip course build SOURCE.md' first") from exc
+        return parse(data.get(key, default))
+    except _Invalid as exc:
+        raise CourseError(f"{path}: {exc}") from exc
+
+
+def parse_course_settings(data: Mapping[str, Any], path: Path) -> CourseSettings:
+    """Validate the parsed `course.toml`; raises `CourseError` listing every key at fault."""
+    settings, issues = course_settings_issues(data)
+    errors = [issue.message for issue in issues if issue.error]
+    if settings is None or errors:
+        if len(errors) == 1:
+            raise CourseError(f"{path}: {errors[0]}")
+        raise CourseError(f"{path}: {len(errors)} errors:\n  " + "\n  ".join(errors))
+    return settings
+
+
+def read_course_toml(course_dir: Path) -> dict[str, Any]:
+    """`course_dir/course.toml` parsed; `CourseFileError` (with the line when known) when it is
+    missing, unreadable or not TOML."""
+    path = course_dir / "course.toml"
+    if not path.exists():
+        raise CourseFileError(path, None, "not found; run 'drip course build SOURCE.md' first")
+    try:
+        return tomllib.loads(read_text_file(path))
     except tomllib.TOMLDecodeError as exc:
-        raise CourseError(f"{path}: not valid TOML: {exc}") from exc
+        found = re.search(r"at line (\d+)", str(exc))
+        line = int(found[1]) if found else 1
+        raise CourseFileError(path, line, f"not valid TOML: {exc}") from exc
 
 
 # --- front matter ---------------------------------------------------------------------------------
@@ -305,6 +441,27 @@ class FrontMatterIssue:
     error: bool = True
 
 
+def private_use_issue(key: str | None, text: str) -> FrontMatterIssue | None:
+    """A private-use character in text a reader sees: an error for the two drip reserves
+    (U+E000, U+E001: rendering would break), else a warning (a 外字 shows as a box or a wrong
+    character on the reader's device). None when there is none."""
+    found = next((ch for ch in text if unicodedata.category(ch) == "Co"), None)
+    if found is None:
+        return None
+    reserved = next((ch for ch in text if ch in RESERVED_CHARACTERS), None)
+    if reserved is not None:
+        message = (
+            f"{key or 'the text'} contains U+{ord(reserved):04X}, a private-use character drip"
+            " reserves; remove it"
+        )
+        return FrontMatterIssue(key, message)
+    message = (
+        f"{key or 'the text'} contains the private-use character U+{ord(found):04X} (外字), which"
+        " readers' devices show as a box or a wrong character; replace it"
+    )
+    return FrontMatterIssue(key, message, error=False)
+
+
 def front_matter_issues(front: Mapping[str, Any], number: int) -> list[FrontMatterIssue]:
     """Every problem of one lesson's front matter; `number` is the lesson's position (1-based)."""
     return [
@@ -312,6 +469,12 @@ def front_matter_issues(front: Mapping[str, Any], number: int) -> list[FrontMatt
         *_subject_issues(front),
         *_preheader_issues(front),
         *_delay_issues(front, number),
+        *(
+            issue
+            for key in ("subject", "preheader")
+            if isinstance(front.get(key), str)
+            and (issue := private_use_issue(key, front[key])) is not None
+        ),
     ]
 
 

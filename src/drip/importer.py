@@ -1,15 +1,19 @@
 """Import subscribers from a CSV file: validate every row, import the valid ones in batches.
 
-The file is streamed (never loaded whole); each batch of rows is one transaction of a few
-statements (one look-up, one multi-row INSERT ... ON CONFLICT DO NOTHING, one bulk confirm), so
-100,000 rows take seconds on SQLite and a concurrent `drip send` waits at most one batch.
+The file is read and checked whole first (decoded strictly as UTF-8, parsed strictly as CSV), so
+a file that cannot be imported as a whole imports nothing. Then each batch of rows is one
+transaction of a few statements (one look-up, one multi-row INSERT ... ON CONFLICT DO NOTHING,
+one bulk confirm), so 100,000 rows take seconds on SQLite and a concurrent `drip send` waits at
+most one batch.
 Existing enrolments are never changed, except that pending ones are confirmed by a confirmed
 import; unsubscribed, bounced and complained addresses are never re-activated.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +28,6 @@ from drip.models import SUPPRESSED_STATUSES, SubscriberStatus
 
 COLUMNS = ("email", "name", "timezone")
 BATCH_SIZE = 1_000
-REPLACEMENT_CHARACTER = "\ufffd"
 
 
 @dataclass
@@ -46,6 +49,8 @@ class ImportReport:
     """(line, first line) for repeated addresses; the first occurrence wins."""
     invalid: list[tuple[int, str]] = field(default_factory=list)
     """(line, reason) for rows that were not imported."""
+    ignored_columns: list[str] = field(default_factory=list)
+    """Header columns other than email, name and timezone, as named there: not imported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,47 +59,119 @@ class _Row:
     subscriber: store.NewSubscriber
 
 
-def _open(path: Path) -> Iterator[str]:
+@dataclass(frozen=True)
+class _Header:
+    columns: dict[str, int]
+    """The index of each known column (email, and name / timezone when present)."""
+    width: int
+    """How many fields the header row has: every row must have as many."""
+    ignored: list[str]
+    """Other columns, as the header names them: ignored."""
+
+
+SAVE_AS_UTF8 = (
+    "in Excel use File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)', or convert it with"
+    " iconv -f CP932 -t UTF-8 FILE > FILE-utf8.csv; nothing was imported"
+)
+
+
+def read_csv_text(path: Path) -> str:
+    """The whole file, decoded strictly as UTF-8 (a BOM is dropped), before anything is written.
+
+    Raises `UsageError` for a directory, a missing or unreadable file, and a file that is not
+    UTF-8: a Shift_JIS/CP932 one (what Excel saves as plain "CSV") is named as such, also when
+    it holds only half-width katakana (whose bytes happen to be valid UTF-8: `ﾐｶ` reads `ж`);
+    UTF-16, binary and .xlsx files are "not a UTF-8 CSV".
+    """
     try:
-        # utf-8-sig drops a BOM if present; undecodable bytes become U+FFFD and the row holding
-        # them is reported invalid, instead of aborting the import half-way through.
-        handle = path.open(encoding="utf-8-sig", errors="replace", newline="")
+        data = path.read_bytes()
+    except IsADirectoryError as exc:
+        raise UsageError(f"{path}: is a directory; give the CSV file") from exc
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: no such file") from exc
     except OSError as exc:
         raise UsageError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    with handle:
-        yield from handle
+    if data.startswith(b"PK\x03\x04"):
+        raise UsageError(f"{path}: not a UTF-8 CSV but an Excel workbook (.xlsx); {SAVE_AS_UTF8}")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
+        raise UsageError(
+            f"{path}: not a UTF-8 CSV (it holds NUL bytes: UTF-16 or a binary file); {SAVE_AS_UTF8}"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if _decodes_as_cp932(data):
+            raise UsageError(_cp932_message(path)) from exc
+        line = data[: exc.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}:{line}: not a UTF-8 CSV (byte 0x{data[exc.start]:02X} on line {line} is not"
+            f" UTF-8); {SAVE_AS_UTF8}"
+        ) from exc
+    if not data.startswith(codecs.BOM_UTF8) and _half_width_kana_in_cp932(data, text):
+        raise UsageError(_cp932_message(path))
+    return text
 
 
-def _header(path: Path, header: list[str] | None) -> dict[str, int]:
+def _cp932_message(path: Path) -> str:
+    return (
+        f"{path}: not a UTF-8 CSV: it looks like Shift_JIS/CP932, what Excel saves as plain"
+        f" 'CSV'; {SAVE_AS_UTF8}"
+    )
+
+
+def _decodes_as_cp932(data: bytes) -> bool:
+    try:
+        data.decode("cp932")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _half_width_kana_in_cp932(data: bytes, text: str) -> bool:
+    """True for valid UTF-8 that is really CP932 half-width katakana (ASCII and ｱ-ﾝ only): read
+    as UTF-8 every such pair is a Cyrillic, Greek ... letter, but real names in those scripts
+    (Иван: capitals) and any real Japanese (three-byte UTF-8) do not decode to kana alone."""
+    if text.isascii() or any(ord(ch) >= 0x800 for ch in text):
+        return False
+    try:
+        as_cp932 = data.decode("cp932")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isascii() or "\uff61" <= ch <= "\uff9f" for ch in as_cp932)
+
+
+def _header(path: Path, header: list[str] | None) -> _Header:
     if header is None or not any(cell.strip() for cell in header):
         raise UsageError(
             f"{path}: no header row; the first line must name the columns, e.g. email,name,timezone"
         )
     names = [cell.strip().lower() for cell in header]
-    unknown = [name for name in names if name not in COLUMNS]
-    if unknown:
-        raise UsageError(
-            f"{path}:1: unknown column(s) {', '.join(repr(name) for name in unknown)}; the header"
-            " may name only email, name and timezone"
-        )
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted({name for name in names if name in COLUMNS and names.count(name) > 1})
     if repeated:
         raise UsageError(f"{path}:1: column(s) {', '.join(repeated)} appear more than once")
     if "email" not in names:
-        raise UsageError(f"{path}:1: no 'email' column; the header must name one")
-    return {name: index for index, name in enumerate(names)}
+        found = ", ".join(repr(cell.strip()) for cell in header)
+        raise UsageError(
+            f"{path}:1: no 'email' column (the header names {found}); the first line must name"
+            " the columns, e.g. email,name,timezone"
+        )
+    return _Header(
+        columns={name: index for index, name in enumerate(names) if name in COLUMNS},
+        width=len(names),
+        ignored=[cell.strip() for cell in header if cell.strip().lower() not in COLUMNS],
+    )
 
 
-def _validate(
-    cells: list[str], columns: dict[str, int], default_timezone: str
-) -> store.NewSubscriber:
+def _validate(cells: list[str], header: _Header, default_timezone: str) -> store.NewSubscriber:
     """Raises InvalidAddressError (or ValueError for the row's shape) with the reason."""
-    if len(cells) != len(columns):
-        raise ValueError(f"has {len(cells)} field(s) but the header has {len(columns)}")
-    if any(REPLACEMENT_CHARACTER in cell for cell in cells):
-        raise ValueError("is not valid UTF-8; save the file as UTF-8")
+    if len(cells) != header.width:
+        raise ValueError(f"has {len(cells)} field(s) but the header has {header.width}")
+    if any("\n" in cell or "\r" in cell for cell in cells):
+        raise ValueError(
+            "has a field holding a line break: a quote opened on this line closes on a later"
+            " one, swallowing the rows between; fix the quotes"
+        )
+    columns = header.columns
     raw_email = cells[columns["email"]]
     if not raw_email.strip():
         raise ValueError("has no email address")
@@ -104,15 +181,10 @@ def _validate(
     return store.NewSubscriber(email, name, check_timezone(zone or default_timezone))
 
 
-def _rows(path: Path, default_timezone: str, report: ImportReport) -> Iterator[_Row]:
-    """Valid, first-seen rows of the file; invalid and repeated rows go into `report`."""
-    reader = csv.reader(_open(path))
-    try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise UsageError(f"{path}:1: the header is not valid CSV ({exc})") from exc
-    columns = _header(path, header)
-    first_seen: dict[str, int] = {}
+def _records(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of every record, parsed strictly; `UsageError` naming the line of a
+    record that is not valid CSV (an unterminated quote, text after a closing quote)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     while True:
         line = reader.line_num + 1
         try:
@@ -120,13 +192,38 @@ def _rows(path: Path, default_timezone: str, report: ImportReport) -> Iterator[_
         except StopIteration:
             return
         except csv.Error as exc:
-            report.invalid.append((line, f"is not valid CSV ({exc})"))
-            continue
+            raise UsageError(
+                f"{path}:{line}: not valid CSV ({exc}): a quote opened on this line is never"
+                " closed, or text follows a closing quote; fix the quotes; nothing was imported"
+            ) from exc
+        yield line, cells
+
+
+def _read_csv(path: Path) -> tuple[str, _Header]:
+    """Read, decode and parse the whole file (without validating rows) before anything is
+    written: the text and its header. `UsageError` for a file that cannot be imported at all."""
+    text = read_csv_text(path)
+    records = _records(path, text)
+    first = next(records, None)
+    header = _header(path, first[1] if first is not None else None)
+    for _ in records:
+        pass
+    return text, header
+
+
+def _rows(
+    path: Path, text: str, header: _Header, default_timezone: str, report: ImportReport
+) -> Iterator[_Row]:
+    """Valid, first-seen rows of the file; invalid and repeated rows go into `report`."""
+    records = _records(path, text)
+    next(records)  # the header
+    first_seen: dict[str, int] = {}
+    for line, cells in records:
         if not any(cell.strip() for cell in cells):
             continue
         report.rows += 1
         try:
-            subscriber = _validate(cells, columns, default_timezone)
+            subscriber = _validate(cells, header, default_timezone)
         except (InvalidAddressError, ValueError) as exc:
             report.invalid.append((line, str(exc)))
             continue
@@ -146,6 +243,42 @@ def _batches(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
             batch = []
     if batch:
         yield batch
+
+
+def _sort_batch(
+    session: Session,
+    course_id: str,
+    batch: list[_Row],
+    first_send_at: Callable[[str], datetime] | None,
+    report: ImportReport,
+) -> tuple[list[store.NewSubscriber], list[tuple[int, datetime | None]]]:
+    """The batch's new subscribers (starting at `first_send_at(timezone)` when given) and the
+    pending ones to confirm (only when `first_send_at` is given); suppressed and present rows
+    are counted in `report`."""
+    existing = store.existing_subscribers(
+        session, course_id, [row.subscriber.email for row in batch]
+    )
+    new: list[store.NewSubscriber] = []
+    to_confirm: list[tuple[int, datetime | None]] = []
+    for row in batch:
+        found = existing.get(row.subscriber.email)
+        if found is None:
+            subscriber = row.subscriber
+            if first_send_at is not None:
+                subscriber = store.NewSubscriber(
+                    subscriber.email,
+                    subscriber.name,
+                    subscriber.timezone,
+                    first_send_at(subscriber.timezone),
+                )
+            new.append(subscriber)
+        elif found.status in SUPPRESSED_STATUSES:
+            report.suppressed.append(row.line)
+        elif found.status is SubscriberStatus.PENDING and first_send_at is not None:
+            to_confirm.append((found.id, first_send_at(found.timezone)))
+        else:
+            report.present += 1
+    return new, to_confirm
 
 
 def import_subscribers(
@@ -170,38 +303,22 @@ def import_subscribers(
     each batch commits on its own. With `dry_run` nothing is written and the report says what
     would happen.
 
-    Raises `UsageError` for a missing or unreadable file or a bad header; invalid rows do not
-    raise, they are listed in the report with their line and reason.
+    The whole file is decoded (strictly, as UTF-8) and parsed (strictly, as CSV) before anything
+    is written: `UsageError` for a directory, a missing or unreadable file, a file that is not
+    UTF-8 (a Shift_JIS/CP932 one is named as such), a record that is not valid CSV (an
+    unterminated quote: its line is named) or a bad header; then nothing is imported. Columns
+    other than email, name and timezone are ignored (`report.ignored_columns`). Invalid rows do
+    not raise: they are listed in the report with their line and reason.
     """
     if confirmed and first_send_at is None:
         raise ValueError("a confirmed import needs first_send_at")
-    report = ImportReport(dry_run=dry_run)
+    text, header = _read_csv(path)
+    report = ImportReport(dry_run=dry_run, ignored_columns=header.ignored)
     consent_source = f"import:{path.name}"
-    for batch in _batches(_rows(path, default_timezone, report), batch_size):
+    starts = first_send_at if confirmed else None
+    for batch in _batches(_rows(path, text, header, default_timezone, report), batch_size):
         with sessions() as session:
-            existing = store.existing_subscribers(
-                session, course_id, [row.subscriber.email for row in batch]
-            )
-            new: list[store.NewSubscriber] = []
-            to_confirm: list[tuple[int, datetime | None]] = []
-            for row in batch:
-                found = existing.get(row.subscriber.email)
-                if found is None:
-                    subscriber = row.subscriber
-                    if first_send_at is not None and confirmed:
-                        subscriber = store.NewSubscriber(
-                            subscriber.email,
-                            subscriber.name,
-                            subscriber.timezone,
-                            first_send_at(subscriber.timezone),
-                        )
-                    new.append(subscriber)
-                elif found.status in SUPPRESSED_STATUSES:
-                    report.suppressed.append(row.line)
-                elif found.status is SubscriberStatus.PENDING and first_send_at and confirmed:
-                    to_confirm.append((found.id, first_send_at(found.timezone)))
-                else:
-                    report.present += 1
+            new, to_confirm = _sort_batch(session, course_id, batch, starts, report)
             if dry_run:
                 report.imported += len(new)
                 report.confirmed += len(to_confirm)

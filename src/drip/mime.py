@@ -8,8 +8,10 @@ add a header. They are neutralised: control characters (CR, LF, NUL, ...) become
 RFC 2047 opener "=?" is broken with a zero-width space, because the `email` package decodes
 encoded words it finds in a value (`=?UTF-8?Q?=0A?=` would otherwise become a raw newline).
 Machine-made values (addresses, extra headers, the delivery id) are rejected with `MimeError`
-instead. As a last line of defence every header is folded once more and checked to be a single
-logical line before the message is returned.
+instead; both addresses must pass `drip.addresses.ascii_address`, the rule `drip course check`
+applies to the sender, and are written with their ASCII (IDNA) domain. As a last line of
+defence every header is folded once more and checked to be a single logical line before the
+message is returned.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from email.policy import SMTP, EmailPolicy
 from email.utils import format_datetime, make_msgid
 from typing import Any, cast
 
+from drip.addresses import InvalidAddressError, ascii_address
 from drip.errors import DripError
 from drip.message import OutgoingEmail
 
@@ -104,23 +107,24 @@ def neutralise(value: str, *, limit: int | None = None) -> str:
     return cleaned
 
 
+def quote_display_name(name: str) -> str:
+    """`name` as a quoted string (RFC 5322 3.2.4) when it holds a comma or a semicolon, else as
+    it is: for HTTP APIs that take the display name as a separate field and split it at those
+    characters (SendGrid drops such a message after accepting it with 202)."""
+    if "," not in name and ";" not in name:
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _address(field: str, addr_spec: str, display_name: str | None) -> Address:
-    if not VERBATIM_VALUE_RE.fullmatch(addr_spec.split("@")[0]) or any(
-        unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Zs") for ch in addr_spec
-    ):
-        raise MimeError(
-            f"{field} address {addr_spec!r} has spaces, control or non-ASCII characters in the"
-            " local part; validate it with drip.addresses.normalize_email first"
-        )
-    local, _, domain = addr_spec.rpartition("@")
     try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise MimeError(f"{field} address {addr_spec!r} has an invalid domain") from exc
+        ascii_spec = ascii_address(addr_spec, what=f"{field} address")
+    except InvalidAddressError as exc:
+        raise MimeError(str(exc)) from exc
     try:
         return Address(
             display_name=neutralise(display_name or "", limit=MAX_DISPLAY_NAME),
-            addr_spec=f"{local}@{ascii_domain}",
+            addr_spec=ascii_spec,
         )
     except (ValueError, IndexError, HeaderParseError) as exc:  # the email package's parser
         raise MimeError(f"{field} address {addr_spec!r} is not a valid address: {exc}") from exc

@@ -102,10 +102,31 @@ def _write_email(
     )
     message = build_mime(outgoing, date=now, message_id_domain=sender.rpartition("@")[2])
     paths = [out_dir / f"{stem}.html", out_dir / f"{stem}.txt", out_dir / f"{stem}.eml"]
-    paths[0].write_text(rendered.html, encoding="utf-8")
-    paths[1].write_text(rendered.text, encoding="utf-8")
-    paths[2].write_bytes(to_bytes(message))
+    _write(out_dir, paths[0], rendered.html.encode("utf-8"))
+    _write(out_dir, paths[1], rendered.text.encode("utf-8"))
+    _write(out_dir, paths[2], to_bytes(message))
     return paths
+
+
+def _unwritable(out_dir: Path, exc: OSError) -> UsageError:
+    return UsageError(
+        f"{out_dir}: cannot write the preview there ({exc.strerror or exc}); choose another"
+        " directory with --out"
+    )
+
+
+def _make_directory(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(out_dir, exc) from exc
+
+
+def _write(out_dir: Path, path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise _unwritable(out_dir, exc) from exc
 
 
 def write_preview(
@@ -120,13 +141,14 @@ def write_preview(
     """Render the course's emails into `out_dir` (created if needed); returns the paths written.
 
     `lesson` limits the lessons to one (slug or number). Raises `CourseError` for a broken
-    course, `RenderError` for broken templates, `UsageError` for an unknown lesson.
+    course, `RenderError` for broken templates, `UsageError` for an unknown lesson or an
+    `out_dir` that cannot be made or written (a file on its path, /proc, no permission).
     """
     course = load_course(course_dir)
     lessons = select_lessons(course, lesson)
     renderer = Renderer(course, templates_dir)
     recipient = sample_recipient(base_url)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_directory(out_dir)
     written: list[Path] = []
     items: list[_IndexItem] = []
     total = len(course.lessons)
@@ -154,6 +176,6 @@ def write_preview(
         )
     )
     index_path = out_dir / "index.html"
-    index_path.write_text(index, encoding="utf-8")
+    _write(out_dir, index_path, index.encode("utf-8"))
     written.append(index_path)
     return written

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from drip.addresses import clean_name
-from drip.course import Course, Lesson
+from drip.course import RESERVED_CHARACTERS, Course, Lesson
 from drip.errors import DripError
 from drip.markup import convert
 from drip.message import BulkParts
@@ -58,7 +58,7 @@ TEMPLATE_VARIABLES: dict[str, tuple[str, ...]] = {
         "course",
         "subject",
         "preheader",
-        "name",
+        "name",  # always None: the confirmation email never shows a name
         "confirm_url",
         "unsubscribe_url",
         "manage_url",
@@ -67,7 +67,7 @@ TEMPLATE_VARIABLES: dict[str, tuple[str, ...]] = {
 """The variables each kind of email template receives (lesson.*, confirmation.*)."""
 
 LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
-SLOT_OPEN, SLOT_CLOSE = "\ue000", "\ue001"  # private-use characters: never in real text
+SLOT_OPEN, SLOT_CLOSE = RESERVED_CHARACTERS  # private-use characters: never in real text
 SLOT_RE = re.compile(f"{SLOT_OPEN}([a-z_]+){SLOT_CLOSE}")
 URL_RE = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+")
 BLANK_LINES_RE = re.compile(r"\n{4,}")
@@ -269,11 +269,17 @@ class Renderer:
         return self._fill(compiled, recipient, {}, bulk=True, fill=fill)
 
     def confirmation(self, recipient: Recipient, confirm_url: str) -> RenderedEmail:
-        """The double opt-in email asking `recipient` to open `confirm_url`."""
+        """The double opt-in email asking `recipient` to open `confirm_url`.
+
+        It never shows the recipient's name (templates see `name` as None): the address is not
+        confirmed yet, and the name was typed by whoever filled in the form.
+        """
         if self._confirmation is None:
             self._confirmation = self._compile_confirmation()
         return self._fill(
-            self._confirmation, recipient, {"confirm_url": _check_url("confirm_url", confirm_url)}
+            self._confirmation,
+            replace(recipient, name=None),
+            {"confirm_url": check_url("confirm_url", confirm_url)},
         )
 
     def _fill(
@@ -285,12 +291,12 @@ class Renderer:
         bulk: bool = False,
         fill: bool = True,
     ) -> RenderedEmail:
-        name = clean_name(recipient.name, max_length=None)
-        unsubscribe_url = _check_url("unsubscribe_url", recipient.unsubscribe_url)
+        name = clean_name(recipient.name, max_length=None, strict=False)
+        unsubscribe_url = check_url("unsubscribe_url", recipient.unsubscribe_url)
         values = {
             "name": name or "",
             "unsubscribe_url": unsubscribe_url,
-            "manage_url": _check_url("manage_url", recipient.manage_url),
+            "manage_url": check_url("manage_url", recipient.manage_url),
             **extra,
         }
         has_name = name is not None
@@ -312,11 +318,16 @@ class Renderer:
     # --- once per lesson -----------------------------------------------------------------------
 
     def _compile_lesson(self, lesson: Lesson) -> _Compiled:
-        if SLOT_OPEN in lesson.body or SLOT_CLOSE in lesson.body:
-            raise RenderError(
-                f"{lesson.path}:{lesson.body_line}: the lesson contains the private-use characters"
-                " U+E000/U+E001, which drip reserves; remove them"
-            )
+        for where, value in (
+            ("the lesson", lesson.body),
+            ("its subject", lesson.subject),
+            ("its preheader", lesson.preheader),
+        ):
+            if SLOT_OPEN in value or SLOT_CLOSE in value:
+                raise RenderError(
+                    f"{lesson.path}:{lesson.body_line}: {where} contains the private-use"
+                    " characters U+E000/U+E001, which drip reserves; remove them"
+                )
         converted = convert(lesson.body)
         lessons = self.course.lessons
         total = len(lessons)
@@ -353,35 +364,39 @@ class Renderer:
         return _Compiled(lesson.subject, preheader, html, text)
 
     def _compile_confirmation(self) -> _Compiled:
+        # `name` is always None here: the address is not confirmed yet, and a name chosen by
+        # whoever filled in the form would make the email a spam relay.
         context: dict[str, Any] = {
             "course": self.course_context,
             "confirm_url": slot("confirm_url"),
             "unsubscribe_url": slot("unsubscribe_url"),
             "manage_url": slot("manage_url"),
+            "name": None,
         }
-        html = {}
-        text = {}
-        subject = preheader = ""
-        for has_name in (True, False):
-            context["name"] = slot("name") if has_name else None
-            module = self._module("confirmation.txt.j2", context)
-            subject = str(getattr(module, "subject", ""))
-            preheader = str(getattr(module, "preheader", ""))
-            if not subject.strip() or SLOT_OPEN in subject + preheader:
-                raise RenderError(
-                    f"{self.templates_dir / 'confirmation.txt.j2'}:1: set a fixed subject and"
-                    ' preheader at the top, e.g. {% set subject = "..." %}; they may not use'
-                    " recipient values"
-                )
-            text[has_name] = self._checked(_tidy_text(str(module)), "confirmation.txt.j2")
-            html_context = {**context, "subject": subject, "preheader": preheader}
-            html[has_name] = self._render("confirmation.html.j2", html_context, html=True)
-            if "confirm_url" not in html[has_name].slots | text[has_name].slots:
-                raise RenderError(
-                    f"{self.templates_dir / 'confirmation.html.j2'}:1: the confirmation email"
-                    " never shows confirm_url; add a link to {{ confirm_url }}"
-                )
-        return _Compiled(subject.strip(), preheader.strip(), html, text)
+        module = self._module("confirmation.txt.j2", context)
+        subject = str(getattr(module, "subject", ""))
+        preheader = str(getattr(module, "preheader", ""))
+        if not subject.strip() or SLOT_OPEN in subject + preheader:
+            raise RenderError(
+                f"{self.templates_dir / 'confirmation.txt.j2'}:1: set a fixed subject and"
+                ' preheader at the top, e.g. {% set subject = "..." %}; they may not use'
+                " recipient values"
+            )
+        text = self._checked(_tidy_text(str(module)), "confirmation.txt.j2")
+        html_context = {**context, "subject": subject, "preheader": preheader}
+        html = self._render("confirmation.html.j2", html_context, html=True)
+        if "confirm_url" not in html.slots | text.slots:
+            raise RenderError(
+                f"{self.templates_dir / 'confirmation.html.j2'}:1: the confirmation email"
+                " never shows confirm_url; add a link to {{ confirm_url }}"
+            )
+        both = (True, False)
+        return _Compiled(
+            subject.strip(),
+            preheader.strip(),
+            dict.fromkeys(both, html),
+            dict.fromkeys(both, text),
+        )
 
     def _module(self, name: str, context: Mapping[str, Any]) -> Any:
         try:
@@ -412,7 +427,8 @@ class Renderer:
         return template
 
 
-def _check_url(field: str, url: str) -> str:
+def check_url(field: str, url: str) -> str:
+    """`url` if it can be a recipient link (a plain http(s) URL), else `RenderError`."""
     if not URL_RE.fullmatch(url):
         raise RenderError(
             f"{field} {url[:80]!r} is not a plain http(s) URL (no spaces, quotes, < > or control"
