@@ -6,11 +6,11 @@ import pytest
 
 from drip.addresses import (
     MAX_NAME_LENGTH,
-    InvalidAddressError,
     check_timezone,
     clean_name,
     normalize_email,
 )
+from drip.errors import InvalidAddressError
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support import COURSE, TEMPLATES
 
-from drip.addresses import InvalidAddressError, ascii_address
+from drip.addresses import ascii_address
+from drip.errors import InvalidAddressError, MimeError
 from drip.message import OutgoingEmail
-from drip.mime import MimeError, build_mime, neutralise, quote_display_name, to_bytes
+from drip.mime import build_mime, neutralise, quote_display_name, to_bytes
 from drip.render import Recipient, Renderer
 
 DATE = datetime(2026, 4, 1, 22, 30, tzinfo=UTC)

@@ -11,12 +11,11 @@ import pytest
 from tests.support import COURSE, TEMPLATES
 
 from drip.course import Course, Lesson, split_front_matter
-from drip.errors import DripError
+from drip.errors import DripError, RenderError
 from drip.render import (
     SLOT_OPEN,
     Recipient,
     Renderer,
-    RenderError,
     list_unsubscribe_headers,
     time_greeting,
 )

@@ -9,13 +9,9 @@ import zoneinfo
 
 from email_validator import EmailNotValidError, validate_email
 
-from drip.errors import UsageError
+from drip.errors import InvalidAddressError
 
 MAX_NAME_LENGTH = 100
-
-
-class InvalidAddressError(UsageError):
-    """An email address, name or timezone given by a person is unusable."""
 
 
 def ascii_address(raw: str, *, what: str = "email address") -> str:

@@ -22,11 +22,10 @@ from jinja2 import meta
 from markdown_it.token import Token
 from markupsafe import Markup
 
-from drip.addresses import InvalidAddressError, ascii_address
+from drip.addresses import ascii_address
 from drip.course import (
     LESSON_FILE_RE,
     Course,
-    CourseFileError,
     CourseSettings,
     Lesson,
     LessonFile,
@@ -38,7 +37,7 @@ from drip.course import (
     read_course_toml,
     read_lesson_file,
 )
-from drip.errors import CourseError, DripError
+from drip.errors import CourseError, CourseFileError, DripError, InvalidAddressError, RenderError
 from drip.links import LinkBuilder
 from drip.markup import convert, parse
 from drip.message import OutgoingEmail
@@ -53,7 +52,6 @@ from drip.render import (
     Recipient,
     RenderedEmail,
     Renderer,
-    RenderError,
     check_url,
     describe_template_error,
     make_environment,

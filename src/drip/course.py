@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import holidays
 import yaml
 
-from drip.addresses import InvalidAddressError, ascii_address
-from drip.errors import CourseError
+from drip.addresses import ascii_address
+from drip.errors import CourseError, CourseFileError, InvalidAddressError
 
 LESSON_FILE_RE = re.compile(r"^(?P<position>\d{2,3})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
 FRONT_MATTER_KEYS = ("subject", "preheader", "delay_days")
@@ -112,16 +112,6 @@ class LessonFile:
     front_matter: dict[str, Any]
     body: str
     body_line: int
-
-
-class CourseFileError(CourseError):
-    """A course file cannot be read: `path`, the 1-based `line` when known, and the `reason`."""
-
-    def __init__(self, path: Path, line: int | None, reason: str) -> None:
-        super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
-        self.path = path
-        self.line = line
-        self.reason = reason
 
 
 def split_front_matter(text: str, path: Path) -> tuple[dict[str, Any], str, int]:

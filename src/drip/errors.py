@@ -8,6 +8,7 @@ exit code for it (1: the job had to stop; 2: usage or configuration).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,6 +45,32 @@ class CourseError(DripError):
     invalid course.toml): a configuration error, exit code 2."""
 
     exit_code = 2
+
+
+class CourseFileError(CourseError):
+    """A course file cannot be read: `path`, the 1-based `line` when known, and the `reason`."""
+
+    def __init__(self, path: Path, line: int | None, reason: str) -> None:
+        super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+
+class InvalidAddressError(UsageError):
+    """An email address, name or timezone given by a person is unusable."""
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+class RenderError(DripError):
+    """A template cannot produce a valid email (syntax error, undefined variable, no unsubscribe
+    link) or a recipient value is unusable. The message names the template file and line."""
+
+
+class MimeError(DripError):
+    """An email cannot be turned into a safe MIME message (bad address, header or date)."""
 
 
 # --- the database and the store ----------------------------------------------------------------

@@ -22,8 +22,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from drip import store
-from drip.addresses import InvalidAddressError, check_timezone, clean_name, normalize_email
-from drip.errors import UsageError
+from drip.addresses import check_timezone, clean_name, normalize_email
+from drip.errors import InvalidAddressError, UsageError
 from drip.models import SUPPRESSED_STATUSES, SubscriberStatus
 
 COLUMNS = ("email", "name", "timezone")

@@ -26,8 +26,8 @@ from email.policy import SMTP, EmailPolicy
 from email.utils import format_datetime, make_msgid
 from typing import Any, cast
 
-from drip.addresses import InvalidAddressError, ascii_address
-from drip.errors import DripError
+from drip.addresses import ascii_address
+from drip.errors import InvalidAddressError, MimeError
 from drip.message import OutgoingEmail
 
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
@@ -59,10 +59,6 @@ RESERVED_HEADERS = frozenset(
 HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
 VERBATIM_VALUE_RE = re.compile(r"[ -~]*")  # printable ASCII and space only
 DOMAIN_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
-
-
-class MimeError(DripError):
-    """An email cannot be turned into a safe MIME message (bad address, header or date)."""
 
 
 class _VerbatimHeader(UnstructuredHeader):

@@ -32,7 +32,7 @@ from markupsafe import Markup, escape
 
 from drip.addresses import clean_name
 from drip.course import RESERVED_CHARACTERS, Course, Lesson
-from drip.errors import DripError
+from drip.errors import RenderError
 from drip.markup import convert
 from drip.message import BulkParts
 
@@ -71,11 +71,6 @@ SLOT_OPEN, SLOT_CLOSE = RESERVED_CHARACTERS  # private-use characters: never in 
 SLOT_RE = re.compile(f"{SLOT_OPEN}([a-z_]+){SLOT_CLOSE}")
 URL_RE = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+")
 BLANK_LINES_RE = re.compile(r"\n{4,}")
-
-
-class RenderError(DripError):
-    """A template cannot produce a valid email (syntax error, undefined variable, no unsubscribe
-    link) or a recipient value is unusable. The message names the template file and line."""
 
 
 @dataclass(frozen=True)
