@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
+from tests.support import COURSE_DIR
 
 from drip import store
 from drip.cli import main
@@ -20,7 +21,6 @@ from drip.models import subscribers
 
 COURSE = "course-a"
 T0 = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def first_send_at(timezone: str) -> datetime:
@@ -373,7 +373,7 @@ def invoke(database_url: str, *args: str) -> tuple[int, str, str]:
         list(args),
         env={
             "DRIP_DATABASE_URL": database_url,
-            "DRIP_COURSE_DIR": str(REPO / "course"),
+            "DRIP_COURSE_DIR": str(COURSE_DIR),
             "DRIP_TRANSPORT": "outbox",
         },
         catch_exceptions=False,
@@ -446,7 +446,7 @@ def test_cli_db_upgrade(empty_database_url: str) -> None:
     assert code == 0, err
     assert out.strip().endswith(f"is at revision {head_revision()}")
     code, _, err = invoke(
-        empty_database_url, "subscribers", "import", str(REPO / "course" / "course.toml")
+        empty_database_url, "subscribers", "import", str(COURSE_DIR / "course.toml")
     )
     assert code == 2 and "no 'email' column" in err  # the schema is there now: only the file fails
 
