@@ -303,3 +303,39 @@ def test_subscribers_list_by_status_held_and_json(workdir: Path) -> None:
     assert row["held"] is False and row["held_reason"] is None
     assert drip("subscribers", "list", "--held").output.strip() == "none: no subscriber is held"
     assert drip("subscribers", "list", "--status", "bogus").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        # A lesson cut off mid-sentence went out before; course check rejects it.
+        (("08-", "\n人脈構築は、\n"), "08-"),
+        # A private-use character in a preheader broke every run after claiming.
+        (("02-", None), "02-"),
+    ],
+    ids=["mid-sentence", "private-use-preheader"],
+)
+def test_send_refuses_a_course_that_check_finds_errors_in_and_claims_nothing(
+    workdir: Path, breakage: tuple[str, str | None], message: str
+) -> None:
+    import shutil
+
+    course = workdir / "c"
+    shutil.copytree(COURSE_DIR, course)
+    prefix, tail = breakage
+    lesson = next((course / "lessons").glob(f"{prefix}*.md"))
+    text = lesson.read_text("utf-8")
+    if tail is None:
+        text = re.sub(r"(?m)^preheader: (.*)$", "preheader: \\1\ue000", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n" + tail
+    lesson.write_text(text, encoding="utf-8")
+    env = {"DRIP_COURSE_DIR": str(course)}
+    assert drip("subscribe", "a@example.com", "--confirmed", "--now", MORNING).exit_code == 0
+    for args in (["send", "--now", MORNING], ["worker", "--interval", "60"]):
+        refused = drip(*args, **env)
+        assert refused.exit_code == 2, refused.output
+        assert "cannot be sent" in refused.output and message in refused.output
+    assert not (workdir / "outbox").exists()
+    # Nothing was claimed: the unbroken course sends at once.
+    assert json.loads(drip("send", "--now", MORNING, "--json").stdout)["sent"] == 1

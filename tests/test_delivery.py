@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -484,3 +485,107 @@ def test_a_removed_lesson_holds_its_subscribers_visibly(harness: Harness) -> Non
     send_due(harness.sessions, replace(harness.mailer, course=shorter), now=T0 + timedelta(days=2))
     reason = held(harness)["x@example.com"] or ""
     assert "'rethink'" in reason and "no longer in the course" in reason
+
+
+# --- stops, releases and attempts --------------------------------------------------------------
+
+
+def attempts_of(harness: Harness, email: str) -> int:
+    from sqlalchemy import text
+
+    with harness.sessions() as session:
+        return int(
+            session.execute(
+                text(
+                    "SELECT d.attempts FROM deliveries d JOIN subscribers s"
+                    " ON s.id = d.subscriber_id WHERE s.email = :email"
+                ),
+                {"email": email},
+            ).scalar_one()
+        )
+
+
+def test_runs_stopped_by_a_fatal_answer_use_up_no_attempts(harness: Harness) -> None:
+    harness.subscribe("fatal@example.com")
+    now = T0
+    for _ in range(MAX_ATTEMPTS + 2):
+        harness.transport.add_script(FatalTransportError("401 bad key"))
+        report = send_due(harness.sessions, harness.mailer, now=now)
+        assert report.stopped is not None and report.sent == 0
+        now += timedelta(minutes=1)
+    assert attempts_of(harness, "fatal@example.com") == 0
+    # One connection-refused answer later is attempt 1, not "gave up after 11 attempts".
+    harness.transport.add_script(SendResult("", Outcome.RETRY, detail="connection refused"))
+    report = send_due(harness.sessions, harness.mailer, now=now)
+    assert (report.retried, report.failed) == (1, 0)
+    assert attempts_of(harness, "fatal@example.com") == 1
+
+
+def test_an_unexpected_error_releases_every_claim_not_handed_over(harness: Harness) -> None:
+    for index in range(3):
+        harness.subscribe(f"boom{index}@example.com", now=T0 + timedelta(seconds=index))
+
+    def explode(email: object) -> SendResult:
+        raise RuntimeError("a bug in a transport")
+
+    harness.transport.add_script(explode)
+    with pytest.raises(RuntimeError):
+        send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    # Not locked for the 15-minute lease: the next run, a minute later, sends all three.
+    again = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=2))
+    assert again.sent == 3, again.summary()
+    for index in range(3):
+        assert attempts_of(harness, f"boom{index}@example.com") == 1
+
+
+def test_a_lesson_that_cannot_be_rendered_holds_only_its_own_subscribers(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A template that fails for lesson 2 only (drip send's pre-check would refuse it; here the
+    run meets it anyway): lesson 2's subscribers are held with the reason, lesson 1 goes out."""
+    import shutil
+
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    page = templates / "lesson.html.j2"
+    page.write_text(
+        page.read_text("utf-8").replace(
+            "{% block header %}",
+            "{% block header %}{% if lesson.number == 2 %}{{ no_such_variable }}{% endif %}",
+            1,
+        ),
+        encoding="utf-8",
+    )
+    mailer = replace(harness.mailer, renderer=Renderer(COURSE, templates))
+    harness.subscribe("ahead@example.com")
+    send_due(harness.sessions, mailer, now=T0)  # lesson 1
+    harness.subscribe("new@example.com", now=T0 + timedelta(days=1))
+    report = send_due(harness.sessions, mailer, now=T0 + timedelta(days=1, minutes=1))
+    assert (report.sent, report.failed) == (1, 1), report.summary()
+    assert harness.lessons_sent_to("new@example.com") == ["welcome"]
+    reason = held(harness)["ahead@example.com"] or ""
+    assert "'rethink' could not be rendered" in reason and "no_such_variable" in reason
+
+
+def test_a_late_run_in_quiet_hours_says_it_rescheduled(harness: Harness) -> None:
+    harness.subscribe("late@example.com")
+    send_due(harness.sessions, harness.mailer, now=T0)
+    quiet = datetime(2026, 3, 3, 13, 0, tzinfo=UTC)  # 22:00 Tokyo, lesson 2 was due at 07:30
+    report = send_due(harness.sessions, harness.mailer, now=quiet)
+    assert (report.due, report.sent, report.rescheduled) == (1, 0, 1)
+    assert "rescheduled 1" in report.summary()
+    assert report.as_dict()["rescheduled"] == 1
+
+
+def test_a_run_where_nothing_was_accepted_says_so(harness: Harness) -> None:
+    for index in range(2):
+        harness.subscribe(f"down{index}@example.com", now=T0 + timedelta(seconds=index))
+    harness.transport.default = Outcome.RETRY
+    harness.transport.by_delivery_id = {}
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    assert report.sent == 0 and report.warning is not None
+    assert "no email was accepted" in report.warning
+    assert report.as_dict()["warning"] == report.warning
+    harness.transport.default = Outcome.SENT
+    fine = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(hours=1))
+    assert fine.sent == 2 and fine.warning is None

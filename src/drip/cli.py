@@ -202,8 +202,9 @@ def check_command(path: Path | None) -> None:
 
 
 def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
-    """Everything a sending command needs, from settings; config errors surface before any claim."""
-    from drip.delivery import Mailer
+    """Everything a sending command needs, from settings; config errors surface before any
+    claim, and so does a course that cannot be sent (`delivery.check_sendable`)."""
+    from drip.delivery import Mailer, check_sendable
     from drip.render import Renderer
     from drip.transports import make_transport
 
@@ -219,6 +220,7 @@ def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
         transport=transport,
         from_override=current.from_address,
     )
+    check_sendable(mailer)
     return sessions, mailer
 
 
@@ -299,6 +301,8 @@ def send_command(
         click.echo(report.summary())
         if current.transport == "outbox" and report.sent:
             click.echo(f"the emails are .eml files in {current.outbox_dir.resolve()}")
+    if report.warning:
+        click.echo(f"warning: {report.warning}", err=True)
     if report.stopped:
         fail(f"the run stopped: {report.stopped}", 1)
 

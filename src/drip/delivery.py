@@ -12,6 +12,7 @@ in-doubt policy). `now` is always a parameter: the CLI passes the clock or `--no
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -26,11 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
 from drip.course import Course
-from drip.errors import FatalTransportError
+from drip.errors import CourseNotSendableError, DripError, FatalTransportError
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
 from drip.render import Recipient, RenderedEmail, Renderer
 from drip.transports.base import Outcome, SendResult, Transport
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 PIPELINE_DEPTH = 2
@@ -113,9 +116,25 @@ class SendReport:
     failed: int = 0
     in_doubt: int = 0
     skipped: int = 0
+    rescheduled: int = 0
+    """Due, but moved to a later moment (a late run inside quiet hours or on a day off)."""
     per_lesson: dict[str, Counter[str]] = field(default_factory=dict)
     stopped: str | None = None
     note: str | None = None
+    first_failure: str | None = None
+    """The detail of the first temporary failure: shown when nothing at all was accepted."""
+
+    @property
+    def warning(self) -> str | None:
+        """Set when emails were handed over and not one was accepted (the transport is likely
+        misconfigured or unreachable): the CLI prints it on stderr."""
+        if self.sent or not (self.retried or self.failed):
+            return None
+        return (
+            f"no email was accepted: {self.retried + self.failed} handed over, every one refused"
+            f" or not delivered (first: {self.first_failure or 'no detail'}); check the transport"
+            " settings and that the provider or relay is reachable"
+        )
 
     def count(self, lesson: str, outcome: str) -> None:
         self.per_lesson.setdefault(lesson, Counter())[outcome] += 1
@@ -133,6 +152,10 @@ class SendReport:
             f"sent {self.sent}, retried {self.retried}, failed {self.failed},"
             f" in doubt {self.in_doubt}, skipped {self.skipped}, due before the run {self.due}"
         ]
+        if self.rescheduled:
+            lines[0] += (
+                f"; rescheduled {self.rescheduled} (quiet hours or a day off where they live)"
+            )
         for slug, counts in sorted(self.per_lesson.items()):
             parts = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
             lines.append(f"  {slug}: {parts}")
@@ -151,10 +174,43 @@ class SendReport:
             "failed": self.failed,
             "in_doubt": self.in_doubt,
             "skipped": self.skipped,
+            "rescheduled": self.rescheduled,
             "per_lesson": {slug: dict(counts) for slug, counts in sorted(self.per_lesson.items())},
             "stopped": self.stopped,
             "note": self.note,
+            "warning": self.warning,
         }
+
+
+MAX_PROBLEMS_SHOWN = 5
+
+
+def check_sendable(mailer: Mailer) -> None:
+    """Refuse, before anything is claimed, a course that cannot be sent as configured: every
+    error `drip course check` reports, and every reason a lesson or the confirmation could not be
+    rendered with this sender and these links. Raises `CourseNotSendableError` (exit 2).
+
+    Called by the entry points once per process; the lessons it compiles stay in the renderer.
+    """
+    from drip.check import sendable_problems
+
+    problems = sendable_problems(
+        mailer.course,
+        mailer.renderer.templates_dir,
+        sender=mailer.sender,
+        renderer=mailer.renderer,
+        links=mailer.links,
+    )
+    if not problems:
+        return
+    shown = "\n".join(f"  {problem}" for problem in problems[:MAX_PROBLEMS_SHOWN])
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    raise CourseNotSendableError(
+        f"the course cannot be sent as it is ({len(problems)} error(s); nothing was claimed):\n"
+        + shown
+        + (f"\n  ... and {more} more" if more > 0 else "")
+        + "\nfix them ('drip course check' lists them all), then run again"
+    )
 
 
 def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
@@ -224,6 +280,7 @@ def _record(
             )
             report.count(claim.lesson, "sent")
         elif result.outcome is Outcome.RETRY and claim.attempts < MAX_ATTEMPTS:
+            report.first_failure = report.first_failure or result.detail
             rate_limited = rate_limited or result.retry_after is not None
             retry_at = now + retry_delay(claim.attempts, result.retry_after)
             retry.append((claim.delivery_id, retry_at, result.detail))
@@ -235,6 +292,7 @@ def _record(
             detail = result.detail
             if result.outcome is Outcome.RETRY:
                 detail = f"gave up after {claim.attempts} attempts: {detail}"
+            report.first_failure = report.first_failure or result.detail
             failed.append((claim.delivery_id, detail))
             report.count(claim.lesson, "failed")
     with session.begin():
@@ -290,8 +348,22 @@ def send_due(
     # A transport that sends concurrently says how many it keeps in flight (`window`).
     window = window or mailer.transport.window
     run = _Run(sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress, stop_requested)
-    depth = PIPELINE_DEPTH if mailer.transport.pipelines else 1
     in_flight: deque[_Window] = deque()
+    try:
+        return _pump(run, in_flight, limit=limit, batch_size=batch_size, window=window)
+    except BaseException:
+        # Anything else (a bug, the database going away, Ctrl-C): record what is with the
+        # transport, give back every claim never handed over, then let it propagate.
+        run.abandon(in_flight)
+        raise
+
+
+def _pump(
+    run: _Run, in_flight: deque[_Window], *, limit: int | None, batch_size: int, window: int
+) -> SendReport:
+    """The run's loop: claim, hand over and record window after window, keeping at most
+    PIPELINE_DEPTH windows in flight with a pipelining transport."""
+    depth = PIPELINE_DEPTH if run.mailer.transport.pipelines else 1
     for claims in _claimed_windows(run, limit=limit, batch_size=batch_size, window=window):
         if run.stopping():
             return run.stop(_STOPPED_BY_SIGNAL, in_flight)
@@ -306,7 +378,7 @@ def send_due(
         stop = run.finish(in_flight.popleft())
         if stop is not None:
             return run.stop(stop, in_flight)
-    return report
+    return run.report
 
 
 def _claimed_windows(
@@ -334,6 +406,7 @@ def _claimed_windows(
                 defer=run.defer,
             )
         run.report.in_doubt += batch.newly_in_doubt
+        run.report.rescheduled += batch.rescheduled
         if not batch.claims:
             if batch.newly_in_doubt:
                 continue
@@ -392,8 +465,7 @@ class _Run:
         skipped. Returns None when nothing is left to send.
         """
         size = len(claims)
-        claims = self._drop_removed_lessons(claims)
-        emails = [compose(self.mailer, claim) for claim in claims]
+        claims, emails = self._compose_all(self._drop_removed_lessons(claims))
         if claims:
             with self.sessions() as session, session.begin():
                 ids = [claim.delivery_id for claim in claims]
@@ -412,29 +484,70 @@ class _Run:
             return None
         return _Window(claims, self.mailer.transport.submit(emails), size)
 
-    def _drop_removed_lessons(self, claims: list[store.Claim]) -> list[store.Claim]:
-        """Record claims of lessons no longer in the course as failed; return the others."""
-        course = self.mailer.course
-        gone = [claim for claim in claims if not course.has_lesson(claim.lesson)]
-        if not gone:
-            return claims
-        # A lesson removed from course.toml while subscribers were waiting for it: hold them with a
-        # reason rather than guess which lesson they should get instead.
+    def abandon(self, in_flight: deque[_Window]) -> None:
+        """After an unexpected exception: wait for and record the windows in flight, then
+        release the run's other claims. Best effort: a second failure (the database is gone) is
+        logged, and the claims then follow the crash rules (lease, then in doubt or sent)."""
+        try:
+            while in_flight:
+                self.finish(in_flight.popleft())
+            with self.sessions() as session, session.begin():
+                store.release_claims(session, self.run_id, self.now)
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning(
+                "could not release the claims of run %s (%s); they are freed when their lease ends",
+                self.run_id,
+                reason,
+            )
+
+    def _compose_all(
+        self, claims: list[store.Claim]
+    ) -> tuple[list[store.Claim], list[OutgoingEmail]]:
+        """Compose each claim's email. A claim that cannot be rendered (a lesson that fails, a
+        subscriber value it cannot use) is recorded failed with the reason, which holds only that
+        subscriber; the others go on."""
+        kept: list[store.Claim] = []
+        emails: list[OutgoingEmail] = []
+        broken: list[tuple[store.Claim, str]] = []
+        for claim in claims:
+            try:
+                emails.append(compose(self.mailer, claim))
+            except DripError as exc:
+                broken.append((claim, f"lesson {claim.lesson!r} could not be rendered: {exc}"))
+                continue
+            kept.append(claim)
+        if broken:
+            self._fail(broken)
+        return kept, emails
+
+    def _fail(self, broken: list[tuple[store.Claim, str]]) -> None:
         with self.sessions() as session, session.begin():
             store.record_failed(
-                session,
+                session, [(claim.delivery_id, why) for claim, why in broken], now=self.now
+            )
+        for claim, _why in broken:
+            self.report.count(claim.lesson, "failed")
+
+    def _drop_removed_lessons(self, claims: list[store.Claim]) -> list[store.Claim]:
+        """Record claims of lessons no longer in the course as failed; return the others.
+
+        A lesson removed from course.toml while subscribers were waiting for it holds them with
+        a reason rather than guessing which lesson they should get instead.
+        """
+        course = self.mailer.course
+        gone = [claim for claim in claims if not course.has_lesson(claim.lesson)]
+        if gone:
+            self._fail(
                 [
                     (
-                        claim.delivery_id,
+                        claim,
                         f"lesson {claim.lesson!r} is no longer in the course;"
                         " put it back in course.toml or move these readers on",
                     )
                     for claim in gone
-                ],
-                now=self.now,
+                ]
             )
-        for claim in gone:
-            self.report.count(claim.lesson, "failed")
         return [claim for claim in claims if course.has_lesson(claim.lesson)]
 
     def finish(self, window: _Window) -> _Stop | None:

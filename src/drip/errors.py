@@ -57,6 +57,11 @@ class CourseFileError(CourseError):
         self.reason = reason
 
 
+class CourseNotSendableError(ConfigError):
+    """`drip send` refuses a course that `drip course check` finds errors in, or that could not
+    be rendered or sent (the sender, the links, a template): nothing is claimed."""
+
+
 class InvalidAddressError(UsageError):
     """An email address, name or timezone given by a person is unusable."""
 

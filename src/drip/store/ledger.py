@@ -83,7 +83,7 @@ def claim_due(
     conn = connection(session)
     lease_until = now + lease
     claims: list[Claim] = []
-    newly_in_doubt = 0
+    newly_in_doubt = rescheduled = 0
     # Loop because rows that cannot be claimed still use up a pick; each pass moves every picked
     # row out of the due set, so this ends.
     while len(claims) < limit:
@@ -93,7 +93,8 @@ def claim_due(
         plan = _plan(picked, now, defer)
         claims.extend(_apply(conn, plan, course_id, run_id, now, lease_until))
         newly_in_doubt += len(plan.in_doubt)
-    return ClaimBatch(claims, newly_in_doubt)
+        rescheduled += plan.deferred
+    return ClaimBatch(claims, newly_in_doubt, rescheduled)
 
 
 @dataclass(slots=True)
@@ -107,6 +108,8 @@ class _ClaimPlan:
     """(subscriber id, why): next_send_at becomes NULL, held_reason says why."""
     rescheduled: list[tuple[int, datetime | None]] = field(default_factory=list)
     """(subscriber id, next_send_at): deferred, or waiting for another run's lease to end."""
+    deferred: int = 0
+    """How many of `rescheduled` were deferred (not another run's)."""
 
 
 # Bound once: the loop below compares every picked row's decision with these.
@@ -114,7 +117,8 @@ _CLAIM_NEW = ClaimAction.CLAIM_NEW
 _CLAIM_AGAIN = ClaimAction.CLAIM_AGAIN
 _MARK_IN_DOUBT = ClaimAction.MARK_IN_DOUBT
 _HOLD_NO_LESSON = ClaimAction.HOLD_NO_LESSON
-_RESCHEDULE = frozenset({ClaimAction.DEFER, ClaimAction.WAIT})
+_DEFER = ClaimAction.DEFER
+_RESCHEDULE = frozenset({_DEFER, ClaimAction.WAIT})
 
 
 def _plan(picked: Sequence[Row[Any]], now: datetime, defer: Defer | None) -> _ClaimPlan:
@@ -128,6 +132,7 @@ def _plan(picked: Sequence[Row[Any]], now: datetime, defer: Defer | None) -> _Cl
             plan.again.append(row)
         elif action in _RESCHEDULE:
             plan.rescheduled.append((row.id, decision.at))
+            plan.deferred += action is _DEFER
         elif action is _MARK_IN_DOUBT:
             plan.in_doubt.append(row)
             plan.held.append((row.id, in_doubt_reason(row.next_lesson, IN_DOUBT_DETAIL)))
@@ -364,6 +369,7 @@ def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -
         .where(in_list(conn, D.c.id, "ids", BigInteger()), claimed)
         .values(
             status=DeliveryStatus.RETRY.value,
+            attempts=D.c.attempts - 1,  # not an attempt
             updated_at=now,
             detail="not sent: the reader was no longer active when its turn came",
         )
@@ -609,6 +615,9 @@ def release_claims(session: Session, run_id: str, now: datetime) -> int:
         .where(mine)
         .values(
             status=DeliveryStatus.RETRY.value,
+            # Nothing was attempted: the claim's count is given back, so runs stopped by a fatal
+            # answer never use up a delivery's attempts.
+            attempts=D.c.attempts - 1,
             updated_at=now,
             detail="released unsent: the run stopped before sending it",
         )

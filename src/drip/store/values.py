@@ -101,6 +101,9 @@ class ClaimBatch:
     claims: list[Claim]
     newly_in_doubt: int
     """'sending' rows whose lease ran out (a crashed run), now 'in_doubt' and not claimed."""
+    rescheduled: int = 0
+    """Due subscribers moved to a later moment instead of claimed (a late run inside quiet hours
+    or on a day off)."""
 
 
 @dataclass(frozen=True, slots=True)
