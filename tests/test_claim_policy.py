@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from drip.claim_policy import ClaimAction, ClaimDecision, decide_claim
+from drip.errors import UnknownTimezoneError
 
 NOW = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=8)
@@ -68,6 +69,13 @@ CASES = [
     ("in doubt within its lease", Row("in_doubt", NOW + TICK), None, HOLD_SETTLED, False),
     ("no next lesson", Row(None, next_lesson=None), LATER, HOLD_NO_LESSON, False),
     ("no next lesson, retry row", Row("retry", NOW, next_lesson=None), None, HOLD_NO_LESSON, False),
+    (
+        "a timezone this host cannot load",
+        Row(None),
+        UnknownTimezoneError("Mars/Base"),
+        ClaimDecision(ClaimAction.HOLD_UNKNOWN_ZONE),
+        True,
+    ),
 ]
 
 
@@ -77,17 +85,21 @@ CASES = [
     ids=[case[0] for case in CASES],
 )
 def test_decide_claim(
-    row: Row, answer: datetime | None, expected: ClaimDecision, asked: bool
+    row: Row, answer: datetime | Exception | None, expected: ClaimDecision, asked: bool
 ) -> None:
     questions: list[tuple[str, str]] = []
 
     def defer(timezone: str, lesson: str) -> datetime | None:
         questions.append((timezone, lesson))
+        if isinstance(answer, Exception):
+            raise answer
         return answer
 
     assert decide_claim(row, NOW, defer) == expected
     assert questions == ([("Asia/Tokyo", "second")] if asked else [])
-    if expected.action is not ClaimAction.DEFER:
+    if expected.action is ClaimAction.HOLD_UNKNOWN_ZONE:
+        assert decide_claim(row, NOW).action is ClaimAction.CLAIM_NEW  # only `defer` loads zones
+    elif expected.action is not ClaimAction.DEFER:
         # Without `defer` the decision is the same, except that nothing is deferred.
         assert decide_claim(row, NOW) == expected
     else:

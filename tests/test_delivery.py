@@ -589,3 +589,28 @@ def test_a_run_where_nothing_was_accepted_says_so(harness: Harness) -> None:
     harness.transport.default = Outcome.SENT
     fine = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(hours=1))
     assert fine.sent == 2 and fine.warning is None
+
+
+def test_one_subscriber_with_an_unloadable_timezone_is_held_and_the_rest_are_sent(
+    harness: Harness,
+) -> None:
+    harness.subscribe("tokyo@example.com")
+    with harness.sessions() as session, session.begin():
+        # Stored by an older drip, or a zone this host's tzdata does not have.
+        store.add_subscriber(
+            session,
+            course_id=COURSE.id,
+            email="mars@example.com",
+            name=None,
+            timezone="Mars/Olympus_Mons",
+            now=T0,
+            consent_source="test",
+            confirmed=True,
+            first_lesson=COURSE.lessons[0].slug,
+            first_send_at=T0,
+        )
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    assert report.sent == 1 and report.stopped is None
+    assert harness.lessons_sent_to("tokyo@example.com") == ["welcome"]
+    reason = held(harness)["mars@example.com"] or ""
+    assert "'Mars/Olympus_Mons' cannot be loaded" in reason

@@ -13,6 +13,8 @@ By the ledger row of (subscriber, next lesson):
   end, not claimed;
 - anything else ('sent', 'in_doubt') -> HOLD_SETTLED: held and logged, never sent twice.
 A subscriber due with no next lesson at all (inconsistent) -> HOLD_NO_LESSON: held and logged.
+A subscriber whose timezone this host cannot load (`defer` raises `UnknownTimezoneError`) ->
+HOLD_UNKNOWN_ZONE: held with the reason; nobody else is affected.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from drip.errors import UnknownTimezoneError
 from drip.statuses import DeliveryStatus
 
 __all__ = ["ClaimAction", "ClaimDecision", "Defer", "DueRow", "decide_claim"]
@@ -63,6 +66,8 @@ class ClaimAction(enum.Enum):
     """Active and due with no next lesson (inconsistent): held, not sent."""
     HOLD_SETTLED = "hold_settled"
     """The ledger has the lesson as sent or in doubt: held, never sent twice."""
+    HOLD_UNKNOWN_ZONE = "hold_unknown_zone"
+    """The subscriber's timezone cannot be loaded on this host: held, the run goes on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ _CLAIM_AGAIN = ClaimDecision(ClaimAction.CLAIM_AGAIN)
 _MARK_IN_DOUBT = ClaimDecision(ClaimAction.MARK_IN_DOUBT)
 _HOLD_NO_LESSON = ClaimDecision(ClaimAction.HOLD_NO_LESSON)
 _HOLD_SETTLED = ClaimDecision(ClaimAction.HOLD_SETTLED)
+_HOLD_UNKNOWN_ZONE = ClaimDecision(ClaimAction.HOLD_UNKNOWN_ZONE)
 
 _CLAIMED = DeliveryStatus.CLAIMED.value
 _SENDING = DeliveryStatus.SENDING.value
@@ -110,7 +116,10 @@ def decide_claim(row: DueRow, now: datetime, defer: Defer | None = None) -> Clai
         else:
             return _HOLD_SETTLED
     if defer is not None:
-        later = defer(row.timezone, lesson)
+        try:
+            later = defer(row.timezone, lesson)
+        except UnknownTimezoneError:
+            return _HOLD_UNKNOWN_ZONE  # this one subscriber, not the whole run
         if later is not None:
             return ClaimDecision(ClaimAction.DEFER, later)
     return claim

@@ -34,6 +34,14 @@ class MissingApiKeyError(ConfigError):
         super().__init__("DRIP_TRANSPORT=sendgrid needs SENDGRID_API_KEY; set it to your API key")
 
 
+class UnknownTimezoneError(ConfigError):
+    """A timezone name this host cannot load (not an IANA zone, or tzdata is missing)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"timezone {key!r} is not an IANA zone name; use one such as Asia/Tokyo")
+        self.key = key
+
+
 class UsageError(DripError):
     """The user asked for something that cannot be done as asked (bad argument, bad file)."""
 

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import holidays
 
 from drip.course import Course, CourseSettings, Lesson
-from drip.errors import ConfigError
+from drip.errors import ConfigError, UnknownTimezoneError
 
 __all__ = [
     "Next",
@@ -84,9 +84,7 @@ def _zone_named(key: str) -> ZoneInfo:
     try:
         return ZoneInfo(key)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(
-            f"timezone {key!r} is not an IANA zone name; use one such as Asia/Tokyo"
-        ) from exc
+        raise UnknownTimezoneError(key) from exc
 
 
 def _zone(tz: Zone) -> ZoneInfo:

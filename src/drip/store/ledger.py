@@ -145,6 +145,11 @@ def _held(row: Row[Any], action: ClaimAction) -> str:
     """Why a due subscriber is held instead of claimed; also logged."""
     if action is _HOLD_NO_LESSON:
         reason = "active and due with no next lesson (inconsistent); set its progress by hand"
+    elif action is ClaimAction.HOLD_UNKNOWN_ZONE:
+        reason = (
+            f"timezone {row.timezone!r} cannot be loaded on this host; install tzdata or give"
+            " the subscriber an IANA zone such as Asia/Tokyo"
+        )
     else:
         reason = (
             f"due for lesson {row.next_lesson!r}, which the ledger already has as"
