@@ -71,3 +71,24 @@ def test_only_in_doubt_deliveries_can_be_resolved(
         resolve(sessions, COURSE, first.delivery_id, sent=False, now=T0 + timedelta(hours=2))
     with pytest.raises(store.NotFoundError):
         resolve(sessions, COURSE, 424242, sent=True, now=T0)
+
+
+def test_resolving_a_lesson_since_removed_as_sent_holds_the_reader(
+    setup: tuple[sessionmaker, Mailer, MemoryTransport],  # type: ignore[type-arg]
+) -> None:
+    """The lesson in doubt was removed from course.toml before the operator settled it: the
+    reader must be held with the reason, not marked completed (the rest of the course skipped)."""
+    from dataclasses import replace
+
+    sessions, _, _ = setup
+    first, _ = in_doubt(sessions, COURSE)
+    without_welcome = replace(
+        COURSE, lessons=tuple(lesson for lesson in COURSE.lessons if lesson.slug != first.lesson)
+    )
+    said = resolve(sessions, without_welcome, first.delivery_id, sent=True, now=T0)
+    assert "held" in said
+    with sessions() as session:
+        view = store.get_subscriber_by_id(session, first.subscriber_id)
+    assert view is not None
+    assert view.status == store.SubscriberStatus.ACTIVE and view.is_held
+    assert "no longer in the course" in (view.held_reason or "")

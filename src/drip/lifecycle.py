@@ -219,9 +219,25 @@ def resolve(
                 session, delivery_id, sent=False, now=now, next_lesson=None, next_send_at=now
             )
             return f"{doubt.email}: lesson {doubt.lesson!r} will be sent again by the next run"
+        if not course.has_lesson(doubt.lesson):
+            # What comes after a lesson that is gone is not known: hold, as the send run does.
+            store.resolve_in_doubt(
+                session,
+                delivery_id,
+                sent=True,
+                now=doubt.claimed_at,
+                next_lesson=doubt.lesson,
+                next_send_at=None,
+                hold_reason=f"lesson {doubt.lesson!r} was settled as sent but is no longer in"
+                " the course; put it back in course.toml or move this reader on",
+            )
+            return (
+                f"{doubt.email}: recorded as sent; held, because lesson {doubt.lesson!r} is no"
+                " longer in the course (see 'drip subscribers list --held')"
+            )
         subscriber = store.get_subscriber_by_id(session, doubt.subscriber_id)
         following = schedule.Next(None, None)
-        if subscriber is not None and course.has_lesson(doubt.lesson):
+        if subscriber is not None:
             following = schedule.after_send(
                 course, subscriber.timezone, doubt.lesson, sent_at=doubt.claimed_at
             )

@@ -638,12 +638,14 @@ def resolve_in_doubt(
     now: datetime,
     next_lesson: str | None,
     next_send_at: datetime | None,
+    hold_reason: str | None = None,
 ) -> None:
     """The operator's (or a provider event's) decision on an in-doubt delivery.
 
     sent=True: recorded 'sent'; the subscriber moves on to `next_lesson` at `next_send_at`
-    (or completes when `next_lesson` is None). sent=False: 'retry'; the same lesson is due again at
-    `next_send_at` (`next_lesson` is ignored). Raises `NotFoundError` or `StateError` when the
+    (or completes when `next_lesson` is None), or, with `hold_reason`, is held for that reason.
+    sent=False: 'retry'; the same lesson is due again at `next_send_at` (`next_lesson` is
+    ignored). Raises `NotFoundError` or `StateError` when the
     delivery is unknown or not in doubt.
     """
     conn = connection(session)
@@ -666,5 +668,13 @@ def resolve_in_doubt(
             DeliveryStatus.SENT,
             [{"b_id": delivery_id, "b_detail": "resolved as sent"}],
         )
+        if hold_reason is not None:
+            update_rows(
+                conn,
+                S,
+                ("next_send_at", "held_reason"),
+                [(None, hold_reason, current.subscriber_id)],
+                only_active=True,
+            )
     else:
         record_retry(session, [(delivery_id, next_send_at or now, "resolved as not sent")], now=now)
