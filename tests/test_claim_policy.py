@@ -21,6 +21,7 @@ CLAIM_AGAIN = ClaimDecision(ClaimAction.CLAIM_AGAIN)
 MARK_IN_DOUBT = ClaimDecision(ClaimAction.MARK_IN_DOUBT)
 HOLD_NO_LESSON = ClaimDecision(ClaimAction.HOLD_NO_LESSON)
 HOLD_SETTLED = ClaimDecision(ClaimAction.HOLD_SETTLED)
+PAST_SENT = ClaimDecision(ClaimAction.PAST_SENT)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ CASES = [
         ClaimDecision(ClaimAction.WAIT, NOW + TICK),
         False,
     ),
-    ("sent", Row("sent", NOW - TICK), LATER, HOLD_SETTLED, False),
+    ("sent (a reordered course)", Row("sent", NOW - TICK), LATER, PAST_SENT, False),
     ("in doubt", Row("in_doubt", NOW - TICK), None, HOLD_SETTLED, False),
     ("in doubt within its lease", Row("in_doubt", NOW + TICK), None, HOLD_SETTLED, False),
     ("no next lesson", Row(None, next_lesson=None), LATER, HOLD_NO_LESSON, False),

@@ -614,3 +614,28 @@ def test_one_subscriber_with_an_unloadable_timezone_is_held_and_the_rest_are_sen
     assert harness.lessons_sent_to("tokyo@example.com") == ["welcome"]
     reason = held(harness)["mars@example.com"] or ""
     assert "'Mars/Olympus_Mons' cannot be loaded" in reason
+
+
+def test_a_lesson_moved_after_an_unsent_one_is_skipped_not_stranded(harness: Harness) -> None:
+    """Reordering a live course: rethink (already sent) moves after events (not yet sent). The
+    reader gets events, then goes straight on to the lesson after rethink, never stranded."""
+    sid = harness.subscribe("moved@example.com")
+    now = T0
+    while harness.lessons_sent_to("moved@example.com") != ["welcome", "rethink"]:
+        send_due(harness.sessions, harness.mailer, now=now)
+        now += timedelta(hours=6)
+    slugs = [lesson.slug for lesson in COURSE.lessons]
+    assert slugs[:3] == ["welcome", "rethink", "events"]
+    order = {slug: index for index, slug in enumerate(["welcome", "events", "rethink", *slugs[3:]])}
+    moved = replace(
+        COURSE, lessons=tuple(sorted(COURSE.lessons, key=lambda lesson: order[lesson.slug]))
+    )
+    mailer = replace(harness.mailer, course=moved, renderer=Renderer(moved, TEMPLATES))
+    for _ in range(20 * 4):
+        send_due(harness.sessions, mailer, now=now)
+        now += timedelta(hours=6)
+    assert harness.lessons_sent_to("moved@example.com") == slugs  # each once, none skipped
+    with harness.sessions() as session:
+        view = store.get_subscriber_by_id(session, sid)
+    assert view is not None and view.status == store.SubscriberStatus.COMPLETED
+    assert held(harness) == {}

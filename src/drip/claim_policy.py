@@ -11,7 +11,9 @@ By the ledger row of (subscriber, next lesson):
   MARK_IN_DOUBT: the row becomes 'in_doubt', the subscriber is held (next_send_at NULL);
 - 'claimed' or 'sending' within its lease (another run has it) -> WAIT: due again at the lease
   end, not claimed;
-- anything else ('sent', 'in_doubt') -> HOLD_SETTLED: held and logged, never sent twice.
+- 'sent' (the course was reordered: the subscriber's next lesson already went out) ->
+  PAST_SENT: not sent again; the subscriber moves on to the next lesson it has not had;
+- anything else ('in_doubt') -> HOLD_SETTLED: held with the reason, never sent twice.
 A subscriber due with no next lesson at all (inconsistent) -> HOLD_NO_LESSON: held and logged.
 A subscriber whose timezone this host cannot load (`defer` raises `UnknownTimezoneError`) ->
 HOLD_UNKNOWN_ZONE: held with the reason; nobody else is affected.
@@ -64,8 +66,11 @@ class ClaimAction(enum.Enum):
     it may have gone out. The row becomes 'in_doubt' and the subscriber is held."""
     HOLD_NO_LESSON = "hold_no_lesson"
     """Active and due with no next lesson (inconsistent): held, not sent."""
+    PAST_SENT = "past_sent"
+    """The ledger has the lesson as sent (a lesson moved after one not yet sent): never sent
+    twice; the subscriber moves on to the first following lesson it has not had."""
     HOLD_SETTLED = "hold_settled"
-    """The ledger has the lesson as sent or in doubt: held, never sent twice."""
+    """The ledger has the lesson in doubt: held, never sent twice."""
     HOLD_UNKNOWN_ZONE = "hold_unknown_zone"
     """The subscriber's timezone cannot be loaded on this host: held, the run goes on."""
 
@@ -83,10 +88,12 @@ _CLAIM_AGAIN = ClaimDecision(ClaimAction.CLAIM_AGAIN)
 _MARK_IN_DOUBT = ClaimDecision(ClaimAction.MARK_IN_DOUBT)
 _HOLD_NO_LESSON = ClaimDecision(ClaimAction.HOLD_NO_LESSON)
 _HOLD_SETTLED = ClaimDecision(ClaimAction.HOLD_SETTLED)
+_PAST_SENT = ClaimDecision(ClaimAction.PAST_SENT)
 _HOLD_UNKNOWN_ZONE = ClaimDecision(ClaimAction.HOLD_UNKNOWN_ZONE)
 
 _CLAIMED = DeliveryStatus.CLAIMED.value
 _SENDING = DeliveryStatus.SENDING.value
+_SENT = DeliveryStatus.SENT.value
 _RECLAIMABLE = frozenset({DeliveryStatus.RETRY.value, DeliveryStatus.FAILED.value})
 
 
@@ -113,6 +120,8 @@ def decide_claim(row: DueRow, now: datetime, defer: Defer | None = None) -> Clai
             return _MARK_IN_DOUBT
         elif status in (_CLAIMED, _SENDING):
             return ClaimDecision(ClaimAction.WAIT, lease_until)
+        elif status == _SENT:
+            return _PAST_SENT
         else:
             return _HOLD_SETTLED
     if defer is not None:

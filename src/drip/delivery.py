@@ -27,7 +27,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
 from drip.course import Course
-from drip.errors import CourseNotSendableError, DripError, FatalTransportError
+from drip.errors import (
+    CourseNotSendableError,
+    DripError,
+    FatalTransportError,
+    UnknownTimezoneError,
+)
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
 from drip.render import Recipient, RenderedEmail, Renderer
@@ -404,6 +409,7 @@ def _claimed_windows(
                 run_id=run.run_id,
                 lease=LEASE,
                 defer=run.defer,
+                move_on=run.move_on,
             )
         run.report.in_doubt += batch.newly_in_doubt
         run.report.rescheduled += batch.rescheduled
@@ -457,6 +463,22 @@ class _Run:
     @cached_property
     def defer(self) -> Callable[[str, str], datetime | None]:
         return _deferral(self.mailer.course, self.now)
+
+    def move_on(
+        self, timezone: str, lesson: str, last_sent_at: datetime | None, sent: frozenset[str]
+    ) -> tuple[str | None, datetime | None] | None:
+        """For claim_due: the next lesson not yet sent after `lesson` (already sent: the course
+        was reordered), and when; None when that cannot be told (the lesson is gone)."""
+        course = self.mailer.course
+        if not course.has_lesson(lesson):
+            return None
+        try:
+            following = schedule.after_send(
+                course, timezone, lesson, sent_at=last_sent_at or self.now, skip=sent
+            )
+        except UnknownTimezoneError:
+            return None
+        return following.lesson, following.send_at
 
     def hand_over(self, claims: list[store.Claim]) -> _Window | None:
         """Compose the window, mark it 'sending' (committed), then give it to the transport.

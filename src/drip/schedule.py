@@ -29,6 +29,7 @@ floor in `lesson_due_at`, the only place this is enforced), so one run never sen
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -332,14 +333,25 @@ def first_send_at(course: Course, tz: Zone, *, confirmed_at: datetime) -> dateti
     )
 
 
-def after_send(course: Course, tz: Zone, sent_lesson: str, *, sent_at: datetime) -> Next:
+def after_send(
+    course: Course,
+    tz: Zone,
+    sent_lesson: str,
+    *,
+    sent_at: datetime,
+    skip: Collection[str] = (),
+) -> Next:
     """The lesson after `sent_lesson` (sent at `sent_at`) and when it may go out.
 
-    Always strictly later than `sent_at`. `Next(None, None)` after the last lesson. Raises
-    `KeyError` when `sent_lesson` is not in the course (callers hold such subscribers).
-    Callers: recording a send, settling an in-doubt delivery as sent.
+    Lessons in `skip` (already sent: the course was reordered) are passed over. Always strictly
+    later than `sent_at`. `Next(None, None)` after the last lesson. Raises `KeyError` when
+    `sent_lesson` is not in the course (callers hold such subscribers).
+    Callers: recording a send, settling an in-doubt delivery as sent, a claim that finds the
+    next lesson already sent.
     """
     following = course.next_lesson(sent_lesson)
+    while following is not None and following.slug in skip:
+        following = course.next_lesson(following.slug)
     if following is None:
         return Next(None, None)
     # With a previous send the due time anchors on it alone: confirmation plays no part.

@@ -46,6 +46,12 @@ from drip.store.values import Claim, ClaimBatch, SentItem
 
 log = logging.getLogger(__name__)
 
+MoveOn = Callable[
+    [str, str, datetime | None, frozenset[str]], tuple[str | None, datetime | None] | None
+]
+"""`move_on(timezone, lesson already sent, last_sent_at, every lesson sent)`: the subscriber's next
+lesson and its moment ((None, None): the course is done), or None when that cannot be told."""
+
 IN_DOUBT_DETAIL = (
     "the run that claimed it ended without recording an outcome (crashed or killed); it may or"
     " may not have been sent"
@@ -63,6 +69,7 @@ def claim_due(
     run_id: str,
     lease: timedelta,
     defer: Defer | None = None,
+    move_on: MoveOn | None = None,
 ) -> ClaimBatch:
     """Claim up to `limit` due lessons of `course_id` for run `run_id`, oldest due first.
 
@@ -73,6 +80,9 @@ def claim_due(
     ends, marked 'in_doubt' (a 'sending' row past its lease: counted in `newly_in_doubt`), or
     held (next_send_at NULL). A claimed subscriber's next_send_at becomes the lease end so no
     other run picks it meanwhile. Call `mark_sending` just before handing claims to a transport.
+    A subscriber whose next lesson the ledger already has as sent (a reordered course) moves on
+    to what `move_on(timezone, lesson, last_sent_at, lessons sent)` names — (None, None):
+    completed; None: held with the reason — and is claimed for it in this call if it is due.
 
     The caller must commit right after and before sending anything: the claim is what makes a
     concurrent or later run leave these lessons alone. PostgreSQL: FOR UPDATE SKIP LOCKED, so
@@ -92,6 +102,7 @@ def claim_due(
             break
         plan = _plan(picked, now, defer)
         claims.extend(_apply(conn, plan, course_id, run_id, now, lease_until))
+        _move_past_sent(conn, plan.past_sent, move_on, now)
         newly_in_doubt += len(plan.in_doubt)
         rescheduled += plan.deferred
     return ClaimBatch(claims, newly_in_doubt, rescheduled)
@@ -104,6 +115,8 @@ class _ClaimPlan:
     new: list[Row[Any]] = field(default_factory=list)
     again: list[Row[Any]] = field(default_factory=list)
     in_doubt: list[Row[Any]] = field(default_factory=list)
+    past_sent: list[Row[Any]] = field(default_factory=list)
+    """Due for a lesson the ledger has as sent: they move on (see `_move_past_sent`)."""
     held: list[tuple[int, str]] = field(default_factory=list)
     """(subscriber id, why): next_send_at becomes NULL, held_reason says why."""
     rescheduled: list[tuple[int, datetime | None]] = field(default_factory=list)
@@ -118,6 +131,7 @@ _CLAIM_AGAIN = ClaimAction.CLAIM_AGAIN
 _MARK_IN_DOUBT = ClaimAction.MARK_IN_DOUBT
 _HOLD_NO_LESSON = ClaimAction.HOLD_NO_LESSON
 _DEFER = ClaimAction.DEFER
+_PAST_SENT = ClaimAction.PAST_SENT
 _RESCHEDULE = frozenset({_DEFER, ClaimAction.WAIT})
 
 
@@ -133,6 +147,8 @@ def _plan(picked: Sequence[Row[Any]], now: datetime, defer: Defer | None) -> _Cl
         elif action in _RESCHEDULE:
             plan.rescheduled.append((row.id, decision.at))
             plan.deferred += action is _DEFER
+        elif action is _PAST_SENT:
+            plan.past_sent.append(row)
         elif action is _MARK_IN_DOUBT:
             plan.in_doubt.append(row)
             plan.held.append((row.id, in_doubt_reason(row.next_lesson, IN_DOUBT_DETAIL)))
@@ -320,6 +336,53 @@ def _mark_in_doubt(conn: Connection, rows: Sequence[Row[Any]], now: datetime) ->
     )
     for chunk in chunks(rows):
         conn.execute(doubt, {"ids": [row.delivery_id for row in chunk]})
+
+
+def _move_past_sent(
+    conn: Connection, rows: Sequence[Row[Any]], move_on: MoveOn | None, now: datetime
+) -> None:
+    """Subscribers due for a lesson already sent move on to the next one they have not had."""
+    if not rows:
+        return
+    sent = _sent_lessons(conn, [row.id for row in rows]) if move_on is not None else {}
+    advance: list[tuple[Any, ...]] = []
+    complete: list[tuple[Any, ...]] = []
+    held: list[tuple[int, str]] = []
+    for row in rows:
+        answer = None
+        if move_on is not None:
+            answer = move_on(
+                row.timezone, row.next_lesson, row.last_sent_at, sent.get(row.id, frozenset())
+            )
+        if answer is None:
+            held.append((row.id, _held(row, ClaimAction.HOLD_SETTLED)))
+        elif answer[0] is None:
+            complete.append((COMPLETED, now, None, None, row.id))
+        else:
+            advance.append((answer[0], answer[1], row.id))
+        log.info("subscriber %s already had %r; moving on", row.id, row.next_lesson)
+    update_rows(conn, S, ("next_lesson", "next_send_at"), advance, only_active=True)
+    update_rows(
+        conn,
+        S,
+        ("status", "status_changed_at", "next_lesson", "next_send_at"),
+        complete,
+        only_active=True,
+    )
+    hold(conn, held)
+
+
+def _sent_lessons(conn: Connection, subscriber_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+    """The lessons the ledger has as sent, per subscriber."""
+    found: dict[int, set[str]] = {}
+    stmt = select(D.c.subscriber_id, D.c.lesson).where(
+        in_list(conn, D.c.subscriber_id, "ids", BigInteger()),
+        D.c.status == DeliveryStatus.SENT.value,
+    )
+    for chunk in chunks(subscriber_ids):
+        for subscriber_id, lesson in conn.execute(stmt, {"ids": list(chunk)}):
+            found.setdefault(subscriber_id, set()).add(lesson)
+    return {key: frozenset(value) for key, value in found.items()}
 
 
 def hold(conn: Connection, held: Sequence[tuple[int, str]]) -> None:
