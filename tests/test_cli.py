@@ -339,3 +339,13 @@ def test_send_refuses_a_course_that_check_finds_errors_in_and_claims_nothing(
     assert not (workdir / "outbox").exists()
     # Nothing was claimed: the unbroken course sends at once.
     assert json.loads(drip("send", "--now", MORNING, "--json").stdout)["sent"] == 1
+
+
+def test_deliveries_failed_and_retry_from_the_command_line(workdir: Path) -> None:
+    assert drip("deliveries", "failed").output.strip() == "none: no delivery has failed"
+    assert drip("deliveries", "retry").exit_code == 2  # neither ids nor --all
+    assert drip("deliveries", "retry", "1", "--all").exit_code == 2
+    missing = drip("deliveries", "retry", "99")
+    assert missing.exit_code == 2 and "99" in missing.output
+    done = drip("deliveries", "retry", "--all")
+    assert done.exit_code == 0 and done.output.strip() == "re-armed 0 deliveries"

@@ -12,7 +12,7 @@ from tests.test_delivery import T0
 
 from drip import store
 from drip.delivery import Mailer, send_due
-from drip.lifecycle import in_doubt, resolve, subscribe
+from drip.lifecycle import failed, in_doubt, resolve, retry_failed, subscribe
 from drip.transports.base import Outcome
 from drip.transports.memory import MemoryTransport
 
@@ -92,3 +92,37 @@ def test_resolving_a_lesson_since_removed_as_sent_holds_the_reader(
     assert view is not None
     assert view.status == store.SubscriberStatus.ACTIVE and view.is_held
     assert "no longer in the course" in (view.held_reason or "")
+
+
+def test_failed_deliveries_are_listed_and_rearmed_once_the_cause_is_fixed(engine: Engine) -> None:
+    transport = MemoryTransport(script=[Outcome.FAILED, Outcome.FAILED])
+    mailer = make_mailer(transport)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    for index in range(3):
+        subscribe(
+            sessions,
+            mailer,
+            email=f"f{index}@example.com",
+            name=None,
+            timezone=None,
+            confirmed=True,
+            now=T0 + timedelta(seconds=index),
+            consent_source="test",
+        )
+    report = send_due(sessions, mailer, now=T0 + timedelta(minutes=1))
+    assert (report.failed, report.sent) == (2, 1)
+    first, second = failed(sessions, COURSE)
+    assert first.email == "f0@example.com" and first.lesson == "welcome"
+    with pytest.raises(store.NotFoundError, match="424242"):
+        retry_failed(sessions, COURSE, [first.delivery_id, 424242], now=T0)
+    # Nothing was re-armed by the refused call: the failed readers stay held.
+    assert "welcome" not in send_due(sessions, mailer, now=T0 + timedelta(minutes=30)).per_lesson
+    assert retry_failed(sessions, COURSE, [first.delivery_id], now=T0 + timedelta(hours=1)) == [
+        first.delivery_id
+    ]
+    assert retry_failed(sessions, COURSE, None, now=T0 + timedelta(hours=1)) == [second.delivery_id]
+    again = send_due(sessions, mailer, now=T0 + timedelta(hours=1))
+    assert again.per_lesson["welcome"]["sent"] == 2
+    assert failed(sessions, COURSE) == []
+    with sessions() as session:
+        assert store.delivery_counts(session, COURSE.id)["sent"] == 3

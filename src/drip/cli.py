@@ -581,6 +581,42 @@ def in_doubt_command(as_json: bool) -> None:
         click.echo(json.dumps(doubt.as_dict(), ensure_ascii=False) if as_json else doubt.as_row())
 
 
+@deliveries_group.command("failed")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@reports_errors
+def failed_command(as_json: bool) -> None:
+    """List the failed deliveries (refused for good, or given up on), with the reason.
+
+    Their readers are held. Fix the cause, then re-arm them with `drip deliveries retry`.
+    """
+    from drip.lifecycle import failed
+
+    sessions, loaded = open_ledger()
+    rows = failed(sessions, loaded)
+    if not rows and not as_json:
+        click.echo("none: no delivery has failed")
+    for row in rows:
+        click.echo(json.dumps(row.as_dict(), ensure_ascii=False) if as_json else row.as_row())
+
+
+@deliveries_group.command("retry")
+@click.argument("delivery_ids", nargs=-1, type=int)
+@click.option("--all", "every", is_flag=True, help="Every failed delivery of the course.")
+@now_option()
+@reports_errors
+def retry_command(delivery_ids: tuple[int, ...], every: bool, now: datetime) -> None:
+    """Re-arm failed deliveries (DELIVERY_ID ... or --all) once the cause is fixed: the next
+    `drip send` tries each again. Exit 2 for an id that is not a failed delivery."""
+    from drip.errors import UsageError
+    from drip.lifecycle import retry_failed
+
+    if bool(delivery_ids) == every:
+        raise UsageError("name the deliveries to retry (DELIVERY_ID ...) or pass --all, not both")
+    sessions, loaded = open_ledger()
+    armed = retry_failed(sessions, loaded, None if every else list(delivery_ids), now=now)
+    click.echo(f"re-armed {len(armed)} deliver{'y' if len(armed) == 1 else 'ies'}")
+
+
 @deliveries_group.command("resolve")
 @click.argument("delivery_id", type=int)
 @click.option(

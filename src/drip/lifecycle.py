@@ -12,7 +12,7 @@ looks (e.g. in SendGrid's activity feed, by `drip_delivery_id`) and settles it w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -189,10 +189,39 @@ def list_subscribers(
         yield from store.list_subscribers(session, course.id, status=status, held=held)
 
 
-def in_doubt(sessions: sessionmaker[Session], course: Course) -> list[store.InDoubtView]:
+def in_doubt(sessions: sessionmaker[Session], course: Course) -> list[store.DeliveryView]:
     """The course's in-doubt deliveries, oldest first."""
     with sessions() as session:
         return store.list_in_doubt(session, course.id)
+
+
+def failed(sessions: sessionmaker[Session], course: Course) -> list[store.DeliveryView]:
+    """The course's failed deliveries (refused for good, or given up on), oldest first."""
+    with sessions() as session:
+        return store.list_deliveries(session, course.id, store.DeliveryStatus.FAILED)
+
+
+def retry_failed(
+    sessions: sessionmaker[Session],
+    course: Course,
+    delivery_ids: Sequence[int] | None,
+    *,
+    now: datetime,
+) -> list[int]:
+    """Re-arm failed deliveries (every one when `delivery_ids` is None) once their cause is
+    fixed: the next `drip send` tries each again, with a fresh attempt budget. Returns the ids
+    re-armed. Raises `NotFoundError` naming any given id that is not a failed delivery whose
+    subscriber still waits for it.
+    """
+    with sessions() as session, session.begin():
+        armed = store.retry_failed(session, course.id, delivery_ids, now)
+        missing = sorted(set(delivery_ids or ()) - set(armed))
+        if missing:
+            raise store.NotFoundError(
+                f"not a failed delivery whose reader still waits for it: {missing};"
+                " 'drip deliveries failed' lists them (nothing was changed)"
+            )
+    return armed
 
 
 def resolve(

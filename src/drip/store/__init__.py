@@ -33,11 +33,13 @@ from drip.store.ledger import (
     record_sent,
     release_claims,
     resolve_in_doubt,
+    retry_failed,
 )
 from drip.store.reports import (
     count_due,
     delivery_counts,
     due_by_lesson,
+    list_deliveries,
     list_in_doubt,
     list_subscribers,
 )
@@ -59,8 +61,8 @@ from drip.store.values import (
     AddResult,
     Claim,
     ClaimBatch,
+    DeliveryView,
     ExistingSubscriber,
-    InDoubtView,
     NewSubscriber,
     SentItem,
     SubscriberView,
@@ -71,8 +73,8 @@ __all__ = [
     "Claim",
     "ClaimBatch",
     "DeliveryStatus",
+    "DeliveryView",
     "ExistingSubscriber",
-    "InDoubtView",
     "NewSubscriber",
     "NotFoundError",
     "SentItem",
@@ -92,6 +94,7 @@ __all__ = [
     "get_subscriber",
     "get_subscriber_by_id",
     "insert_subscribers",
+    "list_deliveries",
     "list_in_doubt",
     "list_subscribers",
     "mark_confirmation_sent",
@@ -105,5 +108,6 @@ __all__ = [
     "release_claims",
     "resolve_in_doubt",
     "resume",
+    "retry_failed",
     "unsubscribe",
 ]

@@ -741,3 +741,42 @@ def resolve_in_doubt(
             )
     else:
         record_retry(session, [(delivery_id, next_send_at or now, "resolved as not sent")], now=now)
+
+
+def retry_failed(
+    session: Session, course_id: str, delivery_ids: Sequence[int] | None, now: datetime
+) -> list[int]:
+    """Re-arm failed deliveries (all of `course_id`'s when `delivery_ids` is None): each becomes
+    'retry' with a fresh attempt budget, and its subscriber, if still active and waiting for that
+    lesson, is due at `now`. Returns the ids re-armed; the others
+    (unknown, not failed, subscriber gone or moved on) are left alone.
+    """
+    conn = connection(session)
+    waiting = and_(S.c.id == D.c.subscriber_id, S.c.status == ACTIVE, S.c.next_lesson == D.c.lesson)
+    stmt = (
+        select(D.c.id, D.c.subscriber_id)
+        .where(
+            D.c.course_id == course_id,
+            D.c.status == DeliveryStatus.FAILED.value,
+            select(S.c.id).where(waiting).exists(),
+        )
+        .order_by(D.c.id)
+    )
+    if delivery_ids is not None:
+        stmt = stmt.where(D.c.id.in_(list(delivery_ids)))
+    rows = list(conn.execute(stmt))
+    retry = DeliveryStatus.RETRY.value
+    update_rows(
+        conn,
+        D,
+        ("status", "attempts", "detail", "updated_at"),
+        [(retry, 0, "re-armed by the operator", now, d) for d, _ in rows],
+    )
+    update_rows(
+        conn,
+        S,
+        ("next_send_at", "held_reason"),
+        [(now, None, s) for _, s in rows],
+        only_active=True,
+    )
+    return [delivery_id for delivery_id, _ in rows]

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from drip.statuses import DeliveryStatus, SubscriberStatus
 from drip.store._sql import ACTIVE, D, S, connection, due_filter
 from drip.store.subscribers import subscriber_view
-from drip.store.values import InDoubtView, SubscriberView
+from drip.store.values import DeliveryView, SubscriberView
 
 
 def count_due(session: Session, course_id: str, now: datetime) -> int:
@@ -43,8 +43,13 @@ def delivery_counts(session: Session, course_id: str) -> dict[str, int]:
     return counts
 
 
-def list_in_doubt(session: Session, course_id: str) -> list[InDoubtView]:
+def list_in_doubt(session: Session, course_id: str) -> list[DeliveryView]:
     """The in-doubt deliveries of `course_id`, oldest first, for the operator to resolve."""
+    return list_deliveries(session, course_id, DeliveryStatus.IN_DOUBT)
+
+
+def list_deliveries(session: Session, course_id: str, status: DeliveryStatus) -> list[DeliveryView]:
+    """The deliveries of `course_id` in `status`, oldest first (in doubt, failed: few)."""
     stmt = (
         select(
             D.c.id.label("delivery_id"),
@@ -59,10 +64,10 @@ def list_in_doubt(session: Session, course_id: str) -> list[InDoubtView]:
             D.c.updated_at,
         )
         .select_from(D.join(S, S.c.id == D.c.subscriber_id))
-        .where(D.c.course_id == course_id, D.c.status == DeliveryStatus.IN_DOUBT.value)
+        .where(D.c.course_id == course_id, D.c.status == status.value)
         .order_by(D.c.id)
     )
-    return [InDoubtView(**row._asdict()) for row in connection(session).execute(stmt)]
+    return [DeliveryView(**row._asdict()) for row in connection(session).execute(stmt)]
 
 
 def list_subscribers(

@@ -118,7 +118,9 @@ class SentItem:
 
 
 @dataclass(frozen=True, slots=True)
-class InDoubtView:
+class DeliveryView:
+    """One ledger row with its subscriber's address, as the operator's listings show it."""
+
     delivery_id: int
     subscriber_id: int
     email: str
@@ -131,7 +133,7 @@ class InDoubtView:
     updated_at: datetime
 
     def as_dict(self) -> dict[str, Any]:
-        """The delivery as `drip deliveries in-doubt --json` prints it (one object per line)."""
+        """The delivery as `drip deliveries in-doubt|failed --json` print it (one per line)."""
         return {
             "delivery_id": self.delivery_id,
             "email": self.email,
@@ -141,7 +143,7 @@ class InDoubtView:
         }
 
     def as_row(self) -> str:
-        """The delivery as one tab-separated line of `drip deliveries in-doubt`."""
+        """The delivery as one tab-separated line of `drip deliveries in-doubt|failed`."""
         return (
             f"{self.delivery_id}\t{self.email}\t{self.lesson}\t"
             f"{self.claimed_at.isoformat()}\t{self.detail or ''}"
