@@ -523,3 +523,26 @@ def test_the_ledger_holds_one_row_per_subscriber_and_lesson(session: Session) ->
         session.execute(insert(deliveries).values(again))
     session.rollback()
     assert store.delivery_counts(session, COURSE)["claimed"] == 1
+
+
+def test_hostile_provider_text_is_recorded_not_refused(session: Session) -> None:
+    """A 550 reply or a 400 body with NUL and other controls made PostgreSQL refuse the record,
+    turning a refused message into one in doubt; an absurdly long one is cut, not refused."""
+    first = add(session, "nul@example.com")
+    second = add(session, "sent@example.com")
+    session.commit()
+    claims = {c.subscriber_id: c for c in claim(session, T0).claims}
+    hostile = "550 5.1.1 \x00no\x1b[31m such\x07 user\r\n" + "x" * 10_000
+    now = T0 + timedelta(seconds=5)
+    assert (
+        store.record_failed(session, [(claims[first.subscriber_id].delivery_id, hostile)], now=now)
+        == 1
+    )
+    item = store.SentItem(
+        claims[second.subscriber_id].delivery_id, "id\x00\x01-1", now, "second", now
+    )
+    assert store.record_sent(session, [item], "run-1") == 1
+    session.commit()
+    detail = delivery(session, claims[first.subscriber_id].delivery_id)["detail"]
+    assert detail.startswith("550 5.1.1 no[31m such user\n") and len(detail) == 2_000
+    assert delivery(session, claims[second.subscriber_id].delivery_id)["provider_id"] == "id-1"

@@ -26,6 +26,24 @@ CHUNK = 5_000
 T = TypeVar("T")
 
 
+MAX_TEXT = 2_000
+"""Longest provider text (a reply, an id) kept in the ledger."""
+# C0 controls except tab and newline (a CR goes too), and DEL: PostgreSQL refuses NUL in text, and none of them
+# helps an operator reading a reason.
+_CONTROLS = {code: None for code in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)}
+
+
+def clean_text(value: str | None) -> str | None:
+    """Provider text made safe to store: control characters dropped, at most MAX_TEXT long.
+
+    The last line of defence: recording an outcome must never fail after a hand-over (that
+    would turn a refused message into one in doubt).
+    """
+    if value is None:
+        return None
+    return value.translate(_CONTROLS)[:MAX_TEXT]
+
+
 def connection(session: Session) -> Connection:
     # Core statements on the session's connection: same transaction, and CursorResult gives
     # rowcount, which Session.execute's Result type does not expose.

@@ -37,6 +37,7 @@ from drip.store._sql import (
     D,
     S,
     chunks,
+    clean_text,
     connection,
     due_filter,
     in_list,
@@ -547,7 +548,8 @@ def record_sent(session: Session, items: Sequence[SentItem], run_id: str) -> int
             )
             continue
         now = item.now
-        deliveries_sent.append((sent, now, now, item.provider_id, item.delivery_id))
+        provider_id = clean_text(item.provider_id)
+        deliveries_sent.append((sent, now, now, provider_id, item.delivery_id))
         subscriber = current.subscriber_id
         if current.on_track:
             if item.next_lesson is None:
@@ -607,6 +609,7 @@ def _settle(
                 None if current is None else current.delivery_status,
             )
             continue
+        detail = clean_text(detail) or ""
         params: dict[str, Any] = {"b_id": delivery_id, "b_detail": detail}
         if now is not None:
             params["b_now"] = now
