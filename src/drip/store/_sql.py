@@ -28,8 +28,8 @@ T = TypeVar("T")
 
 MAX_TEXT = 2_000
 """Longest provider text (a reply, an id) kept in the ledger."""
-# C0 controls except tab and newline (a CR goes too), and DEL: PostgreSQL refuses NUL in text, and none of them
-# helps an operator reading a reason.
+# C0 controls except tab and newline (CR goes too), and DEL: PostgreSQL refuses NUL in text,
+# and none of them helps an operator reading a reason.
 _CONTROLS = {code: None for code in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)}
 
 
