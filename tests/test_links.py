@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from drip.links import InvalidTokenError, LinkBuilder
+from drip.errors import InvalidTokenError
+from drip.links import CONFIRM_MAX_AGE_SECONDS, LinkBuilder
 
 BASE = "https://drip.example.jp"
+NOW = datetime(2026, 4, 1, 7, 30, tzinfo=UTC)
 
 
 def token(url: str) -> str:
@@ -18,13 +22,13 @@ def test_each_link_reads_back_for_its_own_purpose_only() -> None:
     links = LinkBuilder(BASE, ["k1"])
     unsubscribe = links.unsubscribe_url(42)
     assert unsubscribe.startswith(f"{BASE}/u/")
-    assert links.read("unsubscribe", token(unsubscribe)) == 42
-    assert links.read("manage", token(links.manage_url(42))) == 42
-    assert links.read("confirm", token(links.confirm_url(42))) == 42
+    assert links.read("unsubscribe", token(unsubscribe), now=NOW) == 42
+    assert links.read("manage", token(links.manage_url(42)), now=NOW) == 42
+    assert links.read("confirm", token(links.confirm_url(42, now=NOW)), now=NOW) == 42
     with pytest.raises(InvalidTokenError):
-        links.read("manage", token(unsubscribe))
+        links.read("manage", token(unsubscribe), now=NOW)
     with pytest.raises(InvalidTokenError):
-        links.read("confirm", token(unsubscribe))
+        links.read("confirm", token(unsubscribe), now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -40,19 +44,19 @@ def test_tampered_or_truncated_tokens_are_refused(damage: object) -> None:
     good = token(links.unsubscribe_url(7))
     assert callable(damage)
     with pytest.raises(InvalidTokenError):
-        links.read("unsubscribe", damage(good))
+        links.read("unsubscribe", damage(good), now=NOW)
 
 
 def test_rotation_old_links_keep_working_new_links_use_the_new_key() -> None:
     old = LinkBuilder(BASE, ["old"])
     rotated = LinkBuilder(BASE, ["new", "old"])
     old_token = token(old.unsubscribe_url(5))
-    assert rotated.read("unsubscribe", old_token) == 5
+    assert rotated.read("unsubscribe", old_token, now=NOW) == 5
     new_token = token(rotated.unsubscribe_url(5))
     with pytest.raises(InvalidTokenError):
-        old.read("unsubscribe", new_token)
+        old.read("unsubscribe", new_token, now=NOW)
     with pytest.raises(InvalidTokenError):
-        LinkBuilder(BASE, ["other"]).read("unsubscribe", old_token)
+        LinkBuilder(BASE, ["other"]).read("unsubscribe", old_token, now=NOW)
 
 
 @pytest.mark.parametrize("subscriber_id", [0, 1, 42, 99_999, 2**40 + 7])
@@ -74,3 +78,24 @@ def test_fast_signing_makes_the_tokens_itsdangerous_makes_and_reads(
     assert URLSafeSerializer("new", salt=f"drip.{purpose}").loads(made) == subscriber_id
     with pytest.raises(BadSignature):
         URLSafeSerializer("old", salt=f"drip.{purpose}").loads(made)
+
+
+def test_a_confirm_link_is_good_for_exactly_seven_days() -> None:
+    links = LinkBuilder(BASE, ["k1"])
+    sent = token(links.confirm_url(7, now=NOW))
+    week = timedelta(seconds=CONFIRM_MAX_AGE_SECONDS)
+    assert week == timedelta(days=7)
+    assert links.read("confirm", sent, now=NOW) == 7
+    assert links.read("confirm", sent, now=NOW + week) == 7  # the last second it is good
+    with pytest.raises(InvalidTokenError, match="expired"):
+        links.read("confirm", sent, now=NOW + week + timedelta(seconds=1))
+    with pytest.raises(InvalidTokenError, match="expired"):
+        links.read("confirm", sent, now=NOW - timedelta(seconds=1))  # signed in the future
+
+
+def test_confirm_links_already_sent_keep_working() -> None:
+    """Tokens made by itsdangerous itself (the format of every confirmation email so far)."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    old = URLSafeTimedSerializer(["k1"], salt="drip.confirm").dumps(9)
+    assert LinkBuilder(BASE, ["k1"]).read("confirm", old, now=datetime.now(UTC)) == 9

@@ -557,7 +557,11 @@ def _sample_links(links: LinkBuilder | None) -> tuple[list[Recipient], str, list
     if links is None:
         urls = [f"{SAMPLE_LINKS}/{kind}/SAMPLE-TOKEN" for kind in ("u", "m", "c")]
     else:
-        urls = [links.unsubscribe_url(1), links.manage_url(1), links.confirm_url(1)]
+        urls = [
+            links.unsubscribe_url(1),
+            links.manage_url(1),
+            links.confirm_url(1, now=SAMPLE_DATE),
+        ]
     try:
         for name, url in zip(("unsubscribe_url", "manage_url", "confirm_url"), urls, strict=True):
             check_url(name, url)

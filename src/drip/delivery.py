@@ -645,7 +645,7 @@ def send_confirmation(
     message = mailer.envelope(
         f"confirm-{subscriber_id}-{int(now.timestamp())}",
         recipient,
-        mailer.renderer.confirmation(recipient, mailer.links.confirm_url(subscriber_id)),
+        mailer.renderer.confirmation(recipient, mailer.links.confirm_url(subscriber_id, now=now)),
         {"drip_subscriber": str(subscriber_id)},
     )
     [result] = mailer.transport.send([message])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from drip.errors import InvalidTokenError
 
@@ -61,9 +61,19 @@ class LinkBuilder:
         signature = urlsafe_b64encode(mac.digest()).rstrip(b"=")
         return (payload + b"." + signature).decode()
 
-    @cache  # noqa: B019
-    def _timed(self, purpose: str) -> URLSafeTimedSerializer:
-        return URLSafeTimedSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
+    def _timed(self, purpose: str, signed_at: int | None = None) -> URLSafeTimedSerializer:
+        """itsdangerous' timed serializer (the token format already in sent emails); signing
+        with the timestamp `signed_at`, so no clock is read here."""
+
+        class AtTheGivenTime(TimestampSigner):
+            def get_timestamp(self) -> int:
+                if signed_at is None:
+                    raise ValueError("signing a timed token needs its time")
+                return signed_at
+
+        return URLSafeTimedSerializer(
+            list(reversed(self.keys)), salt=f"drip.{purpose}", signer=AtTheGivenTime
+        )
 
     def unsubscribe_url(self, subscriber_id: int) -> str:
         return f"{self.base_url}/u/{self._sign('unsubscribe', subscriber_id)}"
@@ -71,22 +81,28 @@ class LinkBuilder:
     def manage_url(self, subscriber_id: int) -> str:
         return f"{self.base_url}/m/{self._sign('manage', subscriber_id)}"
 
-    def confirm_url(self, subscriber_id: int) -> str:
-        return f"{self.base_url}/c/{self._timed('confirm').dumps(subscriber_id)}"
+    def confirm_url(self, subscriber_id: int, *, now: datetime) -> str:
+        """The double opt-in link, signed as of `now` (valid CONFIRM_MAX_AGE_SECONDS from then)."""
+        token = self._timed("confirm", int(now.timestamp())).dumps(subscriber_id)
+        return f"{self.base_url}/c/{token}"
 
-    def read(self, purpose: str, token: str, *, now: datetime | None = None) -> int:
+    def read(self, purpose: str, token: str, *, now: datetime) -> int:
         """The subscriber id a token carries; raises `InvalidTokenError` if it does not verify.
 
-        `purpose` is "unsubscribe", "manage" or "confirm"; confirm tokens older than
-        CONFIRM_MAX_AGE_SECONDS are refused (itsdangerous reads the clock for that check).
+        `purpose` is "unsubscribe", "manage" or "confirm"; a confirm token signed more than
+        CONFIRM_MAX_AGE_SECONDS before `now` is refused as expired (exactly that old still
+        verifies), and so is one signed after `now`.
         """
         try:
             if purpose == "confirm":
-                value = self._timed(purpose).loads(token, max_age=CONFIRM_MAX_AGE_SECONDS)
+                value, signed_at = self._timed(purpose).loads(token, return_timestamp=True)
+                age = (now - signed_at).total_seconds()
+                if age > CONFIRM_MAX_AGE_SECONDS or age < 0:
+                    raise InvalidTokenError(
+                        "this confirmation link has expired; subscribe again to get a new one"
+                    )
             else:
                 value = self._serializer(purpose).loads(token)
-        except SignatureExpired as exc:
-            raise InvalidTokenError("this confirmation link has expired; subscribe again") from exc
         except BadSignature as exc:
             raise InvalidTokenError("this link is not valid (it may be cut short)") from exc
         if not isinstance(value, int):
