@@ -546,3 +546,49 @@ def test_hostile_provider_text_is_recorded_not_refused(session: Session) -> None
     detail = delivery(session, claims[first.subscriber_id].delivery_id)["detail"]
     assert detail.startswith("550 5.1.1 no[31m such user\n") and len(detail) == 2_000
     assert delivery(session, claims[second.subscriber_id].delivery_id)["provider_id"] == "id-1"
+
+
+@pytest.mark.postgres
+def test_a_claim_never_waits_on_rows_another_run_is_claiming(postgres_database: str) -> None:
+    """Run 1 holds its claim transaction open; run 2 claims meanwhile. With FOR UPDATE SKIP
+    LOCKED run 2 takes the other rows at once; without it, it would wait on run 1's locks (here
+    it would hit the 2 s lock_timeout and fail)."""
+    import time
+
+    from sqlalchemy import event, text
+    from tests.conftest import _truncate
+
+    from drip.db import make_engine
+
+    _truncate(postgres_database)
+    engine = make_engine(postgres_database)
+
+    @event.listens_for(engine, "connect")
+    def _no_waiting(dbapi_connection: object, record: object) -> None:
+        with dbapi_connection.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute("SET lock_timeout = '2s'")
+
+    try:
+        with Session(engine) as session:
+            for number in range(20):
+                add(session, f"w{number}@example.com", at=T0 - timedelta(seconds=number))
+            session.commit()
+        with Session(engine) as first, Session(engine) as second:
+            one = store.claim_due(
+                first, course_id=COURSE, now=T0, limit=10, run_id="run-1", lease=LEASE
+            )  # not committed: run 1's rows stay locked
+            started = time.monotonic()
+            two = store.claim_due(
+                second, course_id=COURSE, now=T0, limit=20, run_id="run-2", lease=LEASE
+            )
+            waited = time.monotonic() - started
+            second.commit()
+            first.commit()
+        assert waited < 1.0, f"run 2 waited {waited:.1f} s on run 1's rows"
+        ids_one = {c.subscriber_id for c in one.claims}
+        ids_two = {c.subscriber_id for c in two.claims}
+        assert len(ids_one) == 10 and len(ids_two) == 10 and not ids_one & ids_two
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one() == 20
+    finally:
+        engine.dispose()
