@@ -250,8 +250,9 @@ def _broken_course(workdir: Path, how: str) -> Path:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        # cron without `cd`: no course here.
-        ({"DRIP_COURSE_DIR": "course"}, "course.toml"),
+        # cron without `cd`: no course here; the message names where it looked and why.
+        ({"DRIP_COURSE_DIR": "course"}, "from the working directory"),
+        ({"DRIP_COURSE_DIR": "course"}, "DRIP_COURSE_DIR"),
         ({"DRIP_DATABASE_URL": "nonsense"}, "database URL"),
         ({"DRIP_DATABASE_URL": "sqlite:///other.db"}, "there is no file at"),
         ({"DRIP_COURSE_DIR": "broken:timezone"}, "timezone 'Tokyo'"),

@@ -387,7 +387,14 @@ def read_course_toml(course_dir: Path) -> dict[str, Any]:
     missing, unreadable or not TOML."""
     path = course_dir / "course.toml"
     if not path.exists():
-        raise CourseFileError(path, None, "not found; run 'drip course build SOURCE.md' first")
+        raise CourseFileError(
+            path,
+            None,
+            f"not found (looked in {path.resolve().parent}, from the working directory"
+            f" {Path.cwd()}); run drip from the project directory (cron: cd there first), set"
+            " DRIP_COURSE_DIR to the course directory, or make a course with"
+            " 'drip course build SOURCE.md'",
+        )
     try:
         return tomllib.loads(read_text_file(path))
     except tomllib.TOMLDecodeError as exc:
