@@ -66,6 +66,34 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds({}, NOW) is None
 
 
+DAY = 24 * 3600.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "inf"}, DAY),
+        ({"Retry-After": "Infinity"}, DAY),
+        ({"Retry-After": "1e15"}, DAY),
+        ({"Retry-After": "1e400"}, DAY),
+        ({"Retry-After": "-inf"}, 0.0),
+        ({"Retry-After": "-5"}, 0.0),
+        ({"Retry-After": "nan"}, None),
+        ({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, DAY),
+        ({"Retry-After": "Mon, 01 Jan 0001 00:00:00 GMT"}, 0.0),
+        ({"Retry-After": "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"}, None),
+        ({"X-RateLimit-Reset": "1e300"}, DAY),
+        ({"X-RateLimit-Reset": "inf"}, DAY),
+        ({"X-RateLimit-Reset": "nan"}, None),
+        ({"Retry-After": "nan", "X-RateLimit-Reset": str(NOW.timestamp() + 30)}, 30.0),
+    ],
+)
+def test_absurd_retry_after_is_finite_and_clamped(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    assert retry_after_seconds(headers, NOW) == expected
+
+
 _texts = st.text(min_size=0, max_size=12)
 _addresses = st.one_of(
     st.from_regex(r"[a-z0-9.+_-]{1,8}@[a-z0-9-]{1,6}\.(jp|com)", fullmatch=True),

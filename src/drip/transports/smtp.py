@@ -17,7 +17,7 @@ import re
 import smtplib
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -25,12 +25,13 @@ from drip.errors import ConfigError, DripError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.mime import build_mime, to_bytes
 from drip.transports.base import (
+    MAX_ERROR,
     Outcome,
+    Scrubber,
     SendResult,
     TransportBase,
     message_id_domain_for,
     not_attempted,
-    scrub,
     utc_now,
 )
 
@@ -94,8 +95,10 @@ def _wire_data(message: bytes) -> bytes:
 
 
 def _reply_text(reply: bytes | str) -> str:
+    """A server reply on one line; the transport's `Scrubber` cleans and cuts it (after
+    scrubbing: a cut first could leave a piece of the password)."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    return " ".join(text.split())[:300]
+    return " ".join(text.split())
 
 
 class _Retry(Exception):
@@ -134,6 +137,7 @@ class SmtpTransport(TransportBase):
                 f"DRIP_SMTP_URL would send the SMTP password to {t.host}:{t.port} unencrypted;"
                 " use smtps:// or add ?starttls=1"
             )
+        self._scrub = Scrubber(t.password, users=[t.username] if t.username else [])
         self._message_id_domain = message_id_domain
         self._clock = clock
         self._timeout = timeout
@@ -143,7 +147,7 @@ class SmtpTransport(TransportBase):
     # -- connection ------------------------------------------------------------------------
 
     def _fatal(self, message: str) -> FatalTransportError:
-        return FatalTransportError(scrub(message, self.target.password))
+        return FatalTransportError(self._scrub.text(message, MAX_ERROR))
 
     def _untrusted(self, where: str, exc: ssl.SSLCertVerificationError) -> FatalTransportError:
         return self._fatal(
@@ -200,7 +204,8 @@ class SmtpTransport(TransportBase):
                 ) from None
             raise self._fatal(
                 f"SMTP server {where} refused the login for {t.username!r} ({exc.smtp_code}"
-                f" {_reply_text(exc.smtp_error)}); check the user and password in DRIP_SMTP_URL"
+                f" {self._scrub.text(_reply_text(exc.smtp_error))}); check the user and password"
+                " in DRIP_SMTP_URL"
             ) from None
         except smtplib.SMTPNotSupportedError:
             raise self._fatal(
@@ -256,14 +261,10 @@ class SmtpTransport(TransportBase):
                 smtp = self._connection()
                 result = self._send_one(smtp, email)
             except FatalTransportError as exc:
-                raise FatalTransportError(str(exc), results) from None
+                raise self._scrub.fatal(exc, results) from None
             except _Retry as stop:
                 self._drop()
-                result = SendResult(
-                    email.delivery_id,
-                    stop.result.outcome,
-                    detail=scrub(stop.result.detail, self.target.password),
-                )
+                result = replace(stop.result, delivery_id=email.delivery_id)
                 results.append(result)
                 reason = f"SMTP connection lost at {email.delivery_id}: {result.detail}"
                 results.extend(not_attempted(emails[index + 1 :], reason, None))
@@ -273,7 +274,7 @@ class SmtpTransport(TransportBase):
                 reason = f"no reply for {email.delivery_id}: {result.detail}"
                 results.extend(not_attempted(emails[index + 1 :], reason, None))
                 break
-        return results
+        return self._scrub.results(results)
 
     def _send_one(self, smtp: smtplib.SMTP, email: OutgoingEmail) -> SendResult:
         did = email.delivery_id

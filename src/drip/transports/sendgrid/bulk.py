@@ -133,8 +133,8 @@ class BulkSendGridTransport(TransportBase):
             if answer is None:
                 if fatal is None:
                     reason = call.stop_reason or "the call ended early"
-                    skipped = not_attempted(
-                        [emails[i] for i in chunk], reason, call.stop_retry_after
+                    skipped = self.inner.scrubber.results(
+                        not_attempted([emails[i] for i in chunk], reason, call.stop_retry_after)
                     )
                     results.update(zip(chunk, skipped, strict=True))
             elif answer.outcome is Outcome.FAILED:

@@ -46,18 +46,17 @@ from drip.config import DEFAULT_SENDGRID_API_URL, DEFAULT_SENDGRID_WINDOW
 from drip.errors import ConfigError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
+    MAX_ERROR,
     Outcome,
+    Scrubber,
     SendResult,
     TransportBase,
     not_attempted,
-    scrub,
-    scrub_result,
     utc_now,
 )
 from drip.transports.sendgrid.protocol import (
     DEFAULT_TIMEOUT,
     MAIL_SEND_PATH,
-    MAX_DETAIL,
     build_failure,
     classify_status,
     fast_payload,
@@ -203,7 +202,8 @@ class FastSendGridTransport(TransportBase):
         rate: float | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        self._secret = require_api_key(api_key)
+        self.scrubber = Scrubber(require_api_key(api_key), users=("apikey",))
+        """Cleans every text this transport (and bulk mode over it) returns or raises."""
         if window < 1:
             raise ConfigError(f"DRIP_SENDGRID_WINDOW must be at least 1, not {window}")
         self._url = base_url.rstrip("/") + MAIL_SEND_PATH
@@ -307,7 +307,9 @@ class FastSendGridTransport(TransportBase):
         for email, result in zip(emails, results, strict=True):
             if result is None:
                 reason = call.stop_reason or "the call ended early"
-                out.extend(not_attempted([email], reason, call.stop_retry_after))
+                out.extend(
+                    self.scrubber.results(not_attempted([email], reason, call.stop_retry_after))
+                )
             else:
                 out.append(result)
         return out
@@ -323,7 +325,7 @@ class FastSendGridTransport(TransportBase):
         per job) and by bulk mode (many recipients per job).
         """
         call = await self._send_all(list(jobs))
-        fatal = None if call.fatal is None else scrub(call.fatal, self._secret)
+        fatal = None if call.fatal is None else self.scrubber.text(call.fatal, MAX_ERROR)
         return call.results, fatal, call
 
     async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]]) -> _Call:
@@ -364,7 +366,7 @@ class FastSendGridTransport(TransportBase):
         try:
             body = build()
         except (ValueError, TypeError) as exc:
-            call.results[index] = build_failure(label, exc)
+            call.results[index] = self.scrubber.result(build_failure(label, exc))
             return
         try:
             result = await self.post_body(session, label, body)
@@ -372,7 +374,7 @@ class FastSendGridTransport(TransportBase):
             # This job was not sent and gets no result; no new request starts.
             call.fatal = call.fatal or str(exc)
             return
-        result = scrub_result(result, self._secret)
+        result = self.scrubber.result(result)
         call.results[index] = result
         if result.outcome is Outcome.SENT:
             self.aimd.increase()
@@ -388,7 +390,8 @@ class FastSendGridTransport(TransportBase):
     ) -> SendResult:
         """POST one prepared body and classify the answer (also used by bulk sends).
 
-        Raises `FatalTransportError` (without results) for 401/403/404/405.
+        Raises `FatalTransportError` (without results) for 401/403/404/405. The result is not
+        scrubbed yet: `_send_one` passes every result through the transport's `Scrubber`.
         """
         try:
             async with session.post(self._url, data=body) as response:
@@ -399,16 +402,14 @@ class FastSendGridTransport(TransportBase):
             return SendResult(
                 delivery_id,
                 Outcome.RETRY,
-                detail=f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}"[
-                    :MAX_DETAIL
-                ],
+                detail=f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}",
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return SendResult(
                 delivery_id,
                 Outcome.IN_DOUBT,
-                detail=f"request sent, answer lost: {type(exc).__name__} {exc}".strip()[
-                    :MAX_DETAIL
-                ],
+                detail=f"request sent, answer lost: {type(exc).__name__} {exc}".strip(),
             )
-        return classify_status(delivery_id, status, headers, data, self._clock())
+        return classify_status(
+            delivery_id, status, headers, data, self._clock(), self.scrubber.text
+        )

@@ -17,6 +17,7 @@ import http.client
 import logging
 import re
 import urllib.error
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -28,11 +29,10 @@ from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
     Outcome,
+    Scrubber,
     SendResult,
     TransportBase,
     not_attempted,
-    scrub,
-    scrub_result,
     utc_now,
 )
 from drip.transports.sendgrid.protocol import (
@@ -46,24 +46,32 @@ from drip.transports.sendgrid.protocol import (
 _BEARER = re.compile(r"Bearer\s+[^\s'\",}]+")
 
 
-class _RedactBearer(logging.Filter):
-    """python_http_client logs the request headers, Authorization included, at DEBUG level."""
+class _RedactSecrets(logging.Filter):
+    """python_http_client logs the request headers (Authorization included) and every answer's
+    body at DEBUG level: a server echoing the key would put it in the log. Each record's message
+    goes through the scrubber of every live transport (the filter only runs for records that
+    are emitted, so there is no cost unless DEBUG logging is on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scrubbers: weakref.WeakSet[Scrubber] = weakref.WeakSet()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "Bearer" in message:
-            record.msg = _BEARER.sub("Bearer [redacted]", message)
-            record.args = None
+        message = _BEARER.sub("Bearer [redacted]", record.getMessage())
+        for scrubber in list(self.scrubbers):
+            message = scrubber.text(message, len(message))
+        record.msg, record.args = message, None
         return True
 
 
-_REDACT_FILTER = _RedactBearer()
+_REDACT_FILTER = _RedactSecrets()
 
 
-def _install_log_redaction() -> None:
+def _install_log_redaction(scrubber: Scrubber) -> None:
     logger = logging.getLogger("python_http_client.client")
     if _REDACT_FILTER not in logger.filters:
         logger.addFilter(_REDACT_FILTER)
+    _REDACT_FILTER.scrubbers.add(scrubber)
 
 
 class SendGridTransport(TransportBase):
@@ -84,8 +92,8 @@ class SendGridTransport(TransportBase):
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        self._secret = require_api_key(api_key)
-        _install_log_redaction()
+        self._scrub = Scrubber(require_api_key(api_key), users=("apikey",))
+        _install_log_redaction(self._scrub)
         self._client = SendGridAPIClient(api_key=api_key, host=base_url.rstrip("/"))
         self._timeout = timeout
         self._clock = clock
@@ -98,15 +106,15 @@ class SendGridTransport(TransportBase):
         results: list[SendResult] = []
         for index, email in enumerate(emails):
             try:
-                result = scrub_result(self._send_one(email), self._secret)
+                result = self._send_one(email)
             except FatalTransportError as exc:
-                raise FatalTransportError(scrub(str(exc), self._secret), results) from None
+                raise self._scrub.fatal(exc, results) from None
             results.append(result)
             if result.outcome in (Outcome.RETRY, Outcome.IN_DOUBT):
                 reason = f"SendGrid answered {email.delivery_id}: {result.detail}"
                 results.extend(not_attempted(emails[index + 1 :], reason, result.retry_after))
                 break
-        return results
+        return self._scrub.results(results)
 
     def _send_one(self, email: OutgoingEmail) -> SendResult:
         try:
@@ -119,7 +127,12 @@ class SendGridTransport(TransportBase):
             )
         except http_errors.HTTPError as exc:
             return classify_status(
-                email.delivery_id, int(exc.status_code), exc.headers, exc.body, self._clock()
+                email.delivery_id,
+                int(exc.status_code),
+                exc.headers,
+                exc.body,
+                self._clock(),
+                self._scrub.text,
             )
         except urllib.error.URLError as exc:
             return SendResult(
@@ -139,4 +152,5 @@ class SendGridTransport(TransportBase):
             response.headers,
             response.body,
             self._clock(),
+            self._scrub.text,
         )

@@ -7,7 +7,8 @@ the answer here"; only the middle step differs between them. This module holds b
   for value and key for key), `fast_payload` (the same body, cheaper for the common shape) and
   `bulk_payload` with its helpers (one body for many subscribers of one lesson, with
   substitutions; see `drip.transports.sendgrid.bulk`);
-- `classify_status` (HTTP answer -> `SendResult`), `retry_after_seconds` and `error_text`;
+- `classify_status` (HTTP answer -> `SendResult`), `retry_after_seconds` (clamped) and
+  `error_text`;
 - the API-key check shared by the clients.
 
 It imports neither the `sendgrid` library nor aiohttp (a test checks this).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -29,11 +31,12 @@ from markupsafe import escape
 from drip.errors import FatalTransportError, MissingApiKeyError
 from drip.message import BulkParts, OutgoingEmail
 from drip.render import LIST_UNSUBSCRIBE_POST
-from drip.transports.base import Outcome, SendResult
+from drip.transports.base import Outcome, Scrubber, SendResult, clamp_retry_after
 
 MAIL_SEND_PATH = "/v3/mail/send"
 DEFAULT_TIMEOUT = 30.0
-MAX_DETAIL = 300
+MAX_BODY_TEXT = 65536
+"""Characters of an error body read for its message (the message is then cut much shorter)."""
 MAX_PERSONALIZATIONS = 1000
 """SendGrid's limit per request (personalizations and recipients)."""
 KEY_PREFIX = "%drip"
@@ -162,11 +165,10 @@ def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
 
 
 def build_failure(label: str, exc: Exception) -> SendResult:
-    """FAILED for a request body that could not be built (the builder refused the email)."""
+    """FAILED for a request body that could not be built (the builder refused the email); the
+    client cleans and cuts the detail."""
     return SendResult(
-        label,
-        Outcome.FAILED,
-        detail=f"cannot build the request: {type(exc).__name__} {exc}"[:MAX_DETAIL],
+        label, Outcome.FAILED, detail=f"cannot build the request: {type(exc).__name__} {exc}"
     )
 
 
@@ -183,44 +185,65 @@ class Headers(Protocol):
 def retry_after_seconds(headers: Headers | None, now: datetime) -> float | None:
     """Seconds to wait, from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (epoch).
 
-    Returns None when neither header is present or readable; never a negative number.
+    Returns None when neither header is present or readable (NaN included), else a finite number
+    within [0, MAX_RETRY_AFTER]: an infinite, absurdly large or far-future answer is clamped.
     """
     if headers is None:
         return None
     retry_after = (headers.get("Retry-After") or "").strip()
     if retry_after:
-        try:
-            return max(0.0, float(retry_after))
-        except ValueError:
-            pass
-        try:
-            when = parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None and when.tzinfo is not None:
-            return max(0.0, (when - now).total_seconds())
+        seconds = _seconds(retry_after)
+        if seconds is None:
+            seconds = _until_date(retry_after, now)
+        if seconds is not None:
+            return clamp_retry_after(seconds)
     reset = (headers.get("X-RateLimit-Reset") or "").strip()
     if reset:
-        try:
-            return max(0.0, float(reset) - now.timestamp())
-        except ValueError:
-            return None
+        epoch = _seconds(reset)
+        if epoch is not None:
+            return clamp_retry_after(epoch - now.timestamp())
     return None
 
 
+def _seconds(text: str) -> float | None:
+    """`text` as a number; None when it is not one (NaN included)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(seconds) else seconds
+
+
+def _until_date(text: str, now: datetime) -> float | None:
+    try:
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:
+            return None
+        return (when - now).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def error_text(body: bytes | str | None) -> str:
-    """The messages of a SendGrid error body (`{"errors": [{"message": ...}]}`), shortened."""
+    """The messages of a SendGrid error body (`{"errors": [{"message": ...}]}`) on one line.
+
+    Not cut to a detail's length here: the client scrubs secrets first, then cuts (a cut before
+    scrubbing could leave a piece of the key). Only the first MAX_BODY_TEXT characters are read.
+    """
     if not body:
         return ""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = text[:MAX_BODY_TEXT]
     try:
         data = json.loads(text)
         messages = [str(err.get("message", "")) for err in data.get("errors", [])]
         text = "; ".join(m for m in messages if m) or text
     except (ValueError, AttributeError, TypeError):
         pass
-    text = " ".join(text.split())
-    return text[:MAX_DETAIL]
+    return " ".join(text.split())
+
+
+_PLAIN = Scrubber()
 
 
 def classify_status(
@@ -229,6 +252,7 @@ def classify_status(
     headers: Headers | None,
     body: bytes | str | None,
     now: datetime,
+    clean: Callable[[str], str] = _PLAIN.text,
 ) -> SendResult:
     """Map an HTTP answer from /v3/mail/send to a result (pure).
 
@@ -236,8 +260,11 @@ def classify_status(
     other 4xx FAILED for this message. 401/403 (bad key) and 404/405 (DRIP_SENDGRID_API_URL does
     not point at the API, which would otherwise fail every message for good) raise
     `FatalTransportError` without results; the caller adds the batch's earlier results.
+    `clean` (the client's `Scrubber.text`: no control characters, no secret, cut short) is
+    applied to the server's error text before it is put in a detail or an error message; the
+    client cleans the provider_id with the rest of the result.
     """
-    reason = error_text(body)
+    reason = clean(error_text(body)) if body else ""
     detail = f"HTTP {status}" + (f": {reason}" if reason else "")
     if 200 <= status < 300:
         provider_id = headers.get("X-Message-Id") if headers is not None else None
