@@ -21,9 +21,10 @@ How failures map to outcomes:
   (AIMD: it grows back by about one per window of successes);
 - after an outage-like answer no new request of the call starts; those come back RETRY
   ("not attempted"), while requests already in flight finish and keep their real outcome;
-- 401/403/404/405: `FatalTransportError`. Its `results` hold every outcome the call already has,
-  in input order: with several requests in flight these may include emails after the one that
-  met the fatal answer (they were sent concurrently and must be recorded, not released).
+- 401/403/404/405 and 3xx (redirects are never followed): `FatalTransportError`. Its `results`
+  hold every outcome the call already has, in input order: with several requests in flight
+  these may include emails after the one that met the fatal answer (they were sent concurrently
+  and must be recorded, not released).
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ class FastSendGridTransport(TransportBase):
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """Send each email; see `Transport.send` and the module docstring for outcomes.
 
-        Raises `FatalTransportError` on 401/403/404/405 with the results the call already has.
+        Raises `FatalTransportError` on 401/403/404/405 and 3xx with the results the call already has.
         """
         return self.submit(emails).result()
 
@@ -390,11 +391,12 @@ class FastSendGridTransport(TransportBase):
     ) -> SendResult:
         """POST one prepared body and classify the answer (also used by bulk sends).
 
-        Raises `FatalTransportError` (without results) for 401/403/404/405. The result is not
+        Raises `FatalTransportError` (without results) for 401/403/404/405 and 3xx. The result is not
         scrubbed yet: `_send_one` passes every result through the transport's `Scrubber`.
         """
         try:
-            async with session.post(self._url, data=body) as response:
+            # Never follow a redirect: it would re-post the email (and the key) elsewhere.
+            async with session.post(self._url, data=body, allow_redirects=False) as response:
                 status = response.status
                 data = await response.read()
                 headers = response.headers

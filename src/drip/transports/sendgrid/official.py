@@ -17,9 +17,12 @@ import http.client
 import logging
 import re
 import urllib.error
+import urllib.request
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from email.message import Message
+from typing import IO
 
 import python_http_client.exceptions as http_errors  # type: ignore[import-untyped]
 from sendgrid import SendGridAPIClient  # type: ignore[import-untyped]
@@ -67,6 +70,29 @@ class _RedactSecrets(logging.Filter):
 _REDACT_FILTER = _RedactSecrets()
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: urllib then raises the 3xx as an `HTTPError`, which
+    `classify_status` makes fatal. Following one would turn the POST into a GET (302/303) or
+    re-post the email, Authorization header included, to another origin (307/308)."""
+
+    def http_error_302(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Message,
+    ) -> None:
+        return None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
+"""The opener of every request: urllib's defaults without redirects (python_http_client builds
+a default one per request, which follows them)."""
+
+
 def _install_log_redaction(scrubber: Scrubber) -> None:
     logger = logging.getLogger("python_http_client.client")
     if _REDACT_FILTER not in logger.filters:
@@ -94,14 +120,21 @@ class SendGridTransport(TransportBase):
     ) -> None:
         self._scrub = Scrubber(require_api_key(api_key), users=("apikey",))
         _install_log_redaction(self._scrub)
-        self._client = SendGridAPIClient(api_key=api_key, host=base_url.rstrip("/"))
+        client = SendGridAPIClient(api_key=api_key, host=base_url.rstrip("/"))
+        self._endpoint = client.client.mail.send
+        # python_http_client passes each request with its own default opener to `_make_request`
+        # (its documented hook for tests); give it ours, which does not follow redirects.
+        make_request = self._endpoint._make_request
+        self._endpoint._make_request = lambda _opener, request, timeout=None: make_request(
+            _OPENER, request, timeout=timeout
+        )
         self._timeout = timeout
         self._clock = clock
 
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """Send each email; see `Transport.send`.
 
-        Raises `FatalTransportError` on 401/403/404/405, with the batch's earlier results.
+        Raises `FatalTransportError` on 401/403/404/405 and 3xx, with the batch's earlier results.
         """
         results: list[SendResult] = []
         for index, email in enumerate(emails):
@@ -122,9 +155,7 @@ class SendGridTransport(TransportBase):
         except (ValueError, TypeError) as exc:
             return build_failure(email.delivery_id, exc)
         try:
-            response = self._client.client.mail.send.post(
-                request_body=payload, timeout=self._timeout
-            )
+            response = self._endpoint.post(request_body=payload, timeout=self._timeout)
         except http_errors.HTTPError as exc:
             return classify_status(
                 email.delivery_id,

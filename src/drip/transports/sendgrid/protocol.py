@@ -257,8 +257,9 @@ def classify_status(
     """Map an HTTP answer from /v3/mail/send to a result (pure).
 
     2xx SENT (provider_id from X-Message-Id); 429 and 5xx RETRY with the server's wait hint;
-    other 4xx FAILED for this message. 401/403 (bad key) and 404/405 (DRIP_SENDGRID_API_URL does
-    not point at the API, which would otherwise fail every message for good) raise
+    other 4xx FAILED for this message. 401/403 (bad key), 404/405 (DRIP_SENDGRID_API_URL does
+    not point at the API, which would otherwise fail every message for good) and 3xx (a
+    redirect: the URL is not the API's; the clients never follow one) raise
     `FatalTransportError` without results; the caller adds the batch's earlier results.
     `clean` (the client's `Scrubber.text`: no control characters, no secret, cut short) is
     applied to the server's error text before it is put in a detail or an error message; the
@@ -279,6 +280,13 @@ def classify_status(
             f"SendGrid API URL does not serve /v3/mail/send ({detail}); check"
             " DRIP_SENDGRID_API_URL. Nothing more was sent in this run."
         )
+    if 300 <= status < 400:
+        location = (headers.get("Location") if headers is not None else None) or ""
+        target = clean(location) if location.strip() else "nowhere (no Location)"
+        raise FatalTransportError(
+            f"the SendGrid API URL answered with a redirect to {target}; set"
+            " DRIP_SENDGRID_API_URL to the API itself"
+        )
     if status == 429 or status >= 500:
         return SendResult(
             delivery_id,
@@ -288,7 +296,7 @@ def classify_status(
         )
     if 400 <= status < 500:
         return SendResult(delivery_id, Outcome.FAILED, detail=detail)
-    # 1xx/3xx: not an answer Mail Send gives; nothing says the message was taken.
+    # 1xx: not an answer Mail Send gives; nothing says the message was taken.
     return SendResult(delivery_id, Outcome.RETRY, detail=f"unexpected answer {detail}")
 
 
