@@ -73,9 +73,14 @@ def bulk_email(n: int = 1, name: str = "山田 太郎", **changes: Any) -> Outgo
         text=("こんにちは、", "name", "さん。\n\n最初の一歩\n"),
         values={"name": name, "unsubscribe_url": unsubscribe, "manage_url": unsubscribe},
     )
-    return make_email(
-        n, to_name=name, subject="第1回: 最初の一歩", html="", text="", bulk=parts, **changes
-    )
+    fields: dict[str, Any] = {
+        "to_name": name,
+        "subject": "第1回: 最初の一歩",
+        "html": "",
+        "text": "",
+        "bulk": parts,
+    }
+    return make_email(n, **{**fields, **changes})
 
 
 # -- what a transport delivered, read back from where it went ---------------------------------

@@ -12,6 +12,19 @@ returned `SendResult` in the ledger. The outcome decides what the ledger does wi
 A problem that concerns the whole run (bad API key, SMTP authentication refused) is not an
 outcome: `send` raises `FatalTransportError`, carrying the results it already has.
 
+Unexpected errors. `send` raises nothing but `FatalTransportError`; `submit` never raises and its
+future fails with nothing else. Any other exception inside a transport (a host name the IDNA
+codec refuses, a closed transport, a bug) is turned into `FatalTransportError("the transport
+failed unexpectedly: <type>: <message>")` carrying every result known so far (`unexpected_failure`,
+`guarded`): the send engine records those, stops the run and releases every email without a
+result, as for any fatal answer. The email being handed over when the error struck gets no result
+(it counts as not attempted), except where the transport knows the message was written: SMTP after
+the final '.' records it IN_DOUBT.
+
+Texts. Every `detail`, `provider_id` and error message a transport produces goes through its
+`Scrubber`: no NUL or control characters (a PostgreSQL text column refuses NUL), no credential
+in any form, cut to a size the ledger stores; `retry_after` is within [0, MAX_RETRY_AFTER].
+
 What a transport can do is declared, with defaults, on `Transport` / `TransportBase`: `window`
 (emails per call), `submit` and `pipelines` (calls that overlap), `fills_bulk_parts` (bulk mode).
 """
@@ -21,9 +34,11 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -33,6 +48,8 @@ from urllib.parse import quote, quote_plus
 
 from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(enum.Enum):
@@ -117,14 +134,14 @@ class TransportBase:
 
     def submit(self, emails: Sequence[OutgoingEmail]) -> Future[list[SendResult]]:
         """`send` as a future. The default sends now and returns a finished future, whose
-        exception is the `FatalTransportError` that `send` raised; a pipelining transport
-        returns at once instead."""
-        done: Future[list[SendResult]] = Future()
+        exception is the `FatalTransportError` that `send` raised (any other exception becomes
+        one, see `unexpected_failure`); a pipelining transport returns at once instead."""
         try:
-            done.set_result(self.send(emails))
+            return finished(self.send(emails))
         except FatalTransportError as exc:
-            done.set_exception(exc)
-        return done
+            return finished(exc)
+        except Exception as exc:
+            return finished(unexpected_failure(exc, (), _PLAIN))
 
     def close(self) -> None:
         """Release resources; the default has none."""
@@ -158,6 +175,18 @@ def not_attempted(
         )
         for email in emails
     ]
+
+
+def finished(
+    outcome: list[SendResult] | FatalTransportError,
+) -> Future[list[SendResult]]:
+    """A future already done: with these results, or failed with this error."""
+    done: Future[list[SendResult]] = Future()
+    if isinstance(outcome, FatalTransportError):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
+    return done
 
 
 def utc_now() -> datetime:
@@ -296,9 +325,38 @@ class Scrubber:
         return FatalTransportError(self.text(str(exc), MAX_ERROR), self.results(known))
 
 
-def scrub(text: str, secret: str | None) -> str:
-    """`text` cleaned and with every form of `secret` replaced by "[redacted]" (not cut)."""
-    return Scrubber(secret).text(text, len(text))
+_PLAIN = Scrubber()
+
+UNEXPECTED = "the transport failed unexpectedly"
+
+
+def unexpected_failure(
+    exc: Exception, results: Iterable[SendResult], scrubber: Scrubber
+) -> FatalTransportError:
+    """The `FatalTransportError` for an exception that is not a transport outcome (see the
+    module docstring): its message names the cause, `results` are those known so far. The
+    traceback goes to the debug log, scrubbed like the message."""
+    cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    trace = "".join(traceback.format_exception(exc))
+    log.debug("%s", scrubber.text(f"{UNEXPECTED}:\n{trace}", len(trace) + 100))
+    return FatalTransportError(
+        scrubber.text(f"{UNEXPECTED}: {cause}", MAX_ERROR), scrubber.results(results)
+    )
+
+
+def guarded(scrubber: Scrubber, send_each: Callable[[list[SendResult]], None]) -> list[SendResult]:
+    """Run `send_each`, which appends one result per email it handled to the list it is given,
+    and return that list through `scrubber`. A `FatalTransportError` from it, or any other
+    exception (`unexpected_failure`), is raised as a `FatalTransportError` carrying the results
+    appended so far. How the sequential transports (official SendGrid, SMTP, outbox) send."""
+    results: list[SendResult] = []
+    try:
+        send_each(results)
+    except FatalTransportError as exc:
+        raise scrubber.fatal(exc, results) from None
+    except Exception as exc:
+        raise unexpected_failure(exc, results, scrubber) from None
+    return scrubber.results(results)
 
 
 def sender_domain(sender: str) -> str:

@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from drip.errors import ConfigError, DripError, FatalTransportError
@@ -30,6 +31,7 @@ from drip.transports.base import (
     Scrubber,
     SendResult,
     TransportBase,
+    guarded,
     message_id_domain_for,
     not_attempted,
     utc_now,
@@ -253,15 +255,20 @@ class SmtpTransport(TransportBase):
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
-        """Send each email; see `Transport.send`. Raises `FatalTransportError` on auth failure."""
-        results: list[SendResult] = []
+        """Send each email; see `Transport.send`. Raises `FatalTransportError` on auth failure
+        or an unexpected error (see `drip.transports.base`), with the earlier results."""
+        try:
+            return guarded(self._scrub, partial(self._send_each, emails))
+        except FatalTransportError:
+            self._drop()  # the session may be mid-transaction: start the next call afresh
+            raise
+
+    def _send_each(self, emails: Sequence[OutgoingEmail], results: list[SendResult]) -> None:
         self._check_reused()
         for index, email in enumerate(emails):
             try:
                 smtp = self._connection()
                 result = self._send_one(smtp, email)
-            except FatalTransportError as exc:
-                raise self._scrub.fatal(exc, results) from None
             except _Retry as stop:
                 self._drop()
                 result = replace(stop.result, delivery_id=email.delivery_id)
@@ -274,7 +281,6 @@ class SmtpTransport(TransportBase):
                 reason = f"no reply for {email.delivery_id}: {result.detail}"
                 results.extend(not_attempted(emails[index + 1 :], reason, None))
                 break
-        return self._scrub.results(results)
 
     def _send_one(self, smtp: smtplib.SMTP, email: OutgoingEmail) -> SendResult:
         did = email.delivery_id
@@ -310,12 +316,14 @@ class SmtpTransport(TransportBase):
             ) from None
         try:
             code, reply = smtp.getreply()
-        except (OSError, smtplib.SMTPException) as exc:
+        except Exception as exc:  # whatever it is, the message was written: never re-sent blind
             self._drop()
+            known = isinstance(exc, (OSError, smtplib.SMTPException))
+            cause = f"{exc}" if known else f"{type(exc).__name__}: {exc}"
             return SendResult(
                 did,
                 Outcome.IN_DOUBT,
-                detail=f"message written, reply lost (the relay may have queued it): {exc}",
+                detail=f"message written, reply lost (the relay may have queued it): {cause}",
             )
         if code == 250:
             return SendResult(

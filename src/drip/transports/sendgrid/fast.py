@@ -52,7 +52,9 @@ from drip.transports.base import (
     Scrubber,
     SendResult,
     TransportBase,
+    finished,
     not_attempted,
+    unexpected_failure,
     utc_now,
 )
 from drip.transports.sendgrid.protocol import (
@@ -280,7 +282,8 @@ class FastSendGridTransport(TransportBase):
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """Send each email; see `Transport.send` and the module docstring for outcomes.
 
-        Raises `FatalTransportError` on 401/403/404/405 and 3xx with the results the call already has.
+        Raises `FatalTransportError` on 401/403/404/405 and 3xx, or an unexpected error (see
+        `drip.transports.base`), with the results the call already has.
         """
         return self.submit(emails).result()
 
@@ -288,12 +291,33 @@ class FastSendGridTransport(TransportBase):
         """Start sending and return at once: the future gives what `send` would return (or
         raises its `FatalTransportError`). Calls may overlap; all share the AIMD limit, the rate
         bucket and the connection pool, so at most 2 x `window` requests are in flight for two
-        overlapping calls.
+        overlapping calls. Never raises: a closed transport gives a failed future.
         """
-        return self.run_soon(self.send_async(list(emails)))
+        return self.submit_coroutine(self.send_async(list(emails)))
+
+    def submit_coroutine(
+        self, coro: Coroutine[Any, Any, list[SendResult]]
+    ) -> Future[list[SendResult]]:
+        """Run a send coroutine on the transport's loop thread; its future at once (also used by
+        bulk mode). Whatever stops it that is not a `FatalTransportError` (the transport is
+        closed, a bug) fails the future with one (`drip.transports.base.unexpected_failure`)."""
+        try:
+            loop = self._start()
+        except Exception as exc:
+            coro.close()
+            return finished(unexpected_failure(exc, (), self.scrubber))
+        return asyncio.run_coroutine_threadsafe(self._guard(coro), loop)
+
+    async def _guard(self, coro: Coroutine[Any, Any, list[SendResult]]) -> list[SendResult]:
+        try:
+            return await coro
+        except FatalTransportError:
+            raise
+        except Exception as exc:  # the last resort; errors while sending are caught in the call
+            raise unexpected_failure(exc, (), self.scrubber) from None
 
     def run_soon(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        """Schedule `coro` on the transport's loop thread (also used by bulk mode)."""
+        """Schedule `coro` on the transport's loop thread."""
         return asyncio.run_coroutine_threadsafe(coro, self._start())
 
     async def send_async(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
@@ -322,39 +346,46 @@ class FastSendGridTransport(TransportBase):
 
         Returns (results in job order, fatal message or None, call state). A result is None for
         a job not started (after an outage-like or fatal answer) or that met the fatal answer.
-        A builder that raises `ValueError`/`TypeError` gives FAILED. Used by `send` (one email
-        per job) and by bulk mode (many recipients per job).
+        A builder that raises `ValueError`/`TypeError` gives FAILED. Any other exception (see
+        `drip.transports.base`) is the fatal message "the transport failed unexpectedly: ...",
+        with every result known kept. Used by `send` (one email per job) and by bulk mode (many
+        recipients per job).
         """
-        call = await self._send_all(list(jobs))
+        call = _Call(len(jobs))
+        try:
+            await self._send_all(list(jobs), call)
+        except Exception as exc:
+            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
         fatal = None if call.fatal is None else self.scrubber.text(call.fatal, MAX_ERROR)
         return call.results, fatal, call
 
-    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]]) -> _Call:
-        session = await self._get_session()
-        call = _Call(len(jobs))
+    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]], call: _Call) -> None:
         running: set[asyncio.Task[None]] = set()
         wake = asyncio.Event()
 
-        def finished(task: asyncio.Task[None]) -> None:
+        def done(task: asyncio.Task[None]) -> None:
             running.discard(task)
             wake.set()
 
-        while call.next_index < len(jobs) and call.stop_reason is None and call.fatal is None:
-            if len(running) >= self.aimd.allowed:
-                wake.clear()
-                await wake.wait()
-                continue
-            index = call.next_index
-            call.next_index += 1
-            if self._bucket is not None:
-                await self._bucket.take()
-            label, build = jobs[index]
-            task = asyncio.create_task(self._send_one(session, label, build, index, call))
-            running.add(task)
-            task.add_done_callback(finished)
-        if running:
-            await asyncio.gather(*running)
-        return call
+        try:
+            session = await self._get_session()
+            while call.next_index < len(jobs) and call.stop_reason is None and call.fatal is None:
+                if len(running) >= self.aimd.allowed:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                index = call.next_index
+                call.next_index += 1
+                if self._bucket is not None:
+                    await self._bucket.take()
+                label, build = jobs[index]
+                task = asyncio.create_task(self._send_one(session, label, build, index, call))
+                running.add(task)
+                task.add_done_callback(done)
+        finally:
+            # Requests in flight finish and keep their outcome, whatever stopped the loop.
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def _send_one(
         self,
@@ -364,18 +395,22 @@ class FastSendGridTransport(TransportBase):
         index: int,
         call: _Call,
     ) -> None:
+        """Build and POST job `index` of `call` and record its result there. A fatal answer or
+        an unexpected error gives this job no result (it was not handed over) and sets
+        `call.fatal`, so no new request starts."""
         try:
-            body = build()
-        except (ValueError, TypeError) as exc:
-            call.results[index] = self.scrubber.result(build_failure(label, exc))
-            return
-        try:
-            result = await self.post_body(session, label, body)
+            try:
+                body = build()
+            except (ValueError, TypeError) as exc:
+                call.results[index] = self.scrubber.result(build_failure(label, exc))
+                return
+            result = self.scrubber.result(await self.post_body(session, label, body))
         except FatalTransportError as exc:
-            # This job was not sent and gets no result; no new request starts.
             call.fatal = call.fatal or str(exc)
             return
-        result = self.scrubber.result(result)
+        except Exception as exc:  # not an outcome (a host the IDNA codec refuses, a bug)
+            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
+            return
         call.results[index] = result
         if result.outcome is Outcome.SENT:
             self.aimd.increase()
@@ -391,8 +426,8 @@ class FastSendGridTransport(TransportBase):
     ) -> SendResult:
         """POST one prepared body and classify the answer (also used by bulk sends).
 
-        Raises `FatalTransportError` (without results) for 401/403/404/405 and 3xx. The result is not
-        scrubbed yet: `_send_one` passes every result through the transport's `Scrubber`.
+        Raises `FatalTransportError` (without results) for 401/403/404/405 and 3xx. The result
+        is not scrubbed yet: `_send_one` passes every result through the transport's `Scrubber`.
         """
         try:
             # Never follow a redirect: it would re-post the email (and the key) elsewhere.

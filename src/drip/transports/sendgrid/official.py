@@ -22,19 +22,20 @@ import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from email.message import Message
+from functools import partial
 from typing import IO
 
 import python_http_client.exceptions as http_errors  # type: ignore[import-untyped]
 from sendgrid import SendGridAPIClient  # type: ignore[import-untyped]
 
 from drip.config import DEFAULT_SENDGRID_API_URL
-from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
     Outcome,
     Scrubber,
     SendResult,
     TransportBase,
+    guarded,
     not_attempted,
     utc_now,
 )
@@ -134,20 +135,19 @@ class SendGridTransport(TransportBase):
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """Send each email; see `Transport.send`.
 
-        Raises `FatalTransportError` on 401/403/404/405 and 3xx, with the batch's earlier results.
+        Raises `FatalTransportError` on 401/403/404/405 and 3xx, or an unexpected error (see
+        `drip.transports.base`), with the batch's earlier results.
         """
-        results: list[SendResult] = []
+        return guarded(self._scrub, partial(self._send_each, emails))
+
+    def _send_each(self, emails: Sequence[OutgoingEmail], results: list[SendResult]) -> None:
         for index, email in enumerate(emails):
-            try:
-                result = self._send_one(email)
-            except FatalTransportError as exc:
-                raise self._scrub.fatal(exc, results) from None
+            result = self._send_one(email)
             results.append(result)
             if result.outcome in (Outcome.RETRY, Outcome.IN_DOUBT):
                 reason = f"SendGrid answered {email.delivery_id}: {result.detail}"
                 results.extend(not_attempted(emails[index + 1 :], reason, result.retry_after))
                 break
-        return self._scrub.results(results)
 
     def _send_one(self, email: OutgoingEmail) -> SendResult:
         try:
