@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from email.utils import parseaddr, parsedate_to_datetime
+from email.utils import parseaddr, parsedate_to_datetime, quote
 from typing import Any, Protocol
 
 from markupsafe import escape
@@ -82,6 +82,22 @@ def _party(address: str, name: str | None) -> dict[str, str]:
     return party
 
 
+def recipient_name(name: str) -> str:
+    """`name` as SendGrid takes it in `to.name`: in double quotes, with '"' and '\\' escaped
+    (RFC 5322 quoted-string, `email.utils.quote`), when it contains ',' or ';' or '"'; as it is
+    otherwise.
+
+    SendGrid's Mail Send limitations: "The to.name, cc.name, and bcc.name personalizations cannot
+    include either the ; or , characters" -- such a message can be dropped after the 202. Its
+    libraries wrap such names in double quotes, which SendGrid reads as one display name; a '"'
+    alone would leave an unbalanced quote in the header SendGrid writes. Names without these
+    characters stay unquoted (some mail clients show the quotes).
+    """
+    if "," in name or ";" in name or '"' in name:
+        return f'"{quote(name)}"'
+    return name
+
+
 def build_payload(email: OutgoingEmail) -> dict[str, Any]:
     """The /v3/mail/send JSON body for one email (pure).
 
@@ -98,6 +114,8 @@ def build_payload(email: OutgoingEmail) -> dict[str, Any]:
     to = _party(email.to_address, email.to_name)
     if "email" not in to:
         raise KeyError("email")
+    if "name" in to:
+        to["name"] = recipient_name(to["name"])
     payload: dict[str, Any] = {}
     sender = _party(email.from_address, email.from_name)
     if sender:
@@ -141,6 +159,8 @@ def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
     """
     sender = _plain_party(email.from_address, email.from_name)
     to = _plain_party(email.to_address, email.to_name)
+    if to is not None and "name" in to:
+        to["name"] = recipient_name(to["name"])
     text, html = email.text, email.html
     if (
         sender is None
@@ -388,7 +408,7 @@ def personalization(email: OutgoingEmail, key: Callable[[str, str], str]) -> dic
     assert email.bulk is not None
     to: dict[str, str] = {"email": email.to_address}
     if email.to_name:
-        to["name"] = email.to_name
+        to["name"] = recipient_name(email.to_name)
     return {
         "to": [to],
         "headers": dict(email.headers),
