@@ -61,7 +61,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 class OutboxTransport(TransportBase):
     """Writes each email as an RFC 5322 `.eml` file (from `drip.mime.build_mime`) under `directory`.
 
-    SENT with `provider_id` = the file name. A delivery id that cannot be a file name is FAILED;
+    Dated `email.date` (the send run's moment), else `clock()`. SENT with `provider_id` = the
+    file name. A delivery id that cannot be a file name is FAILED;
     a write error is RETRY and stops the batch. Raises `FatalTransportError` when the directory
     cannot be created.
     """
@@ -111,7 +112,9 @@ class OutboxTransport(TransportBase):
             )
         domain = message_id_domain_for(email, self._message_id_domain)
         try:
-            data = to_bytes(build_mime(email, date=self._clock(), message_id_domain=domain))
+            data = to_bytes(
+                build_mime(email, date=email.date or self._clock(), message_id_domain=domain)
+            )
         except (DripError, ValueError, TypeError) as exc:
             return SendResult(did, Outcome.FAILED, detail=f"cannot build the message: {exc}")
         path = self.path_for(did)

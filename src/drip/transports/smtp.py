@@ -114,8 +114,9 @@ class _Retry(Exception):
 class SmtpTransport(TransportBase):
     """Sends each email as one SMTP transaction (MAIL, RCPT, DATA) on a reused connection.
 
-    The MIME message comes from `drip.mime.build_mime` with `date=clock()`; `provider_id` is its
-    Message-ID. The Message-ID domain is `message_id_domain`, else the sender's domain.
+    The MIME message comes from `drip.mime.build_mime` dated `email.date` (the send run's
+    moment), else `clock()`; `provider_id` is its Message-ID. The Message-ID domain is
+    `message_id_domain`, else the sender's domain.
     `ssl_context` defaults to the system's verifying context (tests pass one trusting their CA).
     Raises `ConfigError` for a malformed URL or a password that would travel unencrypted to a
     host other than loopback.
@@ -286,7 +287,7 @@ class SmtpTransport(TransportBase):
         did = email.delivery_id
         try:
             domain = message_id_domain_for(email, self._message_id_domain)
-            message = build_mime(email, date=self._clock(), message_id_domain=domain)
+            message = build_mime(email, date=email.date or self._clock(), message_id_domain=domain)
             data = _wire_data(to_bytes(message))
         except (DripError, ValueError, TypeError) as exc:
             return SendResult(did, Outcome.FAILED, detail=f"cannot build the message: {exc}")
