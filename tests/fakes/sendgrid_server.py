@@ -13,7 +13,7 @@ Script steps (strings, the same in Python and on the command line):
     reset          read the whole request, then reset the connection (RST); not accepted
     reset-early    reset the connection before reading the request body; not accepted
     truncate       accept, then answer 202 with a body cut short of its Content-Length and close
-    truncate-head  accept, then close in the middle of the response headers
+    truncate-head  accept, then close in the middle of the status line
     redirect:C:URL answer status C (301, 302, 303, 307, 308) with Location: URL; not accepted
     nul:S          answer status S with an error text full of NUL and control characters, 5,000
                    characters long (2xx: the same in X-Message-Id)
@@ -393,7 +393,7 @@ class _Handler(BaseHTTPRequestHandler):
                 + body
             )
         else:
-            self.wfile.write(b"HTTP/1.1 202 Accepted\r\nX-Message-Id: fake-")
+            self.wfile.write(b"HTTP/1.1 20")
         self.wfile.flush()
         self.connection.shutdown(socket.SHUT_RDWR)
         self.close_connection = True
