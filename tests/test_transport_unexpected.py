@@ -163,7 +163,8 @@ def test_smtp_a_failure_after_the_final_dot_is_in_doubt(
         results = transport.send([make_email(1), make_email(2)])
     assert [r.outcome for r in results] == [Outcome.IN_DOUBT, Outcome.RETRY]
     assert "RuntimeError" in results[0].detail
-    assert smtp.accepted_ids() == {"d1": 1}
+    # The relay may have queued d1 (or not: the client hung up at once); d2 was never sent.
+    assert smtp.accepted_ids() in ({}, {"d1": 1})
 
 
 @pytest.mark.parametrize("kind", ["fast", "bulk"])

@@ -263,14 +263,17 @@ class Scrubber:
                 forms |= secret_forms(secret, users)
         # Longest first: a long form is redacted whole before a shorter one inside it.
         self._forms = tuple(sorted(forms, key=len, reverse=True))
+        # One search says whether a text holds the start of any form (the common case: not).
+        heads = sorted({re.escape(form[:MIN_PREFIX]) for form in self._forms})
+        self._heads = re.compile("|".join(heads)) if heads else None
 
     def text(self, text: str, limit: int = MAX_DETAIL) -> str:
         """`text` cleaned, scrubbed, then cut to `limit` characters."""
-        if _CONTROL.search(text) is not None:
+        if not text.isprintable() and _CONTROL.search(text) is not None:
             text = _CONTROL.sub("", text)
-        if self._forms:
+        if self._heads is not None and self._heads.search(text) is not None:
             text = self._redact(text)
-        return text[:limit]
+        return text if len(text) <= limit else text[:limit]
 
     def _redact(self, text: str) -> str:
         spans: list[tuple[int, int]] = []

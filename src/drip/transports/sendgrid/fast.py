@@ -404,7 +404,8 @@ class FastSendGridTransport(TransportBase):
             except (ValueError, TypeError) as exc:
                 call.results[index] = self.scrubber.result(build_failure(label, exc))
                 return
-            result = self.scrubber.result(await self.post_body(session, label, body))
+            # Clean as it comes (classify_status and post_body scrub what the server said).
+            result = await self.post_body(session, label, body)
         except FatalTransportError as exc:
             call.fatal = call.fatal or str(exc)
             return
@@ -427,7 +428,8 @@ class FastSendGridTransport(TransportBase):
         """POST one prepared body and classify the answer (also used by bulk sends).
 
         Raises `FatalTransportError` (without results) for 401/403/404/405 and 3xx. The result
-        is not scrubbed yet: `_send_one` passes every result through the transport's `Scrubber`.
+        is clean: what the server or the connection said went through the transport's
+        `Scrubber`.
         """
         try:
             # Never follow a redirect: it would re-post the email (and the key) elsewhere.
@@ -436,17 +438,11 @@ class FastSendGridTransport(TransportBase):
                 data = await response.read()
                 headers = response.headers
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return SendResult(
-                delivery_id,
-                Outcome.RETRY,
-                detail=f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}",
-            )
+            detail = f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}"
+            return SendResult(delivery_id, Outcome.RETRY, detail=self.scrubber.text(detail))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return SendResult(
-                delivery_id,
-                Outcome.IN_DOUBT,
-                detail=f"request sent, answer lost: {type(exc).__name__} {exc}".strip(),
-            )
+            detail = f"request sent, answer lost: {type(exc).__name__} {exc}".strip()
+            return SendResult(delivery_id, Outcome.IN_DOUBT, detail=self.scrubber.text(detail))
         return classify_status(
             delivery_id, status, headers, data, self._clock(), self.scrubber.text
         )
