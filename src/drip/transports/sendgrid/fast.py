@@ -36,6 +36,7 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -78,8 +79,14 @@ def _shutdown(
     loop: asyncio.AbstractEventLoop,
     thread: threading.Thread,
     holder: list[aiohttp.ClientSession],
+    pending: set[Future[list[SendResult]]],
 ) -> None:
-    """Close the session, stop the loop and its thread (from close() or garbage collection)."""
+    """Close the session, stop the loop and its thread (from close() or garbage collection).
+
+    Calls still `pending` (close() already gave them time to finish) lose their connections
+    here: their requests end in doubt or not attempted, and their futures complete before the
+    loop stops, so nobody waits for them forever.
+    """
     if loop.is_closed():
         return
 
@@ -95,6 +102,7 @@ def _shutdown(
         return
     try:
         asyncio.run_coroutine_threadsafe(close_sessions(), loop).result(timeout=10)
+        wait_for(list(pending), timeout=10)
     except Exception:  # a wedged loop must not turn close() into an error
         log.warning("the SendGrid connection pool did not close cleanly", exc_info=True)
     loop.call_soon_threadsafe(loop.stop)
@@ -230,6 +238,9 @@ class FastSendGridTransport(TransportBase):
         self._holder: list[aiohttp.ClientSession] = []
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
+        self._pending: set[Future[list[SendResult]]] = set()
+        self.drain_timeout = connect_timeout + timeout + 1.0
+        """How long `close` waits for the calls in flight: the longest one request may take."""
         if rate is not None:
             TokenBucket(rate)  # validate now: a config error must surface before any claim
 
@@ -237,18 +248,21 @@ class FastSendGridTransport(TransportBase):
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._closed:
-                raise RuntimeError("this SendGrid transport is closed")
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="drip-sendgrid", daemon=True
-                )
-                thread.start()
-                self._loop, self._thread = loop, thread
-                # Also runs when a transport is dropped without close(): no leaked sockets.
-                self._finalizer = weakref.finalize(self, _shutdown, loop, thread, self._holder)
-            return self._loop
+            return self._start_locked()
+
+    def _start_locked(self) -> asyncio.AbstractEventLoop:
+        if self._closed:
+            raise RuntimeError("this SendGrid transport is closed")
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="drip-sendgrid", daemon=True)
+            thread.start()
+            self._loop, self._thread = loop, thread
+            # Also runs when a transport is dropped without close(): no leaked sockets.
+            self._finalizer = weakref.finalize(
+                self, _shutdown, loop, thread, self._holder, self._pending
+            )
+        return self._loop
 
     @property
     def _session(self) -> aiohttp.ClientSession | None:
@@ -270,10 +284,15 @@ class FastSendGridTransport(TransportBase):
         return self._holder[0]
 
     def close(self) -> None:
-        """Close the connections and stop the loop thread; safe to call more than once."""
+        """Let the calls in flight finish (for at most `drain_timeout` seconds), then close the
+        connections and stop the loop thread; safe to call more than once. A call submitted
+        after this fails with `FatalTransportError` (nothing handed over)."""
         with self._lock:
             self._closed = True
             finalizer = self._finalizer
+            pending = list(self._pending)
+        if pending and threading.current_thread() is not self._thread:
+            wait_for(pending, timeout=self.drain_timeout)
         if finalizer is not None:
             finalizer()
 
@@ -302,11 +321,15 @@ class FastSendGridTransport(TransportBase):
         bulk mode). Whatever stops it that is not a `FatalTransportError` (the transport is
         closed, a bug) fails the future with one (`drip.transports.base.unexpected_failure`)."""
         try:
-            loop = self._start()
+            with self._lock:  # one lock with close(): a call is either refused or waited for
+                loop = self._start_locked()
+                future = asyncio.run_coroutine_threadsafe(self._guard(coro), loop)
+                self._pending.add(future)
         except Exception as exc:
             coro.close()
             return finished(unexpected_failure(exc, (), self.scrubber))
-        return asyncio.run_coroutine_threadsafe(self._guard(coro), loop)
+        future.add_done_callback(self._pending.discard)
+        return future
 
     async def _guard(self, coro: Coroutine[Any, Any, list[SendResult]]) -> list[SendResult]:
         try:
