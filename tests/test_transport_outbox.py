@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -63,3 +64,12 @@ def test_outbox_unusable_directory_is_fatal(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(FatalTransportError, match="DRIP_OUTBOX_DIR"):
         OutboxTransport(blocker / "out").send([make_email(1)])
+
+
+def test_outbox_date_is_the_moment_the_email_carries(tmp_path: Path) -> None:
+    # `drip send --now T` composes emails dated T: the Date header says T, not the wall clock.
+    moment = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    outbox = OutboxTransport(tmp_path, message_id_domain="drip.test", clock=clock)
+    outbox.send([make_email(1, date=moment), make_email(2)])
+    dates = [seen_in_mime((tmp_path / f"d{n}.eml").read_bytes()).extra["Date"] for n in (1, 2)]
+    assert [parsedate_to_datetime(d) for d in dates] == [moment, NOW]

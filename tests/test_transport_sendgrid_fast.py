@@ -14,10 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 from tests.fakes.sendgrid_server import FakeSendGrid
-from tests.transport_support import API_KEY, NOW, make_email
+from tests.transport_support import API_KEY, NOW, bulk_email, make_email
 
 from drip.errors import ConfigError
 from drip.transports import FatalTransportError, Outcome
+from drip.transports.sendgrid.bulk import BulkSendGridTransport
 from drip.transports.sendgrid.fast import Aimd, FastSendGridTransport, TokenBucket
 from drip.transports.sendgrid.protocol import build_payload
 
@@ -172,3 +173,22 @@ def test_close_stops_the_thread_and_is_idempotent(fake: FakeSendGrid) -> None:
     transport.close()
     transport.close()
     assert transport._thread is not None and not transport._thread.is_alive()
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_close_lets_the_calls_in_flight_finish(fake: FakeSendGrid, bulk: bool) -> None:
+    # The worker's SIGTERM closes the transport while a send is running: what is in flight ends
+    # with its real outcome (not "in doubt", not a future that never completes), and a call
+    # submitted after the close fails with FatalTransportError (nothing was handed over).
+    fake.latency = 0.3
+    inner = fast(fake, window=4)
+    transport = BulkSendGridTransport(inner, per_request=2) if bulk else inner
+    make = bulk_email if bulk else make_email
+    future = transport.submit([make(n) for n in range(1, 5)])
+    time.sleep(0.1)  # the requests are in flight
+    transport.close()
+    assert future.done()
+    assert [r.outcome for r in future.result()] == [Outcome.SENT] * 4
+    late = transport.submit([make(5)]).exception(timeout=5)
+    assert isinstance(late, FatalTransportError) and late.results == ()
+    assert set(fake.accepted_ids()) == {"d1", "d2", "d3", "d4"}

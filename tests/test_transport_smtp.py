@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -223,3 +224,12 @@ def test_smtp_fake_as_a_process(tmp_path: Path) -> None:
     assert outcomes == [Outcome.RETRY, Outcome.SENT]
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     assert [(r["delivery_id"], r["accepted"]) for r in lines] == [("d1", False), ("d1", True)]
+
+
+def test_smtp_date_is_the_moment_the_email_carries(smtp: FakeSmtp) -> None:
+    # `drip send --now T` composes emails dated T: the Date header says T, not the wall clock.
+    moment = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    with smtp_transport(smtp.url()) as transport:
+        transport.send([make_email(1, date=moment), make_email(2)])
+    dates = [parsedate_to_datetime(str(m.parsed()["Date"])) for m in smtp.accepted]
+    assert dates == [moment, NOW]

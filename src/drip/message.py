@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,7 @@ class OutgoingEmail:
     custom_args: Mapping[str, str] = field(default_factory=dict)
     bulk: BulkParts | None = field(default=None, compare=False, repr=False)
     """Set for lesson emails: lets a bulk-capable transport send to many subscribers at once."""
+    date: datetime | None = None
+    """The moment of the send run (aware), for the Date header of SMTP and outbox messages:
+    the send engine sets it to the run's `now` (so `drip send --now T` dates its emails T).
+    None: the transport's clock."""

@@ -6,9 +6,22 @@ Script steps (strings, the same in Python and on the command line):
     400 413 500..  answer that status with a SendGrid-style error body
     429:N          429 with Retry-After: N (seconds); plain `429` means Retry-After: 1
     429@T          429 with X-RateLimit-Reset: T (epoch seconds), no Retry-After
+    429:V          429 with Retry-After: V as it is, absurd values included (inf, 1e15, nan, -5,
+                   an HTTP date)
     delay:S        sleep S seconds, then accept (the message counts as accepted: this is the
                    "answer lost after the provider took it" case when S exceeds the client timeout)
     reset          read the whole request, then reset the connection (RST); not accepted
+    reset-early    reset the connection before reading the request body; not accepted
+    truncate       accept, then answer 202 with a body cut short of its Content-Length and close
+    truncate-head  accept, then close in the middle of the status line
+    redirect:C:URL answer status C (301, 302, 303, 307, 308) with Location: URL; not accepted
+    nul:S          answer status S with an error text full of NUL and control characters, 5,000
+                   characters long (2xx: the same in X-Message-Id)
+    echo:S         a hostile server echoing the credential: the body of status S repeats the
+                   bearer token it received in plain, base64 and URL-encoded forms, after 280
+                   characters (so a cut at 300 lands inside it) and cut to a 20-character prefix;
+                   a 2xx answer puts the token in X-Message-Id
+    longid         accept, with an X-Message-Id of 500 characters
 
 Each POST /v3/mail/send takes the next step; when the script is used up, `default` applies.
 Requests are checked first: a wrong or missing `Authorization: Bearer <api_key>` is answered 401
@@ -21,11 +34,15 @@ prints the port on its first stdout line and serves until SIGTERM/SIGINT. `GET /
 returns the counters as JSON; `POST /_fake/script` (a JSON list of steps) appends steps;
 `--record FILE` appends one JSON line per request (flushed, so it survives a SIGKILL of the
 client or the server); `--latency S` delays every answer (benchmarks).
+
+`Witness` is a second loopback server that answers 202 to anything and records every request
+(method, path, headers, body): the target of a redirect, to prove nothing reached it.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import signal
 import socket
@@ -33,6 +50,7 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +62,9 @@ from typing import Any, Self
 from drip.transports.sendgrid.protocol import MAIL_SEND_PATH
 from drip.transports.sendgrid.validate import delivery_ids_of, validate_request_payload
 
+KINDS = ("reset", "reset-early", "truncate", "truncate-head", "longid")
+"""Steps that are a bare word (see the module docstring)."""
+
 
 @dataclass(frozen=True)
 class Step:
@@ -54,27 +75,47 @@ class Step:
     retry_after: str | None = None
     ratelimit_reset: str | None = None
     delay: float = 0.0
-    reset: bool = False
+    kind: str = "answer"
+    """answer, reset, reset-early, truncate, truncate-head, longid, redirect, nul or echo."""
+    location: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Step:
         text = text.strip()
-        if text == "reset":
-            return cls(text, status=0, reset=True)
+        if text in KINDS:
+            return cls(
+                text,
+                status=202 if text in ("truncate", "truncate-head", "longid") else 0,
+                kind=text,
+            )
         if text.startswith("delay:"):
             return cls(text, delay=float(text.split(":", 1)[1]))
+        if text.startswith("redirect:"):
+            _, code, location = text.split(":", 2)
+            return cls(text, status=_status(code), kind="redirect", location=location)
+        if text.startswith(("nul:", "echo:")):
+            kind, _, code = text.partition(":")
+            return cls(text, status=_status(code), kind=kind)
         if text.startswith("429@"):
             return cls(text, status=429, ratelimit_reset=text[4:])
         if text.startswith("429"):
             return cls(text, status=429, retry_after=text[4:] if ":" in text else "1")
-        status = int(text)
-        if not 100 <= status <= 599:
-            raise ValueError(f"not an HTTP status: {text}")
-        return cls(text, status=status)
+        return cls(text, status=_status(text))
+
+    @property
+    def reset(self) -> bool:
+        return self.kind in ("reset", "reset-early")
 
     @property
     def accepts(self) -> bool:
-        return not self.reset and 200 <= self.status < 300
+        return self.kind != "redirect" and not self.reset and 200 <= self.status < 300
+
+
+def _status(text: str) -> int:
+    status = int(text)
+    if not 100 <= status <= 599:
+        raise ValueError(f"not an HTTP status: {text}")
+    return status
 
 
 @dataclass
@@ -176,6 +217,10 @@ class FakeSendGrid:
         with self._lock:
             return self._script.popleft() if self._script else self.default
 
+    def _peek_step(self) -> Step:
+        with self._lock:
+            return self._script[0] if self._script else self.default
+
     @property
     def accepted(self) -> list[Received]:
         with self._lock:
@@ -248,6 +293,12 @@ class _Handler(BaseHTTPRequestHandler):
             status, {"errors": [{"message": message, "field": None, "help": None}]}, headers
         )
 
+    def _reset(self) -> None:
+        # SO_LINGER 0: close() sends RST instead of FIN, like a proxy dying mid-request.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
     def do_GET(self) -> None:
         if self.path == "/_fake/stats":
             self._reply(200, self.server.fake.stats())
@@ -256,6 +307,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         fake = self.server.fake
+        if self.path == MAIL_SEND_PATH and fake._peek_step().kind == "reset-early":
+            step = fake._next_step()
+            fake._log(Received(fake._number(), step.text, 0, False, None, None, "", None))
+            self._reset()
+            return
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path == "/_fake/script":
             fake.add_script(*json.loads(raw))
@@ -264,6 +320,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != MAIL_SEND_PATH:
             self._error(404, f"no such path {self.path}")
             return
+        self._mail_send(fake, raw)
+
+    def _mail_send(self, fake: FakeSendGrid, raw: bytes) -> None:
         number = fake._number()
         authorization = self.headers.get("Authorization", "")
         problems: list[str] = []
@@ -307,23 +366,74 @@ class _Handler(BaseHTTPRequestHandler):
         step = fake._next_step()
         if fake.latency:
             time.sleep(fake.latency)
+        token = authorization.removeprefix("Bearer ")
         if step.reset:
             log(step.text, 0, False)
-            # SO_LINGER 0: close() sends RST instead of FIN, like a proxy dying mid-request.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-            self.close_connection = True
-            return
-        if step.accepts:
-            message_id = f"fake-{number}"
+            self._reset()
+        elif step.accepts:
+            message_id = _message_id(step, number, token)
             # Logged before a delay: the provider has the message, only the answer is slow.
             log(step.text, step.status, True, message_id)
             if step.delay and fake._stopping.wait(step.delay):
                 return
+            self._accept(step, message_id)
+        else:
+            log(step.text, step.status, False)
+            self._refuse(step, token)
+
+    def _accept(self, step: Step, message_id: str) -> None:
+        if step.kind not in ("truncate", "truncate-head"):
             self._reply(step.status, None, {"X-Message-Id": message_id})
             return
-        log(step.text, step.status, False)
-        self._error(step.status, f"scripted {step.text}", _refusal_headers(step))
+        if step.kind == "truncate":
+            body = b'{"note": "this body is cut short"}'
+            self.wfile.write(
+                b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+                + f"X-Message-Id: {message_id}\r\nContent-Length: {len(body) + 50}\r\n\r\n".encode()
+                + body
+            )
+        else:
+            self.wfile.write(b"HTTP/1.1 20")
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+    def _refuse(self, step: Step, token: str) -> None:
+        if step.kind == "redirect":
+            assert step.location is not None
+            self._reply(step.status, None, {"Location": step.location})
+        elif step.kind == "nul":
+            self._error(step.status, _HOSTILE_TEXT)
+        elif step.kind == "echo":
+            self._error(step.status, echo_text(token))
+        else:
+            self._error(step.status, f"scripted {step.text}", _refusal_headers(step))
+
+
+_HOSTILE_TEXT = ("bad\x00 request \x1b[31mred\x1b[0m \x07\x08\r\x0b\x0c\x7f\x85" * 10).ljust(
+    5000, "\x00"
+)
+"""An error text with NUL and control characters, far longer than any detail may be."""
+
+
+def echo_text(token: str) -> str:
+    """What a hostile server echoing `token` says: padding to put the token across a cut at 300
+    characters, then the token in plain, base64 (bare and as `apikey:token` Basic auth) and
+    URL-encoded forms, and a 20-character prefix as a server that shortens its texts leaves."""
+    b64 = base64.b64encode(token.encode()).decode()
+    basic = base64.b64encode(f"apikey:{token}".encode()).decode()
+    quoted = urllib.parse.quote(token, safe="")
+    return f"{'invalid ' * 36}{token} b64={b64} basic={basic} url={quoted} cut={token[:20]}..."
+
+
+def _message_id(step: Step, number: int, token: str) -> str:
+    if step.kind == "echo":
+        return token
+    if step.kind == "nul":
+        return "fake-\x00\x1b[31m" + str(number)
+    if step.kind == "longid":
+        return f"fake-{number}-".ljust(500, "x")
+    return f"fake-{number}"
 
 
 def _refusal_headers(step: Step) -> dict[str, str]:
@@ -340,6 +450,55 @@ def _refusal_headers(step: Step) -> dict[str, str]:
             }
         )
     return headers
+
+
+class Witness:
+    """A loopback server that answers 202 to every request and records it: the target of a
+    redirect. `requests` holds (method, path, headers, body) for each request received."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        witness = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+            def _record(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                witness.requests.append((self.command, self.path, dict(self.headers), body))
+                self.send_response(202)
+                self.send_header("X-Message-Id", "witness")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = do_HEAD = _record
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,10 +8,16 @@ at MAIL FROM:
     mail:451       answer MAIL FROM with that code (rcpt:550 likewise for RCPT TO)
     drop           read the whole message, then drop the connection without a reply
     mail:drop      drop the connection at MAIL FROM (rcpt:drop likewise)
+    550+nul        a reply whose text is full of NUL and control characters, 2,000 characters
+                   long (any code and stage: mail:451+nul...)
+    slow:S         read the whole message, wait S seconds, then accept (past the client's timeout:
+                   the relay has the message, the reply is lost)
 
 `messages` lists every message whose data arrived; `accepted` is True for 250 and for `drop`
 (the relay got the message, only the reply is lost: the in-doubt case). With `users` the server
-offers AUTH (without `tls_context`, in the clear: loopback only); a wrong password gets 535.
+offers AUTH (without `tls_context`, in the clear: loopback only); a wrong password gets 535,
+which with `echo_auth` repeats what the client sent (the password in plain, the AUTH PLAIN
+blob base64("\\0user\\0password") and base64(password) of AUTH LOGIN): a hostile server.
 With `tls_context` it offers STARTTLS; with `implicit_tls` the whole connection is TLS (smtps).
 
 As a process: `python -m tests.fakes.smtp_server --port 0 --script 250,450,drop` prints the
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import signal
 import ssl
@@ -50,20 +57,27 @@ class Step:
     stage: str = "end"
     code: int = 250
     drop: bool = False
+    hostile: bool = False
+    delay: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> Step:
         text = text.strip()
+        if text.startswith("slow:"):
+            return cls(text, delay=float(text.split(":", 1)[1]))
         stage, _, action = text.rpartition(":")
         stage = stage or "end"
         if stage not in STAGES:
             raise ValueError(f"unknown stage in step {text!r}; use mail:, rcpt: or none")
         if action == "drop":
             return cls(text, stage, 0, True)
+        action, plus, suffix = action.partition("+")
+        if plus and suffix != "nul":
+            raise ValueError(f"unknown suffix in step {text!r}; only +nul")
         code = int(action)
         if not 200 <= code <= 599:
             raise ValueError(f"not an SMTP reply code: {text!r}")
-        return cls(text, stage, code)
+        return cls(text, stage, code, hostile=bool(plus))
 
 
 @dataclass
@@ -107,8 +121,10 @@ class FakeSmtp:
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
         record: Path | None = None,
+        echo_auth: bool = False,
     ) -> None:
         self.default = Step.parse(default)
+        self.echo_auth = echo_auth
         self.users = dict(users or {})
         self.record = record
         self._script: deque[Step] = deque(Step.parse(s) for s in script)
@@ -212,7 +228,21 @@ class FakeSmtp:
                 self.logins += 1
             else:
                 self.auth_failures += 1
-        return AuthResult(success=ok, handled=False, auth_data=data)
+        if ok or not self.echo_auth or not isinstance(data, LoginPassword):
+            return AuthResult(success=ok, handled=False, auth_data=data)
+        return AuthResult(
+            success=False, handled=False, message=_echo(mechanism, data), auth_data=data
+        )
+
+
+def _echo(mechanism: str, data: LoginPassword) -> str:
+    """A 535 that repeats the credentials the client sent, as it sent them."""
+    login, password = data.login, data.password
+    if mechanism == "PLAIN":
+        sent = base64.b64encode(b"\0" + login + b"\0" + password).decode()
+    else:
+        sent = f"{base64.b64encode(login).decode()} {base64.b64encode(password).decode()}"
+    return f"535 5.7.8 {mechanism} {sent} refused; password was {password.decode()}"
 
 
 class _Controller(Controller):
@@ -223,6 +253,10 @@ class _Controller(Controller):
         server = cast(asyncio.Server, self.server)
         self.port = server.sockets[0].getsockname()[1]
         super()._trigger_server()  # type: ignore[no-untyped-call]
+
+
+HOSTILE_TEXT = ("no\x00 such \x1b[31muser\x1b[0m \x07\x08\x0b\x0c\x7f" * 10).ljust(2000, "\x00")
+"""The text of a `+nul` reply."""
 
 
 def _reply(server: SMTP, step: Step) -> str:
@@ -237,7 +271,8 @@ def _reply(server: SMTP, step: Step) -> str:
         asyncio.get_running_loop().call_soon(server.transport.close)
         return f"421 4.3.2 scripted {step.text}"
     klass = step.code // 100
-    return f"{step.code} {klass}.0.0 scripted {step.text}"
+    text = HOSTILE_TEXT if step.hostile else f"scripted {step.text}"
+    return f"{step.code} {klass}.0.0 {text}"
 
 
 class _Handler:
@@ -293,6 +328,8 @@ class _Handler:
                 parsed.get("X-Drip-Delivery-Id"),
             )
         )
+        if step.delay:
+            await asyncio.sleep(step.delay)
         if step.code == 250 and not step.drop:
             return "250 2.0.0 OK: queued"
         return _reply(server, step)

@@ -13,6 +13,7 @@ import re
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from drip.errors import DripError, FatalTransportError
@@ -20,12 +21,17 @@ from drip.message import OutgoingEmail
 from drip.mime import build_mime, to_bytes
 from drip.transports.base import (
     Outcome,
+    Scrubber,
     SendResult,
     TransportBase,
+    guarded,
     message_id_domain_for,
     not_attempted,
     utc_now,
 )
+
+_CLEAN = Scrubber()
+"""The outbox has no secret; its texts are only cleaned and cut like every transport's."""
 
 # A delivery id becomes a file name: no separators, no leading dot, no surprises.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -55,7 +61,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 class OutboxTransport(TransportBase):
     """Writes each email as an RFC 5322 `.eml` file (from `drip.mime.build_mime`) under `directory`.
 
-    SENT with `provider_id` = the file name. A delivery id that cannot be a file name is FAILED;
+    Dated `email.date` (the send run's moment), else `clock()`. SENT with `provider_id` = the
+    file name. A delivery id that cannot be a file name is FAILED;
     a write error is RETRY and stops the batch. Raises `FatalTransportError` when the directory
     cannot be created.
     """
@@ -78,7 +85,11 @@ class OutboxTransport(TransportBase):
         return self.directory / f"{delivery_id}.eml"
 
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
-        """Write each email; see `Transport.send`."""
+        """Write each email; see `Transport.send` (and `drip.transports.base` for unexpected
+        errors)."""
+        return guarded(_CLEAN, partial(self._write_each, emails))
+
+    def _write_each(self, emails: Sequence[OutgoingEmail], results: list[SendResult]) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -86,14 +97,12 @@ class OutboxTransport(TransportBase):
                 f"cannot create the outbox directory {self.directory}: {exc.strerror};"
                 " set DRIP_OUTBOX_DIR to a writable directory"
             ) from None
-        results: list[SendResult] = []
         for index, email in enumerate(emails):
             result = self._write(email)
             results.append(result)
             if result.outcome is Outcome.RETRY:
                 results.extend(not_attempted(emails[index + 1 :], result.detail, None))
                 break
-        return results
 
     def _write(self, email: OutgoingEmail) -> SendResult:
         did = email.delivery_id
@@ -103,7 +112,9 @@ class OutboxTransport(TransportBase):
             )
         domain = message_id_domain_for(email, self._message_id_domain)
         try:
-            data = to_bytes(build_mime(email, date=self._clock(), message_id_domain=domain))
+            data = to_bytes(
+                build_mime(email, date=email.date or self._clock(), message_id_domain=domain)
+            )
         except (DripError, ValueError, TypeError) as exc:
             return SendResult(did, Outcome.FAILED, detail=f"cannot build the message: {exc}")
         path = self.path_for(did)

@@ -17,20 +17,23 @@ import re
 import smtplib
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from drip.errors import ConfigError, DripError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.mime import build_mime, to_bytes
 from drip.transports.base import (
+    MAX_ERROR,
     Outcome,
+    Scrubber,
     SendResult,
     TransportBase,
+    guarded,
     message_id_domain_for,
     not_attempted,
-    scrub,
     utc_now,
 )
 
@@ -94,8 +97,10 @@ def _wire_data(message: bytes) -> bytes:
 
 
 def _reply_text(reply: bytes | str) -> str:
+    """A server reply on one line; the transport's `Scrubber` cleans and cuts it (after
+    scrubbing: a cut first could leave a piece of the password)."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    return " ".join(text.split())[:300]
+    return " ".join(text.split())
 
 
 class _Retry(Exception):
@@ -109,8 +114,9 @@ class _Retry(Exception):
 class SmtpTransport(TransportBase):
     """Sends each email as one SMTP transaction (MAIL, RCPT, DATA) on a reused connection.
 
-    The MIME message comes from `drip.mime.build_mime` with `date=clock()`; `provider_id` is its
-    Message-ID. The Message-ID domain is `message_id_domain`, else the sender's domain.
+    The MIME message comes from `drip.mime.build_mime` dated `email.date` (the send run's
+    moment), else `clock()`; `provider_id` is its Message-ID. The Message-ID domain is
+    `message_id_domain`, else the sender's domain.
     `ssl_context` defaults to the system's verifying context (tests pass one trusting their CA).
     Raises `ConfigError` for a malformed URL or a password that would travel unencrypted to a
     host other than loopback.
@@ -134,6 +140,7 @@ class SmtpTransport(TransportBase):
                 f"DRIP_SMTP_URL would send the SMTP password to {t.host}:{t.port} unencrypted;"
                 " use smtps:// or add ?starttls=1"
             )
+        self._scrub = Scrubber(t.password, users=[t.username] if t.username else [])
         self._message_id_domain = message_id_domain
         self._clock = clock
         self._timeout = timeout
@@ -143,7 +150,7 @@ class SmtpTransport(TransportBase):
     # -- connection ------------------------------------------------------------------------
 
     def _fatal(self, message: str) -> FatalTransportError:
-        return FatalTransportError(scrub(message, self.target.password))
+        return FatalTransportError(self._scrub.text(message, MAX_ERROR))
 
     def _untrusted(self, where: str, exc: ssl.SSLCertVerificationError) -> FatalTransportError:
         return self._fatal(
@@ -200,7 +207,8 @@ class SmtpTransport(TransportBase):
                 ) from None
             raise self._fatal(
                 f"SMTP server {where} refused the login for {t.username!r} ({exc.smtp_code}"
-                f" {_reply_text(exc.smtp_error)}); check the user and password in DRIP_SMTP_URL"
+                f" {self._scrub.text(_reply_text(exc.smtp_error))}); check the user and password"
+                " in DRIP_SMTP_URL"
             ) from None
         except smtplib.SMTPNotSupportedError:
             raise self._fatal(
@@ -248,22 +256,23 @@ class SmtpTransport(TransportBase):
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
-        """Send each email; see `Transport.send`. Raises `FatalTransportError` on auth failure."""
-        results: list[SendResult] = []
+        """Send each email; see `Transport.send`. Raises `FatalTransportError` on auth failure
+        or an unexpected error (see `drip.transports.base`), with the earlier results."""
+        try:
+            return guarded(self._scrub, partial(self._send_each, emails))
+        except FatalTransportError:
+            self._drop()  # the session may be mid-transaction: start the next call afresh
+            raise
+
+    def _send_each(self, emails: Sequence[OutgoingEmail], results: list[SendResult]) -> None:
         self._check_reused()
         for index, email in enumerate(emails):
             try:
                 smtp = self._connection()
                 result = self._send_one(smtp, email)
-            except FatalTransportError as exc:
-                raise FatalTransportError(str(exc), results) from None
             except _Retry as stop:
                 self._drop()
-                result = SendResult(
-                    email.delivery_id,
-                    stop.result.outcome,
-                    detail=scrub(stop.result.detail, self.target.password),
-                )
+                result = replace(stop.result, delivery_id=email.delivery_id)
                 results.append(result)
                 reason = f"SMTP connection lost at {email.delivery_id}: {result.detail}"
                 results.extend(not_attempted(emails[index + 1 :], reason, None))
@@ -273,13 +282,12 @@ class SmtpTransport(TransportBase):
                 reason = f"no reply for {email.delivery_id}: {result.detail}"
                 results.extend(not_attempted(emails[index + 1 :], reason, None))
                 break
-        return results
 
     def _send_one(self, smtp: smtplib.SMTP, email: OutgoingEmail) -> SendResult:
         did = email.delivery_id
         try:
             domain = message_id_domain_for(email, self._message_id_domain)
-            message = build_mime(email, date=self._clock(), message_id_domain=domain)
+            message = build_mime(email, date=email.date or self._clock(), message_id_domain=domain)
             data = _wire_data(to_bytes(message))
         except (DripError, ValueError, TypeError) as exc:
             return SendResult(did, Outcome.FAILED, detail=f"cannot build the message: {exc}")
@@ -309,12 +317,14 @@ class SmtpTransport(TransportBase):
             ) from None
         try:
             code, reply = smtp.getreply()
-        except (OSError, smtplib.SMTPException) as exc:
+        except Exception as exc:  # whatever it is, the message was written: never re-sent blind
             self._drop()
+            known = isinstance(exc, (OSError, smtplib.SMTPException))
+            cause = f"{exc}" if known else f"{type(exc).__name__}: {exc}"
             return SendResult(
                 did,
                 Outcome.IN_DOUBT,
-                detail=f"message written, reply lost (the relay may have queued it): {exc}",
+                detail=f"message written, reply lost (the relay may have queued it): {cause}",
             )
         if code == 250:
             return SendResult(

@@ -31,7 +31,13 @@ import orjson
 
 from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
-from drip.transports.base import Outcome, SendResult, TransportBase, not_attempted
+from drip.transports.base import (
+    Outcome,
+    SendResult,
+    TransportBase,
+    not_attempted,
+    unexpected_failure,
+)
 from drip.transports.sendgrid.fast import FastSendGridTransport
 from drip.transports.sendgrid.protocol import (
     MAX_PERSONALIZATIONS,
@@ -80,20 +86,27 @@ class BulkSendGridTransport(TransportBase):
 
     def submit(self, emails: Sequence[OutgoingEmail]) -> Future[list[SendResult]]:
         """Start sending and return at once (see `FastSendGridTransport.submit`)."""
-        return self.inner.run_soon(self.send_async(list(emails)))
+        return self.inner.submit_coroutine(self.send_async(list(emails)))
 
     async def send_async(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """`send` inside the inner transport's loop: the bulk requests, then the emails sent on
-        their own (not bulk-safe, or in a bulk request refused as a whole)."""
-        chunks, singles = self._plan(emails)
+        their own (not bulk-safe, or in a bulk request refused as a whole). An unexpected error
+        is raised as `FatalTransportError` with the results known (`drip.transports.base`)."""
         results: dict[int, SendResult] = {}
-        refused, fatal = await self._send_chunks(emails, chunks, results)
-        if fatal is not None:
-            raise FatalTransportError(fatal, [results[i] for i in sorted(results)])
-        singles = sorted(singles + refused)
-        if singles:
-            await self._send_singles(emails, singles, results)
-        return [results[i] for i in range(len(emails))]
+        try:
+            chunks, singles = self._plan(emails)
+            refused, fatal = await self._send_chunks(emails, chunks, results)
+            if fatal is not None:
+                raise FatalTransportError(fatal)
+            singles = sorted(singles + refused)
+            if singles:
+                await self._send_singles(emails, singles, results)
+            return [results[i] for i in range(len(emails))]
+        except FatalTransportError as exc:
+            raise FatalTransportError(str(exc), [results[i] for i in sorted(results)]) from None
+        except Exception as exc:
+            known = [results[i] for i in sorted(results)]
+            raise unexpected_failure(exc, known, self.inner.scrubber) from None
 
     def _plan(self, emails: Sequence[OutgoingEmail]) -> tuple[list[list[int]], list[int]]:
         """(indices of each bulk request, indices of the emails to send on their own)."""
@@ -133,8 +146,8 @@ class BulkSendGridTransport(TransportBase):
             if answer is None:
                 if fatal is None:
                     reason = call.stop_reason or "the call ended early"
-                    skipped = not_attempted(
-                        [emails[i] for i in chunk], reason, call.stop_retry_after
+                    skipped = self.inner.scrubber.results(
+                        not_attempted([emails[i] for i in chunk], reason, call.stop_retry_after)
                     )
                     results.update(zip(chunk, skipped, strict=True))
             elif answer.outcome is Outcome.FAILED:
@@ -161,7 +174,7 @@ class BulkSendGridTransport(TransportBase):
             for i in singles:
                 if emails[i].delivery_id in done:
                     results[i] = done[emails[i].delivery_id]
-            raise FatalTransportError(str(exc), [results[i] for i in sorted(results)]) from None
+            raise
         results.update(zip(singles, alone, strict=True))
 
 

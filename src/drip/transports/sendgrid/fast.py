@@ -21,9 +21,10 @@ How failures map to outcomes:
   (AIMD: it grows back by about one per window of successes);
 - after an outage-like answer no new request of the call starts; those come back RETRY
   ("not attempted"), while requests already in flight finish and keep their real outcome;
-- 401/403/404/405: `FatalTransportError`. Its `results` hold every outcome the call already has,
-  in input order: with several requests in flight these may include emails after the one that
-  met the fatal answer (they were sent concurrently and must be recorded, not released).
+- 401/403/404/405 and 3xx (redirects are never followed): `FatalTransportError`. Its `results`
+  hold every outcome the call already has, in input order: with several requests in flight
+  these may include emails after the one that met the fatal answer (they were sent concurrently
+  and must be recorded, not released).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -46,18 +48,19 @@ from drip.config import DEFAULT_SENDGRID_API_URL, DEFAULT_SENDGRID_WINDOW
 from drip.errors import ConfigError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
+    MAX_ERROR,
     Outcome,
+    Scrubber,
     SendResult,
     TransportBase,
+    finished,
     not_attempted,
-    scrub,
-    scrub_result,
+    unexpected_failure,
     utc_now,
 )
 from drip.transports.sendgrid.protocol import (
     DEFAULT_TIMEOUT,
     MAIL_SEND_PATH,
-    MAX_DETAIL,
     build_failure,
     classify_status,
     fast_payload,
@@ -76,8 +79,14 @@ def _shutdown(
     loop: asyncio.AbstractEventLoop,
     thread: threading.Thread,
     holder: list[aiohttp.ClientSession],
+    pending: set[Future[list[SendResult]]],
 ) -> None:
-    """Close the session, stop the loop and its thread (from close() or garbage collection)."""
+    """Close the session, stop the loop and its thread (from close() or garbage collection).
+
+    Calls still `pending` (close() already gave them time to finish) lose their connections
+    here: their requests end in doubt or not attempted, and their futures complete before the
+    loop stops, so nobody waits for them forever.
+    """
     if loop.is_closed():
         return
 
@@ -93,6 +102,7 @@ def _shutdown(
         return
     try:
         asyncio.run_coroutine_threadsafe(close_sessions(), loop).result(timeout=10)
+        wait_for(list(pending), timeout=10)
     except Exception:  # a wedged loop must not turn close() into an error
         log.warning("the SendGrid connection pool did not close cleanly", exc_info=True)
     loop.call_soon_threadsafe(loop.stop)
@@ -203,7 +213,8 @@ class FastSendGridTransport(TransportBase):
         rate: float | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        self._secret = require_api_key(api_key)
+        self.scrubber = Scrubber(require_api_key(api_key), users=("apikey",))
+        """Cleans every text this transport (and bulk mode over it) returns or raises."""
         if window < 1:
             raise ConfigError(f"DRIP_SENDGRID_WINDOW must be at least 1, not {window}")
         self._url = base_url.rstrip("/") + MAIL_SEND_PATH
@@ -227,6 +238,9 @@ class FastSendGridTransport(TransportBase):
         self._holder: list[aiohttp.ClientSession] = []
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
+        self._pending: set[Future[list[SendResult]]] = set()
+        self.drain_timeout = connect_timeout + timeout + 1.0
+        """How long `close` waits for the calls in flight: the longest one request may take."""
         if rate is not None:
             TokenBucket(rate)  # validate now: a config error must surface before any claim
 
@@ -234,18 +248,21 @@ class FastSendGridTransport(TransportBase):
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._closed:
-                raise RuntimeError("this SendGrid transport is closed")
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="drip-sendgrid", daemon=True
-                )
-                thread.start()
-                self._loop, self._thread = loop, thread
-                # Also runs when a transport is dropped without close(): no leaked sockets.
-                self._finalizer = weakref.finalize(self, _shutdown, loop, thread, self._holder)
-            return self._loop
+            return self._start_locked()
+
+    def _start_locked(self) -> asyncio.AbstractEventLoop:
+        if self._closed:
+            raise RuntimeError("this SendGrid transport is closed")
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="drip-sendgrid", daemon=True)
+            thread.start()
+            self._loop, self._thread = loop, thread
+            # Also runs when a transport is dropped without close(): no leaked sockets.
+            self._finalizer = weakref.finalize(
+                self, _shutdown, loop, thread, self._holder, self._pending
+            )
+        return self._loop
 
     @property
     def _session(self) -> aiohttp.ClientSession | None:
@@ -267,10 +284,15 @@ class FastSendGridTransport(TransportBase):
         return self._holder[0]
 
     def close(self) -> None:
-        """Close the connections and stop the loop thread; safe to call more than once."""
+        """Let the calls in flight finish (for at most `drain_timeout` seconds), then close the
+        connections and stop the loop thread; safe to call more than once. A call submitted
+        after this fails with `FatalTransportError` (nothing handed over)."""
         with self._lock:
             self._closed = True
             finalizer = self._finalizer
+            pending = list(self._pending)
+        if pending and threading.current_thread() is not self._thread:
+            wait_for(pending, timeout=self.drain_timeout)
         if finalizer is not None:
             finalizer()
 
@@ -279,7 +301,8 @@ class FastSendGridTransport(TransportBase):
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """Send each email; see `Transport.send` and the module docstring for outcomes.
 
-        Raises `FatalTransportError` on 401/403/404/405 with the results the call already has.
+        Raises `FatalTransportError` on 401/403/404/405 and 3xx, or an unexpected error (see
+        `drip.transports.base`), with the results the call already has.
         """
         return self.submit(emails).result()
 
@@ -287,12 +310,37 @@ class FastSendGridTransport(TransportBase):
         """Start sending and return at once: the future gives what `send` would return (or
         raises its `FatalTransportError`). Calls may overlap; all share the AIMD limit, the rate
         bucket and the connection pool, so at most 2 x `window` requests are in flight for two
-        overlapping calls.
+        overlapping calls. Never raises: a closed transport gives a failed future.
         """
-        return self.run_soon(self.send_async(list(emails)))
+        return self.submit_coroutine(self.send_async(list(emails)))
+
+    def submit_coroutine(
+        self, coro: Coroutine[Any, Any, list[SendResult]]
+    ) -> Future[list[SendResult]]:
+        """Run a send coroutine on the transport's loop thread; its future at once (also used by
+        bulk mode). Whatever stops it that is not a `FatalTransportError` (the transport is
+        closed, a bug) fails the future with one (`drip.transports.base.unexpected_failure`)."""
+        try:
+            with self._lock:  # one lock with close(): a call is either refused or waited for
+                loop = self._start_locked()
+                future = asyncio.run_coroutine_threadsafe(self._guard(coro), loop)
+                self._pending.add(future)
+        except Exception as exc:
+            coro.close()
+            return finished(unexpected_failure(exc, (), self.scrubber))
+        future.add_done_callback(self._pending.discard)
+        return future
+
+    async def _guard(self, coro: Coroutine[Any, Any, list[SendResult]]) -> list[SendResult]:
+        try:
+            return await coro
+        except FatalTransportError:
+            raise
+        except Exception as exc:  # the last resort; errors while sending are caught in the call
+            raise unexpected_failure(exc, (), self.scrubber) from None
 
     def run_soon(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        """Schedule `coro` on the transport's loop thread (also used by bulk mode)."""
+        """Schedule `coro` on the transport's loop thread."""
         return asyncio.run_coroutine_threadsafe(coro, self._start())
 
     async def send_async(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
@@ -307,7 +355,9 @@ class FastSendGridTransport(TransportBase):
         for email, result in zip(emails, results, strict=True):
             if result is None:
                 reason = call.stop_reason or "the call ended early"
-                out.extend(not_attempted([email], reason, call.stop_retry_after))
+                out.extend(
+                    self.scrubber.results(not_attempted([email], reason, call.stop_retry_after))
+                )
             else:
                 out.append(result)
         return out
@@ -319,39 +369,46 @@ class FastSendGridTransport(TransportBase):
 
         Returns (results in job order, fatal message or None, call state). A result is None for
         a job not started (after an outage-like or fatal answer) or that met the fatal answer.
-        A builder that raises `ValueError`/`TypeError` gives FAILED. Used by `send` (one email
-        per job) and by bulk mode (many recipients per job).
+        A builder that raises `ValueError`/`TypeError` gives FAILED. Any other exception (see
+        `drip.transports.base`) is the fatal message "the transport failed unexpectedly: ...",
+        with every result known kept. Used by `send` (one email per job) and by bulk mode (many
+        recipients per job).
         """
-        call = await self._send_all(list(jobs))
-        fatal = None if call.fatal is None else scrub(call.fatal, self._secret)
+        call = _Call(len(jobs))
+        try:
+            await self._send_all(list(jobs), call)
+        except Exception as exc:
+            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
+        fatal = None if call.fatal is None else self.scrubber.text(call.fatal, MAX_ERROR)
         return call.results, fatal, call
 
-    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]]) -> _Call:
-        session = await self._get_session()
-        call = _Call(len(jobs))
+    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]], call: _Call) -> None:
         running: set[asyncio.Task[None]] = set()
         wake = asyncio.Event()
 
-        def finished(task: asyncio.Task[None]) -> None:
+        def done(task: asyncio.Task[None]) -> None:
             running.discard(task)
             wake.set()
 
-        while call.next_index < len(jobs) and call.stop_reason is None and call.fatal is None:
-            if len(running) >= self.aimd.allowed:
-                wake.clear()
-                await wake.wait()
-                continue
-            index = call.next_index
-            call.next_index += 1
-            if self._bucket is not None:
-                await self._bucket.take()
-            label, build = jobs[index]
-            task = asyncio.create_task(self._send_one(session, label, build, index, call))
-            running.add(task)
-            task.add_done_callback(finished)
-        if running:
-            await asyncio.gather(*running)
-        return call
+        try:
+            session = await self._get_session()
+            while call.next_index < len(jobs) and call.stop_reason is None and call.fatal is None:
+                if len(running) >= self.aimd.allowed:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                index = call.next_index
+                call.next_index += 1
+                if self._bucket is not None:
+                    await self._bucket.take()
+                label, build = jobs[index]
+                task = asyncio.create_task(self._send_one(session, label, build, index, call))
+                running.add(task)
+                task.add_done_callback(done)
+        finally:
+            # Requests in flight finish and keep their outcome, whatever stopped the loop.
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def _send_one(
         self,
@@ -361,18 +418,23 @@ class FastSendGridTransport(TransportBase):
         index: int,
         call: _Call,
     ) -> None:
+        """Build and POST job `index` of `call` and record its result there. A fatal answer or
+        an unexpected error gives this job no result (it was not handed over) and sets
+        `call.fatal`, so no new request starts."""
         try:
-            body = build()
-        except (ValueError, TypeError) as exc:
-            call.results[index] = build_failure(label, exc)
-            return
-        try:
+            try:
+                body = build()
+            except (ValueError, TypeError) as exc:
+                call.results[index] = self.scrubber.result(build_failure(label, exc))
+                return
+            # Clean as it comes (classify_status and post_body scrub what the server said).
             result = await self.post_body(session, label, body)
         except FatalTransportError as exc:
-            # This job was not sent and gets no result; no new request starts.
             call.fatal = call.fatal or str(exc)
             return
-        result = scrub_result(result, self._secret)
+        except Exception as exc:  # not an outcome (a host the IDNA codec refuses, a bug)
+            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
+            return
         call.results[index] = result
         if result.outcome is Outcome.SENT:
             self.aimd.increase()
@@ -388,27 +450,22 @@ class FastSendGridTransport(TransportBase):
     ) -> SendResult:
         """POST one prepared body and classify the answer (also used by bulk sends).
 
-        Raises `FatalTransportError` (without results) for 401/403/404/405.
+        Raises `FatalTransportError` (without results) for 401/403/404/405 and 3xx. The result
+        is clean: what the server or the connection said went through the transport's
+        `Scrubber`.
         """
         try:
-            async with session.post(self._url, data=body) as response:
+            # Never follow a redirect: it would re-post the email (and the key) elsewhere.
+            async with session.post(self._url, data=body, allow_redirects=False) as response:
                 status = response.status
                 data = await response.read()
                 headers = response.headers
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return SendResult(
-                delivery_id,
-                Outcome.RETRY,
-                detail=f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}"[
-                    :MAX_DETAIL
-                ],
-            )
+            detail = f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}"
+            return SendResult(delivery_id, Outcome.RETRY, detail=self.scrubber.text(detail))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return SendResult(
-                delivery_id,
-                Outcome.IN_DOUBT,
-                detail=f"request sent, answer lost: {type(exc).__name__} {exc}".strip()[
-                    :MAX_DETAIL
-                ],
-            )
-        return classify_status(delivery_id, status, headers, data, self._clock())
+            detail = f"request sent, answer lost: {type(exc).__name__} {exc}".strip()
+            return SendResult(delivery_id, Outcome.IN_DOUBT, detail=self.scrubber.text(detail))
+        return classify_status(
+            delivery_id, status, headers, data, self._clock(), self.scrubber.text
+        )

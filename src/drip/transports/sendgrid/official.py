@@ -17,22 +17,26 @@ import http.client
 import logging
 import re
 import urllib.error
+import urllib.request
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from email.message import Message
+from functools import partial
+from typing import IO
 
 import python_http_client.exceptions as http_errors  # type: ignore[import-untyped]
 from sendgrid import SendGridAPIClient  # type: ignore[import-untyped]
 
 from drip.config import DEFAULT_SENDGRID_API_URL
-from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
     Outcome,
+    Scrubber,
     SendResult,
     TransportBase,
+    guarded,
     not_attempted,
-    scrub,
-    scrub_result,
     utc_now,
 )
 from drip.transports.sendgrid.protocol import (
@@ -46,24 +50,55 @@ from drip.transports.sendgrid.protocol import (
 _BEARER = re.compile(r"Bearer\s+[^\s'\",}]+")
 
 
-class _RedactBearer(logging.Filter):
-    """python_http_client logs the request headers, Authorization included, at DEBUG level."""
+class _RedactSecrets(logging.Filter):
+    """python_http_client logs the request headers (Authorization included) and every answer's
+    body at DEBUG level: a server echoing the key would put it in the log. Each record's message
+    goes through the scrubber of every live transport (the filter only runs for records that
+    are emitted, so there is no cost unless DEBUG logging is on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scrubbers: weakref.WeakSet[Scrubber] = weakref.WeakSet()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "Bearer" in message:
-            record.msg = _BEARER.sub("Bearer [redacted]", message)
-            record.args = None
+        message = _BEARER.sub("Bearer [redacted]", record.getMessage())
+        for scrubber in list(self.scrubbers):
+            message = scrubber.text(message, len(message))
+        record.msg, record.args = message, None
         return True
 
 
-_REDACT_FILTER = _RedactBearer()
+_REDACT_FILTER = _RedactSecrets()
 
 
-def _install_log_redaction() -> None:
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: urllib then raises the 3xx as an `HTTPError`, which
+    `classify_status` makes fatal. Following one would turn the POST into a GET (302/303) or
+    re-post the email, Authorization header included, to another origin (307/308)."""
+
+    def http_error_302(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Message,
+    ) -> None:
+        return None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
+"""The opener of every request: urllib's defaults without redirects (python_http_client builds
+a default one per request, which follows them)."""
+
+
+def _install_log_redaction(scrubber: Scrubber) -> None:
     logger = logging.getLogger("python_http_client.client")
     if _REDACT_FILTER not in logger.filters:
         logger.addFilter(_REDACT_FILTER)
+    _REDACT_FILTER.scrubbers.add(scrubber)
 
 
 class SendGridTransport(TransportBase):
@@ -84,29 +119,35 @@ class SendGridTransport(TransportBase):
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        self._secret = require_api_key(api_key)
-        _install_log_redaction()
-        self._client = SendGridAPIClient(api_key=api_key, host=base_url.rstrip("/"))
+        self._scrub = Scrubber(require_api_key(api_key), users=("apikey",))
+        _install_log_redaction(self._scrub)
+        client = SendGridAPIClient(api_key=api_key, host=base_url.rstrip("/"))
+        self._endpoint = client.client.mail.send
+        # python_http_client passes each request with its own default opener to `_make_request`
+        # (its documented hook for tests); give it ours, which does not follow redirects.
+        make_request = self._endpoint._make_request
+        self._endpoint._make_request = lambda _opener, request, timeout=None: make_request(
+            _OPENER, request, timeout=timeout
+        )
         self._timeout = timeout
         self._clock = clock
 
     def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """Send each email; see `Transport.send`.
 
-        Raises `FatalTransportError` on 401/403/404/405, with the batch's earlier results.
+        Raises `FatalTransportError` on 401/403/404/405 and 3xx, or an unexpected error (see
+        `drip.transports.base`), with the batch's earlier results.
         """
-        results: list[SendResult] = []
+        return guarded(self._scrub, partial(self._send_each, emails))
+
+    def _send_each(self, emails: Sequence[OutgoingEmail], results: list[SendResult]) -> None:
         for index, email in enumerate(emails):
-            try:
-                result = scrub_result(self._send_one(email), self._secret)
-            except FatalTransportError as exc:
-                raise FatalTransportError(scrub(str(exc), self._secret), results) from None
+            result = self._send_one(email)
             results.append(result)
             if result.outcome in (Outcome.RETRY, Outcome.IN_DOUBT):
                 reason = f"SendGrid answered {email.delivery_id}: {result.detail}"
                 results.extend(not_attempted(emails[index + 1 :], reason, result.retry_after))
                 break
-        return results
 
     def _send_one(self, email: OutgoingEmail) -> SendResult:
         try:
@@ -114,12 +155,15 @@ class SendGridTransport(TransportBase):
         except (ValueError, TypeError) as exc:
             return build_failure(email.delivery_id, exc)
         try:
-            response = self._client.client.mail.send.post(
-                request_body=payload, timeout=self._timeout
-            )
+            response = self._endpoint.post(request_body=payload, timeout=self._timeout)
         except http_errors.HTTPError as exc:
             return classify_status(
-                email.delivery_id, int(exc.status_code), exc.headers, exc.body, self._clock()
+                email.delivery_id,
+                int(exc.status_code),
+                exc.headers,
+                exc.body,
+                self._clock(),
+                self._scrub.text,
             )
         except urllib.error.URLError as exc:
             return SendResult(
@@ -139,4 +183,5 @@ class SendGridTransport(TransportBase):
             response.headers,
             response.body,
             self._clock(),
+            self._scrub.text,
         )

@@ -7,7 +7,8 @@ the answer here"; only the middle step differs between them. This module holds b
   for value and key for key), `fast_payload` (the same body, cheaper for the common shape) and
   `bulk_payload` with its helpers (one body for many subscribers of one lesson, with
   substitutions; see `drip.transports.sendgrid.bulk`);
-- `classify_status` (HTTP answer -> `SendResult`), `retry_after_seconds` and `error_text`;
+- `classify_status` (HTTP answer -> `SendResult`), `retry_after_seconds` (clamped) and
+  `error_text`;
 - the API-key check shared by the clients.
 
 It imports neither the `sendgrid` library nor aiohttp (a test checks this).
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from email.utils import parseaddr, parsedate_to_datetime
+from email.utils import parseaddr, parsedate_to_datetime, quote
 from typing import Any, Protocol
 
 from markupsafe import escape
@@ -29,11 +31,19 @@ from markupsafe import escape
 from drip.errors import FatalTransportError, MissingApiKeyError
 from drip.message import BulkParts, OutgoingEmail
 from drip.render import LIST_UNSUBSCRIBE_POST
-from drip.transports.base import Outcome, SendResult
+from drip.transports.base import (
+    MAX_DETAIL,
+    MAX_PROVIDER_ID,
+    Outcome,
+    Scrubber,
+    SendResult,
+    clamp_retry_after,
+)
 
 MAIL_SEND_PATH = "/v3/mail/send"
 DEFAULT_TIMEOUT = 30.0
-MAX_DETAIL = 300
+MAX_BODY_TEXT = 65536
+"""Characters of an error body read for its message (the message is then cut much shorter)."""
 MAX_PERSONALIZATIONS = 1000
 """SendGrid's limit per request (personalizations and recipients)."""
 KEY_PREFIX = "%drip"
@@ -79,6 +89,23 @@ def _party(address: str, name: str | None) -> dict[str, str]:
     return party
 
 
+_NEEDS_QUOTES = re.compile(r'[,;"]').search
+
+
+def recipient_name(name: str) -> str:
+    """`name` as SendGrid takes it in `to.name`: in double quotes, with '"' and '\\' escaped
+    (RFC 5322 quoted-string, `email.utils.quote`), when it contains ',' or ';' or '"'; as it is
+    otherwise.
+
+    SendGrid's Mail Send limitations: "The to.name, cc.name, and bcc.name personalizations cannot
+    include either the ; or , characters" -- such a message can be dropped after the 202. Its
+    libraries wrap such names in double quotes, which SendGrid reads as one display name; a '"'
+    alone would leave an unbalanced quote in the header SendGrid writes. Names without these
+    characters stay unquoted (some mail clients show the quotes).
+    """
+    return f'"{quote(name)}"' if _NEEDS_QUOTES(name) else name
+
+
 def build_payload(email: OutgoingEmail) -> dict[str, Any]:
     """The /v3/mail/send JSON body for one email (pure).
 
@@ -95,6 +122,8 @@ def build_payload(email: OutgoingEmail) -> dict[str, Any]:
     to = _party(email.to_address, email.to_name)
     if "email" not in to:
         raise KeyError("email")
+    if "name" in to:
+        to["name"] = recipient_name(to["name"])
     payload: dict[str, Any] = {}
     sender = _party(email.from_address, email.from_name)
     if sender:
@@ -131,7 +160,8 @@ def _plain_party(address: str, name: str | None) -> dict[str, str] | None:
 def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
     """`build_payload(email)`, equal and in the same key order, with less work per email.
 
-    Only for the common shape: sender and recipient that are copied as they are, non-empty text
+    Only for the common shape: sender and recipient that are copied as they are (a name that
+    needs quotes, see `recipient_name`, is not), non-empty text
     and html that cannot trip the API-key check (which matches at the start of a part); anything
     else goes through `build_payload` itself. tests/test_transport_sendgrid_fast.py compares the
     two with the official library on generated emails.
@@ -142,6 +172,7 @@ def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
     if (
         sender is None
         or to is None
+        or (email.to_name and _NEEDS_QUOTES(email.to_name))
         or not text
         or not html
         or text.startswith("SG.")
@@ -162,11 +193,10 @@ def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
 
 
 def build_failure(label: str, exc: Exception) -> SendResult:
-    """FAILED for a request body that could not be built (the builder refused the email)."""
+    """FAILED for a request body that could not be built (the builder refused the email); the
+    client cleans and cuts the detail."""
     return SendResult(
-        label,
-        Outcome.FAILED,
-        detail=f"cannot build the request: {type(exc).__name__} {exc}"[:MAX_DETAIL],
+        label, Outcome.FAILED, detail=f"cannot build the request: {type(exc).__name__} {exc}"
     )
 
 
@@ -183,44 +213,65 @@ class Headers(Protocol):
 def retry_after_seconds(headers: Headers | None, now: datetime) -> float | None:
     """Seconds to wait, from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (epoch).
 
-    Returns None when neither header is present or readable; never a negative number.
+    Returns None when neither header is present or readable (NaN included), else a finite number
+    within [0, MAX_RETRY_AFTER]: an infinite, absurdly large or far-future answer is clamped.
     """
     if headers is None:
         return None
     retry_after = (headers.get("Retry-After") or "").strip()
     if retry_after:
-        try:
-            return max(0.0, float(retry_after))
-        except ValueError:
-            pass
-        try:
-            when = parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None and when.tzinfo is not None:
-            return max(0.0, (when - now).total_seconds())
+        seconds = _seconds(retry_after)
+        if seconds is None:
+            seconds = _until_date(retry_after, now)
+        if seconds is not None:
+            return clamp_retry_after(seconds)
     reset = (headers.get("X-RateLimit-Reset") or "").strip()
     if reset:
-        try:
-            return max(0.0, float(reset) - now.timestamp())
-        except ValueError:
-            return None
+        epoch = _seconds(reset)
+        if epoch is not None:
+            return clamp_retry_after(epoch - now.timestamp())
     return None
 
 
+def _seconds(text: str) -> float | None:
+    """`text` as a number; None when it is not one (NaN included)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(seconds) else seconds
+
+
+def _until_date(text: str, now: datetime) -> float | None:
+    try:
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:
+            return None
+        return (when - now).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def error_text(body: bytes | str | None) -> str:
-    """The messages of a SendGrid error body (`{"errors": [{"message": ...}]}`), shortened."""
+    """The messages of a SendGrid error body (`{"errors": [{"message": ...}]}`) on one line.
+
+    Not cut to a detail's length here: the client scrubs secrets first, then cuts (a cut before
+    scrubbing could leave a piece of the key). Only the first MAX_BODY_TEXT characters are read.
+    """
     if not body:
         return ""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = text[:MAX_BODY_TEXT]
     try:
         data = json.loads(text)
         messages = [str(err.get("message", "")) for err in data.get("errors", [])]
         text = "; ".join(m for m in messages if m) or text
     except (ValueError, AttributeError, TypeError):
         pass
-    text = " ".join(text.split())
-    return text[:MAX_DETAIL]
+    return " ".join(text.split())
+
+
+_PLAIN = Scrubber()
 
 
 def classify_status(
@@ -229,18 +280,25 @@ def classify_status(
     headers: Headers | None,
     body: bytes | str | None,
     now: datetime,
+    clean: Callable[[str], str] = _PLAIN.text,
 ) -> SendResult:
     """Map an HTTP answer from /v3/mail/send to a result (pure).
 
     2xx SENT (provider_id from X-Message-Id); 429 and 5xx RETRY with the server's wait hint;
-    other 4xx FAILED for this message. 401/403 (bad key) and 404/405 (DRIP_SENDGRID_API_URL does
-    not point at the API, which would otherwise fail every message for good) raise
+    other 4xx FAILED for this message. 401/403 (bad key), 404/405 (DRIP_SENDGRID_API_URL does
+    not point at the API, which would otherwise fail every message for good) and 3xx (a
+    redirect: the URL is not the API's; the clients never follow one) raise
     `FatalTransportError` without results; the caller adds the batch's earlier results.
+    `clean` (the client's `Scrubber.text`: no control characters, no secret, cut short) is
+    applied to everything the server said (error text, X-Message-Id, Location) before it goes
+    into the result or an error message, so the result is clean as it is (the fast client's
+    hot path passes it on without another look).
     """
-    reason = error_text(body)
-    detail = f"HTTP {status}" + (f": {reason}" if reason else "")
+    reason = clean(error_text(body)) if body else ""
+    detail = (f"HTTP {status}: {reason}" if reason else f"HTTP {status}")[:MAX_DETAIL]
     if 200 <= status < 300:
-        provider_id = headers.get("X-Message-Id") if headers is not None else None
+        message_id = headers.get("X-Message-Id") if headers is not None else None
+        provider_id = clean(message_id)[:MAX_PROVIDER_ID] or None if message_id else None
         return SendResult(delivery_id, Outcome.SENT, provider_id=provider_id, detail=detail)
     if status in (401, 403):
         raise FatalTransportError(
@@ -252,6 +310,13 @@ def classify_status(
             f"SendGrid API URL does not serve /v3/mail/send ({detail}); check"
             " DRIP_SENDGRID_API_URL. Nothing more was sent in this run."
         )
+    if 300 <= status < 400:
+        location = (headers.get("Location") if headers is not None else None) or ""
+        target = clean(location) if location.strip() else "nowhere (no Location)"
+        raise FatalTransportError(
+            f"the SendGrid API URL answered with a redirect to {target}; set"
+            " DRIP_SENDGRID_API_URL to the API itself"
+        )
     if status == 429 or status >= 500:
         return SendResult(
             delivery_id,
@@ -261,7 +326,7 @@ def classify_status(
         )
     if 400 <= status < 500:
         return SendResult(delivery_id, Outcome.FAILED, detail=detail)
-    # 1xx/3xx: not an answer Mail Send gives; nothing says the message was taken.
+    # 1xx: not an answer Mail Send gives; nothing says the message was taken.
     return SendResult(delivery_id, Outcome.RETRY, detail=f"unexpected answer {detail}")
 
 
@@ -353,7 +418,7 @@ def personalization(email: OutgoingEmail, key: Callable[[str, str], str]) -> dic
     assert email.bulk is not None
     to: dict[str, str] = {"email": email.to_address}
     if email.to_name:
-        to["name"] = email.to_name
+        to["name"] = recipient_name(email.to_name)
     return {
         "to": [to],
         "headers": dict(email.headers),

@@ -7,7 +7,8 @@ drifts from what SendGrid takes fails the tests and the benchmark alike.
 
 Checked: what SendGrid checks (known top-level keys; 1..1000 personalizations; recipient, sender,
 subject and content shapes; headers as strings, none of the reserved names; custom_args as
-strings, at most 10,000 bytes per personalization) and drip's own contract: exactly one
+strings, at most 10,000 bytes per personalization; no ',' or ';' in to.name outside double quotes)
+and drip's own contract: exactly one
 recipient per personalization, text/plain then text/html, both non-empty, a List-Unsubscribe
 URL, and custom_args drip_delivery_id, drip_lesson and drip_subscriber (a bulk request carries
 them per personalization; SendGrid merges those over the top-level ones).
@@ -18,6 +19,7 @@ Cheap enough for the benchmark: no serialisation, one pass over the personalizat
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from drip.transports.sendgrid.protocol import MAX_PERSONALIZATIONS
@@ -64,6 +66,8 @@ REQUIRED_CUSTOM_ARGS = ("drip_delivery_id", "drip_lesson", "drip_subscriber")
 CUSTOM_ARGS_LIMIT = 10_000
 """Bytes of JSON per personalization, SendGrid's documented limit."""
 CONTENT_TYPES = ["text/plain", "text/html"]
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+"""An RFC 5322 quoted-string: how a name with ',' or ';' must travel in `to.name`."""
 
 
 def validate_request_payload(payload: Any) -> list[str]:
@@ -174,8 +178,12 @@ def _recipient_problems(to: Any) -> list[str]:
     rcpt = to[0]
     if not isinstance(rcpt, dict) or "@" not in str(rcpt.get("email", "")):
         return [".to[0].email is not an address"]
-    if "name" in rcpt and not isinstance(rcpt["name"], str):
+    name = rcpt.get("name")
+    if "name" in rcpt and not isinstance(name, str):
         return [".to[0].name is not a string"]
+    if isinstance(name, str) and ("," in name or ";" in name) and not _QUOTED.fullmatch(name):
+        # SendGrid's documented limitation: it may drop such a message after answering 202.
+        return [".to[0].name holds ',' or ';' outside double quotes"]
     return []
 
 
