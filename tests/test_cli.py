@@ -7,6 +7,7 @@ import email
 import email.policy
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,12 @@ def test_deliveries_failed_and_retry_from_the_command_line(workdir: Path) -> Non
     assert missing.exit_code == 2 and "99" in missing.output
     done = drip("deliveries", "retry", "--all")
     assert done.exit_code == 0 and done.output.strip() == "re-armed 0 deliveries"
+
+
+def test_emails_are_dated_at_the_runs_now(workdir: Path) -> None:
+    """`drip send --now T` replays T: the Date header says T, not the wall clock (#24)."""
+    assert drip("subscribe", "d@example.com", "--confirmed", "--now", MORNING).exit_code == 0
+    assert drip("send", "--now", MORNING).exit_code == 0
+    [eml] = list((workdir / "outbox").glob("*.eml"))
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert message["Date"].datetime == datetime.fromisoformat(MORNING)

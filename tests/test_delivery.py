@@ -521,7 +521,9 @@ def test_runs_stopped_by_a_fatal_answer_use_up_no_attempts(harness: Harness) -> 
     assert attempts_of(harness, "fatal@example.com") == 1
 
 
-def test_an_unexpected_error_releases_every_claim_not_handed_over(harness: Harness) -> None:
+def test_an_unexpected_transport_error_stops_the_run_and_releases_every_claim(
+    harness: Harness,
+) -> None:
     for index in range(3):
         harness.subscribe(f"boom{index}@example.com", now=T0 + timedelta(seconds=index))
 
@@ -529,13 +531,34 @@ def test_an_unexpected_error_releases_every_claim_not_handed_over(harness: Harne
         raise RuntimeError("a bug in a transport")
 
     harness.transport.add_script(explode)
-    with pytest.raises(RuntimeError):
-        send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    assert report.stopped is not None and "RuntimeError" in report.stopped
     # Not locked for the 15-minute lease: the next run, a minute later, sends all three.
     again = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=2))
     assert again.sent == 3, again.summary()
     for index in range(3):
         assert attempts_of(harness, f"boom{index}@example.com") == 1
+
+
+def test_an_interrupted_run_releases_every_claim_not_handed_over(harness: Harness) -> None:
+    """Ctrl-C (KeyboardInterrupt) between two windows: what went out is recorded, the rest is
+    given back at once instead of staying locked for the lease."""
+    for index in range(3):
+        harness.subscribe(f"int{index}@example.com", now=T0 + timedelta(seconds=index))
+
+    def interrupt(handled: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        send_due(
+            harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1), progress=interrupt
+        )
+    assert len(harness.transport.sent) == 1  # the first window went out before the interrupt
+    again = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=2))
+    assert again.sent == 2, again.summary()
+    assert sorted(m.to_address for m in harness.transport.sent) == [
+        f"int{index}@example.com" for index in range(3)
+    ]
 
 
 def test_a_lesson_that_cannot_be_rendered_holds_only_its_own_subscribers(

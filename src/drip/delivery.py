@@ -91,8 +91,10 @@ class Mailer:
         recipient: Recipient,
         rendered: RenderedEmail,
         custom_args: dict[str, str],
+        *,
+        now: datetime,
     ) -> OutgoingEmail:
-        """A rendered email addressed from the course's sender to `recipient`."""
+        """A rendered email addressed from the course's sender to `recipient`, dated `now`."""
         from_address, from_name = self.sender
         return OutgoingEmail(
             delivery_id=delivery_id,
@@ -106,6 +108,7 @@ class Mailer:
             headers=rendered.headers,
             custom_args={"drip_delivery_id": delivery_id, **custom_args},
             bulk=rendered.bulk,
+            date=now,
         )
 
 
@@ -230,8 +233,8 @@ def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
     return delay
 
 
-def compose(mailer: Mailer, claim: store.Claim) -> OutgoingEmail:
-    """Render one claimed lesson for its subscriber into an `OutgoingEmail`.
+def compose(mailer: Mailer, claim: store.Claim, *, now: datetime) -> OutgoingEmail:
+    """Render one claimed lesson for its subscriber into an `OutgoingEmail` dated `now`.
 
     For a transport that says `fills_bulk_parts` (bulk mode) the html and text stay empty: it
     fills them from `bulk` only for the subscribers it sends one by one.
@@ -243,6 +246,7 @@ def compose(mailer: Mailer, claim: store.Claim) -> OutgoingEmail:
         recipient,
         mailer.renderer.lesson(lesson, recipient, fill=not mailer.fills_bulk_parts),
         {"drip_lesson": lesson.slug, "drip_subscriber": str(claim.subscriber_id)},
+        now=now,
     )
 
 
@@ -534,7 +538,7 @@ class _Run:
         broken: list[tuple[store.Claim, str]] = []
         for claim in claims:
             try:
-                emails.append(compose(self.mailer, claim))
+                emails.append(compose(self.mailer, claim, now=self.now))
             except DripError as exc:
                 broken.append((claim, f"lesson {claim.lesson!r} could not be rendered: {exc}"))
                 continue
@@ -647,6 +651,7 @@ def send_confirmation(
         recipient,
         mailer.renderer.confirmation(recipient, mailer.links.confirm_url(subscriber_id, now=now)),
         {"drip_subscriber": str(subscriber_id)},
+        now=now,
     )
     [result] = mailer.transport.send([message])
     return result.outcome is Outcome.SENT
