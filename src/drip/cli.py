@@ -440,7 +440,7 @@ def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_r
     if report.imported and not confirmed:
         click.echo(
             "warning: imported subscribers are pending and get no confirmation email from an"
-            " import; use 'drip subscribe' or the web form for double opt-in, or --confirmed"
+            " import; use 'drip subscribe' for double opt-in, or --confirmed"
             " if they already consented",
             err=True,
         )

@@ -1,7 +1,7 @@
 """Settings: read once from the environment by an entry point, then passed down as a value.
 
-Nothing below the CLI and the web app reads `os.environ`; they call `load_settings(os.environ)`
-and hand the frozen `Settings` to the functions they call.
+Nothing below the entry points (the CLI, the worker) reads `os.environ`; they call
+`load_settings(os.environ)` and hand the frozen `Settings` to the functions they call.
 """
 
 from __future__ import annotations
