@@ -250,6 +250,29 @@ def compose(mailer: Mailer, claim: store.Claim, *, now: datetime) -> OutgoingEma
     )
 
 
+def _sent_item(
+    course: Course,
+    claim: store.Claim,
+    result: SendResult,
+    now: datetime,
+    next_by_pair: dict[tuple[str, str], schedule.Next],
+) -> store.SentItem:
+    """What to record for an accepted delivery: the subscriber's next lesson and its time, from
+    `schedule.after_send`, cached in `next_by_pair` (they depend only on the zone and the lesson
+    sent at `now`, not on the subscriber)."""
+    following = next_by_pair.get((claim.timezone, claim.lesson))
+    if following is None:
+        following = schedule.after_send(course, claim.timezone, claim.lesson, sent_at=now)
+        next_by_pair[claim.timezone, claim.lesson] = following
+    return store.SentItem(
+        delivery_id=claim.delivery_id,
+        provider_id=result.provider_id,
+        now=now,
+        next_lesson=following.lesson,
+        next_send_at=following.send_at,
+    )
+
+
 def _record(
     session: Session,
     mailer: Mailer,
@@ -268,25 +291,11 @@ def _record(
     failed: list[tuple[int, str]] = []
     doubt: list[tuple[int, str]] = []
     rate_limited = False
-    # After a send at `now` the next lesson and its time depend only on the zone and the lesson
-    # sent: compute them once per pair, not once per subscriber.
     next_by_pair: dict[tuple[str, str], schedule.Next] = {}
     for result in results:
         claim = by_id[result.delivery_id]
         if result.outcome is Outcome.SENT:
-            following = next_by_pair.get((claim.timezone, claim.lesson))
-            if following is None:
-                following = schedule.after_send(course, claim.timezone, claim.lesson, sent_at=now)
-                next_by_pair[claim.timezone, claim.lesson] = following
-            sent.append(
-                store.SentItem(
-                    delivery_id=claim.delivery_id,
-                    provider_id=result.provider_id,
-                    now=now,
-                    next_lesson=following.lesson,
-                    next_send_at=following.send_at,
-                )
-            )
+            sent.append(_sent_item(course, claim, result, now, next_by_pair))
             report.count(claim.lesson, "sent")
         elif result.outcome is Outcome.RETRY and claim.attempts < MAX_ATTEMPTS:
             report.first_failure = report.first_failure or result.detail
