@@ -9,6 +9,13 @@ Script steps (strings, the same in Python and on the command line):
     delay:S        sleep S seconds, then accept (the message counts as accepted: this is the
                    "answer lost after the provider took it" case when S exceeds the client timeout)
     reset          read the whole request, then reset the connection (RST); not accepted
+    echo:STATUS    a hostile provider: answer STATUS quoting the request's API key back in
+                   plain, base64 and URL-encoded forms (`echo_text`), in the error message or,
+                   for a 2xx, in X-Message-Id (accepted as usual)
+    echo-cut:STATUS  the same, but the key starts at character 290 of the error message, so a
+                   client that cuts the text at 300 characters before scrubbing keeps a prefix
+    echo-line      accept, then answer with a broken status line quoting the key (the answer
+                   is unreadable: the client cannot know the message was accepted)
 
 Each POST /v3/mail/send takes the next step; when the script is used up, `default` applies.
 Requests are checked first: a wrong or missing `Authorization: Bearer <api_key>` is answered 401
@@ -33,13 +40,15 @@ import struct
 import sys
 import threading
 import time
+from base64 import b64encode
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 from drip.transports.sendgrid.protocol import MAIL_SEND_PATH
 from drip.transports.sendgrid.validate import delivery_ids_of, validate_request_payload
@@ -55,12 +64,19 @@ class Step:
     ratelimit_reset: str | None = None
     delay: float = 0.0
     reset: bool = False
+    echo: str | None = None
+    """'message' (echo:), 'cut' (echo-cut:) or 'line' (echo-line): quote the API key back."""
 
     @classmethod
     def parse(cls, text: str) -> Step:
         text = text.strip()
         if text == "reset":
             return cls(text, status=0, reset=True)
+        if text == "echo-line":
+            return cls(text, echo="line")
+        for prefix, how in (("echo:", "message"), ("echo-cut:", "cut")):
+            if text.startswith(prefix):
+                return replace(cls.parse(text[len(prefix) :]), text=text, echo=how)
         if text.startswith("delay:"):
             return cls(text, delay=float(text.split(":", 1)[1]))
         if text.startswith("429@"):
@@ -307,12 +323,20 @@ class _Handler(BaseHTTPRequestHandler):
         step = fake._next_step()
         if fake.latency:
             time.sleep(fake.latency)
+        self._answer(step, number, authorization, log)
+
+    def _answer(self, step: Step, number: int, authorization: str, log: Any) -> None:
+        """Answer a valid request as `step` says."""
+        fake = self.server.fake
         if step.reset:
             log(step.text, 0, False)
             # SO_LINGER 0: close() sends RST instead of FIN, like a proxy dying mid-request.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
+            return
+        if step.echo is not None:
+            self._echo(step, authorization.removeprefix("Bearer "), log)
             return
         if step.accepts:
             message_id = f"fake-{number}"
@@ -324,6 +348,30 @@ class _Handler(BaseHTTPRequestHandler):
             return
         log(step.text, step.status, False)
         self._error(step.status, f"scripted {step.text}", _refusal_headers(step))
+
+    def _echo(self, step: Step, key: str, log: Any) -> None:
+        """A hostile answer quoting `key` back (see the `echo` steps)."""
+        echoed = echo_text(key)
+        if step.echo == "line":
+            log(step.text, 0, True, "echo-line")
+            self.wfile.write(f"HTTP/1.1 2O2 {echoed}\r\n\r\n".encode())
+            self.close_connection = True
+            return
+        if step.accepts:
+            log(step.text, step.status, True, echoed)
+            self._reply(step.status, None, {"X-Message-Id": echoed})
+            return
+        log(step.text, step.status, False)
+        message = f"{'k' * 290} {echoed}" if step.echo == "cut" else f"bad key {echoed}"
+        self._error(step.status, message, _refusal_headers(step))
+
+
+def echo_text(secret: str) -> str:
+    """`secret` as a hostile server quotes it: plain, base64 (also of the Authorization header
+    value) and URL-encoded."""
+    b64 = b64encode(secret.encode()).decode()
+    bearer = b64encode(f"Bearer {secret}".encode()).decode()
+    return f"{secret} base64={b64} bearer={bearer} url={quote(secret, safe='')}"
 
 
 def _refusal_headers(step: Step) -> dict[str, str]:

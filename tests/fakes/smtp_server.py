@@ -13,6 +13,9 @@ at MAIL FROM:
 (the relay got the message, only the reply is lost: the in-doubt case). With `users` the server
 offers AUTH (without `tls_context`, in the clear: loopback only); a wrong password gets 535.
 With `tls_context` it offers STARTTLS; with `implicit_tls` the whole connection is TLS (smtps).
+With `echo_credentials` it is a hostile relay: a refused login (535) and every scripted refusal
+quote the credentials it was sent back (`echo_credentials_text`: the password plain, base64 and
+URL-encoded, and the AUTH PLAIN blob).
 
 As a process: `python -m tests.fakes.smtp_server --port 0 --script 250,450,drop` prints the
 port on its first stdout line and serves until SIGTERM/SIGINT; `--record FILE` appends one JSON
@@ -27,6 +30,7 @@ import json
 import signal
 import ssl
 import threading
+from base64 import b64encode
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, cast
+from urllib.parse import quote
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -107,9 +112,13 @@ class FakeSmtp:
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
         record: Path | None = None,
+        echo_credentials: bool = False,
     ) -> None:
         self.default = Step.parse(default)
         self.users = dict(users or {})
+        self.echo_credentials = echo_credentials
+        self.echoed = ""
+        """What a hostile relay quotes back: the last login's credentials (see the docstring)."""
         self.record = record
         self._script: deque[Step] = deque(Step.parse(s) for s in script)
         self._lock = threading.Lock()
@@ -212,7 +221,22 @@ class FakeSmtp:
                 self.logins += 1
             else:
                 self.auth_failures += 1
+        if isinstance(data, LoginPassword) and self.echo_credentials:
+            self.echoed = echo_credentials_text(data.login, data.password)
+            if not ok:
+                message = f"535 5.7.8 Authentication credentials invalid: {self.echoed}"
+                return AuthResult(success=False, handled=False, message=message)
         return AuthResult(success=ok, handled=False, auth_data=data)
+
+
+def echo_credentials_text(login: bytes, password: bytes) -> str:
+    """The credentials as a hostile relay quotes them back."""
+    blob = b64encode(b"\0" + login + b"\0" + password).decode()
+    secret = password.decode()
+    return (
+        f"password={secret} base64={b64encode(password).decode()} AUTH PLAIN {blob}"
+        f" url={quote(secret, safe='')}"
+    )
 
 
 class _Controller(Controller):
@@ -225,8 +249,9 @@ class _Controller(Controller):
         super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
-def _reply(server: SMTP, step: Step) -> str:
-    """The reply for a non-accepting step; closes the connection for 421 and drops."""
+def _reply(server: SMTP, step: Step, echoed: str = "") -> str:
+    """The reply for a non-accepting step; closes the connection for 421 and drops. `echoed`
+    (a hostile relay's quote of the credentials) is appended to the text."""
     if step.drop:
         # abort(): no reply, no FIN handshake courtesy; the client sees the connection vanish.
         cast(asyncio.Transport, server.transport).abort()
@@ -235,9 +260,9 @@ def _reply(server: SMTP, step: Step) -> str:
         assert server.transport is not None
         # close() after the reply is flushed, as a server shutting down does.
         asyncio.get_running_loop().call_soon(server.transport.close)
-        return f"421 4.3.2 scripted {step.text}"
+        return f"421 4.3.2 scripted {step.text} {echoed}".rstrip()
     klass = step.code // 100
-    return f"{step.code} {klass}.0.0 scripted {step.text}"
+    return f"{step.code} {klass}.0.0 scripted {step.text} {echoed}".rstrip()
 
 
 class _Handler:
@@ -256,7 +281,7 @@ class _Handler:
         self.fake._steps[id(session)] = step
         self.fake.peers.add(session.peer)
         if step.stage == "mail":
-            return _reply(server, step)
+            return _reply(server, step, self.fake.echoed)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -271,7 +296,7 @@ class _Handler:
     ) -> str:
         step = self.fake._steps.get(id(session), self.fake.default)
         if step.stage == "rcpt":
-            return _reply(server, step)
+            return _reply(server, step, self.fake.echoed)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -295,7 +320,7 @@ class _Handler:
         )
         if step.code == 250 and not step.drop:
             return "250 2.0.0 OK: queued"
-        return _reply(server, step)
+        return _reply(server, step, self.fake.echoed)
 
 
 def main(argv: list[str] | None = None) -> None:
