@@ -39,7 +39,7 @@ file: SIGTERM arrives while the worker is paused at the step, then the pause end
 must exit 0 with nothing 'claimed', 'sending' or in doubt. A final `drip send` sends what the
 stopped runs released; everything is accepted exactly once.
 
-Figures (quoted in docs/reliability.md): `KILLS_PER_CLIENT` kills per client and database,
+Figures (for docs/reliability.md): `KILLS_PER_CLIENT` kills per client and database,
 `SIGTERMS_PER_CLIENT` worker stops; `MATRIX_SIZE` has the totals; `RESULTS` collects what each
 case saw (printed at the end of each test: run pytest with -s or -rP to read it).
 """
@@ -66,7 +66,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 from tests.fakes.sendgrid_server import FakeSendGrid, Step
-from tests.support import COURSE, ROOT, drip_env
+from tests.support import COURSE, ROOT, daytime_zone, drip_env
 from tests.test_send_processes import accepted_pairs
 
 from drip import store
@@ -232,13 +232,14 @@ def ledger(engine: Engine) -> list[Row]:
 
 
 def wait_for_idle_postgres(engine: Engine) -> None:
-    """A killed client's PostgreSQL backend ends when it sees the socket close; until then its
-    row locks make SKIP LOCKED pass rows over. Wait for it (no-op on SQLite)."""
+    """A killed client's PostgreSQL backend ends when it sees the socket close (mid-query: when
+    the query ends); until then its row locks make SKIP LOCKED pass rows over. Wait until no
+    other session of the database is busy (no-op on SQLite)."""
     if engine.dialect.name != "postgresql":
         return
     query = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+        " AND pid <> pg_backend_pid() AND state <> 'idle'"
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -459,16 +460,6 @@ def test_drip_send_killed_at_every_step_sends_each_lesson_once(
 
 
 # -- SIGTERM of `drip worker` -------------------------------------------------------------------
-
-ZONES = ["Pacific/Honolulu", "America/New_York", "Europe/London", "Asia/Kolkata", "Asia/Tokyo"]
-"""At any moment one of these is between 08:00 and 20:00 (the worker uses the real clock)."""
-
-
-def daytime_zone() -> str:
-    from zoneinfo import ZoneInfo
-
-    now = datetime.now(UTC)
-    return next(z for z in ZONES if 8 <= now.astimezone(ZoneInfo(z)).hour < 20)
 
 
 @dataclass

@@ -54,10 +54,8 @@ import traceback
 from base64 import b64encode, urlsafe_b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, quote_plus
-from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner, Result
@@ -65,7 +63,7 @@ from sqlalchemy import MetaData, create_engine, make_url, select
 from tests.conftest import _truncate
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.fakes.smtp_server import FakeSmtp
-from tests.support import drip_env
+from tests.support import daytime_zone, drip_env
 
 from drip.cli import main
 
@@ -305,12 +303,6 @@ class Captured:
         self.add(f"{label}: stderr", result.stderr)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             self.add(f"{label}: exception", "".join(traceback.format_exception(*result.exc_info)))
-
-
-def daytime_zone() -> str:
-    zones = ["Pacific/Honolulu", "America/New_York", "Europe/London", "Asia/Kolkata", "Asia/Tokyo"]
-    now = datetime.now(UTC)
-    return next(z for z in zones if 8 <= now.astimezone(ZoneInfo(z)).hour < 20)
 
 
 COMMANDS = [
