@@ -4,7 +4,9 @@ transport, the environment of a `drip` subprocess."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from drip.course import Course, load_course
 from drip.delivery import Mailer
@@ -39,3 +41,25 @@ def make_mailer(transport: Transport, course: Course = COURSE) -> Mailer:
         links=LinkBuilder("https://drip.example.jp", ["test-key"]),
         transport=transport,
     )
+
+
+DAYTIME_ZONES = [
+    "Pacific/Honolulu",
+    "America/New_York",
+    "Europe/London",
+    "Asia/Kolkata",
+    "Asia/Tokyo",
+]
+"""At any moment one of these is within 3 hours of 14:00."""
+
+
+def daytime_zone() -> str:
+    """The zone where it is closest to 14:00 now (the real clock): hours away from the course's
+    quiet hours either way, for tests of `drip worker`, which has no --now."""
+    now = datetime.now(UTC)
+
+    def from_two_pm(zone: str) -> float:
+        local = now.astimezone(ZoneInfo(zone))
+        return abs(local.hour + local.minute / 60 - 14)
+
+    return min(DAYTIME_ZONES, key=from_two_pm)

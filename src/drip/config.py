@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -126,16 +127,26 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+_USERINFO = re.compile(r"^([^:/?#]*://)[^/?#]*@")
+
+
+def _shown_url(value: str) -> str:
+    """`value` quoted for an error message, with any user:password@ replaced by ***@."""
+    return repr(_USERINFO.sub(r"\1***@", value))
+
+
 def _http_url(name: str, value: str, *, https_unless_loopback: bool = False) -> str:
-    """`value` without a trailing slash if it is a usable http(s) URL, else a `ConfigError`.
+    """`value` without a trailing slash if it is a usable http(s) URL, else a `ConfigError`
+    (which never shows a user or password the URL holds).
 
     With `https_unless_loopback` plain http is refused except for a loopback host (a secret
     travels with each request).
     """
     example = "set it like https://example.com"
+    shown = _shown_url(value)
     if any(ch in _URL_UNSAFE or not ch.isprintable() or not ch.isascii() for ch in value):
         raise ConfigError(
-            f"{name}={value!r} contains characters a URL may not hold (spaces, quotes, non-ASCII);"
+            f"{name}={shown} contains characters a URL may not hold (spaces, quotes, non-ASCII);"
             f" percent-encode them or use the punycode host name, {example}"
         )
     try:
@@ -143,13 +154,13 @@ def _http_url(name: str, value: str, *, https_unless_loopback: bool = False) -> 
         host = parts.hostname
         parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
     except ValueError as exc:  # e.g. "http://[::1" (an unclosed IPv6 literal)
-        raise ConfigError(f"{name}={value!r} is not a valid URL ({exc}); {example}") from exc
+        raise ConfigError(f"{name}={shown} is not a valid URL ({exc}); {example}") from exc
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name}={value!r} is not an http(s) URL; {example}")
-    _check_host(name, host, repr(value))
+        raise ConfigError(f"{name}={shown} is not an http(s) URL; {example}")
+    _check_host(name, host, shown)
     if https_unless_loopback and parts.scheme != "https" and not is_loopback(host):
         raise ConfigError(
-            f"{name}={value!r} uses plain http to a host that is not this machine; the API key"
+            f"{name}={shown} uses plain http to a host that is not this machine; the API key"
             " would travel unencrypted: use https"
         )
     return value.rstrip("/")

@@ -23,6 +23,7 @@ from drip import schedule, store
 from drip.addresses import check_timezone, clean_name, normalize_email
 from drip.course import Course
 from drip.delivery import Mailer, send_confirmation
+from drip.errors import UnknownTimezoneError
 from drip.importer import ImportReport
 from drip.importer import import_subscribers as _import_rows
 
@@ -151,18 +152,26 @@ def resume_subscriber(
 ) -> bool:
     """Resume a paused subscriber; the next lesson is due as `schedule.after_resume` says.
 
-    False if the subscriber was not paused; raises `NotFoundError` for an unknown address.
+    False if the subscriber was not paused; raises `NotFoundError` for an unknown address. A
+    subscriber whose timezone this host cannot load is resumed and held with the reason, as a
+    send run holds it.
     """
     with sessions() as session, session.begin():
         view = _find(session, course, email)
-        at = schedule.after_resume(
-            course,
-            view.timezone,
-            view.next_lesson,
-            resumed_at=now,
-            last_sent_at=view.last_sent_at,
-            confirmed_at=view.confirmed_at,
-        )
+        if view.status is not store.SubscriberStatus.PAUSED:
+            return False
+        try:
+            at = schedule.after_resume(
+                course,
+                view.timezone,
+                view.next_lesson,
+                resumed_at=now,
+                last_sent_at=view.last_sent_at,
+                confirmed_at=view.confirmed_at,
+            )
+        except UnknownTimezoneError:
+            reason = store.unknown_zone_reason(view.timezone)
+            return store.resume(session, view.id, now=now, next_send_at=None, hold_reason=reason)
         return store.resume(session, view.id, now=now, next_send_at=at)
 
 

@@ -17,6 +17,9 @@ Script steps (strings, the same in Python and on the command line):
     redirect:C:URL answer status C (301, 302, 303, 307, 308) with Location: URL; not accepted
     nul:S          answer status S with an error text full of NUL and control characters, 5,000
                    characters long (2xx: the same in X-Message-Id)
+    echo-cut:S     the same as echo:S (the key already sits across a cut at 300 characters)
+    echo-line      accept, then answer with a broken status line quoting the key (unreadable:
+                   the client cannot know the message was accepted)
     echo:S         a hostile server echoing the credential: the body of status S repeats the
                    bearer token it received in plain, base64 and URL-encoded forms, after 280
                    characters (so a cut at 300 lands inside it) and cut to a 20-character prefix;
@@ -62,7 +65,7 @@ from typing import Any, Self
 from drip.transports.sendgrid.protocol import MAIL_SEND_PATH
 from drip.transports.sendgrid.validate import delivery_ids_of, validate_request_payload
 
-KINDS = ("reset", "reset-early", "truncate", "truncate-head", "longid")
+KINDS = ("reset", "reset-early", "truncate", "truncate-head", "longid", "echo-line")
 """Steps that are a bare word (see the module docstring)."""
 
 
@@ -85,7 +88,7 @@ class Step:
         if text in KINDS:
             return cls(
                 text,
-                status=202 if text in ("truncate", "truncate-head", "longid") else 0,
+                status=202 if text in ("truncate", "truncate-head", "longid", "echo-line") else 0,
                 kind=text,
             )
         if text.startswith("delay:"):
@@ -93,9 +96,9 @@ class Step:
         if text.startswith("redirect:"):
             _, code, location = text.split(":", 2)
             return cls(text, status=_status(code), kind="redirect", location=location)
-        if text.startswith(("nul:", "echo:")):
+        if text.startswith(("nul:", "echo:", "echo-cut:")):
             kind, _, code = text.partition(":")
-            return cls(text, status=_status(code), kind=kind)
+            return cls(text, status=_status(code), kind="echo" if kind == "echo-cut" else kind)
         if text.startswith("429@"):
             return cls(text, status=429, ratelimit_reset=text[4:])
         if text.startswith("429"):
@@ -366,7 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
         step = fake._next_step()
         if fake.latency:
             time.sleep(fake.latency)
-        token = authorization.removeprefix("Bearer ")
+        token = self._token = authorization.removeprefix("Bearer ")
         if step.reset:
             log(step.text, 0, False)
             self._reset()
@@ -382,6 +385,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(step, token)
 
     def _accept(self, step: Step, message_id: str) -> None:
+        if step.kind == "echo-line":
+            # Accepted, then an unreadable status line quoting the key: the client cannot know.
+            self.wfile.write(f"HTTP/1.1 2O2 {echo_text(self._token)}\r\n\r\n".encode())
+            self.close_connection = True
+            return
         if step.kind not in ("truncate", "truncate-head"):
             self._reply(step.status, None, {"X-Message-Id": message_id})
             return

@@ -34,6 +34,7 @@ import json
 import signal
 import ssl
 import threading
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -122,9 +123,14 @@ class FakeSmtp:
         implicit_tls: bool = False,
         record: Path | None = None,
         echo_auth: bool = False,
+        echo_credentials: bool = False,
     ) -> None:
         self.default = Step.parse(default)
-        self.echo_auth = echo_auth
+        self.echo_auth = echo_auth or echo_credentials
+        self.echo_credentials = echo_credentials
+        self.echoed = ""
+        """With `echo_credentials`: the last login's credentials as a hostile relay quotes them
+        (`echo_credentials_text`), appended to every scripted refusal."""
         self.users = dict(users or {})
         self.record = record
         self._script: deque[Step] = deque(Step.parse(s) for s in script)
@@ -228,11 +234,24 @@ class FakeSmtp:
                 self.logins += 1
             else:
                 self.auth_failures += 1
+        if self.echo_credentials and isinstance(data, LoginPassword):
+            self.echoed = echo_credentials_text(data.login, data.password)
         if ok or not self.echo_auth or not isinstance(data, LoginPassword):
             return AuthResult(success=ok, handled=False, auth_data=data)
         return AuthResult(
             success=False, handled=False, message=_echo(mechanism, data), auth_data=data
         )
+
+
+def echo_credentials_text(login: bytes, password: bytes) -> str:
+    """The credentials as a hostile relay quotes them back: the password plain, base64 and
+    URL-encoded, and the AUTH PLAIN blob."""
+    blob = base64.b64encode(b"\0" + login + b"\0" + password).decode()
+    secret = password.decode()
+    return (
+        f"password={secret} base64={base64.b64encode(password).decode()} AUTH PLAIN {blob}"
+        f" url={urllib.parse.quote(secret, safe='')}"
+    )
 
 
 def _echo(mechanism: str, data: LoginPassword) -> str:
@@ -259,8 +278,9 @@ HOSTILE_TEXT = ("no\x00 such \x1b[31muser\x1b[0m \x07\x08\x0b\x0c\x7f" * 10).lju
 """The text of a `+nul` reply."""
 
 
-def _reply(server: SMTP, step: Step) -> str:
-    """The reply for a non-accepting step; closes the connection for 421 and drops."""
+def _reply(server: SMTP, step: Step, echoed: str = "") -> str:
+    """The reply for a non-accepting step; closes the connection for 421 and drops. `echoed`
+    (a hostile relay's quote of the credentials) is appended to the text."""
     if step.drop:
         # abort(): no reply, no FIN handshake courtesy; the client sees the connection vanish.
         cast(asyncio.Transport, server.transport).abort()
@@ -269,10 +289,10 @@ def _reply(server: SMTP, step: Step) -> str:
         assert server.transport is not None
         # close() after the reply is flushed, as a server shutting down does.
         asyncio.get_running_loop().call_soon(server.transport.close)
-        return f"421 4.3.2 scripted {step.text}"
+        return f"421 4.3.2 scripted {step.text} {echoed}".rstrip()
     klass = step.code // 100
     text = HOSTILE_TEXT if step.hostile else f"scripted {step.text}"
-    return f"{step.code} {klass}.0.0 {text}"
+    return f"{step.code} {klass}.0.0 {text} {echoed}".rstrip()
 
 
 class _Handler:
@@ -291,7 +311,7 @@ class _Handler:
         self.fake._steps[id(session)] = step
         self.fake.peers.add(session.peer)
         if step.stage == "mail":
-            return _reply(server, step)
+            return _reply(server, step, self.fake.echoed)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -306,7 +326,7 @@ class _Handler:
     ) -> str:
         step = self.fake._steps.get(id(session), self.fake.default)
         if step.stage == "rcpt":
-            return _reply(server, step)
+            return _reply(server, step, self.fake.echoed)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -332,7 +352,7 @@ class _Handler:
             await asyncio.sleep(step.delay)
         if step.code == 250 and not step.drop:
             return "250 2.0.0 OK: queued"
-        return _reply(server, step)
+        return _reply(server, step, self.fake.echoed)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,7 @@ from drip.store.ledger import (
     release_claims,
     resolve_in_doubt,
     retry_failed,
+    unknown_zone_reason,
 )
 from drip.store.reports import (
     count_due,
@@ -109,5 +110,6 @@ __all__ = [
     "resolve_in_doubt",
     "resume",
     "retry_failed",
+    "unknown_zone_reason",
     "unsubscribe",
 ]

@@ -163,10 +163,7 @@ def _held(row: Row[Any], action: ClaimAction) -> str:
     if action is _HOLD_NO_LESSON:
         reason = "active and due with no next lesson (inconsistent); set its progress by hand"
     elif action is ClaimAction.HOLD_UNKNOWN_ZONE:
-        reason = (
-            f"timezone {row.timezone!r} cannot be loaded on this host; install tzdata or give"
-            " the subscriber an IANA zone such as Asia/Tokyo"
-        )
+        reason = unknown_zone_reason(row.timezone)
     else:
         reason = (
             f"due for lesson {row.next_lesson!r}, which the ledger already has as"
@@ -174,6 +171,14 @@ def _held(row: Row[Any], action: ClaimAction) -> str:
         )
     log.warning("subscriber %s held: %s", row.id, reason)
     return reason
+
+
+def unknown_zone_reason(timezone: str) -> str:
+    """The held_reason of a subscriber whose timezone this host cannot load."""
+    return (
+        f"timezone {timezone!r} cannot be loaded on this host; install tzdata or give"
+        " the subscriber an IANA zone such as Asia/Tokyo"
+    )
 
 
 def in_doubt_reason(lesson: str, detail: str | None) -> str:

@@ -194,25 +194,31 @@ def pause(session: Session, subscriber_id: int, now: datetime) -> bool:
     )
 
 
-def resume(session: Session, subscriber_id: int, *, now: datetime, next_send_at: datetime) -> bool:
+def resume(
+    session: Session,
+    subscriber_id: int,
+    *,
+    now: datetime,
+    next_send_at: datetime | None,
+    hold_reason: str | None = None,
+) -> bool:
     """Paused -> active, next lesson at `next_send_at` (computed by the caller from
-    drip.schedule and the subscriber's `next_lesson`). A paused subscriber whose last lesson went
+    drip.schedule and the subscriber's `next_lesson`), or held (next_send_at None) with
+    `hold_reason` when that moment cannot be told. A paused subscriber whose last lesson went
     out meanwhile becomes 'completed'. False if it was not paused.
     """
     finished = S.c.next_lesson.is_(None)
-    return _transition(
-        session,
-        subscriber_id,
-        S.c.status == SubscriberStatus.PAUSED.value,
-        {
-            "status": case((finished, SubscriberStatus.COMPLETED.value), else_=ACTIVE),
-            "next_send_at": case(
-                (finished, None), else_=bindparam("resume_at", next_send_at, S.c.next_send_at.type)
-            ),
-            "paused_at": None,
-            "status_changed_at": now,
-        },
-    )
+    values: dict[str, Any] = {
+        "status": case((finished, SubscriberStatus.COMPLETED.value), else_=ACTIVE),
+        "next_send_at": case(
+            (finished, None), else_=bindparam("resume_at", next_send_at, S.c.next_send_at.type)
+        ),
+        "paused_at": None,
+        "status_changed_at": now,
+    }
+    if hold_reason is not None:
+        values["held_reason"] = hold_reason
+    return _transition(session, subscriber_id, S.c.status == SubscriberStatus.PAUSED.value, values)
 
 
 def unsubscribe(session: Session, subscriber_id: int, now: datetime) -> bool:
