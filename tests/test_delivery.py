@@ -662,3 +662,24 @@ def test_a_lesson_moved_after_an_unsent_one_is_skipped_not_stranded(harness: Har
         view = store.get_subscriber_by_id(session, sid)
     assert view is not None and view.status == store.SubscriberStatus.COMPLETED
     assert held(harness) == {}
+
+
+def test_the_confirmation_email_is_accepted_by_the_sendgrid_stand_in(harness: Harness) -> None:
+    """The double opt-in email through the real fast client: the fake provider's validator
+    (shared with the benchmark) took every confirmation for a malformed lesson before."""
+    with FakeSendGrid(api_key=FAKE_KEY) as fake:
+        mailer = fast_mailer(harness, fake, window=1)
+        with mailer.transport:
+            result = subscribe(
+                harness.sessions,
+                mailer,
+                email="optin@example.com",
+                name=None,
+                timezone=None,
+                confirmed=False,
+                now=T0,
+                consent_source="test",
+            )
+        assert fake.problems == []
+        assert len(fake.accepted) == 1
+    assert result.confirmation_sent and result.status == "pending"

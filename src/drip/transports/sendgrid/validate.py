@@ -10,8 +10,9 @@ subject and content shapes; headers as strings, none of the reserved names; cust
 strings, at most 10,000 bytes per personalization; no ',' or ';' in to.name outside double quotes)
 and drip's own contract: exactly one
 recipient per personalization, text/plain then text/html, both non-empty, a List-Unsubscribe
-URL, and custom_args drip_delivery_id, drip_lesson and drip_subscriber (a bulk request carries
-them per personalization; SendGrid merges those over the top-level ones).
+URL on every lesson (custom_args drip_lesson), and custom_args drip_delivery_id and
+drip_subscriber (a bulk request carries them per personalization; SendGrid merges those over the
+top-level ones).
 
 Cheap enough for the benchmark: no serialisation, one pass over the personalizations.
 """
@@ -62,7 +63,9 @@ RESERVED_HEADERS = frozenset(
     }
 )
 """Headers SendGrid refuses in `headers` (its docs: reserved, set from other fields)."""
-REQUIRED_CUSTOM_ARGS = ("drip_delivery_id", "drip_lesson", "drip_subscriber")
+REQUIRED_CUSTOM_ARGS = ("drip_delivery_id", "drip_subscriber")
+"""Every email carries these; a lesson also carries drip_lesson and a List-Unsubscribe URL (the
+double opt-in email to an address not yet subscribed carries neither)."""
 CUSTOM_ARGS_LIMIT = 10_000
 """Bytes of JSON per personalization, SendGrid's documented limit."""
 CONTENT_TYPES = ["text/plain", "text/html"]
@@ -162,12 +165,12 @@ def _personalization_problems(
         problems += _header_problems(".headers", own_headers)
     if not isinstance(own_headers, dict):
         own_headers = {}
-    unsubscribe = own_headers.get("List-Unsubscribe", headers.get("List-Unsubscribe"))
-    if not str(unsubscribe).startswith("<http"):
-        problems.append(" has no List-Unsubscribe URL")
     own_args = item.get("custom_args", {})
     if not isinstance(own_args, dict):
         return [*problems, ".custom_args must be an object"]
+    unsubscribe = own_headers.get("List-Unsubscribe", headers.get("List-Unsubscribe"))
+    if "drip_lesson" in {**args, **own_args} and not str(unsubscribe).startswith("<http"):
+        problems.append(" has no List-Unsubscribe URL")
     # SendGrid merges the personalization's custom_args over the request's.
     return problems + _custom_args_problems({**args, **own_args})
 
