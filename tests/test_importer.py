@@ -191,6 +191,23 @@ def test_a_quoted_field_spanning_lines_is_an_invalid_row(
     assert set(rows(engine)) == {"c@example.com"}
 
 
+@pytest.mark.parametrize("line_break", ["\n", "\r", "\r\n"])
+def test_any_line_break_inside_a_field_makes_the_row_invalid_with_the_reason(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport], line_break: str
+) -> None:
+    text = f'email,name\na@example.com,"山田{line_break}太郎"\nc@example.com,佐藤\n'
+    path = write(tmp_path, text)
+    report = run_import(path)
+    assert report.imported == 1
+    assert report.invalid == [
+        (
+            2,
+            "has a field holding a line break: a quote opened on this line closes on a later"
+            " one, swallowing the rows between; fix the quotes",
+        )
+    ]
+
+
 def test_extra_columns_are_ignored_with_their_names(
     tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
 ) -> None:
