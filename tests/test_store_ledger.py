@@ -188,7 +188,12 @@ def test_failed_and_in_doubt_hold_the_subscriber(session: Session) -> None:
         "550 no such user",
         now,
     )
-    assert delivery(session, claims[doubt.subscriber_id].delivery_id)["status"] == "in_doubt"
+    doubt_row = delivery(session, claims[doubt.subscriber_id].delivery_id)
+    assert (doubt_row["status"], doubt_row["detail"], doubt_row["updated_at"]) == (
+        "in_doubt",
+        "timeout after send",
+        now,
+    )
     for sid in (failed.subscriber_id, doubt.subscriber_id):
         assert view(session, sid).next_send_at is None
         assert view(session, sid).status == "active"
