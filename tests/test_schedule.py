@@ -446,6 +446,20 @@ def test_after_send_names_the_next_lesson_and_its_send_time() -> None:
         after_send(THREE, TOKYO, "gone", sent_at=friday)
 
 
+def test_after_send_passes_over_every_lesson_already_sent() -> None:
+    course = replace(THREE, lessons=(*THREE.lessons, lesson(4, 1)))
+    friday = local(TOKYO, 2026, 3, 6, 7, 30)
+    assert after_send(course, TOKYO, "lesson-1", sent_at=friday, skip={"lesson-2"}) == Next(
+        "lesson-3", local(TOKYO, 2026, 3, 9, 7, 30)
+    )
+    assert after_send(
+        course, TOKYO, "lesson-1", sent_at=friday, skip={"lesson-2", "lesson-3"}
+    ) == Next("lesson-4", local(TOKYO, 2026, 3, 9, 7, 30))
+    assert after_send(
+        course, TOKYO, "lesson-1", sent_at=friday, skip={"lesson-2", "lesson-3", "lesson-4"}
+    ) == Next(None, None)
+
+
 def test_after_send_is_always_strictly_later_than_the_send() -> None:
     course = replace(THREE, lessons=(lesson(1, 0), lesson(2, 0)), settings=PLAIN)
     sent = local(TOKYO, 2026, 3, 2, 12, 0)  # after 07:30: lesson 2 (delay 0) is due at once...
@@ -490,8 +504,11 @@ def test_after_resume_waits_for_the_next_send_time_but_never_speeds_up() -> None
 
 def test_naive_datetimes_are_refused() -> None:
     naive = datetime(2026, 3, 2, 8, 0)
-    with pytest.raises(ValueError, match="naive"):
+    with pytest.raises(ValueError, match=r"^moment=.*naive"):
         is_quiet(BASE, TOKYO, naive)
+    with pytest.raises(ValueError) as aware:
+        local_send_moment(TOKYO, date(2026, 3, 2), time(7, 30, tzinfo=UTC))
+    assert str(aware.value) == "at=07:30:00+00:00 carries a tzinfo; pass a wall-clock time"
     with pytest.raises(ValueError, match=r"^confirmed_at="):
         lesson_due_at(BASE, TOKYO, lesson(1, 0), previous_sent_at=None, confirmed_at=naive)
     with pytest.raises(ValueError, match=r"^previous_sent_at="):

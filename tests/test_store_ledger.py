@@ -380,6 +380,8 @@ def test_recorded_instants_are_stored_as_the_orm_stores_them(session: Session) -
         select(deliveries.c.id).where(deliveries.c.sent_at == T0, deliveries.c.updated_at == T0)
     ).scalars()
     assert list(stamped) == [first.delivery_id]
+    retried = delivery(session, second.delivery_id)
+    assert (retried["status"], retried["detail"], retried["updated_at"]) == ("retry", "busy", T0)
     assert view(session, third.subscriber_id).next_send_at == T0 + LEASE
 
 
