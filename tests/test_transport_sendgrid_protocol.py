@@ -264,6 +264,12 @@ ERROR_BODY = b'{"errors": [{"message": "bad from"}, {"message": "no content"}]}'
         (500, None, "oops", SendResult("d1", Outcome.RETRY, None, None, "HTTP 500: oops")),
         (503, {}, b"", SendResult("d1", Outcome.RETRY, None, None, "HTTP 503")),
         (
+            503,
+            {"Retry-After": format_datetime(NOW + timedelta(seconds=90), usegmt=True)},
+            b"",
+            SendResult("d1", Outcome.RETRY, None, 90.0, "HTTP 503"),
+        ),
+        (
             400,
             {},
             ERROR_BODY,
