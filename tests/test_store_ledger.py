@@ -369,7 +369,8 @@ def test_recorded_instants_are_stored_as_the_orm_stores_them(session: Session) -
     later = T0 + timedelta(days=1)
     sent = store.SentItem(first.delivery_id, "pid", T0, "second", later)
     assert store.record_sent(session, [sent], "run-1") == 1
-    assert store.record_retry(session, [(second.delivery_id, later, "busy")], now=T0) == 1
+    retried_at = T0 + timedelta(minutes=1)
+    assert store.record_retry(session, [(second.delivery_id, later, "busy")], now=retried_at) == 1
     session.commit()
     conn = session.connection()
     on_time = conn.execute(
@@ -381,7 +382,11 @@ def test_recorded_instants_are_stored_as_the_orm_stores_them(session: Session) -
     ).scalars()
     assert list(stamped) == [first.delivery_id]
     retried = delivery(session, second.delivery_id)
-    assert (retried["status"], retried["detail"], retried["updated_at"]) == ("retry", "busy", T0)
+    assert (retried["status"], retried["detail"], retried["updated_at"]) == (
+        "retry",
+        "busy",
+        retried_at,
+    )
     assert view(session, third.subscriber_id).next_send_at == T0 + LEASE
 
 
