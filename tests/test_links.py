@@ -125,3 +125,9 @@ def test_a_timed_token_is_never_signed_without_its_time() -> None:
     with pytest.raises(ValueError) as missing:
         LinkBuilder(BASE, ["k1"])._timed("confirm").dumps(42)
     assert str(missing.value) == "signing a timed token needs its time"
+
+
+def test_a_builder_without_keys_is_refused() -> None:
+    with pytest.raises(ValueError) as raised:
+        LinkBuilder(BASE, [])
+    assert str(raised.value) == "LinkBuilder needs at least one secret key"
