@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -213,8 +214,13 @@ def test_an_unknown_holiday_country_is_a_config_error() -> None:
 def test_settings_that_allow_no_day_fail_loudly() -> None:
     course = replace(BASE, send_days=frozenset())
     sent = local(TOKYO, 2026, 3, 2, 8, 0)
-    with pytest.raises(ConfigError, match="send_days"):
+    with pytest.raises(ConfigError) as raised:
         lesson_due_at(course, TOKYO, lesson(2, 1), previous_sent_at=sent, confirmed_at=sent)
+    assert re.fullmatch(
+        r"no day on which lessons may be sent within \d+ days of \d{4}-\d\d-\d\d;"
+        r" check send_days and skip_holidays in course\.toml",
+        str(raised.value),
+    )
 
 
 # --- rule 3: quiet hours -----------------------------------------------------------------------
@@ -412,6 +418,28 @@ def test_quiet_hours_ending_in_the_repeated_hour_end_at_its_second_pass() -> Non
     assert earliest_send_at(course, LONDON, first_pass) == utc(2026, 10, 25, 0, 30)
 
 
+def test_quiet_hours_ending_in_new_yorks_repeated_hour_end_at_its_second_pass() -> None:
+    # New York's second 01:xx (EST) is not UTC: the zone must be the reader's, not the host's.
+    course = replace(BASE, quiet_hours=(time(0, 0), time(1, 30)))
+    second_pass = local(NEW_YORK, 2026, 11, 1, 1, 10, fold=1).astimezone(UTC)
+    assert second_pass == utc(2026, 11, 1, 6, 10)
+    assert earliest_send_at(course, NEW_YORK, second_pass) == utc(2026, 11, 1, 6, 30)
+
+
+def test_an_empty_quiet_window_is_never_quiet() -> None:
+    course = replace(BASE, quiet_hours=(time(7, 0), time(7, 0)))
+    for hour in (0, 6, 7, 8, 23):
+        assert not is_quiet(course, TOKYO, local(TOKYO, 2026, 3, 2, hour, 0))
+
+
+def test_a_later_lesson_due_on_a_day_off_moves_forward_to_the_next_send_day() -> None:
+    course = replace(BASE, send_days=WEEKDAYS)
+    saturday_noon = local(TOKYO, 2026, 3, 7, 12, 0)
+    # Monday 00:00 is in quiet hours: their end, 07:00.
+    assert earliest_send_at(course, TOKYO, saturday_noon) == local(TOKYO, 2026, 3, 9, 7, 0)
+    assert earliest_send_at(course, TOKYO, saturday_noon, first_lesson=True) == saturday_noon
+
+
 def test_quiet_hours_ending_in_a_gap_end_when_the_clock_jumps() -> None:
     course = replace(BASE, quiet_hours=(time(22, 0), time(2, 30)))
     moment = local(NEW_YORK, 2026, 3, 8, 1, 0)
@@ -521,6 +549,8 @@ def test_naive_datetimes_are_refused() -> None:
         )
     with pytest.raises(ValueError, match=r"^resumed_at="):
         resume_send_at(BASE, TOKYO, resumed_at=naive)
+    with pytest.raises(ValueError, match=r"^moment=.*naive"):
+        may_send_at(BASE, TOKYO, naive)
     with pytest.raises(ValueError, match=r"^due_at="):
         earliest_send_at(BASE, TOKYO, naive)
 
