@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select, update
@@ -13,6 +15,7 @@ from tests.store_support import COURSE, LEASE, LESSONS, T0, add, claim, delivery
 
 from drip import store
 from drip.models import deliveries, subscribers
+from drip.store import ledger
 
 
 def test_claims_respect_due_time_order_and_limit(session: Session) -> None:
@@ -604,3 +607,76 @@ def test_a_claim_never_waits_on_rows_another_run_is_claiming(postgres_database: 
             assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one() == 20
     finally:
         engine.dispose()
+
+
+def test_record_sent_records_only_this_runs_claims_and_logs_the_rest(
+    session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert store.record_sent(session, [], "run-1") == 0
+    add(session, "a@example.com")
+    add(session, "b@example.com", at=T0 + timedelta(seconds=1))
+    session.commit()
+    a, b = claim(session, T0 + timedelta(minutes=1)).claims
+    later = T0 + timedelta(days=1)
+    caplog.set_level(logging.WARNING, logger=ledger.__name__)
+    unknown = store.SentItem(999_999, "p0", T0, "second", later)
+    mine = store.SentItem(a.delivery_id, "p1", T0, "second", later)
+    # An unknown delivery first: the one after it is still recorded.
+    assert store.record_sent(session, [unknown, mine], "run-1") == 1
+    others = store.SentItem(b.delivery_id, "p2", T0, "second", later)
+    assert store.record_sent(session, [others], "run-2") == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "delivery 999999 reported sent but is unknown; not recorded",
+        f"delivery {b.delivery_id} reported sent but is 'claimed' (run-1); not recorded",
+    ]
+
+
+def test_a_lesson_found_sent_after_the_reader_moved_on_only_stamps_the_send(
+    session: Session,
+) -> None:
+    added = add(session, "a@example.com")
+    session.commit()
+    [first] = claim(session, T0).claims
+    assert store.record_in_doubt(session, [(first.delivery_id, "timeout")], now=T0) == 1
+    conn = session.connection()
+    conn.execute(
+        update(subscribers)
+        .where(subscribers.c.id == added.subscriber_id)
+        .values(next_lesson="second")
+    )
+    sent_at = T0 + timedelta(hours=1)
+    item = store.SentItem(first.delivery_id, "p1", sent_at, "second", sent_at)
+    assert store.record_sent(session, [item], "run-9") == 1
+    session.commit()
+    seen = view(session, added.subscriber_id)
+    assert (seen.status, seen.next_lesson, seen.last_sent_at) == ("active", "second", sent_at)
+
+
+def test_an_unsubscribe_between_the_look_up_and_the_update_wins(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """record_sent reads the readers' state, then updates only rows still 'active' (PostgreSQL
+    locks the rows; the guard holds whatever the isolation): here the unsubscribe lands just
+    after the look-up."""
+    going = add(session, "going@example.com")
+    ending = add(session, "ending@example.com", at=T0 + timedelta(seconds=1))
+    session.commit()
+    g, e = claim(session, T0 + timedelta(minutes=1)).claims
+    looked_up = ledger._settling
+
+    def then_unsubscribed(conn: Any, delivery_ids: Any) -> Any:
+        state = looked_up(conn, delivery_ids)
+        conn.execute(update(subscribers).values(status="unsubscribed"))
+        return state
+
+    monkeypatch.setattr(ledger, "_settling", then_unsubscribed)
+    later = T0 + timedelta(days=1)
+    items = [
+        store.SentItem(g.delivery_id, "p1", T0, "second", later),
+        store.SentItem(e.delivery_id, "p2", T0, None, None),  # the last lesson: would complete
+    ]
+    assert store.record_sent(session, items, "run-1") == 2
+    session.commit()
+    for sid in (going.subscriber_id, ending.subscriber_id):
+        seen = view(session, sid)
+        assert (seen.status, seen.next_lesson) == ("unsubscribed", "welcome")
