@@ -680,3 +680,24 @@ def test_an_unsubscribe_between_the_look_up_and_the_update_wins(
     for sid in (going.subscriber_id, ending.subscriber_id):
         seen = view(session, sid)
         assert (seen.status, seen.next_lesson) == ("unsubscribed", "welcome")
+
+
+def test_a_claim_of_nothing_and_ties_in_due_time(session: Session) -> None:
+    """limit 0 claims nothing; readers due at the same moment are claimed in id order; a claim
+    carries what the send needs (confirmation and last send)."""
+    assert claim(session, T0, limit=0) == store.ClaimBatch([], 0)
+    first = add(session, "first@example.com")
+    add(session, "second@example.com")
+    session.commit()
+    sent_at = T0 - timedelta(days=2)
+    session.connection().execute(
+        update(subscribers)
+        .where(subscribers.c.id == first.subscriber_id)
+        .values(last_sent_at=sent_at)
+    )
+    session.commit()
+    batch = claim(session, T0, limit=1)
+    assert batch == store.ClaimBatch(batch.claims, 0, 0)
+    [only] = batch.claims
+    assert only.subscriber_id == first.subscriber_id
+    assert (only.confirmed_at, only.last_sent_at) == (T0, sent_at)
