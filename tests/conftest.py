@@ -34,6 +34,7 @@ from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.fakes.smtp_server import FakeSmtp
 from tests.transport_support import API_KEY
 
+from drip import schedule
 from drip.db import make_engine, upgrade
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -196,3 +197,11 @@ def sendgrid() -> Iterator[FakeSendGrid]:
 def smtp() -> Iterator[FakeSmtp]:
     with FakeSmtp() as fake:
         yield fake
+
+
+@pytest.fixture(autouse=True)
+def fresh_send_moments() -> None:
+    """Each test computes its own send moments: a moment cached by an earlier test would skip
+    schedule's DST code (`_resolve`, `_gap_end`) and hide a change to it from this test (mutation
+    testing runs only the few tests that cover the changed function)."""
+    schedule._local_send_moment.cache_clear()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.support import COURSE, TEMPLATES, make_mailer
@@ -22,6 +22,7 @@ from drip import store
 from drip.delivery import MAX_ATTEMPTS, PIPELINE_DEPTH, Mailer, retry_delay, send_due
 from drip.errors import FatalTransportError
 from drip.lifecycle import list_subscribers, pause_subscriber, resume_subscriber, subscribe
+from drip.models import deliveries, subscribers
 from drip.render import Renderer
 from drip.transports.base import Outcome, SendResult
 from drip.transports.memory import MemoryTransport
@@ -395,6 +396,9 @@ def test_repeated_temporary_failures_back_off_exponentially_then_give_up(harness
         view = store.get_subscriber_by_id(session, sid)
     assert counts["failed"] == 1
     assert view is not None and view.next_send_at is None  # held for the operator
+    assert recorded(harness)["t@example.com"][2].startswith(
+        f"gave up after {MAX_ATTEMPTS} attempts: "
+    )
     assert len(harness.transport.attempts) == MAX_ATTEMPTS
     assert send_due(harness.sessions, harness.mailer, now=now + timedelta(days=7)).due == 0
 
@@ -683,3 +687,56 @@ def test_the_confirmation_email_is_accepted_by_the_sendgrid_stand_in(harness: Ha
         assert fake.problems == []
         assert len(fake.accepted) == 1
     assert result.confirmation_sent and result.status == "pending"
+
+
+def recorded(harness: Harness) -> dict[str, tuple[str, str | None, str]]:
+    """(status, provider_id, detail) of each reader's latest delivery, by address."""
+    with harness.sessions() as session:
+        found = session.execute(
+            select(
+                subscribers.c.email,
+                deliveries.c.status,
+                deliveries.c.provider_id,
+                deliveries.c.detail,
+            )
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .order_by(deliveries.c.id)
+        ).all()
+    return {email: (status, provider_id, detail) for email, status, provider_id, detail in found}
+
+
+def test_each_outcome_is_recorded_with_its_detail_and_counted_per_lesson(
+    harness: Harness,
+) -> None:
+    for index, name in enumerate(("sent", "retried", "failed", "doubt")):
+        harness.subscribe(f"{name}@example.com", now=T0 + timedelta(seconds=index))
+    harness.transport.add_script(
+        SendResult("", Outcome.SENT, provider_id="pid-1", detail="HTTP 202"),
+        SendResult("", Outcome.RETRY, detail="421 busy"),
+        SendResult("", Outcome.FAILED, detail="550 no such user"),
+        SendResult("", Outcome.IN_DOUBT, detail="timeout after the data"),
+    )
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    assert {
+        slug: {outcome: counts[outcome] for outcome in ("sent", "retried", "failed", "in_doubt")}
+        for slug, counts in report.per_lesson.items()
+    } == {"welcome": {"sent": 1, "retried": 1, "failed": 1, "in_doubt": 1}}
+    assert report.first_failure == "421 busy"
+    assert recorded(harness) == {
+        "sent@example.com": ("sent", "pid-1", None),  # a sent row keeps no detail
+        "retried@example.com": ("retry", None, "421 busy"),
+        "failed@example.com": ("failed", None, "550 no such user"),
+        "doubt@example.com": ("in_doubt", None, "timeout after the data"),
+    }
+
+
+def test_the_first_failure_of_a_run_is_kept_for_its_warning(harness: Harness) -> None:
+    harness.subscribe("a@example.com")
+    harness.subscribe("b@example.com", now=T0 + timedelta(seconds=1))
+    harness.transport.add_script(
+        SendResult("", Outcome.FAILED, detail="550 first"),
+        SendResult("", Outcome.RETRY, detail="451 second"),
+    )
+    report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
+    assert report.first_failure == "550 first"
+    assert report.warning is not None and "(first: 550 first)" in report.warning

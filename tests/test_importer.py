@@ -191,6 +191,23 @@ def test_a_quoted_field_spanning_lines_is_an_invalid_row(
     assert set(rows(engine)) == {"c@example.com"}
 
 
+@pytest.mark.parametrize("line_break", ["\n", "\r", "\r\n"])
+def test_any_line_break_inside_a_field_makes_the_row_invalid_with_the_reason(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport], line_break: str
+) -> None:
+    text = f'email,name\na@example.com,"山田{line_break}太郎"\nc@example.com,佐藤\n'
+    path = write(tmp_path, text)
+    report = run_import(path)
+    assert report.imported == 1
+    assert report.invalid == [
+        (
+            2,
+            "has a field holding a line break: a quote opened on this line closes on a later"
+            " one, swallowing the rows between; fix the quotes",
+        )
+    ]
+
+
 def test_extra_columns_are_ignored_with_their_names(
     tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
 ) -> None:
@@ -300,6 +317,81 @@ def test_a_dry_run_counts_but_writes_nothing(
         1,
     )
     assert rows(engine) == {}
+
+
+def add_existing(engine: Engine, *, pending: tuple[str, ...], active: tuple[str, ...]) -> None:
+    with Session(engine) as session:
+        for email in (*pending, *active):
+            store.add_subscriber(
+                session,
+                course_id=COURSE,
+                email=email,
+                name=None,
+                timezone="Europe/London",
+                now=T0 - timedelta(days=1),
+                consent_source="form",
+                confirmed=email in active,
+                first_lesson="welcome",
+                first_send_at=T0 - timedelta(days=1) if email in active else None,
+            )
+        session.commit()
+
+
+def test_every_batch_is_counted_and_only_a_confirmed_import_confirms(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
+) -> None:
+    add_existing(engine, pending=("p1@example.com", "p2@example.com"), active=("a@example.com",))
+    path = write(
+        tmp_path,
+        "email\np1@example.com\nn1@example.com\np2@example.com\na@example.com\nn2@example.com\n",
+    )
+
+    def counts(report: ImportReport) -> tuple[int, int, int]:
+        return report.imported, report.confirmed, report.present
+
+    # Not confirmed (first_send_at given all the same): pending readers stay pending.
+    assert counts(run_import(path, dry_run=True, batch_size=1)) == (2, 0, 3)
+    assert counts(run_import(path, dry_run=True, batch_size=1, confirmed=True)) == (2, 2, 1)
+    assert set(rows(engine)) == {"p1@example.com", "p2@example.com", "a@example.com"}
+    assert counts(run_import(path, batch_size=1, confirmed=True)) == (2, 2, 1)
+    stored = rows(engine)
+    for email in ("p1@example.com", "p2@example.com"):
+        assert (stored[email].status, stored[email].next_lesson) == ("active", "welcome")
+
+
+def test_an_unconfirmed_import_leaves_pending_readers_pending(
+    tmp_path: Path, engine: Engine, run_import: Callable[..., ImportReport]
+) -> None:
+    add_existing(engine, pending=("p1@example.com",), active=())
+    report = run_import(write(tmp_path, "email\np1@example.com\nn1@example.com\n"))
+    assert (report.imported, report.confirmed, report.present) == (1, 0, 1)
+    stored = rows(engine)
+    assert stored["p1@example.com"].status == "pending"
+    assert stored["n1@example.com"].status == "pending"
+    assert stored["n1@example.com"].next_send_at is None
+
+
+def test_rows_written_by_someone_else_after_the_look_up_count_as_present(
+    tmp_path: Path,
+    engine: Engine,
+    run_import: Callable[..., ImportReport],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The look-up misses rows another session adds or confirms before the import writes (here
+    the look-up is blinded): they are neither imported nor confirmed, but present."""
+    add_existing(engine, pending=(), active=("a@example.com", "b@example.com"))
+    monkeypatch.setattr(store, "existing_subscribers", lambda session, course_id, emails: {})
+    path = write(tmp_path, "email\na@example.com\nnew@example.com\nb@example.com\n")
+    report = run_import(path, batch_size=2, confirmed=True)
+    assert (report.imported, report.confirmed, report.present) == (1, 0, 2)
+
+
+def test_a_confirmed_import_without_first_send_at_is_a_programming_error(
+    tmp_path: Path, run_import: Callable[..., ImportReport]
+) -> None:
+    with pytest.raises(ValueError) as raised:
+        run_import(write(tmp_path, "email\n"), confirmed=True, first_send_at=None)
+    assert str(raised.value) == "a confirmed import needs first_send_at"
 
 
 @pytest.mark.parametrize(

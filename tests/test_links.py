@@ -99,3 +99,35 @@ def test_confirm_links_already_sent_keep_working() -> None:
 
     old = URLSafeTimedSerializer(["k1"], salt="drip.confirm").dumps(9)
     assert LinkBuilder(BASE, ["k1"]).read("confirm", old, now=datetime.now(UTC)) == 9
+
+
+def test_each_refusal_tells_the_reader_why_in_its_own_words() -> None:
+    """The messages are what the web page shows: expired, cut short, not a subscriber's id."""
+    links = LinkBuilder(BASE, ["k1"])
+    confirm = token(links.confirm_url(42, now=NOW))
+    later = NOW + timedelta(seconds=CONFIRM_MAX_AGE_SECONDS + 1)
+    with pytest.raises(InvalidTokenError) as expired:
+        links.read("confirm", confirm, now=later)
+    assert str(expired.value) == (
+        "this confirmation link has expired; subscribe again to get a new one"
+    )
+    with pytest.raises(InvalidTokenError) as cut:
+        links.read("unsubscribe", token(links.unsubscribe_url(42))[:-3], now=NOW)
+    assert str(cut.value) == "this link is not valid (it may be cut short)"
+    not_an_id = URLSafeSerializer(["k1"], salt="drip.unsubscribe").dumps("42")
+    with pytest.raises(InvalidTokenError) as wrong:
+        links.read("unsubscribe", not_an_id, now=NOW)
+    assert str(wrong.value) == "this link is not valid"
+
+
+def test_a_timed_token_is_never_signed_without_its_time() -> None:
+    """No clock is read in links.py: signing a confirm token without the run's time is a bug."""
+    with pytest.raises(ValueError) as missing:
+        LinkBuilder(BASE, ["k1"])._timed("confirm").dumps(42)
+    assert str(missing.value) == "signing a timed token needs its time"
+
+
+def test_a_builder_without_keys_is_refused() -> None:
+    with pytest.raises(ValueError) as raised:
+        LinkBuilder(BASE, [])
+    assert str(raised.value) == "LinkBuilder needs at least one secret key"

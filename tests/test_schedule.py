@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -213,8 +214,13 @@ def test_an_unknown_holiday_country_is_a_config_error() -> None:
 def test_settings_that_allow_no_day_fail_loudly() -> None:
     course = replace(BASE, send_days=frozenset())
     sent = local(TOKYO, 2026, 3, 2, 8, 0)
-    with pytest.raises(ConfigError, match="send_days"):
+    with pytest.raises(ConfigError) as raised:
         lesson_due_at(course, TOKYO, lesson(2, 1), previous_sent_at=sent, confirmed_at=sent)
+    assert re.fullmatch(
+        r"no day on which lessons may be sent within \d+ days of \d{4}-\d\d-\d\d;"
+        r" check send_days and skip_holidays in course\.toml",
+        str(raised.value),
+    )
 
 
 # --- rule 3: quiet hours -----------------------------------------------------------------------
@@ -314,6 +320,36 @@ def test_resume_with_send_time_in_quiet_hours_is_pushed_out() -> None:
     assert got == local(TOKYO, 2026, 3, 3, 7, 0)
 
 
+def test_resume_starts_from_the_readers_local_date_not_the_utc_one() -> None:
+    # 20:00 in New York is already tomorrow in UTC; today's 22:00 send is still ahead.
+    course = replace(PLAIN, send_time=time(22, 0))
+    resumed = local(NEW_YORK, 2026, 3, 2, 20, 0)
+    assert resume_send_at(course, NEW_YORK, resumed_at=resumed) == local(NEW_YORK, 2026, 3, 2, 22)
+
+
+def test_after_resume_counts_from_the_last_send_and_a_first_lesson_from_confirmation() -> None:
+    confirmed = local(TOKYO, 2026, 2, 23, 12, 0)
+    sent = local(TOKYO, 2026, 3, 2, 7, 30)  # lesson 3 is due 2 days after lesson 2: Wednesday
+    assert after_resume(
+        THREE,
+        TOKYO,
+        "lesson-3",
+        resumed_at=local(TOKYO, 2026, 3, 2, 12, 0),
+        last_sent_at=sent,
+        confirmed_at=confirmed,
+    ) == local(TOKYO, 2026, 3, 4, 7, 30)
+    # Paused before the first lesson (3 days after confirming): still due Thursday, not Friday.
+    slow_start = replace(THREE, lessons=(lesson(1, 3), lesson(2, 1)))
+    assert after_resume(
+        slow_start,
+        TOKYO,
+        "lesson-1",
+        resumed_at=local(TOKYO, 2026, 3, 3, 12, 0),
+        last_sent_at=None,
+        confirmed_at=local(TOKYO, 2026, 3, 2, 12, 0),
+    ) == local(TOKYO, 2026, 3, 5, 7, 30)
+
+
 # --- rule 5: DST --------------------------------------------------------------------------------
 
 
@@ -382,6 +418,28 @@ def test_quiet_hours_ending_in_the_repeated_hour_end_at_its_second_pass() -> Non
     assert earliest_send_at(course, LONDON, first_pass) == utc(2026, 10, 25, 0, 30)
 
 
+def test_quiet_hours_ending_in_new_yorks_repeated_hour_end_at_its_second_pass() -> None:
+    # New York's second 01:xx (EST) is not UTC: the zone must be the reader's, not the host's.
+    course = replace(BASE, quiet_hours=(time(0, 0), time(1, 30)))
+    second_pass = local(NEW_YORK, 2026, 11, 1, 1, 10, fold=1).astimezone(UTC)
+    assert second_pass == utc(2026, 11, 1, 6, 10)
+    assert earliest_send_at(course, NEW_YORK, second_pass) == utc(2026, 11, 1, 6, 30)
+
+
+def test_an_empty_quiet_window_is_never_quiet() -> None:
+    course = replace(BASE, quiet_hours=(time(7, 0), time(7, 0)))
+    for hour in (0, 6, 7, 8, 23):
+        assert not is_quiet(course, TOKYO, local(TOKYO, 2026, 3, 2, hour, 0))
+
+
+def test_a_later_lesson_due_on_a_day_off_moves_forward_to_the_next_send_day() -> None:
+    course = replace(BASE, send_days=WEEKDAYS)
+    saturday_noon = local(TOKYO, 2026, 3, 7, 12, 0)
+    # Monday 00:00 is in quiet hours: their end, 07:00.
+    assert earliest_send_at(course, TOKYO, saturday_noon) == local(TOKYO, 2026, 3, 9, 7, 0)
+    assert earliest_send_at(course, TOKYO, saturday_noon, first_lesson=True) == saturday_noon
+
+
 def test_quiet_hours_ending_in_a_gap_end_when_the_clock_jumps() -> None:
     course = replace(BASE, quiet_hours=(time(22, 0), time(2, 30)))
     moment = local(NEW_YORK, 2026, 3, 8, 1, 0)
@@ -414,6 +472,20 @@ def test_after_send_names_the_next_lesson_and_its_send_time() -> None:
     assert after_send(THREE, TOKYO, "lesson-3", sent_at=friday) == Next(None, None)
     with pytest.raises(KeyError):
         after_send(THREE, TOKYO, "gone", sent_at=friday)
+
+
+def test_after_send_passes_over_every_lesson_already_sent() -> None:
+    course = replace(THREE, lessons=(*THREE.lessons, lesson(4, 1)))
+    friday = local(TOKYO, 2026, 3, 6, 7, 30)
+    assert after_send(course, TOKYO, "lesson-1", sent_at=friday, skip={"lesson-2"}) == Next(
+        "lesson-3", local(TOKYO, 2026, 3, 9, 7, 30)
+    )
+    assert after_send(
+        course, TOKYO, "lesson-1", sent_at=friday, skip={"lesson-2", "lesson-3"}
+    ) == Next("lesson-4", local(TOKYO, 2026, 3, 9, 7, 30))
+    assert after_send(
+        course, TOKYO, "lesson-1", sent_at=friday, skip={"lesson-2", "lesson-3", "lesson-4"}
+    ) == Next(None, None)
 
 
 def test_after_send_is_always_strictly_later_than_the_send() -> None:
@@ -460,11 +532,18 @@ def test_after_resume_waits_for_the_next_send_time_but_never_speeds_up() -> None
 
 def test_naive_datetimes_are_refused() -> None:
     naive = datetime(2026, 3, 2, 8, 0)
-    with pytest.raises(ValueError, match="naive"):
+    with pytest.raises(ValueError) as raised:
         is_quiet(BASE, TOKYO, naive)
-    with pytest.raises(ValueError, match="confirmed_at"):
+    assert str(raised.value) == (
+        "moment=2026-03-02T08:00:00 is a naive datetime; pass an aware one"
+        " (e.g. datetime.now(UTC) or .replace(tzinfo=UTC))"
+    )
+    with pytest.raises(ValueError) as aware:
+        local_send_moment(TOKYO, date(2026, 3, 2), time(7, 30, tzinfo=UTC))
+    assert str(aware.value) == "at=07:30:00+00:00 carries a tzinfo; pass a wall-clock time"
+    with pytest.raises(ValueError, match=r"^confirmed_at="):
         lesson_due_at(BASE, TOKYO, lesson(1, 0), previous_sent_at=None, confirmed_at=naive)
-    with pytest.raises(ValueError, match="previous_sent_at"):
+    with pytest.raises(ValueError, match=r"^previous_sent_at="):
         next_send_at(
             BASE,
             TOKYO,
@@ -472,9 +551,11 @@ def test_naive_datetimes_are_refused() -> None:
             previous_sent_at=naive,
             confirmed_at=naive.replace(tzinfo=UTC),
         )
-    with pytest.raises(ValueError, match="resumed_at"):
+    with pytest.raises(ValueError, match=r"^resumed_at="):
         resume_send_at(BASE, TOKYO, resumed_at=naive)
-    with pytest.raises(ValueError, match="due_at"):
+    with pytest.raises(ValueError, match=r"^moment=.*naive"):
+        may_send_at(BASE, TOKYO, naive)
+    with pytest.raises(ValueError, match=r"^due_at="):
         earliest_send_at(BASE, TOKYO, naive)
 
 

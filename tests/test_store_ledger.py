@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select, update
@@ -13,6 +15,7 @@ from tests.store_support import COURSE, LEASE, LESSONS, T0, add, claim, delivery
 
 from drip import store
 from drip.models import deliveries, subscribers
+from drip.store import ledger
 
 
 def test_claims_respect_due_time_order_and_limit(session: Session) -> None:
@@ -188,7 +191,12 @@ def test_failed_and_in_doubt_hold_the_subscriber(session: Session) -> None:
         "550 no such user",
         now,
     )
-    assert delivery(session, claims[doubt.subscriber_id].delivery_id)["status"] == "in_doubt"
+    doubt_row = delivery(session, claims[doubt.subscriber_id].delivery_id)
+    assert (doubt_row["status"], doubt_row["detail"], doubt_row["updated_at"]) == (
+        "in_doubt",
+        "timeout after send",
+        now,
+    )
     for sid in (failed.subscriber_id, doubt.subscriber_id):
         assert view(session, sid).next_send_at is None
         assert view(session, sid).status == "active"
@@ -364,7 +372,8 @@ def test_recorded_instants_are_stored_as_the_orm_stores_them(session: Session) -
     later = T0 + timedelta(days=1)
     sent = store.SentItem(first.delivery_id, "pid", T0, "second", later)
     assert store.record_sent(session, [sent], "run-1") == 1
-    assert store.record_retry(session, [(second.delivery_id, later, "busy")], now=T0) == 1
+    retried_at = T0 + timedelta(minutes=1)
+    assert store.record_retry(session, [(second.delivery_id, later, "busy")], now=retried_at) == 1
     session.commit()
     conn = session.connection()
     on_time = conn.execute(
@@ -375,6 +384,12 @@ def test_recorded_instants_are_stored_as_the_orm_stores_them(session: Session) -
         select(deliveries.c.id).where(deliveries.c.sent_at == T0, deliveries.c.updated_at == T0)
     ).scalars()
     assert list(stamped) == [first.delivery_id]
+    retried = delivery(session, second.delivery_id)
+    assert (retried["status"], retried["detail"], retried["updated_at"]) == (
+        "retry",
+        "busy",
+        retried_at,
+    )
     assert view(session, third.subscriber_id).next_send_at == T0 + LEASE
 
 
@@ -592,3 +607,97 @@ def test_a_claim_never_waits_on_rows_another_run_is_claiming(postgres_database: 
             assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one() == 20
     finally:
         engine.dispose()
+
+
+def test_record_sent_records_only_this_runs_claims_and_logs_the_rest(
+    session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert store.record_sent(session, [], "run-1") == 0
+    add(session, "a@example.com")
+    add(session, "b@example.com", at=T0 + timedelta(seconds=1))
+    session.commit()
+    a, b = claim(session, T0 + timedelta(minutes=1)).claims
+    later = T0 + timedelta(days=1)
+    caplog.set_level(logging.WARNING, logger=ledger.__name__)
+    unknown = store.SentItem(999_999, "p0", T0, "second", later)
+    mine = store.SentItem(a.delivery_id, "p1", T0, "second", later)
+    # An unknown delivery first: the one after it is still recorded.
+    assert store.record_sent(session, [unknown, mine], "run-1") == 1
+    others = store.SentItem(b.delivery_id, "p2", T0, "second", later)
+    assert store.record_sent(session, [others], "run-2") == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "delivery 999999 reported sent but is unknown; not recorded",
+        f"delivery {b.delivery_id} reported sent but is 'claimed' (run-1); not recorded",
+    ]
+
+
+def test_a_lesson_found_sent_after_the_reader_moved_on_only_stamps_the_send(
+    session: Session,
+) -> None:
+    added = add(session, "a@example.com")
+    session.commit()
+    [first] = claim(session, T0).claims
+    assert store.record_in_doubt(session, [(first.delivery_id, "timeout")], now=T0) == 1
+    conn = session.connection()
+    conn.execute(
+        update(subscribers)
+        .where(subscribers.c.id == added.subscriber_id)
+        .values(next_lesson="second")
+    )
+    sent_at = T0 + timedelta(hours=1)
+    item = store.SentItem(first.delivery_id, "p1", sent_at, "second", sent_at)
+    assert store.record_sent(session, [item], "run-9") == 1
+    session.commit()
+    seen = view(session, added.subscriber_id)
+    assert (seen.status, seen.next_lesson, seen.last_sent_at) == ("active", "second", sent_at)
+
+
+def test_an_unsubscribe_between_the_look_up_and_the_update_wins(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """record_sent reads the readers' state, then updates only rows still 'active' (PostgreSQL
+    locks the rows; the guard holds whatever the isolation): here the unsubscribe lands just
+    after the look-up."""
+    going = add(session, "going@example.com")
+    ending = add(session, "ending@example.com", at=T0 + timedelta(seconds=1))
+    session.commit()
+    g, e = claim(session, T0 + timedelta(minutes=1)).claims
+    looked_up = ledger._settling
+
+    def then_unsubscribed(conn: Any, delivery_ids: Any) -> Any:
+        state = looked_up(conn, delivery_ids)
+        conn.execute(update(subscribers).values(status="unsubscribed"))
+        return state
+
+    monkeypatch.setattr(ledger, "_settling", then_unsubscribed)
+    later = T0 + timedelta(days=1)
+    items = [
+        store.SentItem(g.delivery_id, "p1", T0, "second", later),
+        store.SentItem(e.delivery_id, "p2", T0, None, None),  # the last lesson: would complete
+    ]
+    assert store.record_sent(session, items, "run-1") == 2
+    session.commit()
+    for sid in (going.subscriber_id, ending.subscriber_id):
+        seen = view(session, sid)
+        assert (seen.status, seen.next_lesson) == ("unsubscribed", "welcome")
+
+
+def test_a_claim_of_nothing_and_ties_in_due_time(session: Session) -> None:
+    """limit 0 claims nothing; readers due at the same moment are claimed in id order; a claim
+    carries what the send needs (confirmation and last send)."""
+    assert claim(session, T0, limit=0) == store.ClaimBatch([], 0)
+    first = add(session, "first@example.com")
+    add(session, "second@example.com")
+    session.commit()
+    sent_at = T0 - timedelta(days=2)
+    session.connection().execute(
+        update(subscribers)
+        .where(subscribers.c.id == first.subscriber_id)
+        .values(last_sent_at=sent_at)
+    )
+    session.commit()
+    batch = claim(session, T0, limit=1)
+    assert batch == store.ClaimBatch(batch.claims, 0, 0)
+    [only] = batch.claims
+    assert only.subscriber_id == first.subscriber_id
+    assert (only.confirmed_at, only.last_sent_at) == (T0, sent_at)

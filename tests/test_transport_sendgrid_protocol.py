@@ -29,8 +29,15 @@ from sendgrid.helpers.mail import (  # type: ignore[import-untyped]
 )
 from tests.transport_support import NOW, make_email
 
+from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
-from drip.transports.sendgrid.protocol import build_payload, fast_payload, retry_after_seconds
+from drip.transports.base import MAX_DETAIL, MAX_PROVIDER_ID, Outcome, SendResult
+from drip.transports.sendgrid.protocol import (
+    build_payload,
+    classify_status,
+    fast_payload,
+    retry_after_seconds,
+)
 from drip.transports.sendgrid.validate import validate_request_payload
 
 
@@ -226,3 +233,122 @@ def test_the_protocol_module_imports_neither_the_library_nor_aiohttp() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+ERROR_BODY = b'{"errors": [{"message": "bad from"}, {"message": "no content"}]}'
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "expected"),
+    [
+        (
+            202,
+            {"X-Message-Id": "m-1"},
+            b"",
+            SendResult("d1", Outcome.SENT, "m-1", None, "HTTP 202"),
+        ),
+        (200, None, b"accepted", SendResult("d1", Outcome.SENT, None, None, "HTTP 200: accepted")),
+        (299, {}, None, SendResult("d1", Outcome.SENT, None, None, "HTTP 299")),
+        (
+            202,
+            {"X-Message-Id": "\x00\x01"},
+            b"",
+            SendResult("d1", Outcome.SENT, None, None, "HTTP 202"),
+        ),
+        (
+            429,
+            {"Retry-After": "120"},
+            b"",
+            SendResult("d1", Outcome.RETRY, None, 120.0, "HTTP 429"),
+        ),
+        (500, None, "oops", SendResult("d1", Outcome.RETRY, None, None, "HTTP 500: oops")),
+        (503, {}, b"", SendResult("d1", Outcome.RETRY, None, None, "HTTP 503")),
+        (
+            503,
+            {"Retry-After": format_datetime(NOW + timedelta(seconds=90), usegmt=True)},
+            b"",
+            SendResult("d1", Outcome.RETRY, None, 90.0, "HTTP 503"),
+        ),
+        (
+            400,
+            {},
+            ERROR_BODY,
+            SendResult("d1", Outcome.FAILED, None, None, "HTTP 400: bad from; no content"),
+        ),
+        (428, {"Retry-After": "5"}, b"", SendResult("d1", Outcome.FAILED, None, None, "HTTP 428")),
+        (499, {}, b"", SendResult("d1", Outcome.FAILED, None, None, "HTTP 499")),
+        (
+            100,
+            {"Retry-After": "5"},
+            b"",
+            SendResult("d1", Outcome.RETRY, None, None, "unexpected answer HTTP 100"),
+        ),
+        (
+            199,
+            {},
+            b"",
+            SendResult("d1", Outcome.RETRY, None, None, "unexpected answer HTTP 199"),
+        ),
+    ],
+)
+def test_classify_status_maps_each_answer_to_its_outcome(
+    status: int, headers: dict[str, str] | None, body: bytes | str | None, expected: SendResult
+) -> None:
+    assert classify_status("d1", status, headers, body, NOW) == expected
+
+
+def test_classify_status_cuts_the_detail_and_the_provider_id() -> None:
+    result = classify_status("d1", 202, {"X-Message-Id": "i" * 500}, "r" * 1000, NOW)
+    assert result.provider_id == "i" * MAX_PROVIDER_ID
+    assert result.detail == ("HTTP 202: " + "r" * 1000)[:MAX_DETAIL]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "message"),
+    [
+        *(
+            (
+                status,
+                {},
+                f"SendGrid refused the API key (HTTP {status}: bad from; no content); check"
+                " SENDGRID_API_KEY and that the key has the Mail Send permission. Nothing more"
+                " was sent in this run.",
+            )
+            for status in (401, 403)
+        ),
+        *(
+            (
+                status,
+                {},
+                f"SendGrid API URL does not serve /v3/mail/send (HTTP {status}: bad from; no"
+                " content); check DRIP_SENDGRID_API_URL. Nothing more was sent in this run.",
+            )
+            for status in (404, 405)
+        ),
+        *(
+            (
+                status,
+                {"Location": "https://elsewhere.example/v3/mail/send"},
+                "the SendGrid API URL answered with a redirect to"
+                " https://elsewhere.example/v3/mail/send; set DRIP_SENDGRID_API_URL to the API"
+                " itself",
+            )
+            for status in (300, 301, 399)
+        ),
+        *(
+            (
+                302,
+                headers,
+                "the SendGrid API URL answered with a redirect to nowhere (no Location); set"
+                " DRIP_SENDGRID_API_URL to the API itself",
+            )
+            for headers in (None, {}, {"Location": "  "})
+        ),
+    ],
+)
+def test_classify_status_stops_the_run_on_a_bad_key_url_or_redirect(
+    status: int, headers: dict[str, str] | None, message: str
+) -> None:
+    with pytest.raises(FatalTransportError) as raised:
+        classify_status("d1", status, headers, ERROR_BODY, NOW)
+    assert str(raised.value) == message

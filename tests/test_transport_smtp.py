@@ -25,7 +25,8 @@ from tests.transport_support import (
 
 from drip.errors import ConfigError
 from drip.transports import FatalTransportError, Outcome
-from drip.transports.smtp import SmtpTransport, _wire_data, parse_smtp_url
+from drip.transports.base import SendResult
+from drip.transports.smtp import SmtpTransport, _reply_text, _Retry, _wire_data, parse_smtp_url
 
 pytestmark = pytest.mark.filterwarnings(
     # aiosmtpd 1.4 itself sets the deprecated Session.login_data after every successful AUTH.
@@ -233,3 +234,58 @@ def test_smtp_date_is_the_moment_the_email_carries(smtp: FakeSmtp) -> None:
         transport.send([make_email(1, date=moment), make_email(2)])
     dates = [parsedate_to_datetime(str(m.parsed()["Date"])) for m in smtp.accepted]
     assert dates == [moment, NOW]
+
+
+def test_a_reply_is_read_on_one_line_whatever_its_bytes() -> None:
+    assert (
+        _reply_text(b"550 5.1.1  no such\r\n user \xff here")
+        == "550 5.1.1 no such user \ufffd here"
+    )
+    assert _reply_text("already\ttext ") == "already text"
+
+
+class _Connection:
+    """What `_refused` uses of an smtplib.SMTP: RSET (failing when asked to)."""
+
+    def __init__(self, rset_fails: bool = False) -> None:
+        self.rset_fails = rset_fails
+        self.resets = 0
+
+    def rset(self) -> None:
+        self.resets += 1
+        if self.rset_fails:
+            raise OSError("connection reset")
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome"),
+    [(code, Outcome.RETRY) for code in (400, 450, 499)]
+    + [(code, Outcome.FAILED) for code in (500, 550, 599)],
+)
+def test_a_refusal_is_retry_for_4xx_failed_for_5xx_and_resets_the_transaction(
+    code: int, outcome: Outcome
+) -> None:
+    transport = SmtpTransport("smtp://127.0.0.1:2525")
+    connection = _Connection()
+    result = transport._refused(connection, "d1", "RCPT TO", code, b"no  such\r\nuser")  # type: ignore[arg-type]
+    assert result == SendResult("d1", outcome, detail=f"RCPT TO: {code} no such user")
+    assert connection.resets == 1
+    assert transport._refused(_Connection(rset_fails=True), "d2", "DATA", code, b"x").outcome == (  # type: ignore[arg-type]
+        outcome
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "detail"),
+    [
+        (421, "server closing, MAIL FROM: 421 bye"),
+        (-1, "unexpected reply, MAIL FROM: -1 bye"),
+        (399, "unexpected reply, MAIL FROM: 399 bye"),
+        (600, "unexpected reply, MAIL FROM: 600 bye"),
+    ],
+)
+def test_a_closing_or_unreadable_reply_gives_up_the_connection(code: int, detail: str) -> None:
+    transport = SmtpTransport("smtp://127.0.0.1:2525")
+    with pytest.raises(_Retry) as raised:
+        transport._refused(_Connection(), "d1", "MAIL FROM", code, b"bye")  # type: ignore[arg-type]
+    assert raised.value.result == SendResult("d1", Outcome.RETRY, detail=detail)
