@@ -701,3 +701,44 @@ def test_a_claim_of_nothing_and_ties_in_due_time(session: Session) -> None:
     [only] = batch.claims
     assert only.subscriber_id == first.subscriber_id
     assert (only.confirmed_at, only.last_sent_at) == (T0, sent_at)
+
+
+def test_a_claim_refills_past_rows_it_cannot_take_and_counts_every_one(session: Session) -> None:
+    """The first rounds of a claim meet rows it cannot take (a dead run's 'sending' rows, rows
+    `defer` moves, a lesson already sent): it picks again until `limit` claims or nothing is
+    due, never claims more than `limit`, and counts every in-doubt and rescheduled row."""
+    early = [add(session, f"d{i}@example.com", at=T0 + timedelta(seconds=i)) for i in range(3)]
+    session.commit()
+    dead = claim(session, T0 + timedelta(minutes=1), limit=3, run_id="dead")
+    store.mark_sending(session, [c.delivery_id for c in dead.claims], T0)
+    session.commit()  # the run dies here: 3 rows 'sending', their lease runs out
+    later = T0 + LEASE + timedelta(minutes=5)
+    deferred = [
+        add(session, f"q{i}@example.com", at=later - timedelta(minutes=4, seconds=-i))
+        for i in range(2)
+    ]
+    fine = [
+        add(session, f"ok{i}@example.com", at=later - timedelta(minutes=2, seconds=-i))
+        for i in range(4)
+    ]
+    session.commit()
+    asked: list[str] = []
+    deferred_ids = {added.subscriber_id for added in deferred}
+
+    def defer(timezone: str, lesson: str) -> datetime | None:
+        asked.append(lesson)
+        # The first two claimable rows (the deferred ones) may not go out now.
+        return later + timedelta(hours=1) if len(asked) <= 2 else None
+
+    batch = store.claim_due(
+        session, course_id=COURSE, now=later, limit=2, run_id="run-2", lease=LEASE, defer=defer
+    )
+    session.commit()
+    # Picks: 2 dead rows; a dead row and a deferred one; a deferred one and a claim; one more
+    # claim. Never more than asked for, though it had to pick 4 times.
+    assert len(batch.claims) == 2
+    assert {c.subscriber_id for c in batch.claims} <= {added.subscriber_id for added in fine}
+    assert batch.newly_in_doubt == 3 and batch.rescheduled == 2
+    for sid in deferred_ids:
+        assert view(session, sid).next_send_at == later + timedelta(hours=1)
+    assert {view(session, added.subscriber_id).is_held for added in early} == {True}
