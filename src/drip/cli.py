@@ -30,6 +30,7 @@ from drip.statuses import SubscriberStatus
 if TYPE_CHECKING:  # each command imports what it uses, so start-up stays short
     from drip.course import Course
     from drip.delivery import Mailer
+    from drip.store import DeliveryView
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -574,11 +575,7 @@ def in_doubt_command(as_json: bool) -> None:
     from drip.lifecycle import in_doubt
 
     sessions, loaded = open_ledger()
-    doubts = in_doubt(sessions, loaded)
-    if not doubts and not as_json:
-        click.echo("none: no delivery is in doubt")
-    for doubt in doubts:
-        click.echo(json.dumps(doubt.as_dict(), ensure_ascii=False) if as_json else doubt.as_row())
+    _echo_deliveries(in_doubt(sessions, loaded), as_json, "none: no delivery is in doubt")
 
 
 @deliveries_group.command("failed")
@@ -592,9 +589,13 @@ def failed_command(as_json: bool) -> None:
     from drip.lifecycle import failed
 
     sessions, loaded = open_ledger()
-    rows = failed(sessions, loaded)
+    _echo_deliveries(failed(sessions, loaded), as_json, "none: no delivery has failed")
+
+
+def _echo_deliveries(rows: list[DeliveryView], as_json: bool, none: str) -> None:
+    """One line (or JSON object) per delivery; `none` when there are none (not with --json)."""
     if not rows and not as_json:
-        click.echo("none: no delivery has failed")
+        click.echo(none)
     for row in rows:
         click.echo(json.dumps(row.as_dict(), ensure_ascii=False) if as_json else row.as_row())
 
