@@ -36,7 +36,7 @@ from drip.errors import (
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
 from drip.render import Recipient, RenderedEmail, Renderer
-from drip.transports.base import Outcome, SendResult, Transport
+from drip.transports.base import Outcome, SendResult, Transport, clamp_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ LEASE = timedelta(minutes=15)
 MAX_ATTEMPTS = 8
 BASE_RETRY_DELAY = timedelta(minutes=1)
 MAX_RETRY_DELAY = timedelta(hours=6)
-MAX_RETRY_AFTER = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -224,11 +223,12 @@ def check_sendable(mailer: Mailer) -> None:
 def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
     """Exponential back-off from BASE_RETRY_DELAY (1, 2, 4 ... minutes for attempts 1, 2, 3 ...),
     capped at MAX_RETRY_DELAY, never shorter than the provider's Retry-After — which is itself
-    clamped to MAX_RETRY_AFTER (an absurd or infinite answer must not break recording)."""
+    clamped by `transports.base.clamp_retry_after` (an absurd or infinite answer must not break
+    recording)."""
     delay: timedelta = BASE_RETRY_DELAY * 2 ** min(max(attempts - 1, 0), 20)
     delay = min(delay, MAX_RETRY_DELAY)
-    if retry_after is not None and retry_after == retry_after:  # NaN compares unequal
-        asked = min(max(retry_after, 0.0), MAX_RETRY_AFTER.total_seconds())
+    asked = clamp_retry_after(retry_after)  # the transports' own bound, applied again here
+    if asked is not None:
         delay = max(delay, timedelta(seconds=asked))
     return delay
 
