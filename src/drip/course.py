@@ -71,6 +71,10 @@ class CourseSettings:
     """Source blocks deliberately left out of the lessons (exact text), e.g. an unfinished tail."""
     lessons: tuple[str, ...] = ()
     """Lesson slugs in sending order."""
+    postal_address: str | None = None
+    """The sender's postal address, shown in every email and page (特定電子メール法, CAN-SPAM)."""
+    contact: str | None = None
+    """How readers reach the sender (an email address or a URL), shown beside the address."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,8 @@ SETTINGS_KEYS = (
     "source",
     "omit",
     "lessons",
+    "postal_address",
+    "contact",
 )
 
 
@@ -235,6 +241,15 @@ def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid(f"'{key}' must be a non-empty string")
     return value.strip()
+
+
+def _optional(parse: Callable[[Any], str]) -> Callable[[Any], str | None]:
+    """`parse`, except that an absent key is None."""
+
+    def optional(value: Any) -> str | None:
+        return None if value is None else parse(value)
+
+    return optional
 
 
 def _shown_text(key: str) -> Callable[[Any], str]:
@@ -335,6 +350,8 @@ _SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "sender_name": (_shown_text("sender_name"), None),
     "sender_email": (_sender_email, None),
     "send_time": (lambda value: _parse_time(value, "send_time"), "07:30"),
+    "postal_address": (_optional(_shown_text("postal_address")), None),
+    "contact": (_optional(_shown_text("contact")), None),
 }
 """Each key of course.toml: how it is parsed and its default (None: absent means None)."""
 

@@ -118,6 +118,21 @@ class Subscriber(Base):
             postgresql_where="next_send_at IS NOT NULL",
         ),
         Index("ix_subscribers_email", "email"),
+        # The confirmation queue and the timed pauses: only rows that owe something are indexed.
+        Index(
+            "ix_subscribers_confirmation_owed",
+            "course_id",
+            "confirmation_wanted_at",
+            sqlite_where="confirmation_wanted_at IS NOT NULL",
+            postgresql_where="confirmation_wanted_at IS NOT NULL",
+        ),
+        Index(
+            "ix_subscribers_pause_ends",
+            "course_id",
+            "paused_until",
+            sqlite_where="paused_until IS NOT NULL",
+            postgresql_where="paused_until IS NOT NULL",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
@@ -139,6 +154,12 @@ class Subscriber(Base):
     held_reason: Mapped[str | None] = mapped_column(Text)
     """Why an 'active' subscriber with a next lesson has no next_send_at (held); meaningful
     only while that is so, and set by every code path that holds."""
+    paused_until: Mapped[datetime | None]
+    """A 'paused' reader's pause ends then (`drip send` resumes it); NULL: until resumed."""
+    send_time: Mapped[str | None] = mapped_column(String(5))
+    """The reader's own "HH:MM" for lessons after the first; NULL: the course's send_time."""
+    confirmation_wanted_at: Mapped[datetime | None]
+    """A double opt-in email is owed since then; NULL once sent (the confirmation queue)."""
 
 
 class Delivery(Base):
@@ -200,7 +221,20 @@ class Event(Base):
     )
 
 
+class Suppression(Base):
+    """An erased address: only its SHA-256 is kept, so it is never mailed or imported again."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("email_hash", name="uq_suppressions_email_hash"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+
+
 # The tables, for the Core statements of the store's hot paths.
 subscribers = cast(Table, Subscriber.__table__)
 deliveries = cast(Table, Delivery.__table__)
 events = cast(Table, Event.__table__)
+suppressions = cast(Table, Suppression.__table__)
