@@ -18,7 +18,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from email.utils import parseaddr
 from functools import cached_property
 from typing import Any
@@ -255,15 +255,22 @@ def _sent_item(
     claim: store.Claim,
     result: SendResult,
     now: datetime,
-    next_by_pair: dict[tuple[str, str], schedule.Next],
+    next_by_pair: dict[tuple[str, str, str | None], schedule.Next],
 ) -> store.SentItem:
     """What to record for an accepted delivery: the subscriber's next lesson and its time, from
-    `schedule.after_send`, cached in `next_by_pair` (they depend only on the zone and the lesson
-    sent at `now`, not on the subscriber)."""
-    following = next_by_pair.get((claim.timezone, claim.lesson))
+    `schedule.after_send`, cached in `next_by_pair` (they depend only on the zone, the lesson
+    sent at `now` and the reader's send time, not on the subscriber)."""
+    key = (claim.timezone, claim.lesson, claim.send_time)
+    following = next_by_pair.get(key)
     if following is None:
-        following = schedule.after_send(course, claim.timezone, claim.lesson, sent_at=now)
-        next_by_pair[claim.timezone, claim.lesson] = following
+        following = schedule.after_send(
+            course,
+            claim.timezone,
+            claim.lesson,
+            sent_at=now,
+            send_time=_reader_send_time(claim.send_time),
+        )
+        next_by_pair[key] = following
     return store.SentItem(
         delivery_id=claim.delivery_id,
         provider_id=result.provider_id,
@@ -291,7 +298,7 @@ def _record(
     failed: list[tuple[int, str]] = []
     doubt: list[tuple[int, str]] = []
     rate_limited = False
-    next_by_pair: dict[tuple[str, str], schedule.Next] = {}
+    next_by_pair: dict[tuple[str, str, str | None], schedule.Next] = {}
     for result in results:
         claim = by_id[result.delivery_id]
         if result.outcome is Outcome.SENT:
@@ -478,7 +485,12 @@ class _Run:
         return _deferral(self.mailer.course, self.now)
 
     def move_on(
-        self, timezone: str, lesson: str, last_sent_at: datetime | None, sent: frozenset[str]
+        self,
+        timezone: str,
+        lesson: str,
+        last_sent_at: datetime | None,
+        sent: frozenset[str],
+        send_time: str | None = None,
     ) -> tuple[str | None, datetime | None] | None:
         """For claim_due: the next lesson not yet sent after `lesson` (already sent: the course
         was reordered), and when; None when that cannot be told (the lesson is gone)."""
@@ -487,7 +499,12 @@ class _Run:
             return None
         try:
             following = schedule.after_send(
-                course, timezone, lesson, sent_at=last_sent_at or self.now, skip=sent
+                course,
+                timezone,
+                lesson,
+                sent_at=last_sent_at or self.now,
+                skip=sent,
+                send_time=_reader_send_time(send_time),
             )
         except UnknownTimezoneError:
             return None
@@ -630,6 +647,16 @@ class _Run:
         else:
             self.report.note = first.message
         return self.report
+
+
+def _reader_send_time(text: str | None) -> time | None:
+    """A reader's stored send time; one this version cannot read (edited by hand) falls back to
+    the course's rather than stopping the run."""
+    try:
+        return schedule.parse_send_time(text)
+    except ValueError:
+        log.warning("ignoring unreadable send_time %r; using the course's", text)
+        return None
 
 
 def _deferral(course: Course, now: datetime) -> Callable[[str, str], datetime | None]:

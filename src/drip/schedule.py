@@ -51,6 +51,9 @@ __all__ = [
     "local_send_moment",
     "may_send_at",
     "next_send_at",
+    "parse_send_time",
+    "quiet_send_time",
+    "rescheduled_at",
     "resume_send_at",
 ]
 
@@ -201,6 +204,25 @@ def _quiet_end(settings: CourseSettings, local: datetime) -> date | None:
     return None
 
 
+@functools.lru_cache(maxsize=1440)
+def parse_send_time(text: str | None) -> time | None:
+    """A reader's stored send time ("HH:MM", 00:00-23:59) as a wall-clock time; None for None
+    (the course's send time applies). Raises `ValueError` for anything else."""
+    if text is None:
+        return None
+    hours, sep, minutes = text.partition(":")
+    digits = hours + minutes
+    if not (sep and len(hours) == len(minutes) == 2 and digits.isascii() and digits.isdigit()):
+        raise ValueError(f"send time {text!r} is not HH:MM")
+    return time(int(hours), int(minutes))  # ValueError past 23:59
+
+
+def quiet_send_time(settings: CourseSettings, at: time) -> bool:
+    """True when the wall-clock time `at` falls inside the course's quiet hours: such a send
+    time is refused (a lesson due then would always wait for the quiet hours to end)."""
+    return _quiet_end(settings, datetime.combine(date(2000, 1, 3), at)) is not None
+
+
 def is_quiet(settings: CourseSettings, tz: Zone, moment: datetime) -> bool:
     """True when `moment` falls inside the course's quiet hours on the wall clock of `tz`."""
     local = _utc(moment, "moment").astimezone(_zone(tz))
@@ -258,6 +280,7 @@ def lesson_due_at(
     *,
     previous_sent_at: datetime | None,
     confirmed_at: datetime,
+    send_time: time | None = None,
 ) -> datetime:
     """When `lesson` becomes due for a subscriber in `tz` (rules 1, 2 and 5), in UTC.
 
@@ -265,7 +288,8 @@ def lesson_due_at(
     subscriber's first. A first lesson with delay 0 is due at `confirmed_at`; otherwise the lesson
     is due at `send_time` on the anchor's local date (previous send, else confirmation) plus
     `delay_days`, moved to the next allowed day. A lesson after another is always due strictly
-    after it (at least one second later), so one run never finds two lessons due.
+    after it (at least one second later), so one run never finds two lessons due. `send_time` is
+    the reader's own time of day (None: the course's).
     """
     zone = _zone(tz)
     confirmed = _utc(confirmed_at, "confirmed_at")
@@ -277,7 +301,8 @@ def lesson_due_at(
         anchor = _utc(previous_sent_at, "previous_sent_at")
         floor = anchor + _ONE_SECOND
     day = anchor.astimezone(zone).date() + timedelta(days=lesson.delay_days)
-    due = _local_send_moment(zone, _next_allowed_day(settings, day), settings.send_time)
+    at = settings.send_time if send_time is None else send_time
+    due = _local_send_moment(zone, _next_allowed_day(settings, day), at)
     return due if due > floor else floor
 
 
@@ -288,27 +313,36 @@ def next_send_at(
     *,
     previous_sent_at: datetime | None,
     confirmed_at: datetime,
+    send_time: time | None = None,
 ) -> datetime:
     """The earliest instant `lesson` may go out: its due time pushed out of quiet hours (and days
     off, for lessons after the first). This is the value the store keeps as `next_send_at`."""
     due = lesson_due_at(
-        settings, tz, lesson, previous_sent_at=previous_sent_at, confirmed_at=confirmed_at
+        settings,
+        tz,
+        lesson,
+        previous_sent_at=previous_sent_at,
+        confirmed_at=confirmed_at,
+        send_time=send_time,
     )
     return earliest_send_at(settings, tz, due, first_lesson=previous_sent_at is None)
 
 
-def resume_send_at(settings: CourseSettings, tz: Zone, *, resumed_at: datetime) -> datetime:
+def resume_send_at(
+    settings: CourseSettings, tz: Zone, *, resumed_at: datetime, send_time: time | None = None
+) -> datetime:
     """When the next lesson may go out after a pause ends at `resumed_at` (rule 4), in UTC.
 
-    The next `send_time` strictly after `resumed_at` on an allowed day, subscriber-local, then
-    pushed out of quiet hours like any due time.
+    The next `send_time` (the reader's, else the course's) strictly after `resumed_at` on an
+    allowed day, subscriber-local, then pushed out of quiet hours like any due time.
     """
     zone = _zone(tz)
     resumed = _utc(resumed_at, "resumed_at")
+    at = settings.send_time if send_time is None else send_time
     day = resumed.astimezone(zone).date()
     for _ in range(_MAX_SEARCH_DAYS):
         day = _next_allowed_day(settings, day)
-        due = _local_send_moment(zone, day, settings.send_time)
+        due = _local_send_moment(zone, day, at)
         if due > resumed:
             return earliest_send_at(settings, zone, due)
         day += _ONE_DAY
@@ -340,11 +374,12 @@ def after_send(
     *,
     sent_at: datetime,
     skip: Collection[str] = (),
+    send_time: time | None = None,
 ) -> Next:
     """The lesson after `sent_lesson` (sent at `sent_at`) and when it may go out.
 
-    Lessons in `skip` (already sent: the course was reordered) are passed over. Always strictly
-    later than `sent_at`. `Next(None, None)` after the last lesson. Raises `KeyError` when
+    Lessons in `skip` (already sent: the course was reordered) are passed over. `send_time` is the
+    reader's own time of day (None: the course's). Always strictly later than `sent_at`. `Next(None, None)` after the last lesson. Raises `KeyError` when
     `sent_lesson` is not in the course (callers hold such subscribers).
     Callers: recording a send, settling an in-doubt delivery as sent, a claim that finds the
     next lesson already sent.
@@ -356,7 +391,12 @@ def after_send(
         return Next(None, None)
     # With a previous send the due time anchors on it alone: confirmation plays no part.
     at = next_send_at(
-        course.settings, tz, following, previous_sent_at=sent_at, confirmed_at=sent_at
+        course.settings,
+        tz,
+        following,
+        previous_sent_at=sent_at,
+        confirmed_at=sent_at,
+        send_time=send_time,
     )
     return Next(following.slug, at)
 
@@ -369,15 +409,16 @@ def after_resume(
     resumed_at: datetime,
     last_sent_at: datetime | None,
     confirmed_at: datetime | None,
+    send_time: time | None = None,
 ) -> datetime:
     """When `next_lesson` may go out after a pause that ends at `resumed_at` (rule 4).
 
-    The next `send_time` after the resume, but never earlier than the lesson's normal due time:
-    a short pause must not speed the course up. Without a known next lesson (removed from the
-    course, or none), only the first part applies.
+    The next `send_time` (the reader's, else the course's) after the resume, but never earlier
+    than the lesson's normal due time: a short pause must not speed the course up. Without a
+    known next lesson (removed from the course, or none), only the first part applies.
     """
     settings = course.settings
-    at = resume_send_at(settings, tz, resumed_at=resumed_at)
+    at = resume_send_at(settings, tz, resumed_at=resumed_at, send_time=send_time)
     if next_lesson is None or not course.has_lesson(next_lesson):
         return at
     normal = next_send_at(
@@ -386,5 +427,47 @@ def after_resume(
         course.lesson(next_lesson),
         previous_sent_at=last_sent_at,
         confirmed_at=confirmed_at or resumed_at,
+        send_time=send_time,
     )
     return max(at, normal)
+
+
+def rescheduled_at(
+    course: Course,
+    tz: Zone,
+    next_lesson: str,
+    *,
+    now: datetime,
+    waiting_until: datetime,
+    last_sent_at: datetime | None,
+    confirmed_at: datetime | None,
+    send_time: time | None = None,
+) -> datetime:
+    """When a reader's waiting `next_lesson` goes out after the reader changed timezone or send
+    time at `now` (`tz` and `send_time` are the new values; `waiting_until` the stored moment).
+
+    The same rules in the new setting: the lesson's normal due time there; but a lesson after the
+    first that was still to come (`waiting_until` after `now`) never jumps to a moment already
+    past: it goes at the next send time after `now`, as after a pause, and never earlier than
+    its normal due time. Raises `KeyError` for a lesson not in the course.
+    """
+    lesson = course.lesson(next_lesson)
+    settings = course.settings
+    if last_sent_at is not None and _utc(waiting_until, "waiting_until") > _utc(now, "now"):
+        return after_resume(
+            course,
+            tz,
+            next_lesson,
+            resumed_at=now,
+            last_sent_at=last_sent_at,
+            confirmed_at=confirmed_at,
+            send_time=send_time,
+        )
+    return next_send_at(
+        settings,
+        tz,
+        lesson,
+        previous_sent_at=last_sent_at,
+        confirmed_at=confirmed_at or now,
+        send_time=send_time,
+    )

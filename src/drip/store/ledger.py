@@ -48,10 +48,12 @@ from drip.store.values import Claim, ClaimBatch, SentItem
 log = logging.getLogger(__name__)
 
 MoveOn = Callable[
-    [str, str, datetime | None, frozenset[str]], tuple[str | None, datetime | None] | None
+    [str, str, datetime | None, frozenset[str], str | None],
+    tuple[str | None, datetime | None] | None,
 ]
-"""`move_on(timezone, lesson already sent, last_sent_at, every lesson sent)`: the subscriber's next
-lesson and its moment ((None, None): the course is done), or None when that cannot be told."""
+"""`move_on(timezone, lesson already sent, last_sent_at, every lesson sent, send_time)`: the
+subscriber's next lesson and its moment ((None, None): the course is done), or None when that
+cannot be told. `send_time` is the reader's own "HH:MM" (None: the course's)."""
 
 IN_DOUBT_DETAIL = (
     "the run that claimed it ended without recording an outcome (crashed or killed); it may or"
@@ -208,6 +210,7 @@ def _pick_due(conn: Connection, course_id: str, now: datetime, limit: int) -> li
             S.c.next_lesson,
             S.c.confirmed_at,
             S.c.last_sent_at,
+            S.c.send_time,
             D.c.id.label("delivery_id"),
             D.c.status.label("delivery_status"),
             D.c.attempts,
@@ -358,7 +361,11 @@ def _move_past_sent(
         answer = None
         if move_on is not None:
             answer = move_on(
-                row.timezone, row.next_lesson, row.last_sent_at, sent.get(row.id, frozenset())
+                row.timezone,
+                row.next_lesson,
+                row.last_sent_at,
+                sent.get(row.id, frozenset()),
+                row.send_time,
             )
         if answer is None:
             held.append((row.id, _held(row, ClaimAction.HOLD_SETTLED)))
@@ -417,6 +424,7 @@ def _claim(row: Row[Any], delivery_id: int, attempts: int) -> Claim:
         attempts=attempts,
         confirmed_at=row.confirmed_at,
         last_sent_at=row.last_sent_at,
+        send_time=row.send_time,
     )
 
 

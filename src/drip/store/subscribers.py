@@ -16,9 +16,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from drip.errors import NotFoundError, SuppressedAddressError
-from drip.statuses import SUPPRESSED_STATUSES, SubscriberStatus
+from drip.statuses import SUPPRESSED_STATUSES, DeliveryStatus, SubscriberStatus
 from drip.store._sql import (
     ACTIVE,
+    D,
     S,
     chunks,
     connection,
@@ -179,8 +180,11 @@ def _transition(
     return False
 
 
-def pause(session: Session, subscriber_id: int, now: datetime) -> bool:
-    """Active -> paused (nothing is sent until `resume`). False if it was not active."""
+def pause(
+    session: Session, subscriber_id: int, now: datetime, *, until: datetime | None = None
+) -> bool:
+    """Active -> paused (nothing is sent until `resume`, or until `until` has passed: `drip send`
+    then resumes it, see `store.resume_ended_pauses`). False if it was not active."""
     return _transition(
         session,
         subscriber_id,
@@ -188,10 +192,42 @@ def pause(session: Session, subscriber_id: int, now: datetime) -> bool:
         {
             "status": SubscriberStatus.PAUSED.value,
             "paused_at": now,
+            "paused_until": until,
             "status_changed_at": now,
             "next_send_at": None,
         },
     )
+
+
+def hold_kept() -> Any:
+    """True (SQL) for a subscriber whose next lesson the ledger has 'failed' or 'in_doubt': the
+    operator must retry or resolve it, so a resume never makes it due (it would be sent again)."""
+    return (
+        select(D.c.id)
+        .where(
+            D.c.subscriber_id == S.c.id,
+            D.c.lesson == S.c.next_lesson,
+            D.c.status.in_([DeliveryStatus.FAILED.value, DeliveryStatus.IN_DOUBT.value]),
+        )
+        .exists()
+    )
+
+
+def resume_values(at: Any, now: Any, hold_reason: str | None = None) -> dict[str, Any]:
+    """The SET clause of a resume at `now` with the next lesson at `at` (SQL values): 'completed'
+    when the last lesson went out meanwhile; a failed or in-doubt hold stays held with its
+    reason (`hold_kept`); otherwise 'active' at `at`."""
+    finished = S.c.next_lesson.is_(None)
+    values: dict[str, Any] = {
+        "status": case((finished, SubscriberStatus.COMPLETED.value), else_=ACTIVE),
+        "next_send_at": case((finished, None), (hold_kept(), None), else_=at),
+        "paused_at": None,
+        "paused_until": None,
+        "status_changed_at": now,
+    }
+    if hold_reason is not None:
+        values["held_reason"] = case((hold_kept(), S.c.held_reason), else_=hold_reason)
+    return values
 
 
 def resume(
@@ -205,20 +241,17 @@ def resume(
     """Paused -> active, next lesson at `next_send_at` (computed by the caller from
     drip.schedule and the subscriber's `next_lesson`), or held (next_send_at None) with
     `hold_reason` when that moment cannot be told. A paused subscriber whose last lesson went
-    out meanwhile becomes 'completed'. False if it was not paused.
+    out meanwhile becomes 'completed'. One held for a failed or in-doubt delivery of its next
+    lesson stays held with its reason: only `drip deliveries retry|resolve` sends that lesson
+    again. False if it was not paused.
     """
-    finished = S.c.next_lesson.is_(None)
-    values: dict[str, Any] = {
-        "status": case((finished, SubscriberStatus.COMPLETED.value), else_=ACTIVE),
-        "next_send_at": case(
-            (finished, None), else_=bindparam("resume_at", next_send_at, S.c.next_send_at.type)
-        ),
-        "paused_at": None,
-        "status_changed_at": now,
-    }
-    if hold_reason is not None:
-        values["held_reason"] = hold_reason
-    return _transition(session, subscriber_id, S.c.status == SubscriberStatus.PAUSED.value, values)
+    at = bindparam("resume_at", next_send_at, S.c.next_send_at.type)
+    return _transition(
+        session,
+        subscriber_id,
+        S.c.status == SubscriberStatus.PAUSED.value,
+        resume_values(at, now, hold_reason),
+    )
 
 
 def unsubscribe(session: Session, subscriber_id: int, now: datetime) -> bool:

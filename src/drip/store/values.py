@@ -100,6 +100,8 @@ class Claim:
     attempts: int
     confirmed_at: datetime | None
     last_sent_at: datetime | None
+    send_time: str | None = None
+    """The reader's own "HH:MM" for lessons after the first; None: the course's."""
 
 
 @dataclass(frozen=True, slots=True)
