@@ -363,6 +363,9 @@ def send_due(
     """
     course_id = mailer.course.id
     report = SendReport(now=now, dry_run=dry_run)
+    if not dry_run:
+        with sessions() as session, session.begin():
+            store.resume_ended_pauses(session, course_id, now, _pause_end(mailer.course))
     with sessions() as session:
         report.due = store.count_due(session, course_id, now)
     if dry_run:
@@ -647,6 +650,24 @@ class _Run:
         else:
             self.report.note = first.message
         return self.report
+
+
+def _pause_end(course: Course) -> Callable[[store.PausedReader], datetime]:
+    """For resume_ended_pauses: when a reader's next lesson goes out after its timed pause
+    ended (`schedule.after_resume` from the end of the pause, with the reader's send time)."""
+
+    def resume_at(reader: store.PausedReader) -> datetime:
+        return schedule.after_resume(
+            course,
+            reader.timezone,
+            reader.next_lesson,
+            resumed_at=reader.paused_until,
+            last_sent_at=reader.last_sent_at,
+            confirmed_at=reader.confirmed_at,
+            send_time=_reader_send_time(reader.send_time),
+        )
+
+    return resume_at
 
 
 def _reader_send_time(text: str | None) -> time | None:

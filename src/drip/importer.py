@@ -27,6 +27,10 @@ from drip.errors import InvalidAddressError, UsageError
 from drip.models import SUPPRESSED_STATUSES, SubscriberStatus
 
 COLUMNS = ("email", "name", "timezone")
+ERASED_REASON = (
+    "this address was erased at the person's request (GDPR) and may never be imported or"
+    " mailed again; remove it from your list"
+)
 BATCH_SIZE = 1_000
 
 
@@ -254,15 +258,18 @@ def _sort_batch(
 ) -> tuple[list[store.NewSubscriber], list[tuple[int, datetime | None]]]:
     """The batch's new subscribers (starting at `first_send_at(timezone)` when given) and the
     pending ones to confirm (only when `first_send_at` is given); suppressed and present rows
-    are counted in `report`."""
-    existing = store.existing_subscribers(
-        session, course_id, [row.subscriber.email for row in batch]
-    )
+    are counted in `report`; erased addresses (the suppression list) are refused as invalid with
+    the reason."""
+    emails = [row.subscriber.email for row in batch]
+    existing = store.existing_subscribers(session, course_id, emails)
+    erased = store.suppressed_emails(session, emails)
     new: list[store.NewSubscriber] = []
     to_confirm: list[tuple[int, datetime | None]] = []
     for row in batch:
         found = existing.get(row.subscriber.email)
-        if found is None:
+        if row.subscriber.email in erased:
+            report.invalid.append((row.line, ERASED_REASON))
+        elif found is None:
             subscriber = row.subscriber
             if first_send_at is not None:
                 subscriber = store.NewSubscriber(

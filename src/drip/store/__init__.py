@@ -3,7 +3,8 @@
 Everything public is importable from here (`from drip import store; store.claim_due(...)`):
 `subscribers` (enrol, confirm, status changes, import look-ups), `ledger` (claim, mark sending,
 record outcomes, release, resolve), `reports` (counts and listings), `events` (provider
-events), `values` (the dataclasses in and out).
+events), `preferences` (a reader's timed pause, timezone and send time, progress), `privacy`
+(GDPR export and erase, the hashed suppression list), `values` (the dataclasses in and out).
 
 Transactions belong to the caller: no function here commits. Use
 `with sessions() as session, session.begin(): ...` and keep transactions short (on SQLite every
@@ -35,6 +36,20 @@ from drip.store.ledger import (
     resolve_in_doubt,
     retry_failed,
     unknown_zone_reason,
+)
+from drip.store.preferences import (
+    PausedReader,
+    ReaderDelivery,
+    reader_deliveries,
+    resume_ended_pauses,
+    set_schedule,
+)
+from drip.store.privacy import (
+    email_hash,
+    erase_subscriber,
+    export_subscriber,
+    is_suppressed,
+    suppressed_emails,
 )
 from drip.store.reports import (
     count_due,
@@ -78,6 +93,8 @@ __all__ = [
     "ExistingSubscriber",
     "NewSubscriber",
     "NotFoundError",
+    "PausedReader",
+    "ReaderDelivery",
     "SentItem",
     "StateError",
     "SubscriberStatus",
@@ -91,10 +108,14 @@ __all__ = [
     "count_due",
     "delivery_counts",
     "due_by_lesson",
+    "email_hash",
+    "erase_subscriber",
     "existing_subscribers",
+    "export_subscriber",
     "get_subscriber",
     "get_subscriber_by_id",
     "insert_subscribers",
+    "is_suppressed",
     "list_deliveries",
     "list_in_doubt",
     "list_subscribers",
@@ -102,6 +123,7 @@ __all__ = [
     "mark_sending",
     "mark_suppressed",
     "pause",
+    "reader_deliveries",
     "record_failed",
     "record_in_doubt",
     "record_retry",
@@ -109,7 +131,10 @@ __all__ = [
     "release_claims",
     "resolve_in_doubt",
     "resume",
+    "resume_ended_pauses",
     "retry_failed",
+    "set_schedule",
+    "suppressed_emails",
     "unknown_zone_reason",
     "unsubscribe",
 ]

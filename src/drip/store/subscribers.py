@@ -26,6 +26,7 @@ from drip.store._sql import (
     insert_ignoring_conflicts,
 )
 from drip.store.capabilities import capabilities_of
+from drip.store.privacy import is_suppressed
 from drip.store.values import AddResult, ExistingSubscriber, NewSubscriber, SubscriberView
 
 
@@ -47,10 +48,13 @@ def add_subscriber(
     New: 'pending', or 'active' when `confirmed` (next_lesson=first_lesson,
     next_send_at=first_send_at). Existing pending + `confirmed`: confirmed the same way. Existing
     active/paused/completed: unchanged. Existing unsubscribed/bounced/complained: raises
-    `SuppressedAddressError`. Safe against a concurrent add of the same address.
+    `SuppressedAddressError`, and so does an address on the suppression list (erased). Safe
+    against a concurrent add of the same address.
     """
     conn = connection(session)
     email = email.strip().lower()
+    if is_suppressed(session, email):  # erased at the person's request (store.privacy)
+        raise SuppressedAddressError(f"{email} was erased at the person's request; {_NEVER}")
     status = SubscriberStatus.ACTIVE if confirmed else SubscriberStatus.PENDING
     stmt = (
         insert_ignoring_conflicts(conn, S, ("course_id", "email"))
@@ -408,7 +412,10 @@ def _status_of(conn: Connection, subscriber_id: int) -> SubscriberStatus:
 
 
 def _suppressed(email: str, course_id: str, status: SubscriberStatus) -> SuppressedAddressError:
-    return SuppressedAddressError(
-        f"{email} is {status.value} in course {course_id}; drip never subscribes such an"
-        " address again by itself. Leave it out; only the person can ask to come back"
-    )
+    return SuppressedAddressError(f"{email} is {status.value} in course {course_id}; {_NEVER}")
+
+
+_NEVER = (
+    "drip never subscribes such an address again by itself. Leave it out; only the person can"
+    " ask to come back"
+)
