@@ -39,7 +39,7 @@ from drip import schedule
 from drip.db import make_engine, upgrade
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-TABLES = ("events", "deliveries", "subscribers")
+TABLES = ("events", "deliveries", "subscribers", "suppressions")
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

@@ -379,8 +379,9 @@ def after_send(
     """The lesson after `sent_lesson` (sent at `sent_at`) and when it may go out.
 
     Lessons in `skip` (already sent: the course was reordered) are passed over. `send_time` is the
-    reader's own time of day (None: the course's). Always strictly later than `sent_at`. `Next(None, None)` after the last lesson. Raises `KeyError` when
-    `sent_lesson` is not in the course (callers hold such subscribers).
+    reader's own time of day (None: the course's). Always strictly later than `sent_at`.
+    `Next(None, None)` after the last lesson. Raises `KeyError` when `sent_lesson` is not in the
+    course (callers hold such subscribers).
     Callers: recording a send, settling an in-doubt delivery as sent, a claim that finds the
     next lesson already sent.
     """

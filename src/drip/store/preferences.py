@@ -86,8 +86,8 @@ def resume_ended_pauses(
     at = bindparam("b_at", type_=S.c.next_send_at.type)
     base = resume_values(at, bindparam("b_now", type_=S.c.status_changed_at.type))
     # A new reason (unknown zone) unless a failed or in-doubt hold keeps its own.
-    reason = func.coalesce(bindparam("b_reason", type_=S.c.held_reason.type), S.c.held_reason)
-    base["held_reason"] = case((hold_kept(), S.c.held_reason), else_=reason)
+    new_reason = func.coalesce(bindparam("b_reason", type_=S.c.held_reason.type), S.c.held_reason)
+    base["held_reason"] = case((hold_kept(), S.c.held_reason), else_=new_reason)
     stmt = (
         update(S)
         .where(S.c.id == bindparam("b_id"), S.c.status == SubscriberStatus.PAUSED.value)
@@ -134,13 +134,9 @@ def set_schedule(
     assert row is not None
     values: dict[str, Any] = {"timezone": timezone, "send_time": send_time}
     in_ledger = (
-        select(D.c.id)
-        .where(D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson)
-        .exists()
+        select(D.c.id).where(D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson).exists()
     )
-    waiting = (
-        row.status == ACTIVE and row.next_lesson is not None and row.next_send_at is not None
-    )
+    waiting = row.status == ACTIVE and row.next_lesson is not None and row.next_send_at is not None
     moment = next_send_at(row) if waiting else None
     conn.execute(update(S).where(S.c.id == subscriber_id).values(**values))
     if moment is None:

@@ -127,9 +127,7 @@ def erase_subscriber(session: Session, subscriber_id: int, now: datetime) -> boo
         return False
     email, ids = found
     conn = connection(session)
-    delivery_ids = list(
-        conn.execute(select(D.c.id).where(D.c.subscriber_id.in_(ids))).scalars()
-    )
+    delivery_ids = list(conn.execute(select(D.c.id).where(D.c.subscriber_id.in_(ids))).scalars())
     about = [events.c.subscriber_id.in_(ids), _payload_email_is(email)]
     for chunk in chunks(delivery_ids):
         about.append(events.c.delivery_id.in_(list(chunk)))
