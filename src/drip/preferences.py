@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import html
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -60,11 +61,14 @@ def schedule_problem(
     return None
 
 
-def _with_reader(
-    sessions: sessionmaker[Session], subscriber_id: int
-) -> store.SubscriberView | None:
-    with sessions() as session:
-        return store.get_subscriber_by_id(session, subscriber_id)
+def send_time_choices(course: Course, step_minutes: int = 30) -> list[str]:
+    """The send times a reader may pick ("HH:MM" every `step_minutes`), outside quiet hours."""
+    choices = []
+    for minute in range(0, 24 * 60, step_minutes):
+        at = time(minute // 60, minute % 60)
+        if not schedule.quiet_send_time(course.settings, at):
+            choices.append(at.strftime("%H:%M"))
+    return choices
 
 
 # --- pause, resume, schedule ------------------------------------------------------------------
@@ -286,7 +290,7 @@ def send_export(
     intro = EXPORT_INTRO.format(title=title)
     from_address, from_name = mailer.sender
     message = OutgoingEmail(
-        delivery_id=f"export-{subscriber_id}-{int(now.timestamp())}",
+        delivery_id=f"export-{subscriber_id}-{int(now.timestamp())}-{uuid.uuid4().hex[:8]}",
         to_address=email,
         to_name=None,
         from_address=from_address,
