@@ -237,3 +237,16 @@ def test_a_change_never_touches_a_lesson_already_in_the_ledger(harness: Harness)
 
 
 COURSE_TZ = __import__("zoneinfo").ZoneInfo("Asia/Tokyo")
+
+
+def test_a_reader_who_unsubscribed_during_a_timed_pause_is_not_resumed(harness: Harness) -> None:
+    sid = harness.subscribe("left@example.com")
+    harness.send(T0)
+    assert preferences.pause(harness.sessions, sid, weeks=1, now=T0)
+    with harness.sessions() as session, session.begin():
+        store.unsubscribe(session, sid, T0 + timedelta(days=1))
+    assert harness.send(T0 + timedelta(weeks=2)) == 0
+    view = harness.view(sid)
+    assert view.status is store.SubscriberStatus.UNSUBSCRIBED
+    assert view.paused_until is None  # nothing left in the index of pauses to end
+    assert harness.attempts_at("left@example.com") == ["welcome"]

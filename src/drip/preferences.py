@@ -230,11 +230,12 @@ def manage_view(
     lines: list[LessonLine] = []
     for lesson in course.lessons:
         row = ledger.get(lesson.slug)
+        still_coming = view.status in _WAITING_STATUSES
         if row is not None and row.status is DeliveryStatus.SENT:
             state = LessonState.SENT
-        elif row is not None:
+        elif row is not None and still_coming:
             state = LessonState.WAITING
-        elif lesson.slug == view.next_lesson and view.status in _WAITING_STATUSES:
+        elif lesson.slug == view.next_lesson and still_coming:
             state = LessonState.NEXT
         else:
             state = LessonState.LATER

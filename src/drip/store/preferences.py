@@ -93,6 +93,18 @@ def resume_ended_pauses(
         .where(S.c.id == bindparam("b_id"), S.c.status == SubscriberStatus.PAUSED.value)
         .values(**base)
     )
+    # A reader who left while on a timed pause (unsubscribed, bounced, erased) keeps nothing to
+    # resume: clear the end so the partial index holds only pauses still to end.
+    conn.execute(
+        update(S)
+        .where(
+            S.c.course_id == course_id,
+            S.c.paused_until.is_not(None),
+            S.c.paused_until <= now,
+            S.c.status != SubscriberStatus.PAUSED.value,
+        )
+        .values(paused_until=None)
+    )
     resumed = 0
     while True:
         rows = [PausedReader(*row) for row in conn.execute(pick, {})]
