@@ -11,7 +11,19 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, String, and_, bindparam, case, func, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -211,7 +223,11 @@ def hold_kept() -> Any:
         .where(
             D.c.subscriber_id == S.c.id,
             D.c.lesson == S.c.next_lesson,
-            D.c.status.in_([DeliveryStatus.FAILED.value, DeliveryStatus.IN_DOUBT.value]),
+            # Not IN (...): an expanding list cannot be part of an executemany.
+            or_(
+                D.c.status == DeliveryStatus.FAILED.value,
+                D.c.status == DeliveryStatus.IN_DOUBT.value,
+            ),
         )
         .exists()
     )
