@@ -337,6 +337,31 @@ def preview_command(lesson: str | None, out_dir: Path) -> None:
     click.echo(f"open {out_dir / 'index.html'} in a browser to review them")
 
 
+@course.command("send-test")
+@click.argument("lesson", metavar="LESSON|confirmation")
+@click.option("--to", "to", required=True, help="Where to send it (your own inbox).")
+@click.option("--name", help="The name to greet (default: a sample name).")
+@reports_errors
+def send_test_command(lesson: str, to: str, name: str | None) -> None:
+    """Send one lesson (slug or number) or the confirmation email to --to, as a test.
+
+    Goes through the configured transport with sample data and a subject marked as a test;
+    nothing is recorded (no subscriber, no delivery). Exit 1 if the transport refused it.
+    """
+    from drip.course import load_course
+    from drip.transports.base import Outcome
+    from drip.trial import send_test
+    from drip.wiring import make_mailer
+
+    current = settings()
+    mailer = make_mailer(current, load_course(current.course_dir))
+    subject, result = send_test(mailer, lesson, to=to, name=name, now=_clock())
+    if result.outcome is not Outcome.SENT:
+        fail(f"the test email was not sent ({result.outcome.value}): {result.detail}", 1)
+    where = f" (provider id {result.provider_id})" if result.provider_id else ""
+    click.echo(f"sent {subject!r} to {to} through {current.transport}{where}")
+
+
 @db.command("upgrade")
 @reports_errors
 def db_upgrade_command() -> None:
