@@ -429,6 +429,62 @@ def plan_command(
             click.echo(f"     - {reason}")
 
 
+class SinceType(click.ParamType[datetime]):
+    """`--since`: a date (UTC midnight) or an ISO 8601 date-time with a UTC offset."""
+
+    name = "DATE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        if len(text) == 10:
+            try:
+                return datetime.fromisoformat(text).replace(tzinfo=UTC)
+            except ValueError:
+                pass
+        return NowType().convert(text, param, ctx)
+
+
+@main.command("stats")
+@click.option("--since", type=SinceType(), help="Count only what happened from then on.")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="How to print the figures.",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write one self-contained HTML page with the charts.",
+)
+@reports_errors
+def stats_command(since: datetime | None, output: str, html_file: Path | None) -> None:
+    """Per lesson: sent, delivered, opened (machine opens apart), clicked, bounced, complained,
+    unsubscribed after it, and the share of starters who got it; then signups per day, the
+    confirmation rate and the median time to confirm. Provider events come from the SendGrid
+    event webhook (`drip serve`)."""
+    from drip import stats
+    from drip.insight import course_stats
+
+    sessions, loaded = open_ledger()
+    report = course_stats(sessions, loaded, since=since)
+    render = {"table": stats.as_table, "csv": stats.as_csv, "json": stats.as_json}[output]
+    click.echo(render(report))
+    if html_file is not None:
+        try:
+            html_file.write_text(stats.as_html(report), encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {html_file}: {exc.strerror}; choose another path", 2)
+        click.echo(f"wrote {html_file}", err=True)
+
+
 @db.command("upgrade")
 @reports_errors
 def db_upgrade_command() -> None:

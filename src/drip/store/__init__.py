@@ -45,6 +45,7 @@ from drip.store.reports import (
     list_in_doubt,
     list_subscribers,
 )
+from drip.store.stats import LessonCounts, Signups, lesson_counts, signups
 from drip.store.subscribers import (
     add_subscriber,
     confirm_pending,
@@ -77,9 +78,11 @@ __all__ = [
     "DeliveryStatus",
     "DeliveryView",
     "ExistingSubscriber",
+    "LessonCounts",
     "NewSubscriber",
     "NotFoundError",
     "SentItem",
+    "Signups",
     "StateError",
     "SubscriberStatus",
     "SubscriberView",
@@ -96,6 +99,7 @@ __all__ = [
     "get_subscriber",
     "get_subscriber_by_id",
     "insert_subscribers",
+    "lesson_counts",
     "lessons_sent",
     "list_deliveries",
     "list_in_doubt",
@@ -112,6 +116,7 @@ __all__ = [
     "resolve_in_doubt",
     "resume",
     "retry_failed",
+    "signups",
     "unknown_zone_reason",
     "unsubscribe",
 ]
