@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tests.support import ROOT, TEMPLATES
+from tests.support import ROOT, TEMPLATES, make_mailer
 
 from drip.check import Problem, check_course, check_templates, sendable_problems
 from drip.cli import main
 from drip.course import load_course
+from drip.delivery import check_sendable
+from drip.errors import CourseNotSendableError
 from drip.links import LinkBuilder
 from drip.render import Recipient, Renderer
+from drip.transports.memory import MemoryTransport
 
 SOURCE = """はじめに。ようこそ。
 
@@ -44,6 +47,8 @@ sender_name = "ミニ講座"
 sender_email = "mini@example.com"
 source = "source.md"
 lessons = ["welcome", "first", "second"]
+postal_address = "〒100-0001 東京都千代田区千代田1-1 ミニ講座事務局"
+contact = "mini@example.com"
 """
 
 
@@ -450,6 +455,48 @@ def test_sendable_problems_reuses_the_renderers_compiled_lessons(tmp_path: Path)
 
 def renderer_recipient() -> Recipient:
     return Recipient("r@example.com", None, "https://e.com/u/T", "https://e.com/m/T")
+
+
+@pytest.mark.parametrize(
+    ("key", "example"),
+    [
+        ("postal_address", 'postal_address = "〒100-0001 東京都千代田区千代田1-1'),
+        ("contact", 'contact = "course@example.com"'),
+    ],
+)
+def test_a_course_without_postal_address_or_contact_cannot_be_checked_or_sent(
+    tmp_path: Path, key: str, example: str
+) -> None:
+    """特定電子メール法 and CAN-SPAM: every email shows the sender's postal address and a contact;
+    a course.toml without either is an error for `drip course check` and for `drip send`."""
+    course = make_course(tmp_path)
+    line = next(line for line in TOML.splitlines() if line.startswith(f"{key} ="))
+    edit(course, "course.toml", line + "\n", "")
+    [problem] = [p for p in check_course(course, TEMPLATES) if p.error]
+    assert (problem.path.name, problem.line, problem.slug) == ("course.toml", 1, None)
+    assert problem.message.startswith(f"{key} is missing: every email must show")
+    assert "特定電子メール法" in problem.message and example in problem.message
+    loaded = load_course(course)
+    assert sendable_problems(loaded, TEMPLATES, sender=SENDER) == [problem]
+    with pytest.raises(CourseNotSendableError, match=f"{key} is missing"):
+        check_sendable(make_mailer(MemoryTransport(), loaded))
+    result = CliRunner().invoke(
+        main, ["course", "check", str(course)], env={"DRIP_TEMPLATES_DIR": str(TEMPLATES)}
+    )
+    assert result.exit_code == 1
+    assert f"course.toml:1: error: {key} is missing" in result.output
+
+
+@pytest.mark.parametrize("key", ["postal_address", "contact"])
+def test_an_empty_postal_address_or_contact_is_an_error_on_its_line(
+    tmp_path: Path, key: str
+) -> None:
+    course = make_course(tmp_path)
+    line = next(line for line in TOML.splitlines() if line.startswith(f"{key} ="))
+    edit(course, "course.toml", line, f'{key} = "  "')
+    found = errors(check_course(course, TEMPLATES))
+    number = TOML.splitlines().index(line) + 1
+    assert f"course.toml:{number}: '{key}' must be a non-empty string" in found, found
 
 
 def test_the_committed_course_is_sendable() -> None:

@@ -376,8 +376,39 @@ def _settings_problems(course_dir: Path) -> tuple[CourseSettings | None, list[Pr
         for issue in issues
     ]
     if settings is not None:
+        problems.extend(_compliance_problems(toml_path, settings))
         problems.extend(_send_time_problems(toml_path, text, settings))
     return settings, problems
+
+
+COMPLIANCE_SETTINGS = {
+    "postal_address": (
+        "the sender's postal address",
+        '"〒100-0001 東京都千代田区千代田1-1 ○○株式会社"',
+    ),
+    "contact": (
+        "where readers can reach the sender (an email address, a URL or a phone number)",
+        '"course@example.com"',
+    ),
+}
+"""The settings every email's footer must show, by law (特定電子メール法 article 4, CAN-SPAM):
+what each one is, and an example value."""
+
+
+def _compliance_problems(toml_path: Path, settings: CourseSettings) -> list[Problem]:
+    """An error for each of `COMPLIANCE_SETTINGS` that course.toml leaves out: no email may go
+    out without the sender's postal address and a way to contact them."""
+    values = {"postal_address": settings.postal_address, "contact": settings.contact}
+    return [
+        Problem(
+            toml_path,
+            1,
+            f"{key} is missing: every email must show {what} (特定電子メール法, CAN-SPAM);"
+            f" add it to course.toml, e.g. {key} = {example}",
+        )
+        for key, (what, example) in COMPLIANCE_SETTINGS.items()
+        if values[key] is None
+    ]
 
 
 def _toml_key_line(text: str, key: str | None) -> int:
