@@ -205,9 +205,11 @@ def test_warning_only_exits_zero_and_errors_exit_one(tmp_path: Path) -> None:
 MINIMAL = {
     "layout.html.j2": (
         "<html><body>{% block content %}{% endblock %}"
-        '<a href="{{ unsubscribe_url }}">配信停止</a></body></html>\n'
+        '<a href="{{ unsubscribe_url }}">配信停止</a>'
+        "{{ course.postal_address }} {{ course.contact }}</body></html>\n"
     ),
-    "layout.txt.j2": "{% block content %}{% endblock %}\n配信停止 {{ unsubscribe_url }}\n",
+    "layout.txt.j2": "{% block content %}{% endblock %}\n配信停止 {{ unsubscribe_url }}\n"
+    "{{ course.postal_address }} {{ course.contact }}\n",
     "lesson.html.j2": '{% extends "layout.html.j2" %}{% block content %}{{ body_html }}'
     "{% endblock %}",
     "lesson.txt.j2": '{% extends "layout.txt.j2" %}{% block content %}{{ body_text }}'
@@ -282,6 +284,24 @@ def test_check_templates_reports_a_layout_without_unsubscribe_link(tmp_path: Pat
     assert any(
         "lesson.html.j2:1: the rendered email has no unsubscribe link" in p for p in problems
     )
+
+
+@pytest.mark.parametrize("key", ["postal_address", "contact"])
+def test_check_templates_reports_an_email_without_the_postal_address_or_contact(
+    tmp_path: Path, key: str
+) -> None:
+    """Every email shows the sender's postal address and contact (特定電子メール法, CAN-SPAM): a
+    layout that drops one is an error in each email made from it, and stops the send."""
+    text = MINIMAL["layout.txt.j2"].replace(f"{{{{ course.{key} }}}}", "")
+    templates = write_templates(tmp_path, layout_txt_j2=text)
+    problems = {located(problem) for problem in check_templates(templates)}
+    assert problems == {
+        f"{templates / name}:1: the rendered email does not show the sender's {key}"
+        f" ({{{{ course.{key} }}}}); 特定電子メール法 and CAN-SPAM require it in every email"
+        for name in ("lesson.txt.j2", "confirmation.txt.j2")
+    }
+    loaded = load_course(make_course(tmp_path))
+    assert len(sendable_problems(loaded, templates, sender=SENDER)) == 2
 
 
 def test_check_templates_reports_syntax_errors_and_missing_files(tmp_path: Path) -> None:

@@ -644,8 +644,9 @@ def check_templates(templates_dir: Path, *, env: jinja2.Environment | None = Non
 
     Reports: missing required templates, syntax errors, undefined variables (each template is
     rendered with sample data under StrictUndefined, as the renderer does), a layout that never
-    uses `unsubscribe_url`, and rendered emails without the unsubscribe link. `env` (by default a
-    new one) is the Jinja environment to compile them in, e.g. the renderer's.
+    uses `unsubscribe_url`, and rendered emails without the unsubscribe link, the sender's
+    postal address or the contact. `env` (by default a new one) is the Jinja environment to
+    compile them in, e.g. the renderer's.
     """
     if not templates_dir.is_dir():
         message = f"{templates_dir}: templates directory not found; set DRIP_TEMPLATES_DIR"
@@ -747,12 +748,27 @@ def _sample_render_problem(
             1,
             "the rendered email has no unsubscribe link ({{ unsubscribe_url }}, 配信停止)",
         )
+    course: CourseContext = context["course"]
+    for key, shown in (("postal_address", course.postal_address), ("contact", course.contact)):
+        if shown is not None and shown not in rendered:
+            yield Problem(
+                templates_dir / name,
+                1,
+                f"the rendered email does not show the sender's {key} ({{{{ course.{key} }}}});"
+                " 特定電子メール法 and CAN-SPAM require it in every email",
+            )
 
 
 def _sample_contexts() -> Iterator[tuple[str, dict[str, Any]]]:
     """(template kind, context) pairs covering both name variants and first/middle/last lessons."""
     converted = convert(SAMPLE_BODY)
-    course = CourseContext(id="sample", title="サンプル講座", sender_name="サンプル講座事務局")
+    course = CourseContext(
+        id="sample",
+        title="サンプル講座",
+        sender_name="サンプル講座事務局",
+        postal_address="〒100-0001 東京都千代田区千代田1-1",
+        contact="info@example.com",
+    )
     urls = {
         "unsubscribe_url": "https://example.com/u/SAMPLE-TOKEN",
         "manage_url": "https://example.com/m/SAMPLE-TOKEN",
