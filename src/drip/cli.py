@@ -739,7 +739,7 @@ def in_doubt_command(as_json: bool) -> None:
     """List the deliveries that may or may not have reached the reader.
 
     Look each one up at the provider (SendGrid: custom arg drip_delivery_id; SMTP: header
-    X-Drip-Delivery-Id), then settle it with `drip deliveries resolve`.
+    Drip-Delivery-Id), then settle it with `drip deliveries resolve`.
     """
     from drip.lifecycle import in_doubt
 
