@@ -780,7 +780,11 @@ def test_a_reader_due_again_for_a_sent_lesson_with_nothing_left_completes_at_the
     asked: list[tuple[str, frozenset[str]]] = []
 
     def move_on(
-        timezone: str, lesson: str, last_sent_at: datetime | None, sent: frozenset[str]
+        timezone: str,
+        lesson: str,
+        last_sent_at: datetime | None,
+        sent: frozenset[str],
+        send_time: str | None,
     ) -> tuple[str | None, datetime | None]:
         asked.append((lesson, sent))
         return (None, None)  # every lesson of the (reordered) course is among `sent`
