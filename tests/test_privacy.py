@@ -171,15 +171,9 @@ def test_the_import_refuses_an_erased_address_with_the_reason(
         assert store.get_subscriber(session, COURSE, "new@example.com") is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite reuses the largest rowid after a delete (no AUTOINCREMENT on subscribers):"
-    " an erased reader's old manage/unsubscribe links would reach the next new reader."
-    " Needs a migration giving subscribers AUTOINCREMENT on SQLite (PostgreSQL never reuses).",
-)
 def test_an_erased_readers_id_is_never_given_to_someone_else(session: Session) -> None:
-    if session.get_bind().dialect.name != "sqlite":
-        pytest.skip("PostgreSQL's identity never hands out an id twice")
+    """An erased reader's old links carry its id: nobody may inherit it (SQLite: the
+    AUTOINCREMENT of migration 0003; PostgreSQL: sequences)."""
     first = sent_welcome(session, "first@example.com")
     erased = sent_welcome(session, "erased@example.com")
     store.erase_subscriber(session, erased, T0)
