@@ -427,7 +427,7 @@ def confirm_by_link(
             optin.reopen(session, view.id, now=now, next_send_at=at, consent_source=consent_source)
             at = at if view.next_lesson is not None else None
             return Confirmation(Confirmed.CONFIRMED, view.id, view.timezone, at, resumed=True)
-        if status in store.SUPPRESSED_STATUSES:
+        if status in SUPPRESSED_STATUSES:
             return Confirmation(Confirmed.SUPPRESSED, view.id, view.timezone)
         return Confirmation(Confirmed.ALREADY, view.id, view.timezone, view.next_send_at)
 
