@@ -423,10 +423,13 @@ def confirm_by_link(
             left_at = view.status_changed_at.replace(microsecond=0)
             if signed_at < left_at:
                 return Confirmation(Confirmed.NOT_REQUESTED, view.id, view.timezone)
-            at = _resume_at(course, view, now)
-            optin.reopen(session, view.id, now=now, next_send_at=at, consent_source=consent_source)
-            at = at if view.next_lesson is not None else None
-            return Confirmation(Confirmed.CONFIRMED, view.id, view.timezone, at, resumed=True)
+            resume_at = _resume_at(course, view, now)
+            optin.reopen(
+                session, view.id, now=now, next_send_at=resume_at, consent_source=consent_source
+            )
+            return Confirmation(
+                Confirmed.CONFIRMED, view.id, view.timezone, resume_at, resumed=True
+            )
         if status in SUPPRESSED_STATUSES:
             return Confirmation(Confirmed.SUPPRESSED, view.id, view.timezone)
         return Confirmation(Confirmed.ALREADY, view.id, view.timezone, view.next_send_at)
