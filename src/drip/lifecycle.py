@@ -420,8 +420,10 @@ def confirm_by_link(
             )
             return Confirmation(Confirmed.CONFIRMED, view.id, view.timezone, at)
         if status is store.SubscriberStatus.UNSUBSCRIBED:
+            # Tokens carry whole seconds: one signed in the second of the unsubscribe (or
+            # before) may predate it, so it is not taken as a new opt-in.
             left_at = view.status_changed_at.replace(microsecond=0)
-            if signed_at < left_at:
+            if signed_at <= left_at:
                 return Confirmation(Confirmed.NOT_REQUESTED, view.id, view.timezone)
             resume_at = _resume_at(course, view, now)
             optin.reopen(
