@@ -706,7 +706,8 @@ def send_owed_confirmations(
     limit: int | None = None,
 ) -> int:
     """Send the confirmation emails the signup form queued (`subscribers.confirmation_wanted_at`),
-    oldest first, a batch at a time (at most `limit` in all). Returns how many were accepted.
+    oldest first, a batch at a time (at most `limit` taken in all). Returns how many the
+    transport accepted.
 
     Each batch is taken in one transaction (other processes leave it alone for
     CONFIRMATION_LEASE), sent one by one without the submitted name, then settled: accepted or
@@ -716,9 +717,9 @@ def send_owed_confirmations(
     `FatalTransportError` (bad credentials) after settling what was sent: the rest stay owed.
     """
     course_id = mailer.course.id
-    total = 0
-    while limit is None or total < limit:
-        size = CONFIRMATION_BATCH if limit is None else min(CONFIRMATION_BATCH, limit - total)
+    total = taken = 0
+    while limit is None or taken < limit:
+        size = CONFIRMATION_BATCH if limit is None else min(CONFIRMATION_BATCH, limit - taken)
         with sessions() as session, session.begin():
             owed = optin.take_owed_confirmations(
                 session,
@@ -733,11 +734,13 @@ def send_owed_confirmations(
         done: list[int] = []
         later: list[int] = []
         dropped: list[int] = []
+        accepted = 0
         try:
             for item in owed:
                 outcome = _confirm(mailer, item.subscriber_id, item.email, None, now=now).outcome
                 if outcome in (Outcome.SENT, Outcome.IN_DOUBT):
                     done.append(item.subscriber_id)
+                    accepted += outcome is Outcome.SENT
                 elif outcome is Outcome.RETRY:
                     later.append(item.subscriber_id)
                 else:
@@ -750,7 +753,8 @@ def send_owed_confirmations(
                 optin.confirmations_sent(session, done, now)
                 optin.confirmations_later(session, later, now + CONFIRMATION_RETRY_DELAY)
                 optin.confirmations_later(session, dropped, None)
-        total += len(done)
+        total += accepted
+        taken += len(owed)
         if len(owed) < size:
             break
     return total
