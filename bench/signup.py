@@ -122,8 +122,10 @@ def _serve(work: Path, env: dict[str, str], workers: int, threads: int) -> tuple
     port = _free_port()
     log = (work / "serve.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "drip", "serve", "--port", str(port)]
-        + ["--workers", str(workers), "--threads", str(threads)],
+        [
+            *(sys.executable, "-m", "drip", "serve", "--port", str(port)),
+            *("--workers", str(workers), "--threads", str(threads)),
+        ],
         cwd=work,
         env={**env, "DRIP_BASE_URL": f"http://127.0.0.1:{port}"},
         stdout=log,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from drip.statuses import DeliveryStatus, SubscriberStatus
@@ -85,8 +85,7 @@ def request_optin(
         first_lesson="",
     )
     row["confirmation_wanted_at"] = now
-    stmt = insert_ignoring_conflicts(conn, S, ("course_id", "email")).values(row).returning(S.c.id)
-    new_id = conn.execute(stmt).scalar_one_or_none()
+    new_id = conn.execute(_insert_new(conn), row).scalar_one_or_none()
     if new_id is not None:
         return OptinRequest(new_id, SubscriberStatus.PENDING, created=True, queued=True)
     found = conn.execute(
@@ -94,6 +93,21 @@ def request_optin(
     ).one()
     queued = queue_confirmation(session, found.id, now=now, interval=interval)
     return OptinRequest(found.id, SubscriberStatus(found.status), created=False, queued=queued)
+
+
+_INSERTS: dict[str, Any] = {}
+
+
+def _insert_new(conn: Connection) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, built once per dialect: the values are
+    bound at execution (the signup form's hot path; building the statement with its values
+    costs more than running it)."""
+    name = conn.dialect.name
+    stmt = _INSERTS.get(name)
+    if stmt is None:
+        stmt = insert_ignoring_conflicts(conn, S, ("course_id", "email")).returning(S.c.id)
+        _INSERTS[name] = stmt
+    return stmt
 
 
 def queue_confirmation(

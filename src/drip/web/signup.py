@@ -40,7 +40,7 @@ bp = Blueprint("signup", __name__)
 
 PER_IP = parse_many("10 per minute; 60 per hour")
 """Signup submissions per client IP (DRIP_TRUSTED_PROXIES says which address that is)."""
-PER_ADDRESS = parse_many("5 per hour; 10 per day")
+PER_ADDRESS = parse_many("5 per hour")
 """Submissions per address, whatever its state (a confirmation email goes out at most once per
 lifecycle.CONFIRMATION_INTERVAL anyway)."""
 FORM_TOKEN_MAX_AGE = 24 * 3600
