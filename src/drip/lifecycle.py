@@ -304,12 +304,21 @@ class InvalidSignupError(InvalidAddressError):
         self.field = field
 
 
+@dataclass(frozen=True)
+class SignupFields:
+    """A signup's fields, validated and normalised by `check_signup`."""
+
+    email: str
+    name: str | None
+    timezone: str
+
+
 def check_signup(
     course: Course, *, email: str, name: str | None, timezone: str | None
-) -> tuple[str, str | None, str]:
-    """The (address, name, timezone) of a signup, validated and normalised as `drip subscribe`
-    does (`drip.addresses`); a blank timezone is the course's. Raises `InvalidSignupError`
-    naming the first field that is not acceptable."""
+) -> SignupFields:
+    """The fields of a signup, validated and normalised as `drip subscribe` does
+    (`drip.addresses`); a blank timezone is the course's. Raises `InvalidSignupError` naming the
+    first field that is not acceptable."""
     try:
         address = normalize_email(email)
     except InvalidAddressError as exc:
@@ -322,7 +331,7 @@ def check_signup(
         zone = check_timezone((timezone or "").strip() or course.settings.timezone)
     except InvalidAddressError as exc:
         raise InvalidSignupError("timezone", str(exc)) from exc
-    return address, clean, zone
+    return SignupFields(address, clean, zone)
 
 
 def request_signup(
@@ -335,21 +344,34 @@ def request_signup(
     now: datetime,
     consent_source: str,
 ) -> optin.OptinRequest:
-    """A signup from the web form: store a pending subscriber and queue its confirmation email
-    (sent off the request path by `delivery.send_owed_confirmations`), whatever state the address
-    is in, as `store.optin.request_optin` says: new or pending -> a confirmation is owed (at most
-    one per CONFIRMATION_INTERVAL); unsubscribed -> a fresh double opt-in (the reader stays
+    """A signup from the web form: `check_signup`, then `store_signup`. Raises
+    `InvalidSignupError` for a bad field."""
+    fields = check_signup(course, email=email, name=name, timezone=timezone)
+    return store_signup(sessions, course, fields, now=now, consent_source=consent_source)
+
+
+def store_signup(
+    sessions: sessionmaker[Session],
+    course: Course,
+    fields: SignupFields,
+    *,
+    now: datetime,
+    consent_source: str,
+) -> optin.OptinRequest:
+    """Store a pending subscriber and queue its confirmation email (sent off the request path
+    by `delivery.send_owed_confirmations`), whatever state the address is in, as
+    `store.optin.request_optin` says: new or pending -> a confirmation is owed (at most one per
+    CONFIRMATION_INTERVAL); unsubscribed -> a fresh double opt-in (the reader stays
     unsubscribed until it confirms); confirmed, bounced or complained -> nothing. One short
-    transaction; never touches the transport. Raises `InvalidSignupError` for a bad field.
+    transaction; never touches the transport.
     """
-    address, clean, zone = check_signup(course, email=email, name=name, timezone=timezone)
     with sessions() as session, session.begin():
         return optin.request_optin(
             session,
             course_id=course.id,
-            email=address,
-            name=clean,
-            timezone=zone,
+            email=fields.email,
+            name=fields.name,
+            timezone=fields.timezone,
             now=now,
             consent_source=consent_source,
             interval=CONFIRMATION_INTERVAL,

@@ -236,7 +236,7 @@ def _take(values: dict[str, str], honeypot: str, *, source: str) -> _Refused | N
         return _Refused(400, "email", "メールアドレスを入力してください。")
     context = current()
     try:
-        address, _name, _zone = lifecycle.check_signup(
+        fields = lifecycle.check_signup(
             context.course,
             email=email,
             name=values.get("name") or None,
@@ -244,20 +244,14 @@ def _take(values: dict[str, str], honeypot: str, *, source: str) -> _Refused | N
         )
     except lifecycle.InvalidSignupError as exc:
         return _Refused(400, exc.field, _japanese(exc.field, str(exc)))
-    wait = _hit(rates, PER_ADDRESS, "signup-address", _digest(address))
+    wait = _hit(rates, PER_ADDRESS, "signup-address", _digest(fields.email))
     if not wait:
         cap = _hourly(context.settings.confirmations_per_hour)
         wait = _hit(rates, cap, "signup-all", context.course.id)
     if wait:
         return _Refused(429, retry_after=wait)
-    result = lifecycle.request_signup(
-        context.sessions,
-        context.course,
-        email=email,
-        name=values.get("name") or None,
-        timezone=values.get("timezone") or None,
-        now=context.now(),
-        consent_source=source,
+    result = lifecycle.store_signup(
+        context.sessions, context.course, fields, now=context.now(), consent_source=source
     )
     if result.queued:
         outbound(current_app).wake()
