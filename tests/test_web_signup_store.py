@@ -205,3 +205,29 @@ def test_claim_due_and_send_due_can_be_restricted_to_some_readers(
     full = delivery.send_due(sessions, make_mailer(transport), now=NOW)
     assert full.sent == 1 and full.confirmations == 1
     assert _view(sessions, second).next_lesson == COURSE.lessons[1].slug
+
+
+def test_a_new_request_is_queued_only_when_no_confirmation_went_out_lately(
+    sessions: sessionmaker[Session],
+) -> None:
+    [subscriber_id] = _pending(sessions, "again@example.com")
+    assert delivery.send_owed_confirmations(sessions, make_mailer(MemoryTransport()), now=NOW) == 1
+
+    def request(at: datetime) -> optin.OptinRequest:
+        return lifecycle.request_signup(
+            sessions,
+            COURSE,
+            email="again@example.com",
+            name=None,
+            timezone=None,
+            now=at,
+            consent_source="test",
+        )
+
+    soon = request(NOW + timedelta(hours=23))
+    assert not soon.created and not soon.queued
+    assert _view(sessions, subscriber_id).confirmation_wanted_at is None
+    later = request(NOW + timedelta(hours=24))
+    assert later.queued
+    assert _view(sessions, subscriber_id).confirmation_wanted_at == NOW + timedelta(hours=24)
+    assert not request(NOW + timedelta(hours=24, minutes=1)).queued  # already owed
