@@ -39,6 +39,9 @@ GENERATE_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))
 _URL_UNSAFE = frozenset(' "<>\\^`{|}')
 
 
+DEFAULT_CONFIRMATIONS_PER_HOUR = 500
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything drip needs to know about its surroundings. Secrets are kept out of `repr`."""
@@ -78,6 +81,10 @@ class Settings:
     sendgrid_webhook_key: str | None = field(default=None, repr=False)
     """DRIP_SENDGRID_WEBHOOK_KEY: the base64 public key SendGrid shows for the signed Event
     Webhook; without it POST /webhooks/sendgrid answers 503."""
+    confirmations_per_hour: int = DEFAULT_CONFIRMATIONS_PER_HOUR
+    """DRIP_CONFIRMATIONS_PER_HOUR: signups (each may send one confirmation email) the web app
+    accepts per hour, counted where the rate limits are (DRIP_RATELIMIT_STORAGE_URL); above it
+    POST /subscribe answers 429."""
     ratelimit_storage_url: str = "memory://"
     """DRIP_RATELIMIT_STORAGE_URL: where `drip serve` counts requests for its rate limits
     (memory:// per process; e.g. redis://host:6379 to share them between workers and hosts)."""
@@ -308,6 +315,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         trusted_proxies=_count("DRIP_TRUSTED_PROXIES", get("DRIP_TRUSTED_PROXIES") or "0"),
         sendgrid_webhook_key=(get("DRIP_SENDGRID_WEBHOOK_KEY") or "").strip() or None,
         ratelimit_storage_url=get("DRIP_RATELIMIT_STORAGE_URL") or "memory://",
+        confirmations_per_hour=int(
+            _positive("DRIP_CONFIRMATIONS_PER_HOUR", get("DRIP_CONFIRMATIONS_PER_HOUR"), int)
+            or DEFAULT_CONFIRMATIONS_PER_HOUR
+        ),
     )
 
 

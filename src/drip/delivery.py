@@ -36,6 +36,7 @@ from drip.errors import (
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
 from drip.render import Recipient, RenderedEmail, Renderer
+from drip.store import optin
 from drip.transports.base import Outcome, SendResult, Transport, clamp_retry_after
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,12 @@ LEASE = timedelta(minutes=15)
 MAX_ATTEMPTS = 8
 BASE_RETRY_DELAY = timedelta(minutes=1)
 MAX_RETRY_DELAY = timedelta(hours=6)
+CONFIRMATION_INTERVAL = timedelta(hours=24)
+"""At most one confirmation email per address in this interval (subscription bombing)."""
+CONFIRMATION_LEASE = timedelta(minutes=10)
+"""An owed confirmation taken for sending is left alone by other processes this long."""
+CONFIRMATION_RETRY_DELAY = timedelta(minutes=5)
+CONFIRMATION_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,8 @@ class SendReport:
     note: str | None = None
     first_failure: str | None = None
     """The detail of the first temporary failure: shown when nothing at all was accepted."""
+    confirmations: int = 0
+    """Confirmation (double opt-in) emails the signup form had queued, sent by this run."""
 
     @property
     def warning(self) -> str | None:
@@ -166,6 +175,8 @@ class SendReport:
         for slug, counts in sorted(self.per_lesson.items()):
             parts = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
             lines.append(f"  {slug}: {parts}")
+        if self.confirmations:
+            lines.append(f"confirmation emails sent: {self.confirmations}")
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
@@ -186,6 +197,7 @@ class SendReport:
             "stopped": self.stopped,
             "note": self.note,
             "warning": self.warning,
+            "confirmations": self.confirmations,
         }
 
 
@@ -344,6 +356,7 @@ def send_due(
     run_id: str | None = None,
     progress: Callable[[int], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    only: Sequence[int] | None = None,
 ) -> SendReport:
     """Send every lesson due at `now` (at most `limit`), claiming and recording in batches.
 
@@ -360,6 +373,10 @@ def send_due(
     composes, claims and records during the round trips. Each window is marked 'sending'
     (committed) before it is handed over, so after a crash at most PIPELINE_DEPTH x window claims
     are in doubt.
+
+    A full run (no `only`) first sends the confirmation emails the signup form queued and its
+    own process could not send (`send_owed_confirmations`). `only`: send just to these
+    subscriber ids (the web app, for lesson 1 right after a confirmation).
     """
     course_id = mailer.course.id
     report = SendReport(now=now, dry_run=dry_run)
@@ -373,9 +390,16 @@ def send_due(
             for slug, count in store.due_by_lesson(session, course_id, now).items():
                 report.per_lesson[slug] = Counter({"due": count})
         return report
+    if only is None:
+        try:
+            report.confirmations = send_owed_confirmations(sessions, mailer, now=now)
+        except FatalTransportError as exc:  # the lessons' first window stops the run with it
+            log.error("confirmation emails not sent: %s", exc)
     # A transport that sends concurrently says how many it keeps in flight (`window`).
     window = window or mailer.transport.window
-    run = _Run(sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress, stop_requested)
+    run = _Run(
+        sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress, stop_requested, only
+    )
     in_flight: deque[_Window] = deque()
     try:
         return _pump(run, in_flight, limit=limit, batch_size=batch_size, window=window)
@@ -433,6 +457,7 @@ def _claimed_windows(
                 lease=LEASE,
                 defer=run.defer,
                 move_on=run.move_on,
+                only=run.only,
             )
         run.report.in_doubt += batch.newly_in_doubt
         run.report.rescheduled += batch.rescheduled
@@ -479,6 +504,7 @@ class _Run:
     report: SendReport
     progress: Callable[[int], None] | None
     stop_requested: Callable[[], bool] | None = None
+    only: Sequence[int] | None = None
 
     def stopping(self) -> bool:
         return self.stop_requested is not None and self.stop_requested()
@@ -702,6 +728,12 @@ def send_confirmation(
 
     Raises `FatalTransportError` on bad provider credentials.
     """
+    return _confirm(mailer, subscriber_id, email, name, now=now).outcome is Outcome.SENT
+
+
+def _confirm(
+    mailer: Mailer, subscriber_id: int, email: str, name: str | None, *, now: datetime
+) -> SendResult:
     recipient = mailer.recipient(subscriber_id, email, name)
     message = mailer.envelope(
         f"confirm-{subscriber_id}-{int(now.timestamp())}",
@@ -711,4 +743,66 @@ def send_confirmation(
         now=now,
     )
     [result] = mailer.transport.send([message])
-    return result.outcome is Outcome.SENT
+    return result
+
+
+def send_owed_confirmations(
+    sessions: sessionmaker[Session],
+    mailer: Mailer,
+    *,
+    now: datetime,
+    limit: int | None = None,
+) -> int:
+    """Send the confirmation emails the signup form queued (`subscribers.confirmation_wanted_at`),
+    oldest first, a batch at a time (at most `limit` taken in all). Returns how many the
+    transport accepted.
+
+    Each batch is taken in one transaction (other processes leave it alone for
+    CONFIRMATION_LEASE), sent one by one without the submitted name, then settled: accepted or
+    in doubt -> not owed any more (never sent twice on purpose); refused for now -> owed again
+    in CONFIRMATION_RETRY_DELAY; refused for good -> dropped. A crash before settling sends the
+    batch again after the lease (a confirmation email may then arrive twice). Raises
+    `FatalTransportError` (bad credentials) after settling what was sent: the rest stay owed.
+    """
+    course_id = mailer.course.id
+    total = taken = 0
+    while limit is None or taken < limit:
+        size = CONFIRMATION_BATCH if limit is None else min(CONFIRMATION_BATCH, limit - taken)
+        with sessions() as session, session.begin():
+            owed = optin.take_owed_confirmations(
+                session,
+                course_id,
+                now=now,
+                limit=size,
+                lease=CONFIRMATION_LEASE,
+                interval=CONFIRMATION_INTERVAL,
+            )
+        if not owed:
+            break
+        done: list[int] = []
+        later: list[int] = []
+        dropped: list[int] = []
+        accepted = 0
+        try:
+            for item in owed:
+                outcome = _confirm(mailer, item.subscriber_id, item.email, None, now=now).outcome
+                if outcome in (Outcome.SENT, Outcome.IN_DOUBT):
+                    done.append(item.subscriber_id)
+                    accepted += outcome is Outcome.SENT
+                elif outcome is Outcome.RETRY:
+                    later.append(item.subscriber_id)
+                else:
+                    log.warning("confirmation email to subscriber %s refused", item.subscriber_id)
+                    dropped.append(item.subscriber_id)
+        finally:
+            handled = {*done, *later, *dropped}
+            later += [item.subscriber_id for item in owed if item.subscriber_id not in handled]
+            with sessions() as session, session.begin():
+                optin.confirmations_sent(session, done, now)
+                optin.confirmations_later(session, later, now + CONFIRMATION_RETRY_DELAY)
+                optin.confirmations_later(session, dropped, None)
+        total += accepted
+        taken += len(owed)
+        if len(owed) < size:
+            break
+    return total

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,13 +23,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from drip import schedule, store
 from drip.addresses import check_timezone, clean_name, normalize_email
 from drip.course import Course
+from drip.delivery import CONFIRMATION_INTERVAL as CONFIRMATION_INTERVAL
 from drip.delivery import Mailer, send_confirmation
-from drip.errors import UnknownTimezoneError
+from drip.errors import InvalidAddressError, UnknownTimezoneError
 from drip.importer import ImportReport
 from drip.importer import import_subscribers as _import_rows
-
-CONFIRMATION_INTERVAL = timedelta(hours=24)
-"""At most one confirmation email per address in this interval (subscription bombing)."""
+from drip.statuses import SUPPRESSED_STATUSES
+from drip.store import optin
 
 
 @dataclass(frozen=True)
@@ -290,3 +291,212 @@ def resolve(
     if following.lesson is None:
         return f"{doubt.email}: recorded as sent; that was the last lesson"
     return f"{doubt.email}: recorded as sent; next is {following.lesson!r}"
+
+
+# --- the web: signup, confirm and unsubscribe by link ------------------------------------------
+
+
+class InvalidSignupError(InvalidAddressError):
+    """A signup field that cannot be accepted; `field` is "email", "name" or "timezone"."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class SignupFields:
+    """A signup's fields, validated and normalised by `check_signup`."""
+
+    email: str
+    name: str | None
+    timezone: str
+
+
+def check_signup(
+    course: Course, *, email: str, name: str | None, timezone: str | None
+) -> SignupFields:
+    """The fields of a signup, validated and normalised as `drip subscribe` does
+    (`drip.addresses`); a blank timezone is the course's. Raises `InvalidSignupError` naming the
+    first field that is not acceptable."""
+    try:
+        address = normalize_email(email)
+    except InvalidAddressError as exc:
+        raise InvalidSignupError("email", str(exc)) from exc
+    try:
+        clean = clean_name(name)
+    except InvalidAddressError as exc:
+        raise InvalidSignupError("name", str(exc)) from exc
+    try:
+        zone = check_timezone((timezone or "").strip() or course.settings.timezone)
+    except InvalidAddressError as exc:
+        raise InvalidSignupError("timezone", str(exc)) from exc
+    return SignupFields(address, clean, zone)
+
+
+def request_signup(
+    sessions: sessionmaker[Session],
+    course: Course,
+    *,
+    email: str,
+    name: str | None,
+    timezone: str | None,
+    now: datetime,
+    consent_source: str,
+) -> optin.OptinRequest:
+    """A signup from the web form: `check_signup`, then `store_signup`. Raises
+    `InvalidSignupError` for a bad field."""
+    fields = check_signup(course, email=email, name=name, timezone=timezone)
+    return store_signup(sessions, course, fields, now=now, consent_source=consent_source)
+
+
+def store_signup(
+    sessions: sessionmaker[Session],
+    course: Course,
+    fields: SignupFields,
+    *,
+    now: datetime,
+    consent_source: str,
+) -> optin.OptinRequest:
+    """Store a pending subscriber and queue its confirmation email (sent off the request path
+    by `delivery.send_owed_confirmations`), whatever state the address is in, as
+    `store.optin.request_optin` says: new or pending -> a confirmation is owed (at most one per
+    CONFIRMATION_INTERVAL); unsubscribed -> a fresh double opt-in (the reader stays
+    unsubscribed until it confirms); confirmed, bounced or complained -> nothing. One short
+    transaction; never touches the transport.
+    """
+    with sessions() as session, session.begin():
+        return optin.request_optin(
+            session,
+            course_id=course.id,
+            email=fields.email,
+            name=fields.name,
+            timezone=fields.timezone,
+            now=now,
+            consent_source=consent_source,
+            interval=CONFIRMATION_INTERVAL,
+        )
+
+
+def renew_confirmation(
+    sessions: sessionmaker[Session], subscriber_id: int, *, now: datetime
+) -> bool:
+    """ "Send me a new link" from an expired confirmation link: queue a confirmation email again
+    for a pending (or unsubscribed, re-subscribing) subscriber, at most one per
+    CONFIRMATION_INTERVAL. True if one is now owed; the caller shows the same page either way."""
+    with sessions() as session, session.begin():
+        return optin.queue_confirmation(
+            session, subscriber_id, now=now, interval=CONFIRMATION_INTERVAL
+        )
+
+
+class Confirmed(StrEnum):
+    CONFIRMED = "confirmed"
+    """Pending -> active (or re-opened after an unsubscribe): the course starts or resumes."""
+    ALREADY = "already"
+    """Active, paused or completed already: nothing changes (links get clicked twice)."""
+    NOT_REQUESTED = "not_requested"
+    """Unsubscribed, and this link was sent before the unsubscribe: it cannot re-open it."""
+    SUPPRESSED = "suppressed"
+    """Bounced or complained: never re-activated."""
+    UNKNOWN = "unknown"
+    """No such subscriber (erased)."""
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    outcome: Confirmed
+    subscriber_id: int
+    timezone: str | None = None
+    next_send_at: datetime | None = None
+    """When the next lesson may go out (None: nothing more to send)."""
+    resumed: bool = False
+    """A reader who had unsubscribed came back and resumes where it stopped."""
+
+
+def confirm_by_link(
+    sessions: sessionmaker[Session],
+    course: Course,
+    subscriber_id: int,
+    *,
+    signed_at: datetime,
+    now: datetime,
+    consent_source: str = "web confirmation",
+) -> Confirmation:
+    """The person confirmed the double opt-in link signed at `signed_at` (checked valid by the
+    caller). A pending subscriber becomes active with lesson 1 due at `schedule.first_send_at`.
+    An unsubscribed one is re-opened — resuming at the lesson it stopped at, at the next send
+    time (`schedule.after_resume`), or lesson 1 at `first_send_at` if it never had one — only
+    when the link was signed after the unsubscribe: a new opt-in, confirmed, is consent; an
+    old link is not. Bounced and complained subscribers stay suppressed.
+    """
+    with sessions() as session, session.begin():
+        view = store.get_subscriber_by_id(session, subscriber_id)
+        if view is None or view.course_id != course.id:
+            return Confirmation(Confirmed.UNKNOWN, subscriber_id)
+        status = view.status
+        if status is store.SubscriberStatus.PENDING:
+            at = schedule.first_send_at(course, view.timezone, confirmed_at=now)
+            store.confirm_subscriber(
+                session, view.id, now=now, first_lesson=course.lessons[0].slug, first_send_at=at
+            )
+            return Confirmation(Confirmed.CONFIRMED, view.id, view.timezone, at)
+        if status is store.SubscriberStatus.UNSUBSCRIBED:
+            # Tokens carry whole seconds: one signed in the second of the unsubscribe (or
+            # before) may predate it, so it is not taken as a new opt-in.
+            left_at = view.status_changed_at.replace(microsecond=0)
+            if signed_at <= left_at:
+                return Confirmation(Confirmed.NOT_REQUESTED, view.id, view.timezone)
+            resume_at = _resume_at(course, view, now)
+            optin.reopen(
+                session, view.id, now=now, next_send_at=resume_at, consent_source=consent_source
+            )
+            return Confirmation(
+                Confirmed.CONFIRMED, view.id, view.timezone, resume_at, resumed=True
+            )
+        if status in SUPPRESSED_STATUSES:
+            return Confirmation(Confirmed.SUPPRESSED, view.id, view.timezone)
+        return Confirmation(Confirmed.ALREADY, view.id, view.timezone, view.next_send_at)
+
+
+def _resume_at(course: Course, view: store.SubscriberView, now: datetime) -> datetime | None:
+    if view.next_lesson is None:
+        return None
+    if view.last_sent_at is None or not course.has_lesson(view.next_lesson):
+        return schedule.first_send_at(course, view.timezone, confirmed_at=now)
+    return schedule.after_resume(
+        course,
+        view.timezone,
+        view.next_lesson,
+        resumed_at=now,
+        last_sent_at=view.last_sent_at,
+        confirmed_at=view.confirmed_at,
+    )
+
+
+def unsubscribe_by_link(
+    sessions: sessionmaker[Session], course: Course, subscriber_id: int, *, now: datetime
+) -> bool:
+    """The person used an unsubscribe link (the page's button or a one-click POST): nothing more
+    is ever sent. Claims a run holds for this reader and has not handed over yet are given back
+    (the run skips them); `handing_over` says whether one is being handed over right now. False
+    if it was already unsubscribed or suppressed, or is unknown (erased): repeats are harmless.
+    """
+    with sessions() as session, session.begin():
+        view = store.get_subscriber_by_id(session, subscriber_id)
+        if view is None or view.course_id != course.id:
+            return False
+        return optin.unsubscribe_by_link(session, subscriber_id, now)
+
+
+def handing_over(sessions: sessionmaker[Session], subscriber_id: int, *, now: datetime) -> bool:
+    """True while a run is handing one of this reader's lessons to the transport (marked
+    'sending' before an unsubscribe committed, not recorded yet)."""
+    with sessions() as session, session.begin():
+        return optin.count_handing_over(session, subscriber_id, now) > 0
+
+
+def owed_confirmations(sessions: sessionmaker[Session], course: Course) -> int:
+    """How many confirmation emails are queued and not sent yet."""
+    with sessions() as session, session.begin():
+        return optin.count_owed_confirmations(session, course.id)

@@ -86,6 +86,19 @@ class LinkBuilder:
         token = self._timed("confirm", int(now.timestamp())).dumps(subscriber_id)
         return f"{self.base_url}/c/{token}"
 
+    def confirm_token(self, token: str) -> tuple[int, datetime]:
+        """(subscriber id, moment it was signed) of a confirm token whose signature verifies,
+        however old: for "send me a new link" on an expired link, and to tell a link made after
+        an unsubscribe from an older one. Raises `InvalidTokenError` like `read`; `read` alone
+        says whether the token is still valid."""
+        try:
+            value, signed_at = self._timed("confirm").loads(token, return_timestamp=True)
+        except BadSignature as exc:
+            raise InvalidTokenError("this link is not valid (it may be cut short)") from exc
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidTokenError("this link is not valid")
+        return value, signed_at
+
     def read(self, purpose: str, token: str, *, now: datetime) -> int:
         """The subscriber id a token carries; raises `InvalidTokenError` if it does not verify.
 

@@ -73,6 +73,7 @@ def claim_due(
     lease: timedelta,
     defer: Defer | None = None,
     move_on: MoveOn | None = None,
+    only: Sequence[int] | None = None,
 ) -> ClaimBatch:
     """Claim up to `limit` due lessons of `course_id` for run `run_id`, oldest due first.
 
@@ -86,6 +87,8 @@ def claim_due(
     A subscriber whose next lesson the ledger already has as sent (a reordered course) moves on
     to what `move_on(timezone, lesson, last_sent_at, lessons sent)` names — (None, None):
     completed; None: held with the reason — and is claimed for it in this call if it is due.
+    `only`: consider just these subscriber ids (the web app sends lesson 1 to a reader who has
+    just confirmed, through this same claim).
 
     The caller must commit right after and before sending anything: the claim is what makes a
     concurrent or later run leave these lessons alone. PostgreSQL: FOR UPDATE SKIP LOCKED, so
@@ -100,7 +103,7 @@ def claim_due(
     # Loop because rows that cannot be claimed still use up a pick; each pass moves every picked
     # row out of the due set, so this ends.
     while len(claims) < limit:
-        picked = _pick_due(conn, course_id, now, limit - len(claims))
+        picked = _pick_due(conn, course_id, now, limit - len(claims), only)
         if not picked:
             break
         plan = _plan(picked, now, defer)
@@ -199,7 +202,13 @@ def failed_reason(lesson: str, detail: str | None) -> str:
     )
 
 
-def _pick_due(conn: Connection, course_id: str, now: datetime, limit: int) -> list[Row[Any]]:
+def _pick_due(
+    conn: Connection,
+    course_id: str,
+    now: datetime,
+    limit: int,
+    only: Sequence[int] | None = None,
+) -> list[Row[Any]]:
     joined = S.outerjoin(D, and_(D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson))
     stmt: Select[Any] = (
         select(
@@ -221,6 +230,8 @@ def _pick_due(conn: Connection, course_id: str, now: datetime, limit: int) -> li
         .order_by(S.c.next_send_at, S.c.id)
         .limit(limit)
     )
+    if only is not None:
+        stmt = stmt.where(S.c.id.in_(list(only)))
     if capabilities_of(conn.dialect).skip_locked:
         # Rows another run is claiming right now are skipped, not waited for.
         stmt = stmt.with_for_update(skip_locked=True, of=S)

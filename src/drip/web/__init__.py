@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask
 
 from drip.config import Settings, signing_keys
-from drip.web import health, manage, security
+from drip.web import confirm, health, manage, security, signup, unsubscribe
 from drip.web.context import EXTENSION, WebContext
 from drip.wiring import make_mailer, open_ledger
 
@@ -64,6 +64,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
         return {"course": course.settings, "lesson_count": len(course.lessons)}
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(signup.bp)
+    app.register_blueprint(confirm.bp)
+    app.register_blueprint(unsubscribe.bp)
     limiter.exempt(health.bp)
     manage.register(app, limiter)
     return app

@@ -1,0 +1,250 @@
+"""The signup benchmark: `POST /subscribe` against a real `drip serve`, on SQLite and PostgreSQL.
+
+    .venv/bin/python bench/signup.py                 # both databases, 15 s each
+    .venv/bin/python bench/signup.py --seconds 5 --only sqlite
+
+Starts `drip serve` (gunicorn; --workers, --threads) in a temporary directory on the embedded
+SQLite file, then on a throw-away PostgreSQL database (`drip_bench_signup` on 127.0.0.1:5432,
+dropped at the end), and posts new addresses as our own form does (form token, `Origin: null`)
+from `--clients` keep-alive connections spread over client processes, each request from its
+own X-Forwarded-For address (DRIP_TRUSTED_PROXIES=1: the per-IP limit counts the client, as
+behind a proxy) and under a global cap set out of the way. The server's background sender
+sends the queued confirmation emails to the outbox meanwhile, as in production; no request
+waits for it. Prints requests/s, median, p99 and max latency per database, after a 2-second
+warm-up, and whether the target (>= 500 requests/s, p99 < 100 ms) is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/drip_bench_signup"
+KEY = "bench-signup-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+TARGET_RATE = 500.0
+TARGET_P99_MS = 100.0
+WARM_UP = 2.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(work: Path, database_url: str | None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DRIP_")}
+    env.update(
+        DRIP_COURSE_DIR=str(ROOT / "course"),
+        DRIP_TEMPLATES_DIR=str(ROOT / "templates" / "email"),
+        DRIP_WEB_TEMPLATES_DIR=str(ROOT / "templates" / "web"),
+        DRIP_OUTBOX_DIR=str(work / "outbox"),
+        DRIP_SECRET_KEY=KEY,
+        DRIP_TRUSTED_PROXIES="1",
+        DRIP_CONFIRMATIONS_PER_HOUR="100000000",
+        PYTHONPATH=str(ROOT / "src"),
+    )
+    if database_url:
+        env["DRIP_DATABASE_URL"] = database_url
+    return env
+
+
+def _client(
+    port: int, token: str, seconds: float, connections: int, offset: int, results: Any
+) -> None:
+    """One client process: `connections` threads, each with a keep-alive connection."""
+    import threading
+
+    latencies: list[tuple[float, float]] = []  # (moment sent, seconds)
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def run(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine: list[tuple[float, float]] = []
+        n = 0
+        while True:
+            started = time.monotonic()
+            if started >= stop_at:
+                break
+            serial = (offset + index) * 10_000_000 + n
+            n += 1
+            body = urllib.parse.urlencode(
+                {"email": f"b{serial}@example.com", "timezone": "Asia/Tokyo", "form_token": token}
+            )
+            ip = f"10.{serial % 251}.{serial // 251 % 251}.{serial // 63001 % 251 + 1}"
+            conn.request(
+                "POST",
+                "/subscribe",
+                body=body,
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Origin": "null",
+                    "X-Forwarded-For": ip,
+                },
+            )
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"POST /subscribe answered {response.status}")
+            mine.append((started, time.monotonic() - started))
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results.put(latencies)
+
+
+def _serve(work: Path, env: dict[str, str], workers: int, threads: int) -> tuple[Any, int]:
+    port = _free_port()
+    log = (work / "serve.log").open("w")
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "drip", "serve", "--port", str(port)),
+            *("--workers", str(workers), "--threads", str(threads)),
+        ],
+        cwd=work,
+        env={**env, "DRIP_BASE_URL": f"http://127.0.0.1:{port}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return process, port
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"drip serve did not start:\n{(work / 'serve.log').read_text()}")
+        time.sleep(0.2)
+
+
+def run_one(name: str, database_url: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"drip-bench-signup-{name}-"))
+    env = _env(work, database_url)
+    if database_url:
+        subprocess.run(
+            [sys.executable, "-m", "drip", "db", "upgrade"], cwd=work, env=env, check=True
+        )
+    process, port = _serve(work, env, args.workers, args.threads)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            page = r.read().decode()
+        match = re.search(r'name="form_token" value="([^"]+)"', page)
+        assert match, "no form token on the signup page"
+        token = match.group(1)
+        results: Any = multiprocessing.get_context("fork").Queue()
+        per_process = max(1, args.clients // args.client_processes)
+        clients = [
+            multiprocessing.get_context("fork").Process(
+                target=_client,
+                args=(port, token, args.seconds + WARM_UP, per_process, i * per_process, results),
+            )
+            for i in range(args.client_processes)
+        ]
+        began = time.monotonic()
+        for client in clients:
+            client.start()
+        samples: list[tuple[float, float]] = []
+        for _ in clients:
+            samples.extend(results.get(timeout=args.seconds + 120))
+        for client in clients:
+            client.join()
+            if client.exitcode != 0:
+                raise SystemExit(f"a client failed (exit {client.exitcode})")
+        measured = [took for sent, took in samples if sent >= began + WARM_UP]
+        window = max(sent for sent, _ in samples) - (began + WARM_UP)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        log = (work / "serve.log").read_text()
+        shutil.rmtree(work, ignore_errors=True)
+    if "Traceback" in log or "database is locked" in log:
+        raise SystemExit(f"the server logged errors:\n{log[-3000:]}")
+    ordered = sorted(measured)
+    result = {
+        "database": name,
+        "requests": len(measured),
+        "seconds": round(window, 2),
+        "requests_per_s": round(len(measured) / window, 1),
+        "median_ms": round(statistics.median(ordered) * 1000, 1),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+        "workers": args.workers,
+        "threads": args.threads,
+        "clients": per_process * args.client_processes,
+    }
+    result["target_met"] = (
+        result["requests_per_s"] >= TARGET_RATE and result["p99_ms"] < TARGET_P99_MS
+    )
+    return result
+
+
+def _postgres(create: bool) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS drip_bench_signup WITH (FORCE)")
+        if create:
+            conn.execute("CREATE DATABASE drip_bench_signup")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object per run")
+    args = parser.parse_args()
+    runs: list[dict[str, Any]] = []
+    if args.only in (None, "sqlite"):
+        runs.append(run_one("sqlite", None, args))
+    if args.only in (None, "postgresql"):
+        _postgres(create=True)
+        try:
+            runs.append(run_one("postgresql", PG_URL, args))
+        finally:
+            _postgres(create=False)
+    for run in runs:
+        if args.json:
+            print(json.dumps(run))
+        else:
+            print(
+                f"{run['database']:<10} {run['requests']:>6} POST /subscribe in {run['seconds']} s:"
+                f" {run['requests_per_s']}/s, median {run['median_ms']} ms, p99 {run['p99_ms']} ms,"
+                f" max {run['max_ms']} ms ({run['workers']} workers x {run['threads']} threads,"
+                f" {run['clients']} clients) target >= {TARGET_RATE:.0f}/s and p99 <"
+                f" {TARGET_P99_MS:.0f} ms: {'met' if run['target_met'] else 'NOT met'}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The web side of a subscription: a double opt-in requested from the signup form, the queue of
+owed confirmation emails (`subscribers.confirmation_wanted_at`), a fresh opt-in of a reader who
+had unsubscribed, and an unsubscribe by link that also gives back the reader's claims not yet
+handed to a transport.
+
+Rules kept here:
+- One queue entry per subscriber (a column, not a table): however often an address is
+  submitted, at most one confirmation email is owed at a time, and none while one went out less
+  than `interval` ago.
+- Bounced and complained enrolments are never queued nor re-opened; an unsubscribed one is
+  re-opened only by `reopen` (the caller checked that the person confirmed a link sent after
+  the unsubscribe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from drip.statuses import DeliveryStatus, SubscriberStatus
+from drip.store._sql import ACTIVE, D, S, connection, insert_ignoring_conflicts
+from drip.store.subscribers import _new_row, unsubscribe
+from drip.store.values import NewSubscriber
+
+PENDING = SubscriberStatus.PENDING.value
+UNSUBSCRIBED = SubscriberStatus.UNSUBSCRIBED.value
+OPT_IN_STATUSES = (PENDING, UNSUBSCRIBED)
+"""The states in which a confirmation email may be owed."""
+
+
+@dataclass(frozen=True)
+class OptinRequest:
+    subscriber_id: int
+    status: SubscriberStatus
+    created: bool
+    queued: bool
+    """A confirmation email is now owed (it was not already, and none went out recently)."""
+
+
+@dataclass(frozen=True)
+class OwedConfirmation:
+    subscriber_id: int
+    email: str
+
+
+def _may_queue(now: datetime, interval: timedelta) -> Any:
+    """SQL: this subscriber may be owed a new confirmation email at `now`."""
+    return and_(
+        S.c.status.in_(OPT_IN_STATUSES),
+        S.c.confirmation_wanted_at.is_(None),
+        or_(S.c.confirmation_sent_at.is_(None), S.c.confirmation_sent_at <= now - interval),
+    )
+
+
+def request_optin(
+    session: Session,
+    *,
+    course_id: str,
+    email: str,
+    name: str | None,
+    timezone: str,
+    now: datetime,
+    consent_source: str,
+    interval: timedelta,
+) -> OptinRequest:
+    """Someone asked, on the web, to receive `course_id` at `email` (validated by the caller).
+
+    New address: a 'pending' subscriber with a confirmation owed. Pending or unsubscribed: a
+    confirmation is owed again unless one is already owed or went out less than `interval`
+    ago; the stored name and timezone are kept (the person who filled in the form is not known
+    to own the address). Active, paused, completed, bounced, complained: nothing changes.
+    Safe against a concurrent request for the same address.
+    """
+    conn = connection(session)
+    row = _new_row(
+        course_id,
+        NewSubscriber(email, name, timezone, None),
+        now=now,
+        consent_source=consent_source,
+        confirmed=False,
+        first_lesson="",
+    )
+    row["confirmation_wanted_at"] = now
+    new_id = conn.execute(_insert_new(conn), row).scalar_one_or_none()
+    if new_id is not None:
+        return OptinRequest(new_id, SubscriberStatus.PENDING, created=True, queued=True)
+    found = conn.execute(
+        select(S.c.id, S.c.status).where(S.c.course_id == course_id, S.c.email == email)
+    ).one()
+    queued = queue_confirmation(session, found.id, now=now, interval=interval)
+    return OptinRequest(found.id, SubscriberStatus(found.status), created=False, queued=queued)
+
+
+_INSERTS: dict[str, Any] = {}
+
+
+def _insert_new(conn: Connection) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, built once per dialect: the values are
+    bound at execution (the signup form's hot path; building the statement with its values
+    costs more than running it)."""
+    name = conn.dialect.name
+    stmt = _INSERTS.get(name)
+    if stmt is None:
+        stmt = insert_ignoring_conflicts(conn, S, ("course_id", "email")).returning(S.c.id)
+        _INSERTS[name] = stmt
+    return stmt
+
+
+def queue_confirmation(
+    session: Session, subscriber_id: int, *, now: datetime, interval: timedelta
+) -> bool:
+    """Owe a confirmation email to a pending or unsubscribed subscriber, unless one is already
+    owed or went out less than `interval` before `now`. True if it is now owed."""
+    result = connection(session).execute(
+        update(S)
+        .where(S.c.id == subscriber_id, _may_queue(now, interval))
+        .values(confirmation_wanted_at=now)
+    )
+    return bool(result.rowcount)
+
+
+def take_owed_confirmations(
+    session: Session,
+    course_id: str,
+    *,
+    now: datetime,
+    limit: int,
+    lease: timedelta,
+    interval: timedelta,
+) -> list[OwedConfirmation]:
+    """Take up to `limit` owed confirmation emails, oldest first, for sending now: each is
+    pushed `lease` into the future so that no other process takes it meanwhile (settle them
+    with `confirmations_sent` / `confirmations_later` before the lease ends; after a crash they
+    are taken again once it has). Entries that are no longer owed (the subscriber confirmed,
+    bounced, or got one less than `interval` ago) are dropped, not returned.
+
+    Safe with several senders at once: an entry is returned to one of them only.
+    """
+    conn = connection(session)
+    owed = and_(
+        S.c.course_id == course_id,
+        S.c.confirmation_wanted_at.is_not(None),
+        S.c.confirmation_wanted_at <= now,
+    )
+    picked = [
+        row.id
+        for row in conn.execute(
+            select(S.c.id).where(owed).order_by(S.c.confirmation_wanted_at, S.c.id).limit(limit)
+        )
+    ]
+    if not picked:
+        return []
+    still_owed = and_(
+        S.c.status.in_(OPT_IN_STATUSES),
+        or_(S.c.confirmation_sent_at.is_(None), S.c.confirmation_sent_at <= now - interval),
+    )
+    taken = conn.execute(
+        update(S)
+        .where(S.c.id.in_(picked), owed)
+        .values(
+            confirmation_wanted_at=case(
+                (still_owed, bindparam("lease_end", now + lease, S.c.confirmation_wanted_at.type)),
+                else_=None,
+            )
+        )
+        .returning(S.c.id, S.c.email, S.c.confirmation_wanted_at)
+    ).all()
+    return sorted(
+        (OwedConfirmation(row.id, row.email) for row in taken if row.confirmation_wanted_at),
+        key=lambda item: item.subscriber_id,
+    )
+
+
+def confirmations_sent(session: Session, subscriber_ids: list[int], now: datetime) -> None:
+    """These confirmation emails went out (or may have): no longer owed; sent at `now`."""
+    if subscriber_ids:
+        connection(session).execute(
+            update(S)
+            .where(S.c.id.in_(subscriber_ids))
+            .values(confirmation_sent_at=now, confirmation_wanted_at=None)
+        )
+
+
+def confirmations_later(session: Session, subscriber_ids: list[int], at: datetime | None) -> None:
+    """These confirmation emails were not sent: owed again from `at`, or dropped (None) when the
+    provider refused them for good. Only subscribers who may still be owed one are touched."""
+    if subscriber_ids:
+        connection(session).execute(
+            update(S)
+            .where(S.c.id.in_(subscriber_ids), S.c.status.in_(OPT_IN_STATUSES))
+            .values(confirmation_wanted_at=at)
+        )
+
+
+def count_owed_confirmations(session: Session, course_id: str) -> int:
+    """How many confirmation emails are owed (the partial index answers)."""
+    return int(
+        connection(session)
+        .execute(
+            select(func.count())
+            .select_from(S)
+            .where(S.c.course_id == course_id, S.c.confirmation_wanted_at.is_not(None))
+        )
+        .scalar_one()
+    )
+
+
+def reopen(
+    session: Session,
+    subscriber_id: int,
+    *,
+    now: datetime,
+    next_send_at: datetime | None,
+    consent_source: str,
+) -> bool:
+    """Unsubscribed -> active again after a new, confirmed opt-in: the reader resumes at the
+    lesson it stopped at (`next_lesson` is kept), due at `next_send_at`; a reader who had had
+    every lesson becomes 'completed'. True if this call re-opened it.
+    """
+    finished = S.c.next_lesson.is_(None)
+    result = connection(session).execute(
+        update(S)
+        .where(S.c.id == subscriber_id, S.c.status == UNSUBSCRIBED)
+        .values(
+            status=case((finished, SubscriberStatus.COMPLETED.value), else_=ACTIVE),
+            next_send_at=case(
+                (finished, None), else_=bindparam("reopen_at", next_send_at, S.c.next_send_at.type)
+            ),
+            confirmed_at=now,
+            consent_at=now,
+            consent_source=consent_source,
+            status_changed_at=now,
+            held_reason=None,
+            paused_at=None,
+            paused_until=None,
+            confirmation_wanted_at=None,
+        )
+    )
+    return bool(result.rowcount)
+
+
+NOT_SENT_UNSUBSCRIBED = "not sent: the reader unsubscribed before its turn came"
+
+
+def unsubscribe_by_link(session: Session, subscriber_id: int, now: datetime) -> bool:
+    """Unsubscribe at once (see `subscribers.unsubscribe`), drop any owed confirmation, and give
+    back the reader's claims that no run has handed to a transport yet ('claimed' -> 'retry', not
+    an attempt), so that a run holding them skips them. False if it was already suppressed.
+
+    On PostgreSQL a run marking one of those claims 'sending' at this moment either commits
+    first (the row is then 'sending': see `count_handing_over`) or waits for this transaction
+    and then finds the row no longer 'claimed'.
+    """
+    changed = unsubscribe(session, subscriber_id, now)
+    conn = connection(session)
+    conn.execute(update(S).where(S.c.id == subscriber_id).values(confirmation_wanted_at=None))
+    conn.execute(
+        update(D)
+        .where(D.c.subscriber_id == subscriber_id, D.c.status == DeliveryStatus.CLAIMED.value)
+        .values(
+            status=DeliveryStatus.RETRY.value,
+            attempts=D.c.attempts - 1,
+            updated_at=now,
+            detail=NOT_SENT_UNSUBSCRIBED,
+        )
+    )
+    return changed
+
+
+def count_handing_over(session: Session, subscriber_id: int, now: datetime) -> int:
+    """The subscriber's deliveries a live run is handing to a transport right now ('sending',
+    lease not over)."""
+    return int(
+        connection(session)
+        .execute(
+            select(func.count())
+            .select_from(D)
+            .where(
+                D.c.subscriber_id == subscriber_id,
+                D.c.status == DeliveryStatus.SENDING.value,
+                D.c.lease_until > now,
+            )
+        )
+        .scalar_one()
+    )

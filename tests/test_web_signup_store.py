@@ -1,0 +1,233 @@
+"""The pieces under the web's signup, confirm and unsubscribe, on a real SQLite file and a real
+PostgreSQL: `links.confirm_token`, the confirmation queue (`store.optin`,
+`delivery.send_owed_confirmations`), and `claim_due` / `send_due` restricted to some readers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session, sessionmaker
+from tests.support import COURSE, make_mailer
+
+from drip import delivery, lifecycle, store
+from drip.errors import FatalTransportError, InvalidTokenError
+from drip.links import LinkBuilder
+from drip.models import Subscriber
+from drip.store import optin
+from drip.transports.base import Outcome
+from drip.transports.memory import MemoryTransport
+
+NOW = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)  # 10:00 in Tokyo
+LINKS = LinkBuilder("https://drip.example.jp", ["test-key"])
+
+
+def test_confirm_token_reads_any_age_but_only_confirm_tokens() -> None:
+    token = LINKS.confirm_url(7, now=NOW).rsplit("/", 1)[1]
+    assert LINKS.confirm_token(token) == (7, NOW)
+    late = NOW + timedelta(days=30)
+    with pytest.raises(InvalidTokenError):
+        LINKS.read("confirm", token, now=late)  # expired for confirming...
+    assert LINKS.confirm_token(token) == (7, NOW)  # ...still readable for "a new link"
+    for bad in (
+        token[:-2],
+        token + "x",
+        LINKS.unsubscribe_url(7).rsplit("/", 1)[1],
+        LinkBuilder("https://drip.example.jp", ["other-key"])
+        .confirm_url(7, now=NOW)
+        .rsplit("/", 1)[1],
+    ):
+        with pytest.raises(InvalidTokenError):
+            LINKS.confirm_token(bad)
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _pending(sessions: sessionmaker[Session], *addresses: str) -> list[int]:
+    ids = []
+    for address in addresses:
+        result = lifecycle.request_signup(
+            sessions,
+            COURSE,
+            email=address,
+            name="名前",
+            timezone=None,
+            now=NOW,
+            consent_source="test",
+        )
+        assert result.created and result.queued
+        ids.append(result.subscriber_id)
+    return ids
+
+
+def _view(sessions: sessionmaker[Session], subscriber_id: int) -> store.SubscriberView:
+    with sessions() as session:
+        view = store.get_subscriber_by_id(session, subscriber_id)
+    assert view is not None
+    return view
+
+
+def test_owed_confirmations_are_settled_by_outcome(sessions: sessionmaker[Session]) -> None:
+    sent, retry, failed, doubt = _pending(
+        sessions, "s@example.com", "r@example.com", "f@example.com", "d@example.com"
+    )
+    transport = MemoryTransport([Outcome.SENT, Outcome.RETRY, Outcome.FAILED, Outcome.IN_DOUBT])
+    mailer = make_mailer(transport)
+    assert delivery.send_owed_confirmations(sessions, mailer, now=NOW) == 1
+    assert [email.to_address for email in transport.attempts] == [
+        "s@example.com",
+        "r@example.com",
+        "f@example.com",
+        "d@example.com",
+    ]
+    assert all(email.to_name is None for email in transport.attempts)  # never the name
+    assert _view(sessions, sent).confirmation_sent_at == NOW
+    assert _view(sessions, sent).confirmation_wanted_at is None
+    assert _view(sessions, doubt).confirmation_wanted_at is None  # never sent twice on purpose
+    assert _view(sessions, failed).confirmation_wanted_at is None  # dropped
+    assert _view(sessions, failed).confirmation_sent_at is None
+    later = _view(sessions, retry)
+    assert later.confirmation_sent_at is None
+    assert later.confirmation_wanted_at == NOW + delivery.CONFIRMATION_RETRY_DELAY
+    # Not before the retry moment; then once.
+    assert delivery.send_owed_confirmations(sessions, mailer, now=NOW + timedelta(minutes=1)) == 0
+    after = NOW + delivery.CONFIRMATION_RETRY_DELAY
+    assert delivery.send_owed_confirmations(sessions, mailer, now=after) == 1
+    assert delivery.send_owed_confirmations(sessions, mailer, now=after) == 0
+
+
+def test_a_fatal_answer_keeps_the_rest_owed(sessions: sessionmaker[Session]) -> None:
+    first, second = _pending(sessions, "a@example.com", "b@example.com")
+    transport = MemoryTransport([Outcome.SENT, FatalTransportError("401 bad key")])
+    with pytest.raises(FatalTransportError):
+        delivery.send_owed_confirmations(sessions, make_mailer(transport), now=NOW)
+    assert _view(sessions, first).confirmation_sent_at == NOW
+    assert _view(sessions, second).confirmation_wanted_at is not None
+    # Owed again a little later; then `drip send` sends it.
+    later = NOW + delivery.CONFIRMATION_RETRY_DELAY
+    assert _view(sessions, second).confirmation_wanted_at == later
+    report = delivery.send_due(sessions, make_mailer(MemoryTransport()), now=later)
+    assert report.confirmations == 1
+
+
+def test_entries_no_longer_owed_are_dropped_unsent(sessions: sessionmaker[Session]) -> None:
+    ids = _pending(sessions, "c@example.com", "b@example.com", "u@example.com", "r@example.com")
+    with sessions() as session, session.begin():
+        for subscriber_id, values in zip(
+            ids,
+            [
+                {"status": "active"},
+                {"status": "bounced"},
+                {"status": "unsubscribed"},
+                {"confirmation_sent_at": NOW - timedelta(hours=1)},
+            ],
+            strict=True,
+        ):
+            session.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(values))
+    transport = MemoryTransport()
+    assert delivery.send_owed_confirmations(sessions, make_mailer(transport), now=NOW) == 1
+    assert [email.to_address for email in transport.attempts] == ["u@example.com"]
+    with sessions() as session:
+        assert optin.count_owed_confirmations(session, COURSE.id) == 0
+
+
+def test_a_taken_entry_is_left_alone_until_its_lease_ends(sessions: sessionmaker[Session]) -> None:
+    _pending(sessions, "lease@example.com")
+    with sessions() as session, session.begin():
+        taken = optin.take_owed_confirmations(
+            session,
+            COURSE.id,
+            now=NOW,
+            limit=10,
+            lease=timedelta(minutes=10),
+            interval=timedelta(hours=24),
+        )
+    assert [item.email for item in taken] == ["lease@example.com"]
+    transport = MemoryTransport()
+    mailer = make_mailer(transport)
+    assert delivery.send_owed_confirmations(sessions, mailer, now=NOW + timedelta(minutes=9)) == 0
+    # The process that took it died: after the lease another sends it.
+    assert delivery.send_owed_confirmations(sessions, mailer, now=NOW + timedelta(minutes=10)) == 1
+
+
+def test_a_limit_and_batches(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "CONFIRMATION_BATCH", 2)
+    _pending(sessions, *(f"n{n}@example.com" for n in range(5)))
+    transport = MemoryTransport()
+    mailer = make_mailer(transport)
+    assert delivery.send_owed_confirmations(sessions, mailer, now=NOW, limit=3) == 3
+    assert delivery.send_owed_confirmations(sessions, mailer, now=NOW) == 2
+    assert len({email.to_address for email in transport.attempts}) == 5
+
+
+def _active(sessions: sessionmaker[Session], address: str) -> int:
+    return lifecycle.subscribe(
+        sessions,
+        make_mailer(MemoryTransport()),
+        email=address,
+        name=None,
+        timezone="Asia/Tokyo",
+        confirmed=True,
+        now=NOW,
+        consent_source="test",
+    ).subscriber_id
+
+
+def test_claim_due_and_send_due_can_be_restricted_to_some_readers(
+    sessions: sessionmaker[Session],
+) -> None:
+    first = _active(sessions, "first@example.com")
+    second = _active(sessions, "second@example.com")
+    _pending(sessions, "pending@example.com")
+    with sessions() as session, session.begin():
+        batch = store.claim_due(
+            session,
+            course_id=COURSE.id,
+            now=NOW,
+            limit=10,
+            run_id="r1",
+            lease=timedelta(minutes=15),
+            only=[second],
+        )
+    assert [claim.subscriber_id for claim in batch.claims] == [second]
+    with sessions() as session, session.begin():
+        store.release_claims(session, "r1", NOW)
+    transport = MemoryTransport()
+    report = delivery.send_due(sessions, make_mailer(transport), now=NOW, only=[first])
+    assert report.sent == 1 and report.confirmations == 0  # the queue is left to the web
+    assert [email.to_address for email in transport.sent] == ["first@example.com"]
+    full = delivery.send_due(sessions, make_mailer(transport), now=NOW)
+    assert full.sent == 1 and full.confirmations == 1
+    assert _view(sessions, second).next_lesson == COURSE.lessons[1].slug
+
+
+def test_a_new_request_is_queued_only_when_no_confirmation_went_out_lately(
+    sessions: sessionmaker[Session],
+) -> None:
+    [subscriber_id] = _pending(sessions, "again@example.com")
+    assert delivery.send_owed_confirmations(sessions, make_mailer(MemoryTransport()), now=NOW) == 1
+
+    def request(at: datetime) -> optin.OptinRequest:
+        return lifecycle.request_signup(
+            sessions,
+            COURSE,
+            email="again@example.com",
+            name=None,
+            timezone=None,
+            now=at,
+            consent_source="test",
+        )
+
+    soon = request(NOW + timedelta(hours=23))
+    assert not soon.created and not soon.queued
+    assert _view(sessions, subscriber_id).confirmation_wanted_at is None
+    later = request(NOW + timedelta(hours=24))
+    assert later.queued
+    assert _view(sessions, subscriber_id).confirmation_wanted_at == NOW + timedelta(hours=24)
+    assert not request(NOW + timedelta(hours=24, minutes=1)).queued  # already owed
