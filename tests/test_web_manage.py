@@ -357,6 +357,32 @@ def test_erase_asks_first_then_erases_and_the_address_stays_refused(
     assert "erased" in report.invalid[0][1]
 
 
+def test_an_erased_address_signing_up_on_the_form_gets_the_same_page_and_nothing(
+    app: Flask, tmp_path: Path
+) -> None:
+    from tests.web_signup_support import signup
+
+    sid = subscribe(app)
+    client = app.test_client()
+    path = manage_path(app, sid)
+    token = csrf(client, path + "/erase")
+    assert (
+        client.post(path + "/erase", data={"csrf_token": token, "confirm": "yes"}).status_code
+        == 200
+    )
+    fresh = signup(app.test_client(), "someone-new@example.com")
+    erased = signup(app.test_client(), "Yamada@Example.com")
+    assert erased.status_code == fresh.status_code == 200
+    shown = erased.get_data(as_text=True).replace("Yamada@Example.com", "someone-new@example.com")
+    assert shown.replace("yamada@example.com", "someone-new@example.com") == fresh.get_data(
+        as_text=True
+    )
+    ctx = context(app)
+    with ctx.sessions() as session:
+        emails = session.connection().execute(select(subscribers.c.email)).scalars().all()
+    assert emails == ["someone-new@example.com"]  # the erased address was not stored again
+
+
 # --- fuzz ---------------------------------------------------------------------------------------
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)

@@ -362,10 +362,15 @@ def store_signup(
     by `delivery.send_owed_confirmations`), whatever state the address is in, as
     `store.optin.request_optin` says: new or pending -> a confirmation is owed (at most one per
     CONFIRMATION_INTERVAL); unsubscribed -> a fresh double opt-in (the reader stays
-    unsubscribed until it confirms); confirmed, bounced or complained -> nothing. One short
+    unsubscribed until it confirms); confirmed, bounced or complained -> nothing; erased at the
+    person's request (the suppression list) -> nothing, and nothing is stored. One short
     transaction; never touches the transport.
     """
     with sessions() as session, session.begin():
+        if store.is_suppressed(session, fields.email):
+            return optin.OptinRequest(
+                0, store.SubscriberStatus.UNSUBSCRIBED, created=False, queued=False
+            )
         return optin.request_optin(
             session,
             course_id=course.id,
