@@ -185,3 +185,16 @@ def test_drip_plan_usage_errors(
     result = drip("plan", *args)
     assert result.exit_code == 2, result.output
     assert says in result.output
+
+
+def test_a_readers_own_send_time_is_planned_and_explained() -> None:
+    confirmed = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+    own = schedule.parse_send_time("19:00")
+    due = schedule.after_send(
+        COURSE, "Asia/Tokyo", "welcome", sent_at=confirmed, send_time=own
+    ).send_at
+    assert due is not None
+    view = _view(next_send_at=due, last_sent_at=confirmed, send_time="19:00")
+    steps = plan.subscriber_plan(COURSE, view, {"welcome": confirmed}, now=confirmed)
+    assert [s.at.astimezone(TOKYO).strftime("%H:%M") for s in steps[1:] if s.at] == ["19:00"] * 7
+    assert steps[1].reasons == ()  # 19:00 is its nominal moment, nothing moved it

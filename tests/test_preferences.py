@@ -250,3 +250,17 @@ def test_a_reader_who_unsubscribed_during_a_timed_pause_is_not_resumed(harness: 
     assert view.status is store.SubscriberStatus.UNSUBSCRIBED
     assert view.paused_until is None  # nothing left in the index of pauses to end
     assert harness.attempts_at("left@example.com") == ["welcome"]
+
+
+def test_an_operator_resume_keeps_the_readers_send_time(harness: Harness) -> None:
+    sid = harness.subscribe("evening2@example.com")
+    assert harness.send(T0) == 1
+    preferences.change_schedule(
+        harness.sessions, COURSE, sid, timezone="Asia/Tokyo", send_time="19:00", now=T0
+    )
+    pause_subscriber(harness.sessions, COURSE, "evening2@example.com", now=T0)
+    resumed_at = T0 + timedelta(days=3)
+    assert resume_subscriber(harness.sessions, COURSE, "evening2@example.com", now=resumed_at)
+    at = harness.view(sid).next_send_at
+    assert at is not None and at > resumed_at
+    assert at.astimezone(COURSE_TZ).strftime("%H:%M") == "19:00"

@@ -169,6 +169,7 @@ def resume_subscriber(
                 resumed_at=now,
                 last_sent_at=view.last_sent_at,
                 confirmed_at=view.confirmed_at,
+                send_time=schedule.parse_send_time(view.send_time),
             )
         except UnknownTimezoneError:
             reason = store.unknown_zone_reason(view.timezone)
@@ -278,7 +279,11 @@ def resolve(
         following = schedule.Next(None, None)
         if subscriber is not None:
             following = schedule.after_send(
-                course, subscriber.timezone, doubt.lesson, sent_at=doubt.claimed_at
+                course,
+                subscriber.timezone,
+                doubt.lesson,
+                sent_at=doubt.claimed_at,
+                send_time=schedule.parse_send_time(subscriber.send_time),
             )
         store.resolve_in_doubt(
             session,
@@ -476,6 +481,7 @@ def _resume_at(course: Course, view: store.SubscriberView, now: datetime) -> dat
         resumed_at=now,
         last_sent_at=view.last_sent_at,
         confirmed_at=view.confirmed_at,
+        send_time=schedule.parse_send_time(view.send_time),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -75,9 +75,10 @@ def explain(
     anchor: datetime,
     first: bool,
     at: datetime,
+    send_time: time | None = None,
 ) -> tuple[str, ...]:
     """Why `lesson`, anchored on `anchor` (confirmation, or the previous send), goes out at `at`
-    rather than at its nominal moment."""
+    rather than at its nominal moment (`send_time`: the reader's own, else the course's)."""
     settings = course.settings
     reasons: list[str] = []
     if first and lesson.delay_days == 0:
@@ -86,7 +87,7 @@ def explain(
         day = anchor.astimezone(zone).date() + timedelta(days=lesson.delay_days)
         allowed = _next_allowed_day(settings, day)
         reasons.extend(_days_off(settings, day, allowed))
-        nominal = schedule.local_send_moment(zone, allowed, settings.send_time)
+        nominal = schedule.local_send_moment(zone, allowed, send_time or settings.send_time)
         if nominal <= anchor:
             nominal = anchor + timedelta(seconds=1)
     if at > nominal and schedule.is_quiet(settings, zone, nominal):
@@ -125,16 +126,27 @@ def course_plan(course: Course, timezone: str, *, start: datetime) -> list[Step]
 
 
 def _project(
-    course: Course, zone: ZoneInfo, lessons: list[Lesson], start_at: datetime
+    course: Course,
+    zone: ZoneInfo,
+    lessons: list[Lesson],
+    start_at: datetime,
+    send_time: time | None = None,
 ) -> list[Step]:
     """The lessons after one going out at `start_at`, each sent on time."""
     steps = []
     previous = start_at
     for lesson in lessons:
         at = schedule.next_send_at(
-            course.settings, zone, lesson, previous_sent_at=previous, confirmed_at=previous
+            course.settings,
+            zone,
+            lesson,
+            previous_sent_at=previous,
+            confirmed_at=previous,
+            send_time=send_time,
         )
-        reasons = explain(course, zone, lesson, anchor=previous, first=False, at=at)
+        reasons = explain(
+            course, zone, lesson, anchor=previous, first=False, at=at, send_time=send_time
+        )
         steps.append(Step(lesson.number, lesson.slug, lesson.subject, "planned", at, reasons))
         previous = at
     return steps
@@ -146,6 +158,7 @@ def subscriber_plan(
     """The timeline of `subscriber`: lessons sent (from the ledger, `sent`: slug -> sent at),
     the next one and when, and the rest as they would go if each is sent on time."""
     zone = ZoneInfo(subscriber.timezone)
+    own = schedule.parse_send_time(subscriber.send_time)
     steps: list[Step] = []
     previous: datetime | None = None
     waiting: list[Lesson] = []
@@ -159,7 +172,7 @@ def subscriber_plan(
                     lesson.subject,
                     "sent",
                     at,
-                    _late(course, zone, lesson, previous, subscriber.confirmed_at, at),
+                    _late(course, zone, lesson, previous, subscriber.confirmed_at, at, own),
                 )
             )
             previous = at
@@ -173,19 +186,19 @@ def subscriber_plan(
         at = subscriber.next_send_at
         reasons: tuple[str, ...] = ()
         if previous is not None:
-            reasons = explain(course, zone, nxt, anchor=previous, first=False, at=at)
+            reasons = explain(course, zone, nxt, anchor=previous, first=False, at=at, send_time=own)
         if at <= now:
             reasons = (*reasons, "due now: the next `drip send` sends it")
         steps.append(Step(nxt.number, nxt.slug, nxt.subject, "due", at, reasons))
-        steps.extend(_project(course, zone, rest, max(at, now)))
+        steps.extend(_project(course, zone, rest, max(at, now), own))
         return steps
     if status is SubscriberStatus.PENDING:
         first = schedule.next_send_at(
-            course.settings, zone, nxt, previous_sent_at=previous, confirmed_at=now
+            course.settings, zone, nxt, previous_sent_at=previous, confirmed_at=now, send_time=own
         )
         unconfirmed = ("waiting for the reader to confirm; shown as if confirmed now",)
         steps.append(Step(nxt.number, nxt.slug, nxt.subject, "pending", first, unconfirmed))
-        steps.extend(_project(course, zone, rest, first))
+        steps.extend(_project(course, zone, rest, first, own))
         return steps
     state, why = _stopped(subscriber)
     steps.extend(
@@ -213,12 +226,18 @@ def _late(
     previous: datetime | None,
     confirmed_at: datetime | None,
     sent_at: datetime,
+    send_time: time | None,
 ) -> tuple[str, ...]:
     """Why a sent lesson went out later than planned from the previous send, if it did."""
     if confirmed_at is None:
         return ()
     planned = schedule.next_send_at(
-        course.settings, zone, lesson, previous_sent_at=previous, confirmed_at=confirmed_at
+        course.settings,
+        zone,
+        lesson,
+        previous_sent_at=previous,
+        confirmed_at=confirmed_at,
+        send_time=send_time,
     )
     late = sent_at - planned
     if late <= LATE_AFTER:
