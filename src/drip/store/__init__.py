@@ -23,7 +23,18 @@ State rules kept here:
 
 from drip.errors import NotFoundError, StateError, SuppressedAddressError
 from drip.statuses import DeliveryStatus, SubscriberStatus
-from drip.store.events import add_event
+from drip.store.events import (
+    InDoubtEvidence,
+    NewEvent,
+    StoredEvents,
+    add_event,
+    add_events,
+    event_counts,
+    in_doubt_evidence,
+    latest_reported_claim,
+    set_delivery_details,
+    suppress_addresses,
+)
 from drip.store.ledger import (
     claim_due,
     mark_sending,
@@ -76,14 +87,18 @@ __all__ = [
     "DeliveryStatus",
     "DeliveryView",
     "ExistingSubscriber",
+    "InDoubtEvidence",
+    "NewEvent",
     "NewSubscriber",
     "NotFoundError",
     "SentItem",
+    "StoredEvents",
     "StateError",
     "SubscriberStatus",
     "SubscriberView",
     "SuppressedAddressError",
     "add_event",
+    "add_events",
     "add_subscriber",
     "claim_due",
     "confirm_pending",
@@ -91,10 +106,13 @@ __all__ = [
     "count_due",
     "delivery_counts",
     "due_by_lesson",
+    "event_counts",
     "existing_subscribers",
     "get_subscriber",
     "get_subscriber_by_id",
+    "in_doubt_evidence",
     "insert_subscribers",
+    "latest_reported_claim",
     "list_deliveries",
     "list_in_doubt",
     "list_subscribers",
@@ -109,7 +127,9 @@ __all__ = [
     "release_claims",
     "resolve_in_doubt",
     "resume",
+    "suppress_addresses",
     "retry_failed",
+    "set_delivery_details",
     "unknown_zone_reason",
     "unsubscribe",
 ]

@@ -1,15 +1,29 @@
-"""Provider events (deliveries, bounces, complaints as reported by the provider), stored once."""
+"""Provider events (deliveries, bounces, complaints as reported by the provider), stored once,
+and what they change: suppressed addresses, and the evidence that settles in-doubt deliveries.
+
+The webhook's hot path is `add_events` + `suppress_addresses`: a few statements per batch
+whatever its size (one look-up of the ledger ids it names, one executemany INSERT ... ON
+CONFLICT DO NOTHING, one UPDATE per suppression status).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import BigInteger, Select, String, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from drip.models import events
-from drip.store._sql import connection, insert_ignoring_conflicts
+from drip.statuses import SUPPRESSED_STATUSES, DeliveryStatus, SubscriberStatus
+from drip.store._bulk_update import update_rows
+from drip.store._sql import D, S, chunks, clean_text, connection, in_list, insert_ignoring_conflicts
+from drip.store.capabilities import capabilities_of
+
+E = events
 
 
 def add_event(
@@ -44,3 +58,227 @@ def add_event(
         .returning(events.c.id)
     )
     return conn.execute(stmt).scalar_one_or_none()
+
+
+# --- batches (the webhook) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One provider event to store. `delivery_ref` is the ledger id the provider echoed back;
+    it is stored as `delivery_id` only when that delivery exists (else NULL, the payload keeps
+    what was sent)."""
+
+    provider_event_id: str | None
+    type: str
+    occurred_at: datetime
+    payload: Mapping[str, Any]
+    delivery_ref: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvents:
+    stored: int
+    """Events new to the table (the others were stored before: a redelivery)."""
+    known_deliveries: frozenset[int]
+    """The ledger ids among the batch's `delivery_ref`s that exist."""
+
+
+def add_events(
+    session: Session, provider: str, batch: Sequence[NewEvent], *, received_at: datetime
+) -> StoredEvents:
+    """Store a batch of provider events, each (provider, provider_event_id) once.
+
+    One look-up of the ledger ids the batch names (each event's subscriber_id is its
+    delivery's), then one executemany INSERT ... ON CONFLICT DO NOTHING.
+    """
+    if not batch:
+        return StoredEvents(0, frozenset())
+    conn = connection(session)
+    refs = sorted({event.delivery_ref for event in batch if event.delivery_ref is not None})
+    owner: dict[int, int] = {}
+    if refs:
+        known = select(D.c.id, D.c.subscriber_id).where(in_list(conn, D.c.id, "ids", BigInteger()))
+        for chunk in chunks(refs):
+            owner.update(conn.execute(known, {"ids": list(chunk)}).tuples())
+    rows = []
+    for event in batch:
+        delivery = event.delivery_ref if event.delivery_ref in owner else None
+        rows.append(
+            {
+                "provider": provider,
+                "provider_event_id": clean_text(event.provider_event_id),
+                "delivery_id": delivery,
+                "subscriber_id": None if delivery is None else owner[delivery],
+                "type": clean_text(event.type),
+                "occurred_at": event.occurred_at,
+                "received_at": received_at,
+                "payload": event.payload,
+            }
+        )
+    stmt = insert_ignoring_conflicts(conn, E, ("provider", "provider_event_id")).returning(E.c.id)
+    stored = len(conn.execute(stmt, rows).all())
+    return StoredEvents(stored, frozenset(owner))
+
+
+def suppress_addresses(
+    session: Session, changes: Iterable[tuple[str, SubscriberStatus]], now: datetime
+) -> int:
+    """Suppress addresses for good, every course enrolment of each: (email, 'bounced' |
+    'complained' | 'unsubscribed'). Returns the enrolments changed.
+
+    The first suppression of an address stays (a bounce does not turn an unsubscribe into a
+    bounce), except that a complaint overrides any other. Within one call an address takes a
+    complaint if it has one, else its first change. The row's next_send_at becomes NULL at once:
+    a run that already claimed the reader's lesson gives it back unsent at hand-over
+    (`mark_sending` checks the status), and its bookkeeping never overwrites this status.
+    Emails are compared lower-cased, as they are stored.
+    """
+    target: dict[str, SubscriberStatus] = {}
+    for email, status in changes:
+        status = SubscriberStatus(status)
+        if status not in SUPPRESSED_STATUSES:
+            raise ValueError(f"not a suppression: {status.value!r}")
+        address = email.strip().lower()
+        if status is SubscriberStatus.COMPLAINED or address not in target:
+            target[address] = status
+    if not target:
+        return 0
+    conn = connection(session)
+    suppressed = [member.value for member in SUPPRESSED_STATUSES]
+    changed = 0
+    for status in (
+        SubscriberStatus.UNSUBSCRIBED,
+        SubscriberStatus.BOUNCED,
+        SubscriberStatus.COMPLAINED,
+    ):
+        emails = sorted(address for address, wanted in target.items() if wanted is status)
+        if not emails:
+            continue
+        overridable = (
+            S.c.status != status.value
+            if status is SubscriberStatus.COMPLAINED
+            else S.c.status.not_in(suppressed)
+        )
+        stmt = (
+            update(S)
+            .where(in_list(conn, S.c.email, "emails", String()), overridable)
+            .values(
+                status=status.value,
+                status_changed_at=now,
+                next_send_at=None,
+                confirmation_wanted_at=None,
+            )
+        )
+        for chunk in chunks(emails):
+            changed += conn.execute(stmt, {"emails": list(chunk)}).rowcount
+    return changed
+
+
+# --- in-doubt deliveries and their evidence ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubtEvidence:
+    """An in-doubt delivery, locked for the transaction, with what the provider said of it."""
+
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    timezone: str
+    lesson: str
+    claimed_at: datetime
+    lease_until: datetime
+    """By then the message was handed over, or never will be (its run is presumed dead)."""
+    proof: str | None
+    """The type of the first stored provider event naming this delivery (one of the types
+    asked for), or None."""
+
+
+def in_doubt_evidence(
+    session: Session,
+    course_id: str,
+    *,
+    provider: str,
+    proof_types: Collection[str],
+    delivery_ids: Sequence[int] | None = None,
+) -> list[InDoubtEvidence]:
+    """The course's in-doubt deliveries (only those among `delivery_ids` when given), oldest
+    first, each with the first stored `provider` event of `proof_types` naming it. Row-locked on
+    PostgreSQL (delivery and subscriber), so settling them cannot race another settler."""
+    conn = connection(session)
+    proof = (
+        select(E.c.type)
+        .where(E.c.delivery_id == D.c.id, E.c.provider == provider, E.c.type.in_(proof_types))
+        .order_by(E.c.occurred_at, E.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    stmt: Select[Any] = (
+        select(
+            D.c.id,
+            D.c.subscriber_id,
+            S.c.email,
+            S.c.timezone,
+            D.c.lesson,
+            D.c.claimed_at,
+            D.c.lease_until,
+            proof.label("proof"),
+        )
+        .select_from(D.join(S, S.c.id == D.c.subscriber_id))
+        .where(D.c.course_id == course_id, D.c.status == DeliveryStatus.IN_DOUBT.value)
+        .order_by(D.c.claimed_at, D.c.id)
+    )
+    if capabilities_of(conn.dialect).row_locks:
+        stmt = stmt.with_for_update(of=[D, S])
+    if delivery_ids is None:
+        return [InDoubtEvidence(*row) for row in conn.execute(stmt)]
+    found: list[InDoubtEvidence] = []
+    narrowed = stmt.where(in_list(conn, D.c.id, "ids", BigInteger()))
+    for chunk in chunks(sorted(set(delivery_ids))):
+        found.extend(InDoubtEvidence(*row) for row in conn.execute(narrowed, {"ids": list(chunk)}))
+    return found
+
+
+def latest_reported_claim(session: Session, *, provider: str, type: str) -> datetime | None:
+    """When the newest ledger delivery that `provider` reported a `type` event for was claimed
+    (None: no such event). The newest delivery is the one with the highest id: an index probe on
+    events.delivery_id, stepping back over other event types."""
+    conn = connection(session)
+    newest = (
+        select(E.c.delivery_id)
+        .where(E.c.delivery_id.is_not(None), E.c.provider == provider, E.c.type == type)
+        .order_by(E.c.delivery_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return conn.execute(select(D.c.claimed_at).where(D.c.id == newest)).scalar_one_or_none()
+
+
+def set_delivery_details(session: Session, details: Sequence[tuple[int, str]]) -> None:
+    """Replace the `detail` of these deliveries (delivery_id, detail): one statement."""
+    update_rows(
+        connection(session),
+        D,
+        ("detail",),
+        [(clean_text(detail), delivery_id) for delivery_id, detail in details],
+    )
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def event_counts(session: Session, course_id: str, provider: str) -> dict[str, Counter[str]]:
+    """Per lesson of `course_id`: how many deliveries had at least one event of each type
+    (delivered, open, click, bounce ...), for stats."""
+    conn = connection(session)
+    stmt = (
+        select(D.c.lesson, E.c.type, func.count(func.distinct(E.c.delivery_id)))
+        .select_from(E.join(D, D.c.id == E.c.delivery_id))
+        .where(and_(D.c.course_id == course_id, E.c.provider == provider))
+        .group_by(D.c.lesson, E.c.type)
+    )
+    counts: dict[str, Counter[str]] = {}
+    for lesson, kind, count in conn.execute(stmt):
+        counts.setdefault(lesson, Counter())[kind] = count
+    return counts
