@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.fakes.smtp_server import FakeSmtp
 from tests.transport_support import API_KEY
+from tests.web_support import AppFactory
 
 from drip import schedule
 from drip.db import make_engine, upgrade
@@ -205,3 +206,12 @@ def fresh_send_moments() -> None:
     schedule's DST code (`_resolve`, `_gap_end`) and hide a change to it from this test (mutation
     testing runs only the few tests that cover the changed function)."""
     schedule._local_send_moment.cache_clear()
+
+
+@pytest.fixture
+def make_app() -> Iterator[AppFactory]:
+    """`make_app(database_url, tmp_path, clock=None, **settings)`: a web app on a test database,
+    closed at the end of the test (tests/web_support.py)."""
+    factory = AppFactory()
+    yield factory
+    factory.close()

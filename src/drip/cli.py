@@ -22,9 +22,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import __version__
-from drip.config import Settings, load_settings, signing_keys
+from drip.config import Settings, load_settings
 from drip.errors import DripError
-from drip.links import LinkBuilder
 from drip.statuses import SubscriberStatus
 
 if TYPE_CHECKING:  # each command imports what it uses, so start-up stays short
@@ -121,15 +120,12 @@ def now_option(help: str = "Act as if it were this moment.") -> Callable[[F], F]
 
 def open_ledger(current: Settings | None = None) -> tuple[sessionmaker[Session], Course]:
     """The course and a session factory on its database (the embedded default auto-upgrades)."""
-    from drip.course import load_course
-    from drip.db import open_database
+    from drip import wiring
 
-    current = current or settings()
-    loaded = load_course(current.course_dir)
-    engine = open_database(current.database_url, auto_upgrade=current.uses_embedded_database)
+    engine, sessions, loaded = wiring.open_ledger(current or settings())
     # Pooled connections are closed when the command ends, whichever way it ends.
     click.get_current_context().call_on_close(engine.dispose)
-    return sessionmaker(engine, expire_on_commit=False), loaded
+    return sessions, loaded
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -205,24 +201,10 @@ def check_command(path: Path | None) -> None:
 def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
     """Everything a sending command needs, from settings; config errors surface before any
     claim, and so does a course that cannot be sent (`delivery.check_sendable`)."""
-    from drip.delivery import Mailer, check_sendable
-    from drip.render import Renderer
-    from drip.transports import make_transport
+    from drip.wiring import make_mailer
 
-    # The course and the database URL first: run from the wrong directory, or with a bad URL,
-    # the error names that, and no drip-secret.key is left behind.
     sessions, loaded = open_ledger(current)
-    keys = signing_keys(current)
-    transport = make_transport(current)
-    mailer = Mailer(
-        course=loaded,
-        renderer=Renderer(loaded, current.templates_dir),
-        links=LinkBuilder(current.base_url, keys),
-        transport=transport,
-        from_override=current.from_address,
-    )
-    check_sendable(mailer)
-    return sessions, mailer
+    return sessions, make_mailer(current, loaded)
 
 
 @main.command("subscribe")
@@ -447,6 +429,45 @@ def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_r
         )
     if report.invalid:
         sys.exit(1)
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
+)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="gunicorn worker processes.",
+)
+@click.option(
+    "--threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Threads per worker process.",
+)
+@reports_errors
+def serve_command(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the signup form, confirm, unsubscribe and manage pages and the SendGrid webhook.
+
+    Runs under gunicorn until SIGTERM or Ctrl-C; open DRIP_BASE_URL (by default
+    http://127.0.0.1:8000/) in a browser. Put a reverse proxy with TLS in front of it in
+    production (README, "Production").
+    """
+    from drip.web.server import serve
+
+    current = settings()
+    if not current.sendgrid_webhook_key:
+        click.echo(
+            "warning: DRIP_SENDGRID_WEBHOOK_KEY is not set: POST /webhooks/sendgrid answers 503,"
+            " so bounces and complaints reported by SendGrid are not applied",
+            err=True,
+        )
+    serve(current, host=host, port=port, workers=workers, threads=threads)
 
 
 @main.command("worker")

@@ -67,6 +67,21 @@ class Settings:
     """DRIP_BULK: 'auto' sends a lesson as one body with per-recipient substitutions, up to
     1,000 recipients per request, when the transport and the lesson allow it; 'off' never."""
 
+    web_templates_dir: Path = Path("templates/web")
+    """DRIP_WEB_TEMPLATES_DIR: the pages of `drip serve`."""
+    allowed_origins: tuple[str, ...] = ()
+    """DRIP_ALLOWED_ORIGINS: origins (scheme://host[:port]) whose pages may embed the signup
+    form in a frame and call POST /api/subscribe (CORS); none by default."""
+    trusted_proxies: int = 0
+    """DRIP_TRUSTED_PROXIES: how many reverse proxies in front of `drip serve` set
+    X-Forwarded-For/-Proto/-Host; 0 (the default) trusts none of those headers."""
+    sendgrid_webhook_key: str | None = field(default=None, repr=False)
+    """DRIP_SENDGRID_WEBHOOK_KEY: the base64 public key SendGrid shows for the signed Event
+    Webhook; without it POST /webhooks/sendgrid answers 503."""
+    ratelimit_storage_url: str = "memory://"
+    """DRIP_RATELIMIT_STORAGE_URL: where `drip serve` counts requests for its rate limits
+    (memory:// per process; e.g. redis://host:6379 to share them between workers and hosts)."""
+
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url == DEFAULT_DATABASE_URL
@@ -184,6 +199,29 @@ def _smtp_url(value: str) -> str:
     return value
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """DRIP_ALLOWED_ORIGINS split at commas or spaces; each must be a bare http(s) origin."""
+    origins = []
+    for item in raw.replace(",", " ").split():
+        url = _http_url("DRIP_ALLOWED_ORIGINS", item)
+        parts = urlsplit(url)
+        if parts.path or parts.query or parts.fragment or parts.username is not None:
+            raise ConfigError(
+                f"DRIP_ALLOWED_ORIGINS: {item!r} is not an origin; write only scheme://host[:port],"
+                " e.g. https://blog.example.com"
+            )
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(origins)
+
+
+def _count(name: str, value: str) -> int:
+    """A small non-negative whole number from the environment, else a `ConfigError`."""
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or int(text) > 10:
+        raise ConfigError(f"{name}={value!r} must be a whole number from 0 to 10, e.g. {name}=1")
+    return int(text)
+
+
 def _secret_keys(raw: str) -> tuple[str, ...]:
     """DRIP_SECRET_KEY split at commas; every key must be long and varied enough."""
     keys = tuple(key.strip() for key in raw.split(",") if key.strip())
@@ -265,6 +303,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         smtp_url=smtp_url,
         from_address=from_address,
         secret_keys=_secret_keys(get("DRIP_SECRET_KEY") or ""),
+        web_templates_dir=Path(get("DRIP_WEB_TEMPLATES_DIR") or "templates/web"),
+        allowed_origins=_origins(get("DRIP_ALLOWED_ORIGINS") or ""),
+        trusted_proxies=_count("DRIP_TRUSTED_PROXIES", get("DRIP_TRUSTED_PROXIES") or "0"),
+        sendgrid_webhook_key=(get("DRIP_SENDGRID_WEBHOOK_KEY") or "").strip() or None,
+        ratelimit_storage_url=get("DRIP_RATELIMIT_STORAGE_URL") or "memory://",
     )
 
 

@@ -38,6 +38,12 @@ class SubscriberView:
     last_sent_at: datetime | None
     held_reason: str | None = None
     """Why the subscriber is held; meaningful only while `is_held`."""
+    paused_until: datetime | None = None
+    """A 'paused' reader's pause ends then; None: until resumed."""
+    send_time: str | None = None
+    """The reader's own "HH:MM" for lessons after the first; None: the course's."""
+    confirmation_wanted_at: datetime | None = None
+    """A double opt-in email is owed since then (queued, not sent yet)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The subscriber as `drip subscribers list --json` prints it (one object per line)."""

@@ -1,0 +1,75 @@
+"""The web app (`drip serve`): the signup form, confirm, unsubscribe, manage, the provider
+webhook and health checks. An entry point like the CLI: it reads the clock and the request and
+calls `drip.lifecycle` and `drip.delivery`; no business rule is decided here.
+
+`create_app(settings)` builds one app; each concern is a blueprint in its own module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+
+from drip.config import Settings, signing_keys
+from drip.web import health, security
+from drip.web.context import EXTENSION, WebContext
+from drip.wiring import make_mailer, open_ledger
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Flask:
+    """The Flask app of one deployment. Raises `ConfigError` or `CourseError` at once (before
+    serving anything) for bad settings or a course that cannot be sent."""
+    engine, sessions, course = open_ledger(settings)
+    mailer = make_mailer(settings, course)
+    app = Flask(
+        __name__,
+        template_folder=str(settings.web_templates_dir.resolve()),
+        static_folder=str((settings.web_templates_dir / "static").resolve()),
+        static_url_path="/static",
+    )
+    # Flask's session cookie only carries the CSRF token; its key is derived from the link key
+    # so that one cannot be used for the other.
+    app.secret_key = hmac.new(
+        signing_keys(settings)[0].encode(), b"drip.web.session", hashlib.sha256
+    ).hexdigest()
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session cookie
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.extensions[EXTENSION] = WebContext(
+        settings=settings,
+        course=course,
+        engine=engine,
+        sessions=sessions,
+        mailer=mailer,
+        clock=clock or _utc_now,
+    )
+    limiter = security.install(app, settings)
+    app.extensions["drip.limiter"] = limiter
+
+    @app.context_processor
+    def course_globals() -> dict[str, Any]:
+        return {"course": course.settings, "lesson_count": len(course.lessons)}
+
+    app.register_blueprint(health.bp)
+    limiter.exempt(health.bp)
+    return app
+
+
+def close(app: Flask) -> None:
+    """Close the app's database connections (tests, and a server shutting down)."""
+    context = app.extensions[EXTENSION]
+    assert isinstance(context, WebContext)
+    context.engine.dispose()

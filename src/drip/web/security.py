@@ -1,0 +1,158 @@
+"""Headers, limits and error pages common to every response of the web app.
+
+- Content-Security-Policy: nothing external, no inline script or style; only the signup page may
+  be framed, and only by DRIP_ALLOWED_ORIGINS.
+- Referrer-Policy: no-referrer everywhere, so a token in a URL never leaks to another site.
+- Cache-Control: no-store on every dynamic page (token pages must not be kept by proxies).
+- Forwarded headers are trusted only for DRIP_TRUSTED_PROXIES hops (werkzeug's ProxyFix).
+- Errors answer a Japanese page with the status; never a stack trace or a setting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, Response, abort, render_template, request
+from flask_limiter import Limit, Limiter
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import InterfaceError, OperationalError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from drip.config import Settings
+
+log = logging.getLogger("drip.web")
+
+MAX_FORM_BYTES = 1024 * 1024
+"""Bodies above this are refused with 413 before they are read (the webhook allows more)."""
+FRAMEABLE_ENDPOINTS = frozenset({"signup.form"})
+DEFAULT_LIMITS: list[str | Callable[[], str] | Limit] = ["300 per minute"]
+"""Per client IP, on every endpoint not exempted; the signup routes add tighter ones."""
+
+csrf = CSRFProtect()
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def allow_body(limit: int) -> Callable[[View], View]:
+    """Let one view accept bodies up to `limit` bytes instead of MAX_FORM_BYTES."""
+
+    def mark(view: View) -> View:
+        view.max_body_bytes = limit  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def content_security_policy(frame_ancestors: str) -> str:
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "form-action 'self'",
+            "base-uri 'none'",
+            f"frame-ancestors {frame_ancestors}",
+        ]
+    )
+
+
+def install(app: Flask, settings: Settings) -> Limiter:
+    """Security headers, body limits, CSRF, rate limits, proxies and error pages on `app`."""
+    app.config["MAX_CONTENT_LENGTH"] = MAX_FORM_BYTES
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FORM_BYTES
+    if settings.trusted_proxies:
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
+    csrf.init_app(app)
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        default_limits=DEFAULT_LIMITS,
+        storage_uri=settings.ratelimit_storage_url,
+        headers_enabled=True,
+    )
+    framers = " ".join(settings.allowed_origins) or "'none'"
+
+    @app.before_request
+    def refuse_large_bodies() -> None:
+        # Refused from the Content-Length alone, before anything reads the body; a chunked body
+        # without one is cut off by werkzeug at the same limit while it is read.
+        view = app.view_functions.get(request.endpoint or "")
+        limit = int(getattr(view, "max_body_bytes", MAX_FORM_BYTES))
+        request.max_content_length = limit
+        if request.content_length is not None and request.content_length > limit:
+            abort(413)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        headers = response.headers
+        frameable = request.endpoint in FRAMEABLE_ENDPOINTS
+        headers["Content-Security-Policy"] = content_security_policy(
+            framers if frameable else "'none'"
+        )
+        if not frameable:
+            headers["X-Frame-Options"] = "DENY"
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
+        if request.endpoint != "static":
+            headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.errorhandler(CSRFError)
+    def csrf_failed(error: CSRFError) -> tuple[str, int]:
+        return error_page(
+            400,
+            "フォームの有効期限が切れました",
+            "ページを読み込み直してから、もう一度お試しください。",
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[str, int] | HTTPException:
+        code = error.code or 500
+        title, text = ERROR_TEXTS.get(code, ERROR_TEXTS[500])
+        return error_page(code, title, text)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_down(error: Exception) -> tuple[str, int]:
+        log.error("database unavailable: %s", type(error).__name__)
+        title, text = ERROR_TEXTS[503]
+        return error_page(503, title, text)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[str, int]:
+        # Logged with its traceback for the operator; the page shows nothing of it.
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        title, text = ERROR_TEXTS[500]
+        return error_page(500, title, text)
+
+    return limiter
+
+
+ERROR_TEXTS: dict[int, tuple[str, str]] = {
+    400: ("リクエストを処理できませんでした", "入力内容をご確認のうえ、もう一度お試しください。"),
+    404: ("ページが見つかりません", "リンクが途中で切れていないか、ご確認ください。"),
+    405: ("この操作はできません", "ページを開き直して、ボタンからお試しください。"),
+    413: ("送信された内容が大きすぎます", "入力内容を短くして、もう一度お試しください。"),
+    429: (
+        "リクエストが多すぎます",
+        "短時間に多くのリクエストがありました。しばらく時間をおいてから、もう一度お試しください。",
+    ),
+    500: ("エラーが発生しました", "申し訳ありません。しばらくしてから、もう一度お試しください。"),
+    503: (
+        "ただいま混み合っています",
+        "一時的にご利用いただけません。しばらくしてから、もう一度お試しください。",
+    ),
+}
+
+
+def error_page(code: int, title: str, text: str) -> tuple[str, int]:
+    return render_template("error.html", title=title, text=text, code=code), code
