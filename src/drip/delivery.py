@@ -35,6 +35,7 @@ from drip.errors import (
 )
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
+from drip.provider_events import settle_in_doubt
 from drip.render import Recipient, RenderedEmail, Renderer
 from drip.transports.base import Outcome, SendResult, Transport, clamp_retry_after
 
@@ -356,6 +357,8 @@ def send_due(
     """
     course_id = mailer.course.id
     report = SendReport(now=now, dry_run=dry_run)
+    if not dry_run:  # in-doubt deliveries that SendGrid's events settle (drip.settle_policy)
+        settle_in_doubt(sessions, mailer.course, now=now)
     with sessions() as session:
         report.due = store.count_due(session, course_id, now)
     if dry_run:

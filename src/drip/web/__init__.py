@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask
 
 from drip.config import Settings, signing_keys
-from drip.web import health, security
+from drip.web import health, security, webhooks
 from drip.web.context import EXTENSION, WebContext
 from drip.wiring import make_mailer, open_ledger
 
@@ -65,6 +65,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
 
     app.register_blueprint(health.bp)
     limiter.exempt(health.bp)
+    app.register_blueprint(webhooks.bp)
+    limiter.exempt(webhooks.bp)  # signed requests from SendGrid's few addresses
     return app
 
 
