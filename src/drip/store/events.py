@@ -100,7 +100,7 @@ def add_events(
     if refs:
         known = select(D.c.id, D.c.subscriber_id).where(in_list(conn, D.c.id, "ids", BigInteger()))
         for chunk in chunks(refs):
-            owner.update(conn.execute(known, {"ids": list(chunk)}).tuples())
+            owner.update((row[0], row[1]) for row in conn.execute(known, {"ids": list(chunk)}))
     rows = []
     for event in batch:
         delivery = event.delivery_ref if event.delivery_ref in owner else None

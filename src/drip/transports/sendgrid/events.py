@@ -187,7 +187,9 @@ def _timestamp(text: str) -> datetime:
 
 def _words(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
-    return f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
+    return (
+        f"{seconds // 60} minutes" if seconds % 60 == 0 and seconds > 60 else f"{seconds} seconds"
+    )
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -195,8 +197,8 @@ def _words(delta: timedelta) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SendGridEvent:
-    """One event as drip uses it; `payload` is the event object as SendGrid sent it (NUL
-    characters removed: PostgreSQL's JSONB cannot hold them)."""
+    """One event as drip uses it; `payload` is the event object as SendGrid sent it (less any
+    value nested deeper than SendGrid's, and NUL characters, which PostgreSQL's JSONB refuses)."""
 
     event_id: str | None
     """`sg_event_id` (SendGrid's id for this event: the same on a redelivery), or None."""
@@ -238,12 +240,7 @@ def parse_events(body: bytes, *, received_at: datetime) -> ParsedEvents:
     seen: set[str] = set()
     skipped = 0
     for item in items:
-        if clean:
-            try:
-                item = _without_nul(item)
-            except RecursionError:
-                item = None  # nested deeper than any event: not one
-        event = _event(item, received_at) if isinstance(item, dict) else None
+        event = _event(_payload(item, clean), received_at) if isinstance(item, dict) else None
         if event is None:
             skipped += 1
             continue
@@ -315,7 +312,27 @@ def _suppression(kind: str, item: Mapping[str, Any]) -> SubscriberStatus | None:
     return status
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _payload(item: dict[str, Any], clean: bool) -> dict[str, Any]:
+    """The event object as stored: SendGrid's fields are scalars, lists of scalars (category)
+    or objects of scalars (pool), so anything nested deeper is dropped (it is not SendGrid's,
+    and storing it could only fail); with `clean`, NUL characters are removed."""
+    kept: dict[str, Any] = {}
+    for key, value in item.items():
+        if isinstance(value, _SCALARS):
+            kept[key] = value
+        elif isinstance(value, list):
+            if all(isinstance(part, _SCALARS) for part in value):
+                kept[key] = value
+        elif isinstance(value, dict) and all(isinstance(v, _SCALARS) for v in value.values()):
+            kept[key] = value
+    return _without_nul(kept) if clean else kept
+
+
 def _without_nul(value: Any) -> Any:
+    """`value` (at most two levels deep, see `_payload`) without NUL characters."""
     if isinstance(value, str):
         return value.replace("\x00", "")
     if isinstance(value, dict):
