@@ -273,7 +273,8 @@ def test_timestamps_that_cannot_be_dates_become_the_receiving_moment() -> None:
         b"0",
     ]
     items = [orjson.dumps({**event("open", at=NOW), "timestamp": "T"}) for _ in stamps]
-    body = b"[" + b",".join(i.replace(b'"T"', s) for i, s in zip(items, stamps, strict=True)) + b"]"
+    filled = [item.replace(b'"T"', stamp) for item, stamp in zip(items, stamps, strict=True)]
+    body = b"[" + b",".join(filled) + b"]"
     parsed = parse_events(body, received_at=later)
     assert [e.occurred_at for e in parsed.events] == [later] * len(stamps)
     [fraction] = parse({**event("open", at=NOW), "timestamp": NOW.timestamp() + 0.5})
