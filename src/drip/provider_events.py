@@ -91,14 +91,14 @@ def record_sendgrid_events(
         named = {
             event.delivery_id
             for event in parsed.events
-            if event.proves_sent and event.delivery_id in stored.known_deliveries
+            if event.proves_sent and event.delivery_id is not None
         }
         settled = Settled()
         if named:
             settled = _settle(session, course, now, delivery_ids=sorted(named), only_proven=True)
     return EventsRecorded(
         received=len(batch),
-        stored=stored.stored,
+        stored=stored,
         skipped=parsed.skipped,
         suppressed=suppressed,
         settled_sent=settled.sent,

@@ -26,7 +26,6 @@ from drip.statuses import DeliveryStatus, SubscriberStatus
 from drip.store.events import (
     InDoubtEvidence,
     NewEvent,
-    StoredEvents,
     add_event,
     add_events,
     event_counts,
@@ -93,7 +92,6 @@ __all__ = [
     "NotFoundError",
     "SentItem",
     "StateError",
-    "StoredEvents",
     "SubscriberStatus",
     "SubscriberView",
     "SuppressedAddressError",
