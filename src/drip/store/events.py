@@ -250,7 +250,8 @@ def in_doubt_evidence(
 ) -> list[InDoubtEvidence]:
     """The course's in-doubt deliveries (only those among `delivery_ids` when given), oldest
     first, each with the first stored `provider` event of `proof_types` naming it. Row-locked on
-    PostgreSQL (delivery and subscriber), so settling them cannot race another settler."""
+    PostgreSQL (delivery and subscriber, skipping rows locked elsewhere), so settling them cannot
+    race another settler."""
     conn = connection(session)
     proof = (
         select(E.c.type)
@@ -274,8 +275,10 @@ def in_doubt_evidence(
         .where(D.c.course_id == course_id, D.c.status == DeliveryStatus.IN_DOUBT.value)
         .order_by(D.c.claimed_at, D.c.id)
     )
-    if capabilities_of(conn.dialect).row_locks:
-        stmt = stmt.with_for_update(of=[D, S])
+    if capabilities_of(conn.dialect).skip_locked:
+        # Rows another transaction holds (settling them, or recording its run) are left to it
+        # or to the next pass: a send never waits on another's rows.
+        stmt = stmt.with_for_update(of=[D, S], skip_locked=True)
     if delivery_ids is None:
         return [InDoubtEvidence(*row) for row in conn.execute(stmt)]
     if not delivery_ids or not _any_in_doubt(conn, course_id):
