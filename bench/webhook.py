@@ -43,6 +43,7 @@ from drip.models import deliveries, events, subscribers
 from drip.transports.sendgrid.events import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 ROOT = Path(__file__).resolve().parents[1]
+BOUNCE = {"type": "bounce", "reason": "550 5.1.1 no such user"}
 MIX = [
     ("processed", 400),
     ("delivered", 350),
@@ -108,9 +109,7 @@ def seed(url: str, course_id: str, readers: int) -> list[tuple[int, str]]:
     return [(int(delivery_id), str(email)) for delivery_id, email in found]
 
 
-def make_batches(
-    targets: list[tuple[int, str]], count: int, size: int, prefix: str
-) -> list[bytes]:
+def make_batches(targets: list[tuple[int, str]], count: int, size: int, prefix: str) -> list[bytes]:
     kinds = [kind for kind, share in MIX for _ in range(share * size // 1000)]
     kinds += ["delivered"] * (size - len(kinds))
     stamp = int(time.time())
@@ -135,7 +134,7 @@ def make_batches(
                     "drip_subscriber": str(delivery_id),
                     **({"useragent": "Mozilla/5.0", "ip": "192.0.2.1"} if kind == "open" else {}),
                     **({"url": "https://drip.example.jp/m/x"} if kind == "click" else {}),
-                    **({"type": "bounce", "reason": "550 5.1.1 no such user"} if kind == "bounce" else {}),
+                    **(BOUNCE if kind == "bounce" else {}),
                 }
             )
         batches.append(orjson.dumps(items))
