@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tests.support import ROOT, TEMPLATES
+from tests.support import ROOT, TEMPLATES, make_mailer
 
 from drip.check import Problem, check_course, check_templates, sendable_problems
 from drip.cli import main
 from drip.course import load_course
+from drip.delivery import check_sendable
+from drip.errors import CourseNotSendableError
 from drip.links import LinkBuilder
 from drip.render import Recipient, Renderer
+from drip.transports.memory import MemoryTransport
 
 SOURCE = """はじめに。ようこそ。
 
@@ -44,6 +47,8 @@ sender_name = "ミニ講座"
 sender_email = "mini@example.com"
 source = "source.md"
 lessons = ["welcome", "first", "second"]
+postal_address = "〒100-0001 東京都千代田区千代田1-1 ミニ講座事務局"
+contact = "mini@example.com"
 """
 
 
@@ -200,9 +205,11 @@ def test_warning_only_exits_zero_and_errors_exit_one(tmp_path: Path) -> None:
 MINIMAL = {
     "layout.html.j2": (
         "<html><body>{% block content %}{% endblock %}"
-        '<a href="{{ unsubscribe_url }}">配信停止</a></body></html>\n'
+        '<a href="{{ unsubscribe_url }}">配信停止</a>'
+        "{{ course.postal_address }} {{ course.contact }}</body></html>\n"
     ),
-    "layout.txt.j2": "{% block content %}{% endblock %}\n配信停止 {{ unsubscribe_url }}\n",
+    "layout.txt.j2": "{% block content %}{% endblock %}\n配信停止 {{ unsubscribe_url }}\n"
+    "{{ course.postal_address }} {{ course.contact }}\n",
     "lesson.html.j2": '{% extends "layout.html.j2" %}{% block content %}{{ body_html }}'
     "{% endblock %}",
     "lesson.txt.j2": '{% extends "layout.txt.j2" %}{% block content %}{{ body_text }}'
@@ -277,6 +284,24 @@ def test_check_templates_reports_a_layout_without_unsubscribe_link(tmp_path: Pat
     assert any(
         "lesson.html.j2:1: the rendered email has no unsubscribe link" in p for p in problems
     )
+
+
+@pytest.mark.parametrize("key", ["postal_address", "contact"])
+def test_check_templates_reports_an_email_without_the_postal_address_or_contact(
+    tmp_path: Path, key: str
+) -> None:
+    """Every email shows the sender's postal address and contact (特定電子メール法, CAN-SPAM): a
+    layout that drops one is an error in each email made from it, and stops the send."""
+    text = MINIMAL["layout.txt.j2"].replace(f"{{{{ course.{key} }}}}", "")
+    templates = write_templates(tmp_path, layout_txt_j2=text)
+    problems = {located(problem) for problem in check_templates(templates)}
+    assert problems == {
+        f"{templates / name}:1: the rendered email does not show the sender's {key}"
+        f" ({{{{ course.{key} }}}}); 特定電子メール法 and CAN-SPAM require it in every email"
+        for name in ("lesson.txt.j2", "confirmation.txt.j2")
+    }
+    loaded = load_course(make_course(tmp_path))
+    assert len(sendable_problems(loaded, templates, sender=SENDER)) == 2
 
 
 def test_check_templates_reports_syntax_errors_and_missing_files(tmp_path: Path) -> None:
@@ -450,6 +475,48 @@ def test_sendable_problems_reuses_the_renderers_compiled_lessons(tmp_path: Path)
 
 def renderer_recipient() -> Recipient:
     return Recipient("r@example.com", None, "https://e.com/u/T", "https://e.com/m/T")
+
+
+@pytest.mark.parametrize(
+    ("key", "example"),
+    [
+        ("postal_address", 'postal_address = "〒100-0001 東京都千代田区千代田1-1'),
+        ("contact", 'contact = "course@example.com"'),
+    ],
+)
+def test_a_course_without_postal_address_or_contact_cannot_be_checked_or_sent(
+    tmp_path: Path, key: str, example: str
+) -> None:
+    """特定電子メール法 and CAN-SPAM: every email shows the sender's postal address and a contact;
+    a course.toml without either is an error for `drip course check` and for `drip send`."""
+    course = make_course(tmp_path)
+    line = next(line for line in TOML.splitlines() if line.startswith(f"{key} ="))
+    edit(course, "course.toml", line + "\n", "")
+    [problem] = [p for p in check_course(course, TEMPLATES) if p.error]
+    assert (problem.path.name, problem.line, problem.slug) == ("course.toml", 1, None)
+    assert problem.message.startswith(f"{key} is missing: every email must show")
+    assert "特定電子メール法" in problem.message and example in problem.message
+    loaded = load_course(course)
+    assert sendable_problems(loaded, TEMPLATES, sender=SENDER) == [problem]
+    with pytest.raises(CourseNotSendableError, match=f"{key} is missing"):
+        check_sendable(make_mailer(MemoryTransport(), loaded))
+    result = CliRunner().invoke(
+        main, ["course", "check", str(course)], env={"DRIP_TEMPLATES_DIR": str(TEMPLATES)}
+    )
+    assert result.exit_code == 1
+    assert f"course.toml:1: error: {key} is missing" in result.output
+
+
+@pytest.mark.parametrize("key", ["postal_address", "contact"])
+def test_an_empty_postal_address_or_contact_is_an_error_on_its_line(
+    tmp_path: Path, key: str
+) -> None:
+    course = make_course(tmp_path)
+    line = next(line for line in TOML.splitlines() if line.startswith(f"{key} ="))
+    edit(course, "course.toml", line, f'{key} = "  "')
+    found = errors(check_course(course, TEMPLATES))
+    number = TOML.splitlines().index(line) + 1
+    assert f"course.toml:{number}: '{key}' must be a non-empty string" in found, found
 
 
 def test_the_committed_course_is_sendable() -> None:

@@ -258,3 +258,127 @@ def test_the_head_revision_constant_matches_the_migration_scripts() -> None:
 
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION
     assert HEAD_REVISION in known_revisions()
+
+
+def test_a_deleted_readers_id_is_never_given_to_the_next_one(engine: Engine) -> None:
+    """Ids are in signed links and provider events: after the newest subscriber and delivery
+    are deleted (GDPR erase), the next ones get new ids (plain SQLite would reuse them)."""
+    from drip.models import deliveries, subscribers
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def reader(email: str) -> dict[str, object]:
+        return {
+            "course_id": "c",
+            "email": email,
+            "timezone": "UTC",
+            "status": "active",
+            "created_at": now,
+            "consent_at": now,
+            "consent_source": "t",
+            "status_changed_at": now,
+        }
+
+    def delivery(subscriber_id: int) -> dict[str, object]:
+        return {
+            "subscriber_id": subscriber_id,
+            "course_id": "c",
+            "lesson": "welcome",
+            "status": "sent",
+            "run_id": "r",
+            "attempts": 1,
+            "claimed_at": now,
+            "lease_until": now,
+            "updated_at": now,
+        }
+
+    with engine.begin() as conn:
+        first = conn.execute(
+            insert(subscribers).values(reader("a@example.com"))
+        ).inserted_primary_key[0]
+        erased = conn.execute(
+            insert(subscribers).values(reader("b@example.com"))
+        ).inserted_primary_key[0]
+        old_delivery = conn.execute(
+            insert(deliveries).values(delivery(erased))
+        ).inserted_primary_key[0]
+        conn.execute(subscribers.delete().where(subscribers.c.id == erased))  # cascades
+    with engine.begin() as conn:
+        newcomer = conn.execute(
+            insert(subscribers).values(reader("c@example.com"))
+        ).inserted_primary_key[0]
+        new_delivery = conn.execute(
+            insert(deliveries).values(delivery(newcomer))
+        ).inserted_primary_key[0]
+    assert first < erased < newcomer
+    assert new_delivery > old_delivery
+
+
+def test_upgrading_sqlite_from_0002_keeps_every_row_and_foreign_key(tmp_path: Path) -> None:
+    """0003 rebuilds two SQLite tables; with foreign keys on, dropping the old subscribers table
+    would cascade-delete the ledger. The rows, the indexes and the cascade all survive, and the
+    downgrade and a second upgrade do too."""
+    from alembic import command
+
+    from drip.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0002")  # 0001 and 0002 rebuild nothing
+            conn.exec_driver_sql(
+                "INSERT INTO subscribers (id, course_id, email, timezone, status, created_at,"
+                " consent_at, consent_source, status_changed_at) VALUES (7, 'c', 'a@example.com',"
+                " 'UTC', 'active', '2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000',"
+                " 't', '2026-01-01 00:00:00.000000')"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO deliveries (id, subscriber_id, course_id, lesson, status, run_id,"
+                " attempts, claimed_at, lease_until, updated_at) VALUES (9, 7, 'c', 'welcome',"
+                " 'sent', 'r', 1, '2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000',"
+                " '2026-01-01 00:00:00.000000')"
+            )
+    finally:
+        engine.dispose()
+    assert upgrade(url) == head_revision()
+    raw = sqlite3.connect(tmp_path / "old.db")
+    try:
+        assert raw.execute(
+            "SELECT count(*) FROM deliveries WHERE subscriber_id = 7"
+        ).fetchone() == (1,)
+        ddl = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'subscribers'").fetchone()[0]
+        assert "AUTOINCREMENT" in ddl
+        indexes = {
+            row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert {
+            "ix_subscribers_due",
+            "ix_deliveries_open_run",
+            "ix_subscribers_pause_ends",
+        } <= indexes
+        raw.execute("PRAGMA foreign_keys = ON")
+        raw.execute("DELETE FROM subscribers WHERE id = 7")
+        assert raw.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)  # still cascades
+        raw.rollback()
+    finally:
+        raw.close()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT 1"
+            )  # connected: turn foreign keys off, outside a transaction
+            conn.rollback()
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+            with conn.begin():
+                command.downgrade(alembic_config(conn), "0002")
+        with engine.connect() as conn:
+            ddl = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'subscribers'"
+            ).scalar_one()
+            assert "AUTOINCREMENT" not in ddl
+            assert conn.exec_driver_sql("SELECT count(*) FROM deliveries").scalar_one() == 1
+    finally:
+        engine.dispose()
+    assert upgrade(url) == head_revision()

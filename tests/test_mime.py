@@ -30,7 +30,7 @@ EXPECTED_HEADERS = [
     "MIME-Version",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
-    "X-Drip-Delivery-Id",
+    "Drip-Delivery-Id",
     "Content-Type",
 ]
 
@@ -96,7 +96,7 @@ def test_a_rendered_lesson_round_trips() -> None:
     assert str(parsed["Message-ID"]).endswith("@example.com>")
     assert parsed["List-Unsubscribe"] == f"<{LONG_URL}>"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert parsed["X-Drip-Delivery-Id"] == "1234"
+    assert parsed["Drip-Delivery-Id"] == "1234"
 
 
 def test_list_unsubscribe_is_never_encoded_or_folded() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from drip.errors import DripError, RenderError
 from drip.render import (
     SLOT_OPEN,
     Recipient,
+    RenderedEmail,
     Renderer,
     list_unsubscribe_headers,
     time_greeting,
@@ -197,6 +200,21 @@ def test_layout_is_inlined_responsive_and_dark_mode_aware(
     assert '<div class="table-wrap" style="' in email.html
 
 
+def test_the_preheader_is_hidden_without_a_colour_trick(renderer: Renderer) -> None:
+    """Hidden the ways mail clients honour (display, Outlook's mso-hide, no height, no opacity),
+    never by text coloured like its background: SpamAssassin scores that HTML_FONT_LOW_CONTRAST."""
+    for slug, email in all_emails(renderer):
+        found = re.search(r'<div class="preheader" style="([^"]*)">', email.html)
+        assert found, slug
+        style = {
+            name.strip(): value.strip()
+            for name, value in (rule.split(":", 1) for rule in found.group(1).split(";") if rule)
+        }
+        assert style["display"] == "none" and style["mso-hide"] == "all", (slug, style)
+        assert style["max-height"] == "0" and style["opacity"] == "0", (slug, style)
+        assert not {"color", "background-color", "background"} & style.keys(), (slug, style)
+
+
 def test_a_lesson_without_preheader_uses_its_first_paragraph(course: Course) -> None:
     lesson = course.lessons[0]
     bare = Lesson(lesson.slug, lesson.number, lesson.subject, "", 0, lesson.body, lesson.path)
@@ -224,6 +242,63 @@ def test_confirmation_email(renderer: Renderer) -> None:
     assert email.headers == list_unsubscribe_headers(NAMED.unsubscribe_url)
     nameless = renderer.confirmation(NAMELESS, confirm)
     assert nameless.text.startswith("『40代からの人脈革命』へのご登録ありがとうございます。")
+
+
+def all_emails(renderer: Renderer) -> list[tuple[str, RenderedEmail]]:
+    """Every lesson email of the committed course, then the confirmation email."""
+    emails = [(lesson.slug, renderer.lesson(lesson, NAMED)) for lesson in COMMITTED]
+    return [*emails, ("confirmation", renderer.confirmation(NAMED, f"{BASE}/c/CONFIRM-TOKEN"))]
+
+
+def test_every_footer_shows_the_sender_postal_address_and_contact(renderer: Renderer) -> None:
+    """特定電子メール法 and CAN-SPAM: the sender's name, postal address and a contact, in the
+    footer of both parts of every email, after the unsubscribe link."""
+    settings = COURSE.settings
+    assert settings.postal_address and settings.contact
+    shown = [
+        f"送信者: {settings.sender_name}",
+        f"住所: {settings.postal_address}",
+        f"お問い合わせ: {settings.contact}",
+    ]
+    for slug, email in all_emails(renderer):
+        html_footer = email.html[email.html.index('class="footer"') :]
+        text_footer = email.text[email.text.rindex("――――") :]
+        assert NAMED.unsubscribe_url in html_footer and NAMED.unsubscribe_url in text_footer
+        visible = html.unescape(re.sub(r"<br>", "\n", re.sub(r"<(?!br>)[^>]*>", "", html_footer)))
+        after_links = visible[visible.rindex("配信停止") :]
+        after_links_text = text_footer[text_footer.index(NAMED.unsubscribe_url) :]
+        assert "\n".join(shown) in after_links, (slug, after_links)
+        assert "\n".join(shown) + "\n" in after_links_text, (slug, after_links_text)
+        assert f"mailto:{settings.contact}" in parse_html(email.html).hrefs, slug
+
+
+@pytest.mark.parametrize(
+    ("contact", "href", "shown_html"),
+    [
+        ("info@example.jp", "mailto:info@example.jp", "info@example.jp"),
+        (
+            "https://example.jp/contact?a=1&b=2",
+            "https://example.jp/contact?a=1&b=2",
+            "https://example.jp/contact?a=1&amp;b=2",
+        ),
+        ("03-1234-5678(平日10時〜17時)", None, "03-1234-5678(平日10時〜17時)"),
+        ("<b>@example.jp", None, "&lt;b&gt;@example.jp"),
+    ],
+)
+def test_the_contact_is_a_link_only_when_it_is_an_address_or_a_url(
+    course: Course, contact: str, href: str | None, shown_html: str
+) -> None:
+    settings = replace(course.settings, contact=contact, postal_address="〒100-0001 <東京>")
+    renderer = Renderer(replace(course, settings=settings), TEMPLATES)
+    for email in (
+        renderer.lesson(course.lessons[0], NAMED),
+        renderer.confirmation(NAMED, f"{BASE}/c/T"),
+    ):
+        hrefs = parse_html(email.html).hrefs
+        assert [h for h in hrefs if h in (contact, f"mailto:{contact}")] == ([href] if href else [])
+        assert f"お問い合わせ: {contact}\n" in email.text
+        assert shown_html in email.html and "住所: 〒100-0001 &lt;東京&gt;" in email.html
+        assert "住所: 〒100-0001 <東京>\n" in email.text
 
 
 @pytest.mark.parametrize(

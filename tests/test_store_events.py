@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
@@ -207,7 +206,7 @@ def test_in_doubt_evidence_names_the_first_proof_and_the_latest_reported_claim(
     session.commit()
 
 
-def test_event_counts_per_lesson_count_deliveries_once_per_type(session: Session) -> None:
+def test_stored_events_feed_the_stats_per_delivery(session: Session) -> None:
     _, first = _in_doubt(session, "one@example.com")
     _, second = _in_doubt(session, "two@example.com")
     store.add_events(
@@ -223,8 +222,8 @@ def test_event_counts_per_lesson_count_deliveries_once_per_type(session: Session
         received_at=T0,
     )
     session.commit()
-    counts = store.event_counts(session, COURSE, "sendgrid")
-    assert counts == {"welcome": Counter({"open": 2, "click": 1})}
+    counts = store.lesson_counts(session, COURSE, None).events
+    assert counts == {("welcome", "open"): 2, ("welcome", "click"): 1}
     store.set_delivery_details(session, [(first, "settled\x00 as sent")])
     session.commit()
     assert delivery(session, first)["detail"] == "settled as sent"

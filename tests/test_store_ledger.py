@@ -742,3 +742,62 @@ def test_a_claim_refills_past_rows_it_cannot_take_and_counts_every_one(session: 
     for sid in deferred_ids:
         assert view(session, sid).next_send_at == later + timedelta(hours=1)
     assert {view(session, added.subscriber_id).is_held for added in early} == {True}
+
+
+def test_readers_due_at_the_same_moment_are_claimed_lowest_id_first(session: Session) -> None:
+    """The id tie-break is explicit: rows rewritten in reverse order (so that PostgreSQL's heap
+    and index hold them newest-first) are still claimed in id order, a batch at a time."""
+    added = [add(session, f"tie{i:02d}@example.com", at=T0 - LEASE) for i in range(40)]
+    session.commit()
+    for item in reversed(added):  # an indexed column changes: new index entries, newest last
+        session.connection().execute(
+            update(subscribers)
+            .where(subscribers.c.id == item.subscriber_id)
+            .values(next_send_at=T0)
+        )
+        session.commit()
+    ids = sorted(item.subscriber_id for item in added)
+    first = claim(session, T0, limit=10)
+    second = claim(session, T0, limit=10, run_id="run-2")
+    assert [c.subscriber_id for c in first.claims] == ids[:10]
+    assert [c.subscriber_id for c in second.claims] == ids[10:20]
+
+
+def test_a_reader_due_again_for_a_sent_lesson_with_nothing_left_completes_at_the_claim(
+    session: Session,
+) -> None:
+    """A course reordered under a reader can leave them due for a lesson they already had and
+    none they have not: the claim completes them then and there, stamped with its `now`."""
+    added = add(session, "done@example.com")
+    session.commit()
+    [claimed] = claim(session, T0).claims
+    store.record_sent(
+        session, [store.SentItem(claimed.delivery_id, "p", T0, "second", None)], "run-1"
+    )
+    session.execute(update(subscribers).values(next_lesson="welcome", next_send_at=T0))
+    session.commit()
+    later = T0 + timedelta(hours=1)
+    asked: list[tuple[str, frozenset[str]]] = []
+
+    def move_on(
+        timezone: str, lesson: str, last_sent_at: datetime | None, sent: frozenset[str]
+    ) -> tuple[str | None, datetime | None]:
+        asked.append((lesson, sent))
+        return (None, None)  # every lesson of the (reordered) course is among `sent`
+
+    batch = store.claim_due(
+        session,
+        course_id=COURSE,
+        now=later,
+        limit=10,
+        run_id="run-2",
+        lease=LEASE,
+        move_on=move_on,
+    )
+    session.commit()
+    assert batch == store.ClaimBatch([], 0)
+    assert asked == [("welcome", frozenset({"welcome"}))]
+    done = view(session, added.subscriber_id)
+    assert done.status is store.SubscriberStatus.COMPLETED
+    assert done.status_changed_at == later
+    assert (done.next_lesson, done.next_send_at) == (None, None)

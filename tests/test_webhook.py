@@ -157,8 +157,13 @@ def test_a_signed_batch_is_stored_and_applied(hook: Hook) -> None:
         "unsub@example.com": SubscriberStatus.UNSUBSCRIBED,
     }
     with hook.sessions() as session:
-        counts = store.event_counts(session, hook.context.course.id, "sendgrid")
-    assert counts["welcome"] == {"processed": 4, "delivered": 4, "open": 1, "click": 1}
+        counts = store.lesson_counts(session, hook.context.course.id, None).events
+    assert counts == {
+        ("welcome", "processed"): 4,
+        ("welcome", "delivered"): 4,
+        ("welcome", "open"): 1,
+        ("welcome", "click"): 1,
+    }
     assert hook.event_count() == 13
 
 

@@ -122,7 +122,7 @@ def seen_in_mime(data: bytes) -> Seen:
     assert plain is not None and html is not None
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     return Seen(
-        str(msg["X-Drip-Delivery-Id"]),
+        str(msg["Drip-Delivery-Id"]),
         msg["To"].addresses[0].addr_spec,
         str(msg["Subject"]),
         body(plain.get_content()),

@@ -125,6 +125,13 @@ def course_toml_text(title: str, slugs: list[str], source: str = "source/article
     doc.add("title", title)
     doc.add("sender_name", title)
     doc.add("sender_email", "course@example.com")
+    doc.add(
+        tomlkit.comment(
+            "Required before sending (特定電子メール法, CAN-SPAM): shown in every email and page."
+        )
+    )
+    doc.add(tomlkit.comment('postal_address = "〒100-0001 東京都千代田区..."'))
+    doc.add(tomlkit.comment('contact = "course@example.com"'))
     doc.add(tomlkit.nl())
     doc.add(tomlkit.comment("Default timezone of subscribers who give none (IANA name)."))
     doc.add("timezone", "Asia/Tokyo")

@@ -376,8 +376,39 @@ def _settings_problems(course_dir: Path) -> tuple[CourseSettings | None, list[Pr
         for issue in issues
     ]
     if settings is not None:
+        problems.extend(_compliance_problems(toml_path, settings))
         problems.extend(_send_time_problems(toml_path, text, settings))
     return settings, problems
+
+
+COMPLIANCE_SETTINGS = {
+    "postal_address": (
+        "the sender's postal address",
+        '"〒100-0001 東京都千代田区千代田1-1 ○○株式会社"',
+    ),
+    "contact": (
+        "where readers can reach the sender (an email address, a URL or a phone number)",
+        '"course@example.com"',
+    ),
+}
+"""The settings every email's footer must show, by law (特定電子メール法 article 4, CAN-SPAM):
+what each one is, and an example value."""
+
+
+def _compliance_problems(toml_path: Path, settings: CourseSettings) -> list[Problem]:
+    """An error for each of `COMPLIANCE_SETTINGS` that course.toml leaves out: no email may go
+    out without the sender's postal address and a way to contact them."""
+    values = {"postal_address": settings.postal_address, "contact": settings.contact}
+    return [
+        Problem(
+            toml_path,
+            1,
+            f"{key} is missing: every email must show {what} (特定電子メール法, CAN-SPAM);"
+            f" add it to course.toml, e.g. {key} = {example}",
+        )
+        for key, (what, example) in COMPLIANCE_SETTINGS.items()
+        if values[key] is None
+    ]
 
 
 def _toml_key_line(text: str, key: str | None) -> int:
@@ -613,8 +644,9 @@ def check_templates(templates_dir: Path, *, env: jinja2.Environment | None = Non
 
     Reports: missing required templates, syntax errors, undefined variables (each template is
     rendered with sample data under StrictUndefined, as the renderer does), a layout that never
-    uses `unsubscribe_url`, and rendered emails without the unsubscribe link. `env` (by default a
-    new one) is the Jinja environment to compile them in, e.g. the renderer's.
+    uses `unsubscribe_url`, and rendered emails without the unsubscribe link, the sender's
+    postal address or the contact. `env` (by default a new one) is the Jinja environment to
+    compile them in, e.g. the renderer's.
     """
     if not templates_dir.is_dir():
         message = f"{templates_dir}: templates directory not found; set DRIP_TEMPLATES_DIR"
@@ -716,12 +748,27 @@ def _sample_render_problem(
             1,
             "the rendered email has no unsubscribe link ({{ unsubscribe_url }}, 配信停止)",
         )
+    course: CourseContext = context["course"]
+    for key, shown in (("postal_address", course.postal_address), ("contact", course.contact)):
+        if shown is not None and shown not in rendered:
+            yield Problem(
+                templates_dir / name,
+                1,
+                f"the rendered email does not show the sender's {key} ({{{{ course.{key} }}}});"
+                " 特定電子メール法 and CAN-SPAM require it in every email",
+            )
 
 
 def _sample_contexts() -> Iterator[tuple[str, dict[str, Any]]]:
     """(template kind, context) pairs covering both name variants and first/middle/last lessons."""
     converted = convert(SAMPLE_BODY)
-    course = CourseContext(id="sample", title="サンプル講座", sender_name="サンプル講座事務局")
+    course = CourseContext(
+        id="sample",
+        title="サンプル講座",
+        sender_name="サンプル講座事務局",
+        postal_address="〒100-0001 東京都千代田区千代田1-1",
+        contact="info@example.com",
+    )
     urls = {
         "unsubscribe_url": "https://example.com/u/SAMPLE-TOKEN",
         "manage_url": "https://example.com/m/SAMPLE-TOKEN",

@@ -337,6 +337,154 @@ def preview_command(lesson: str | None, out_dir: Path) -> None:
     click.echo(f"open {out_dir / 'index.html'} in a browser to review them")
 
 
+@course.command("send-test")
+@click.argument("lesson", metavar="LESSON|confirmation")
+@click.option("--to", "to", required=True, help="Where to send it (your own inbox).")
+@click.option("--name", help="The name to greet (default: a sample name).")
+@reports_errors
+def send_test_command(lesson: str, to: str, name: str | None) -> None:
+    """Send one lesson (slug or number) or the confirmation email to --to, as a test.
+
+    Goes through the configured transport with sample data and a subject marked as a test;
+    nothing is recorded (no subscriber, no delivery). Exit 1 if the transport refused it.
+    """
+    from drip.course import load_course
+    from drip.transports.base import Outcome
+    from drip.trial import send_test
+    from drip.wiring import make_mailer
+
+    current = settings()
+    mailer = make_mailer(current, load_course(current.course_dir))
+    subject, result = send_test(mailer, lesson, to=to, name=name, now=_clock())
+    if result.outcome is not Outcome.SENT:
+        fail(f"the test email was not sent ({result.outcome.value}): {result.detail}", 1)
+    where = f" (provider id {result.provider_id})" if result.provider_id else ""
+    click.echo(f"sent {subject!r} to {to} through {current.transport}{where}")
+
+
+@main.command("plan")
+@click.argument("email", required=False)
+@click.option("--course", "whole_course", is_flag=True, help="The schedule of a new subscriber.")
+@click.option(
+    "--start",
+    type=NowType(),
+    help="With --course: when the new subscriber confirms (default: now).",
+)
+@click.option("--timezone", "timezone", help="With --course: the reader's IANA timezone.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per lesson.")
+@now_option("Show the timeline as of this moment.")
+@reports_errors
+def plan_command(
+    email: str | None,
+    whole_course: bool,
+    start: datetime | None,
+    timezone: str | None,
+    as_json: bool,
+    now: datetime,
+) -> None:
+    """A subscriber's timeline: each lesson sent at, or due at, and why it moved.
+
+    With --course instead of EMAIL: the schedule a reader confirming at --start in --timezone
+    would get. Times are shown reader-local and UTC; the reasons name quiet hours, days that are
+    not send days, holidays, pauses, holds and late runs.
+    """
+    from zoneinfo import ZoneInfo
+
+    from drip import plan
+    from drip.addresses import check_timezone
+    from drip.errors import UsageError
+
+    if whole_course == (email is not None):
+        raise UsageError("give either EMAIL or --course (the schedule of a new subscriber)")
+    if email is not None and (start is not None or timezone is not None):
+        raise UsageError("--start and --timezone go with --course; a subscriber has their own")
+    if email is None:
+        from drip.course import load_course
+
+        loaded = load_course(settings().course_dir)
+        zone_name = check_timezone(timezone or loaded.settings.timezone)
+        steps = plan.course_plan(loaded, zone_name, start=start or now)
+        confirmed = (start or now).astimezone(ZoneInfo(zone_name))
+        header = f"a reader in {zone_name} confirming at {confirmed:%Y-%m-%d %a %H:%M} local"
+    else:
+        from drip.insight import subscriber_timeline
+
+        sessions, loaded = open_ledger()
+        view, steps = subscriber_timeline(sessions, loaded, email, now=now)
+        zone_name = view.timezone
+        header = f"{view.email} ({view.status.value}, {zone_name})"
+    zone = ZoneInfo(zone_name)
+    if as_json:
+        for step in steps:
+            click.echo(json.dumps(step.as_dict(zone), ensure_ascii=False))
+        return
+    click.echo(header)
+    for step in steps:
+        when = "-"
+        if step.at is not None:
+            local = step.at.astimezone(zone)
+            when = f"{local:%Y-%m-%d %a %H:%M} local  {step.at:%Y-%m-%d %H:%M} UTC"
+        click.echo(f"{step.number:>2} {step.lesson:<20} {step.state:<8} {when}")
+        for reason in step.reasons:
+            click.echo(f"     - {reason}")
+
+
+class SinceType(click.ParamType[datetime]):
+    """`--since`: a date (UTC midnight) or an ISO 8601 date-time with a UTC offset."""
+
+    name = "DATE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        if len(text) == 10:
+            try:
+                return datetime.fromisoformat(text).replace(tzinfo=UTC)
+            except ValueError:
+                pass
+        return NowType().convert(text, param, ctx)
+
+
+@main.command("stats")
+@click.option("--since", type=SinceType(), help="Count only what happened from then on.")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="How to print the figures.",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write one self-contained HTML page with the charts.",
+)
+@reports_errors
+def stats_command(since: datetime | None, output: str, html_file: Path | None) -> None:
+    """Per lesson: sent, delivered, opened (machine opens apart), clicked, bounced, complained,
+    unsubscribed after it, and the share of starters who got it; then signups per day, the
+    confirmation rate and the median time to confirm. Provider events come from the SendGrid
+    event webhook (`drip serve`)."""
+    from drip import stats
+    from drip.insight import course_stats
+
+    sessions, loaded = open_ledger()
+    report = course_stats(sessions, loaded, since=since)
+    render = {"table": stats.as_table, "csv": stats.as_csv, "json": stats.as_json}[output]
+    click.echo(render(report))
+    if html_file is not None:
+        try:
+            html_file.write_text(stats.as_html(report), encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {html_file}: {exc.strerror}; choose another path", 2)
+        click.echo(f"wrote {html_file}", err=True)
+
+
 @db.command("upgrade")
 @reports_errors
 def db_upgrade_command() -> None:
@@ -591,7 +739,7 @@ def in_doubt_command(as_json: bool) -> None:
     """List the deliveries that may or may not have reached the reader.
 
     Look each one up at the provider (SendGrid: custom arg drip_delivery_id; SMTP: header
-    X-Drip-Delivery-Id), then settle it with `drip deliveries resolve`.
+    Drip-Delivery-Id), then settle it with `drip deliveries resolve`.
     """
     from drip.lifecycle import in_doubt
 

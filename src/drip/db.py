@@ -165,15 +165,39 @@ def _upgrade_connection(connection: Connection) -> str:
     Whoever gets the lock second finds the schema at head and does nothing.
     """
     head = head_revision()
-    with connection.begin():
-        if connection.dialect.name == "postgresql":
-            lock = text("SELECT pg_advisory_xact_lock(:key)")
-            connection.execute(lock, {"key": UPGRADE_LOCK_KEY})
-        if current_revision(connection) != head:
-            from alembic import command
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # SQLite's recipe for rebuilding a table: foreign keys off (a dropped table would
+        # cascade its deletes), checked before the commit, on again after. The pragma is a no-op
+        # inside a transaction, so it goes straight to the driver, outside one.
+        _sqlite_pragma(connection, "PRAGMA foreign_keys = OFF")
+    try:
+        with connection.begin():
+            if connection.dialect.name == "postgresql":
+                lock = text("SELECT pg_advisory_xact_lock(:key)")
+                connection.execute(lock, {"key": UPGRADE_LOCK_KEY})
+            if current_revision(connection) != head:
+                from alembic import command
 
-            command.upgrade(alembic_config(connection), "head")
+                command.upgrade(alembic_config(connection), "head")
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise SchemaError(
+                        "the upgrade would leave rows whose foreign keys point nowhere; it was"
+                        " rolled back: nothing changed"
+                    )
+    finally:
+        if sqlite:
+            _sqlite_pragma(connection, "PRAGMA foreign_keys = ON")
     return head
+
+
+def _sqlite_pragma(connection: Connection, pragma: str) -> None:
+    """Run `pragma` on the driver connection, outside any transaction (autocommit)."""
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(pragma)
+    finally:
+        cursor.close()
 
 
 def upgrade(url: str) -> str:

@@ -27,7 +27,7 @@ class OutgoingEmail:
     """A fully rendered email, ready for any transport.
 
     `delivery_id` is the ledger row's id (a string); transports attach it so provider events and
-    received messages can be traced back (`custom_args` for SendGrid, `X-Drip-Delivery-Id` for
+    received messages can be traced back (`custom_args` for SendGrid, `Drip-Delivery-Id` for
     SMTP). `headers` holds extra headers such as List-Unsubscribe; they are never From/To/Subject.
     """
 

@@ -32,7 +32,10 @@ from drip.message import OutgoingEmail
 
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
 MAX_DISPLAY_NAME = 200  # characters; longer names are cut (stored names have at most 100)
-DELIVERY_ID_HEADER = "X-Drip-Delivery-Id"
+DELIVERY_ID_HEADER = "Drip-Delivery-Id"
+"""The delivery id, for looking a message up in relay logs (`drip deliveries resolve ID`). Not
+`X-Drip-Delivery-Id`: RFC 6648 retired the `X-` prefix, and SpamAssassin's RAND_MKTG_HEADER
+takes `X-` + two or four letters + `-Delivery-Id` for a randomised tracking header."""
 VERBATIM_HEADERS = ("List-Unsubscribe", "List-Unsubscribe-Post", DELIVERY_ID_HEADER)
 # Headers build_mime writes itself; `OutgoingEmail.headers` may not set them.
 RESERVED_HEADERS = frozenset(
@@ -157,7 +160,7 @@ def build_mime(email: OutgoingEmail, *, date: datetime, message_id_domain: str) 
 
     Headers: From, To (display names RFC 2047-encoded when not ASCII), Subject, Date, Message-ID,
     MIME-Version, `email.headers` (e.g. List-Unsubscribe, written verbatim) and
-    X-Drip-Delivery-Id. Raises `MimeError` for a naive `date`, an unusable address, domain or
+    Drip-Delivery-Id. Raises `MimeError` for a naive `date`, an unusable address, domain or
     delivery id, or an extra header that is reserved or not one line of printable ASCII.
     """
     if date.tzinfo is None or date.utcoffset() is None:

@@ -133,6 +133,8 @@ class Subscriber(Base):
             sqlite_where="paused_until IS NOT NULL",
             postgresql_where="paused_until IS NOT NULL",
         ),
+        # Ids are in signed links: never hand a deleted (erased) reader's id to someone else.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
@@ -177,6 +179,8 @@ class Delivery(Base):
             sqlite_where="status IN ('claimed', 'sending')",
             postgresql_where="status IN ('claimed', 'sending')",
         ),
+        # Ids travel with provider events: a late event must never land on another delivery.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)

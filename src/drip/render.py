@@ -43,7 +43,7 @@ REQUIRED_TEMPLATES = LAYOUTS + LESSON_TEMPLATES + CONFIRMATION_TEMPLATES
 
 TEMPLATE_VARIABLES: dict[str, tuple[str, ...]] = {
     "lesson": (
-        "course",  # .id .title .sender_name
+        "course",  # .id .title .sender_name .postal_address .contact .contact_url
         "lesson",  # .number .total .slug .subject .preheader .is_first .is_last
         "subject",
         "preheader",
@@ -70,6 +70,7 @@ LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
 SLOT_OPEN, SLOT_CLOSE = RESERVED_CHARACTERS  # private-use characters: never in real text
 SLOT_RE = re.compile(f"{SLOT_OPEN}([a-z_]+){SLOT_CLOSE}")
 URL_RE = re.compile(r"https?://[^\s<>\"'\x00-\x1f\x7f]+")
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 BLANK_LINES_RE = re.compile(r"\n{4,}")
 
 
@@ -103,6 +104,21 @@ class CourseContext:
     id: str
     title: str
     sender_name: str
+    postal_address: str | None = None
+    """The sender's postal address, shown in every footer (特定電子メール法, CAN-SPAM)."""
+    contact: str | None = None
+    """Where readers reach the sender (an email address, a URL or a phone number)."""
+
+    @property
+    def contact_url(self) -> str | None:
+        """`contact` as a link target: `mailto:` for an email address, an http(s) URL as it
+        is, None for anything else (a phone number is shown as text)."""
+        contact = self.contact or ""
+        if EMAIL_RE.fullmatch(contact):
+            return f"mailto:{contact}"
+        if URL_RE.fullmatch(contact):
+            return contact
+        return None
 
 
 @dataclass(frozen=True)
@@ -243,6 +259,8 @@ class Renderer:
             id=course.settings.id,
             title=course.settings.title,
             sender_name=course.settings.sender_name,
+            postal_address=course.settings.postal_address,
+            contact=course.settings.contact,
         )
         self._lessons: dict[Lesson, _Compiled] = {}
         self._confirmation: _Compiled | None = None

@@ -204,7 +204,7 @@ class FakeSmtp:
             return [m for m in self.messages if m.accepted]
 
     def accepted_ids(self) -> Counter[str]:
-        """How many times each X-Drip-Delivery-Id was accepted (exactly-once checks)."""
+        """How many times each Drip-Delivery-Id was accepted (exactly-once checks)."""
         return Counter(m.delivery_id or "" for m in self.accepted)
 
     def _store(self, message: ReceivedMessage) -> None:
@@ -345,7 +345,7 @@ class _Handler:
                 envelope.mail_from or "",
                 list(envelope.rcpt_tos),
                 data,
-                parsed.get("X-Drip-Delivery-Id"),
+                parsed.get("Drip-Delivery-Id"),
             )
         )
         if step.delay:

@@ -8,14 +8,13 @@ CONFLICT DO NOTHING, one UPDATE per suppression status).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import BigInteger, Connection, Select, String, and_, exists, func, select, update
+from sqlalchemy import BigInteger, Connection, Select, String, exists, select, update
 from sqlalchemy.orm import Session
 
 from drip.models import events
@@ -320,22 +319,3 @@ def set_delivery_details(session: Session, details: Sequence[tuple[int, str]]) -
         ("detail",),
         [(clean_text(detail), delivery_id) for delivery_id, detail in details],
     )
-
-
-# --- reports ----------------------------------------------------------------------------------
-
-
-def event_counts(session: Session, course_id: str, provider: str) -> dict[str, Counter[str]]:
-    """Per lesson of `course_id`: how many deliveries had at least one event of each type
-    (delivered, open, click, bounce ...), for stats."""
-    conn = connection(session)
-    stmt = (
-        select(D.c.lesson, E.c.type, func.count(func.distinct(E.c.delivery_id)))
-        .select_from(E.join(D, D.c.id == E.c.delivery_id))
-        .where(and_(D.c.course_id == course_id, E.c.provider == provider))
-        .group_by(D.c.lesson, E.c.type)
-    )
-    counts: dict[str, Counter[str]] = {}
-    for lesson, kind, count in conn.execute(stmt):
-        counts.setdefault(lesson, Counter())[kind] = count
-    return counts

@@ -92,3 +92,13 @@ def list_subscribers(
     result = connection(session).execution_options(yield_per=1000).execute(stmt)
     for row in result:
         yield subscriber_view(row)
+
+
+def lessons_sent(session: Session, subscriber_id: int) -> dict[str, datetime]:
+    """The lessons the ledger has as sent to one subscriber: slug -> when."""
+    stmt = select(D.c.lesson, D.c.sent_at).where(
+        D.c.subscriber_id == subscriber_id,
+        D.c.status == DeliveryStatus.SENT.value,
+        D.c.sent_at.is_not(None),
+    )
+    return {lesson: sent_at for lesson, sent_at in connection(session).execute(stmt)}
