@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask
 
 from drip.config import Settings, signing_keys
-from drip.web import confirm, health, manage, security, signup, unsubscribe
+from drip.web import confirm, health, manage, security, signup, unsubscribe, webhooks
 from drip.web.context import EXTENSION, WebContext
 from drip.wiring import make_mailer, open_ledger
 
@@ -69,6 +69,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
     app.register_blueprint(unsubscribe.bp)
     limiter.exempt(health.bp)
     manage.register(app, limiter)
+    app.register_blueprint(webhooks.bp)
+    limiter.exempt(webhooks.bp)  # signed requests from SendGrid's few addresses
     return app
 
 
