@@ -68,6 +68,10 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
     app.register_blueprint(confirm.bp)
     app.register_blueprint(unsubscribe.bp)
     limiter.exempt(health.bp)
+    # RFC 8058 one-click unsubscribes come in bursts from a mailbox provider's few addresses: a
+    # 429 would leave a reader subscribed. The links are signed; a resubscribe queues at most
+    # one confirmation a day.
+    limiter.exempt(unsubscribe.bp)
     manage.register(app, limiter)
     app.register_blueprint(webhooks.bp)
     limiter.exempt(webhooks.bp)  # signed requests from SendGrid's few addresses
