@@ -16,7 +16,16 @@ from typing import Any
 from flask import Flask
 
 from drip.config import Settings, signing_keys
-from drip.web import confirm, health, manage, security, signup, unsubscribe, webhooks
+from drip.web import (
+    confirm,
+    health,
+    manage,
+    outbound,
+    security,
+    signup,
+    unsubscribe,
+    webhooks,
+)
 from drip.web.context import EXTENSION, WebContext
 from drip.wiring import make_mailer, open_ledger
 
@@ -79,7 +88,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
 
 
 def close(app: Flask) -> None:
-    """Close the app's database connections (tests, and a server shutting down)."""
+    """Stop the app's background sender, then close its database connections (tests, and a
+    server shutting down): a connection the sender still held would outlive the engine."""
+    sender = app.extensions.get(outbound.KEY)
+    if isinstance(sender, outbound.Outbound):
+        sender.stop()
     context = app.extensions[EXTENSION]
     assert isinstance(context, WebContext)
     context.engine.dispose()

@@ -32,7 +32,8 @@ log = logging.getLogger("drip.web.outbound")
 
 POLL_SECONDS = 60.0
 """Even without a wake-up the thread looks for owed confirmations this often."""
-_KEY = "drip.outbound"
+KEY = "drip.outbound"
+"""Where an app keeps its sender (`app.extensions[KEY]`)."""
 _create_lock = threading.Lock()
 
 
@@ -124,15 +125,15 @@ class Outbound:
 
 def outbound(app: Flask) -> Outbound:
     """The app's background sender in this process, started on first use."""
-    found = app.extensions.get(_KEY)
+    found = app.extensions.get(KEY)
     if isinstance(found, Outbound):
         return found
     with _create_lock:
-        found = app.extensions.get(_KEY)
+        found = app.extensions.get(KEY)
         if not isinstance(found, Outbound):
             context = app.extensions[EXTENSION]
             assert isinstance(context, WebContext)
             found = Outbound(context)
-            app.extensions[_KEY] = found
+            app.extensions[KEY] = found
             atexit.register(found.stop)
     return found
