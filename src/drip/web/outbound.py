@@ -8,6 +8,10 @@ database's claims keep every email to one send however many processes are runnin
 thread could not send stays queued in the database: the next wake-up (at the latest every
 POLL_SECONDS), `drip send` or `drip worker` sends it.
 
+With DRIP_WEB_SENDS=queue the web app sends nothing itself: `outbound` returns a `QueueOnly`
+whose wake-ups do nothing, and the queued emails (all in the database already) wait for
+`drip worker` or `drip send`. Requests then spend no CPU on email at all.
+
 One thread per process owns the mailer's transport; requests never touch it. Built lazily, on
 the first request that needs it (gunicorn forks its workers after loading the app: a thread
 started before the fork would not exist in the workers).
@@ -122,17 +126,36 @@ class Outbound:
             log.exception("%s not sent now (kept for later)", what)
 
 
-def outbound(app: Flask) -> Outbound:
+class QueueOnly:
+    """DRIP_WEB_SENDS=queue: what was queued stays queued for `drip worker` / `drip send`."""
+
+    def wake(self) -> None:
+        pass
+
+    def send_first_lesson(self, subscriber_id: int) -> None:
+        pass
+
+    def wait_idle(self, timeout: float) -> bool:
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        pass
+
+
+def outbound(app: Flask) -> Outbound | QueueOnly:
     """The app's background sender in this process, started on first use."""
     found = app.extensions.get(_KEY)
-    if isinstance(found, Outbound):
+    if isinstance(found, Outbound | QueueOnly):
         return found
     with _create_lock:
         found = app.extensions.get(_KEY)
-        if not isinstance(found, Outbound):
+        if not isinstance(found, Outbound | QueueOnly):
             context = app.extensions[EXTENSION]
             assert isinstance(context, WebContext)
-            found = Outbound(context)
+            if context.settings.web_sends == "queue":
+                found = QueueOnly()
+            else:
+                found = Outbound(context)
+                atexit.register(found.stop)
             app.extensions[_KEY] = found
-            atexit.register(found.stop)
     return found
