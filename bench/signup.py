@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -164,6 +165,25 @@ def _serve(work: Path, env: dict[str, str], workers: int, threads: int) -> tuple
         time.sleep(0.2)
 
 
+def _cpu(master: int) -> float:
+    """CPU seconds used so far by the gunicorn master and its workers (user + system)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [str(master), *Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _emails(outbox: Path) -> int:
     return sum(1 for path in outbox.rglob("*") if path.is_file()) if outbox.is_dir() else 0
 
@@ -221,12 +241,17 @@ def run_one(
         token = match.group(1)
         if args.load == "wrk":
             _wrk(port, token, WARM_UP, args.clients, "w")
+            server_before, wrk_before = _cpu(process.pid), _children_cpu()
             stats = _wrk(port, token, args.seconds, args.clients, "m")
+            server_cpu = _cpu(process.pid) - server_before
+            load_cpu = _children_cpu() - wrk_before
             window = stats["duration_us"] / 1e6
             count = int(stats["requests"])
             median, p99, worst = (stats[k] / 1000 for k in ("p50_us", "p99_us", "max_us"))
         else:
+            server_before = _cpu(process.pid)
             count, window, median, p99, worst = _python_load(port, token, args)
+            server_cpu, load_cpu = _cpu(process.pid) - server_before, float("nan")
         sent = _emails(work / "outbox")
     finally:
         process.send_signal(signal.SIGTERM)
@@ -246,6 +271,9 @@ def run_one(
         "p99_ms": round(p99, 1),
         "max_ms": round(worst, 1),
         "emails_sent_by_web": sent,
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / max(1, count), 2),
+        "load_cpu_ms_per_request": round(load_cpu * 1000 / max(1, count), 2),
+        "busy_cores_server": round(server_cpu / window, 2),
         "workers": args.workers,
         "threads": args.threads,
         "clients": args.clients,
@@ -313,7 +341,10 @@ def main() -> None:
                 f" POST /subscribe in {run['seconds']} s: {run['requests_per_s']}/s,"
                 f" median {run['median_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms"
                 f" ({run['workers']} workers x {run['threads']} threads, {run['clients']}"
-                f" connections, {run['load']}; {run['emails_sent_by_web']} emails sent by the web)"
+                f" connections, {run['load']}; {run['emails_sent_by_web']} emails sent by the web;"
+                f" server CPU {run['server_cpu_ms_per_request']} ms/request,"
+                f" {run['busy_cores_server']} cores; load generator"
+                f" {run['load_cpu_ms_per_request']} ms/request)"
                 f" target >= {TARGET_RATE:.0f}/s and p99 < {TARGET_P99_MS:.0f} ms:"
                 f" {'met' if run['target_met'] else 'NOT met'}"
             )
