@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from flask import Flask, Response, abort, render_template, request
 from flask_limiter import Limit, Limiter
@@ -47,7 +47,7 @@ class SweepingMemoryStorage(MemoryStorage):
     read already drops an expired counter itself, so the limits count exactly as before.
     """
 
-    STORAGE_SCHEME: ClassVar[list[str]] = ["drip-memory"]
+    STORAGE_SCHEME = ["drip-memory"]  # noqa: RUF012 (as limits declares it)
     SWEEP_SECONDS = 1.0
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the name-mangled method
@@ -62,6 +62,8 @@ class SweepingMemoryStorage(MemoryStorage):
 
 def _storage_uri(url: str) -> str:
     return "drip-memory://" + url.removeprefix("memory://") if url.startswith("memory://") else url
+
+
 View = TypeVar("View", bound=Callable[..., Any])
 
 
