@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,7 +18,6 @@ from flask import Flask, Response, abort, render_template, request
 from flask_limiter import Limit, Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from limits.storage import MemoryStorage
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -35,35 +33,6 @@ DEFAULT_LIMITS: list[str | Callable[[], str] | Limit] = ["300 per minute"]
 """Per client IP, on every endpoint not exempted; the signup routes add tighter ones."""
 
 csrf = CSRFProtect()
-
-
-class SweepingMemoryStorage(MemoryStorage):
-    """limits' memory storage (DRIP_RATELIMIT_STORAGE_URL=memory://, the default), with its
-    sweep of expired counters run at most once per SWEEP_SECONDS instead of every 10 ms.
-
-    The stock storage starts a new timer thread 10 ms after each count and then walks every
-    counter it holds: under a signup burst, where each request brings new keys (its address,
-    often its IP), that was about a sixth of a worker's CPU. The sweep only frees memory: every
-    read already drops an expired counter itself, so the limits count exactly as before.
-    """
-
-    STORAGE_SCHEME = ["drip-memory"]  # noqa: RUF012 (as limits declares it)
-    SWEEP_SECONDS = 1.0
-
-    def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the name-mangled method
-        if not self.timer.is_alive():
-            self.timer = threading.Timer(
-                self.SWEEP_SECONDS,
-                self._MemoryStorage__expire_events,  # type: ignore[attr-defined]
-            )
-            self.timer.daemon = True
-            self.timer.start()
-
-
-def _storage_uri(url: str) -> str:
-    return "drip-memory://" + url.removeprefix("memory://") if url.startswith("memory://") else url
-
-
 View = TypeVar("View", bound=Callable[..., Any])
 
 
@@ -105,7 +74,7 @@ def install(app: Flask, settings: Settings) -> Limiter:
         get_remote_address,
         app=app,
         default_limits=DEFAULT_LIMITS,
-        storage_uri=_storage_uri(settings.ratelimit_storage_url),
+        storage_uri=settings.ratelimit_storage_url,
         headers_enabled=True,
     )
     framers = " ".join(settings.allowed_origins) or "'none'"
