@@ -1,5 +1,6 @@
 """DRIP_WEB_SENDS: 'now' (the default) sends confirmation emails from the web process; 'queue'
-leaves them, durably, to `drip send` / `drip worker`, with the same page for the reader."""
+leaves them, durably, to `drip send` / `drip worker`, with the same page for the reader, and
+still sends lesson 1 at once after a confirm."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.web_signup_support import confirmations, drain, form_token, signup, stop_sender
+from tests.support import COURSE
+from tests.web_signup_support import (
+    confirm_token,
+    confirmations,
+    csrf_of,
+    drain,
+    form_token,
+    lessons,
+    signup,
+    stop_sender,
+)
 from tests.web_support import AppFactory, Clock
 
 from drip import delivery
 from drip.config import load_settings
 from drip.errors import ConfigError
 from drip.web.context import EXTENSION, WebContext
-from drip.web.outbound import QueueOnly, outbound
 
 
 def test_the_setting_defaults_to_now_and_refuses_unknown_values() -> None:
@@ -29,12 +39,11 @@ def test_queue_only_sends_nothing_and_drip_send_sends_what_was_queued(
 ) -> None:
     app = make_app(database_url, tmp_path, clock=Clock(), trusted_proxies=1, web_sends="queue")
     client = app.test_client()
-    token = form_token(client)
-    new = signup(client, "new@example.com", token=token, ip="198.51.100.1")
-    again = signup(client, "new@example.com", token=token, ip="198.51.100.2")
+    form = form_token(client)
+    new = signup(client, "new@example.com", token=form, ip="198.51.100.1")
+    again = signup(client, "new@example.com", token=form, ip="198.51.100.2")
     assert new.status_code == again.status_code == 200
     assert new.get_data() == again.get_data()  # known or new: the same page
-    assert isinstance(outbound(app), QueueOnly)
     drain(app)
     time.sleep(0.2)
     outbox = tmp_path / "outbox"
@@ -43,7 +52,16 @@ def test_queue_only_sends_nothing_and_drip_send_sends_what_was_queued(
     assert isinstance(context, WebContext)
     sent = delivery.send_owed_confirmations(context.sessions, context.mailer, now=context.now())
     assert sent == 1  # what `drip send` and `drip worker` run first
-    assert len(confirmations(outbox, "new@example.com")) == 1
+    found = confirmations(outbox, "new@example.com")
+    assert len(found) == 1
+    token = confirm_token(found[0])
+    assert signup(client, "later@example.com", token=form, ip="198.51.100.4").status_code == 200
+    page = client.get(f"/c/{token}").get_data(as_text=True)
+    assert client.post(f"/c/{token}", data={"csrf_token": csrf_of(page)}).status_code == 200
+    drain(app)  # lesson 1 goes out from the web process at once, as the page says
+    assert lessons(outbox, "new@example.com") == [COURSE.lessons[0].slug]
+    assert confirmations(outbox, "later@example.com") == []  # still left to `drip send`
+    stop_sender(app)
 
 
 def test_now_sends_from_the_web_process(

@@ -8,9 +8,10 @@ database's claims keep every email to one send however many processes are runnin
 thread could not send stays queued in the database: the next wake-up (at the latest every
 POLL_SECONDS), `drip send` or `drip worker` sends it.
 
-With DRIP_WEB_SENDS=queue the web app sends nothing itself: `outbound` returns a `QueueOnly`
-whose wake-ups do nothing, and the queued emails (all in the database already) wait for
-`drip worker` or `drip send`. Requests then spend no CPU on email at all.
+With DRIP_WEB_SENDS=queue the thread leaves the confirmation emails to `drip worker` or
+`drip send` (they are all in the database already): `wake` does nothing and no wake-up looks
+for owed confirmations, so a burst of signups costs the web no CPU for email. Lesson 1 after a
+confirm is still sent at once (a person is waiting for it, and the page says it is coming).
 
 One thread per process owns the mailer's transport; requests never touch it. Built lazily, on
 the first request that needs it (gunicorn forks its workers after loading the app: a thread
@@ -43,21 +44,26 @@ _create_lock = threading.Lock()
 class Outbound:
     """The background sender of one app in one process."""
 
-    def __init__(self, context: WebContext, *, poll: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, context: WebContext, *, poll: float = POLL_SECONDS, confirmations: bool = True
+    ) -> None:
         self._context = context
+        self._sends_confirmations = confirmations
         self._poll = poll
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._lessons: set[int] = set()
-        self._confirmations = True
+        self._confirmations = confirmations
         self._busy = False
         self._thread = threading.Thread(target=self._run, name="drip-outbound", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
-        """A confirmation email was queued: send what is owed."""
+        """A confirmation email was queued: send what is owed (DRIP_WEB_SENDS=queue: nothing)."""
+        if not self._sends_confirmations:
+            return
         with self._lock:
             self._confirmations = True
         self._wake.set()
@@ -103,10 +109,13 @@ class Outbound:
     def _send(self, lessons: list[int]) -> None:
         context = self._context
         # Owed confirmations are looked for at every wake-up (an index probe when none are).
-        self._guarded(
-            "confirmation emails",
-            lambda: send_owed_confirmations(context.sessions, context.mailer, now=context.now()),
-        )
+        if self._sends_confirmations:
+            self._guarded(
+                "confirmation emails",
+                lambda: send_owed_confirmations(
+                    context.sessions, context.mailer, now=context.now()
+                ),
+            )
         if lessons:
             self._guarded(
                 "first lessons",
@@ -126,36 +135,17 @@ class Outbound:
             log.exception("%s not sent now (kept for later)", what)
 
 
-class QueueOnly:
-    """DRIP_WEB_SENDS=queue: what was queued stays queued for `drip worker` / `drip send`."""
-
-    def wake(self) -> None:
-        pass
-
-    def send_first_lesson(self, subscriber_id: int) -> None:
-        pass
-
-    def wait_idle(self, timeout: float) -> bool:
-        return True
-
-    def stop(self, timeout: float = 10.0) -> None:
-        pass
-
-
-def outbound(app: Flask) -> Outbound | QueueOnly:
+def outbound(app: Flask) -> Outbound:
     """The app's background sender in this process, started on first use."""
     found = app.extensions.get(_KEY)
-    if isinstance(found, Outbound | QueueOnly):
+    if isinstance(found, Outbound):
         return found
     with _create_lock:
         found = app.extensions.get(_KEY)
-        if not isinstance(found, Outbound | QueueOnly):
+        if not isinstance(found, Outbound):
             context = app.extensions[EXTENSION]
             assert isinstance(context, WebContext)
-            if context.settings.web_sends == "queue":
-                found = QueueOnly()
-            else:
-                found = Outbound(context)
-                atexit.register(found.stop)
+            found = Outbound(context, confirmations=context.settings.web_sends == "now")
             app.extensions[_KEY] = found
+            atexit.register(found.stop)
     return found
