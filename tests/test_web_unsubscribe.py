@@ -339,3 +339,32 @@ def test_the_wait_for_a_hand_over_is_bounded(
     assert 0.3 <= time.monotonic() - started < 3
     transport.gate.set()
     thread.join(30)
+
+
+def test_one_click_unsubscribes_are_never_rate_limited(
+    make_app: AppFactory, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mailbox providers post RFC 8058 unsubscribes from a few addresses of their own, in bursts
+    after a send: a 429 would leave a reader subscribed. The per-IP default limit (lowered here
+    to 3 a minute) applies to other pages, never to the unsubscribe links."""
+    from drip.web import security
+
+    monkeypatch.setattr(security, "DEFAULT_LIMITS", ["3 per minute"])
+    app = make_app(database_url, tmp_path, clock=Clock(NOW))
+    try:
+        paths = [unsubscribe_path(app, reader(app, f"burst{i}@example.com")) for i in range(6)]
+        client = app.test_client(use_cookies=False)
+        answers = [
+            client.post(
+                path,
+                data="List-Unsubscribe=One-Click",
+                content_type="application/x-www-form-urlencoded",
+            ).status_code
+            for path in paths
+        ]
+        assert answers == [200] * 6
+        assert [client.get("/healthz").status_code for _ in range(2)] == [200, 200]  # exempt too
+        pages = [client.get("/").status_code for _ in range(4)]
+        assert pages[-1] == 429  # the default limit is live for the rest
+    finally:
+        stop_sender(app)

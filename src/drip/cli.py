@@ -607,14 +607,12 @@ def serve_command(host: str, port: int, workers: int, threads: int) -> None:
     production (README, "Production").
     """
     from drip.web.server import serve
+    from drip.web.webhooks import startup_warning
 
     current = settings()
-    if not current.sendgrid_webhook_key:
-        click.echo(
-            "warning: DRIP_SENDGRID_WEBHOOK_KEY is not set: POST /webhooks/sendgrid answers 503,"
-            " so bounces and complaints reported by SendGrid are not applied",
-            err=True,
-        )
+    warning = startup_warning(current)
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
     serve(current, host=host, port=port, workers=workers, threads=threads)
 
 

@@ -35,6 +35,7 @@ from drip.errors import (
 )
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
+from drip.provider_events import settle_in_doubt
 from drip.render import Recipient, RenderedEmail, Renderer
 from drip.store import optin
 from drip.transports.base import Outcome, SendResult, Transport, clamp_retry_after
@@ -383,6 +384,8 @@ def send_due(
     if not dry_run:
         with sessions() as session, session.begin():
             store.resume_ended_pauses(session, course_id, now, _pause_end(mailer.course))
+        # In-doubt deliveries that SendGrid's events settle (drip.settle_policy).
+        settle_in_doubt(sessions, mailer.course, now=now)
     with sessions() as session:
         report.due = store.count_due(session, course_id, now)
     if dry_run:

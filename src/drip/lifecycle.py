@@ -6,8 +6,9 @@ Service functions for the entry points (CLI today). Each takes a session factory
 comes next; none of them reads the clock or the environment.
 
 An in-doubt delivery may or may not have reached the subscriber (the answer was lost, or the run
-died while the message was with the transport). drip never re-sends it by itself; the operator
-looks (e.g. in SendGrid's activity feed, by `drip_delivery_id`) and settles it with `resolve`.
+died while the message was with the transport). SendGrid's events settle it by themselves
+(`drip.provider_events`, `drip.settle_policy`); otherwise the operator looks (e.g. in SendGrid's
+activity feed, by `drip_delivery_id`) and settles it with `resolve`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,16 @@ State rules kept here:
 
 from drip.errors import NotFoundError, StateError, SuppressedAddressError
 from drip.statuses import DeliveryStatus, SubscriberStatus
-from drip.store.events import add_event
+from drip.store.events import (
+    InDoubtEvidence,
+    NewEvent,
+    add_event,
+    add_events,
+    in_doubt_evidence,
+    latest_reported_claim,
+    set_delivery_details,
+    suppress_addresses,
+)
 from drip.store.ledger import (
     claim_due,
     mark_sending,
@@ -93,7 +102,9 @@ __all__ = [
     "DeliveryStatus",
     "DeliveryView",
     "ExistingSubscriber",
+    "InDoubtEvidence",
     "LessonCounts",
+    "NewEvent",
     "NewSubscriber",
     "NotFoundError",
     "PausedReader",
@@ -105,6 +116,7 @@ __all__ = [
     "SubscriberView",
     "SuppressedAddressError",
     "add_event",
+    "add_events",
     "add_subscriber",
     "claim_due",
     "confirm_pending",
@@ -118,8 +130,10 @@ __all__ = [
     "export_subscriber",
     "get_subscriber",
     "get_subscriber_by_id",
+    "in_doubt_evidence",
     "insert_subscribers",
     "is_suppressed",
+    "latest_reported_claim",
     "lesson_counts",
     "lessons_sent",
     "list_deliveries",
@@ -139,8 +153,10 @@ __all__ = [
     "resume",
     "resume_ended_pauses",
     "retry_failed",
+    "set_delivery_details",
     "set_schedule",
     "signups",
+    "suppress_addresses",
     "suppressed_emails",
     "unknown_zone_reason",
     "unsubscribe",

@@ -1,15 +1,29 @@
-"""Provider events (deliveries, bounces, complaints as reported by the provider), stored once."""
+"""Provider events (deliveries, bounces, complaints as reported by the provider), stored once,
+and what they change: suppressed addresses, and the evidence that settles in-doubt deliveries.
+
+The webhook's hot path is `add_events` + `suppress_addresses`: a few statements per batch
+whatever its size (one look-up of the ledger ids it names, one executemany INSERT ... ON
+CONFLICT DO NOTHING, one UPDATE per suppression status).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
+from sqlalchemy import BigInteger, Connection, Select, String, exists, select, update
 from sqlalchemy.orm import Session
 
 from drip.models import events
-from drip.store._sql import connection, insert_ignoring_conflicts
+from drip.statuses import SUPPRESSED_STATUSES, DeliveryStatus, SubscriberStatus
+from drip.store._bulk_update import converter, update_rows
+from drip.store._sql import D, S, chunks, clean_text, connection, in_list, insert_ignoring_conflicts
+from drip.store.capabilities import capabilities_of
+
+E = events
 
 
 def add_event(
@@ -44,3 +58,264 @@ def add_event(
         .returning(events.c.id)
     )
     return conn.execute(stmt).scalar_one_or_none()
+
+
+# --- batches (the webhook) --------------------------------------------------------------------
+
+
+class NewEvent(NamedTuple):
+    """One provider event to store. `delivery_ref` is the ledger id the provider echoed back;
+    it is stored as `delivery_id` only when that delivery exists (else NULL, the payload keeps
+    what was sent)."""
+
+    provider_event_id: str | None
+    type: str
+    occurred_at: datetime
+    payload: Mapping[str, Any]
+    delivery_ref: int | None = None
+
+
+def add_events(
+    session: Session, provider: str, batch: Sequence[NewEvent], *, received_at: datetime
+) -> int:
+    """Store a batch of provider events, each (provider, provider_event_id) once. Returns how
+    many were new (the others were stored before: a redelivery).
+
+    Each event's delivery_id is its `delivery_ref` when that delivery exists (else NULL), and
+    its subscriber_id that delivery's; both are looked up by the INSERT itself. One statement
+    (PostgreSQL) or one executemany (SQLite) per batch, below SQLAlchemy's per-row parameter
+    processing, which costs more than the SQL here.
+    """
+    if not batch:
+        return 0
+    conn = connection(session)
+    at = converter(E.c.occurred_at, conn.dialect) or (lambda value: value)
+    received = at(received_at)
+    rows = []
+    for event in batch:
+        event_id, kind, payload = event.provider_event_id, event.type, event.payload
+        rows.append(
+            (
+                provider,
+                event_id if event_id is None or event_id.isprintable() else clean_text(event_id),
+                event.delivery_ref,
+                kind if kind.isprintable() else clean_text(kind),
+                at(event.occurred_at),
+                received,
+                payload if type(payload) is dict else dict(payload),
+            )
+        )
+    return _insert_events(conn, rows)
+
+
+_INPUT_COLUMNS = (
+    "provider",
+    "provider_event_id",
+    "delivery_ref",
+    "type",
+    "occurred_at",
+    "received_at",
+    "payload",
+)
+_STORED_COLUMNS = (
+    "provider, provider_event_id, delivery_id, subscriber_id, type, occurred_at, received_at,"
+    " payload"
+)
+_CONFLICT = "ON CONFLICT (provider, provider_event_id) DO NOTHING"
+
+
+def _insert_events(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+    """INSERT the rows (`_INPUT_COLUMNS`, values in their stored form, the payload a dict),
+    skipping (provider, provider_event_id) pairs stored before; returns how many were inserted.
+
+    PostgreSQL: the whole batch is one JSON parameter (serialised by orjson in one call) read by
+    jsonb_to_recordset and joined to the ledger: one round trip, and none of the per-element
+    quoting text arrays of JSON would cost. SQLite: one executemany, the ledger looked up by
+    primary key per row inside SQLite.
+    """
+    capabilities = capabilities_of(conn.dialect)
+    mark = capabilities.placeholder
+    if capabilities.array_params:
+        compiled = {
+            name: E.c["delivery_id" if name == "delivery_ref" else name].type.compile(conn.dialect)
+            for name in _INPUT_COLUMNS
+        }
+        types = ", ".join(f"{name} {compiled[name]}" for name in _INPUT_COLUMNS)
+        sql = (
+            f"INSERT INTO {E.name} ({_STORED_COLUMNS})"
+            " SELECT r.provider, r.provider_event_id, d.id, d.subscriber_id, r.type,"
+            " r.occurred_at, r.received_at, r.payload"
+            f" FROM ROWS FROM (jsonb_to_recordset({mark}::jsonb) AS ({types}))"
+            f" WITH ORDINALITY AS r({', '.join(_INPUT_COLUMNS)}, n)"
+            f" LEFT JOIN {D.name} AS d ON d.id = r.delivery_ref"
+            f" ORDER BY r.n {_CONFLICT}"
+        )
+        batch = orjson.dumps([dict(zip(_INPUT_COLUMNS, row, strict=True)) for row in rows])
+        return int(conn.exec_driver_sql(sql, (batch.decode(),)).rowcount)
+    sql = (
+        f"INSERT INTO {E.name} ({_STORED_COLUMNS}) VALUES ({mark}, {mark},"
+        f" (SELECT id FROM {D.name} WHERE id = {mark}),"
+        f" (SELECT subscriber_id FROM {D.name} WHERE id = {mark}),"
+        f" {mark}, {mark}, {mark}, {mark}) {_CONFLICT}"
+    )
+    params = [
+        (provider, event_id, ref, ref, kind, occurred, received, orjson.dumps(payload).decode())
+        for provider, event_id, ref, kind, occurred, received, payload in rows
+    ]
+    return int(conn.exec_driver_sql(sql, params).rowcount)
+
+
+def suppress_addresses(
+    session: Session, changes: Iterable[tuple[str, SubscriberStatus]], now: datetime
+) -> int:
+    """Suppress addresses for good, every course enrolment of each: (email, 'bounced' |
+    'complained' | 'unsubscribed'). Returns the enrolments changed.
+
+    The first suppression of an address stays (a bounce does not turn an unsubscribe into a
+    bounce), except that a complaint overrides any other. Within one call an address takes a
+    complaint if it has one, else its first change. The row's next_send_at becomes NULL at once:
+    a run that already claimed the reader's lesson gives it back unsent at hand-over
+    (`mark_sending` checks the status), and its bookkeeping never overwrites this status.
+    Emails are compared lower-cased, as they are stored.
+    """
+    target: dict[str, SubscriberStatus] = {}
+    for email, status in changes:
+        status = SubscriberStatus(status)
+        if status not in SUPPRESSED_STATUSES:
+            raise ValueError(f"not a suppression: {status.value!r}")
+        address = email.strip().lower()
+        if status is SubscriberStatus.COMPLAINED or address not in target:
+            target[address] = status
+    if not target:
+        return 0
+    conn = connection(session)
+    suppressed = [member.value for member in SUPPRESSED_STATUSES]
+    changed = 0
+    for status in (
+        SubscriberStatus.UNSUBSCRIBED,
+        SubscriberStatus.BOUNCED,
+        SubscriberStatus.COMPLAINED,
+    ):
+        emails = sorted(address for address, wanted in target.items() if wanted is status)
+        if not emails:
+            continue
+        overridable = (
+            S.c.status != status.value
+            if status is SubscriberStatus.COMPLAINED
+            else S.c.status.not_in(suppressed)
+        )
+        stmt = (
+            update(S)
+            .where(in_list(conn, S.c.email, "emails", String()), overridable)
+            .values(
+                status=status.value,
+                status_changed_at=now,
+                next_send_at=None,
+                confirmation_wanted_at=None,
+            )
+        )
+        for chunk in chunks(emails):
+            changed += conn.execute(stmt, {"emails": list(chunk)}).rowcount
+    return changed
+
+
+# --- in-doubt deliveries and their evidence ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubtEvidence:
+    """An in-doubt delivery, locked for the transaction, with what the provider said of it."""
+
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    timezone: str
+    lesson: str
+    claimed_at: datetime
+    lease_until: datetime
+    """By then the message was handed over, or never will be (its run is presumed dead)."""
+    proof: str | None
+    """The type of the first stored provider event naming this delivery (one of the types
+    asked for), or None."""
+
+
+def in_doubt_evidence(
+    session: Session,
+    course_id: str,
+    *,
+    provider: str,
+    proof_types: Collection[str],
+    delivery_ids: Sequence[int] | None = None,
+) -> list[InDoubtEvidence]:
+    """The course's in-doubt deliveries (only those among `delivery_ids` when given), oldest
+    first, each with the first stored `provider` event of `proof_types` naming it. Row-locked on
+    PostgreSQL (delivery and subscriber, skipping rows locked elsewhere), so settling them cannot
+    race another settler."""
+    conn = connection(session)
+    proof = (
+        select(E.c.type)
+        .where(E.c.delivery_id == D.c.id, E.c.provider == provider, E.c.type.in_(proof_types))
+        .order_by(E.c.occurred_at, E.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    stmt: Select[Any] = (
+        select(
+            D.c.id,
+            D.c.subscriber_id,
+            S.c.email,
+            S.c.timezone,
+            D.c.lesson,
+            D.c.claimed_at,
+            D.c.lease_until,
+            proof.label("proof"),
+        )
+        .select_from(D.join(S, S.c.id == D.c.subscriber_id))
+        .where(D.c.course_id == course_id, D.c.status == DeliveryStatus.IN_DOUBT.value)
+        .order_by(D.c.claimed_at, D.c.id)
+    )
+    if capabilities_of(conn.dialect).skip_locked:
+        # Rows another transaction holds (settling them, or recording its run) are left to it
+        # or to the next pass: a send never waits on another's rows.
+        stmt = stmt.with_for_update(of=[D, S], skip_locked=True)
+    if delivery_ids is None:
+        return [InDoubtEvidence(*row) for row in conn.execute(stmt)]
+    if not delivery_ids or not _any_in_doubt(conn, course_id):
+        return []  # the webhook's usual case: one index probe, not a look-up of every id
+    found: list[InDoubtEvidence] = []
+    narrowed = stmt.where(in_list(conn, D.c.id, "ids", BigInteger()))
+    for chunk in chunks(sorted(set(delivery_ids))):
+        found.extend(InDoubtEvidence(*row) for row in conn.execute(narrowed, {"ids": list(chunk)}))
+    return found
+
+
+def _any_in_doubt(conn: Connection, course_id: str) -> bool:
+    in_doubt = exists().where(
+        D.c.course_id == course_id, D.c.status == DeliveryStatus.IN_DOUBT.value
+    )
+    return bool(conn.execute(select(in_doubt)).scalar())
+
+
+def latest_reported_claim(session: Session, *, provider: str, type: str) -> datetime | None:
+    """When the newest ledger delivery that `provider` reported a `type` event for was claimed
+    (None: no such event). The newest delivery is the one with the highest id: an index probe on
+    events.delivery_id, stepping back over other event types."""
+    conn = connection(session)
+    newest = (
+        select(E.c.delivery_id)
+        .where(E.c.delivery_id.is_not(None), E.c.provider == provider, E.c.type == type)
+        .order_by(E.c.delivery_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return conn.execute(select(D.c.claimed_at).where(D.c.id == newest)).scalar_one_or_none()
+
+
+def set_delivery_details(session: Session, details: Sequence[tuple[int, str]]) -> None:
+    """Replace the `detail` of these deliveries (delivery_id, detail): one statement."""
+    update_rows(
+        connection(session),
+        D,
+        ("detail",),
+        [(clean_text(detail), delivery_id) for delivery_id, detail in details],
+    )

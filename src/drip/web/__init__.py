@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask
 
 from drip.config import Settings, signing_keys
-from drip.web import confirm, health, manage, security, signup, unsubscribe
+from drip.web import confirm, health, manage, security, signup, unsubscribe, webhooks
 from drip.web.context import EXTENSION, WebContext
 from drip.wiring import make_mailer, open_ledger
 
@@ -68,7 +68,13 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
     app.register_blueprint(confirm.bp)
     app.register_blueprint(unsubscribe.bp)
     limiter.exempt(health.bp)
+    # RFC 8058 one-click unsubscribes come in bursts from a mailbox provider's few addresses: a
+    # 429 would leave a reader subscribed. The links are signed; a resubscribe queues at most
+    # one confirmation a day.
+    limiter.exempt(unsubscribe.bp)
     manage.register(app, limiter)
+    app.register_blueprint(webhooks.bp)
+    limiter.exempt(webhooks.bp)  # signed requests from SendGrid's few addresses
     return app
 
 
