@@ -1,17 +1,20 @@
 """The signup benchmark: `POST /subscribe` against a real `drip serve`, on SQLite and PostgreSQL.
 
-    .venv/bin/python bench/signup.py                 # both databases, 15 s each
-    .venv/bin/python bench/signup.py --seconds 5 --only sqlite
+    .venv/bin/python bench/signup.py                 # both databases, both modes, 15 s each
+    .venv/bin/python bench/signup.py --seconds 5 --only sqlite --web-sends queue
 
 Starts `drip serve` (gunicorn; --workers, --threads) in a temporary directory on the embedded
 SQLite file, then on a throw-away PostgreSQL database (`drip_bench_signup` on 127.0.0.1:5432,
-dropped at the end), and posts new addresses as our own form does (form token, `Origin: null`)
-from `--clients` keep-alive connections spread over client processes, each request from its
-own X-Forwarded-For address (DRIP_TRUSTED_PROXIES=1: the per-IP limit counts the client, as
-behind a proxy) and under a global cap set out of the way. The server's background sender
+dropped at the end), each with DRIP_WEB_SENDS=now (the default: the server's background sender
 sends the queued confirmation emails to the outbox meanwhile, as in production; no request
-waits for it. Prints requests/s, median, p99 and max latency per database, after a 2-second
-warm-up, and whether the target (>= 500 requests/s, p99 < 100 ms) is met.
+waits for it) and then DRIP_WEB_SENDS=queue (the web only queues them). Posts new addresses as
+our own form does (form token, `Origin: null`) over `--clients` keep-alive connections, each
+request from its own X-Forwarded-For address (DRIP_TRUSTED_PROXIES=1: the per-IP limit counts
+the client, as behind a proxy) and under a global cap set out of the way. The load generator is
+`wrk` with bench/signup.lua when installed (apt-get install wrk), else Python client processes
+(said on stderr; `--load python` forces them). Prints requests/s, median, p99 and max latency
+after a 2-second warm-up, the server's CPU per request, the machine's busy cores and the load
+generator's CPU per request, and whether the target (>= 500 requests/s, p99 < 100 ms) is met.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -50,7 +54,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _env(work: Path, database_url: str | None) -> dict[str, str]:
+def _env(work: Path, database_url: str | None, web_sends: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DRIP_")}
     env.update(
         DRIP_COURSE_DIR=str(ROOT / "course"),
@@ -60,6 +64,7 @@ def _env(work: Path, database_url: str | None) -> dict[str, str]:
         DRIP_SECRET_KEY=KEY,
         DRIP_TRUSTED_PROXIES="1",
         DRIP_CONFIRMATIONS_PER_HOUR="100000000",
+        DRIP_WEB_SENDS=web_sends,
         PYTHONPATH=str(ROOT / "src"),
     )
     if database_url:
@@ -118,6 +123,25 @@ def _client(
     results.put(latencies)
 
 
+def _wrk(port: int, token: str, seconds: float, connections: int, tag: str) -> dict[str, Any]:
+    """One wrk run (2 threads, `connections` keep-alive connections); its `done` JSON line."""
+    finished = subprocess.run(
+        [
+            *("wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"),
+            *("-s", str(ROOT / "bench" / "signup.lua"), f"http://127.0.0.1:{port}/subscribe"),
+        ],
+        env={**os.environ, "DRIP_BENCH_TOKEN": token, "DRIP_BENCH_RUN": tag},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = [x for x in finished.stdout.splitlines() if x.startswith("{")][-1]
+    stats: dict[str, Any] = json.loads(line)
+    if stats["status_errors"] or stats["socket_errors"]:
+        raise SystemExit(f"wrk: not every POST /subscribe answered 200:\n{finished.stdout}")
+    return stats
+
+
 def _serve(work: Path, env: dict[str, str], workers: int, threads: int) -> tuple[Any, int]:
     port = _free_port()
     log = (work / "serve.log").open("w")
@@ -144,9 +168,77 @@ def _serve(work: Path, env: dict[str, str], workers: int, threads: int) -> tuple
         time.sleep(0.2)
 
 
-def run_one(name: str, database_url: str | None, args: argparse.Namespace) -> dict[str, Any]:
+def _cpu(master: int) -> float:
+    """CPU seconds used so far by the gunicorn master and its workers (user + system)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [str(master), *Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat: not idle, iowait)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # guest time is already counted in user time
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _emails(outbox: Path) -> int:
+    return sum(1 for path in outbox.rglob("*") if path.is_file()) if outbox.is_dir() else 0
+
+
+def _python_load(
+    port: int, token: str, args: argparse.Namespace
+) -> tuple[int, float, float, float, float, int]:
+    """The fallback load generator (no wrk): Python client processes. Requests, seconds,
+    median, p99 and max latency (ms), after the warm-up; then all requests, warm-up included."""
+    results: Any = multiprocessing.get_context("fork").Queue()
+    per_process = max(1, args.clients // args.client_processes)
+    clients = [
+        multiprocessing.get_context("fork").Process(
+            target=_client,
+            args=(port, token, args.seconds + WARM_UP, per_process, i * per_process, results),
+        )
+        for i in range(args.client_processes)
+    ]
+    began = time.monotonic()
+    for client in clients:
+        client.start()
+    samples: list[tuple[float, float]] = []
+    for _ in clients:
+        samples.extend(results.get(timeout=args.seconds + 120))
+    for client in clients:
+        client.join()
+        if client.exitcode != 0:
+            raise SystemExit(f"a client failed (exit {client.exitcode})")
+    measured = sorted(took for sent, took in samples if sent >= began + WARM_UP)
+    window = max(sent for sent, _ in samples) - (began + WARM_UP)
+    return (
+        len(measured),
+        window,
+        statistics.median(measured) * 1000,
+        measured[min(len(measured) - 1, int(0.99 * len(measured)))] * 1000,
+        measured[-1] * 1000,
+        len(samples),
+    )
+
+
+def run_one(
+    name: str, database_url: str | None, web_sends: str, args: argparse.Namespace
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"drip-bench-signup-{name}-"))
-    env = _env(work, database_url)
+    env = _env(work, database_url, web_sends)
     if database_url:
         subprocess.run(
             [sys.executable, "-m", "drip", "db", "upgrade"], cwd=work, env=env, check=True
@@ -158,27 +250,29 @@ def run_one(name: str, database_url: str | None, args: argparse.Namespace) -> di
         match = re.search(r'name="form_token" value="([^"]+)"', page)
         assert match, "no form token on the signup page"
         token = match.group(1)
-        results: Any = multiprocessing.get_context("fork").Queue()
-        per_process = max(1, args.clients // args.client_processes)
-        clients = [
-            multiprocessing.get_context("fork").Process(
-                target=_client,
-                args=(port, token, args.seconds + WARM_UP, per_process, i * per_process, results),
-            )
-            for i in range(args.client_processes)
-        ]
-        began = time.monotonic()
-        for client in clients:
-            client.start()
-        samples: list[tuple[float, float]] = []
-        for _ in clients:
-            samples.extend(results.get(timeout=args.seconds + 120))
-        for client in clients:
-            client.join()
-            if client.exitcode != 0:
-                raise SystemExit(f"a client failed (exit {client.exitcode})")
-        measured = [took for sent, took in samples if sent >= began + WARM_UP]
-        window = max(sent for sent, _ in samples) - (began + WARM_UP)
+        if args.load == "wrk":
+            _wrk(port, token, WARM_UP, args.clients, "w")
+            server_before, wrk_before = _cpu(process.pid), _children_cpu()
+            machine_before = _machine_cpu()
+            stats = _wrk(port, token, args.seconds, args.clients, "m")
+            server_cpu = _cpu(process.pid) - server_before
+            load_cpu: float | None = _children_cpu() - wrk_before
+            machine_cpu = _machine_cpu() - machine_before
+            window = stats["duration_us"] / 1e6
+            count = int(stats["requests"])
+            count_for_cpu = count
+            median, p99, worst = (stats[k] / 1000 for k in ("p50_us", "p99_us", "max_us"))
+        else:
+            # CPU over the warm-up too (the clients run through it), scaled to the window.
+            server_before, machine_before = _cpu(process.pid), _machine_cpu()
+            started = time.monotonic()
+            count, window, median, p99, worst, everything = _python_load(port, token, args)
+            share = window / (time.monotonic() - started)
+            server_cpu = (_cpu(process.pid) - server_before) * share
+            machine_cpu = (_machine_cpu() - machine_before) * share
+            load_cpu = None
+            count_for_cpu = everything * share
+        sent = _emails(work / "outbox")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
@@ -186,18 +280,26 @@ def run_one(name: str, database_url: str | None, args: argparse.Namespace) -> di
         shutil.rmtree(work, ignore_errors=True)
     if "Traceback" in log or "database is locked" in log:
         raise SystemExit(f"the server logged errors:\n{log[-3000:]}")
-    ordered = sorted(measured)
     result = {
         "database": name,
-        "requests": len(measured),
+        "web_sends": web_sends,
+        "load": args.load,
+        "requests": count,
         "seconds": round(window, 2),
-        "requests_per_s": round(len(measured) / window, 1),
-        "median_ms": round(statistics.median(ordered) * 1000, 1),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
-        "max_ms": round(ordered[-1] * 1000, 1),
+        "requests_per_s": round(count / window, 1),
+        "median_ms": round(median, 1),
+        "p99_ms": round(p99, 1),
+        "max_ms": round(worst, 1),
+        "emails_sent_by_web": sent,
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / max(1, count_for_cpu), 2),
+        "load_cpu_ms_per_request": (
+            None if load_cpu is None else round(load_cpu * 1000 / max(1, count), 2)
+        ),
+        "busy_cores_server": round(server_cpu / window, 2),
+        "busy_cores_machine": round(machine_cpu / window, 2),
         "workers": args.workers,
         "threads": args.threads,
-        "clients": per_process * args.client_processes,
+        "clients": args.clients,
     }
     result["target_met"] = (
         result["requests_per_s"] >= TARGET_RATE and result["p99_ms"] < TARGET_P99_MS
@@ -220,29 +322,55 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--client-processes", type=int, default=2, help="Python load generator only"
+    )
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--web-sends",
+        choices=["now", "queue", "both"],
+        default="both",
+        help="DRIP_WEB_SENDS of the server: now (the default setting), queue, or both in turn",
+    )
+    parser.add_argument(
+        "--load",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="load generator (default: wrk when installed, else Python clients)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per run")
     args = parser.parse_args()
+    if args.load == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk), or use --load python")
+    if args.load == "python":
+        print("load generator: Python clients (wrk not used)", file=sys.stderr)
+    modes = ["now", "queue"] if args.web_sends == "both" else [args.web_sends]
     runs: list[dict[str, Any]] = []
-    if args.only in (None, "sqlite"):
-        runs.append(run_one("sqlite", None, args))
-    if args.only in (None, "postgresql"):
-        _postgres(create=True)
-        try:
-            runs.append(run_one("postgresql", PG_URL, args))
-        finally:
-            _postgres(create=False)
+    for mode in modes:
+        if args.only in (None, "sqlite"):
+            runs.append(run_one("sqlite", None, mode, args))
+        if args.only in (None, "postgresql"):
+            _postgres(create=True)
+            try:
+                runs.append(run_one("postgresql", PG_URL, mode, args))
+            finally:
+                _postgres(create=False)
     for run in runs:
         if args.json:
             print(json.dumps(run))
         else:
             print(
-                f"{run['database']:<10} {run['requests']:>6} POST /subscribe in {run['seconds']} s:"
-                f" {run['requests_per_s']}/s, median {run['median_ms']} ms, p99 {run['p99_ms']} ms,"
-                f" max {run['max_ms']} ms ({run['workers']} workers x {run['threads']} threads,"
-                f" {run['clients']} clients) target >= {TARGET_RATE:.0f}/s and p99 <"
-                f" {TARGET_P99_MS:.0f} ms: {'met' if run['target_met'] else 'NOT met'}"
+                f"{run['database']:<10} DRIP_WEB_SENDS={run['web_sends']:<5} {run['requests']:>6}"
+                f" POST /subscribe in {run['seconds']} s: {run['requests_per_s']}/s,"
+                f" median {run['median_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms"
+                f" ({run['workers']} workers x {run['threads']} threads, {run['clients']}"
+                f" connections, {run['load']}; {run['emails_sent_by_web']} emails sent by the web;"
+                f" server CPU {run['server_cpu_ms_per_request']} ms/request,"
+                f" {run['busy_cores_server']} of {run['busy_cores_machine']} busy cores;"
+                f" load generator"
+                f" {run['load_cpu_ms_per_request']} ms/request)"
+                f" target >= {TARGET_RATE:.0f}/s and p99 < {TARGET_P99_MS:.0f} ms:"
+                f" {'met' if run['target_met'] else 'NOT met'}"
             )
 
 

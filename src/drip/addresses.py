@@ -38,6 +38,7 @@ def ascii_address(raw: str, *, what: str = "email address") -> str:
     return result.ascii_email or result.normalized
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_email(raw: str) -> str:
     """Validate a person's address (no DNS look-up) and return the canonical form used as the
     unique key, stored, and sent to.
@@ -46,7 +47,9 @@ def normalize_email(raw: str) -> str:
     first; then `ascii_address` applies: a non-ASCII local part is refused and the domain becomes
     ASCII (IDNA). The result is lower-cased: mailbox providers treat the local part
     case-insensitively in practice and a second row for `Alice@` would be a second subscription.
-    Raises `InvalidAddressError` saying what is wrong.
+    Raises `InvalidAddressError` saying what is wrong. A pure function, memoised for the last
+    addresses seen: a signup normalises its address twice (the check, then the suppression
+    list's hash).
     """
     candidate = unicodedata.normalize("NFKC", raw).strip()
     return ascii_address(candidate).lower()

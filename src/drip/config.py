@@ -30,6 +30,8 @@ BulkMode = Literal["off", "auto"]
 TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
 SENDGRID_CLIENTS: tuple[SendGridClient, ...] = get_args(SendGridClient)
 BULK_MODES: tuple[BulkMode, ...] = get_args(BulkMode)
+WebSends = Literal["now", "queue"]
+WEB_SENDS: tuple[WebSends, ...] = get_args(WebSends)
 DEFAULT_SENDGRID_WINDOW = 256
 MIN_SECRET_KEY_LENGTH = 32
 MIN_SECRET_KEY_BITS = 128
@@ -85,6 +87,11 @@ class Settings:
     """DRIP_CONFIRMATIONS_PER_HOUR: signups (each may send one confirmation email) the web app
     accepts per hour, counted where the rate limits are (DRIP_RATELIMIT_STORAGE_URL); above it
     POST /subscribe answers 429."""
+    web_sends: WebSends = "now"
+    """DRIP_WEB_SENDS: 'now' (the default): each `drip serve` worker sends the confirmation
+    emails its signups queue, and lesson 1 after a confirm, in a background thread at once;
+    'queue': the web app only queues them (durably, in the database) and `drip worker` or
+    `drip send` sends them, so the web's CPU goes to requests alone."""
     ratelimit_storage_url: str = "memory://"
     """DRIP_RATELIMIT_STORAGE_URL: where `drip serve` counts requests for its rate limits
     (memory:// per process; e.g. redis://host:6379 to share them between workers and hosts)."""
@@ -281,6 +288,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         "DRIP_SENDGRID_CLIENT", get("DRIP_SENDGRID_CLIENT") or "fast", SENDGRID_CLIENTS
     )
     bulk = _choice("DRIP_BULK", get("DRIP_BULK") or "off", BULK_MODES)
+    web_sends = _choice("DRIP_WEB_SENDS", get("DRIP_WEB_SENDS") or "now", WEB_SENDS)
     from_address = get("DRIP_FROM") or None
     if from_address is not None and "@" not in parseaddr(from_address)[1]:
         raise ConfigError(
@@ -295,6 +303,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             or DEFAULT_SENDGRID_WINDOW
         ),
         bulk=bulk,
+        web_sends=web_sends,
         base_url=_http_url("DRIP_BASE_URL", get("DRIP_BASE_URL") or DEFAULT_BASE_URL),
         database_url=get("DRIP_DATABASE_URL") or DEFAULT_DATABASE_URL,
         course_dir=Path(get("DRIP_COURSE_DIR") or "course"),

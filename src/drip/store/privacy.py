@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, String, delete, func, or_, select
+from sqlalchemy import BigInteger, String, bindparam, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from drip.addresses import normalize_email
@@ -41,10 +41,16 @@ def email_hash(email: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+_IS_SUPPRESSED = (
+    select(suppressions.c.id).where(suppressions.c.email_hash == bindparam("hash")).limit(1)
+)
+"""Built once, the hash bound at execution (every signup runs it)."""
+
+
 def is_suppressed(session: Session, email: str) -> bool:
     """True when `email` was erased at the person's request: never subscribe or import it."""
-    stmt = select(suppressions.c.id).where(suppressions.c.email_hash == email_hash(email))
-    return connection(session).execute(stmt.limit(1)).first() is not None
+    found = connection(session).execute(_IS_SUPPRESSED, {"hash": email_hash(email)})
+    return found.first() is not None
 
 
 def suppressed_emails(session: Session, emails: Sequence[str]) -> set[str]:

@@ -8,6 +8,11 @@ database's claims keep every email to one send however many processes are runnin
 thread could not send stays queued in the database: the next wake-up (at the latest every
 POLL_SECONDS), `drip send` or `drip worker` sends it.
 
+With DRIP_WEB_SENDS=queue the thread leaves the confirmation emails to `drip worker` or
+`drip send` (they are all in the database already): `wake` does nothing and no wake-up looks
+for owed confirmations, so a burst of signups costs the web no CPU for email. Lesson 1 after a
+confirm is still sent at once (a person is waiting for it, and the page says it is coming).
+
 One thread per process owns the mailer's transport; requests never touch it. Built lazily, on
 the first request that needs it (gunicorn forks its workers after loading the app: a thread
 started before the fork would not exist in the workers).
@@ -40,21 +45,26 @@ _create_lock = threading.Lock()
 class Outbound:
     """The background sender of one app in one process."""
 
-    def __init__(self, context: WebContext, *, poll: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, context: WebContext, *, poll: float = POLL_SECONDS, confirmations: bool = True
+    ) -> None:
         self._context = context
+        self._sends_confirmations = confirmations
         self._poll = poll
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._lessons: set[int] = set()
-        self._confirmations = True
+        self._confirmations = confirmations
         self._busy = False
         self._thread = threading.Thread(target=self._run, name="drip-outbound", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
-        """A confirmation email was queued: send what is owed."""
+        """A confirmation email was queued: send what is owed (DRIP_WEB_SENDS=queue: nothing)."""
+        if not self._sends_confirmations:
+            return
         with self._lock:
             self._confirmations = True
         self._wake.set()
@@ -100,10 +110,13 @@ class Outbound:
     def _send(self, lessons: list[int]) -> None:
         context = self._context
         # Owed confirmations are looked for at every wake-up (an index probe when none are).
-        self._guarded(
-            "confirmation emails",
-            lambda: send_owed_confirmations(context.sessions, context.mailer, now=context.now()),
-        )
+        if self._sends_confirmations:
+            self._guarded(
+                "confirmation emails",
+                lambda: send_owed_confirmations(
+                    context.sessions, context.mailer, now=context.now()
+                ),
+            )
         if lessons:
             self._guarded(
                 "first lessons",
@@ -133,7 +146,7 @@ def outbound(app: Flask) -> Outbound:
         if not isinstance(found, Outbound):
             context = app.extensions[EXTENSION]
             assert isinstance(context, WebContext)
-            found = Outbound(context)
+            found = Outbound(context, confirmations=context.settings.web_sends == "now")
             app.extensions[KEY] = found
             atexit.register(found.stop)
     return found

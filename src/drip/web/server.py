@@ -52,7 +52,8 @@ class _Server(BaseApplication):  # type: ignore[misc]
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, threads: int) -> None:
-    """Run gunicorn until SIGTERM/SIGINT. Raises what `create_app` raises before listening."""
+    """Run gunicorn until SIGTERM/SIGINT. Raises what `create_app` raises before listening.
+    `threads=1` runs sync workers, more runs gthread workers of that many threads."""
     close(create_app(settings))  # fail here, in the foreground, not in a worker
     _Server(
         settings,
@@ -60,7 +61,10 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
             "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "workers": workers,
             "threads": threads,
-            "worker_class": "gthread",
+            # One thread: gunicorn's sync worker (one request at a time, no keep-alive, so
+            # connections spread over the workers by accept); more: gthread, whose keep-alive
+            # connections stay with the worker that accepted them (docs/performance.md).
+            "worker_class": "sync" if threads == 1 else "gthread",
             "accesslog": "-",
             "errorlog": "-",
             "logger_class": RedactingLogger,

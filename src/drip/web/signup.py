@@ -148,11 +148,29 @@ def subscribe() -> tuple[str, int] | tuple[str, int, dict[str, str]]:
     values = {key: fields.get(key, "") for key in ("email", "name", "timezone")}
     refused = _take(values, fields.get(HONEYPOT, ""), source="web form")
     if refused is None:
-        return render_template("check_inbox.html"), 200
+        return _check_inbox_page(), 200
     if refused.status == 429:
         page = render_template("signup_limited.html", retry_minutes=_minutes(refused))
         return page, 429, {"Retry-After": str(refused.retry_after)}
     return _form_page(values, refused), 400
+
+
+_CHECK_INBOX_KEY = "drip.check_inbox"
+_CHECK_INBOX_KEPT = 8
+
+
+def _check_inbox_page() -> str:
+    """The "check your inbox" page, the same for every accepted submission (new or known
+    address, or a honeypot): rendered once per app and script root (a trusted proxy's
+    X-Forwarded-Prefix changes its links), then served from memory."""
+    pages: dict[str, str] = current_app.extensions.setdefault(_CHECK_INBOX_KEY, {})
+    root = request.script_root
+    page = pages.get(root)
+    if page is None:
+        page = render_template("check_inbox.html")
+        if len(pages) < _CHECK_INBOX_KEPT:
+            pages[root] = page
+    return page
 
 
 def _minutes(refused: _Refused) -> int:
