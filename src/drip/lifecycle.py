@@ -21,12 +21,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from drip import schedule, store
+from drip import preferences, schedule, store
 from drip.addresses import check_timezone, clean_name, normalize_email
 from drip.course import Course
 from drip.delivery import CONFIRMATION_INTERVAL as CONFIRMATION_INTERVAL
 from drip.delivery import Mailer, send_confirmation
-from drip.errors import InvalidAddressError, UnknownTimezoneError
+from drip.errors import InvalidAddressError
 from drip.importer import ImportReport
 from drip.importer import import_subscribers as _import_rows
 from drip.statuses import SUPPRESSED_STATUSES
@@ -158,24 +158,10 @@ def resume_subscriber(
     subscriber whose timezone this host cannot load is resumed and held with the reason, as a
     send run holds it.
     """
-    with sessions() as session, session.begin():
-        view = _find(session, course, email)
-        if view.status is not store.SubscriberStatus.PAUSED:
-            return False
-        try:
-            at = schedule.after_resume(
-                course,
-                view.timezone,
-                view.next_lesson,
-                resumed_at=now,
-                last_sent_at=view.last_sent_at,
-                confirmed_at=view.confirmed_at,
-                send_time=schedule.parse_send_time(view.send_time),
-            )
-        except UnknownTimezoneError:
-            reason = store.unknown_zone_reason(view.timezone)
-            return store.resume(session, view.id, now=now, next_send_at=None, hold_reason=reason)
-        return store.resume(session, view.id, now=now, next_send_at=at)
+    with sessions() as session:
+        subscriber_id = _find(session, course, email).id
+    # The manage page's resume: it reads the reader again in its own transaction.
+    return preferences.resume(sessions, course, subscriber_id, now=now)
 
 
 def unsubscribe_subscriber(
