@@ -1,0 +1,49 @@
+"""The `drip` command line: thin click commands that parse, call one library function, report.
+
+One module per command group (course, subscribers, sending, reports); `common` holds what they
+share. Exit codes (documented in the README): 0 success (warnings allowed); 1 the job found
+errors or had to stop; 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from drip import __version__
+from drip.cli import course, reports, sending, subscribers
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="drip")
+def main() -> None:
+    """drip: turn an article into an email course and send it on schedule.
+
+    Settings come from DRIP_* environment variables (see the README). Exit codes: 0 success,
+    1 errors found or the run had to stop, 2 usage or configuration error.
+    """
+    # Logs go to stderr; stdout carries the commands' results (and --json).
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+for command in (
+    course.course,
+    sending.db,
+    subscribers.subscribe_command,
+    subscribers.subscribers_group,
+    sending.send_command,
+    sending.worker_command,
+    sending.serve_command,
+    sending.deliveries_group,
+    reports.plan_command,
+    reports.stats_command,
+):
+    main.add_command(command)

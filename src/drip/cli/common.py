@@ -1,0 +1,165 @@
+"""What every `drip` command shares: settings, error reporting, --now, opening the ledger."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import wraps
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import click
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from drip.config import Settings, load_settings
+from drip.errors import DripError
+
+if TYPE_CHECKING:  # each command imports what it uses, so start-up stays short
+    from drip.course import Course
+    from drip.delivery import Mailer
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn a `DripError` raised by the library into its message on stderr and its exit code."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except DripError as exc:
+            fail(str(exc), exc.exit_code)
+            raise AssertionError("unreachable") from exc
+        except (OperationalError, InterfaceError) as exc:
+            # Claims already made are safe: see the README.
+            from drip.db import outage_message
+
+            fail(outage_message(exc), 1)
+            raise AssertionError("unreachable") from exc
+
+    return wrapper
+
+
+def settings() -> Settings:
+    """Settings from the process environment, loaded once per command into the click context.
+
+    A `ConfigError` is reported with exit code 2 (by `reports_errors`).
+    """
+    root = click.get_current_context().find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = load_settings(os.environ)
+    return root.obj
+
+
+MIN_NOW_YEAR, MAX_NOW_YEAR = 1971, 9998
+"""--now must leave room for the lease, back-off and schedule arithmetic on either side."""
+
+
+class NowType(click.ParamType[datetime]):
+    """`--now`: an ISO 8601 date-time with a UTC offset, as an aware UTC datetime."""
+
+    name = "ISO"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not an ISO-8601 date-time, e.g. 2026-04-01T07:30:00+09:00",
+                param,
+                ctx,
+            )
+        if moment.tzinfo is None:
+            # A date alone needs a time before the offset: "2026-04-01+09:00" reads as 09:00.
+            fixed = value if "T" in value or " " in value.strip() else f"{value}T07:30"
+            self.fail(
+                f"{value!r} has no UTC offset; add one, e.g. {fixed}+09:00 or {fixed}Z", param, ctx
+            )
+        if not MIN_NOW_YEAR <= moment.year <= MAX_NOW_YEAR:
+            self.fail(
+                f"{value!r} is outside the years {MIN_NOW_YEAR}-{MAX_NOW_YEAR} drip can schedule",
+                param,
+                ctx,
+            )
+        return moment.astimezone(UTC)
+
+
+def clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def now_option(help: str = "Act as if it were this moment.") -> Callable[[F], F]:
+    """The `--now ISO` option every command that reads the clock takes (default: the clock)."""
+    return click.option("--now", type=NowType(), default=clock, metavar="ISO", help=help)
+
+
+def open_ledger(current: Settings | None = None) -> tuple[sessionmaker[Session], Course]:
+    """The course and a session factory on its database (the embedded default auto-upgrades)."""
+    from drip import wiring
+
+    engine, sessions, loaded = wiring.open_ledger(current or settings())
+    # Pooled connections are closed when the command ends, whichever way it ends.
+    click.get_current_context().call_on_close(engine.dispose)
+    return sessions, loaded
+
+
+def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
+    """Everything a sending command needs, from settings; config errors surface before any
+    claim, and so does a course that cannot be sent (`delivery.check_sendable`)."""
+    from drip.wiring import make_mailer
+
+    sessions, loaded = open_ledger(current)
+    return sessions, make_mailer(current, loaded)
+
+
+@contextmanager
+def progress_bar() -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; nothing otherwise (cron, pipes)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task("sending", total=None)
+        yield lambda count: bar.advance(task, count)
+
+
+class SinceType(click.ParamType[datetime]):
+    """`--since`: a date (UTC midnight) or an ISO 8601 date-time with a UTC offset."""
+
+    name = "DATE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        if len(text) == 10:
+            try:
+                return datetime.fromisoformat(text).replace(tzinfo=UTC)
+            except ValueError:
+                pass
+        return NowType().convert(text, param, ctx)
+
+
+def listed(items: list[str], limit: int = 20) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
