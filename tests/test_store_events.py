@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from tests.store_support import COURSE, LEASE, T0, add, claim, delivery, view
 
 from drip import store
-from drip.models import SubscriberStatus, events
+from drip.models import DeliveryOutcome, SubscriberStatus, events
 
 
 def test_add_event_is_idempotent_per_provider_event(session: Session) -> None:
@@ -206,24 +206,49 @@ def test_in_doubt_evidence_names_the_first_proof_and_the_latest_reported_claim(
     session.commit()
 
 
-def test_stored_events_feed_the_stats_per_delivery(session: Session) -> None:
+def _flags(session: Session, delivery_id: int) -> int:
+    return int(delivery(session, delivery_id)["event_flags"])  # type: ignore[call-overload]
+
+
+def test_events_set_their_outcome_bits_on_the_delivery_once(session: Session) -> None:
     _, first = _in_doubt(session, "one@example.com")
     _, second = _in_doubt(session, "two@example.com")
+    opened, clicked = DeliveryOutcome.OPENED, DeliveryOutcome.CLICKED
+    batch = [
+        store.NewEvent("1", "open", T0, {}, first, opened),
+        store.NewEvent("2", "open", T0, {}, first, opened),
+        store.NewEvent("3", "open", T0, {}, second, opened),
+        store.NewEvent("4", "click", T0, {}, second, clicked),
+        store.NewEvent("5", "open", T0, {}, None, opened),
+        store.NewEvent("6", "open", T0, {}, 999_999, opened),  # no such delivery: ignored
+        store.NewEvent("7", "processed", T0, {}, first),
+    ]
+    assert store.add_events(session, "sendgrid", batch, received_at=T0) == 7
+    session.commit()
+    assert (_flags(session, first), _flags(session, second)) == (opened, opened | clicked)
+    # Redelivered: nothing new; a bounce adds its bit and keeps the others.
+    assert store.add_events(session, "sendgrid", batch, received_at=T0) == 0
+    bounced = DeliveryOutcome.BOUNCED
     store.add_events(
-        session,
-        "sendgrid",
-        [
-            store.NewEvent("1", "open", T0, {}, first),
-            store.NewEvent("2", "open", T0, {}, first),
-            store.NewEvent("3", "open", T0, {}, second),
-            store.NewEvent("4", "click", T0, {}, second),
-            store.NewEvent("5", "open", T0, {}, None),
-        ],
-        received_at=T0,
+        session, "sendgrid", [store.NewEvent("8", "bounce", T0, {}, first, bounced)], received_at=T0
     )
     session.commit()
-    counts = store.lesson_counts(session, COURSE, None).events
-    assert counts == {("welcome", "open"): 2, ("welcome", "click"): 1}
+    assert _flags(session, first) == opened | bounced
+    assert _flags(session, second) == opened | clicked
+    # The single-event form sets the bit too.
+    store.add_event(
+        session,
+        provider="sendgrid",
+        provider_event_id="9",
+        type="delivered",
+        occurred_at=T0,
+        received_at=T0,
+        payload={},
+        delivery_id=second,
+        outcome=DeliveryOutcome.DELIVERED,
+    )
+    session.commit()
+    assert _flags(session, second) == opened | clicked | DeliveryOutcome.DELIVERED
     store.set_delivery_details(session, [(first, "settled\x00 as sent")])
     session.commit()
     assert delivery(session, first)["detail"] == "settled as sent"

@@ -164,6 +164,22 @@ class Subscriber(Base):
     """A double opt-in email is owed since then; NULL once sent (the confirmation queue)."""
 
 
+class DeliveryOutcome(enum.IntFlag):
+    """What the provider reported of a delivery, as bits of `Delivery.event_flags`: a bit is
+    set once at least one event of its kind names the delivery (set semantics: a second open
+    changes nothing, and so does the order the events come in)."""
+
+    DELIVERED = 1
+    OPENED = 2
+    """Opened by a person: an open the provider does not flag as a machine open."""
+    MACHINE_OPENED = 4
+    """Opened by a machine (e.g. Apple Mail Privacy Protection fetching every image)."""
+    CLICKED = 8
+    BOUNCED = 16
+    """A bounce or a drop."""
+    COMPLAINED = 32
+
+
 class Delivery(Base):
     """The ledger: one row per (subscriber, lesson) ever sent or being sent."""
 
@@ -178,6 +194,17 @@ class Delivery(Base):
             "run_id",
             sqlite_where="status IN ('claimed', 'sending')",
             postgresql_where="status IN ('claimed', 'sending')",
+        ),
+        # `drip stats`: the funnel is one GROUP BY over this index (sent rows only, so claims
+        # and hand-overs never touch it); event_flags in it so the heap is not read.
+        Index(
+            "ix_deliveries_outcomes",
+            "course_id",
+            "lesson",
+            "sent_at",
+            "event_flags",
+            sqlite_where="status = 'sent'",
+            postgresql_where="status = 'sent'",
         ),
         # Ids travel with provider events: a late event must never land on another delivery.
         {"sqlite_autoincrement": True},
@@ -199,6 +226,9 @@ class Delivery(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     """Why it is in this state (provider reply, error); never holds secrets."""
     updated_at: Mapped[datetime]
+    event_flags: Mapped[int] = mapped_column(Integer, server_default="0")
+    """`DeliveryOutcome` bits: what the provider's events reported of it, set as they arrive
+    (whatever the delivery's status then)."""
 
 
 class Event(Base):

@@ -2,7 +2,8 @@
 deliveries settled.
 
 - `record_sendgrid_events` (the webhook, one transaction per batch): store the events (deduped
-  by `sg_event_id`), suppress the addresses that bounced, complained or unsubscribed (every
+  by `sg_event_id`), mark on each delivery what they report of it (`outcome_of`: the bits
+  `drip stats` counts), suppress the addresses that bounced, complained or unsubscribed (every
   enrolment, for good), and settle as sent the course's in-doubt deliveries the events name.
 - `settle_in_doubt` (`delivery.send_due`, before it claims anything): apply
   `drip.settle_policy.decide_in_doubt` to every in-doubt delivery of the course: sent when an
@@ -21,13 +22,34 @@ from sqlalchemy.orm import Session, sessionmaker
 from drip import schedule, store
 from drip.course import Course
 from drip.errors import UnknownTimezoneError
+from drip.models import DeliveryOutcome
 from drip.settle_policy import GRACE, InDoubtFacts, Settle, decide_in_doubt
 from drip.store.events import InDoubtEvidence, NewEvent
-from drip.transports.sendgrid.events import KNOWN_TYPES, ParsedEvents
+from drip.transports.sendgrid.events import KNOWN_TYPES, ParsedEvents, SendGridEvent
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "sendgrid"
+
+_OUTCOME_BY_TYPE = {
+    "delivered": DeliveryOutcome.DELIVERED.value,
+    "open": DeliveryOutcome.OPENED.value,
+    "click": DeliveryOutcome.CLICKED.value,
+    "bounce": DeliveryOutcome.BOUNCED.value,
+    "dropped": DeliveryOutcome.BOUNCED.value,
+    "spamreport": DeliveryOutcome.COMPLAINED.value,
+}
+_MACHINE_OPENED = DeliveryOutcome.MACHINE_OPENED.value
+
+
+def outcome_of(event: SendGridEvent) -> int:
+    """The `DeliveryOutcome` bits a SendGrid event reports of its delivery (0: none, e.g.
+    `processed`). An open is a machine open when SendGrid says so (`sg_machine_open`: true,
+    e.g. Apple Mail Privacy Protection); migration 0004 backfills by this same rule."""
+    outcome = _OUTCOME_BY_TYPE.get(event.type, 0)
+    if outcome == DeliveryOutcome.OPENED and event.payload.get("sg_machine_open") is True:
+        return _MACHINE_OPENED
+    return outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +98,7 @@ def record_sendgrid_events(
             occurred_at=event.occurred_at,
             payload=event.payload,
             delivery_ref=event.delivery_id,
+            outcome=outcome_of(event),
         )
         for event in parsed.events
     ]

@@ -15,9 +15,8 @@ from html import escape
 from typing import Any
 
 from drip.course import Course
-from drip.store.stats import LessonCounts, Signups
+from drip.store.stats import LessonCounts, LessonOutcomes, Signups
 
-BOUNCE_TYPES = ("bounce", "dropped")
 COLUMNS = (
     ("sent", "sent"),
     ("delivered", "delivered"),
@@ -73,26 +72,26 @@ def build_report(
 ) -> Report:
     """The report of `course` from the store's aggregates."""
     lessons = list(course.lessons)
-    starters = counts.sent.get(lessons[0].slug, 0) if lessons else 0
+    nobody = LessonOutcomes()
+    starters = counts.per_lesson.get(lessons[0].slug, nobody).sent if lessons else 0
     rows = []
     for index, lesson in enumerate(lessons):
-        events = counts.events
         following = lessons[index + 1].slug if index + 1 < len(lessons) else None
-        sent = counts.sent.get(lesson.slug, 0)
+        got = counts.per_lesson.get(lesson.slug, nobody)
         rows.append(
             LessonRow(
                 number=lesson.number,
                 lesson=lesson.slug,
                 subject=lesson.subject,
-                sent=sent,
-                delivered=events.get((lesson.slug, "delivered"), 0),
-                opened=events.get((lesson.slug, "open"), 0),
-                machine_opened=events.get((lesson.slug, "machine_open"), 0),
-                clicked=events.get((lesson.slug, "click"), 0),
-                bounced=sum(events.get((lesson.slug, kind), 0) for kind in BOUNCE_TYPES),
-                complained=events.get((lesson.slug, "spamreport"), 0),
+                sent=got.sent,
+                delivered=got.delivered,
+                opened=got.opened,
+                machine_opened=got.machine_opened,
+                clicked=got.clicked,
+                bounced=got.bounced,
+                complained=got.complained,
                 unsubscribed_after=counts.left_before.get(following, {}).get("unsubscribed", 0),
-                reached=sent / starters if starters else None,
+                reached=got.sent / starters if starters else None,
             )
         )
     before = sum(counts.left_before.get(lessons[0].slug, {}).values()) if lessons else 0

@@ -2,8 +2,8 @@
 and what they change: suppressed addresses, and the evidence that settles in-doubt deliveries.
 
 The webhook's hot path is `add_events` + `suppress_addresses`: a few statements per batch
-whatever its size (one look-up of the ledger ids it names, one executemany INSERT ... ON
-CONFLICT DO NOTHING, one UPDATE per suppression status).
+whatever its size (one INSERT ... ON CONFLICT DO NOTHING that looks the ledger ids up itself,
+one UPDATE of the named deliveries' `event_flags`, one UPDATE per suppression status).
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ def add_event(
     payload: Mapping[str, Any],
     delivery_id: int | None = None,
     subscriber_id: int | None = None,
+    outcome: int = 0,
 ) -> int | None:
     """Store a provider event once. Returns its new id, or None when (provider,
     provider_event_id) was stored before (webhooks are redelivered). Events without a provider
-    id are always stored.
+    id are always stored. `outcome` (`DeliveryOutcome` bits) is set on delivery `delivery_id`.
     """
     conn = connection(session)
+    if outcome and delivery_id is not None:
+        _flag_deliveries(conn, {delivery_id: outcome})
     stmt = (
         insert_ignoring_conflicts(conn, events, ("provider", "provider_event_id"))
         .values(
@@ -66,13 +69,14 @@ def add_event(
 class NewEvent(NamedTuple):
     """One provider event to store. `delivery_ref` is the ledger id the provider echoed back;
     it is stored as `delivery_id` only when that delivery exists (else NULL, the payload keeps
-    what was sent)."""
+    what was sent). `outcome`: the `DeliveryOutcome` bits this event sets on that delivery."""
 
     provider_event_id: str | None
     type: str
     occurred_at: datetime
     payload: Mapping[str, Any]
     delivery_ref: int | None = None
+    outcome: int = 0
 
 
 def add_events(
@@ -82,9 +86,11 @@ def add_events(
     many were new (the others were stored before: a redelivery).
 
     Each event's delivery_id is its `delivery_ref` when that delivery exists (else NULL), and
-    its subscriber_id that delivery's; both are looked up by the INSERT itself. One statement
-    (PostgreSQL) or one executemany (SQLite) per batch, below SQLAlchemy's per-row parameter
-    processing, which costs more than the SQL here.
+    its subscriber_id that delivery's; both are looked up by the INSERT itself. Each event's
+    `outcome` bits are OR-ed into its delivery's `event_flags`, redelivered events included
+    (setting a bit twice changes nothing). One statement (PostgreSQL) or one executemany
+    (SQLite) for each, below SQLAlchemy's per-row parameter processing, which costs more than
+    the SQL here.
     """
     if not batch:
         return 0
@@ -92,8 +98,12 @@ def add_events(
     at = converter(E.c.occurred_at, conn.dialect) or (lambda value: value)
     received = at(received_at)
     rows = []
+    outcomes: dict[int, int] = {}
     for event in batch:
         event_id, kind, payload = event.provider_event_id, event.type, event.payload
+        if event.outcome and event.delivery_ref is not None:
+            ref = event.delivery_ref
+            outcomes[ref] = outcomes.get(ref, 0) | event.outcome
         rows.append(
             (
                 provider,
@@ -105,7 +115,33 @@ def add_events(
                 payload if type(payload) is dict else dict(payload),
             )
         )
-    return _insert_events(conn, rows)
+    stored = _insert_events(conn, rows)
+    if outcomes:
+        _flag_deliveries(conn, outcomes)
+    return stored
+
+
+def _flag_deliveries(conn: Connection, outcomes: Mapping[int, int]) -> None:
+    """OR each delivery's bits into its `event_flags` ({delivery id: bits}; unknown ids are
+    ignored). Rows whose bits are all set already are not written, so a redelivered batch
+    writes nothing. Rows are taken in id order, the order the send path's set-based UPDATEs
+    lock them in too."""
+    capabilities = capabilities_of(conn.dialect)
+    mark = capabilities.placeholder
+    ids = sorted(outcomes)
+    if capabilities.array_params:
+        conn.exec_driver_sql(
+            f"UPDATE {D.name} AS d SET event_flags = d.event_flags | u.bits"
+            f" FROM unnest({mark}::bigint[], {mark}::integer[]) AS u(id, bits)"
+            " WHERE d.id = u.id AND (d.event_flags & u.bits) <> u.bits",
+            (ids, [outcomes[delivery_id] for delivery_id in ids]),
+        )
+        return
+    conn.exec_driver_sql(
+        f"UPDATE {D.name} SET event_flags = event_flags | {mark}"
+        f" WHERE id = {mark} AND (event_flags & {mark}) <> {mark}",
+        [(outcomes[i], i, outcomes[i], outcomes[i]) for i in ids],
+    )
 
 
 _INPUT_COLUMNS = (
