@@ -1,14 +1,18 @@
 """Benchmark of the SendGrid Event Webhook: signed 1,000-event batches posted to a real server.
 
     .venv/bin/python bench/webhook.py [--database-url URL] [--batches 20] [--repeats 5]
+        [--clients 1] [--workers 1 --threads 1]
 
 Starts `drip serve --workers 1 --threads 1` (gunicorn, one process, one thread: the target is
-per process) on loopback against a SQLite file in a temporary directory (or `--database-url`,
-e.g. an empty PostgreSQL database: it is upgraded and filled), with `subscribers` readers and
+per process; `--workers`/`--threads` change it) on loopback against a SQLite file in a
+temporary directory (or `--database-url`, e.g. an empty PostgreSQL database: it is upgraded
+and filled), with `subscribers` readers and
 one sent delivery each. Then, `repeats` times, posts `batches` batches of `events` events one
 after another over HTTP, each signed just before it is sent (ECDSA P-256 with a key made here),
 and prints the events per second of each repeat and their median (wall time of the whole
-repeat: signing, HTTP, verification, parsing, storing and applying). Every event is new (unique
+repeat: signing, HTTP, verification, parsing, storing and applying). With `--clients N` the
+batches are posted from N connections at once (SendGrid posts concurrently too), each signing
+its own. Every event is new (unique
 sg_event_id); per 1,000: 400 processed, 350 delivered, 150 open, 80 click, 10 bounce, 10
 spamreport, all naming real deliveries. A last pass posts one batch again to show the
 redelivery path, and the script checks the events table holds exactly what was posted.
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +57,14 @@ MIX = [
     ("bounce", 10),
     ("spamreport", 10),
 ]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat: not idle, iowait):
+    the benchmark shares the machine, so each figure says how busy it was."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # guest time is already counted in user time
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -173,6 +186,33 @@ class Poster:
         return result
 
 
+def post_all(posters: list[Poster], batches: list[bytes], size: int) -> None:
+    """Post every batch, each poster its share on its own connection, all at once."""
+    failures: list[BaseException] = []
+
+    def share(poster: Poster, mine: list[bytes]) -> None:
+        try:
+            for body in mine:
+                answer = poster.post(body)
+                assert answer["stored"] == size, answer
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    if len(posters) == 1:
+        share(posters[0], batches)
+    else:
+        threads = [
+            threading.Thread(target=share, args=(poster, batches[index :: len(posters)]))
+            for index, poster in enumerate(posters)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+
+
 def wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -196,6 +236,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1000, help="events per batch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=1, help="connections posting at once")
+    parser.add_argument("--workers", type=int, default=1, help="drip serve --workers")
+    parser.add_argument("--threads", type=int, default=1, help="drip serve --threads")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="drip-webhook-bench-"))
@@ -218,23 +261,24 @@ def main() -> None:
     )
     drip = Path(sys.executable).with_name("drip")
     command = [str(drip), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--workers", "1", "--threads", "1"]
+    command += ["--workers", str(args.workers), "--threads", str(args.threads)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_ready(port, server)
-        poster = Poster(port, key)
+        posters = [Poster(port, key) for _ in range(args.clients)]
+        poster = posters[0]
         rates = []
         posted = 0
+        busy_before, wall_before = machine_busy_seconds(), time.perf_counter()
         for repeat in range(args.repeats):
             batches = make_batches(targets, args.batches, args.events, f"r{repeat}")
             started = time.perf_counter()
-            for body in batches:
-                answer = poster.post(body)
-                assert answer["stored"] == args.events, answer
+            post_all(posters, batches, args.events)
             elapsed = time.perf_counter() - started
             posted += args.batches * args.events
             rates.append(args.batches * args.events / elapsed)
             print(f"repeat {repeat + 1}: {rates[-1]:,.0f} events/s ({elapsed:.2f} s)", flush=True)
+        busy = (machine_busy_seconds() - busy_before) / (time.perf_counter() - wall_before)
         started = time.perf_counter()
         again = poster.post(batches[0])
         redelivery = time.perf_counter() - started
@@ -246,12 +290,16 @@ def main() -> None:
         assert stored == posted, (stored, posted)
         summary = {
             "database": url.split(":", 1)[0],
+            "clients": args.clients,
+            "serve": f"--workers {args.workers} --threads {args.threads}",
             "events_per_batch": args.events,
             "batches_per_repeat": args.batches,
             "events_per_second": [round(rate) for rate in rates],
             "median_events_per_second": round(statistics.median(rates)),
             "redelivered_batch_seconds": round(redelivery, 3),
             "stored": stored,
+            "machine_busy_cores": round(busy, 2),
+            "load_average_1min": round(os.getloadavg()[0], 2),
         }
         print(json.dumps(summary))
     finally:

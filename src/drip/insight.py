@@ -32,8 +32,9 @@ def subscriber_timeline(
 def course_stats(
     sessions: sessionmaker[Session], course: Course, *, since: datetime | None
 ) -> stats.Report:
-    """The funnel and the signups of `course`, counting only what happened at or after
-    `since` (everything when None). One read transaction, a few aggregate statements."""
+    """The funnel and the signups of `course`: with `since`, the lessons sent at or after it
+    (and every outcome reported of them, whenever), the signups and the readers who left at or
+    after it; everything when None. One read transaction, a few aggregate statements."""
     with sessions() as session:
         counts = store.lesson_counts(session, course.id, since)
         signups = store.signups(session, course.id, since)

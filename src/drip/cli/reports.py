@@ -91,7 +91,12 @@ def plan_command(
 
 
 @click.command("stats")
-@click.option("--since", type=SinceType(), help="Count only what happened from then on.")
+@click.option(
+    "--since",
+    type=SinceType(),
+    help="Count the lessons sent from then on (and all that was reported of them), and the"
+    " signups and the readers who left from then on.",
+)
 @click.option(
     "--format",
     "output",
