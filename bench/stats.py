@@ -62,7 +62,7 @@ def machine_busy_seconds() -> float:
 def _series(dialect: str, n: int) -> str:
     """A one-column relation `i` of 1..n."""
     if dialect == "postgresql":
-        return f"(SELECT generate_series(1, {n}) AS i) AS n"
+        return f"(SELECT generate_series(1::bigint, {n}) AS i) AS n"
     return (
         f"(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n})"
         " SELECT i FROM s) AS n"

@@ -39,6 +39,7 @@ _OUTCOME_BY_TYPE = {
     "dropped": DeliveryOutcome.BOUNCED.value,
     "spamreport": DeliveryOutcome.COMPLAINED.value,
 }
+_OPENED = DeliveryOutcome.OPENED.value
 _MACHINE_OPENED = DeliveryOutcome.MACHINE_OPENED.value
 
 
@@ -47,7 +48,7 @@ def outcome_of(event: SendGridEvent) -> int:
     `processed`). An open is a machine open when SendGrid says so (`sg_machine_open`: true,
     e.g. Apple Mail Privacy Protection); migration 0004 backfills by this same rule."""
     outcome = _OUTCOME_BY_TYPE.get(event.type, 0)
-    if outcome == DeliveryOutcome.OPENED and event.payload.get("sg_machine_open") is True:
+    if outcome == _OPENED and event.payload.get("sg_machine_open") is True:
         return _MACHINE_OPENED
     return outcome
 
@@ -104,13 +105,16 @@ def record_sendgrid_events(
     ]
     # Oldest first: the first suppression of an address is the one that stays (but a complaint).
     changes = [
-        (event.email, event.suppress)
-        for event in sorted(parsed.events, key=lambda event: event.occurred_at)
+        (event.occurred_at, event.email, event.suppress)
+        for event in parsed.events
         if event.suppress is not None and event.email is not None
     ]
+    changes.sort(key=lambda change: change[0])
     with sessions() as session, session.begin():
         stored = store.add_events(session, PROVIDER, batch, received_at=now)
-        suppressed = store.suppress_addresses(session, changes, now)
+        suppressed = store.suppress_addresses(
+            session, [(email, status) for _, email, status in changes], now
+        )
         named = {
             event.delivery_id
             for event in parsed.events

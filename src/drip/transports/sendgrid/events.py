@@ -246,7 +246,9 @@ def parse_events(body: bytes, *, received_at: datetime) -> ParsedEvents:
         if type(kind) is not str or not kind:
             skipped += 1
             continue
-        event_id = _event_id(item.get("sg_event_id"))
+        event_id = item.get("sg_event_id")
+        if type(event_id) is not str or not 0 < len(event_id) <= PROVIDER_EVENT_ID_CHARS:
+            event_id = _event_id(event_id)
         if event_id is not None:
             if event_id in seen:
                 continue
@@ -268,7 +270,9 @@ def parse_events(body: bytes, *, received_at: datetime) -> ParsedEvents:
                 occurred_at=moment,
                 email=address or None,
                 delivery_id=_ledger_id(item.get("drip_delivery_id")),
-                suppress=_suppression(kind, item) if address else None,
+                suppress=_suppression(kind, item)
+                if address and kind in _SUPPRESS_BY_TYPE
+                else None,
                 proves_sent=kind in KNOWN_TYPES,
                 payload=_payload(item, clean),
             )
