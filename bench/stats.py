@@ -37,17 +37,18 @@ COURSE = load_course(ROOT / "course")
 FUNNEL = (100, 75, 58, 45, 35, 28, 22, 18)
 T0 = "2026-01-01 00:00:00"
 SINCE = "2026-07-01"
-# Events per delivery (SQL over the delivery id `did`): processed and delivered for all, an
-# open for 60 % (a third of them machine opens), a click for 15 %, a bounce for 1 %, a spam
-# report for 0.1 %. The same rules give each delivery's event_flags (DeliveryOutcome bits).
+# Events per delivery (SQL over the delivery id `did` = subscriber id * 10 + lesson number):
+# processed and delivered for all, an open for 60 % (a third of them machine opens), a click
+# for 15 %, a bounce for 1 %, a spam report for 0.1 %, spread over every lesson. The same
+# rules give each delivery's event_flags (DeliveryOutcome bits).
 KINDS = (
     ("processed", "1 = 1", 0),
     ("delivered", "1 = 1", 1),
-    ("open", "(did * 7) % 10 < 6 AND did % 3 <> 0", 2),
-    ("open", "(did * 7) % 10 < 6 AND did % 3 = 0", 4),
-    ("click", "(did * 7919) % 100 < 15", 8),
-    ("bounce", "(did * 7919) % 100 = 99", 16),
-    ("spamreport", "(did * 7919) % 1000 = 998", 32),
+    ("open", "(did / 10 + did % 10) % 10 < 6 AND (did / 10) % 3 <> 0", 2),
+    ("open", "(did / 10 + did % 10) % 10 < 6 AND (did / 10) % 3 = 0", 4),
+    ("click", "(did / 10 * 7 + did % 10 * 13) % 100 < 15", 8),
+    ("bounce", "(did / 10 + did % 10 * 37) % 100 = 99", 16),
+    ("spamreport", "(did / 10 + did % 10 * 101) % 1000 = 998", 32),
 )
 
 

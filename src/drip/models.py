@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -101,6 +102,19 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012 (SQLAlchemy's API)
 
 
+LEFT_PREDICATE = "status IN ('unsubscribed', 'bounced', 'complained')"
+"""The readers who left for good (`SUPPRESSED_STATUSES`), word for word as `drip stats` asks:
+SQLite uses a partial index only for a query that repeats its predicate."""
+OPTED_IN_PREDICATE = "confirmed_at > created_at"
+"""Readers who confirmed after signing up (double opt-in), as `drip stats` asks."""
+CONFIRM_WAIT = {
+    "sqlite": "julianday(confirmed_at) - julianday(created_at)",
+    "postgresql": "confirmed_at - created_at",
+}
+"""The time from signup to confirm (SQLite: days as a float; PostgreSQL: an interval), word
+for word as `drip stats` orders by it, so that the database reads it from the index."""
+
+
 class Subscriber(Base):
     """One person's enrolment in one course. `email` is normalised lower-case."""
 
@@ -133,6 +147,33 @@ class Subscriber(Base):
             sqlite_where="paused_until IS NOT NULL",
             postgresql_where="paused_until IS NOT NULL",
         ),
+        # `drip stats` among a million readers: signups per day read from an index, the readers
+        # who left (a few per cent) from a partial one, and the median time to confirm read in
+        # order from an index on the wait itself (an expression: each database's own).
+        Index("ix_subscribers_signups", "course_id", "created_at", "confirmed_at"),
+        Index(
+            "ix_subscribers_left",
+            "course_id",
+            "next_lesson",
+            "status",
+            "status_changed_at",
+            sqlite_where=text(LEFT_PREDICATE),
+            postgresql_where=text(LEFT_PREDICATE),
+        ),
+        Index(
+            "ix_subscribers_confirm_wait",
+            "course_id",
+            text(CONFIRM_WAIT["sqlite"]),
+            "created_at",
+            sqlite_where=text(OPTED_IN_PREDICATE),
+        ).ddl_if(dialect="sqlite"),
+        Index(
+            "ix_subscribers_confirm_wait",
+            "course_id",
+            text(f"({CONFIRM_WAIT['postgresql']})"),
+            postgresql_include=["created_at", "confirmed_at"],
+            postgresql_where=text(OPTED_IN_PREDICATE),
+        ).ddl_if(dialect="postgresql"),
         # Ids are in signed links: never hand a deleted (erased) reader's id to someone else.
         {"sqlite_autoincrement": True},
     )
@@ -195,14 +236,14 @@ class Delivery(Base):
             sqlite_where="status IN ('claimed', 'sending')",
             postgresql_where="status IN ('claimed', 'sending')",
         ),
-        # `drip stats`: the funnel is one GROUP BY over this index (sent rows only, so claims
-        # and hand-overs never touch it); event_flags in it so the heap is not read.
+        # `drip stats`: the funnel is one GROUP BY (lesson, event_flags) in this index's order
+        # (sent rows only, so claims and hand-overs never touch it; sent_at for --since).
         Index(
             "ix_deliveries_outcomes",
             "course_id",
             "lesson",
-            "sent_at",
             "event_flags",
+            "sent_at",
             sqlite_where="status = 'sent'",
             postgresql_where="status = 'sent'",
         ),

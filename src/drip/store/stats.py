@@ -9,14 +9,19 @@ arrive (`deliveries.event_flags`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, cast, func, literal_column, select
+from sqlalchemy import bindparam, func, literal_column, select, text
 from sqlalchemy.orm import Session
 
-from drip.models import DeliveryOutcome
-from drip.statuses import SubscriberStatus
+from drip.models import (
+    CONFIRM_WAIT,
+    LEFT_PREDICATE,
+    OPTED_IN_PREDICATE,
+    DeliveryOutcome,
+    UTCDateTime,
+)
 from drip.store._sql import D, S, connection
 
 
@@ -54,6 +59,7 @@ _OUTCOME_FIELDS = (
     ("bounced", DeliveryOutcome.BOUNCED),
     ("complained", DeliveryOutcome.COMPLAINED),
 )
+_FIELDS = tuple(name for name, _ in _OUTCOME_FIELDS)
 
 
 def lesson_counts(session: Session, course_id: str, since: datetime | None) -> LessonCounts:
@@ -69,29 +75,23 @@ def lesson_counts(session: Session, course_id: str, since: datetime | None) -> L
     sent_filter: list[Any] = [D.c.course_id == course_id, D.c.status == literal_column("'sent'")]
     if since is not None:
         sent_filter.append(D.c.sent_at >= since)
-    flags = D.c.event_flags
-    columns = [
-        func.sum(
-            flags.op("&")(literal_column(str(bit.value))).op("/")(literal_column(str(bit.value)))
-        )
-        for _, bit in _OUTCOME_FIELDS
-    ]
-    per_lesson = {
-        lesson: LessonOutcomes(
-            int(sent),
-            **{name: int(n or 0) for (name, _), n in zip(_OUTCOME_FIELDS, counted, strict=True)},
-        )
-        for lesson, sent, *counted in conn.execute(
-            select(D.c.lesson, func.count(), *columns).where(*sent_filter).group_by(D.c.lesson)
-        )
-    }
+    # One row per (lesson, event_flags) in index order; the bits are summed here (at most 64
+    # rows per lesson), which costs the database less than six sums per delivery.
+    tallies: dict[str, dict[str, int]] = {}
+    for lesson, flags, count in conn.execute(
+        select(D.c.lesson, D.c.event_flags, func.count())
+        .where(*sent_filter)
+        .group_by(D.c.lesson, D.c.event_flags)
+    ):
+        tally = tallies.setdefault(lesson, dict.fromkeys(("sent", *_FIELDS), 0))
+        tally["sent"] += count
+        for name, bit in _OUTCOME_FIELDS:
+            if flags & bit:
+                tally[name] += count
+    per_lesson = {lesson: LessonOutcomes(**tally) for lesson, tally in tallies.items()}
     left: dict[str | None, dict[str, int]] = {}
-    gone = [
-        SubscriberStatus.UNSUBSCRIBED.value,
-        SubscriberStatus.BOUNCED.value,
-        SubscriberStatus.COMPLAINED.value,
-    ]
-    left_filter: list[Any] = [S.c.course_id == course_id, S.c.status.in_(gone)]
+    # The partial index's predicate, word for word (SQLite needs it so to use the index).
+    left_filter: list[Any] = [S.c.course_id == course_id, text(LEFT_PREDICATE)]
     if since is not None:
         left_filter.append(S.c.status_changed_at >= since)
     for lesson, status, count in conn.execute(
@@ -113,32 +113,69 @@ class Signups:
     """Over readers who signed up unconfirmed and confirmed later (double opt-in)."""
 
 
+# Signups per day: grouping a million rows by their date sorts them (SQLite has no hash
+# aggregate; PostgreSQL has no statistics on the date and sorts on disk). Counting each day's
+# range of ix_subscribers_signups instead reads the index once, in order: a third of the time
+# on both. SQLite's stored datetimes are 'YYYY-MM-DD HH:MM:SS.ffffff' text, so a day's rows are
+# those from 'YYYY-MM-DD' (inclusive) to the next day (exclusive) in text order.
+_SQLITE_PER_DAY = text(
+    "WITH RECURSIVE days(day) AS ("
+    " SELECT date(min(created_at)) FROM subscribers"
+    " WHERE course_id = :course AND (:since IS NULL OR created_at >= :since)"
+    " UNION ALL SELECT date(day, '+1 day') FROM days WHERE day < (SELECT date(max(created_at))"
+    " FROM subscribers WHERE course_id = :course)),"
+    " counted(day, signups, confirmed) AS (SELECT day,"
+    " (SELECT count(*) FROM subscribers WHERE course_id = :course AND created_at >= day"
+    " AND created_at < date(day, '+1 day') AND (:since IS NULL OR created_at >= :since)),"
+    " (SELECT count(confirmed_at) FROM subscribers WHERE course_id = :course"
+    " AND created_at >= day AND created_at < date(day, '+1 day')"
+    " AND (:since IS NULL OR created_at >= :since)) FROM days WHERE day IS NOT NULL)"
+    " SELECT day, signups, confirmed FROM counted WHERE signups > 0 ORDER BY day"
+).bindparams(bindparam("since", type_=UTCDateTime()))
+
+
+_POSTGRESQL_PER_DAY = text(
+    "SELECT CAST(day AS DATE), n.signups, n.confirmed FROM generate_series("
+    " (SELECT date_trunc('day', min(created_at)) FROM subscribers"
+    "  WHERE course_id = :course AND (CAST(:since AS TIMESTAMP) IS NULL OR created_at >= :since)),"
+    " (SELECT max(created_at) FROM subscribers WHERE course_id = :course),"
+    " INTERVAL '1 day') AS day,"
+    " LATERAL (SELECT count(*) AS signups, count(confirmed_at) AS confirmed FROM subscribers"
+    "  WHERE course_id = :course AND created_at >= day AND created_at < day + INTERVAL '1 day'"
+    "  AND (CAST(:since AS TIMESTAMP) IS NULL OR created_at >= :since)) AS n"
+    " WHERE n.signups > 0 ORDER BY day"
+).bindparams(bindparam("since", type_=UTCDateTime()))
+
+
 def signups(session: Session, course_id: str, since: datetime | None) -> Signups:
+    """Signups per UTC day (days without any left out), confirmed among them, and the median
+    time to confirm of those who confirmed later; with `since`, of the readers who signed up
+    at or after it."""
     conn = connection(session)
     where: list[Any] = [S.c.course_id == course_id]
     if since is not None:
         where.append(S.c.created_at >= since)
-    day = cast(S.c.created_at, Date) if conn.dialect.name != "sqlite" else func.date(S.c.created_at)
-    rows = conn.execute(
-        select(day, func.count(), func.count(S.c.confirmed_at))
-        .where(*where)
-        .group_by(day)
-        .order_by(day)
-    ).all()
+    per_day_sql = _SQLITE_PER_DAY if conn.dialect.name == "sqlite" else _POSTGRESQL_PER_DAY
+    rows = conn.execute(per_day_sql, {"course": course_id, "since": since}).all()
     per_day = [(str(d), int(n), int(c)) for d, n, c in rows]
-    opted_in = and_(*where, S.c.confirmed_at > S.c.created_at)
-    if conn.dialect.name == "sqlite":
-        waited: Any = (func.julianday(S.c.confirmed_at) - func.julianday(S.c.created_at)) * 86400.0
-    else:
-        waited = func.extract("epoch", S.c.confirmed_at - S.c.created_at)
-    count = conn.execute(select(func.count()).where(opted_in)).scalar_one()
+    # Word for word as ix_subscribers_confirm_wait has them (a literal predicate and the same
+    # expression), so the count and the middle value are read from that index, in order.
+    opted_in = [*where, text(OPTED_IN_PREDICATE)]
+    waited: Any = literal_column(CONFIRM_WAIT[conn.dialect.name])
+    count = conn.execute(select(func.count()).select_from(S).where(*opted_in)).scalar_one()
     median = None
     if count:
-        # The middle value by ORDER BY ... OFFSET: one row read, on both databases.
+        # The middle value by ORDER BY ... OFFSET: index entries skipped, one row read.
         middle = conn.execute(
-            select(waited).where(opted_in).order_by(waited).offset((count - 1) // 2).limit(1)
+            select(waited)
+            .select_from(S)
+            .where(*opted_in)
+            .order_by(waited)
+            .offset((count - 1) // 2)
+            .limit(1)
         ).scalar_one()
-        median = float(middle)
+        # SQLite: days as a float; PostgreSQL: an interval.
+        median = middle.total_seconds() if isinstance(middle, timedelta) else middle * 86400.0
     return Signups(
         per_day=per_day,
         total=sum(n for _, n, _ in per_day),

@@ -6,8 +6,11 @@
   every event. Backfilled here from the stored events by the same rule the webhook applies
   (`drip.provider_events.outcome_of`): an open is a machine open when its payload's
   `sg_machine_open` is JSON true.
-- ix_deliveries_outcomes: (course_id, lesson, sent_at, event_flags) over sent rows only, so the
-  funnel reads an index and claims and hand-overs (rows not sent) never touch it.
+- ix_deliveries_outcomes: (course_id, lesson, event_flags, sent_at) over sent rows only, so the
+  funnel is a GROUP BY in index order and claims and hand-overs (rows not sent) never touch it.
+- subscribers: ix_subscribers_signups (signups per day), ix_subscribers_left (the readers who
+  left, a partial index), ix_subscribers_confirm_wait (the median time to confirm, read in
+  order: an index on the expression, each database's own; see `drip.models.CONFIRM_WAIT`).
 
 The events table is unchanged.
 
@@ -71,13 +74,39 @@ def upgrade() -> None:
     op.create_index(
         "ix_deliveries_outcomes",
         "deliveries",
-        ["course_id", "lesson", "sent_at", "event_flags"],
+        ["course_id", "lesson", "event_flags", "sent_at"],
         sqlite_where=sa.text("status = 'sent'"),
         postgresql_where=sa.text("status = 'sent'"),
     )
+    op.create_index(
+        "ix_subscribers_signups", "subscribers", ["course_id", "created_at", "confirmed_at"]
+    )
+    left = sa.text("status IN ('unsubscribed', 'bounced', 'complained')")
+    op.create_index(
+        "ix_subscribers_left",
+        "subscribers",
+        ["course_id", "next_lesson", "status", "status_changed_at"],
+        sqlite_where=left,
+        postgresql_where=left,
+    )
+    # The expressions are `drip.models.CONFIRM_WAIT`, word for word (the queries must match).
+    if dialect == "postgresql":
+        op.execute(
+            "CREATE INDEX ix_subscribers_confirm_wait ON subscribers"
+            " (course_id, (confirmed_at - created_at)) INCLUDE (created_at, confirmed_at)"
+            " WHERE confirmed_at > created_at"
+        )
+    else:
+        op.execute(
+            "CREATE INDEX ix_subscribers_confirm_wait ON subscribers"
+            " (course_id, julianday(confirmed_at) - julianday(created_at), created_at)"
+            " WHERE confirmed_at > created_at"
+        )
 
 
 def downgrade() -> None:
+    for index in ("ix_subscribers_confirm_wait", "ix_subscribers_left", "ix_subscribers_signups"):
+        op.drop_index(index, table_name="subscribers")
     op.drop_index("ix_deliveries_outcomes", table_name="deliveries")
     if op.get_bind().dialect.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 35):
         # Native DROP COLUMN keeps the table as it is (a batch rebuild would have to carry
