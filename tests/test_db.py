@@ -76,6 +76,15 @@ def test_the_migrations_build_exactly_the_models(engine: Engine) -> None:
     assert "confirmed_at > created_at" in ddl
 
 
+def test_the_stats_predicates_name_the_suppressed_statuses() -> None:
+    """`drip stats` counts the readers who left through a partial index whose predicate is
+    written out as text: it must name exactly the statuses that are suppressions."""
+    from drip.models import LEFT_PREDICATE, SUPPRESSED_STATUSES
+
+    named = {part.strip(" '()") for part in LEFT_PREDICATE.split("IN", 1)[1].split(",")}
+    assert named == {status.value for status in SUPPRESSED_STATUSES}
+
+
 def test_open_database_refuses_a_database_that_was_not_upgraded(empty_database_url: str) -> None:
     with pytest.raises(SchemaError, match="drip db upgrade") as raised:
         open_database(empty_database_url, auto_upgrade=False)
