@@ -6,7 +6,6 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -19,9 +18,6 @@ from drip.cli.common import (
     settings,
 )
 from drip.statuses import SubscriberStatus
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 
 @click.command("subscribe")
@@ -177,7 +173,7 @@ def subscribers_list_command(status: str | None, held: bool, as_json: bool) -> N
 
 def _status_command(
     name: str,
-    change: Callable[..., bool],
+    change: str,
     doc: str,
     done: str,
     unchanged: str,
@@ -188,8 +184,10 @@ def _status_command(
     @now_option()
     @reports_errors
     def command(email: str, now: datetime) -> None:
+        from drip import lifecycle
+
         sessions, loaded = open_ledger()
-        changed = change(sessions, loaded, email, now=now)
+        changed = getattr(lifecycle, change)(sessions, loaded, email, now=now)
         click.echo(f"{email}: {done if changed else unchanged}")
 
     command.__doc__ = doc + "\n\n    Exit 2 if the address is not subscribed."
@@ -197,25 +195,23 @@ def _status_command(
 
 
 def _register_status_commands() -> None:
-    from drip import lifecycle
-
     _status_command(
         "pause",
-        lifecycle.pause_subscriber,
+        "pause_subscriber",
         "Pause the reader EMAIL: nothing is sent until resumed.",
         "paused",
         "not active, nothing changed",
     )
     _status_command(
         "resume",
-        lifecycle.resume_subscriber,
+        "resume_subscriber",
         "Resume the paused reader EMAIL: the next lesson comes at the next send time.",
         "resumed",
         "not paused, nothing changed",
     )
     _status_command(
         "unsubscribe",
-        lifecycle.unsubscribe_subscriber,
+        "unsubscribe_subscriber",
         "Unsubscribe the reader EMAIL at once; it is never re-activated.",
         "unsubscribed",
         "already unsubscribed, bounced or complained",
