@@ -52,6 +52,7 @@ TARGETS = {
     "4-bulk-sqlite": ("emails_per_s", ">=", 20000),
     "5-1m-none-due": ("wall_s", "<", 1.0),
     "6-1m-100k-due": ("peak_rss_mb", "<", 250),
+    "8-startup-embedded": ("wall_s", "<", 0.25),
 }
 
 
@@ -347,6 +348,44 @@ def official_baseline(provider: Provider, work: Path, count: int) -> list[Result
     return results
 
 
+def startup(provider: Provider, work: Path, repeat: int) -> list[Result]:
+    """Scenario 8: `drip send` with nothing due on the embedded default (drip.db in the working
+    directory, no DRIP_DATABASE_URL), whole process, median of `repeat`; beside it, the same file
+    named by DRIP_DATABASE_URL, which takes the full path (course, templates, transport)."""
+    folder = work / "embedded"
+    folder.mkdir()
+    path = sqlite_template(folder, "drip", 1_000, 0)
+    results = []
+    for scenario, url in (
+        ("8-startup-embedded", None),
+        ("8-startup-full-path", f"sqlite:///{path}"),
+    ):
+        env = environment(url or "", provider)
+        if url is None:
+            del env["DRIP_DATABASE_URL"]
+        runs = [drip_send([env], folder)[0] for _ in range(repeat)]
+        assert all(run.report["due"] == 0 and run.report["sent"] == 0 for run in runs)
+        walls = sorted(run.wall_s for run in runs)
+        result = Result(
+            scenario=scenario,
+            emails=0,
+            wall_s=round(walls[len(walls) // 2], 3),
+            emails_per_s=0.0,
+            peak_rss_mb=round(max(run.peak_rss_mb for run in runs), 1),
+            duplicates=0,
+            losses=0,
+            invalid=0,
+            runs=[{"wall_s": round(wall, 3)} for wall in walls],
+        )
+        print(
+            f"{scenario:<26} wall {result.wall_s:6.3f} s (median of {repeat}; min {walls[0]:.3f},"
+            f" max {walls[-1]:.3f})",
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
 def big_database(
     provider: Provider, work: Path, n: int, big: int, notes: dict[str, Any]
 ) -> list[Result]:
@@ -372,6 +411,23 @@ def big_database(
         measure("6-1m-100k-due", provider, lambda: [environment(url, provider)], work, n)
     )
     return results
+
+
+def ratios(results: list[Result]) -> dict[str, float]:
+    """Each throughput scenario against the official client's; start-up against the full path."""
+    found = {result.scenario: result for result in results}
+    out = {}
+    official = found.get("7-baseline-official")
+    if official and official.emails_per_s:
+        for result in results:
+            if result.emails_per_s and result.scenario.startswith(("1-", "2-", "3-", "4-")):
+                out[f"ratio_{result.scenario}_vs_official"] = round(
+                    result.emails_per_s / official.emails_per_s, 1
+                )
+    quick, full = found.get("8-startup-embedded"), found.get("8-startup-full-path")
+    if quick and full and quick.wall_s:
+        out["ratio_8_full_path_vs_embedded_startup"] = round(full.wall_s / quick.wall_s, 1)
+    return out
 
 
 def main() -> None:
@@ -445,18 +501,14 @@ def main() -> None:
                 )
             if wanted("7"):
                 results += official_baseline(provider, work, baseline_n)
+            if wanted("8"):
+                results += startup(provider, work, max(repeat, 11))
             if wanted("5") or wanted("6"):
                 results += big_database(provider, work, n, big, notes)
     finally:
         provider.stop()
 
-    official = next((r for r in results if r.scenario == "7-baseline-official"), None)
-    if official and official.emails_per_s:
-        for result in results:
-            if result.emails_per_s and result.scenario.startswith(("1-", "2-", "3-", "4-")):
-                notes[f"ratio_{result.scenario}_vs_official"] = round(
-                    result.emails_per_s / official.emails_per_s, 1
-                )
+    notes.update(ratios(results))
     verdicts = check(results)
     print("\n".join(verdicts))
     out = {
