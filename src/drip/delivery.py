@@ -17,6 +17,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from email.utils import parseaddr
@@ -25,11 +26,13 @@ from functools import cached_property
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
+from drip.addresses import ascii_address
 from drip.course import Course
 from drip.errors import (
     CourseNotSendableError,
     DripError,
     FatalTransportError,
+    InvalidAddressError,
     UnknownTimezoneError,
 )
 from drip.links import LinkBuilder
@@ -80,6 +83,11 @@ class Mailer:
         settings = self.course.settings
         if self.from_override:
             name, address = parseaddr(self.from_override)
+            # The ASCII form every relay takes (the course's sender is converted on loading): the
+            # SMTP envelope's MAIL FROM is this address. An unusable one is left as written:
+            # check_sendable reports it before anything is sent.
+            with suppress(InvalidAddressError):
+                address = ascii_address(address, what="DRIP_FROM address")
             return address, name or settings.sender_name
         return settings.sender_email, settings.sender_name
 
