@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import insert, update
 
+from drip.config import DEFAULT_SENDGRID_WINDOW
 from drip.course import load_course
 from drip.db import make_engine, upgrade
 from drip.models import subscribers
@@ -54,6 +55,8 @@ TARGETS = {
     "6-1m-100k-due": ("peak_rss_mb", "<", 250),
     "8-startup-embedded": ("wall_s", "<", 0.25),
 }
+CEILING_SHARE = 0.8
+"""Per-reader `drip send` (1 and 3) must reach this share of the bare aiohttp loop (0)."""
 
 
 @dataclass
@@ -74,12 +77,22 @@ class Result:
 
 
 class Provider:
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, record_dir: Path | None = None) -> None:
+        """The fake provider in its own process; with `record_dir`, it keeps the first request
+        bodies it accepts there, for the ceiling (bench/ceiling.py)."""
+        record = ["--record-dir", str(record_dir)] if record_dir else []
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "fake_provider.py"), "--latency", str(latency)],
+            [
+                sys.executable,
+                str(ROOT / "bench" / "fake_provider.py"),
+                "--latency",
+                str(latency),
+                *record,
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.record_dir = record_dir
         assert self.process.stdout is not None
         self.url = f"http://127.0.0.1:{int(self.process.stdout.readline())}"
 
@@ -348,6 +361,57 @@ def official_baseline(provider: Provider, work: Path, count: int) -> list[Result
     return results
 
 
+def ceiling(provider: Provider, work: Path, n: int, repeat: int) -> Result | None:
+    """Scenario 0: the bare aiohttp loop (bench/ceiling.py) posting `n` of the bodies a
+    per-reader `drip send` run posted, with drip's concurrency (its window); median of `repeat`.
+    None when no per-reader run was recorded."""
+    bodies = provider.record_dir
+    if bodies is None or not any(bodies.glob("*.json")):
+        return None
+    attempts = []
+    for _ in range(repeat):
+        provider.reset()
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "ceiling.py"),
+                "--url",
+                provider.url + "/v3/mail/send",
+                "--bodies",
+                str(bodies),
+                "--count",
+                str(n),
+                "--concurrency",
+                str(DEFAULT_SENDGRID_WINDOW),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        figures = json.loads(done.stdout)
+        if figures["statuses"] != {"202": n}:
+            raise SystemExit(f"the ceiling run was not all 202: {figures['statuses']}")
+        attempts.append(figures)
+    median = sorted(attempts, key=lambda a: a["emails_per_s"])[len(attempts) // 2]
+    print(
+        f"{'0-ceiling (bare aiohttp)':<26} {median['emails_per_s']:>9,.0f} emails/s"
+        f"  loop {median['seconds']:7.2f} s  (median of {repeat})",
+        flush=True,
+    )
+    return Result(
+        scenario="0-ceiling",
+        emails=n,
+        wall_s=median["seconds"],
+        emails_per_s=median["emails_per_s"],
+        peak_rss_mb=0.0,
+        duplicates=0,
+        losses=0,
+        invalid=0,
+        runs=attempts,
+        note="request bodies recorded from a drip run, replayed cyclically",
+    )
+
+
 def startup(provider: Provider, work: Path, repeat: int) -> list[Result]:
     """Scenario 8: `drip send` with nothing due on the embedded default (drip.db in the working
     directory, no DRIP_DATABASE_URL), whole process, median of `repeat`; beside it, the same file
@@ -424,10 +488,87 @@ def ratios(results: list[Result]) -> dict[str, float]:
                 out[f"ratio_{result.scenario}_vs_official"] = round(
                     result.emails_per_s / official.emails_per_s, 1
                 )
+    top = found.get("0-ceiling")
+    for name in ("1-sqlite-1-process", "3-postgresql-1-process"):
+        if top and top.emails_per_s and name in found:
+            out[f"ratio_{name}_vs_ceiling"] = round(found[name].emails_per_s / top.emails_per_s, 3)
     quick, full = found.get("8-startup-embedded"), found.get("8-startup-full-path")
     if quick and full and quick.wall_s:
         out["ratio_8_full_path_vs_embedded_startup"] = round(full.wall_s / quick.wall_s, 1)
     return out
+
+
+def scenarios(
+    args: argparse.Namespace, only: set[str], provider: Provider, work: Path, notes: dict[str, Any]
+) -> list[Result]:
+    """Run the scenarios `only` names (every one when empty); the ceiling (0) after the
+    per-reader runs it replays."""
+    n = 10_000 if args.quick else 100_000
+    big = 100_000 if args.quick else 1_000_000
+    baseline_n = 20 if args.quick else 60
+    repeat = 1 if args.quick else args.repeat
+
+    def wanted(number: str) -> bool:
+        return not only or number in only
+
+    results: list[Result] = []
+    print(f"filling {n:,} subscribers (SQLite template) ...", flush=True)
+    template = sqlite_template(work, "due", n, n)
+    if wanted("1"):
+        results.append(
+            measure(
+                "1-sqlite-1-process",
+                provider,
+                lambda: [environment(fresh_copy(template, work), provider)],
+                work,
+                n,
+                repeat,
+            )
+        )
+    if wanted("2"):
+
+        def two() -> list[dict[str, str]]:
+            env = environment(fresh_copy(template, work), provider)
+            return [env, env]
+
+        results.append(measure("2-sqlite-2-processes", provider, two, work, n, repeat))
+    if wanted("3") and not args.skip_postgres:
+        with postgres_database() as url:
+            print(f"filling {n:,} subscribers (PostgreSQL) ...", flush=True)
+            fill(url, n, n)
+            results.append(
+                measure(
+                    "3-postgresql-1-process",
+                    provider,
+                    lambda: [environment(url, provider)],
+                    work,
+                    n,
+                )
+            )
+    if wanted("0"):
+        top = ceiling(provider, work, n, repeat)
+        if top is None:
+            print("0-ceiling: skipped (it replays scenario 1 or 3: run one of them too)")
+        else:
+            results.insert(0, top)
+    if wanted("4"):
+        results.append(
+            measure(
+                "4-bulk-sqlite",
+                provider,
+                lambda: [environment(fresh_copy(template, work), provider, DRIP_BULK="auto")],
+                work,
+                n,
+                repeat,
+            )
+        )
+    if wanted("7"):
+        results += official_baseline(provider, work, baseline_n)
+    if wanted("8"):
+        results += startup(provider, work, max(repeat, 11))
+    if wanted("5") or wanted("6"):
+        results += big_database(provider, work, n, big, notes)
+    return results
 
 
 def main() -> None:
@@ -438,78 +579,25 @@ def main() -> None:
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated scenario numbers")
     args = parser.parse_args()
-    n = 10_000 if args.quick else 100_000
-    big = 100_000 if args.quick else 1_000_000
-    baseline_n = 20 if args.quick else 60
-    repeat = 1 if args.quick else args.repeat
     only = {s.strip() for s in args.only.split(",") if s.strip()}
 
-    def wanted(number: str) -> bool:
-        return not only or number in only
-
-    provider = Provider(args.latency)
     results: list[Result] = []
     notes: dict[str, Any] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="drip-bench-") as tmp:
-            work = Path(tmp)
-            print(f"filling {n:,} subscribers (SQLite template) ...", flush=True)
-            template = sqlite_template(work, "due", n, n)
-            if wanted("1"):
-                results.append(
-                    measure(
-                        "1-sqlite-1-process",
-                        provider,
-                        lambda: [environment(fresh_copy(template, work), provider)],
-                        work,
-                        n,
-                        repeat,
-                    )
-                )
-            if wanted("2"):
-
-                def two() -> list[dict[str, str]]:
-                    env = environment(fresh_copy(template, work), provider)
-                    return [env, env]
-
-                results.append(measure("2-sqlite-2-processes", provider, two, work, n, repeat))
-            if wanted("3") and not args.skip_postgres:
-                with postgres_database() as url:
-                    print(f"filling {n:,} subscribers (PostgreSQL) ...", flush=True)
-                    fill(url, n, n)
-                    results.append(
-                        measure(
-                            "3-postgresql-1-process",
-                            provider,
-                            lambda: [environment(url, provider)],
-                            work,
-                            n,
-                        )
-                    )
-            if wanted("4"):
-                results.append(
-                    measure(
-                        "4-bulk-sqlite",
-                        provider,
-                        lambda: [
-                            environment(fresh_copy(template, work), provider, DRIP_BULK="auto")
-                        ],
-                        work,
-                        n,
-                        repeat,
-                    )
-                )
-            if wanted("7"):
-                results += official_baseline(provider, work, baseline_n)
-            if wanted("8"):
-                results += startup(provider, work, max(repeat, 11))
-            if wanted("5") or wanted("6"):
-                results += big_database(provider, work, n, big, notes)
-    finally:
-        provider.stop()
+    with tempfile.TemporaryDirectory(prefix="drip-bench-") as tmp:
+        work = Path(tmp)
+        (work / "bodies").mkdir()
+        provider = Provider(args.latency, record_dir=work / "bodies")
+        try:
+            results = scenarios(args, only, provider, work, notes)
+        finally:
+            provider.stop()
 
     notes.update(ratios(results))
     verdicts = check(results)
+    for key, ratio in notes.items():
+        if key.endswith("_vs_ceiling"):
+            met = "met" if ratio >= CEILING_SHARE else "NOT MET"
+            verdicts.append(f"{key}: {ratio:.2f} >= {CEILING_SHARE} {met}")
     print("\n".join(verdicts))
     out = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -519,7 +607,7 @@ def main() -> None:
         "results": [asdict(r) for r in results],
         "notes": notes,
         "verdicts": verdicts,
-        "median_of": repeat,
+        "median_of": 1 if args.quick else args.repeat,
     }
     folder = ROOT / "bench" / "results"
     folder.mkdir(exist_ok=True)
