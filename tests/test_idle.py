@@ -1,6 +1,7 @@
-"""`drip.idle`: the quick "anything to do?" probe `drip send` asks on the embedded SQLite file
-before loading the course. It must never say "nothing" when a run would act (a lesson due, a
-pause ended, a confirmation owed, a delivery in doubt), and must say so when nothing is."""
+"""`drip.idle`: the quick "anything to do?" probe `drip send` asks the database (through sqlite3
+or psycopg, no SQLAlchemy) before loading the course. It must never say "nothing" when a run
+would act (a lesson due, a pause ended, a confirmation owed, a delivery in doubt), and must say
+so when nothing is. Real SQLite file and real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,32 +17,44 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support import COURSE, COURSE_DIR, ROOT, drip_env, make_mailer
 
 from drip import preferences
-from drip.db import open_database
+from drip.db import make_engine, open_database
 from drip.delivery import Mailer, send_due
 from drip.idle import nothing_to_do, sqlite_timestamp
 from drip.lifecycle import subscribe
-from drip.models import subscribers
+from drip.models import deliveries, subscribers
 from drip.store import optin
 from drip.transports.memory import MemoryTransport
 
 # 2026-03-02 is a Monday; 01:00 UTC is 10:00 in Tokyo, outside quiet hours.
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+SUBSCRIBER = {
+    "course_id": COURSE.id,
+    "email": "a@example.com",
+    "timezone": "Asia/Tokyo",
+    "status": "active",
+    "created_at": T0,
+    "consent_at": T0,
+    "consent_source": "test",
+    "status_changed_at": T0,
+    "next_lesson": COURSE.lessons[0].slug,
+}
 
 
 @dataclass
 class Ledger:
-    path: Path
+    url: str
+    engine: Engine
     sessions: sessionmaker[Session]
     mailer: Mailer
     transport: MemoryTransport
 
     def idle(self, now: datetime) -> bool:
-        return nothing_to_do(self.path, COURSE_DIR, now)
+        return nothing_to_do(self.url, COURSE_DIR, now)
 
     def subscribe(self, email: str, *, confirmed: bool = True, now: datetime = T0) -> int:
         return subscribe(
@@ -61,25 +74,20 @@ class Ledger:
 
     def dump(self) -> list[tuple[object, ...]]:
         """Every row of the tables a run may change, to tell that a run changed nothing."""
-        connection = sqlite3.connect(self.path)
-        try:
+        with self.engine.connect() as connection:
             return [
-                row
-                for table in ("subscribers", "deliveries")
-                for row in connection.execute(f"SELECT * FROM {table} ORDER BY id")
+                tuple(row)
+                for table in (subscribers, deliveries)
+                for row in connection.execute(select(table).order_by(table.c.id))
             ]
-        finally:
-            connection.close()
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    path = tmp_path / "drip.db"
-    engine = open_database(f"sqlite:///{path}", auto_upgrade=True)
+def ledger(database_url: str) -> Iterator[Ledger]:
+    engine = make_engine(database_url)
     transport = MemoryTransport()
-    yield Ledger(
-        path, sessionmaker(engine, expire_on_commit=False), make_mailer(transport), transport
-    )
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    yield Ledger(database_url, engine, sessions, make_mailer(transport), transport)
     engine.dispose()
 
 
@@ -97,15 +105,15 @@ def assert_run_does_nothing(ledger: Ledger, now: datetime) -> None:
     assert ledger.dump() == before
 
 
-def test_timestamps_compare_as_the_store_writes_them(ledger: Ledger) -> None:
+def test_sqlite_timestamps_compare_as_the_store_writes_them(tmp_path: Path) -> None:
+    path = tmp_path / "drip.db"
+    engine = open_database(f"sqlite:///{path}", auto_upgrade=True)
     moment = datetime(2026, 3, 2, 22, 30, 0, 5, tzinfo=UTC)
-    subscriber = ledger.subscribe("a@example.com")
-    with ledger.sessions() as session, session.begin():  # through the column's type
-        session.execute(update(subscribers).values(next_send_at=moment))
-    connection = sqlite3.connect(ledger.path)
-    stored = connection.execute(
-        "SELECT next_send_at FROM subscribers WHERE id = ?", (subscriber,)
-    ).fetchone()[0]
+    with sessionmaker(engine)() as session, session.begin():  # through the column's type
+        session.execute(insert(subscribers).values(**SUBSCRIBER, next_send_at=moment))
+    engine.dispose()
+    connection = sqlite3.connect(path)
+    [stored] = connection.execute("SELECT next_send_at FROM subscribers").fetchone()
     connection.close()
     assert stored == sqlite_timestamp(moment)
     assert sqlite_timestamp(moment.astimezone(ZoneInfo("Asia/Tokyo"))) == stored
@@ -128,8 +136,7 @@ def test_the_next_lesson_becomes_work_at_its_due_time(ledger: Ledger) -> None:
     ledger.subscribe("a@example.com")
     send_due(ledger.sessions, ledger.mailer, now=T0)
     with ledger.sessions() as session:
-        due = session.execute(text("SELECT next_send_at FROM subscribers")).scalar_one()
-    next_at = datetime.fromisoformat(due).replace(tzinfo=UTC)
+        next_at = session.execute(select(subscribers.c.next_send_at)).scalar_one()
     assert ledger.idle(next_at - timedelta(microseconds=1))
     assert not ledger.idle(next_at)
 
@@ -180,22 +187,33 @@ def test_another_course_s_work_is_not_this_course_s(ledger: Ledger) -> None:
 
 
 def test_when_unsure_it_says_there_is_work(ledger: Ledger, tmp_path: Path) -> None:
-    assert not nothing_to_do(tmp_path / "missing.db", COURSE_DIR, T0)
-    assert not nothing_to_do(ledger.path, tmp_path / "no-course", T0)
+    assert ledger.idle(T0)
+    assert not nothing_to_do(ledger.url, tmp_path / "no-course", T0)
     broken = tmp_path / "broken-course"
     broken.mkdir()
     (broken / "course.toml").write_text("id = [unterminated", encoding="utf-8")
-    assert not nothing_to_do(ledger.path, broken, T0)
+    assert not nothing_to_do(ledger.url, broken, T0)
     (broken / "course.toml").write_text("title = 'no id'", encoding="utf-8")
-    assert not nothing_to_do(ledger.path, broken, T0)
+    assert not nothing_to_do(ledger.url, broken, T0)
+
+
+def test_a_database_it_cannot_read_is_work(tmp_path: Path, empty_database_url: str) -> None:
+    """No file, no tables, an older schema, not a database, a server that does not answer,
+    a URL it does not parse: each takes the full path, which says what is wrong."""
+    assert not nothing_to_do(empty_database_url, COURSE_DIR, T0)
+    assert not nothing_to_do(f"sqlite:///{tmp_path / 'missing.db'}", COURSE_DIR, T0)
     older = tmp_path / "older.db"
     connection = sqlite3.connect(older)
     connection.execute("CREATE TABLE subscribers (id INTEGER PRIMARY KEY, course_id TEXT)")
     connection.close()
-    assert not nothing_to_do(older, COURSE_DIR, T0)
+    assert not nothing_to_do(f"sqlite:///{older}", COURSE_DIR, T0)
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"not a database" * 100)
-    assert not nothing_to_do(garbage, COURSE_DIR, T0)
+    assert not nothing_to_do(f"sqlite:///{garbage}", COURSE_DIR, T0)
+    assert not nothing_to_do("sqlite://", COURSE_DIR, T0)
+    assert not nothing_to_do(f"sqlite:///{older}?mode=ro", COURSE_DIR, T0)
+    assert not nothing_to_do("postgresql+psycopg://nobody@127.0.0.1:9/none", COURSE_DIR, T0)
+    assert not nothing_to_do("mysql://root@127.0.0.1/test", COURSE_DIR, T0)
 
 
 def test_a_replayed_course_never_hides_work(ledger: Ledger) -> None:

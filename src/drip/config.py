@@ -22,9 +22,7 @@ from urllib.parse import urlsplit
 from drip.errors import ConfigError, MissingApiKeyError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-EMBEDDED_DATABASE = Path("drip.db")
-"""The embedded default's SQLite file, in the working directory."""
-DEFAULT_DATABASE_URL = f"sqlite:///{EMBEDDED_DATABASE}"
+DEFAULT_DATABASE_URL = "sqlite:///drip.db"
 DEFAULT_SENDGRID_API_URL = "https://api.sendgrid.com"
 TransportName = Literal["sendgrid", "smtp", "outbox"]
 SendGridClient = Literal["fast", "official"]

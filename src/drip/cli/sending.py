@@ -45,14 +45,13 @@ def send_command(
     provider credentials, database unavailable), 2 for usage or configuration errors.
     """
     current = settings()
-    if not dry_run and current.uses_embedded_database:
-        # Cron's usual minute: answered from the database alone, without loading the course,
-        # the templates or the transport (drip.idle; README, "Sending from cron").
-        from drip.config import EMBEDDED_DATABASE
+    if not dry_run:
+        # Cron's usual minute: answered from the database alone, without loading SQLAlchemy,
+        # the course, the templates or the transport (drip.idle).
         from drip.idle import nothing_to_do
         from drip.send_report import SendReport
 
-        if nothing_to_do(EMBEDDED_DATABASE, current.course_dir, now):
+        if nothing_to_do(current.database_url, current.course_dir, now):
             _print_report(SendReport(now=now), current, as_json)
             return
     from dataclasses import replace
