@@ -120,7 +120,7 @@ def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_r
             " imported",
             err=True,
         )
-    if sys.stdout.isatty():
+    if _stdout_is_terminal():
         _print_import_table(report, file=file, confirmed=confirmed, dry_run=dry_run)
     else:
         _print_import_lines(report, confirmed=confirmed, dry_run=dry_run)
@@ -135,6 +135,10 @@ def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_r
         )
     if report.invalid:
         sys.exit(1)
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 def _print_import_lines(report: ImportReport, *, confirmed: bool, dry_run: bool) -> None:
