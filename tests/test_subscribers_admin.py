@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support import COURSE, COURSE_DIR, TEMPLATES
 
 from drip import store
 from drip.cli import main
 from drip.lifecycle import request_signup
-from drip.models import deliveries
+from drip.models import deliveries, subscribers
 
 MORNING = "2026-04-01T09:00:00+09:00"
 T_MORNING = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
@@ -338,3 +338,20 @@ def test_every_new_command_on_an_empty_database(drip: Drip) -> None:
     for command in ("show", "confirm", "resend-confirmation", "pause"):
         assert drip("subscribers", command, "x@example.com").exit_code == 2, command
     assert drip("subscribers", "show", "not-an-address").exit_code == 2
+
+
+def test_show_of_a_reader_whose_timezone_this_host_cannot_load(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    ok(drip("subscribe", "mars@example.com", "--confirmed", "--now", MORNING))
+    with sessions() as session, session.begin():
+        session.connection().execute(
+            update(subscribers)
+            .where(subscribers.c.email == "mars@example.com")
+            .values(timezone="Mars/Base")
+        )
+    out = ok(drip("subscribers", "show", "mars@example.com", "--now", MORNING)).output
+    assert "timezone:  Mars/Base" in out
+    assert "lessons:   not planned: timezone 'Mars/Base' cannot be loaded here" in out
+    document = json.loads(ok(drip("subscribers", "show", "mars@example.com", "--json")).output)
+    assert document["timezone"] == "Mars/Base" and document["lessons"] == []

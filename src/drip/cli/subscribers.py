@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
     from drip.importer import ImportReport
+    from drip.plan import Step
+    from drip.store.admin import ReaderEvent
+    from drip.store.values import SubscriberView
 
 
 @click.command("subscribe")
@@ -452,48 +455,20 @@ def subscribers_show_command(email: str, as_json: bool, now: datetime) -> None:
 
     Exit 2 for an unknown address.
     """
-    from zoneinfo import ZoneInfo
-
     from drip.insight import subscriber_timeline
-    from drip.lifecycle import reader_events
+    from drip.lifecycle import find_subscriber, reader_events
 
     sessions, loaded = open_ledger()
-    view, steps = subscriber_timeline(sessions, loaded, email, now=now)
+    view = find_subscriber(sessions, loaded, email)
+    zone = _zone(view.timezone)
+    # `drip plan`'s timeline; none for a zone this host cannot load (the reader is held).
+    steps = [] if zone is None else subscriber_timeline(sessions, loaded, email, now=now)[1]
     events = reader_events(sessions, view.id)
-    zone = ZoneInfo(view.timezone)
-    by_lesson: dict[str | None, list[str]] = {}
-    for event in events:
-        by_lesson.setdefault(event.lesson, []).append(
-            f"{event.type} {event.occurred_at:%Y-%m-%d %H:%M} UTC"
-        )
-    upcoming = next((step for step in steps if step.state in ("due", "pending")), None)
+    course_time = f"{loaded.settings.send_time:%H:%M}"
     if as_json:
-        document = {
-            **view.as_dict(),
-            "created_at": view.created_at.isoformat(),
-            "confirmed_at": view.confirmed_at.isoformat() if view.confirmed_at else None,
-            "consent_at": view.consent_at.isoformat(),
-            "consent_source": view.consent_source,
-            "send_time": view.send_time or f"{loaded.settings.send_time:%H:%M}",
-            "paused_until": view.paused_until.isoformat() if view.paused_until else None,
-            "lessons": [
-                {
-                    **step.as_dict(zone),
-                    "events": [
-                        {"type": e.type, "at_utc": e.occurred_at.isoformat()}
-                        for e in events
-                        if e.lesson == step.lesson
-                    ],
-                }
-                for step in steps
-            ],
-            "other_events": [
-                {"type": e.type, "at_utc": e.occurred_at.isoformat()}
-                for e in events
-                if e.lesson is None
-            ],
-        }
-        click.echo(json.dumps(document, ensure_ascii=False))
+        click.echo(
+            json.dumps(_show_document(view, steps, events, zone, course_time), ensure_ascii=False)
+        )
         return
     click.echo(f"{view.email}" + (f" ({view.name})" if view.name else ""))
     state = view.status.value + (" (held)" if view.is_held else "")
@@ -505,14 +480,22 @@ def subscribers_show_command(email: str, as_json: bool, now: datetime) -> None:
     confirmed = _utc(view.confirmed_at) if view.confirmed_at else "not yet"
     click.echo(f"signed up: {_utc(view.created_at)}; confirmed: {confirmed}")
     click.echo(f"consent:   {view.consent_source}, {_utc(view.consent_at)}")
-    own = f"{view.send_time} (the reader's)" if view.send_time else None
-    send_time = own or f"{loaded.settings.send_time:%H:%M} (the course's)"
+    send_time = (
+        f"{view.send_time} (the reader's)" if view.send_time else f"{course_time} (the course's)"
+    )
     click.echo(f"timezone:  {view.timezone}; lessons after the first at {send_time}")
+    upcoming = next((step for step in steps if step.state in ("due", "pending")), None)
     if upcoming is not None and upcoming.at is not None:
         click.echo(f"next:      {upcoming.number} {upcoming.lesson}, {_both(upcoming.at, zone)}")
     else:
         click.echo("next:      none")
-    click.echo("lessons:")
+    by_lesson: dict[str | None, list[str]] = {}
+    for event in events:
+        by_lesson.setdefault(event.lesson, []).append(f"{event.type} {_utc(event.occurred_at)}")
+    if zone is None:
+        click.echo(f"lessons:   not planned: timezone {view.timezone!r} cannot be loaded here")
+    else:
+        click.echo("lessons:")
     for step in steps:
         when = "-"
         if step.at is not None:
@@ -521,9 +504,43 @@ def subscribers_show_command(email: str, as_json: bool, now: datetime) -> None:
         for reason in step.reasons:
             click.echo(f"      - {reason}")
         if by_lesson.get(step.lesson):
-            click.echo(f"      events: {', '.join(by_lesson[step.lesson])}")
-    if by_lesson.get(None):
-        click.echo(f"other mail: {', '.join(by_lesson[None])}")
+            click.echo(f"      events: {', '.join(by_lesson.pop(step.lesson))}")
+    for lesson, found in by_lesson.items():  # mail that is not a lesson of the timeline
+        click.echo(f"{'other mail' if lesson is None else lesson}: {', '.join(found)}")
+
+
+def _show_document(
+    view: SubscriberView,
+    steps: list[Step],
+    events: list[ReaderEvent],
+    zone: ZoneInfo | None,
+    course_time: str,
+) -> dict[str, object]:
+    """`drip subscribers show --json`: the reader, its lessons with their events, other mail."""
+
+    def about(lesson: str | None) -> list[dict[str, str]]:
+        return [
+            {"type": e.type, "at_utc": e.occurred_at.isoformat()}
+            for e in events
+            if e.lesson == lesson
+        ]
+
+    lessons = (
+        []
+        if zone is None
+        else [{**step.as_dict(zone), "events": about(step.lesson)} for step in steps]
+    )
+    return {
+        **view.as_dict(),
+        "created_at": view.created_at.isoformat(),
+        "confirmed_at": view.confirmed_at.isoformat() if view.confirmed_at else None,
+        "consent_at": view.consent_at.isoformat(),
+        "consent_source": view.consent_source,
+        "send_time": view.send_time or course_time,
+        "paused_until": view.paused_until.isoformat() if view.paused_until else None,
+        "lessons": lessons,
+        "other_events": about(None),
+    }
 
 
 def _utc(moment: datetime) -> str:

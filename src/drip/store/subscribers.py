@@ -495,6 +495,9 @@ def purge_unconfirmed(session: Session, course_id: str, now: datetime) -> int:
     'pending' and never purged here.
     """
     cutoff = now - UNCONFIRMED_TTL
+    # Without an index on pending rows this reads the course's rows once (about 0.5 s at a
+    # million on SQLite); a partial index on (course_id, created_at) WHERE status = 'pending'
+    # would make it a probe: the predicate below uses those terms as they are.
     quiet = and_(
         S.c.course_id == course_id,
         S.c.status == SubscriberStatus.PENDING.value,
