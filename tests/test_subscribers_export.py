@@ -211,3 +211,32 @@ def test_table_rows_count_what_the_report_says() -> None:
         "kept as pending": 1,
         "invalid": 0,
     }
+
+
+def test_ctrl_c_during_an_import_keeps_the_batches_done_and_says_how_to_finish(
+    drip: Drip, sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "big.csv"
+    file.write_text(
+        "email\n" + "".join(f"r{n}@example.com\n" for n in range(1500)), encoding="utf-8"
+    )
+    real_insert = store.insert_subscribers
+    calls = 0
+
+    def insert_then_ctrl_c(*args: object, **kwargs: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+        return real_insert(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "insert_subscribers", insert_then_ctrl_c)
+    stopped = drip("subscribers", "import", str(file), "--now", MORNING)
+    assert stopped.exit_code == 1
+    assert "interrupted: the first 1,000 row(s) stay imported" in stopped.stderr
+    assert len(readers(sessions)) == 1000
+    monkeypatch.setattr(store, "insert_subscribers", real_insert)
+    again = ok(drip("subscribers", "import", str(file), "--now", MORNING))
+    assert "imported: 500 (pending)" in again.stdout
+    assert "already present: 1000" in again.stdout
+    assert len(readers(sessions)) == 1500

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from drip.cli.common import (
+    fail,
     listed,
     now_option,
     open_ledger,
@@ -111,10 +112,36 @@ def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_r
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
     sessions, loaded = open_ledger()
-    with progress_bar(f"importing {file.name}") as advance:
-        report = import_subscribers(
-            sessions, loaded, file, now=now, confirmed=confirmed, dry_run=dry_run, progress=advance
-        )
+    handled = 0
+    with progress_bar(f"importing {file.name}") as bar:
+
+        def advance(count: int) -> None:
+            nonlocal handled
+            handled += count
+            if bar is not None:
+                bar(count)
+
+        try:
+            report = import_subscribers(
+                sessions,
+                loaded,
+                file,
+                now=now,
+                confirmed=confirmed,
+                dry_run=dry_run,
+                progress=advance,
+            )
+        except KeyboardInterrupt:
+            # Each batch is its own transaction: the ones done stay, the one under way does not.
+            done = (
+                "nothing was written" if dry_run else f"the first {handled:,} row(s) stay imported"
+            )
+            fail(
+                f"interrupted: {done}; run the same import again to finish (rows already there"
+                " are left alone)",
+                1,
+            )
+            raise AssertionError("unreachable") from None
 
     if report.ignored_columns:
         ignored = ", ".join(repr(name) for name in report.ignored_columns)
