@@ -385,7 +385,8 @@ def subscribers_confirm_command(email: str, now: datetime) -> None:
 @reports_errors
 def subscribers_resend_confirmation_command(email: str, now: datetime) -> None:
     """Send the pending reader EMAIL a new confirmation (double opt-in) email, through the same
-    queue and sender as the signup form; at most one a day per address.
+    queue and sender as the signup form (other confirmations the queue owes go out with it);
+    at most one a day per address.
 
     Exit 2 for an unknown address, a reader who is not pending, or one who got a confirmation
     email less than 24 hours ago; 1 when the transport cannot send (bad credentials).
