@@ -16,7 +16,8 @@ from tests.support import COURSE, COURSE_DIR, TEMPLATES
 
 from drip import store
 from drip.cli import main
-from drip.lifecycle import request_signup
+from drip.errors import UsageError
+from drip.lifecycle import pause_end, request_signup
 from drip.models import deliveries, subscribers
 
 MORNING = "2026-04-01T09:00:00+09:00"
@@ -355,3 +356,29 @@ def test_show_of_a_reader_whose_timezone_this_host_cannot_load(
     assert "lessons:   not planned: timezone 'Mars/Base' cannot be loaded here" in out
     document = json.loads(ok(drip("subscribers", "show", "mars@example.com", "--json")).output)
     assert document["timezone"] == "Mars/Base" and document["lessons"] == []
+
+
+# --- pause_end (pure) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("until", "zone", "expected"),
+    [
+        ("2026-05-01", "Asia/Tokyo", datetime(2026, 4, 30, 15, 0, tzinfo=UTC)),
+        # Santiago skips 00:00 on 2026-09-06 (DST): the pause ends at the first instant after.
+        ("2026-09-06", "America/Santiago", datetime(2026, 9, 6, 4, 0, tzinfo=UTC)),
+        (" 2026-05-01T07:30+09:00 ", "America/New_York", datetime(2026, 4, 30, 22, 30, tzinfo=UTC)),
+    ],
+)
+def test_pause_end_reads_a_date_in_the_readers_zone_or_an_instant(
+    until: str, zone: str, expected: datetime
+) -> None:
+    assert pause_end(until, zone, now=T_MORNING) == expected
+
+
+def test_pause_end_of_a_date_needs_a_zone_this_host_can_load() -> None:
+    with pytest.raises(UsageError, match="'Mars/Base' cannot be loaded"):
+        pause_end("2026-05-01", "Mars/Base", now=T_MORNING)
+    assert pause_end("2026-05-01T00:00Z", "Mars/Base", now=T_MORNING) == datetime(
+        2026, 5, 1, tzinfo=UTC
+    )
