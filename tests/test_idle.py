@@ -27,6 +27,7 @@ from drip.delivery import Mailer, send_due
 from drip.idle import nothing_to_do, sqlite_timestamp
 from drip.lifecycle import subscribe
 from drip.models import deliveries, subscribers
+from drip.statuses import UNCONFIRMED_TTL
 from drip.store import optin
 from drip.transports.memory import MemoryTransport
 
@@ -285,3 +286,27 @@ def test_drip_send_with_nothing_due_does_not_load_the_send_engine(tmp_path: Path
     assert drip("send", "--now", now).stdout == (
         "sent 0, retried 0, failed 0, in doubt 0, skipped 0, due before the run 0\n"
     )
+
+
+def test_a_signup_never_confirmed_is_work_once_it_may_be_purged(ledger: Ledger) -> None:
+    with ledger.sessions() as session, session.begin():
+        optin.request_optin(
+            session,
+            course_id=COURSE.id,
+            email="never@example.com",
+            name=None,
+            timezone="Asia/Tokyo",
+            now=T0,
+            consent_source="web",
+            interval=timedelta(hours=24),
+        )
+    send_due(ledger.sessions, ledger.mailer, now=T0)  # its confirmation email
+    purge_at = T0 + UNCONFIRMED_TTL
+    assert ledger.idle(purge_at)  # quiet for exactly UNCONFIRMED_TTL: not yet
+    assert_run_does_nothing(ledger, purge_at)
+    later = purge_at + timedelta(minutes=5)
+    assert not ledger.idle(later)
+    send_due(ledger.sessions, ledger.mailer, now=later)
+    with ledger.sessions() as session:
+        assert session.execute(select(subscribers.c.id)).first() is None
+    assert ledger.idle(later)

@@ -41,6 +41,7 @@ from drip.provider_events import settle_in_doubt
 from drip.render import Recipient, RenderedEmail, Renderer
 from drip.send_report import SendReport
 from drip.store import optin
+from drip.store.subscribers import purge_unconfirmed
 from drip.transports.base import Outcome, SendResult, Transport, clamp_retry_after
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,7 @@ def send_due(
     if not dry_run:
         with sessions() as session, session.begin():
             store.resume_ended_pauses(session, course_id, now, _pause_end(mailer.course))
+            purge_unconfirmed(session, course_id, now)  # signups never confirmed, 30 days on
         # In-doubt deliveries that SendGrid's events settle (drip.settle_policy).
         settle_in_doubt(sessions, mailer.course, now=now)
     with sessions() as session:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from drip.statuses import DeliveryStatus, SubscriberStatus
+from drip.statuses import UNCONFIRMED_TTL, DeliveryStatus, SubscriberStatus
 
 _PROBES = (
     # Due lessons (store._sql.due_filter), which includes claims whose lease ended.
@@ -36,19 +36,32 @@ _PROBES = (
     " AND confirmation_wanted_at <= {now} LIMIT 1",
     # In-doubt deliveries the settle policy may settle (provider_events.settle_in_doubt).
     "SELECT 1 FROM deliveries WHERE course_id = {course} AND status = {in_doubt} LIMIT 1",
+    # Signups never confirmed, quiet for UNCONFIRMED_TTL (store.subscribers.purge_unconfirmed).
+    "SELECT 1 FROM subscribers WHERE course_id = {course} AND status = {pending}"
+    " AND created_at < {cutoff} AND consent_at < {cutoff} AND confirmed_at IS NULL"
+    " AND last_sent_at IS NULL"
+    " AND (confirmation_sent_at IS NULL OR confirmation_sent_at < {cutoff})"
+    " AND (confirmation_wanted_at IS NULL OR confirmation_wanted_at < {cutoff})"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.subscriber_id = subscribers.id)"
+    " LIMIT 1",
 )
+_PARAMETERS = ("course", "now", "cutoff", "active", "pending", "in_doubt")
 
 
 def _statements(placeholder: str) -> list[str]:
     """The probes with each parameter written as the driver wants it (`placeholder` % name)."""
-    names = ("course", "now", "active", "in_doubt")
-    return [probe.format(**{name: placeholder % name for name in names}) for probe in _PROBES]
+    return [probe.format(**{name: placeholder % name for name in _PARAMETERS}) for probe in _PROBES]
 
 
 def sqlite_timestamp(moment: datetime) -> str:
     """`moment` as the store writes timestamps in SQLite (models.SQLITE_DATETIME_FORMAT: naive
     UTC with microseconds), so that comparing the strings compares the instants."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """`moment` as the store writes timestamps in PostgreSQL (timestamp without time zone)."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def course_id(course_dir: Path) -> str | None:
@@ -63,7 +76,7 @@ def course_id(course_dir: Path) -> str | None:
 
 def nothing_to_do(database_url: str, course_dir: Path, now: datetime) -> bool:
     """True when a `drip send` at `now` on `database_url` for the course in `course_dir` would
-    claim, send, settle and resume nothing; False when it would, or when this cannot be told
+    claim, send, settle, resume and purge nothing; False when it would, or when this cannot be told
     cheaply."""
     course = course_id(course_dir)
     if course is None:
@@ -71,17 +84,19 @@ def nothing_to_do(database_url: str, course_dir: Path, now: datetime) -> bool:
     params: dict[str, Any] = {
         "course": course,
         "active": SubscriberStatus.ACTIVE.value,
+        "pending": SubscriberStatus.PENDING.value,
         "in_doubt": DeliveryStatus.IN_DOUBT.value,
     }
+    cutoff = now - UNCONFIRMED_TTL
     url = urlsplit(database_url)
     scheme = url.scheme.partition("+")[0]
     if scheme == "sqlite":
-        return _sqlite_idle(database_url, {**params, "now": sqlite_timestamp(now)})
+        stamps = {"now": sqlite_timestamp(now), "cutoff": sqlite_timestamp(cutoff)}
+        return _sqlite_idle(database_url, {**params, **stamps})
     if scheme in ("postgresql", "postgres") and url.scheme in (scheme, f"{scheme}+psycopg"):
         conninfo = url._replace(scheme="postgresql").geturl()
-        return _postgresql_idle(
-            conninfo, {**params, "now": now.astimezone(UTC).replace(tzinfo=None)}
-        )
+        moments = {"now": _naive_utc(now), "cutoff": _naive_utc(cutoff)}
+        return _postgresql_idle(conninfo, {**params, **moments})
     return False
 
 

@@ -138,7 +138,7 @@ def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
 
 
 @contextmanager
-def progress_bar() -> Iterator[Callable[[int], None] | None]:
+def progress_bar(description: str = "sending") -> Iterator[Callable[[int], None] | None]:
     """A rich progress bar on stderr when it is a terminal; nothing otherwise (cron, pipes)."""
     if not sys.stderr.isatty():
         yield None
@@ -147,7 +147,7 @@ def progress_bar() -> Iterator[Callable[[int], None] | None]:
     from rich.progress import Progress
 
     with Progress(transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task("sending", total=None)
+        task = bar.add_task(description, total=None)
         yield lambda count: bar.advance(task, count)
 
 
