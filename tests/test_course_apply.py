@@ -520,3 +520,77 @@ def store_sessions(setup: Setup) -> Any:
 
 def store_session(setup: Setup) -> Any:
     return store_sessions(setup)()
+
+
+def test_a_paused_reader_gets_its_new_next_lesson_and_its_moment_on_resume(setup: Setup) -> None:
+    setup.start()
+    setup.ok("subscribers", "pause", "b@example.com", "--now", AFTER)
+    setup.remove_lesson("events")
+    setup.ok("course", "apply", "--now", AFTER)
+    paused = setup.readers()["b@example.com"]
+    assert (paused.status, paused.next_lesson, paused.next_send_at) == ("paused", "side-job", None)
+    setup.ok("subscribers", "resume", "b@example.com", "--now", "2026-04-03T12:00:00+09:00")
+    resumed = setup.readers()["b@example.com"]
+    assert (resumed.status, resumed.next_lesson) == ("active", "side-job")
+    assert resumed.next_send_at == at("2026-04-04T07:30:00+09:00")
+
+
+def test_a_claim_made_between_reading_and_writing_wins(setup: Setup) -> None:
+    setup.start()
+    setup.remove_lesson("events")
+    course = setup.course()
+    with store_session(setup) as session, session.begin():
+        readers = progress.readers_after(session, course.id, 0, 10, lock=False)
+    changes = [reschedule.decide(course, r, now=at(AFTER)).change for r in readers]
+    with store_session(setup) as session, session.begin():
+        [claim] = store.claim_due(
+            session,
+            course_id=course.id,
+            now=at("2026-04-04T07:30:00+09:00"),
+            limit=1,
+            run_id="running",
+            lease=timedelta(minutes=10),
+        ).claims
+    with store_session(setup) as session, session.begin():
+        written = progress.apply_changes(session, [c for c in changes if c is not None], at(AFTER))
+    assert written == 2
+    with setup.engine.connect() as conn:
+        row = conn.execute(
+            select(subscribers.c.next_lesson).where(subscribers.c.id == claim.subscriber_id)
+        ).one()
+    assert row.next_lesson == "events"
+
+
+def test_ctrl_c_keeps_the_batches_committed_and_a_second_run_finishes(setup: Setup) -> None:
+    setup.start()
+    setup.edit(send_time='"09:00"')
+    factory = store_sessions(setup)
+    opened = 0
+
+    def sessions() -> Any:
+        nonlocal opened
+        opened += 1
+        if opened == 3:  # the ledger read, the first batch, then Ctrl-C
+            raise KeyboardInterrupt
+        return factory()
+
+    course = setup.course()
+    first = reschedule.survey(sessions, course, now=at(AFTER), apply=True, batch_size=2)  # type: ignore[arg-type]
+    assert first.interrupted and first.written == 2
+    assert (
+        "interrupted: 2 reader(s) changed"
+        in reschedule.report_lines(first, reschedule.Mode.APPLY)[-1]
+    )
+    second = reschedule.survey(factory, course, now=at(AFTER), apply=True)
+    assert not second.interrupted and second.written == 1
+
+
+def test_apply_with_an_unreachable_database_exits_1(setup: Setup) -> None:
+    result = setup.drip(
+        "course",
+        "apply",
+        "--now",
+        AFTER,
+        DRIP_DATABASE_URL="postgresql+psycopg://drip:pw@127.0.0.1:9/drip",
+    )
+    assert result.exit_code == 1 and "error:" in result.output
