@@ -440,7 +440,7 @@ def test_a_change_is_not_written_over_a_reader_a_send_moved_meanwhile(setup: Set
     setup.edit(send_time='"09:00"')
     course = setup.course()
     with store_session(setup) as session, session.begin():
-        readers = progress.readers_after(session, course.id, 0, 10, lock=False)
+        readers = progress.readers_after(session, course.id, "", 10, lock=False)
     changes = [
         c
         for c in (reschedule.decide(course, r, now=at(AFTER)).change for r in readers)
@@ -540,7 +540,7 @@ def test_a_claim_made_between_reading_and_writing_wins(setup: Setup) -> None:
     setup.remove_lesson("events")
     course = setup.course()
     with store_session(setup) as session, session.begin():
-        readers = progress.readers_after(session, course.id, 0, 10, lock=False)
+        readers = progress.readers_after(session, course.id, "", 10, lock=False)
     changes = [reschedule.decide(course, r, now=at(AFTER)).change for r in readers]
     with store_session(setup) as session, session.begin():
         [claim] = store.claim_due(

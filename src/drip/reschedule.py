@@ -130,8 +130,13 @@ class Decision:
 NOTHING = Decision()
 
 
-def decide(course: Course, reader: ReaderProgress, *, now: datetime) -> Decision:
-    """The decision for `reader` under `course` at `now` (pure: no database)."""
+def decide(
+    course: Course, reader: ReaderProgress, *, now: datetime, moments: Moments | None = None
+) -> Decision:
+    """The decision for `reader` under `course` at `now` (pure: no database). `moments`: the
+    survey's memo of the schedule's answers (one is made when None)."""
+    if moments is None:
+        moments = Moments(course, now)
     if reader.ledger_status in progress.UNTOUCHABLE:
         affected = not course.has_lesson(reader.next_lesson) or reader.next_lesson in reader.sent
         return Decision(left=Left.IN_FLIGHT) if affected else NOTHING
@@ -148,12 +153,12 @@ def decide(course: Course, reader: ReaderProgress, *, now: datetime) -> Decision
         # Held for another reason, or retrying: that lesson keeps its own moment.
         return Decision(kinds, None, missed)
     try:
-        at = _moment(course, reader, target, now)
+        at = moments.rescheduled(reader, target)
     except UnknownTimezoneError:
         return Decision(kinds, None, missed, Left.UNKNOWN_ZONE)
     if moved:
         return Decision(kinds, _change(reader, target, at), missed)
-    if _keeps(course, reader, at, now):
+    if _keeps(moments, reader, at):
         return Decision(kinds, None, missed)
     return Decision((*kinds, Kind.DUE_TIME), _change(reader, target, at), missed)
 
@@ -202,41 +207,83 @@ def _missed(course: Course, reader: ReaderProgress, target: str | None) -> tuple
     return tuple(missed)
 
 
-def _moment(course: Course, reader: ReaderProgress, lesson: str, now: datetime) -> datetime:
-    """When `lesson` goes out for `reader` under `course` (`schedule.rescheduled_at`)."""
-    return schedule.rescheduled_at(
-        course,
-        reader.timezone,
-        lesson,
-        now=now,
-        waiting_until=reader.next_send_at or now,
-        last_sent_at=reader.last_sent_at,
-        confirmed_at=reader.confirmed_at,
-        send_time=_reader_send_time(reader.send_time),
-    )
+class Moments:
+    """The schedule's answers for one survey, memoised: the readers of one `drip send` run
+    share their last send time, so most readers ask the same question. The key holds every
+    input the answer depends on (the confirmation only for a reader with no lesson yet, the
+    stored moment only as "still to come or not", as `schedule.rescheduled_at` reads them)."""
+
+    MAX = 65_536
+
+    def __init__(self, course: Course, now: datetime) -> None:
+        self.course = course
+        self.now = now
+        self._rescheduled: dict[tuple[object, ...], datetime] = {}
+        self._normal: dict[tuple[object, ...], datetime] = {}
+
+    def _key(self, reader: ReaderProgress, lesson: str) -> tuple[object, ...]:
+        confirmed = reader.confirmed_at if reader.last_sent_at is None else None
+        return (reader.timezone, lesson, reader.last_sent_at, confirmed, reader.send_time)
+
+    def rescheduled(self, reader: ReaderProgress, lesson: str) -> datetime:
+        """When `lesson` goes out for `reader` (`schedule.rescheduled_at`)."""
+        now = self.now
+        to_come = reader.next_send_at is not None and reader.next_send_at > now
+        key = (*self._key(reader, lesson), to_come)
+        found = self._rescheduled.get(key)
+        if found is None:
+            found = schedule.rescheduled_at(
+                self.course,
+                reader.timezone,
+                lesson,
+                now=now,
+                waiting_until=reader.next_send_at or now,
+                last_sent_at=reader.last_sent_at,
+                confirmed_at=reader.confirmed_at,
+                send_time=_reader_send_time(reader.send_time),
+            )
+            _remember(self._rescheduled, key, found)
+        return found
+
+    def normal(self, reader: ReaderProgress, lesson: str) -> datetime:
+        """`lesson`'s normal moment for `reader` (`schedule.next_send_at`)."""
+        key = self._key(reader, lesson)
+        found = self._normal.get(key)
+        if found is None:
+            found = schedule.next_send_at(
+                self.course.settings,
+                reader.timezone,
+                self.course.lesson(lesson),
+                previous_sent_at=reader.last_sent_at,
+                confirmed_at=reader.confirmed_at or self.now,
+                send_time=_reader_send_time(reader.send_time),
+            )
+            _remember(self._normal, key, found)
+        return found
 
 
-def _keeps(course: Course, reader: ReaderProgress, at: datetime, now: datetime) -> bool:
+def _remember(
+    cache: dict[tuple[object, ...], datetime], key: tuple[object, ...], value: datetime
+) -> None:
+    if len(cache) >= Moments.MAX:
+        cache.clear()  # bounded: memory stays flat whatever the number of readers
+    cache[key] = value
+
+
+def _keeps(moments: Moments, reader: ReaderProgress, at: datetime) -> bool:
     """True when the reader's stored moment stands under the current settings (see the module
     docstring): it is `at`; or it and `at` are both due; or a late run deferred it to the start
     of a sending window the settings still allow, after the lesson's normal due time."""
     stored = reader.next_send_at
     assert stored is not None
+    now = moments.now
     if stored == at or (stored <= now and at <= now):
         return True
-    settings = course.settings
+    settings = moments.course.settings
     first = reader.last_sent_at is None
-    normal = schedule.next_send_at(
-        settings,
-        reader.timezone,
-        course.lesson(reader.next_lesson),
-        previous_sent_at=reader.last_sent_at,
-        confirmed_at=reader.confirmed_at or now,
-        send_time=_reader_send_time(reader.send_time),
-    )
     zone = reader.timezone
     return (
-        stored > normal
+        stored > moments.normal(reader, reader.next_lesson)
         and schedule.may_send_at(settings, zone, stored, first_lesson=first)
         and not schedule.may_send_at(settings, zone, stored - _ONE_SECOND, first_lesson=first)
     )
@@ -258,8 +305,8 @@ def survey(
     apply: bool = False,
     batch_size: int = BATCH,
 ) -> Survey:
-    """Look at every reader of `course` with a next lesson, a batch at a time in id order (one
-    transaction each), and count what the course on disk changes for them; with `apply`, also
+    """Look at every reader of `course` with a next lesson, a batch at a time in address order
+    (one transaction each), and count what the course on disk changes for them; with `apply`, also
     write the changes. Idempotent: a second apply at the same `now` changes nothing.
 
     Safe while a `drip send` runs: a claim in flight or in doubt is never touched, PostgreSQL
@@ -273,30 +320,29 @@ def survey(
     report.unknown_sent = {
         slug: count for slug, count in sorted(sent.items()) if not course.has_lesson(slug)
     }
-    after = 0
+    moments = Moments(course, now)
+    after = ""
     try:
         while True:
             with sessions() as session, session.begin():
                 readers = progress.readers_after(session, course.id, after, batch_size, lock=apply)
                 if not readers:
                     break
-                changes = _count(report, course, readers, now)
+                changes = _count(report, moments, readers)
                 if apply:
                     report.written += progress.apply_changes(session, changes, now)
-            after = readers[-1].id
+            after = readers[-1].email
     except KeyboardInterrupt:
         report.interrupted = True
     return report
 
 
-def _count(
-    report: Survey, course: Course, readers: list[ReaderProgress], now: datetime
-) -> list[ProgressChange]:
+def _count(report: Survey, moments: Moments, readers: list[ReaderProgress]) -> list[ProgressChange]:
     """Add one batch's decisions to `report`; returns its changes."""
     changes: list[ProgressChange] = []
     for reader in readers:
         report.readers += 1
-        decision = decide(course, reader, now=now)
+        decision = decide(moments.course, reader, now=moments.now, moments=moments)
         if decision.left is not None:
             report.left[decision.left] += 1
         change = decision.change

@@ -1,5 +1,6 @@
 """The queries of `drip course check` (the readers section) and `drip course apply`: readers with
-a next lesson, read a batch at a time in id order, and compare-and-set updates of their progress.
+a next lesson, read a batch at a time in address order, and compare-and-set updates of their
+progress.
 
 Nothing here decides anything: `drip.reschedule` asks `drip.schedule` what each reader's next
 lesson and moment are under the course on disk, and hands the changes back.
@@ -64,11 +65,16 @@ class ProgressChange:
 
 
 def readers_after(
-    session: Session, course_id: str, after_id: int, limit: int, *, lock: bool
+    session: Session, course_id: str, after_email: str, limit: int, *, lock: bool
 ) -> list[ReaderProgress]:
-    """Up to `limit` readers of `course_id` with id > `after_id` (in id order), active or paused,
-    that have a next lesson. With `lock` (PostgreSQL) the rows are locked for the transaction
-    and rows a `drip send` is claiming right now are skipped (they are in flight)."""
+    """Up to `limit` readers of `course_id` whose address sorts after `after_email` (in address
+    order), active or paused, that have a next lesson. With `lock` (PostgreSQL) the rows are
+    locked for the transaction and rows a `drip send` is claiming right now are skipped (they
+    are in flight).
+
+    Address order, not id order: the unique (course_id, email) index walks it, so each batch is
+    an index range scan on both databases (ordering by id made SQLite sort the whole course
+    once per batch)."""
     conn = connection(session)
     joined = S.outerjoin(D, and_(D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson))
     stmt = (
@@ -88,11 +94,11 @@ def readers_after(
         .select_from(joined)
         .where(
             S.c.course_id == course_id,
-            S.c.id > after_id,
+            S.c.email > after_email,
             S.c.status.in_([ACTIVE, PAUSED]),
             S.c.next_lesson.is_not(None),
         )
-        .order_by(S.c.id)
+        .order_by(S.c.email)
         .limit(limit)
     )
     if lock and capabilities_of(conn.dialect).skip_locked:
