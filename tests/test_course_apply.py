@@ -594,3 +594,16 @@ def test_apply_with_an_unreachable_database_exits_1(setup: Setup) -> None:
         DRIP_DATABASE_URL="postgresql+psycopg://drip:pw@127.0.0.1:9/drip",
     )
     assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_a_course_check_finds_errors_in_is_not_applied(setup: Setup) -> None:
+    setup.start()
+    setup.edit(lessons=[slug for slug in LESSONS if slug != "events"])  # the file is still there
+    before = setup.snapshot()
+    refused = setup.drip("course", "apply", "--now", AFTER)
+    assert refused.exit_code == 2, refused.output
+    assert "'events' is not in course.toml's lessons list" in refused.output
+    assert "nothing was changed" in refused.output
+    assert setup.snapshot() == before
+    dry = setup.ok("course", "apply", "--dry-run", "--now", AFTER)  # shows what it would do
+    assert "removed lesson: 3 reader(s)" in dry.output

@@ -38,14 +38,16 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule
+from drip.check import check_course
 from drip.course import Course
 from drip.delivery import _reader_send_time
-from drip.errors import UnknownTimezoneError
+from drip.errors import CourseError, UnknownTimezoneError
 from drip.statuses import SubscriberStatus
 from drip.store import reschedule as progress
 from drip.store.reschedule import ProgressChange, ReaderProgress
@@ -295,6 +297,34 @@ def _change(
     return ProgressChange(
         reader.id, reader.next_lesson, reader.next_send_at, lesson, at, completed=completed
     )
+
+
+def apply_course(
+    sessions: sessionmaker[Session],
+    course: Course,
+    templates_dir: Path,
+    *,
+    now: datetime,
+    dry_run: bool = False,
+) -> Survey:
+    """`drip course apply`: move the readers to `course` (`survey` with `apply`), or with
+    `dry_run` only count what would change.
+
+    A course `drip course check` finds errors in is refused (`CourseError`, nothing written),
+    as `drip send` refuses it: a half-edited course (a lesson dropped from the list by mistake)
+    must not move readers past lessons they would then never get.
+    """
+    if not dry_run:
+        errors = [
+            problem for problem in check_course(course.directory, templates_dir) if problem.error
+        ]
+        if errors:
+            raise CourseError(
+                f"the course has {len(errors)} error(s), the first: {errors[0]}; fix them"
+                " ('drip course check' lists them all) before moving readers to it; nothing was"
+                " changed"
+            )
+    return survey(sessions, course, now=now, apply=not dry_run)
 
 
 def survey(

@@ -121,12 +121,13 @@ def apply_command(dry_run: bool, now: datetime) -> None:
     Readers waiting for a removed lesson move to the next lesson after their last one (or
     complete), readers whose next lesson they already had move on, and every waiting reader's
     due time becomes the schedule's moment under the current settings. Claims of a running
-    'drip send' are not touched; a lesson is never sent twice. Safe to run again.
+    'drip send' are not touched; a lesson is never sent twice. Safe to run again. A course
+    'drip course check' finds errors in is refused (exit 2, nothing changed).
     """
-    from drip.reschedule import Mode, report_lines, survey
+    from drip.reschedule import Mode, apply_course, report_lines
 
     sessions, loaded = open_ledger()
-    report = survey(sessions, loaded, now=now, apply=not dry_run)
+    report = apply_course(sessions, loaded, settings().templates_dir, now=now, dry_run=dry_run)
     for line in report_lines(report, Mode.DRY_RUN if dry_run else Mode.APPLY):
         click.echo(line)
     if report.interrupted:
