@@ -607,3 +607,20 @@ def test_a_course_check_finds_errors_in_is_not_applied(setup: Setup) -> None:
     assert setup.snapshot() == before
     dry = setup.ok("course", "apply", "--dry-run", "--now", AFTER)  # shows what it would do
     assert "removed lesson: 3 reader(s)" in dry.output
+
+
+def test_an_interrupted_look_says_its_counts_are_partial(setup: Setup) -> None:
+    setup.start()
+    factory = store_sessions(setup)
+    opened = 0
+
+    def sessions() -> Any:
+        nonlocal opened
+        opened += 1
+        if opened == 3:
+            raise KeyboardInterrupt
+        return factory()
+
+    report = reschedule.survey(sessions, setup.course(), now=at(AFTER), batch_size=2)  # type: ignore[arg-type]
+    last = reschedule.report_lines(report, reschedule.Mode.CHECK)[-1]
+    assert last == "interrupted after 2 reader(s): the counts above are partial"

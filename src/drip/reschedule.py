@@ -480,11 +480,13 @@ def report_lines(report: Survey, mode: Mode) -> list[str]:
 
 
 def _summary(report: Survey, mode: Mode) -> str:
-    if report.interrupted:
+    if report.interrupted and mode is Mode.APPLY:
         return (
             f"interrupted: {report.written} reader(s) changed in the batches committed; run"
             " 'drip course apply' again to finish"
         )
+    if report.interrupted:
+        return f"interrupted after {report.readers} reader(s): the counts above are partial"
     if mode is Mode.APPLY:
         line = f"changed {report.written} reader(s)"
         if report.raced:
