@@ -624,3 +624,30 @@ def test_an_interrupted_look_says_its_counts_are_partial(setup: Setup) -> None:
     report = reschedule.survey(sessions, setup.course(), now=at(AFTER), batch_size=2)  # type: ignore[arg-type]
     last = reschedule.report_lines(report, reschedule.Mode.CHECK)[-1]
     assert last == "interrupted after 2 reader(s): the counts above are partial"
+
+
+def test_a_lesson_moved_before_the_readers_is_missed_and_reported(setup: Setup) -> None:
+    setup.start()
+    setup.edit(lessons=["welcome", "rethink", "side-job", "events", *LESSONS[4:]])
+    checked = setup.ok("course", "check", "--now", AFTER)
+    assert "lessons before the reader's position never had: 3 reader(s) (side-job: 3)" in (
+        checked.output
+    )
+    assert "a@example.com (never got side-job)" in checked.output
+    assert "nothing to apply" in checked.output
+    setup.send_until("2026-04-07T00:00:00+09:00")
+    # events, then the lesson after it in the new order: side-job is behind them.
+    assert setup.sent("a@example.com") == ["welcome", "rethink", "events", "social-media"]
+
+
+def test_weekdays_only_moves_a_saturday_lesson_to_monday(setup: Setup) -> None:
+    setup.start()
+    setup.edit(send_days='["mon", "tue", "wed", "thu", "fri"]')
+    checked = setup.ok("course", "check", "--now", AFTER)
+    assert "(2026-04-04T07:30:00+09:00 -> 2026-04-06T07:30:00+09:00)" in checked.output
+    setup.ok("course", "apply", "--now", AFTER)
+    for email, reader in setup.readers().items():
+        assert reader.next_send_at == at("2026-04-06T07:30:00+09:00")
+        assert reader.next_send_at == rescheduled(
+            setup, email, "events", waiting_until=at("2026-04-04T07:30:00+09:00")
+        )
