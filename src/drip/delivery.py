@@ -207,7 +207,7 @@ def _sent_item(
             claim.timezone,
             claim.lesson,
             sent_at=now,
-            send_time=_reader_send_time(claim.send_time),
+            send_time=reader_send_time(claim.send_time),
         )
         next_by_pair[key] = following
     return store.SentItem(
@@ -463,7 +463,7 @@ class _Run:
                 lesson,
                 sent_at=last_sent_at or self.now,
                 skip=sent,
-                send_time=_reader_send_time(send_time),
+                send_time=reader_send_time(send_time),
             )
         except UnknownTimezoneError:
             return None
@@ -620,13 +620,13 @@ def _pause_end(course: Course) -> Callable[[store.PausedReader], datetime]:
             resumed_at=reader.paused_until,
             last_sent_at=reader.last_sent_at,
             confirmed_at=reader.confirmed_at,
-            send_time=_reader_send_time(reader.send_time),
+            send_time=reader_send_time(reader.send_time),
         )
 
     return resume_at
 
 
-def _reader_send_time(text: str | None) -> time | None:
+def reader_send_time(text: str | None) -> time | None:
     """A reader's stored send time; one this version cannot read (edited by hand) falls back to
     the course's rather than stopping the run."""
     try:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drip import schedule, store
 from drip.addresses import check_timezone
 from drip.course import Course
-from drip.delivery import Mailer
+from drip.delivery import Mailer, reader_send_time
 from drip.errors import InvalidAddressError, UnknownTimezoneError, UsageError
 from drip.message import OutgoingEmail
 from drip.statuses import DeliveryStatus, SubscriberStatus
@@ -108,7 +108,7 @@ def resume(
                 resumed_at=now,
                 last_sent_at=view.last_sent_at,
                 confirmed_at=view.confirmed_at,
-                send_time=_send_time(view.send_time),
+                send_time=reader_send_time(view.send_time),
             )
         except UnknownTimezoneError:
             reason = store.unknown_zone_reason(view.timezone)
@@ -158,13 +158,6 @@ def change_schedule(
         return store.set_schedule(
             session, subscriber_id, timezone=zone, send_time=send_time, next_send_at=moment
         )
-
-
-def _send_time(text: str | None) -> time | None:
-    try:
-        return schedule.parse_send_time(text)
-    except ValueError:
-        return None
 
 
 # --- what the manage page shows -----------------------------------------------------------------
@@ -242,7 +235,7 @@ def manage_view(
         lines.append(
             LessonLine(lesson.number, lesson.subject, state, local(row.sent_at if row else None))
         )
-    own = _send_time(view.send_time)
+    own = reader_send_time(view.send_time)
     return ManageView(
         subscriber=view,
         lessons=lines,

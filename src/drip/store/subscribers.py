@@ -480,6 +480,7 @@ _NEVER = (
 
 # --- housekeeping -------------------------------------------------------------------------------
 
+
 def purge_unconfirmed(session: Session, course_id: str, now: datetime) -> int:
     """Delete the signups of `course_id` that were never confirmed and have been quiet for
     UNCONFIRMED_TTL (created, consent recorded, confirmation asked for and sent all before
