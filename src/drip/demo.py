@@ -123,6 +123,9 @@ class Event:
     at: datetime
     email: str
     what: str
+    by_reader: bool = True
+    """Something the reader did (before its emails at the same moment), or something a send
+    did to the reader (after them)."""
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ def run_demo(settings: Settings, *, start: datetime) -> DemoResult:
         engine.dispose()
     emails = tuple(_with_html_parts(settings.outbox_dir))
     gallery = folder / GALLERY
-    events = tuple(sorted(scenario.events, key=lambda event: event.at))
+    events = tuple(sorted(scenario.events, key=lambda event: (event.at, not event.by_reader)))
     result = DemoResult(
         folder=folder,
         start=start,
@@ -426,9 +429,11 @@ class _Scenario:
         for address, status in after.items():
             was = before.get(address)
             if was is SubscriberStatus.PAUSED and status is SubscriberStatus.ACTIVE:
-                self._note(address, "the pause ended: drip send resumed the reader")
+                self._note(
+                    address, "the pause ended: drip send resumed the reader", by_reader=False
+                )
             elif status is SubscriberStatus.COMPLETED and was is not status:
-                self._note(address, "received the last lesson: course completed")
+                self._note(address, "received the last lesson: course completed", by_reader=False)
         return after
 
     def _next_moment(self, now: datetime, planned: list[datetime]) -> datetime | None:
@@ -449,8 +454,8 @@ class _Scenario:
         if not outbound(self.app).wait_idle(IDLE_TIMEOUT):
             raise DemoError(f"the web app's sender did not finish within {IDLE_TIMEOUT:.0f} s")
 
-    def _note(self, address: str, what: str) -> None:
-        self.events.append(Event(self.clock.now, address, what))
+    def _note(self, address: str, what: str, *, by_reader: bool = True) -> None:
+        self.events.append(Event(self.clock.now, address, what, by_reader))
 
     def _latest_email(
         self, address: str, wanted: Callable[[Path, EmailMessage], bool]
@@ -576,7 +581,7 @@ h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid 
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eee;vertical-align:top}
 .when{white-space:nowrap}.muted{color:#666}ul{padding-left:1.2rem}
-@media (max-width:40rem){.utc{display:none}}
+@media (max-width:40rem){.utc{display:none}.when{white-space:normal;width:6.5rem}}
 @media (prefers-color-scheme:dark){body{background:#111;color:#ddd}
 th,td{border-color:#333}a{color:#8ab4f8}}
 """
@@ -586,7 +591,6 @@ def gallery_html(result: DemoResult, course: Course) -> str:
     """`index.html`: every email the outbox received, grouped by reader, each linking to its
     HTML part and its `.eml` file (relative links, so the folder can be moved)."""
     esc = html.escape
-    by_reader = {outcome.reader.email: outcome for outcome in result.readers}
     parts = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
@@ -598,40 +602,41 @@ def gallery_html(result: DemoResult, course: Course) -> str:
         f' The funnel: <a href="{STATS_PAGE}">{STATS_PAGE}</a>.'
         " The links inside the emails point at <code>drip serve</code>'s address;"
         " this folder's readers exist only in its own database.</p>",
-        "<h2>What the readers did</h2><ul>",
-        *(
-            f'<li><span class="when">{_utc(event.at)} UTC</span> {esc(event.email)}:'
-            f" {esc(event.what)}</li>"
-            for event in result.events
-        ),
-        "</ul>",
     ]
-    for address in by_reader:
-        outcome = by_reader[address]
-        zone = outcome.reader.timezone
-        mine = sorted(
-            (sent for sent in result.emails if sent.to == address), key=lambda sent: sent.at
-        )
-        parts += [
-            f'<h2 id="{esc(address)}"><span lang="ja">{esc(outcome.reader.name)}</span>'
-            f' &lt;{esc(address)}&gt; <span class="muted">{esc(zone)},'
-            f" {esc(outcome.status.value)}, {len(mine)} emails</span></h2>",
-            '<table><tr><th>sent (reader-local)</th><th class="utc">UTC</th><th>subject</th>'
-            "<th>files</th></tr>",
-        ]
-        for sent in mine:
-            relative = sent.path.relative_to(result.folder).as_posix()
-            view = (
-                f'<a href="{esc(sent.html_path.relative_to(result.folder).as_posix())}">view</a> · '
-                if sent.html_path is not None
-                else ""
-            )
-            parts.append(
-                f'<tr><td class="when">{_local(sent.at, zone)}</td>'
-                f'<td class="when utc">{_utc(sent.at)}</td>'
-                f'<td lang="ja">{esc(sent.subject)}</td>'
-                f'<td class="when">{view}<a href="{esc(relative)}">.eml</a></td></tr>'
-            )
-        parts.append("</table>")
+    for outcome in result.readers:
+        parts += _reader_section(result, outcome)
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _reader_section(result: DemoResult, outcome: ReaderOutcome) -> list[str]:
+    """One reader's heading and table: the emails they were sent, and what they did, in time
+    order, each moment reader-local and UTC."""
+    esc = html.escape
+    address, zone = outcome.reader.email, outcome.reader.timezone
+    mine = [sent for sent in result.emails if sent.to == address]
+    rows: list[tuple[datetime, int, str]] = []  # at the same moment: the reader, emails, sends
+    for sent in mine:
+        subject = f'<span lang="ja">{esc(sent.subject)}</span>'
+        if sent.html_path is not None:  # the subject opens the email as the reader sees it
+            view = sent.html_path.relative_to(result.folder).as_posix()
+            subject = f'<a href="{esc(view)}">{subject}</a>'
+        raw = sent.path.relative_to(result.folder).as_posix()
+        rows.append((sent.at, 1, f'<td>{subject}</td><td><a href="{esc(raw)}">.eml</a></td>'))
+    for event in result.events:
+        if event.email == address:
+            order = 0 if event.by_reader else 2
+            rows.append((event.at, order, f'<td class="muted" colspan="2">{esc(event.what)}</td>'))
+    return [
+        f'<h2 id="{esc(address)}"><span lang="ja">{esc(outcome.reader.name)}</span>'
+        f' &lt;{esc(address)}&gt; <span class="muted">{esc(zone)},'
+        f" {esc(outcome.status.value)}, {len(mine)} emails</span></h2>",
+        '<table><tr><th>reader-local</th><th class="utc">UTC</th>'
+        "<th>email (opens it as sent) or what the reader did</th><th>file</th></tr>",
+        *(
+            f'<tr><td class="when">{_local(at, zone)}</td><td class="when utc">{_utc(at)}</td>'
+            f"{cells}</tr>"
+            for at, _, cells in sorted(rows, key=lambda row: row[:2])
+        ),
+        "</table>",
+    ]
