@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -255,11 +256,17 @@ def test_a_second_run_in_the_same_folder_replaces_the_first(
     folder = tmp_path / "again"
     assert run(str(folder), "--now", START).exit_code == 0
     (folder / "notes.txt").write_text("mine")
+    elsewhere = tmp_path / "elsewhere.html"
+    elsewhere.write_text("not the demo's")
+    (folder / "stats.html").unlink()
+    (folder / "stats.html").symlink_to(elsewhere)  # removed as a link, never followed
     first = len(list((folder / "outbox").glob("*.eml")))
     second = run(str(folder), "--now", "2026-06-01T12:00+00:00")
     assert second.exit_code == 0, second.output
     again = read_demo(folder, second)
     assert (folder / "notes.txt").read_text() == "mine"  # not the demo's: left alone
+    assert elsewhere.read_text() == "not the demo's"
+    assert not (folder / "stats.html").is_symlink()
     assert sum(len(found) for found in again.emails.values()) == first
     assert all(
         sent_at(message) >= datetime.fromisoformat("2026-06-01T12:00+00:00")
@@ -283,6 +290,10 @@ def test_a_folder_that_is_not_a_previous_demo_is_refused_untouched(
     a_file = tmp_path / "drip.db"
     as_file = run(str(a_file), "--now", START)
     assert as_file.exit_code == 2 and "is a file" in as_file.output
+    beneath = run(str(a_file / "demo"), "--now", START)
+    assert beneath.exit_code == 2
+    assert f"error: cannot use {a_file / 'demo'} for the demo: Not a directory" in beneath.output
+    assert (tmp_path / "drip.db").read_bytes() == b"precious"
 
 
 def test_without_a_folder_it_makes_a_temporary_one_and_names_it(
@@ -303,6 +314,13 @@ def test_without_a_folder_it_makes_a_temporary_one_and_names_it(
         (["--now", "2026-04-01T09:00"], {}, "has no UTC offset"),
         (["--now", "yesterday"], {}, "is not an ISO-8601 date-time"),
         (["--now", START], {"DRIP_COURSE_DIR": "/nonexistent/course"}, "/nonexistent/course"),
+        (
+            ["--now", START],
+            {"DRIP_WEB_TEMPLATES_DIR": "/nonexistent/web"},
+            "error: DRIP_WEB_TEMPLATES_DIR=/nonexistent/web: there is no"
+            " /nonexistent/web/signup.html",
+        ),
+        (["--now", START], {"DRIP_TRANSPORT": "carrier-pigeon"}, "DRIP_TRANSPORT="),
     ],
 )
 def test_bad_input_is_a_usage_error_and_makes_no_folder(
@@ -340,3 +358,39 @@ def test_ctrl_c_stops_the_web_sender_and_the_folder_can_be_used_again(
     assert not [thread for thread in threading.enumerate() if thread.name == "drip-outbound"]
     monkeypatch.setattr(demo, "send_due", real)
     assert run(str(folder), "--now", START).exit_code == 0
+
+
+def test_the_operators_database_outbox_and_transport_are_never_used(
+    tmp_path: Path, workdir: Path
+) -> None:
+    """Settings that point elsewhere (another database, another outbox, SendGrid at a port
+    where nothing listens) change nothing: the demo uses its own folder only."""
+    folder = tmp_path / "demo"
+    result = run(
+        str(folder),
+        "--now",
+        START,
+        DRIP_DATABASE_URL=f"sqlite:///{tmp_path / 'operator.db'}",
+        DRIP_OUTBOX_DIR=str(tmp_path / "operator-outbox"),
+        SENDGRID_API_KEY="SG.not-a-real-key",
+        DRIP_SENDGRID_API_URL="http://127.0.0.1:9",
+        DRIP_SECRET_KEY="operator-key-0123456789-abcdefghijklmnopqrstuvwxyz",
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo"]
+    assert len(list((folder / "outbox").glob("*.eml"))) == 49
+
+
+def test_a_step_the_web_app_refuses_stops_the_demo_with_exit_1_naming_it(
+    tmp_path: Path, workdir: Path
+) -> None:
+    pages = tmp_path / "web"
+    shutil.copytree(WEB_TEMPLATES, pages)
+    form = pages / "signup.html"
+    form.write_text(
+        re.sub(r'<input[^>]*name="form_token"[^>]*>', "", form.read_text(encoding="utf-8")),
+        encoding="utf-8",
+    )
+    result = run(str(tmp_path / "demo"), "--now", START, DRIP_WEB_TEMPLATES_DIR=str(pages))
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: the signup form (GET /) has no form token"

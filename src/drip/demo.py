@@ -43,7 +43,7 @@ from drip import db, insight, lifecycle, stats, wiring
 from drip.config import Settings
 from drip.course import Course, load_course
 from drip.delivery import Mailer, send_due
-from drip.errors import DripError, UsageError
+from drip.errors import ConfigError, DripError, UsageError
 from drip.plan import Step
 from drip.statuses import SubscriberStatus
 from drip.web import close, create_app
@@ -223,9 +223,17 @@ def demo_settings(configured: Settings, folder: Path) -> Settings:
     )
 
 
-def check_course(settings: Settings) -> Course:
-    """Load the course first, so a wrong directory is reported before any folder is made."""
-    return load_course(settings.course_dir)
+def check_inputs(settings: Settings) -> Course:
+    """The course, loaded, and the web pages found: run from the wrong directory, the error
+    says so before any folder is made. Raises `CourseError` or `ConfigError` (exit 2)."""
+    course = load_course(settings.course_dir)
+    form = settings.web_templates_dir / "signup.html"
+    if not form.is_file():
+        raise ConfigError(
+            f"DRIP_WEB_TEMPLATES_DIR={settings.web_templates_dir}: there is no {form};"
+            " run drip in the project folder or set DRIP_WEB_TEMPLATES_DIR to its templates/web"
+        )
+    return course
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -318,7 +326,7 @@ class _Scenario:
                 "email": reader.email,
                 "name": reader.name,
                 "timezone": reader.timezone,
-                "form_token": _token(_FORM_TOKEN, form, "the signup form"),
+                "form_token": _token(_FORM_TOKEN, form, "the signup form (GET /)"),
             },
             headers={"Origin": "null"},  # our own no-referrer page posts so
         )
@@ -331,7 +339,9 @@ class _Scenario:
         message = self._latest_email(reader.email, lambda path, _: path.name.startswith("confirm-"))
         path = self._link(message, "/c/", "the confirmation email")
         page = _page(browser.get(path), 200, f"the confirm page of {reader.email}")
-        answer = browser.post(path, data={"csrf_token": _token(_CSRF_TOKEN, page, "confirm")})
+        answer = browser.post(
+            path, data={"csrf_token": _token(_CSRF_TOKEN, page, "the confirm page")}
+        )
         _page(answer, 200, f"the confirmation of {reader.email}")
         self._settle()
         self._note(reader.email, "confirmed with the link in the confirmation email")
@@ -348,7 +358,7 @@ class _Scenario:
             answer = browser.post(
                 f"{path}/pause",
                 data={
-                    "csrf_token": _token(_CSRF_TOKEN, page, "manage"),
+                    "csrf_token": _token(_CSRF_TOKEN, page, "the manage page"),
                     "weeks": str(PAUSE_WEEKS),
                 },
             )
@@ -488,7 +498,7 @@ def _page(response: TestResponse, status: int, what: str) -> str:
 def _token(pattern: re.Pattern[str], page: str, what: str) -> str:
     match = pattern.search(page)
     if match is None:
-        raise DemoError(f"the {what} page has no form token")
+        raise DemoError(f"{what} has no form token")
     return match.group(1)
 
 
