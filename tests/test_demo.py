@@ -321,6 +321,12 @@ def test_without_a_folder_it_makes_a_temporary_one_and_names_it(
             " /nonexistent/web/signup.html",
         ),
         (["--now", START], {"DRIP_TRANSPORT": "carrier-pigeon"}, "DRIP_TRANSPORT="),
+        (
+            ["--now", "9998-12-31T12:00+00:00"],
+            {},
+            "error: --now 9998-12-31T12:00:00+00:00 leaves no room to replay the course;"
+            " start before 9998-01-01",
+        ),
     ],
 )
 def test_bad_input_is_a_usage_error_and_makes_no_folder(

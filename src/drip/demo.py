@@ -25,8 +25,9 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -106,6 +107,8 @@ CONFIRM_AFTER = timedelta(minutes=10)
 """Each reader opens the confirmation email and confirms this long after signing up."""
 MAX_REPLAY = timedelta(days=366)
 """The replay stops with an error if the course has not ended by then (a schedule bug)."""
+LATEST_START = datetime(9998, 1, 1, tzinfo=UTC)
+"""A later start would replay past the last year a datetime can hold."""
 IDLE_TIMEOUT = 30.0
 """Seconds to wait for the web app's background sender after a request."""
 
@@ -223,9 +226,15 @@ def demo_settings(configured: Settings, folder: Path) -> Settings:
     )
 
 
-def check_inputs(settings: Settings) -> Course:
-    """The course, loaded, and the web pages found: run from the wrong directory, the error
-    says so before any folder is made. Raises `CourseError` or `ConfigError` (exit 2)."""
+def check_inputs(settings: Settings, *, start: datetime) -> Course:
+    """The course, loaded, the web pages found and `start` early enough to replay a course
+    after it, before any folder is made (run from the wrong directory, the error says so).
+    Raises `CourseError`, `ConfigError` or `UsageError` (exit 2)."""
+    if start >= LATEST_START:
+        raise UsageError(
+            f"--now {start.isoformat()} leaves no room to replay the course; start before"
+            f" {LATEST_START.date().isoformat()}"
+        )
     course = load_course(settings.course_dir)
     form = settings.web_templates_dir / "signup.html"
     if not form.is_file():
@@ -249,16 +258,19 @@ class _Clock:
         return self.now
 
 
-def run_demo(settings: Settings, *, start: datetime) -> DemoResult:
-    """Run the scenario on `settings` (from `demo_settings`) from `start` to the end of the
-    course, then write the stats page and the gallery. Raises `DemoError` when a step a reader
-    takes is refused, and the usual `DripError`s for the course and the templates."""
-    folder = settings.outbox_dir.parent
+def run_demo(configured: Settings, folder: Path, *, start: datetime) -> DemoResult:
+    """Run the scenario in `folder` (from `prepare_folder`) on the demo's settings
+    (`demo_settings`), from `start` to the end of the course, then write the stats page and the
+    gallery. Raises `DemoError` when a step a reader takes is refused, and the usual
+    `DripError`s for the course and the templates."""
+    settings = demo_settings(configured, folder)
     db.upgrade(settings.database_url)
     clock = _Clock(start)
-    app = create_app(settings, clock=clock)
-    engine, sessions, course = wiring.open_ledger(settings)
-    try:
+    with ExitStack() as cleanup:
+        app = create_app(settings, clock=clock)
+        cleanup.callback(close, app)  # stops its background sender too (Ctrl-C included)
+        engine, sessions, course = wiring.open_ledger(settings)
+        cleanup.callback(engine.dispose)
         mailer = wiring.make_mailer(settings, course)
         with mailer.transport:
             scenario = _Scenario(app, sessions, course, mailer, clock, settings)
@@ -273,9 +285,6 @@ def run_demo(settings: Settings, *, start: datetime) -> DemoResult:
         stats_page = folder / STATS_PAGE
         report = insight.course_stats(sessions, course, since=None)
         stats_page.write_text(stats.as_html(report), encoding="utf-8")
-    finally:
-        close(app)
-        engine.dispose()
     emails = tuple(_with_html_parts(settings.outbox_dir))
     gallery = folder / GALLERY
     events = tuple(sorted(scenario.events, key=lambda event: (event.at, not event.by_reader)))
@@ -336,7 +345,7 @@ class _Scenario:
 
     def confirm(self, reader: SampleReader) -> None:
         browser = self.browsers[reader.email]
-        message = self._latest_email(reader.email, lambda path, _: path.name.startswith("confirm-"))
+        message = self._latest_email(reader.email, lambda found: "/c/" in _text(found))
         path = self._link(message, "/c/", "the confirmation email")
         page = _page(browser.get(path), 200, f"the confirm page of {reader.email}")
         answer = browser.post(
@@ -348,9 +357,7 @@ class _Scenario:
 
     def act(self, action: ReaderAction) -> None:
         lesson = self.course.lessons[action.after_lesson - 1]
-        message = self._latest_email(
-            action.email, lambda _, found: found["Subject"] == lesson.subject
-        )
+        message = self._latest_email(action.email, lambda found: found["Subject"] == lesson.subject)
         if action.kind == "pause":
             browser = self.browsers[action.email]
             path = self._link(message, "/m/", f"lesson {lesson.number}")
@@ -467,17 +474,15 @@ class _Scenario:
     def _note(self, address: str, what: str, *, by_reader: bool = True) -> None:
         self.events.append(Event(self.clock.now, address, what, by_reader))
 
-    def _latest_email(
-        self, address: str, wanted: Callable[[Path, EmailMessage], bool]
-    ) -> EmailMessage:
+    def _latest_email(self, address: str, wanted: Callable[[EmailMessage], bool]) -> EmailMessage:
         found = [
-            (path, message)
-            for path, message in _outbox(self.settings.outbox_dir)
-            if _address(message) == address and wanted(path, message)
+            message
+            for _, message in _outbox(self.settings.outbox_dir)
+            if _address(message) == address and wanted(message)
         ]
         if not found:
             raise DemoError(f"the email {address} waits for is not in {self.settings.outbox_dir}")
-        return max(found, key=lambda item: _date(item[1]))[1]
+        return max(found, key=_date)
 
     def _link(self, message: EmailMessage, prefix: str, what: str) -> str:
         """The path of the first link in `message` whose path starts with `prefix`."""
@@ -573,7 +578,7 @@ def summary(result: DemoResult) -> str:
     for event in result.events:
         lines.append(f"  {_utc(event.at)}  {event.email:<22} {event.what}")
     lines.append("")
-    confirmations = sum(1 for sent in result.emails if sent.path.name.startswith("confirm-"))
+    confirmations = len(result.emails) - result.lessons_sent
     lines += [
         f"sent {confirmations} confirmation emails and {result.lessons_sent} lessons in"
         f" {result.send_runs} send runs, {_utc(result.start)} to {_utc(result.end)} UTC",

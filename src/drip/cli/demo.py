@@ -30,8 +30,8 @@ def demo_command(folder: Path | None, now: datetime) -> None:
 
     started = time.monotonic()
     configured = settings()
-    demo.check_inputs(configured)  # a wrong directory is said before any folder is made
+    demo.check_inputs(configured, start=now)  # a wrong directory is said before any folder is made
     target = demo.prepare_folder(folder)
-    result = demo.run_demo(demo.demo_settings(configured, target), start=now)
+    result = demo.run_demo(configured, target, start=now)
     click.echo(demo.summary(result))
     click.echo(f"finished in {time.monotonic() - started:.1f} s")
