@@ -273,7 +273,8 @@ def run_demo(configured: Settings, folder: Path, *, start: datetime) -> DemoResu
         cleanup.callback(engine.dispose)
         mailer = wiring.make_mailer(settings, course)
         with mailer.transport:
-            scenario = _Scenario(app, sessions, course, mailer, clock, settings)
+            outbox = _Outbox(settings.outbox_dir)
+            scenario = _Scenario(app, sessions, course, mailer, clock, settings, outbox)
             for index, reader in enumerate(READERS):
                 clock.now = start + index * SIGNUP_GAP
                 scenario.sign_up(reader)
@@ -285,7 +286,7 @@ def run_demo(configured: Settings, folder: Path, *, start: datetime) -> DemoResu
         stats_page = folder / STATS_PAGE
         report = insight.course_stats(sessions, course, since=None)
         stats_page.write_text(stats.as_html(report), encoding="utf-8")
-    emails = tuple(_with_html_parts(settings.outbox_dir))
+    emails = tuple(_with_html_parts(scenario.outbox))
     gallery = folder / GALLERY
     events = tuple(sorted(scenario.events, key=lambda event: (event.at, not event.by_reader)))
     result = DemoResult(
@@ -319,6 +320,7 @@ class _Scenario:
     mailer: Mailer
     clock: _Clock
     settings: Settings
+    outbox: _Outbox
     events: list[Event] = field(default_factory=list)
     send_runs: int = 0
     browsers: dict[str, FlaskClient] = field(default_factory=dict)
@@ -477,7 +479,7 @@ class _Scenario:
     def _latest_email(self, address: str, wanted: Callable[[EmailMessage], bool]) -> EmailMessage:
         found = [
             message
-            for _, message in _outbox(self.settings.outbox_dir)
+            for _, message in self.outbox.messages()
             if _address(message) == address and wanted(message)
         ]
         if not found:
@@ -510,11 +512,21 @@ def _token(pattern: re.Pattern[str], page: str, what: str) -> str:
 # --- reading the outbox -----------------------------------------------------------------------
 
 
-def _outbox(directory: Path) -> Iterator[tuple[Path, EmailMessage]]:
-    for path in sorted(directory.glob("*.eml")):
-        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        yield path, message
+class _Outbox:
+    """The `.eml` files of the demo's outbox, each parsed once (a delivery's file is written
+    once, atomically, and never changes)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._parsed: dict[Path, EmailMessage] = {}
+
+    def messages(self) -> list[tuple[Path, EmailMessage]]:
+        for path in sorted(self.directory.glob("*.eml")):
+            if path not in self._parsed:
+                message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+                assert isinstance(message, EmailMessage)
+                self._parsed[path] = message
+        return sorted(self._parsed.items())
 
 
 def _address(message: EmailMessage) -> str:
@@ -532,9 +544,9 @@ def _text(message: EmailMessage) -> str:
     return "" if part is None else str(part.get_content())
 
 
-def _with_html_parts(directory: Path) -> Iterator[SentEmail]:
+def _with_html_parts(outbox: _Outbox) -> Iterator[SentEmail]:
     """Every email in the outbox, its HTML part written beside it (`N.eml` -> `N.html`)."""
-    for path, message in _outbox(directory):
+    for path, message in outbox.messages():
         part = message.get_body(preferencelist=("html",))
         html_path = None
         if part is not None:
