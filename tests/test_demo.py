@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy.orm import sessionmaker
-from tests.support import COURSE, COURSE_DIR, TEMPLATES
+from tests.support import COURSE, COURSE_DIR, ROOT, TEMPLATES
 from tests.web_support import WEB_TEMPLATES
 
 from drip import demo, plan, store
@@ -410,3 +410,19 @@ def test_a_step_the_web_app_refuses_stops_the_demo_with_exit_1_naming_it(
     result = run(str(tmp_path / "demo"), "--now", START, DRIP_WEB_TEMPLATES_DIR=str(pages))
     assert result.exit_code == 1
     assert result.output.strip() == "error: the signup form (GET /) has no form token"
+
+
+def test_the_readmes_sample_output_is_what_the_demo_prints(ran: Demo) -> None:
+    """The README shows lines of `drip demo --now 2026-04-01T09:00+09:00`: each must be a line
+    the demo prints (less the folder's name and the time taken, which vary)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "--now 2026-04-01T09:00+09:00" in readme and START == "2026-04-01T09:00+09:00"
+    sample = readme.split("```\nreader", 1)[1].split("```", 1)[0]
+    printed = ran.result.output.splitlines()
+    shown = [
+        line
+        for line in ("reader" + sample).splitlines()
+        if line != "…" and "drip-demo-" not in line and not line.startswith("finished in")
+    ]
+    assert len(shown) >= 10
+    assert [line for line in shown if line not in printed] == []

@@ -598,7 +598,7 @@ def summary(result: DemoResult) -> str:
         f"gallery:    {result.gallery}",
         f"folder:     {result.folder}",
     ]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 _GALLERY_STYLE = """
