@@ -114,6 +114,7 @@ IDLE_TIMEOUT = 30.0
 
 _FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
 _CSRF_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+_HTTP_IN_ANGLES = re.compile(r"<(https?://[^>]+)>")
 
 
 class DemoError(DripError):
@@ -347,7 +348,9 @@ class _Scenario:
 
     def confirm(self, reader: SampleReader) -> None:
         browser = self.browsers[reader.email]
-        message = self._latest_email(reader.email, lambda found: "/c/" in _text(found))
+        message = self._latest_email(
+            reader.email, "the confirmation email", lambda found: "/c/" in _text(found)
+        )
         path = self._link(message, "/c/", "the confirmation email")
         page = _page(browser.get(path), 200, f"the confirm page of {reader.email}")
         answer = browser.post(
@@ -359,7 +362,11 @@ class _Scenario:
 
     def act(self, action: ReaderAction) -> None:
         lesson = self.course.lessons[action.after_lesson - 1]
-        message = self._latest_email(action.email, lambda found: found["Subject"] == lesson.subject)
+        message = self._latest_email(
+            action.email,
+            f"lesson {lesson.number}",
+            lambda found: found["Subject"] == lesson.subject,
+        )
         if action.kind == "pause":
             browser = self.browsers[action.email]
             path = self._link(message, "/m/", f"lesson {lesson.number}")
@@ -376,11 +383,12 @@ class _Scenario:
                 f"paused for {PAUSE_WEEKS} week on the manage page (link in lesson {lesson.number})"
             )
         else:
-            header = str(message["List-Unsubscribe"] or "")
-            url = header.strip().removeprefix("<").split(">")[0]
+            found = _HTTP_IN_ANGLES.search(str(message["List-Unsubscribe"] or ""))
+            if found is None:
+                raise DemoError(f"lesson {lesson.number} has no List-Unsubscribe URL")
             # The mailbox provider's one-click button: no cookies, RFC 8058's body.
             answer = self.app.test_client().post(
-                urlsplit(url).path, data={"List-Unsubscribe": "One-Click"}
+                urlsplit(found.group(1)).path, data={"List-Unsubscribe": "One-Click"}
             )
             _page(answer, 200, f"the one-click unsubscribe of {action.email}")
             what = f"unsubscribed with one click (List-Unsubscribe of lesson {lesson.number})"
@@ -476,14 +484,17 @@ class _Scenario:
     def _note(self, address: str, what: str, *, by_reader: bool = True) -> None:
         self.events.append(Event(self.clock.now, address, what, by_reader))
 
-    def _latest_email(self, address: str, wanted: Callable[[EmailMessage], bool]) -> EmailMessage:
+    def _latest_email(
+        self, address: str, what: str, wanted: Callable[[EmailMessage], bool]
+    ) -> EmailMessage:
+        """The newest email to `address` that is `wanted` (a reader opens the latest one)."""
         found = [
             message
             for _, message in self.outbox.messages()
             if _address(message) == address and wanted(message)
         ]
         if not found:
-            raise DemoError(f"the email {address} waits for is not in {self.settings.outbox_dir}")
+            raise DemoError(f"{what} to {address} is not in {self.settings.outbox_dir}")
         return max(found, key=_date)
 
     def _link(self, message: EmailMessage, prefix: str, what: str) -> str:
