@@ -22,6 +22,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import holidays
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy.orm import sessionmaker
@@ -30,6 +31,7 @@ from tests.web_support import WEB_TEMPLATES
 
 from drip import demo, plan, store
 from drip.cli import main
+from drip.course import load_course
 from drip.db import make_engine
 from drip.statuses import SubscriberStatus
 
@@ -426,3 +428,38 @@ def test_the_readmes_sample_output_is_what_the_demo_prints(ran: Demo) -> None:
     ]
     assert len(shown) >= 10
     assert [line for line in shown if line not in printed] == []
+
+
+def test_a_course_sent_on_weekdays_only_skipping_holidays_is_replayed_as_its_schedule_says(
+    tmp_path: Path, workdir: Path
+) -> None:
+    """Golden Week on a weekdays-only course that skips Japanese holidays: the replay still
+    sends each lesson exactly when the schedule says, never on a weekend or holiday."""
+    course_dir = tmp_path / "course"
+    shutil.copytree(COURSE_DIR, course_dir)
+    toml = course_dir / "course.toml"
+    text = toml.read_text(encoding="utf-8")
+    text = text.replace(
+        '# send_days = ["mon", "tue", "wed", "thu", "fri"]',
+        'send_days = ["mon", "tue", "wed", "thu", "fri"]',
+    )
+    text = text.replace('# skip_holidays = "JP"', 'skip_holidays = "JP"')
+    assert 'send_days = ["mon"' in text and '\nskip_holidays = "JP"' in text
+    toml.write_text(text, encoding="utf-8")
+    weekdays = load_course(course_dir)
+    folder = tmp_path / "demo"
+    result = run(str(folder), "--now", "2026-04-28T09:00+09:00", DRIP_COURSE_DIR=str(course_dir))
+    assert result.exit_code == 0, result.output
+    ran = read_demo(folder, result)
+    japanese = holidays.country_holidays("JP", years=2026)
+    for address in UNDISTURBED:
+        ledger = ran.ledgers[address]
+        confirmed = ledger.subscriber.confirmed_at
+        assert confirmed is not None
+        planned = plan.course_plan(weekdays, ledger.subscriber.timezone, start=confirmed)
+        sent = [ledger.sent[lesson.slug] for lesson in weekdays.lessons]
+        assert sent == [step.at for step in planned], address
+        zone = ZoneInfo(ledger.subscriber.timezone)
+        for moment in sent[1:]:
+            local = moment.astimezone(zone).date()
+            assert local.weekday() < 5 and local not in japanese, (address, local)
