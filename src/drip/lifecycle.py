@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drip import preferences, schedule, store
 from drip.addresses import check_timezone, clean_name, normalize_email
 from drip.course import Course
+from drip.db import reading
 from drip.delivery import CONFIRMATION_INTERVAL as CONFIRMATION_INTERVAL
 from drip.delivery import Mailer, send_confirmation, send_owed_confirmations
 from drip.errors import InvalidAddressError, UsageError
@@ -141,7 +142,7 @@ def find_subscriber(
     sessions: sessionmaker[Session], course: Course, email: str
 ) -> store.SubscriberView:
     """The enrolment of `email` in `course`; `NotFoundError` if there is none."""
-    with sessions() as session:
+    with reading(sessions) as session:
         return _find(session, course, email)
 
 
@@ -224,7 +225,7 @@ def resume_subscriber(
     subscriber whose timezone this host cannot load is resumed and held with the reason, as a
     send run holds it.
     """
-    with sessions() as session:
+    with reading(sessions) as session:
         subscriber_id = _find(session, course, email).id
     # The manage page's resume: it reads the reader again in its own transaction.
     return preferences.resume(sessions, course, subscriber_id, now=now)
@@ -253,7 +254,7 @@ def list_subscribers(
     whose next lesson is `lesson`: a slug or a number of the course), streamed. Raises
     `UsageError` for a lesson the course does not have."""
     slug = None if lesson is None else _lesson_slug(course, lesson)
-    with sessions() as session:
+    with reading(sessions) as session:
         yield from store.list_subscribers(session, course.id, status=status, held=held, lesson=slug)
 
 
@@ -337,7 +338,7 @@ def resend_confirmation(
                 f" {(last + CONFIRMATION_INTERVAL).isoformat()}"
             )
     send_owed_confirmations(sessions, mailer, now=now)
-    with sessions() as session:
+    with reading(sessions) as session:
         after = store.get_subscriber_by_id(session, view.id)
     return after is not None and after.confirmation_sent_at == now
 
@@ -360,19 +361,19 @@ def forget(sessions: sessionmaker[Session], course: Course, email: str, *, now: 
 
 def reader_events(sessions: sessionmaker[Session], subscriber_id: int) -> list[ReaderEvent]:
     """The provider events about one reader, oldest first (`store.admin.reader_events`)."""
-    with sessions() as session:
+    with reading(sessions) as session:
         return admin_store.reader_events(session, subscriber_id)
 
 
 def in_doubt(sessions: sessionmaker[Session], course: Course) -> list[store.DeliveryView]:
     """The course's in-doubt deliveries, oldest first."""
-    with sessions() as session:
+    with reading(sessions) as session:
         return store.list_in_doubt(session, course.id)
 
 
 def failed(sessions: sessionmaker[Session], course: Course) -> list[store.DeliveryView]:
     """The course's failed deliveries (refused for good, or given up on), oldest first."""
-    with sessions() as session:
+    with reading(sessions) as session:
         return store.list_deliveries(session, course.id, store.DeliveryStatus.FAILED)
 
 

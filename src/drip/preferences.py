@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drip import schedule, store
 from drip.addresses import check_timezone
 from drip.course import Course
+from drip.db import reading
 from drip.delivery import Mailer, reader_send_time
 from drip.errors import InvalidAddressError, UnknownTimezoneError, UsageError
 from drip.message import OutgoingEmail
@@ -205,7 +206,7 @@ def manage_view(
     sessions: sessionmaker[Session], course: Course, subscriber_id: int
 ) -> ManageView | None:
     """The manage page's content for `subscriber_id`; None for an unknown (or erased) reader."""
-    with sessions() as session:
+    with reading(sessions) as session:
         view = store.get_subscriber_by_id(session, subscriber_id)
         if view is None:
             return None
