@@ -9,7 +9,9 @@ Accepted emails are counted per `drip_delivery_id` (a personalization's own cust
 the request's), so duplicates and losses can be reported.
 
 GET /_stats returns {"requests", "emails", "invalid", "problems", "distinct", "duplicates"};
-POST /_reset clears the counters.
+POST /_reset clears the counters. With `--record-dir DIR`, the bodies of the first
+`--record-max` accepted requests are written to DIR/NNNNNN.json: bench/ceiling.py posts them
+again, with nothing else, to measure the ceiling `drip send` is compared with.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import signal
 import sys
 from collections import Counter
+from pathlib import Path
 
 import orjson
 from aiohttp import web
@@ -29,9 +32,13 @@ from drip.transports.sendgrid.validate import delivery_ids_of, validate_request_
 
 
 class Provider:
-    def __init__(self, latency: float, api_key: str | None) -> None:
+    def __init__(
+        self, latency: float, api_key: str | None, record_dir: Path | None, record_max: int
+    ) -> None:
         self.latency = latency
         self.authorization = f"Bearer {api_key}" if api_key else None
+        self.record_dir = record_dir
+        self.record_left = record_max if record_dir else 0
         self.reset()
 
     def reset(self) -> None:
@@ -61,6 +68,9 @@ class Provider:
             return web.json_response({"errors": [{"message": "; ".join(problems)}]}, status=400)
         # Counted when taken, before the latency: like SendGrid, the provider has it now.
         self.accepted.update(ids)
+        if self.record_left and self.record_dir is not None:
+            self.record_left -= 1
+            (self.record_dir / f"{self.record_left:06d}.json").write_bytes(body)
         if self.latency:
             await asyncio.sleep(self.latency)
         return web.Response(status=202, headers={"X-Message-Id": f"bench-{os.getpid()}-{number}"})
@@ -84,8 +94,10 @@ class Provider:
         return web.json_response({"ok": True})
 
 
-async def serve(port: int, latency: float, api_key: str | None) -> None:
-    provider = Provider(latency, api_key)
+async def serve(
+    port: int, latency: float, api_key: str | None, record_dir: Path | None, record_max: int
+) -> None:
+    provider = Provider(latency, api_key, record_dir, record_max)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post(MAIL_SEND_PATH, provider.mail_send)
     app.router.add_get("/_stats", provider.stats)
@@ -110,8 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per answer")
     parser.add_argument("--api-key", default=None, help="the only key accepted (default: any)")
+    parser.add_argument("--record-dir", type=Path, help="write accepted bodies here")
+    parser.add_argument("--record-max", type=int, default=2000, help="how many to write")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.latency, args.api_key))
+    asyncio.run(serve(args.port, args.latency, args.api_key, args.record_dir, args.record_max))
     sys.exit(0)
 
 

@@ -30,10 +30,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import text, update
 
+from drip.config import DEFAULT_SENDGRID_WINDOW
 from drip.course import load_course
 from drip.db import make_engine, upgrade
+from drip.idle import sqlite_timestamp
 from drip.models import subscribers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +52,13 @@ TARGETS = {
     "2-sqlite-2-processes": ("emails_per_s", ">=", 4000),
     "3-postgresql-1-process": ("emails_per_s", ">=", 2500),
     "4-bulk-sqlite": ("emails_per_s", ">=", 20000),
-    "5-1m-none-due": ("wall_s", "<", 1.0),
-    "6-1m-100k-due": ("peak_rss_mb", "<", 250),
+    "5-10m-none-due": ("wall_s", "<", 1.0),
+    "9-10m-1m-due-dry-run": ("wall_s", "<", 2.0),
+    "6-10m-1m-due": ("peak_rss_mb", "<", 250),
+    "8-startup-embedded": ("wall_s", "<", 0.25),
 }
+CEILING_SHARE = 0.8
+"""Per-reader `drip send` (1 and 3) must reach this share of the bare aiohttp loop (0)."""
 
 
 @dataclass
@@ -73,12 +79,22 @@ class Result:
 
 
 class Provider:
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, record_dir: Path | None = None) -> None:
+        """The fake provider in its own process; with `record_dir`, it keeps the first request
+        bodies it accepts there, for the ceiling (bench/ceiling.py)."""
+        record = ["--record-dir", str(record_dir)] if record_dir else []
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "fake_provider.py"), "--latency", str(latency)],
+            [
+                sys.executable,
+                str(ROOT / "bench" / "fake_provider.py"),
+                "--latency",
+                str(latency),
+                *record,
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.record_dir = record_dir
         assert self.process.stdout is not None
         self.url = f"http://127.0.0.1:{int(self.process.stdout.readline())}"
 
@@ -103,42 +119,42 @@ class Provider:
 
 
 def fill(url: str, total: int, due: int) -> None:
-    """`total` active subscribers waiting for lesson 1, the first `due` of them due at NOW."""
+    """`total` active subscribers waiting for lesson 1, the first `due` of them due at NOW
+    (an hour ago), the others a week on, one second apart. Set-based: one INSERT ... SELECT over
+    a generated series (ten million rows in a few minutes), names cycling through NAMES."""
     engine = make_engine(url)
-    first = COURSE.lessons[0].slug
     earlier = NOW - timedelta(hours=1)
     later = NOW + timedelta(days=7)
-    chunk = 20_000
+    params: dict[str, Any] = {
+        "course": COURSE.id,
+        "first": COURSE.lessons[0].slug,
+        "total": total,
+        "due": due,
+        **{f"name{k}": name for k, name in enumerate(NAMES)},
+    }
+    if engine.dialect.name == "sqlite":
+        # Timestamps as the store writes them (naive UTC text with microseconds).
+        series = (
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < :total)"
+        )
+        later_at = "strftime('%Y-%m-%d %H:%M:%S', :later, '+' || i || ' seconds') || '.000000'"
+        params.update(earlier=sqlite_timestamp(earlier), later=sqlite_timestamp(later)[:19])
+    else:
+        series = "WITH n(i) AS (SELECT generate_series(0, :total - 1))"
+        later_at = "CAST(:later AS timestamp) + i * interval '1 second'"
+        params.update(earlier=earlier.replace(tzinfo=None), later=later.replace(tzinfo=None))
+    name = " ".join(f"WHEN {k} THEN :name{k}" for k in range(len(NAMES)))
+    statement = f"""{series}
+        INSERT INTO subscribers (course_id, email, name, timezone, status, created_at, consent_at,
+            consent_source, confirmed_at, status_changed_at, next_lesson, next_send_at)
+        SELECT :course, 'reader' || i || '@example.com', CASE i % {len(NAMES)} {name} END,
+            'Asia/Tokyo', 'active', :earlier, :earlier, 'bench', :earlier, :earlier, :first,
+            CASE WHEN i < :due THEN :earlier ELSE {later_at} END
+        FROM n"""
     with engine.begin() as conn:
-        for start in range(0, total, chunk):
-            rows = [
-                {
-                    "course_id": COURSE.id,
-                    "email": f"reader{n}@example.com",
-                    "name": NAMES[n % len(NAMES)],
-                    "timezone": "Asia/Tokyo",
-                    "status": "active",
-                    "created_at": earlier,
-                    "consent_at": earlier,
-                    "consent_source": "bench",
-                    "confirmed_at": earlier,
-                    "paused_at": None,
-                    "status_changed_at": earlier,
-                    "confirmation_sent_at": None,
-                    "next_lesson": first,
-                    "next_send_at": (
-                        earlier + timedelta(microseconds=n)
-                        if n < due
-                        else later + timedelta(seconds=n)
-                    ),
-                    "last_sent_at": None,
-                }
-                for n in range(start, min(total, start + chunk))
-            ]
-            conn.execute(insert(subscribers), rows)
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
+        conn.execute(text(statement), params)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
     engine.dispose()
 
 
@@ -347,30 +363,229 @@ def official_baseline(provider: Provider, work: Path, count: int) -> list[Result
     return results
 
 
-def big_database(
-    provider: Provider, work: Path, n: int, big: int, notes: dict[str, Any]
-) -> list[Result]:
-    """Scenarios 5 and 6: `big` subscribers, none due, then `n` of them due."""
+def ceiling(provider: Provider, work: Path, n: int, repeat: int) -> Result | None:
+    """Scenario 0: the bare aiohttp loop (bench/ceiling.py) posting `n` of the bodies a
+    per-reader `drip send` run posted, with drip's concurrency (its window); median of `repeat`.
+    None when no per-reader run was recorded."""
+    bodies = provider.record_dir
+    if bodies is None or not any(bodies.glob("*.json")):
+        return None
+    attempts = []
+    for _ in range(repeat):
+        provider.reset()
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "ceiling.py"),
+                "--url",
+                provider.url + "/v3/mail/send",
+                "--bodies",
+                str(bodies),
+                "--count",
+                str(n),
+                "--concurrency",
+                str(DEFAULT_SENDGRID_WINDOW),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        figures = json.loads(done.stdout)
+        if figures["statuses"] != {"202": n}:
+            raise SystemExit(f"the ceiling run was not all 202: {figures['statuses']}")
+        attempts.append(figures)
+    median = sorted(attempts, key=lambda a: a["emails_per_s"])[len(attempts) // 2]
+    print(
+        f"{'0-ceiling (bare aiohttp)':<26} {median['emails_per_s']:>9,.0f} emails/s"
+        f"  loop {median['seconds']:7.2f} s  (median of {repeat})",
+        flush=True,
+    )
+    return Result(
+        scenario="0-ceiling",
+        emails=n,
+        wall_s=median["seconds"],
+        emails_per_s=median["emails_per_s"],
+        peak_rss_mb=0.0,
+        duplicates=0,
+        losses=0,
+        invalid=0,
+        runs=attempts,
+        note="request bodies recorded from a drip run, replayed cyclically",
+    )
+
+
+def startup(provider: Provider, work: Path, repeat: int) -> list[Result]:
+    """Scenario 8: `drip send` with nothing due on the embedded default (drip.db in the working
+    directory, no DRIP_DATABASE_URL), whole process, median of `repeat`; beside it, the same file
+    named by DRIP_DATABASE_URL, which takes the full path (course, templates, transport)."""
+    folder = work / "embedded"
+    folder.mkdir()
+    path = sqlite_template(folder, "drip", 1_000, 0)
+    results = []
+    for scenario, url in (
+        ("8-startup-embedded", None),
+        ("8-startup-full-path", f"sqlite:///{path}"),
+    ):
+        env = environment(url or "", provider)
+        if url is None:
+            del env["DRIP_DATABASE_URL"]
+        runs = [drip_send([env], folder)[0] for _ in range(repeat)]
+        assert all(run.report["due"] == 0 and run.report["sent"] == 0 for run in runs)
+        walls = sorted(run.wall_s for run in runs)
+        result = Result(
+            scenario=scenario,
+            emails=0,
+            wall_s=round(walls[len(walls) // 2], 3),
+            emails_per_s=0.0,
+            peak_rss_mb=round(max(run.peak_rss_mb for run in runs), 1),
+            duplicates=0,
+            losses=0,
+            invalid=0,
+            runs=[{"wall_s": round(wall, 3)} for wall in walls],
+        )
+        print(
+            f"{scenario:<26} wall {result.wall_s:6.3f} s (median of {repeat}; min {walls[0]:.3f},"
+            f" max {walls[-1]:.3f})",
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+def short(count: int) -> str:
+    """10_000_000 -> '10m', 100_000 -> '100k' (scenario names)."""
+    return f"{count // 1_000_000}m" if count % 1_000_000 == 0 else f"{count // 1000}k"
+
+
+def big_database(provider: Provider, work: Path, big: int, due: int) -> list[Result]:
+    """Scenarios 5, 9 and 6 on `big` subscribers: none due (the whole process), then `due` of
+    them due: `drip send --dry-run` (the whole process), then sending them (peak RSS)."""
     results: list[Result] = []
     print(f"filling {big:,} subscribers, none due ...", flush=True)
     started = time.perf_counter()
     path = sqlite_template(work, "big", big, 0)
-    notes["fill_1m_s"] = round(time.perf_counter() - started, 1)
+    print(f"  filled in {time.perf_counter() - started:.0f} s", flush=True)
     url = f"sqlite:///{path}"
+    size, due_size = short(big), short(due)
     results.append(
-        measure("5-1m-none-due", provider, lambda: [environment(url, provider)], work, 0)
+        measure(f"5-{size}-none-due", provider, lambda: [environment(url, provider)], work, 0)
     )
-    startup = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-c", "import drip.cli, drip.delivery, drip.transports"],
-        env=environment(url, provider),
-        check=True,
-    )
-    notes["python_import_s"] = round(time.perf_counter() - startup, 3)
-    make_due(url, n)
+    make_due(url, due)
+    walls = []
+    for _ in range(3):
+        [run] = drip_send([environment(url, provider)], work, ("--dry-run",))
+        if run.report["due"] != due:
+            raise SystemExit(f"--dry-run counted {run.report['due']} due, not {due}")
+        walls.append(run.wall_s)
+    walls.sort()
+    name = f"9-{size}-{due_size}-due-dry-run"
     results.append(
-        measure("6-1m-100k-due", provider, lambda: [environment(url, provider)], work, n)
+        Result(name, 0, round(walls[1], 3), 0.0, 0.0, 0, 0, 0, [{"wall_s": w} for w in walls])
     )
+    print(f"{name:<26} wall {walls[1]:6.3f} s (median of 3)", flush=True)
+    results.append(
+        measure(
+            f"6-{size}-{due_size}-due",
+            provider,
+            lambda: [environment(url, provider)],
+            work,
+            due,
+        )
+    )
+    return results
+
+
+def ratios(results: list[Result]) -> dict[str, float]:
+    """Each throughput scenario against the official client's; start-up against the full path."""
+    found = {result.scenario: result for result in results}
+    out = {}
+    official = found.get("7-baseline-official")
+    if official and official.emails_per_s:
+        for result in results:
+            if result.emails_per_s and result.scenario.startswith(("1-", "2-", "3-", "4-")):
+                out[f"ratio_{result.scenario}_vs_official"] = round(
+                    result.emails_per_s / official.emails_per_s, 1
+                )
+    top = found.get("0-ceiling")
+    for name in ("1-sqlite-1-process", "3-postgresql-1-process"):
+        if top and top.emails_per_s and name in found:
+            out[f"ratio_{name}_vs_ceiling"] = round(found[name].emails_per_s / top.emails_per_s, 3)
+    quick, full = found.get("8-startup-embedded"), found.get("8-startup-full-path")
+    if quick and full and quick.wall_s:
+        out["ratio_8_full_path_vs_embedded_startup"] = round(full.wall_s / quick.wall_s, 1)
+    return out
+
+
+def scenarios(
+    args: argparse.Namespace, only: set[str], provider: Provider, work: Path
+) -> list[Result]:
+    """Run the scenarios `only` names (every one when empty); the ceiling (0) after the
+    per-reader runs it replays."""
+    n = 10_000 if args.quick else 100_000
+    big, big_due = (100_000, 10_000) if args.quick else (10_000_000, 1_000_000)
+    baseline_n = 20 if args.quick else 60
+    repeat = 1 if args.quick else args.repeat
+
+    def wanted(number: str) -> bool:
+        return not only or number in only
+
+    results: list[Result] = []
+    print(f"filling {n:,} subscribers (SQLite template) ...", flush=True)
+    template = sqlite_template(work, "due", n, n)
+    if wanted("1"):
+        results.append(
+            measure(
+                "1-sqlite-1-process",
+                provider,
+                lambda: [environment(fresh_copy(template, work), provider)],
+                work,
+                n,
+                repeat,
+            )
+        )
+    if wanted("2"):
+
+        def two() -> list[dict[str, str]]:
+            env = environment(fresh_copy(template, work), provider)
+            return [env, env]
+
+        results.append(measure("2-sqlite-2-processes", provider, two, work, n, repeat))
+    if wanted("3") and not args.skip_postgres:
+        with postgres_database() as url:
+            print(f"filling {n:,} subscribers (PostgreSQL) ...", flush=True)
+            fill(url, n, n)
+            results.append(
+                measure(
+                    "3-postgresql-1-process",
+                    provider,
+                    lambda: [environment(url, provider)],
+                    work,
+                    n,
+                )
+            )
+    if wanted("0"):
+        top = ceiling(provider, work, n, repeat)
+        if top is None:
+            print("0-ceiling: skipped (it replays scenario 1 or 3: run one of them too)")
+        else:
+            results.insert(0, top)
+    if wanted("4"):
+        results.append(
+            measure(
+                "4-bulk-sqlite",
+                provider,
+                lambda: [environment(fresh_copy(template, work), provider, DRIP_BULK="auto")],
+                work,
+                n,
+                repeat,
+            )
+        )
+    if wanted("7"):
+        results += official_baseline(provider, work, baseline_n)
+    if wanted("8"):
+        results += startup(provider, work, max(repeat, 11))
+    if wanted("5") or wanted("6") or wanted("9"):
+        results += big_database(provider, work, big, big_due)
     return results
 
 
@@ -382,82 +597,25 @@ def main() -> None:
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated scenario numbers")
     args = parser.parse_args()
-    n = 10_000 if args.quick else 100_000
-    big = 100_000 if args.quick else 1_000_000
-    baseline_n = 20 if args.quick else 60
-    repeat = 1 if args.quick else args.repeat
     only = {s.strip() for s in args.only.split(",") if s.strip()}
 
-    def wanted(number: str) -> bool:
-        return not only or number in only
-
-    provider = Provider(args.latency)
     results: list[Result] = []
     notes: dict[str, Any] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="drip-bench-") as tmp:
-            work = Path(tmp)
-            print(f"filling {n:,} subscribers (SQLite template) ...", flush=True)
-            template = sqlite_template(work, "due", n, n)
-            if wanted("1"):
-                results.append(
-                    measure(
-                        "1-sqlite-1-process",
-                        provider,
-                        lambda: [environment(fresh_copy(template, work), provider)],
-                        work,
-                        n,
-                        repeat,
-                    )
-                )
-            if wanted("2"):
+    with tempfile.TemporaryDirectory(prefix="drip-bench-") as tmp:
+        work = Path(tmp)
+        (work / "bodies").mkdir()
+        provider = Provider(args.latency, record_dir=work / "bodies")
+        try:
+            results = scenarios(args, only, provider, work)
+        finally:
+            provider.stop()
 
-                def two() -> list[dict[str, str]]:
-                    env = environment(fresh_copy(template, work), provider)
-                    return [env, env]
-
-                results.append(measure("2-sqlite-2-processes", provider, two, work, n, repeat))
-            if wanted("3") and not args.skip_postgres:
-                with postgres_database() as url:
-                    print(f"filling {n:,} subscribers (PostgreSQL) ...", flush=True)
-                    fill(url, n, n)
-                    results.append(
-                        measure(
-                            "3-postgresql-1-process",
-                            provider,
-                            lambda: [environment(url, provider)],
-                            work,
-                            n,
-                        )
-                    )
-            if wanted("4"):
-                results.append(
-                    measure(
-                        "4-bulk-sqlite",
-                        provider,
-                        lambda: [
-                            environment(fresh_copy(template, work), provider, DRIP_BULK="auto")
-                        ],
-                        work,
-                        n,
-                        repeat,
-                    )
-                )
-            if wanted("7"):
-                results += official_baseline(provider, work, baseline_n)
-            if wanted("5") or wanted("6"):
-                results += big_database(provider, work, n, big, notes)
-    finally:
-        provider.stop()
-
-    official = next((r for r in results if r.scenario == "7-baseline-official"), None)
-    if official and official.emails_per_s:
-        for result in results:
-            if result.emails_per_s and result.scenario.startswith(("1-", "2-", "3-", "4-")):
-                notes[f"ratio_{result.scenario}_vs_official"] = round(
-                    result.emails_per_s / official.emails_per_s, 1
-                )
+    notes.update(ratios(results))
     verdicts = check(results)
+    for key, ratio in notes.items():
+        if key.endswith("_vs_ceiling"):
+            met = "met" if ratio >= CEILING_SHARE else "NOT MET"
+            verdicts.append(f"{key}: {ratio:.2f} >= {CEILING_SHARE} {met}")
     print("\n".join(verdicts))
     out = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -467,7 +625,7 @@ def main() -> None:
         "results": [asdict(r) for r in results],
         "notes": notes,
         "verdicts": verdicts,
-        "median_of": repeat,
+        "median_of": 1 if args.quick else args.repeat,
     }
     folder = ROOT / "bench" / "results"
     folder.mkdir(exist_ok=True)

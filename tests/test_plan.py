@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -198,3 +199,20 @@ def test_a_readers_own_send_time_is_planned_and_explained() -> None:
     steps = plan.subscriber_plan(COURSE, view, {"welcome": confirmed}, now=confirmed)
     assert [s.at.astimezone(TOKYO).strftime("%H:%M") for s in steps[1:] if s.at] == ["19:00"] * 7
     assert steps[1].reasons == ()  # 19:00 is its nominal moment, nothing moved it
+
+
+def test_a_timezone_this_host_cannot_load_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zone name edited into the database by hand (or tzdata missing) gave a traceback."""
+    monkeypatch.chdir(tmp_path)
+    morning = "2026-12-01T12:00+09:00"
+    assert drip("subscribe", "r@example.com", "--confirmed", "--now", morning).exit_code == 0
+    database = sqlite3.connect(tmp_path / "drip.db")
+    database.execute("UPDATE subscribers SET timezone = 'Mars/Olympus'")
+    database.commit()
+    database.close()
+    shown = drip("plan", "r@example.com", "--now", morning)
+    assert shown.exit_code == 2
+    assert "'Mars/Olympus' is not an IANA zone name" in shown.output
+    assert shown.exception is None or isinstance(shown.exception, SystemExit)

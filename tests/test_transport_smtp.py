@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
 from tests.fakes.smtp_server import FakeSmtp
+from tests.support import make_mailer
 from tests.transport_support import (
     NOW,
     SMTP_PASSWORD,
@@ -289,3 +291,15 @@ def test_a_closing_or_unreadable_reply_gives_up_the_connection(code: int, detail
     with pytest.raises(_Retry) as raised:
         transport._refused(_Connection(), "d1", "MAIL FROM", code, b"bye")  # type: ignore[arg-type]
     assert raised.value.result == SendResult("d1", Outcome.RETRY, detail=detail)
+
+
+def test_an_international_drip_from_goes_out_in_ascii_on_the_envelope(smtp: FakeSmtp) -> None:
+    """DRIP_FROM with an international domain: the From header and MAIL FROM both carry the
+    IDNA form, so a relay without SMTPUTF8 accepts it (it used to fail every message)."""
+    with smtp_transport(smtp.url()) as transport:
+        mailer = replace(make_mailer(transport), from_override="講座事務局 <info@例え.jp>")
+        assert mailer.sender == ("info@xn--r8jz45g.jp", "講座事務局")
+        [result] = transport.send([make_email(1, from_address=mailer.sender[0])])
+    assert result.outcome is Outcome.SENT
+    [message] = smtp.messages
+    assert message.mail_from == "info@xn--r8jz45g.jp"

@@ -190,3 +190,18 @@ def test_drip_serve_refuses_bad_settings_before_listening(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "DRIP_TRUSTED_PROXIES" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_course_title_is_shown_once_on_the_signup_page(
+    make_app: AppFactory, database_url: str, tmp_path: Path
+) -> None:
+    """The form's h1 is the course title; the site header repeating it above was noise (seen
+    in the screenshots). Other pages keep the header: their h1 says what the page is."""
+    client = make_app(database_url, tmp_path).test_client()
+    signup = client.get("/").get_data(as_text=True)
+    above_footer = signup.split("<body", 1)[1].split("<footer", 1)[0]
+    assert above_footer.count("40代からの人脈革命") == 1
+    assert "<h1>40代からの人脈革命</h1>" in above_footer
+    invalid = client.get("/m/not-a-token").get_data(as_text=True)
+    assert 'class="course-title"' in invalid

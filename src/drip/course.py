@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
 from typing import Any, TypeGuard
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 import yaml
 
-from drip.addresses import ascii_address
+from drip.addresses import ascii_address, check_timezone
 from drip.errors import CourseError, CourseFileError, InvalidAddressError
 
 LESSON_FILE_RE = re.compile(r"^(?P<position>\d{2,3})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
@@ -281,12 +280,13 @@ def _sender_email(value: Any) -> str:
 
 
 def _timezone(value: Any) -> str:
+    """An IANA zone, by the rule subscribers' zones follow (`addresses.check_timezone`):
+    host-specific keys such as `localtime` or `Factory` are refused, not only unknown names."""
     timezone = _text("timezone", value)
     try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+        return check_timezone(timezone)
+    except InvalidAddressError as exc:
         raise _Invalid(f"timezone {timezone!r} is not an IANA zone such as Asia/Tokyo") from exc
-    return timezone
 
 
 def _quiet_hours(value: Any) -> tuple[time, time] | None:

@@ -20,6 +20,7 @@ from drip.errors import ConfigError, DatabaseUnavailableError, SchemaError
 
 if TYPE_CHECKING:  # Alembic is imported only when a schema is created or upgraded
     from alembic.config import Config
+    from sqlalchemy.orm import Session, sessionmaker
 
 SCRIPT_LOCATION = "drip:migrations"
 HEAD_REVISION = "0004"
@@ -87,18 +88,38 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.close()
 
 
+READ_ONLY = "drip_read_only"
+"""Execution option for a connection whose transactions only read (see `reading`)."""
+
+
 def _sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(READ_ONLY):
+        # A reader in WAL mode sees a snapshot and never blocks the writer (nor waits for it).
+        conn.exec_driver_sql("BEGIN")
+        return
     # Take the write lock when the transaction starts, not at its first write: a transaction that
     # read under a shared lock and then tries to write can fail with SQLITE_BUSY at once (no
     # busy wait is possible), while BEGIN IMMEDIATE waits up to busy_timeout and then succeeds.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads only. On SQLite its transaction begins DEFERRED instead of IMMEDIATE,
+    so a long read (`drip subscribers export` of a million rows, the stats, a manage page) does
+    not hold the write lock that `drip send` and the signup form wait for. Writing through it
+    is a bug: the write could fail with "database is locked" at once instead of waiting."""
+    with sessions() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
+
+
 def make_engine(url: str) -> Engine:
     """An Engine for `url` with drip's connection settings.
 
     SQLite: WAL, busy_timeout 30 s, synchronous=NORMAL, foreign keys on, and every transaction
-    begins with BEGIN IMMEDIATE (one writer at a time, waiting rather than failing).
+    begins with BEGIN IMMEDIATE (one writer at a time, waiting rather than failing), but those
+    of a `reading` session, which begin deferred.
     PostgreSQL: the psycopg 3 driver and pre-ping on checkout (servers restart, idle links die).
     Connects lazily; raises `ConfigError` for a URL that is neither.
     """

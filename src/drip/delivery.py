@@ -17,27 +17,31 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from email.utils import parseaddr
 from functools import cached_property
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
+from drip.addresses import ascii_address
 from drip.course import Course
 from drip.errors import (
     CourseNotSendableError,
     DripError,
     FatalTransportError,
+    InvalidAddressError,
     UnknownTimezoneError,
 )
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
 from drip.provider_events import settle_in_doubt
 from drip.render import Recipient, RenderedEmail, Renderer
+from drip.send_report import SendReport
 from drip.store import optin
+from drip.store.subscribers import purge_unconfirmed
 from drip.transports.base import Outcome, SendResult, Transport, clamp_retry_after
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,11 @@ class Mailer:
         settings = self.course.settings
         if self.from_override:
             name, address = parseaddr(self.from_override)
+            # The ASCII form every relay takes (the course's sender is converted on loading): the
+            # SMTP envelope's MAIL FROM is this address. An unusable one is left as written:
+            # check_sendable reports it before anything is sent.
+            with suppress(InvalidAddressError):
+                address = ascii_address(address, what="DRIP_FROM address")
             return address, name or settings.sender_name
         return settings.sender_email, settings.sender_name
 
@@ -117,89 +126,6 @@ class Mailer:
             bulk=rendered.bulk,
             date=now,
         )
-
-
-@dataclass
-class SendReport:
-    """What a `drip send` run did. `stopped` is set when the run had to stop early."""
-
-    now: datetime
-    dry_run: bool = False
-    due: int = 0
-    sent: int = 0
-    retried: int = 0
-    failed: int = 0
-    in_doubt: int = 0
-    skipped: int = 0
-    rescheduled: int = 0
-    """Due, but moved to a later moment (a late run inside quiet hours or on a day off)."""
-    per_lesson: dict[str, Counter[str]] = field(default_factory=dict)
-    stopped: str | None = None
-    note: str | None = None
-    first_failure: str | None = None
-    """The detail of the first temporary failure: shown when nothing at all was accepted."""
-    confirmations: int = 0
-    """Confirmation (double opt-in) emails the signup form had queued, sent by this run."""
-
-    @property
-    def warning(self) -> str | None:
-        """Set when emails were handed over and not one was accepted (the transport is likely
-        misconfigured or unreachable): the CLI prints it on stderr."""
-        if self.sent or not (self.retried or self.failed):
-            return None
-        return (
-            f"no email was accepted: {self.retried + self.failed} handed over, every one refused"
-            f" or not delivered (first: {self.first_failure or 'no detail'}); check the transport"
-            " settings and that the provider or relay is reachable"
-        )
-
-    def count(self, lesson: str, outcome: str) -> None:
-        self.per_lesson.setdefault(lesson, Counter())[outcome] += 1
-        setattr(self, outcome, getattr(self, outcome) + 1)
-
-    def summary(self) -> str:
-        """The report in words, as `drip send` prints it (a few lines)."""
-        if self.dry_run:
-            lines = [f"dry run at {self.now.isoformat()}: {self.due} due"]
-            lines += [
-                f"  {slug}: {counts['due']}" for slug, counts in sorted(self.per_lesson.items())
-            ]
-            return "\n".join(lines)
-        lines = [
-            f"sent {self.sent}, retried {self.retried}, failed {self.failed},"
-            f" in doubt {self.in_doubt}, skipped {self.skipped}, due before the run {self.due}"
-        ]
-        if self.rescheduled:
-            lines[0] += (
-                f"; rescheduled {self.rescheduled} (quiet hours or a day off where they live)"
-            )
-        for slug, counts in sorted(self.per_lesson.items()):
-            parts = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
-            lines.append(f"  {slug}: {parts}")
-        if self.confirmations:
-            lines.append(f"confirmation emails sent: {self.confirmations}")
-        if self.note:
-            lines.append(self.note)
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as `drip send --json` prints it."""
-        return {
-            "now": self.now.isoformat(),
-            "dry_run": self.dry_run,
-            "due": self.due,
-            "sent": self.sent,
-            "retried": self.retried,
-            "failed": self.failed,
-            "in_doubt": self.in_doubt,
-            "skipped": self.skipped,
-            "rescheduled": self.rescheduled,
-            "per_lesson": {slug: dict(counts) for slug, counts in sorted(self.per_lesson.items())},
-            "stopped": self.stopped,
-            "note": self.note,
-            "warning": self.warning,
-            "confirmations": self.confirmations,
-        }
 
 
 MAX_PROBLEMS_SHOWN = 5
@@ -281,7 +207,7 @@ def _sent_item(
             claim.timezone,
             claim.lesson,
             sent_at=now,
-            send_time=_reader_send_time(claim.send_time),
+            send_time=reader_send_time(claim.send_time),
         )
         next_by_pair[key] = following
     return store.SentItem(
@@ -384,6 +310,7 @@ def send_due(
     if not dry_run:
         with sessions() as session, session.begin():
             store.resume_ended_pauses(session, course_id, now, _pause_end(mailer.course))
+            purge_unconfirmed(session, course_id, now)  # signups never confirmed, 30 days on
         # In-doubt deliveries that SendGrid's events settle (drip.settle_policy).
         settle_in_doubt(sessions, mailer.course, now=now)
     with sessions() as session:
@@ -536,7 +463,7 @@ class _Run:
                 lesson,
                 sent_at=last_sent_at or self.now,
                 skip=sent,
-                send_time=_reader_send_time(send_time),
+                send_time=reader_send_time(send_time),
             )
         except UnknownTimezoneError:
             return None
@@ -693,13 +620,13 @@ def _pause_end(course: Course) -> Callable[[store.PausedReader], datetime]:
             resumed_at=reader.paused_until,
             last_sent_at=reader.last_sent_at,
             confirmed_at=reader.confirmed_at,
-            send_time=_reader_send_time(reader.send_time),
+            send_time=reader_send_time(reader.send_time),
         )
 
     return resume_at
 
 
-def _reader_send_time(text: str | None) -> time | None:
+def reader_send_time(text: str | None) -> time | None:
     """A reader's stored send time; one this version cannot read (edited by hand) falls back to
     the course's rather than stopping the run."""
     try:

@@ -25,8 +25,23 @@ from drip import store
 from drip.addresses import check_timezone, clean_name, normalize_email
 from drip.errors import InvalidAddressError, UsageError
 from drip.models import SUPPRESSED_STATUSES, SubscriberStatus
+from drip.store.subscribers import KEPT_STATUSES
 
-COLUMNS = ("email", "name", "timezone")
+COLUMNS = ("email", "name", "timezone", "status")
+EXPORT_COLUMNS = (
+    "email",
+    "name",
+    "timezone",
+    "status",
+    "created_at",
+    "confirmed_at",
+    "consent_at",
+    "consent_source",
+)
+"""What `drip subscribers export` writes, in this order. Importing it gives back the same
+readers: email, name and timezone as written, `status` as `KEPT_STATUSES` says; the consent
+columns are the operator's record and are accepted quietly (the import records its own)."""
+QUIET_COLUMNS = frozenset(EXPORT_COLUMNS) - frozenset(COLUMNS)
 ERASED_REASON = (
     "this address was erased at the person's request (GDPR) and may never be imported or"
     " mailed again; remove it from your list"
@@ -54,13 +69,19 @@ class ImportReport:
     invalid: list[tuple[int, str]] = field(default_factory=list)
     """(line, reason) for rows that were not imported."""
     ignored_columns: list[str] = field(default_factory=list)
-    """Header columns other than email, name and timezone, as named there: not imported."""
+    """Header columns drip does not know, as named there: not imported (an export's consent
+    columns are known and not listed)."""
+    kept: dict[str, int] = field(default_factory=dict)
+    """New enrolments that kept the file's `status` (pending, completed, unsubscribed, bounced,
+    complained: see `KEPT_STATUSES`), per status; not counted in `imported`."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Row:
     line: int
     subscriber: store.NewSubscriber
+    status: SubscriberStatus | None = None
+    """From the file's `status` column, when it is one an import keeps (KEPT_STATUSES)."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +183,29 @@ def _header(path: Path, header: list[str] | None) -> _Header:
     return _Header(
         columns={name: index for index, name in enumerate(names) if name in COLUMNS},
         width=len(names),
-        ignored=[cell.strip() for cell in header if cell.strip().lower() not in COLUMNS],
+        ignored=[
+            cell.strip()
+            for cell in header
+            if cell.strip().lower() not in COLUMNS and cell.strip().lower() not in QUIET_COLUMNS
+        ],
     )
+
+
+def _status(cells: list[str], header: _Header) -> SubscriberStatus | None:
+    """The row's `status` when the import keeps it (a pending, finished or suppressed reader
+    stays so); None for active and paused ones (they start as any imported row) and when there
+    is no such column. ValueError naming the states for any other value."""
+    if "status" not in header.columns:
+        return None
+    text = cells[header.columns["status"]].strip().lower()
+    if not text:
+        return None
+    try:
+        status = SubscriberStatus(text)
+    except ValueError:
+        known = ", ".join(member.value for member in SubscriberStatus)
+        raise ValueError(f"has status {text!r}; use one of {known} or leave it empty") from None
+    return status if status in KEPT_STATUSES else None
 
 
 def _validate(cells: list[str], header: _Header, default_timezone: str) -> store.NewSubscriber:
@@ -228,6 +270,7 @@ def _rows(
         report.rows += 1
         try:
             subscriber = _validate(cells, header, default_timezone)
+            status = _status(cells, header)
         except (InvalidAddressError, ValueError) as exc:
             report.invalid.append((line, str(exc)))
             continue
@@ -235,7 +278,7 @@ def _rows(
         if first != line:
             report.merged.append((line, first))
             continue
-        yield _Row(line, subscriber)
+        yield _Row(line, subscriber, status)
 
 
 def _batches(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
@@ -255,20 +298,28 @@ def _sort_batch(
     batch: list[_Row],
     first_send_at: Callable[[str], datetime] | None,
     report: ImportReport,
-) -> tuple[list[store.NewSubscriber], list[tuple[int, datetime | None]]]:
-    """The batch's new subscribers (starting at `first_send_at(timezone)` when given) and the
-    pending ones to confirm (only when `first_send_at` is given); suppressed and present rows
-    are counted in `report`; erased addresses (the suppression list) are refused as invalid with
-    the reason."""
+) -> tuple[
+    list[store.NewSubscriber],
+    list[tuple[int, datetime | None]],
+    dict[SubscriberStatus, list[store.NewSubscriber]],
+]:
+    """The batch's new subscribers (starting at `first_send_at(timezone)` when given), the
+    pending ones to confirm (only when `first_send_at` is given) and the new ones that keep the
+    file's status, per status; suppressed and present rows are counted in `report`; erased
+    addresses (the suppression list) are refused as invalid with the reason. A row whose file
+    status is kept never confirms an existing pending reader: the file says it never did."""
     emails = [row.subscriber.email for row in batch]
     existing = store.existing_subscribers(session, course_id, emails)
     erased = store.suppressed_emails(session, emails)
     new: list[store.NewSubscriber] = []
     to_confirm: list[tuple[int, datetime | None]] = []
+    kept: dict[SubscriberStatus, list[store.NewSubscriber]] = {}
     for row in batch:
         found = existing.get(row.subscriber.email)
         if row.subscriber.email in erased:
             report.invalid.append((row.line, ERASED_REASON))
+        elif found is None and row.status is not None:
+            kept.setdefault(row.status, []).append(row.subscriber)
         elif found is None:
             subscriber = row.subscriber
             if first_send_at is not None:
@@ -281,11 +332,15 @@ def _sort_batch(
             new.append(subscriber)
         elif found.status in SUPPRESSED_STATUSES:
             report.suppressed.append(row.line)
-        elif found.status is SubscriberStatus.PENDING and first_send_at is not None:
+        elif (
+            found.status is SubscriberStatus.PENDING
+            and first_send_at is not None
+            and row.status is None
+        ):
             to_confirm.append((found.id, first_send_at(found.timezone)))
         else:
             report.present += 1
-    return new, to_confirm
+    return new, to_confirm, kept
 
 
 def import_subscribers(
@@ -300,6 +355,7 @@ def import_subscribers(
     first_send_at: Callable[[str], datetime] | None = None,
     dry_run: bool = False,
     batch_size: int = BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import the subscribers listed in the CSV file `path` into `course_id`.
 
@@ -314,8 +370,11 @@ def import_subscribers(
     is written: `UsageError` for a directory, a missing or unreadable file, a file that is not
     UTF-8 (a Shift_JIS/CP932 one is named as such), a record that is not valid CSV (an
     unterminated quote: its line is named) or a bad header; then nothing is imported. Columns
-    other than email, name and timezone are ignored (`report.ignored_columns`). Invalid rows do
-    not raise: they are listed in the report with their line and reason.
+    other than email, name and timezone are ignored (`report.ignored_columns`), quietly for the
+    consent columns of an export (EXPORT_COLUMNS); a `status` column keeps pending, completed
+    and suppressed readers so (`report.kept`; a bad value is an invalid row). Invalid rows do
+    not raise: they are listed in the report with their line and reason. `progress` is called
+    with the number of valid, first-seen rows handled after each batch.
     """
     if confirmed and first_send_at is None:
         raise ValueError("a confirmed import needs first_send_at")
@@ -325,10 +384,14 @@ def import_subscribers(
     starts = first_send_at if confirmed else None
     for batch in _batches(_rows(path, text, header, default_timezone, report), batch_size):
         with sessions() as session:
-            new, to_confirm = _sort_batch(session, course_id, batch, starts, report)
+            new, to_confirm, kept = _sort_batch(session, course_id, batch, starts, report)
             if dry_run:
                 report.imported += len(new)
                 report.confirmed += len(to_confirm)
+                for status, rows in kept.items():
+                    report.kept[status.value] = report.kept.get(status.value, 0) + len(rows)
+                if progress is not None:
+                    progress(len(batch))
                 continue
             inserted = store.insert_subscribers(
                 session,
@@ -342,9 +405,45 @@ def import_subscribers(
             confirmed_now = store.confirm_pending(
                 session, to_confirm, now=now, first_lesson=first_lesson
             )
+            kept_now: dict[str, int] = {}
+            for status, rows in kept.items():
+                kept_now[status.value] = store.insert_subscribers(
+                    session,
+                    course_id,
+                    rows,
+                    now=now,
+                    consent_source=consent_source,
+                    confirmed=False,
+                    first_lesson=first_lesson,
+                    status=status,
+                )
             session.commit()
         report.imported += inserted
         report.confirmed += confirmed_now
+        for status_name, count in kept_now.items():
+            report.kept[status_name] = report.kept.get(status_name, 0) + count
         # Added or confirmed by someone else between the look-up and the write.
         report.present += len(new) - inserted + len(to_confirm) - confirmed_now
+        report.present += sum(len(rows) for rows in kept.values()) - sum(kept_now.values())
+        if progress is not None:
+            progress(len(batch))
     return report
+
+
+def export_row(view: store.SubscriberView) -> list[str]:
+    """One reader as the row `drip subscribers export` writes (EXPORT_COLUMNS; moments in ISO
+    8601 UTC, an empty cell for none)."""
+
+    def moment(value: datetime | None) -> str:
+        return value.isoformat() if value is not None else ""
+
+    return [
+        view.email,
+        view.name or "",
+        view.timezone,
+        view.status.value,
+        moment(view.created_at),
+        moment(view.confirmed_at),
+        moment(view.consent_at),
+        view.consent_source,
+    ]

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drip import plan, stats, store
 from drip.addresses import normalize_email
 from drip.course import Course
+from drip.db import reading
 
 
 def subscriber_timeline(
@@ -21,7 +22,7 @@ def subscriber_timeline(
 ) -> tuple[store.SubscriberView, list[plan.Step]]:
     """The subscriber with address `email` and their timeline at `now`; `NotFoundError` if
     there is none in `course`."""
-    with sessions() as session:
+    with reading(sessions) as session:
         view = store.get_subscriber(session, course.id, normalize_email(email))
         if view is None:
             raise store.NotFoundError(f"{email} is not subscribed to {course.id}")

@@ -15,22 +15,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from enum import StrEnum
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import preferences, schedule, store
 from drip.addresses import check_timezone, clean_name, normalize_email
 from drip.course import Course
+from drip.db import reading
 from drip.delivery import CONFIRMATION_INTERVAL as CONFIRMATION_INTERVAL
-from drip.delivery import Mailer, send_confirmation
-from drip.errors import InvalidAddressError
+from drip.delivery import Mailer, send_confirmation, send_owed_confirmations
+from drip.errors import InvalidAddressError, UsageError
 from drip.importer import ImportReport
 from drip.importer import import_subscribers as _import_rows
 from drip.statuses import SUPPRESSED_STATUSES
+from drip.store import admin as admin_store
 from drip.store import optin
+from drip.store.admin import ReaderEvent
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,10 @@ def import_subscribers(
     now: datetime,
     confirmed: bool,
     dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Import the CSV file `path` into `course` (see `drip.importer.import_subscribers`).
+    """Import the CSV file `path` into `course` (see `drip.importer.import_subscribers`; it
+    calls `progress` with the rows handled after each batch).
 
     With `confirmed`, new and pending subscribers start the course: the first lesson is due as
     `schedule.first_send_at` says for their timezone.
@@ -128,7 +134,16 @@ def import_subscribers(
         confirmed=confirmed,
         first_send_at=first_send_at if confirmed else None,
         dry_run=dry_run,
+        progress=progress,
     )
+
+
+def find_subscriber(
+    sessions: sessionmaker[Session], course: Course, email: str
+) -> store.SubscriberView:
+    """The enrolment of `email` in `course`; `NotFoundError` if there is none."""
+    with reading(sessions) as session:
+        return _find(session, course, email)
 
 
 def _find(session: Session, course: Course, email: str) -> store.SubscriberView:
@@ -139,14 +154,66 @@ def _find(session: Session, course: Course, email: str) -> store.SubscriberView:
 
 
 def pause_subscriber(
-    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
+    sessions: sessionmaker[Session],
+    course: Course,
+    email: str,
+    *,
+    now: datetime,
+    until: str | None = None,
 ) -> bool:
-    """Pause an active subscriber: nothing is sent until resumed. False if it was not active.
+    """Pause an active subscriber: nothing is sent until resumed, or with `until` (see
+    `pause_end`) until then: `drip send` resumes it once that moment has passed. False if it
+    was not active.
 
-    Raises `NotFoundError` for an unknown address.
+    Raises `NotFoundError` for an unknown address and `UsageError` for an `until` that
+    `pause_end` refuses.
     """
     with sessions() as session, session.begin():
-        return store.pause(session, _find(session, course, email).id, now)
+        view = _find(session, course, email)
+        end = None if until is None else pause_end(until, view.timezone, now=now)
+        return store.pause(session, view.id, now, until=end)
+
+
+def pause_end(text: str, timezone: str, *, now: datetime) -> datetime:
+    """The end of a pause given as `--until`: a date (YYYY-MM-DD: the pause ends at the start
+    of that day in the reader's `timezone`, so the next lesson goes out at its send time that
+    day) or an ISO 8601 date-time with a UTC offset. Raises `UsageError` for anything else, for
+    a moment not after `now`, and for a date when the reader's timezone cannot be loaded."""
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            try:
+                zone = ZoneInfo(timezone)
+            except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
+                raise UsageError(
+                    f"--until {value}: the reader's timezone {timezone!r} cannot be loaded here;"
+                    " give a date-time with a UTC offset, e.g. 2026-05-01T00:00+09:00"
+                ) from exc
+            end = schedule.local_send_moment(zone, day, time(0))
+        else:
+            end = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"--until {text!r} is not a date (2026-05-01, the reader's midnight) or an ISO"
+            " date-time with a UTC offset (2026-05-01T07:30+09:00)"
+        ) from None
+    if end.tzinfo is None:
+        raise UsageError(
+            f"--until {text!r} has no UTC offset; add one (e.g. {value}+09:00) or give a date"
+        )
+    if not MIN_YEAR <= end.year <= MAX_YEAR:
+        raise UsageError(f"--until {text!r} is outside the years {MIN_YEAR}-{MAX_YEAR}")
+    if end <= now:
+        raise UsageError(
+            f"--until {text!r} is not in the future (now is {now.isoformat()}); give a later"
+            " moment, or use 'drip subscribers resume'"
+        )
+    return end.astimezone(UTC)
+
+
+MIN_YEAR, MAX_YEAR = 1971, 9998
+"""The years a pause may end in: room for the schedule arithmetic on either side."""
 
 
 def resume_subscriber(
@@ -158,7 +225,7 @@ def resume_subscriber(
     subscriber whose timezone this host cannot load is resumed and held with the reason, as a
     send run holds it.
     """
-    with sessions() as session:
+    with reading(sessions) as session:
         subscriber_id = _find(session, course, email).id
     # The manage page's resume: it reads the reader again in its own transaction.
     return preferences.resume(sessions, course, subscriber_id, now=now)
@@ -181,21 +248,132 @@ def list_subscribers(
     *,
     status: store.SubscriberStatus | None = None,
     held: bool = False,
+    lesson: str | None = None,
 ) -> Iterator[store.SubscriberView]:
-    """The course's subscribers (one status, or only the held ones with their reason), streamed."""
-    with sessions() as session:
-        yield from store.list_subscribers(session, course.id, status=status, held=held)
+    """The course's subscribers (one status, only the held ones with their reason, only those
+    whose next lesson is `lesson`: a slug or a number of the course), streamed. Raises
+    `UsageError` for a lesson the course does not have."""
+    slug = None if lesson is None else _lesson_slug(course, lesson)
+    with reading(sessions) as session:
+        yield from store.list_subscribers(session, course.id, status=status, held=held, lesson=slug)
+
+
+def _lesson_slug(course: Course, lesson: str) -> str:
+    for candidate in course.lessons:
+        if lesson.strip() in (candidate.slug, str(candidate.number)):
+            return candidate.slug
+    slugs = ", ".join(candidate.slug for candidate in course.lessons)
+    raise UsageError(f"no lesson {lesson!r} in {course.id}; give a number or one of: {slugs}")
+
+
+# --- the operator's subscriber admin (`drip subscribers ...`) ----------------------------------
+
+
+class OperatorConfirmed(StrEnum):
+    CONFIRMED = "confirmed"
+    """Pending -> active: the course starts."""
+    ALREADY = "already"
+    """Active, paused or completed already: nothing changed."""
+
+
+CLI_CONSENT_SOURCE = "cli"
+"""The consent source of a reader the operator confirmed (as `drip subscribe --confirmed`)."""
+
+
+def confirm_subscriber(
+    sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime
+) -> tuple[OperatorConfirmed, datetime | None]:
+    """The operator says the pending reader `email` consented elsewhere (not by the double
+    opt-in link): the consent is recorded as obtained at `now` from CLI_CONSENT_SOURCE and the
+    course starts, lesson 1 at `schedule.first_send_at`. Returns what happened and when lesson 1
+    goes out. Raises `NotFoundError` for an unknown address and `SuppressedAddressError` for one
+    that unsubscribed, bounced or complained (never re-activated by the operator).
+    """
+    with sessions() as session, session.begin():
+        view = _find(session, course, email)
+        at = schedule.first_send_at(course, view.timezone, confirmed_at=now)
+        confirmed = store.confirm_subscriber(
+            session,
+            view.id,
+            now=now,
+            first_lesson=course.lessons[0].slug,
+            first_send_at=at,
+            consent_source=CLI_CONSENT_SOURCE,
+        )
+    if confirmed:
+        return OperatorConfirmed.CONFIRMED, at
+    return OperatorConfirmed.ALREADY, None
+
+
+def resend_confirmation(
+    sessions: sessionmaker[Session], mailer: Mailer, email: str, *, now: datetime
+) -> bool:
+    """Send the pending reader `email` a new confirmation (double opt-in) email through the
+    signup form's queue and sender: queue it (`optin.queue_confirmation`), then send what the
+    queue owes (`delivery.send_owed_confirmations`). True if this reader's email was accepted
+    by the transport now; False if it stays queued (the transport refused it for now, or it is
+    queued for later): the next `drip send` sends it.
+
+    Raises `NotFoundError` for an unknown address, and `StateError` for a reader that is not
+    pending or got one less than CONFIRMATION_INTERVAL ago (at most one a day per address).
+    """
+    with sessions() as session, session.begin():
+        view = _find(session, mailer.course, email)
+        if view.status is not store.SubscriberStatus.PENDING:
+            why = (
+                "drip never asks an unsubscribed, bounced or complained address again; only the"
+                " person can sign up again"
+                if view.status in SUPPRESSED_STATUSES
+                else "it has confirmed already"
+            )
+            raise store.StateError(
+                f"{view.email} is {view.status.value}, not pending; nothing sent: {why}"
+            )
+        queued = optin.queue_confirmation(session, view.id, now=now, interval=CONFIRMATION_INTERVAL)
+        last = view.confirmation_sent_at
+        if not queued and view.confirmation_wanted_at is None and last is not None:
+            raise store.StateError(
+                f"a confirmation email went to {view.email} at {last.isoformat()}, less than"
+                f" {CONFIRMATION_INTERVAL.total_seconds() / 3600:.0f} h ago; try again after"
+                f" {(last + CONFIRMATION_INTERVAL).isoformat()}"
+            )
+    send_owed_confirmations(sessions, mailer, now=now)
+    with reading(sessions) as session:
+        after = store.get_subscriber_by_id(session, view.id)
+    return after is not None and after.confirmation_sent_at == now
+
+
+def forget(sessions: sessionmaker[Session], course: Course, email: str, *, now: datetime) -> bool:
+    """GDPR erase by address, as the manage page's "erase me" (`store.erase_subscriber`): every
+    enrolment of the address (all courses), its deliveries and provider events are deleted and
+    only the address's hash is kept, so no signup, `drip subscribe` or import brings it back.
+    True if it was erased now, False if it had been already. Raises `NotFoundError` for an
+    address that is neither enrolled in `course` nor erased."""
+    address = normalize_email(email)
+    with sessions() as session, session.begin():
+        view = store.get_subscriber(session, course.id, address)
+        if view is not None:
+            return store.erase_subscriber(session, view.id, now)
+        if store.is_suppressed(session, address):
+            return False
+    raise store.NotFoundError(f"{email} is not subscribed to {course.id}; nothing to erase")
+
+
+def reader_events(sessions: sessionmaker[Session], subscriber_id: int) -> list[ReaderEvent]:
+    """The provider events about one reader, oldest first (`store.admin.reader_events`)."""
+    with reading(sessions) as session:
+        return admin_store.reader_events(session, subscriber_id)
 
 
 def in_doubt(sessions: sessionmaker[Session], course: Course) -> list[store.DeliveryView]:
     """The course's in-doubt deliveries, oldest first."""
-    with sessions() as session:
+    with reading(sessions) as session:
         return store.list_in_doubt(session, course.id)
 
 
 def failed(sessions: sessionmaker[Session], course: Course) -> list[store.DeliveryView]:
     """The course's failed deliveries (refused for good, or given up on), oldest first."""
-    with sessions() as session:
+    with reading(sessions) as session:
         return store.list_deliveries(session, course.id, store.DeliveryStatus.FAILED)
 
 

@@ -111,7 +111,7 @@ def _next_allowed_day(settings: CourseSettings, day: date) -> date:
 
 def course_plan(course: Course, timezone: str, *, start: datetime) -> list[Step]:
     """The schedule of a reader in `timezone` who confirms at `start`, each lesson sent on time."""
-    zone = ZoneInfo(timezone)
+    zone = schedule.zone_named(timezone)
     steps: list[Step] = []
     previous: datetime | None = None
     for lesson in course.lessons:
@@ -157,7 +157,7 @@ def subscriber_plan(
 ) -> list[Step]:
     """The timeline of `subscriber`: lessons sent (from the ledger, `sent`: slug -> sent at),
     the next one and when, and the rest as they would go if each is sent on time."""
-    zone = ZoneInfo(subscriber.timezone)
+    zone = schedule.zone_named(subscriber.timezone)
     own = schedule.parse_send_time(subscriber.send_time)
     steps: list[Step] = []
     previous: datetime | None = None

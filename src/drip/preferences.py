@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from drip import schedule, store
 from drip.addresses import check_timezone
 from drip.course import Course
-from drip.delivery import Mailer
+from drip.db import reading
+from drip.delivery import Mailer, reader_send_time
 from drip.errors import InvalidAddressError, UnknownTimezoneError, UsageError
 from drip.message import OutgoingEmail
 from drip.statuses import DeliveryStatus, SubscriberStatus
@@ -108,7 +109,7 @@ def resume(
                 resumed_at=now,
                 last_sent_at=view.last_sent_at,
                 confirmed_at=view.confirmed_at,
-                send_time=_send_time(view.send_time),
+                send_time=reader_send_time(view.send_time),
             )
         except UnknownTimezoneError:
             reason = store.unknown_zone_reason(view.timezone)
@@ -160,13 +161,6 @@ def change_schedule(
         )
 
 
-def _send_time(text: str | None) -> time | None:
-    try:
-        return schedule.parse_send_time(text)
-    except ValueError:
-        return None
-
-
 # --- what the manage page shows -----------------------------------------------------------------
 
 
@@ -212,7 +206,7 @@ def manage_view(
     sessions: sessionmaker[Session], course: Course, subscriber_id: int
 ) -> ManageView | None:
     """The manage page's content for `subscriber_id`; None for an unknown (or erased) reader."""
-    with sessions() as session:
+    with reading(sessions) as session:
         view = store.get_subscriber_by_id(session, subscriber_id)
         if view is None:
             return None
@@ -242,7 +236,7 @@ def manage_view(
         lines.append(
             LessonLine(lesson.number, lesson.subject, state, local(row.sent_at if row else None))
         )
-    own = _send_time(view.send_time)
+    own = reader_send_time(view.send_time)
     return ManageView(
         subscriber=view,
         lessons=lines,

@@ -84,7 +84,9 @@ def _utc(moment: datetime, name: str) -> datetime:
 
 
 @functools.lru_cache(maxsize=512)
-def _zone_named(key: str) -> ZoneInfo:
+def zone_named(key: str) -> ZoneInfo:
+    """The zone `key` names; `UnknownTimezoneError` (exit 2, one line) when this host cannot
+    load it (a name edited in by hand, tzdata missing), never a bare ZoneInfoNotFoundError."""
     try:
         return ZoneInfo(key)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -92,7 +94,7 @@ def _zone_named(key: str) -> ZoneInfo:
 
 
 def _zone(tz: Zone) -> ZoneInfo:
-    return tz if isinstance(tz, ZoneInfo) else _zone_named(tz)
+    return tz if isinstance(tz, ZoneInfo) else zone_named(tz)
 
 
 @functools.lru_cache(maxsize=256)

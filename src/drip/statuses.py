@@ -7,8 +7,9 @@ database models; `drip.models` builds its CHECK constraints from them and re-exp
 from __future__ import annotations
 
 import enum
+from datetime import timedelta
 
-__all__ = ["SUPPRESSED_STATUSES", "DeliveryStatus", "SubscriberStatus"]
+__all__ = ["SUPPRESSED_STATUSES", "UNCONFIRMED_TTL", "DeliveryStatus", "SubscriberStatus"]
 
 
 class SubscriberStatus(enum.StrEnum):
@@ -26,6 +27,10 @@ class SubscriberStatus(enum.StrEnum):
 SUPPRESSED_STATUSES = frozenset(
     {SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED}
 )
+
+UNCONFIRMED_TTL = timedelta(days=30)
+"""A signup never confirmed ('pending') is deleted this long after the last thing that happened
+to it (`store.subscribers.purge_unconfirmed`, run by every `drip send`)."""
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -13,7 +13,7 @@ import sys
 import click
 
 from drip import __version__
-from drip.cli import course, reports, sending, subscribers
+from drip.cli import course, demo, reports, sending, subscribers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,5 +45,6 @@ for command in (
     sending.deliveries_group,
     reports.plan_command,
     reports.stats_command,
+    demo.demo_command,
 ):
     main.add_command(command)

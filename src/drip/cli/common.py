@@ -8,16 +8,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import wraps
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeGuard, TypeVar
 
 import click
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from drip.config import Settings, load_settings
 from drip.errors import DripError
 
 if TYPE_CHECKING:  # each command imports what it uses, so start-up stays short
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.orm import Session, sessionmaker
+
     from drip.course import Course
     from drip.delivery import Mailer
 
@@ -41,7 +42,9 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
         except DripError as exc:
             fail(str(exc), exc.exit_code)
             raise AssertionError("unreachable") from exc
-        except (OperationalError, InterfaceError) as exc:
+        except Exception as exc:
+            if not _is_database_outage(exc):
+                raise
             # Claims already made are safe: see the README.
             from drip.db import outage_message
 
@@ -49,6 +52,13 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise AssertionError("unreachable") from exc
 
     return wrapper
+
+
+def _is_database_outage(exc: Exception) -> TypeGuard[DBAPIError]:
+    """Whether `exc` is SQLAlchemy's "the database is unreachable or failed" error. SQLAlchemy
+    is not imported for it: a command that never imported SQLAlchemy cannot have raised one."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, (errors.OperationalError, errors.InterfaceError))
 
 
 def settings() -> Settings:
@@ -128,7 +138,7 @@ def open_mailer(current: Settings) -> tuple[sessionmaker[Session], Mailer]:
 
 
 @contextmanager
-def progress_bar() -> Iterator[Callable[[int], None] | None]:
+def progress_bar(description: str = "sending") -> Iterator[Callable[[int], None] | None]:
     """A rich progress bar on stderr when it is a terminal; nothing otherwise (cron, pipes)."""
     if not sys.stderr.isatty():
         yield None
@@ -137,7 +147,7 @@ def progress_bar() -> Iterator[Callable[[int], None] | None]:
     from rich.progress import Progress
 
     with Progress(transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task("sending", total=None)
+        task = bar.add_task(description, total=None)
         yield lambda count: bar.advance(task, count)
 
 

@@ -49,11 +49,10 @@ def plan_command(
     would get. Times are shown reader-local and UTC; the reasons name quiet hours, days that are
     not send days, holidays, pauses, holds and late runs.
     """
-    from zoneinfo import ZoneInfo
-
     from drip import plan
     from drip.addresses import check_timezone
     from drip.errors import UsageError
+    from drip.schedule import zone_named
 
     if whole_course == (email is not None):
         raise UsageError("give either EMAIL or --course (the schedule of a new subscriber)")
@@ -65,7 +64,7 @@ def plan_command(
         loaded = load_course(settings().course_dir)
         zone_name = check_timezone(timezone or loaded.settings.timezone)
         steps = plan.course_plan(loaded, zone_name, start=start or now)
-        confirmed = (start or now).astimezone(ZoneInfo(zone_name))
+        confirmed = (start or now).astimezone(zone_named(zone_name))
         header = f"a reader in {zone_name} confirming at {confirmed:%Y-%m-%d %a %H:%M} local"
     else:
         from drip.insight import subscriber_timeline
@@ -74,7 +73,7 @@ def plan_command(
         view, steps = subscriber_timeline(sessions, loaded, email, now=now)
         zone_name = view.timezone
         header = f"{view.email} ({view.status.value}, {zone_name})"
-    zone = ZoneInfo(zone_name)
+    zone = zone_named(zone_name)
     if as_json:
         for step in steps:
             click.echo(json.dumps(step.as_dict(zone), ensure_ascii=False))

@@ -19,6 +19,8 @@ from drip.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from drip.config import Settings
+    from drip.send_report import SendReport
     from drip.store import DeliveryView
 
 
@@ -42,16 +44,31 @@ def send_command(
     Exit 0 when the run completed (even with per-message failures), 1 when it had to stop (bad
     provider credentials, database unavailable), 2 for usage or configuration errors.
     """
+    current = settings()
+    if not dry_run:
+        # Cron's usual minute: answered from the database alone, without loading SQLAlchemy,
+        # the course, the templates or the transport (drip.idle).
+        from drip.idle import nothing_to_do
+        from drip.send_report import SendReport
+
+        if nothing_to_do(current.database_url, current.course_dir, now):
+            _print_report(SendReport(now=now), current, as_json)
+            return
     from dataclasses import replace
 
     from drip.delivery import send_due
 
-    current = settings()
     if bulk is not None:
         current = replace(current, bulk="auto" if bulk else "off")
     sessions, mailer = open_mailer(current)
     with mailer.transport, progress_bar() as advance:
         report = send_due(sessions, mailer, now=now, limit=limit, dry_run=dry_run, progress=advance)
+    _print_report(report, current, as_json)
+
+
+def _print_report(report: SendReport, current: Settings, as_json: bool) -> None:
+    """The run's report on stdout (words or one JSON object), its warning on stderr, and exit
+    1 when it had to stop."""
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False))
     else:

@@ -364,7 +364,7 @@ def _move_past_sent(
     """Subscribers due for a lesson already sent move on to the next one they have not had."""
     if not rows:
         return
-    sent = _sent_lessons(conn, [row.id for row in rows]) if move_on is not None else {}
+    sent = sent_lessons(conn, [row.id for row in rows]) if move_on is not None else {}
     advance: list[tuple[Any, ...]] = []
     complete: list[tuple[Any, ...]] = []
     held: list[tuple[int, str]] = []
@@ -396,7 +396,7 @@ def _move_past_sent(
     hold(conn, held)
 
 
-def _sent_lessons(conn: Connection, subscriber_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+def sent_lessons(conn: Connection, subscriber_ids: Sequence[int]) -> dict[int, frozenset[str]]:
     """The lessons the ledger has as sent, per subscriber."""
     found: dict[int, set[str]] = {}
     stmt = select(D.c.subscriber_id, D.c.lesson).where(

@@ -76,15 +76,19 @@ def list_subscribers(
     *,
     status: SubscriberStatus | None = None,
     held: bool = False,
+    lesson: str | None = None,
 ) -> Iterator[SubscriberView]:
     """The subscribers of `course_id` in id order, streamed (constant memory at any size).
 
     `status` keeps one status; `held` keeps only the held ones (active, a next lesson, no
-    moment to send it: waiting on the operator, `held_reason` says why).
+    moment to send it: waiting on the operator, `held_reason` says why); `lesson` only those
+    whose next lesson is that slug.
     """
     stmt: Select[tuple[object, ...]] = select(S).where(S.c.course_id == course_id).order_by(S.c.id)
     if status is not None:
         stmt = stmt.where(S.c.status == status.value)
+    if lesson is not None:
+        stmt = stmt.where(S.c.next_lesson == lesson)
     if held:
         stmt = stmt.where(
             S.c.status == ACTIVE, S.c.next_lesson.is_not(None), S.c.next_send_at.is_(None)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     func,
     or_,
     select,
@@ -28,7 +29,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from drip.errors import NotFoundError, SuppressedAddressError
-from drip.statuses import SUPPRESSED_STATUSES, DeliveryStatus, SubscriberStatus
+from drip.models import events
+from drip.statuses import SUPPRESSED_STATUSES, UNCONFIRMED_TTL, DeliveryStatus, SubscriberStatus
 from drip.store._sql import (
     ACTIVE,
     D,
@@ -93,7 +95,12 @@ def add_subscriber(
         raise _suppressed(email, course_id, existing)
     if existing is SubscriberStatus.PENDING and confirmed:
         confirm_subscriber(
-            session, row.id, now=now, first_lesson=first_lesson, first_send_at=first_send_at
+            session,
+            row.id,
+            now=now,
+            first_lesson=first_lesson,
+            first_send_at=first_send_at,
+            consent_source=consent_source,
         )
         return AddResult(row.id, SubscriberStatus.ACTIVE, created=False, confirmed_now=True)
     return AddResult(row.id, existing, created=False)
@@ -107,7 +114,23 @@ def _new_row(
     consent_source: str,
     confirmed: bool,
     first_lesson: str,
+    status: SubscriberStatus | None = None,
 ) -> dict[str, Any]:
+    if status is not None and status not in KEPT_STATUSES:
+        raise ValueError(f"a new row cannot start {status.value!r}")
+    if status is not None:
+        # Kept from an export: a reader who never gets a lesson (pending, finished, suppressed).
+        return {
+            **_new_row(
+                course_id,
+                new,
+                now=now,
+                consent_source=consent_source,
+                confirmed=False,
+                first_lesson=first_lesson,
+            ),
+            "status": status.value,
+        }
     return {
         "course_id": course_id,
         "email": new.email,
@@ -149,13 +172,19 @@ def confirm_subscriber(
     now: datetime,
     first_lesson: str,
     first_send_at: datetime | None,
+    consent_source: str | None = None,
 ) -> bool:
     """Pending -> active with the first lesson scheduled. True if this call confirmed it.
 
-    Already active/paused/completed: False (confirm links get clicked twice). Suppressed:
-    raises `SuppressedAddressError`; unknown id: `NotFoundError`.
+    `consent_source`: the consent was obtained elsewhere (the operator said so): it replaces the
+    signup's consent record (`consent_at` = now). None: the reader confirmed the double opt-in,
+    whose signup is the consent record. Already active/paused/completed: False (confirm links
+    get clicked twice). Suppressed: raises `SuppressedAddressError`; unknown id: `NotFoundError`.
     """
     conn = connection(session)
+    consent = (
+        {} if consent_source is None else {"consent_at": now, "consent_source": consent_source}
+    )
     result = conn.execute(
         update(S)
         .where(S.c.id == subscriber_id, S.c.status == SubscriberStatus.PENDING.value)
@@ -165,6 +194,7 @@ def confirm_subscriber(
             status_changed_at=now,
             next_lesson=first_lesson,
             next_send_at=first_send_at,
+            **consent,
         )
     )
     if result.rowcount:
@@ -313,6 +343,13 @@ def mark_suppressed(
     return result.rowcount
 
 
+KEPT_STATUSES = frozenset(
+    {SubscriberStatus.PENDING, SubscriberStatus.COMPLETED, *SUPPRESSED_STATUSES}
+)
+"""The states an imported row keeps from the file's `status` column (an export): none of them
+gets a lesson, so keeping them can never mail anyone who did not ask."""
+
+
 # --- import (batched) -------------------------------------------------------------------------
 
 
@@ -359,9 +396,12 @@ def insert_subscribers(
     consent_source: str,
     confirmed: bool,
     first_lesson: str,
+    status: SubscriberStatus | None = None,
 ) -> int:
     """Insert new enrolments, skipping any that exist (ON CONFLICT DO NOTHING). Returns how many
-    were inserted. Confirmed rows start 'active' at their `first_send_at`.
+    were inserted. Confirmed rows start 'active' at their `first_send_at`. `status` (one of
+    KEPT_STATUSES, from an export) makes every row start in that state instead, with no lesson
+    scheduled: an unsubscribed reader moved to a new database stays unsubscribed.
     """
     if not rows:
         return 0
@@ -374,6 +414,7 @@ def insert_subscribers(
             consent_source=consent_source,
             confirmed=confirmed,
             first_lesson=first_lesson,
+            status=status,
         )
         for row in rows
     ]
@@ -435,3 +476,35 @@ _NEVER = (
     "drip never subscribes such an address again by itself. Leave it out; only the person can"
     " ask to come back"
 )
+
+
+# --- housekeeping -------------------------------------------------------------------------------
+
+
+def purge_unconfirmed(session: Session, course_id: str, now: datetime) -> int:
+    """Delete the signups of `course_id` that were never confirmed and have been quiet for
+    UNCONFIRMED_TTL (created, consent recorded, confirmation asked for and sent all before
+    then), with the provider events about them (a confirmation email's). Returns how many.
+
+    Set-based: two DELETEs whatever the number. Never touches a reader who has a history: one
+    confirmed once, sent a lesson, or in the ledger at all. A reader who unsubscribed and signs
+    up again stays 'unsubscribed' until it confirms (`optin.request_optin`), so it is never
+    'pending' and never purged here.
+    """
+    cutoff = now - UNCONFIRMED_TTL
+    # ix_subscribers_pending (course_id, created_at) WHERE status = 'pending' makes this a
+    # probe; drip.idle asks the same question before a run loads anything.
+    quiet = and_(
+        S.c.course_id == course_id,
+        S.c.status == SubscriberStatus.PENDING.value,
+        S.c.confirmed_at.is_(None),
+        S.c.last_sent_at.is_(None),
+        S.c.created_at < cutoff,
+        S.c.consent_at < cutoff,
+        or_(S.c.confirmation_sent_at.is_(None), S.c.confirmation_sent_at < cutoff),
+        or_(S.c.confirmation_wanted_at.is_(None), S.c.confirmation_wanted_at < cutoff),
+        ~select(D.c.id).where(D.c.subscriber_id == S.c.id).exists(),
+    )
+    conn = connection(session)
+    conn.execute(delete(events).where(events.c.subscriber_id.in_(select(S.c.id).where(quiet))))
+    return conn.execute(delete(S).where(quiet)).rowcount

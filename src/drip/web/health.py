@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from drip.db import HEAD_REVISION, current_revision
+from drip.db import HEAD_REVISION, current_revision, reading
 from drip.web.context import current
 
 bp = Blueprint("health", __name__)
@@ -13,7 +13,7 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
     try:
-        with current().sessions() as session:
+        with reading(current().sessions) as session:
             revision = current_revision(session.connection())
     except Exception:  # any failure to reach the database is "unhealthy"
         return jsonify(status="unavailable", database="unreachable"), 503

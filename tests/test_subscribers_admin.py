@@ -1,0 +1,384 @@
+"""`drip subscribers show|forget|pause --until|confirm|resend-confirmation|list --lesson` end to
+end through click, on a real SQLite file and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session, sessionmaker
+from tests.support import COURSE, COURSE_DIR, TEMPLATES
+
+from drip import store
+from drip.cli import main
+from drip.errors import UsageError
+from drip.lifecycle import pause_end, request_signup
+from drip.models import deliveries, subscribers
+
+MORNING = "2026-04-01T09:00:00+09:00"
+T_MORNING = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
+KEY = "admin-test-key-Xq3vN8kZ1pL0sT7wR2yB5mC9"
+
+
+Drip = Callable[..., Result]
+"""`drip(*args)`: run the command line on the test database, in a fresh working directory."""
+
+
+@pytest.fixture
+def drip(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Drip:
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "DRIP_COURSE_DIR": str(COURSE_DIR),
+        "DRIP_TEMPLATES_DIR": str(TEMPLATES),
+        "DRIP_DATABASE_URL": database_url,
+        "DRIP_SECRET_KEY": KEY,
+    }
+
+    def run(*args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(main, list(args), env=env, input=input)
+
+    return run
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine)
+
+
+def row(sessions: sessionmaker[Session], email: str) -> store.SubscriberView:
+    with sessions() as session:
+        found = store.get_subscriber(session, COURSE.id, email)
+    assert found is not None, email
+    return found
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, (result.output, result.stderr)
+    return result
+
+
+# --- show -------------------------------------------------------------------------------------
+
+
+def test_show_gives_state_lessons_with_events_and_the_next_lesson_local_and_utc(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    ok(drip("subscribe", "yamada@example.com", "--name", "山田", "--confirmed", "--now", MORNING))
+    ok(drip("send", "--now", MORNING))
+    with sessions() as session, session.begin():
+        delivery_id = session.connection().execute(select(deliveries.c.id)).scalar_one()
+        for kind, minutes in (("delivered", 1), ("open", 7)):
+            store.add_event(
+                session,
+                provider="sendgrid",
+                provider_event_id=f"ev-{kind}",
+                type=kind,
+                occurred_at=T_MORNING + timedelta(minutes=minutes),
+                received_at=T_MORNING + timedelta(minutes=minutes),
+                payload={"email": "yamada@example.com", "event": kind},
+                delivery_id=delivery_id,
+            )
+
+    shown = ok(drip("subscribers", "show", "Yamada@Example.com", "--now", MORNING))
+    out = shown.output
+    assert out.startswith("yamada@example.com (山田)\n")
+    assert "state:     active since 2026-04-01 00:00 UTC" in out
+    assert "consent:   cli, 2026-04-01 00:00 UTC" in out
+    assert "timezone:  Asia/Tokyo; lessons after the first at 07:30 (the course's)" in out
+    # Lesson 2 the next morning at 07:30 Tokyo: both clocks.
+    assert "next:      2 rethink, 2026-04-02 Thu 07:30 Asia/Tokyo (2026-04-01 22:30 UTC)" in out
+    assert (
+        "  1 welcome              sent     2026-04-01 Wed 09:00 local  2026-04-01 00:00 UTC" in out
+    )
+    assert "      events: delivered 2026-04-01 00:01 UTC, open 2026-04-01 00:07 UTC" in out
+    assert out.count("events:") == 1  # the events belong to lesson 1 only
+
+    as_json = json.loads(ok(drip("subscribers", "show", "yamada@example.com", "--json")).output)
+    assert as_json["email"] == "yamada@example.com" and as_json["consent_source"] == "cli"
+    first, second = as_json["lessons"][:2]
+    assert first["state"] == "sent"
+    assert [e["type"] for e in first["events"]] == ["delivered", "open"]
+    assert second["at_local"] == "2026-04-02T07:30:00+09:00" and second["events"] == []
+
+
+def test_show_of_a_pending_and_an_unknown_reader(drip: Drip) -> None:
+    ok(drip("subscribe", "p@example.com", "--now", MORNING))
+    out = ok(drip("subscribers", "show", "p@example.com", "--now", MORNING)).output
+    assert "state:     pending" in out and "confirmed: not yet" in out
+    assert "waiting for the reader to confirm" in out
+    unknown = drip("subscribers", "show", "nobody@example.com")
+    assert unknown.exit_code == 2
+    assert "nobody@example.com is not subscribed" in unknown.stderr
+
+
+# --- forget -----------------------------------------------------------------------------------
+
+
+def test_forget_erases_keeps_the_hash_and_refuses_the_address_afterwards(
+    drip: Drip, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    ok(drip("subscribe", "gone@example.com", "--confirmed", "--now", MORNING))
+    ok(drip("send", "--now", MORNING))
+
+    refused = drip("subscribers", "forget", "gone@example.com")  # not a terminal, no --yes
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    assert row(sessions, "gone@example.com").status is store.SubscriberStatus.ACTIVE
+
+    erased = ok(drip("subscribers", "forget", "ｇｏｎｅ@example.com", "--yes"))
+    assert "erased" in erased.output
+    with sessions() as session:
+        assert store.get_subscriber(session, COURSE.id, "gone@example.com") is None
+        assert session.connection().execute(select(deliveries.c.id)).first() is None
+        assert store.is_suppressed(session, "gone@example.com")
+
+    again = ok(drip("subscribers", "forget", "gone@example.com", "--yes"))
+    assert "already erased" in again.output
+    assert drip("subscribe", "gone@example.com", "--confirmed").exit_code == 2
+    csv_file = tmp_path / "back.csv"
+    csv_file.write_text("email\ngone@example.com\n", encoding="utf-8")
+    imported = drip("subscribers", "import", str(csv_file), "--confirmed")
+    assert imported.exit_code == 1
+    assert "erased at the person's request" in imported.stderr
+
+    unknown = drip("subscribers", "forget", "never@example.com", "--yes")
+    assert unknown.exit_code == 2 and "nothing to erase" in unknown.stderr
+
+
+# --- pause --until ----------------------------------------------------------------------------
+
+
+def test_pause_until_a_date_ends_at_the_readers_midnight_and_send_resumes_it(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    ok(drip("subscribe", "p@example.com", "--confirmed", "--now", MORNING))
+    ok(drip("send", "--now", MORNING))
+    paused = ok(
+        drip("subscribers", "pause", "p@example.com", "--until", "2026-04-10", "--now", MORNING)
+    )
+    assert "until 2026-04-10 Fri 00:00 Asia/Tokyo (2026-04-09 15:00 UTC)" in paused.output
+    view = row(sessions, "p@example.com")
+    assert view.status is store.SubscriberStatus.PAUSED
+    assert view.paused_until == datetime(2026, 4, 9, 15, 0, tzinfo=UTC)
+
+    ok(drip("send", "--now", "2026-04-09T23:00:00+09:00"))  # before the end: still paused
+    assert row(sessions, "p@example.com").status is store.SubscriberStatus.PAUSED
+    ok(drip("send", "--now", "2026-04-10T07:30:00+09:00"))
+    assert row(sessions, "p@example.com").status is store.SubscriberStatus.ACTIVE
+
+
+@pytest.mark.parametrize(
+    ("until", "message"),
+    [
+        ("2026-03-31", "not in the future"),
+        ("2026-04-01T08:59+09:00", "not in the future"),
+        ("2026-04-10T12:00", "has no UTC offset"),
+        ("2026-02-30", "is not a date"),
+        ("next week", "is not a date"),
+        ("9999-12-31T00:00Z", "outside the years"),
+    ],
+)
+def test_pause_until_refuses_past_bad_and_naive_moments(
+    drip: Drip, sessions: sessionmaker[Session], until: str, message: str
+) -> None:
+    ok(drip("subscribe", "p@example.com", "--confirmed", "--now", MORNING))
+    result = drip("subscribers", "pause", "p@example.com", "--until", until, "--now", MORNING)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert row(sessions, "p@example.com").status is store.SubscriberStatus.ACTIVE
+
+
+def test_pause_until_with_an_offset_and_plain_pause_still_work(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    ok(drip("subscribe", "p@example.com", "--confirmed", "--now", MORNING))
+    ok(
+        drip(
+            "subscribers",
+            "pause",
+            "p@example.com",
+            "--until",
+            "2026-05-01T12:00Z",
+            "--now",
+            MORNING,
+        )
+    )
+    assert row(sessions, "p@example.com").paused_until == datetime(2026, 5, 1, 12, tzinfo=UTC)
+    ok(drip("subscribers", "resume", "p@example.com", "--now", MORNING))
+    plain = ok(drip("subscribers", "pause", "p@example.com", "--now", MORNING))
+    assert plain.output.strip() == "p@example.com: paused"
+    assert row(sessions, "p@example.com").paused_until is None
+    assert drip("subscribers", "pause", "nobody@example.com").exit_code == 2
+
+
+# --- confirm ----------------------------------------------------------------------------------
+
+
+def test_confirm_records_consent_obtained_elsewhere_and_starts_the_course(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    request_signup(
+        sessions,
+        COURSE,
+        email="w@example.com",
+        name=None,
+        timezone=None,
+        now=T_MORNING - timedelta(days=2),
+        consent_source="web form",
+    )
+    result = ok(drip("subscribers", "confirm", "w@example.com", "--now", MORNING))
+    assert "consent obtained elsewhere is recorded (source 'cli'" in result.output
+    assert "no confirmation email is sent" in result.output
+    view = row(sessions, "w@example.com")
+    assert view.status is store.SubscriberStatus.ACTIVE and view.next_lesson == "welcome"
+    assert (view.consent_source, view.consent_at, view.confirmed_at) == (
+        "cli",
+        T_MORNING,
+        T_MORNING,
+    )
+    assert not list(Path().glob("outbox/*.eml"))  # no email: the operator vouched
+    again = ok(drip("subscribers", "confirm", "w@example.com", "--now", MORNING))
+    assert "already confirmed, nothing changed" in again.output
+    assert drip("subscribers", "confirm", "nobody@example.com").exit_code == 2
+
+
+def test_confirm_never_reactivates_an_unsubscribed_reader(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    ok(drip("subscribe", "u@example.com", "--confirmed", "--now", MORNING))
+    ok(drip("subscribers", "unsubscribe", "u@example.com", "--now", MORNING))
+    result = drip("subscribers", "confirm", "u@example.com", "--now", MORNING)
+    assert result.exit_code == 2 and "unsubscribed" in result.stderr
+    assert row(sessions, "u@example.com").status is store.SubscriberStatus.UNSUBSCRIBED
+
+
+def test_subscribe_confirmed_of_a_pending_signup_records_the_cli_consent(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    # Was a bug: the web form's consent record stayed, as if the reader had confirmed there.
+    request_signup(
+        sessions,
+        COURSE,
+        email="w@example.com",
+        name=None,
+        timezone=None,
+        now=T_MORNING - timedelta(days=2),
+        consent_source="web form",
+    )
+    ok(drip("subscribe", "w@example.com", "--confirmed", "--now", MORNING))
+    view = row(sessions, "w@example.com")
+    assert (view.consent_source, view.consent_at) == ("cli", T_MORNING)
+
+
+# --- resend-confirmation ----------------------------------------------------------------------
+
+
+def test_resend_confirmation_goes_through_the_queue_once_a_day(
+    drip: Drip, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    ok(drip("subscribe", "p@example.com", "--now", MORNING))  # first confirmation email
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
+
+    soon = drip(
+        "subscribers", "resend-confirmation", "p@example.com", "--now", "2026-04-01T20:00+09:00"
+    )
+    assert soon.exit_code == 2 and "less than 24 h ago" in soon.stderr
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
+
+    later = ok(
+        drip(
+            "subscribers", "resend-confirmation", "p@example.com", "--now", "2026-04-02T10:00+09:00"
+        )
+    )
+    assert "confirmation email sent (outbox)" in later.output
+    emails = list((tmp_path / "outbox").glob("*.eml"))
+    assert len(emails) == 2
+    view = row(sessions, "p@example.com")
+    assert view.confirmation_sent_at == datetime(2026, 4, 2, 1, 0, tzinfo=UTC)
+    assert view.confirmation_wanted_at is None  # the queue entry is settled
+
+
+def test_resend_confirmation_only_for_pending_readers(drip: Drip) -> None:
+    ok(drip("subscribe", "a@example.com", "--confirmed", "--now", MORNING))
+    active = drip("subscribers", "resend-confirmation", "a@example.com", "--now", MORNING)
+    assert active.exit_code == 2 and "not pending" in active.stderr
+    ok(drip("subscribers", "unsubscribe", "a@example.com", "--now", MORNING))
+    gone = drip("subscribers", "resend-confirmation", "a@example.com", "--now", MORNING)
+    assert gone.exit_code == 2 and "only the person can sign up again" in gone.stderr
+    unknown = drip("subscribers", "resend-confirmation", "nobody@example.com")
+    assert unknown.exit_code == 2 and "not subscribed" in unknown.stderr
+
+
+# --- list --lesson ----------------------------------------------------------------------------
+
+
+def test_list_by_next_lesson_slug_or_number(drip: Drip) -> None:
+    ok(drip("subscribe", "a@example.com", "--confirmed", "--now", MORNING))
+    ok(drip("subscribe", "b@example.com", "--confirmed", "--now", MORNING))
+    ok(drip("send", "--now", MORNING, "--limit", "1"))
+    by_slug = ok(drip("subscribers", "list", "--lesson", "rethink")).output.splitlines()
+    by_number = ok(drip("subscribers", "list", "--lesson", "2")).output.splitlines()
+    assert by_slug == by_number and len(by_slug) == 1
+    assert by_slug[0].split("\t")[:3] == ["a@example.com", "active", "rethink"]
+    welcome = ok(drip("subscribers", "list", "--lesson", "welcome", "--json")).output
+    assert [json.loads(line)["email"] for line in welcome.splitlines()] == ["b@example.com"]
+    unknown = drip("subscribers", "list", "--lesson", "nope")
+    assert unknown.exit_code == 2 and "no lesson 'nope'" in unknown.stderr
+
+
+def test_every_new_command_on_an_empty_database(drip: Drip) -> None:
+    assert ok(drip("subscribers", "list", "--lesson", "1")).output.strip() == "none"
+    export = ok(drip("subscribers", "export"))
+    assert export.output.lstrip("\ufeff").strip() == (
+        "email,name,timezone,status,created_at,confirmed_at,consent_at,consent_source"
+    )
+    for command in ("show", "confirm", "resend-confirmation", "pause"):
+        assert drip("subscribers", command, "x@example.com").exit_code == 2, command
+    assert drip("subscribers", "show", "not-an-address").exit_code == 2
+
+
+def test_show_of_a_reader_whose_timezone_this_host_cannot_load(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    ok(drip("subscribe", "mars@example.com", "--confirmed", "--now", MORNING))
+    with sessions() as session, session.begin():
+        session.connection().execute(
+            update(subscribers)
+            .where(subscribers.c.email == "mars@example.com")
+            .values(timezone="Mars/Base")
+        )
+    out = ok(drip("subscribers", "show", "mars@example.com", "--now", MORNING)).output
+    assert "timezone:  Mars/Base" in out
+    assert "lessons:   not planned: timezone 'Mars/Base' cannot be loaded here" in out
+    document = json.loads(ok(drip("subscribers", "show", "mars@example.com", "--json")).output)
+    assert document["timezone"] == "Mars/Base" and document["lessons"] == []
+
+
+# --- pause_end (pure) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("until", "zone", "expected"),
+    [
+        ("2026-05-01", "Asia/Tokyo", datetime(2026, 4, 30, 15, 0, tzinfo=UTC)),
+        # Santiago skips 00:00 on 2026-09-06 (DST): the pause ends at the first instant after.
+        ("2026-09-06", "America/Santiago", datetime(2026, 9, 6, 4, 0, tzinfo=UTC)),
+        (" 2026-05-01T07:30+09:00 ", "America/New_York", datetime(2026, 4, 30, 22, 30, tzinfo=UTC)),
+    ],
+)
+def test_pause_end_reads_a_date_in_the_readers_zone_or_an_instant(
+    until: str, zone: str, expected: datetime
+) -> None:
+    assert pause_end(until, zone, now=T_MORNING) == expected
+
+
+def test_pause_end_of_a_date_needs_a_zone_this_host_can_load() -> None:
+    with pytest.raises(UsageError, match="'Mars/Base' cannot be loaded"):
+        pause_end("2026-05-01", "Mars/Base", now=T_MORNING)
+    assert pause_end("2026-05-01T00:00Z", "Mars/Base", now=T_MORNING) == datetime(
+        2026, 5, 1, tzinfo=UTC
+    )
