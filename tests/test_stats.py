@@ -411,3 +411,39 @@ def test_the_html_page_fits_a_phone_in_chromium(tmp_path: Path) -> None:
         timeout=60,
     ).stdout
     assert dom.count("<rect") == len(report.lessons) + 2 * len(report.signups_per_day)
+
+
+def test_the_stats_do_not_hold_sqlites_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million-reader report takes seconds: meanwhile the webhook and `drip send` must be
+    able to write (before `db.reading`, every read began with BEGIN IMMEDIATE)."""
+    import sqlite3
+
+    from drip.db import make_engine, upgrade
+
+    path = tmp_path / "drip.db"
+    upgrade(f"sqlite:///{path}")
+    engine = make_engine(f"sqlite:///{path}")
+    seed(engine)
+    counted = store.stats.lesson_counts
+    writes: list[str] = []
+
+    def lesson_counts_then_write(*args: object, **kwargs: object) -> store.LessonCounts:
+        found = counted(*args, **kwargs)  # type: ignore[arg-type]
+        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" while the stats hold it
+            other.execute("UPDATE subscribers SET name = 'w' WHERE id = 1")
+            other.execute("COMMIT")
+            writes.append("written")
+        finally:
+            other.close()
+        return found
+
+    monkeypatch.setattr(store, "lesson_counts", lesson_counts_then_write)
+    try:
+        check_hand_count(course_stats(sessionmaker(engine), COURSE, since=None))
+    finally:
+        engine.dispose()
+    assert writes == ["written"]

@@ -35,8 +35,9 @@ def course_stats(
 ) -> stats.Report:
     """The funnel and the signups of `course`: with `since`, the lessons sent at or after it
     (and every outcome reported of them, whenever), the signups and the readers who left at or
-    after it; everything when None. One read transaction, a few aggregate statements."""
-    with sessions() as session:
+    after it; everything when None. One read transaction (`db.reading`: on SQLite it does not
+    hold the write lock the webhook and `drip send` need), a few aggregate statements."""
+    with reading(sessions) as session:
         counts = store.lesson_counts(session, course.id, since)
         signups = store.signups(session, course.id, since)
     return stats.build_report(
