@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -196,8 +197,10 @@ def time_stats(url: str, repeat: int, extra: list[str]) -> tuple[list[float], di
         "DRIP_TEMPLATES_DIR": str(ROOT / "templates" / "email"),
     }
     times = []
+    cpu = []
     report: dict[str, object] = {}
     for _ in range(repeat):
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "drip", "stats", "--format", "json", *extra],
@@ -207,8 +210,10 @@ def time_stats(url: str, repeat: int, extra: list[str]) -> tuple[list[float], di
             check=True,
         )
         times.append(time.perf_counter() - started)
+        now_used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(now_used.ru_utime + now_used.ru_stime - used.ru_utime - used.ru_stime)
         report = json.loads(done.stdout)
-    return times, report
+    return times, cpu, report
 
 
 def run(url: str, subscribers: int, repeat: int) -> None:
@@ -224,7 +229,7 @@ def run(url: str, subscribers: int, repeat: int) -> None:
     backend = url.split(":", 1)[0]
     for label, extra in (("all", []), ("since", ["--since", SINCE])):
         busy_before, wall_before = machine_busy_seconds(), time.perf_counter()
-        times, report = time_stats(url, repeat, extra)
+        times, cpu, report = time_stats(url, repeat, extra)
         busy = (machine_busy_seconds() - busy_before) / (time.perf_counter() - wall_before)
         lessons = report["lessons"]
         assert isinstance(lessons, list)
@@ -235,7 +240,8 @@ def run(url: str, subscribers: int, repeat: int) -> None:
             f"{backend}: {subscribers:,} subscribers, {counts['all']['deliveries']:,}"
             f" deliveries, {counts['all']['events']:,} events (filled in {filled:.0f} s);"
             f" drip stats {' '.join(extra)}: median {statistics.median(times):.2f} s, slowest"
-            f" {max(times):.2f} s over {repeat} runs ({', '.join(f'{t:.2f}' for t in times)});"
+            f" {max(times):.2f} s over {repeat} runs ({', '.join(f'{t:.2f}' for t in times)}),"
+            f" CPU of the drip process {statistics.median(cpu):.2f} s;"
             f" lesson 1 matches the events counted directly: {shown}; machine busy"
             f" {busy:.2f} cores of {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}",
             flush=True,
