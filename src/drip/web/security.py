@@ -29,8 +29,10 @@ log = logging.getLogger("drip.web")
 MAX_FORM_BYTES = 1024 * 1024
 """Bodies above this are refused with 413 before they are read (the webhook allows more)."""
 FRAMEABLE_ENDPOINTS = frozenset({"signup.form"})
-DEFAULT_LIMITS: list[str | Callable[[], str] | Limit] = ["300 per minute"]
-"""Per client IP, on every endpoint not exempted; the signup routes add tighter ones."""
+DEFAULT_LIMIT = "300 per minute"
+DEFAULT_LIMITS: list[str | Callable[[], str] | Limit] = [DEFAULT_LIMIT]
+"""Per client IP, on every endpoint not exempted; the signup routes add tighter ones
+(`POST /subscribe` counts the same limit in its view: `signup.counts_own_limits`)."""
 
 csrf = CSRFProtect()
 View = TypeVar("View", bound=Callable[..., Any])
