@@ -133,14 +133,21 @@ def _client(
     results.put(latencies)
 
 
-def _wrk(port: int, token: str, seconds: float, connections: int, tag: str) -> dict[str, Any]:
+def _wrk(
+    port: int, token: str, seconds: float, connections: int, tag: str, close: bool
+) -> dict[str, Any]:
     """One wrk run (2 threads, `connections` keep-alive connections); its `done` JSON line."""
     finished = subprocess.run(
         [
             *("wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"),
             *("-s", str(ROOT / "bench" / "signup.lua"), f"http://127.0.0.1:{port}/subscribe"),
         ],
-        env={**os.environ, "DRIP_BENCH_TOKEN": token, "DRIP_BENCH_RUN": tag},
+        env={
+            **os.environ,
+            "DRIP_BENCH_TOKEN": token,
+            "DRIP_BENCH_RUN": tag,
+            "DRIP_BENCH_CLOSE": "1" if close else "0",
+        },
         capture_output=True,
         text=True,
         check=True,
@@ -270,10 +277,10 @@ def run_one(
         assert match, "no form token on the signup page"
         token = match.group(1)
         if args.load == "wrk":
-            _wrk(port, token, WARM_UP, args.clients, "w")
+            _wrk(port, token, WARM_UP, args.clients, "w", args.close)
             server_before, wrk_before = _cpu(process.pid), _children_cpu()
             machine_before = _machine_cpu()
-            stats = _wrk(port, token, args.seconds, args.clients, "m")
+            stats = _wrk(port, token, args.seconds, args.clients, "m", args.close)
             server_cpu = _cpu(process.pid) - server_before
             load_cpu: float | None = _children_cpu() - wrk_before
             machine_cpu = _machine_cpu() - machine_before
@@ -321,6 +328,7 @@ def run_one(
         "workers": args.workers,
         "threads": args.threads,
         "clients": args.clients,
+        "connection": "close" if args.close else "keep-alive",
     }
     result["target_met"] = (
         result["requests_per_s"] >= TARGET_RATE and result["p99_ms"] < TARGET_P99_MS
@@ -418,7 +426,8 @@ def _line(run: dict[str, Any]) -> str:
         f" POST /subscribe in {run['seconds']} s: {run['requests_per_s']}/s,"
         f" median {run['median_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms"
         f" ({run['workers']} workers x {run['threads']} threads, {run['clients']}"
-        f" connections, {run['load']}; {run['emails_sent_by_web']} emails sent by the web;"
+        f" {run['connection']} connections, {run['load']};"
+        f" {run['emails_sent_by_web']} emails sent by the web;"
         f" server CPU {run['server_cpu_ms_per_request']} ms/request,"
         f" {run['busy_cores_server']} of {run['busy_cores_machine']} busy cores;"
         f" load generator {run['load_cpu_ms_per_request']} ms/request;"
@@ -485,6 +494,11 @@ def main() -> None:
         help="a checkout whose src/ the server runs (repeatable; default: this one)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each configuration")
+    parser.add_argument(
+        "--close",
+        action="store_true",
+        help="wrk: a new connection per request (Connection: close), as behind nginx",
+    )
     parser.add_argument(
         "--in-process",
         type=int,
