@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
 
     app.register_blueprint(health.bp)
     app.register_blueprint(signup.bp)
+    limiter.request_filter(signup.counts_own_limits)
     app.register_blueprint(confirm.bp)
     app.register_blueprint(unsubscribe.bp)
     limiter.exempt(health.bp)
