@@ -4,6 +4,8 @@
 -- the warm-up and the measured run. `done` prints one JSON line for bench/signup.py.
 local token = os.getenv("DRIP_BENCH_TOKEN") or ""
 local run = os.getenv("DRIP_BENCH_RUN") or "0"
+-- DRIP_BENCH_CLOSE=1: a new connection per request, as nginx opens to its upstream by default.
+local close = os.getenv("DRIP_BENCH_CLOSE") == "1"
 local threads = 0
 local counter = 0
 id = 0
@@ -20,11 +22,15 @@ function request()
     .. "&timezone=Asia%2FTokyo&form_token=" .. token
   local ip = string.format("10.%d.%d.%d", serial % 251, math.floor(serial / 251) % 251,
     math.floor(serial / 63001) % 251 + 1)
-  return wrk.format("POST", "/subscribe", {
+  local headers = {
     ["Content-Type"] = "application/x-www-form-urlencoded",
     ["Origin"] = "null",
     ["X-Forwarded-For"] = ip,
-  }, body)
+  }
+  if close then
+    headers["Connection"] = "close"
+  end
+  return wrk.format("POST", "/subscribe", headers, body)
 end
 
 function done(summary, latency, requests)

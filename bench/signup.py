@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/signup.py                 # both databases, both modes, 15 s each
     .venv/bin/python bench/signup.py --seconds 5 --only sqlite --web-sends queue
+    .venv/bin/python bench/signup.py --code ../main --code . --rounds 3   # side by side
+    .venv/bin/python bench/signup.py --in-process 2000    # CPU per signup in Flask, no server
 
 Starts `drip serve` (gunicorn; --workers, --threads) in a temporary directory on the embedded
 SQLite file, then on a throw-away PostgreSQL database (`drip_bench_signup` on 127.0.0.1:5432,
@@ -14,12 +16,20 @@ the client, as behind a proxy) and under a global cap set out of the way. The lo
 `wrk` with bench/signup.lua when installed (apt-get install wrk), else Python client processes
 (said on stderr; `--load python` forces them). Prints requests/s, median, p99 and max latency
 after a 2-second warm-up, the server's CPU per request, the machine's busy cores and the load
-generator's CPU per request, and whether the target (>= 500 requests/s, p99 < 100 ms) is met.
+generator's CPU per request, the load average, and whether the target (>= 500 requests/s,
+p99 < 100 ms) is met. `--code DIR` (repeatable) runs the server from another checkout's src/
+(e.g. a worktree of main), its runs interleaved with ours over `--rounds`; the summary gives
+each configuration's medians.
+
+`--in-process N` measures instead the CPU of N signups through Flask's test client in one
+thread (no gunicorn, no HTTP, no load generator): the app's own cost per signup, far less
+sensitive than requests/s to other work sharing the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import multiprocessing
@@ -54,18 +64,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _env(work: Path, database_url: str | None, web_sends: str) -> dict[str, str]:
+def _env(work: Path, database_url: str | None, web_sends: str, code: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DRIP_")}
     env.update(
-        DRIP_COURSE_DIR=str(ROOT / "course"),
-        DRIP_TEMPLATES_DIR=str(ROOT / "templates" / "email"),
-        DRIP_WEB_TEMPLATES_DIR=str(ROOT / "templates" / "web"),
+        DRIP_COURSE_DIR=str(code / "course"),
+        DRIP_TEMPLATES_DIR=str(code / "templates" / "email"),
+        DRIP_WEB_TEMPLATES_DIR=str(code / "templates" / "web"),
         DRIP_OUTBOX_DIR=str(work / "outbox"),
         DRIP_SECRET_KEY=KEY,
         DRIP_TRUSTED_PROXIES="1",
         DRIP_CONFIRMATIONS_PER_HOUR="100000000",
         DRIP_WEB_SENDS=web_sends,
-        PYTHONPATH=str(ROOT / "src"),
+        PYTHONPATH=str(code / "src"),
     )
     if database_url:
         env["DRIP_DATABASE_URL"] = database_url
@@ -123,14 +133,21 @@ def _client(
     results.put(latencies)
 
 
-def _wrk(port: int, token: str, seconds: float, connections: int, tag: str) -> dict[str, Any]:
+def _wrk(
+    port: int, token: str, seconds: float, connections: int, tag: str, close: bool
+) -> dict[str, Any]:
     """One wrk run (2 threads, `connections` keep-alive connections); its `done` JSON line."""
     finished = subprocess.run(
         [
             *("wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"),
             *("-s", str(ROOT / "bench" / "signup.lua"), f"http://127.0.0.1:{port}/subscribe"),
         ],
-        env={**os.environ, "DRIP_BENCH_TOKEN": token, "DRIP_BENCH_RUN": tag},
+        env={
+            **os.environ,
+            "DRIP_BENCH_TOKEN": token,
+            "DRIP_BENCH_RUN": tag,
+            "DRIP_BENCH_CLOSE": "1" if close else "0",
+        },
         capture_output=True,
         text=True,
         check=True,
@@ -234,15 +251,24 @@ def _python_load(
     )
 
 
+def _upgrade(work: Path, env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "drip", "db", "upgrade"],
+        cwd=work,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def run_one(
-    name: str, database_url: str | None, web_sends: str, args: argparse.Namespace
+    name: str, database_url: str | None, web_sends: str, code: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"drip-bench-signup-{name}-"))
-    env = _env(work, database_url, web_sends)
+    env = _env(work, database_url, web_sends, code)
     if database_url:
-        subprocess.run(
-            [sys.executable, "-m", "drip", "db", "upgrade"], cwd=work, env=env, check=True
-        )
+        _upgrade(work, env)
+    load_before = os.getloadavg()[0]
     process, port = _serve(work, env, args.workers, args.threads)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
@@ -251,10 +277,10 @@ def run_one(
         assert match, "no form token on the signup page"
         token = match.group(1)
         if args.load == "wrk":
-            _wrk(port, token, WARM_UP, args.clients, "w")
+            _wrk(port, token, WARM_UP, args.clients, "w", args.close)
             server_before, wrk_before = _cpu(process.pid), _children_cpu()
             machine_before = _machine_cpu()
-            stats = _wrk(port, token, args.seconds, args.clients, "m")
+            stats = _wrk(port, token, args.seconds, args.clients, "m", args.close)
             server_cpu = _cpu(process.pid) - server_before
             load_cpu: float | None = _children_cpu() - wrk_before
             machine_cpu = _machine_cpu() - machine_before
@@ -281,9 +307,11 @@ def run_one(
     if "Traceback" in log or "database is locked" in log:
         raise SystemExit(f"the server logged errors:\n{log[-3000:]}")
     result = {
+        "code": str(code),
         "database": name,
         "web_sends": web_sends,
         "load": args.load,
+        "load_average": round(max(load_before, os.getloadavg()[0]), 2),
         "requests": count,
         "seconds": round(window, 2),
         "requests_per_s": round(count / window, 1),
@@ -300,11 +328,80 @@ def run_one(
         "workers": args.workers,
         "threads": args.threads,
         "clients": args.clients,
+        "connection": "close" if args.close else "keep-alive",
     }
     result["target_met"] = (
         result["requests_per_s"] >= TARGET_RATE and result["p99_ms"] < TARGET_P99_MS
     )
     return result
+
+
+def in_process_child(count: int) -> None:
+    """Run inside a subprocess (the environment names the code and database): `count`
+    signups through Flask's test client after 200 unmeasured ones; prints one JSON line."""
+    from drip.config import load_settings
+    from drip.web import close, create_app
+
+    app = create_app(load_settings(os.environ))
+    client = app.test_client()
+    page = client.get("/").get_data(as_text=True)
+    match = re.search(r'name="form_token" value="([^"]+)"', page)
+    assert match, "no form token on the signup page"
+
+    def post(serial: int) -> None:
+        ip = f"10.{serial % 251}.{serial // 251 % 251}.{serial // 63001 % 251 + 1}"
+        answer = client.post(
+            "/subscribe",
+            data={
+                "email": f"b{serial}@example.com",
+                "timezone": "Asia/Tokyo",
+                "form_token": match.group(1),
+            },
+            headers={"Origin": "null", "X-Forwarded-For": ip},
+        )
+        if answer.status_code != 200:
+            raise SystemExit(f"POST /subscribe answered {answer.status_code}")
+
+    for serial in range(200):
+        post(10_000_000 + serial)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for serial in range(count):
+        post(serial)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    close(app)
+    print(json.dumps({"cpu_ms_per_request": cpu * 1000 / count, "wall_ms": wall * 1000 / count}))
+
+
+def run_in_process(
+    name: str, database_url: str | None, web_sends: str, code: Path, count: int
+) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"drip-bench-signup-{name}-"))
+    env = _env(work, database_url, web_sends, code)
+    env["DRIP_BASE_URL"] = "http://127.0.0.1:8000"
+    try:
+        if database_url:
+            _upgrade(work, env)
+        load_before = os.getloadavg()[0]
+        finished = subprocess.run(
+            [sys.executable, __file__, "--in-process-child", str(count)],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    figures = json.loads(finished.stdout.splitlines()[-1])
+    return {
+        "code": str(code),
+        "database": name,
+        "web_sends": web_sends,
+        "signups": count,
+        "cpu_ms_per_request": round(figures["cpu_ms_per_request"], 3),
+        "wall_ms_per_request": round(figures["wall_ms"], 3),
+        "load_average": round(max(load_before, os.getloadavg()[0]), 2),
+    }
 
 
 def _postgres(create: bool) -> None:
@@ -316,11 +413,63 @@ def _postgres(create: bool) -> None:
             conn.execute("CREATE DATABASE drip_bench_signup")
 
 
+def _line(run: dict[str, Any]) -> str:
+    where = f"{run['database']:<10} DRIP_WEB_SENDS={run['web_sends']:<5}"
+    if "cpu_ms_per_request" in run:
+        return (
+            f"{where} in-process, {run['signups']} signups:"
+            f" CPU {run['cpu_ms_per_request']} ms/signup, wall {run['wall_ms_per_request']} ms"
+            f" (load average {run['load_average']}; code {run['code']})"
+        )
+    return (
+        f"{where} {run['requests']:>6}"
+        f" POST /subscribe in {run['seconds']} s: {run['requests_per_s']}/s,"
+        f" median {run['median_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms"
+        f" ({run['workers']} workers x {run['threads']} threads, {run['clients']}"
+        f" {run['connection']} connections, {run['load']};"
+        f" {run['emails_sent_by_web']} emails sent by the web;"
+        f" server CPU {run['server_cpu_ms_per_request']} ms/request,"
+        f" {run['busy_cores_server']} of {run['busy_cores_machine']} busy cores;"
+        f" load generator {run['load_cpu_ms_per_request']} ms/request;"
+        f" load average {run['load_average']}; code {run['code']})"
+        f" target >= {TARGET_RATE:.0f}/s and p99 < {TARGET_P99_MS:.0f} ms:"
+        f" {'met' if run['target_met'] else 'NOT met'}"
+    )
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return round(statistics.median(run[key] for run in runs), 2)
+
+
+def _summary(runs: list[dict[str, Any]]) -> list[str]:
+    """Per code, database and mode: the medians of the rounds."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["code"], run["database"], run["web_sends"]), []).append(run)
+    lines = []
+    for (code, database, mode), found in groups.items():
+        median = functools.partial(_median, found)
+        if "cpu_ms_per_request" in found[0]:
+            figures = f"CPU {median('cpu_ms_per_request')} ms/signup"
+        else:
+            figures = (
+                f"{median('requests_per_s')}/s, p99 {median('p99_ms')} ms,"
+                f" server CPU {median('server_cpu_ms_per_request')} ms/request"
+            )
+        lines.append(
+            f"median of {len(found)}: {database:<10} {mode:<5} {figures}"
+            f" (load average {median('load_average')}) {code}"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="1 (the default): sync workers, as drip serve"
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument(
         "--client-processes", type=int, default=2, help="Python load generator only"
@@ -338,40 +487,69 @@ def main() -> None:
         default="wrk" if shutil.which("wrk") else "python",
         help="load generator (default: wrk when installed, else Python clients)",
     )
+    parser.add_argument(
+        "--code",
+        type=Path,
+        action="append",
+        help="a checkout whose src/ the server runs (repeatable; default: this one)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each configuration")
+    parser.add_argument(
+        "--close",
+        action="store_true",
+        help="wrk: a new connection per request (Connection: close), as behind nginx",
+    )
+    parser.add_argument(
+        "--in-process",
+        type=int,
+        metavar="N",
+        help="measure the CPU of N signups through Flask's test client instead of a server",
+    )
+    parser.add_argument("--in-process-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object per run")
     args = parser.parse_args()
-    if args.load == "wrk" and not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed (apt-get install wrk), or use --load python")
-    if args.load == "python":
-        print("load generator: Python clients (wrk not used)", file=sys.stderr)
+    if args.in_process_child:
+        in_process_child(args.in_process_child)
+        return
+    if not args.in_process:
+        if args.load == "wrk" and not shutil.which("wrk"):
+            raise SystemExit("wrk is not installed (apt-get install wrk), or use --load python")
+        if args.load == "python":
+            print("load generator: Python clients (wrk not used)", file=sys.stderr)
+    codes = [code.resolve() for code in args.code or [ROOT]]
+    for code in codes:
+        if not (code / "src" / "drip").is_dir():
+            raise SystemExit(f"--code {code}: no src/drip there; give a checkout of drip")
+    runs = run_all(codes, args)
+    if args.rounds > 1 or len(codes) > 1:
+        for line in _summary(runs):
+            print(line)
+
+
+def run_all(codes: list[Path], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every configuration `args` asks for, `args.rounds` times, the codes interleaved."""
     modes = ["now", "queue"] if args.web_sends == "both" else [args.web_sends]
+    databases = [("sqlite", None), ("postgresql", PG_URL)]
     runs: list[dict[str, Any]] = []
-    for mode in modes:
-        if args.only in (None, "sqlite"):
-            runs.append(run_one("sqlite", None, mode, args))
-        if args.only in (None, "postgresql"):
-            _postgres(create=True)
-            try:
-                runs.append(run_one("postgresql", PG_URL, mode, args))
-            finally:
-                _postgres(create=False)
-    for run in runs:
-        if args.json:
-            print(json.dumps(run))
-        else:
-            print(
-                f"{run['database']:<10} DRIP_WEB_SENDS={run['web_sends']:<5} {run['requests']:>6}"
-                f" POST /subscribe in {run['seconds']} s: {run['requests_per_s']}/s,"
-                f" median {run['median_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms"
-                f" ({run['workers']} workers x {run['threads']} threads, {run['clients']}"
-                f" connections, {run['load']}; {run['emails_sent_by_web']} emails sent by the web;"
-                f" server CPU {run['server_cpu_ms_per_request']} ms/request,"
-                f" {run['busy_cores_server']} of {run['busy_cores_machine']} busy cores;"
-                f" load generator"
-                f" {run['load_cpu_ms_per_request']} ms/request)"
-                f" target >= {TARGET_RATE:.0f}/s and p99 < {TARGET_P99_MS:.0f} ms:"
-                f" {'met' if run['target_met'] else 'NOT met'}"
-            )
+    for _ in range(args.rounds):
+        for mode in modes:
+            for name, url in databases:
+                if args.only not in (None, name):
+                    continue
+                for code in codes:
+                    if url:
+                        _postgres(create=True)
+                    try:
+                        if args.in_process:
+                            run = run_in_process(name, url, mode, code, args.in_process)
+                        else:
+                            run = run_one(name, url, mode, code, args)
+                    finally:
+                        if url:
+                            _postgres(create=False)
+                    runs.append(run)
+                    print(json.dumps(run) if args.json else _line(run), flush=True)
+    return runs
 
 
 if __name__ == "__main__":

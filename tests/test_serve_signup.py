@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import email
 import email.policy
+import signal
 import statistics
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
-from tests.serve_support import Browser, Serve, env_for
+from tests.serve_support import Browser, Serve, env_for, free_port
 from tests.support import daytime_zone
 
 from drip.links import LinkBuilder
@@ -183,3 +184,48 @@ def test_signups_confirms_and_unsubscribes_during_a_20000_email_send(tmp_path: P
         " had theirs handed over before the answer)"
     )
     assert max(latencies) < 5.0
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return Browser(base).request("/healthz", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def test_drip_serve_runs_two_sync_workers_by_default(tmp_path: Path) -> None:
+    """No --workers nor --threads: 2 of gunicorn's sync workers (docs/performance.md says why),
+    and signups work through them."""
+    env = env_for(tmp_path)
+    assert _drip(tmp_path, env, "db", "upgrade").returncode == 0
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drip", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env={**env, "DRIP_BASE_URL": base},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for(lambda: process.poll() is not None or _healthy(base))
+            assert process.poll() is None, log.read_text()
+            browser = Browser(base)
+            token = browser.form_token()
+            answers = [
+                browser.request(
+                    "/subscribe",
+                    {"email": f"default{n}@example.com", "form_token": token},
+                    {"Origin": "null", "X-Forwarded-For": f"10.8.0.{n}"},
+                )[0]
+                for n in range(4)
+            ]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+    text = log.read_text()
+    assert answers == [200] * 4
+    assert "Using worker: sync" in text, text
+    assert text.count("Booting worker") == 2, text

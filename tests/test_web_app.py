@@ -177,8 +177,19 @@ def test_drip_serve_runs_gunicorn_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert (tmp_path / "drip.db").exists()
 
 
-def test_drip_serve_refuses_bad_settings_before_listening(tmp_path: Path) -> None:
-    env = drip_env(DRIP_TRUSTED_PROXIES="lots")
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"DRIP_TRUSTED_PROXIES": "lots"}, "DRIP_TRUSTED_PROXIES"),
+        # Run from a folder without templates/web: it listened, then answered 500 to everything.
+        ({}, "DRIP_WEB_TEMPLATES_DIR"),
+    ],
+)
+def test_drip_serve_refuses_bad_settings_before_listening(
+    tmp_path: Path, setting: dict[str, str], named: str
+) -> None:
+    env = drip_env(**setting)
+    env.pop("DRIP_WEB_TEMPLATES_DIR", None)
     result = subprocess.run(
         [sys.executable, "-m", "drip", "serve", "--port", str(_free_port())],
         cwd=tmp_path,
@@ -188,7 +199,7 @@ def test_drip_serve_refuses_bad_settings_before_listening(tmp_path: Path) -> Non
         timeout=60,
     )
     assert result.returncode == 2
-    assert "DRIP_TRUSTED_PROXIES" in result.stderr
+    assert named in result.stderr
     assert os.listdir(tmp_path) == []
 
 

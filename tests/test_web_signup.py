@@ -333,6 +333,28 @@ def test_one_ip_submitting_many_addresses_gets_a_429_page(app: Flask, db: Db) ->
     assert signup(client, "other@example.com", token=token, ip="10.2.0.2").status_code == 200
 
 
+def test_refused_posts_are_limited_per_ip_by_the_view_not_flask_limiter(app: Flask, db: Db) -> None:
+    """POST /subscribe counts every limit in its view (Flask-Limiter skips it: its per-request
+    work was a sixth of a signup's CPU): posts refused for their origin get the app's default
+    300 per minute per IP, then the signup's 429 page."""
+    client = app.test_client()
+    forbidden = {"Origin": "https://evil.example", "X-Forwarded-For": "10.9.0.1"}
+    answers = [
+        client.post("/subscribe", data={"email": f"x{n}@example.com"}, headers=forbidden)
+        for n in range(301)
+    ]
+    assert [a.status_code for a in answers] == [403] * 300 + [429]
+    assert "しばらくお待ちください" in answers[-1].get_data(as_text=True)
+    assert int(answers[-1].headers["Retry-After"]) > 0
+    assert not any("X-RateLimit-Limit" in a.headers for a in answers)
+    assert db.count() == 0
+    # The same IP's own-form signups have their own count; other endpoints keep the default
+    # limit with its headers.
+    token = form_token(client)
+    assert signup(client, "fine@example.com", token=token, ip="10.9.0.1").status_code == 200
+    assert client.get("/", headers={"X-Forwarded-For": "10.9.0.1"}).headers["X-RateLimit-Limit"]
+
+
 def test_one_address_from_rotating_ips_is_limited_too(app: Flask) -> None:
     client = app.test_client()
     token = form_token(client)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support import COURSE, make_mailer
 
@@ -15,7 +15,7 @@ from drip import delivery, lifecycle, store
 from drip.errors import FatalTransportError, InvalidTokenError
 from drip.links import LinkBuilder
 from drip.models import Subscriber
-from drip.store import optin
+from drip.store import optin, privacy
 from drip.transports.base import Outcome
 from drip.transports.memory import MemoryTransport
 
@@ -231,3 +231,71 @@ def test_a_new_request_is_queued_only_when_no_confirmation_went_out_lately(
     assert later.queued
     assert _view(sessions, subscriber_id).confirmation_wanted_at == NOW + timedelta(hours=24)
     assert not request(NOW + timedelta(hours=24, minutes=1)).queued  # already owed
+
+
+def _optin(session: Session, address: str, *, at: datetime = NOW) -> optin.OptinRequest:
+    return optin.request_optin(
+        session,
+        course_id=COURSE.id,
+        email=address,
+        name=None,
+        timezone="Asia/Tokyo",
+        now=at,
+        consent_source="test",
+        interval=lifecycle.CONFIRMATION_INTERVAL,
+    )
+
+
+def test_request_optin_stores_nothing_for_an_erased_address(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The store refuses an erased address itself (in the INSERT), not only its callers."""
+    with sessions() as session, session.begin():
+        privacy.suppress(session, ["erased@example.com"], reason=privacy.ERASED, now=NOW)
+    with sessions() as session, session.begin():
+        answer = _optin(session, "erased@example.com")
+    assert answer == optin.OptinRequest(
+        0, store.SubscriberStatus.UNSUBSCRIBED, created=False, queued=False
+    )
+    with sessions() as session:
+        assert store.get_subscriber(session, COURSE.id, "erased@example.com") is None
+        assert optin.count_owed_confirmations(session, COURSE.id) == 0
+    # Another address is stored as before, with a confirmation owed.
+    with sessions() as session, session.begin():
+        kept = _optin(session, "kept@example.com")
+    assert kept.created and kept.queued and kept.status is store.SubscriberStatus.PENDING
+    view = _view(sessions, kept.subscriber_id)
+    assert (view.email, view.name, view.timezone, view.status) == (
+        "kept@example.com",
+        None,
+        "Asia/Tokyo",
+        store.SubscriberStatus.PENDING,
+    )
+    assert view.confirmation_wanted_at == NOW and view.consent_source == "test"
+
+
+def test_a_new_address_costs_one_statement(sessions: sessionmaker[Session], engine: Engine) -> None:
+    """The signup's hot path (`lifecycle.store_signup`): one statement, one round trip on
+    PostgreSQL (the INSERT checks the suppression list and returns the id); a known address
+    costs more, and is rarer."""
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, text: str, *args: object) -> None:
+        if not text.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE: the transaction's own
+            statements.append(text)
+
+    def store_signup(address: str, at: datetime) -> optin.OptinRequest:
+        fields = lifecycle.check_signup(COURSE, email=address, name=None, timezone=None)
+        return lifecycle.store_signup(sessions, COURSE, fields, now=at, consent_source="test")
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        first = store_signup("one@example.com", NOW)
+        assert len(statements) == 1, statements
+        again = store_signup("one@example.com", NOW + timedelta(minutes=1))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert first.created and first.queued
+    assert again == optin.OptinRequest(
+        first.subscriber_id, store.SubscriberStatus.PENDING, created=False, queued=False
+    )

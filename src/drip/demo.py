@@ -44,10 +44,10 @@ from drip import db, insight, lifecycle, stats, wiring
 from drip.config import Settings
 from drip.course import Course, load_course
 from drip.delivery import Mailer, send_due
-from drip.errors import ConfigError, DripError, UsageError
+from drip.errors import DripError, UsageError
 from drip.plan import Step
 from drip.statuses import SubscriberStatus
-from drip.web import close, create_app
+from drip.web import check_pages, close, create_app
 from drip.web.outbound import outbound
 
 MARKER = ".drip-demo"
@@ -237,12 +237,7 @@ def check_inputs(settings: Settings, *, start: datetime) -> Course:
             f" {LATEST_START.date().isoformat()}"
         )
     course = load_course(settings.course_dir)
-    form = settings.web_templates_dir / "signup.html"
-    if not form.is_file():
-        raise ConfigError(
-            f"DRIP_WEB_TEMPLATES_DIR={settings.web_templates_dir}: there is no {form};"
-            " run drip in the project folder or set DRIP_WEB_TEMPLATES_DIR to its templates/web"
-        )
+    check_pages(settings)
     return course
 
 

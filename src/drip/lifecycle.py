@@ -537,10 +537,7 @@ def store_signup(
     transaction; never touches the transport.
     """
     with sessions() as session, session.begin():
-        if store.is_suppressed(session, fields.email):
-            return optin.OptinRequest(
-                0, store.SubscriberStatus.UNSUBSCRIBED, created=False, queued=False
-            )
+        # request_optin refuses an erased address itself, in the INSERT of a new one.
         return optin.request_optin(
             session,
             course_id=course.id,

@@ -119,10 +119,11 @@ def worker_command(interval: int) -> None:
 )
 @click.option(
     "--threads",
-    default=4,
+    default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Threads per worker process.",
+    help="Threads per worker process: 1 runs gunicorn's sync workers (one request at a time,"
+    " no keep-alive; behind a buffering proxy such as nginx), more runs gthread workers.",
 )
 @reports_errors
 def serve_command(host: str, port: int, workers: int, threads: int) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask
 
 from drip.config import Settings, signing_keys
+from drip.errors import ConfigError
 from drip.web import (
     confirm,
     health,
@@ -34,9 +35,22 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def check_pages(settings: Settings) -> None:
+    """Raise `ConfigError` when DRIP_WEB_TEMPLATES_DIR holds no pages (drip run from the wrong
+    folder): every request would be answered with a 500."""
+    form = settings.web_templates_dir / "signup.html"
+    if not form.is_file():
+        raise ConfigError(
+            f"DRIP_WEB_TEMPLATES_DIR={settings.web_templates_dir}: there is no {form};"
+            " run drip in the project folder or set DRIP_WEB_TEMPLATES_DIR to its templates/web"
+        )
+
+
 def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Flask:
     """The Flask app of one deployment. Raises `ConfigError` or `CourseError` at once (before
-    serving anything) for bad settings or a course that cannot be sent."""
+    serving anything, and before a database file is made) for bad settings, missing pages or a
+    course that cannot be sent."""
+    check_pages(settings)
     engine, sessions, course = open_ledger(settings)
     mailer = make_mailer(settings, course)
     app = Flask(
@@ -74,6 +88,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] | None = Non
 
     app.register_blueprint(health.bp)
     app.register_blueprint(signup.bp)
+    limiter.request_filter(signup.counts_own_limits)
     app.register_blueprint(confirm.bp)
     app.register_blueprint(unsubscribe.bp)
     limiter.exempt(health.bp)

@@ -34,7 +34,7 @@ from drip.addresses import MAX_NAME_LENGTH
 from drip.web.context import current
 from drip.web.outbound import outbound
 from drip.web.pages import course_summary
-from drip.web.security import csrf
+from drip.web.security import DEFAULT_LIMIT, csrf
 
 bp = Blueprint("signup", __name__)
 
@@ -43,6 +43,8 @@ PER_IP = parse_many("10 per minute; 60 per hour")
 PER_ADDRESS = parse_many("5 per hour")
 """Submissions per address, whatever its state (a confirmation email goes out at most once per
 lifecycle.CONFIRMATION_INTERVAL anyway)."""
+PER_IP_REFUSED = parse_many(DEFAULT_LIMIT)
+"""Refused (403) posts per client IP: the app's default limit, counted by the view."""
 FORM_TOKEN_MAX_AGE = 24 * 3600
 HONEYPOT = "homepage"
 """A field people never see nor fill in (hidden, not focusable); bots fill every field."""
@@ -136,6 +138,9 @@ def _form_token_ok(token: str | None) -> bool:
 def subscribe() -> tuple[str, int] | tuple[str, int, dict[str, str]]:
     fields = request.form
     if not (_origin_allowed() or _form_token_ok(fields.get("form_token"))):
+        wait = _hit(_limiter().limiter, PER_IP_REFUSED, "signup-refused-ip", _client_ip())
+        if wait:
+            return _limited_page(wait)
         return (
             render_template(
                 "error.html",
@@ -150,9 +155,21 @@ def subscribe() -> tuple[str, int] | tuple[str, int, dict[str, str]]:
     if refused is None:
         return _check_inbox_page(), 200
     if refused.status == 429:
-        page = render_template("signup_limited.html", retry_minutes=_minutes(refused))
-        return page, 429, {"Retry-After": str(refused.retry_after)}
+        return _limited_page(refused.retry_after)
     return _form_page(values, refused), 400
+
+
+def counts_own_limits() -> bool:
+    """A Flask-Limiter request filter: True for `POST /subscribe`, which counts every limit of
+    its own in the view (the default per-IP limit for refused posts, PER_IP, PER_ADDRESS and
+    the hourly cap for the others), so the extension's per-request work is skipped there. Its
+    answers carry no X-RateLimit-* headers; a 429 has Retry-After."""
+    return request.endpoint == "signup.subscribe"
+
+
+def _limited_page(retry_after: int) -> tuple[str, int, dict[str, str]]:
+    page = render_template("signup_limited.html", retry_minutes=max(1, -(-retry_after // 60)))
+    return page, 429, {"Retry-After": str(retry_after)}
 
 
 _CHECK_INBOX_KEY = "drip.check_inbox"
@@ -171,10 +188,6 @@ def _check_inbox_page() -> str:
         if len(pages) < _CHECK_INBOX_KEPT:
             pages[root] = page
     return page
-
-
-def _minutes(refused: _Refused) -> int:
-    return max(1, -(-refused.retry_after // 60))
 
 
 # --- POST /api/subscribe ----------------------------------------------------------------------
@@ -243,8 +256,7 @@ def _take(values: dict[str, str], honeypot: str, *, source: str) -> _Refused | N
     """Rate-limit, validate and store one submission; None when it was taken (or silently
     dropped: a honeypot). Never touches the transport."""
     rates = _limiter().limiter
-    ip = get_remote_address() or "unknown"
-    wait = _hit(rates, PER_IP, "signup-ip", ip)
+    wait = _hit(rates, PER_IP, "signup-ip", _client_ip())
     if wait:
         return _Refused(429, retry_after=wait)
     if honeypot.strip():
@@ -279,6 +291,10 @@ def _take(values: dict[str, str], honeypot: str, *, source: str) -> _Refused | N
 @functools.cache
 def _hourly(count: int) -> list[RateLimitItem]:
     return parse_many(f"{count} per hour")
+
+
+def _client_ip() -> str:
+    return get_remote_address() or "unknown"
 
 
 def _limiter() -> Limiter:
