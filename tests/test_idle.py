@@ -24,7 +24,7 @@ from tests.support import COURSE, COURSE_DIR, ROOT, drip_env, make_mailer
 from drip import preferences
 from drip.db import make_engine, open_database
 from drip.delivery import Mailer, send_due
-from drip.idle import nothing_to_do, sqlite_timestamp
+from drip.idle import _PARAMETERS, _statements, nothing_to_do, sqlite_timestamp
 from drip.lifecycle import subscribe
 from drip.models import deliveries, subscribers
 from drip.statuses import UNCONFIRMED_TTL
@@ -310,3 +310,24 @@ def test_a_signup_never_confirmed_is_work_once_it_may_be_purged(ledger: Ledger) 
     with ledger.sessions() as session:
         assert session.execute(select(subscribers.c.id)).first() is None
     assert ledger.idle(later)
+
+
+def test_every_probe_is_an_index_search(tmp_path: Path) -> None:
+    """At ten million readers a scan would cost seconds: each probe must search an index
+    (SQLite's query plan says so), the purge's included (ix_subscribers_pending)."""
+    path = tmp_path / "drip.db"
+    open_database(f"sqlite:///{path}", auto_upgrade=True).dispose()
+    connection = sqlite3.connect(path)
+    params = dict.fromkeys(_PARAMETERS, "x")
+    indexes = [
+        "ix_subscribers_due",
+        "ix_subscribers_pause_ends",
+        "ix_subscribers_confirmation_owed",
+        "ix_deliveries_course_id_status",
+        "ix_subscribers_pending",  # only the pending rows, not every reader older than 30 days
+    ]
+    for probe, index in zip(_statements(":%s"), indexes, strict=True):
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {probe}", params)]
+        assert plan[0].startswith("SEARCH") and f"INDEX {index} " in plan[0], (probe, plan)
+        assert not any(step.startswith("SCAN") for step in plan), (probe, plan)
+    connection.close()

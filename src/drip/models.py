@@ -147,6 +147,14 @@ class Subscriber(Base):
             sqlite_where="paused_until IS NOT NULL",
             postgresql_where="paused_until IS NOT NULL",
         ),
+        # The 30-day purge of signups never confirmed (and drip.idle's probe for it).
+        Index(
+            "ix_subscribers_pending",
+            "course_id",
+            "created_at",
+            sqlite_where="status = 'pending'",
+            postgresql_where="status = 'pending'",
+        ),
         # `drip stats` among a million readers: signups per day read from an index, the readers
         # who left (a few per cent) from a partial one, and the median time to confirm read in
         # order from an index on the wait itself (an expression: each database's own).
