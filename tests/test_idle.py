@@ -318,7 +318,14 @@ def test_every_probe_is_an_index_search(tmp_path: Path) -> None:
     path = tmp_path / "drip.db"
     open_database(f"sqlite:///{path}", auto_upgrade=True).dispose()
     connection = sqlite3.connect(path)
-    params = dict.fromkeys(_PARAMETERS, "x")
+    # SQLite plans with the bound values: a partial index on status = 'pending' needs 'pending'.
+    params = {
+        **dict.fromkeys(_PARAMETERS, "2026-03-02 01:00:00.000000"),
+        "course": COURSE.id,
+        "active": "active",
+        "pending": "pending",
+        "in_doubt": "in_doubt",
+    }
     indexes = [
         "ix_subscribers_due",
         "ix_subscribers_pause_ends",
