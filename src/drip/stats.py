@@ -199,7 +199,7 @@ def _signups_svg(report: Report) -> str:
         x = pad + index * step
         h_total = (height - pad) * total / peak
         h_confirmed = (height - pad) * confirmed / peak
-        w = max(step - 2, 1)
+        w = min(max(step - 2, 1), 24)  # a few days stay columns, not one block
         parts.append(
             f'<rect x="{x:.1f}" y="{height - h_total:.1f}" width="{w:.1f}"'
             f' height="{h_total:.1f}" class="signup"><title>{day}: {total} signups,'
@@ -208,22 +208,28 @@ def _signups_svg(report: Report) -> str:
             f' height="{h_confirmed:.1f}" class="confirmed"/>'
         )
     first, last = days[0][0], days[-1][0]
+    parts.append(f'<text x="{pad}" y="{height + 16}" class="axis">{first}</text>')
+    if last != first:
+        parts.append(
+            f'<text x="{width - pad}" y="{height + 16}" class="axis"'
+            f' text-anchor="end">{last}</text>'
+        )
+    # Top right: clear of the first columns, which are the tallest in a new course.
     parts.append(
-        f'<text x="{pad}" y="{height + 16}" class="axis">{first}</text>'
-        f'<text x="{width - pad}" y="{height + 16}" class="axis" text-anchor="end">{last}</text>'
-        f'<text x="{pad}" y="14" class="axis">max {peak}/day</text></svg>'
+        f'<text x="{width - pad}" y="14" class="axis" text-anchor="end">max {peak}/day</text></svg>'
     )
     return "".join(parts)
 
 
 _STYLE = """
-body { margin: 0 auto; max-width: 760px; padding: 16px; font: 15px/1.6 system-ui,
+body { margin: 0 auto; max-width: 980px; padding: 16px; font: 15px/1.6 system-ui,
   "Hiragino Sans", "Noto Sans CJK JP", sans-serif; color: #1f1f1f; background: #fff; }
 h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
 .wrap { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 13px; min-width: 100%; }
 th, td { padding: 4px 6px; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
 th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
+svg { display: block; max-width: 560px; }
 svg .label, svg .value, svg .axis { font-size: 13px; fill: #1f1f1f; }
 svg .bar { fill: #8a3b12; } svg .signup { fill: #e2b89c; } svg .confirmed { fill: #8a3b12; }
 .note { color: #4a4a4a; font-size: 13px; }
