@@ -384,6 +384,12 @@ class KillRun:
             return "random: claims committed, none handed over"
         return "random: after the run had recorded everything, before it ended"
 
+    def sending(self) -> int:
+        """Deliveries handed over ('sending') and not recorded yet."""
+        with self.engine.connect() as conn:
+            query = text("SELECT count(*) FROM deliveries WHERE status = 'sending'")
+            return int(conn.execute(query).scalar_one())
+
     def kill(self, spec: Kill | None, delay: float = 0.0) -> bool:
         """Run `drip send` at `now` and SIGKILL it where `spec` says (None: `delay` seconds after
         it was started)."""
@@ -401,6 +407,11 @@ class KillRun:
             wanted = base + spec.requests
             wait_until(lambda: len(self.fake.requests) >= wanted, running, "the requests")
             assert len(self.fake.requests) == wanted, "more requests than the step allows"
+            if spec.pause_at is None:
+                # In flight means every window the step names was handed over: the first
+                # window's requests can reach the provider while the next window is still being
+                # claimed (then it would be released, not in doubt: right, but another step).
+                wait_until(lambda: self.sending() >= spec.in_doubt, running, "the hand-overs")
         alive = running.poll() is None
         assert alive or spec is None, running.communicate()
         running.send_signal(signal.SIGKILL)
