@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 
 @click.command("send")
 @now_option("Send what is due at this moment.")
-@click.option("--dry-run", is_flag=True, help="Count what is due; claim and send nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Count what is due, per lesson; claim and send nothing. Reads the database only:"
+    " 'drip course check' checks the course.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N emails this run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option(
@@ -45,15 +50,21 @@ def send_command(
     provider credentials, database unavailable), 2 for usage or configuration errors.
     """
     current = settings()
-    if not dry_run:
-        # Cron's usual minute: answered from the database alone, without loading SQLAlchemy,
-        # the course, the templates or the transport (drip.idle).
-        from drip.idle import nothing_to_do
-        from drip.send_report import SendReport
+    # Cron's usual minute, and the dry run: answered from the database alone, without loading
+    # SQLAlchemy, the course, the templates or the transport (drip.idle). When the probes
+    # cannot tell (no database yet, an older schema, a URL they do not read), the full path
+    # below answers, and reports any error.
+    from drip.idle import due_by_lesson, nothing_to_do
+    from drip.send_report import SendReport
 
-        if nothing_to_do(current.database_url, current.course_dir, now):
-            _print_report(SendReport(now=now), current, as_json)
+    if dry_run:
+        counts = due_by_lesson(current.database_url, current.course_dir, now)
+        if counts is not None:
+            _print_report(_dry_run_report(now, counts), current, as_json)
             return
+    elif nothing_to_do(current.database_url, current.course_dir, now):
+        _print_report(SendReport(now=now), current, as_json)
+        return
     from dataclasses import replace
 
     from drip.delivery import send_due
@@ -64,6 +75,20 @@ def send_command(
     with mailer.transport, progress_bar() as advance:
         report = send_due(sessions, mailer, now=now, limit=limit, dry_run=dry_run, progress=advance)
     _print_report(report, current, as_json)
+
+
+def _dry_run_report(now: datetime, counts: dict[str | None, int]) -> SendReport:
+    """The report `send_due(..., dry_run=True)` makes, from the due counts per lesson: every
+    due reader in `due`, and per lesson those whose next lesson is known."""
+    from collections import Counter
+
+    from drip.send_report import SendReport
+
+    report = SendReport(now=now, dry_run=True, due=sum(counts.values()))
+    for slug, count in counts.items():
+        if slug is not None:
+            report.per_lesson[slug] = Counter({"due": count})
+    return report
 
 
 def _print_report(report: SendReport, current: Settings, as_json: bool) -> None:
