@@ -8,7 +8,8 @@ For each database (a SQLite file in a temporary directory; a throw-away PostgreS
 (bench/run.py's fill) and 20,000 readers with a sent delivery each for the webhook's events,
 starts the fake SendGrid API (bench/fake_provider.py, 50 ms latency), a signup server (`drip
 serve --workers 2`, as bench/signup.py) and a webhook server (`drip serve --workers 1 --threads
-1`, as bench/webhook.py), both on that database. It measures the signups (wrk and
+1`, as bench/webhook.py), both on that database (--web-sends: the signup server's
+DRIP_WEB_SENDS). It measures the signups (wrk and
 bench/signup.lua through bench/signup.py's functions) and the webhook ingestion (signed 1,000-event
 batches made by bench/webhook.py's functions) first with nothing else running, then again once
 `drip send` is sending (the provider has accepted its first emails). It prints both side by side,
@@ -169,12 +170,12 @@ class Webhook:
 
 
 class Signups:
-    """A signup server (bench/signup.py's configuration: 2 sync workers, DRIP_WEB_SENDS=now)."""
+    """A signup server (bench/signup.py's configuration: 2 sync workers)."""
 
-    def __init__(self, url: str, work: Path, clients: int) -> None:
+    def __init__(self, url: str, work: Path, clients: int, web_sends: str) -> None:
         self.work = work / "signup"
         self.work.mkdir()
-        env = signup._env(self.work, url, "now", ROOT)
+        env = signup._env(self.work, url, web_sends, ROOT)
         self.server, self.port = signup._serve(self.work, env, 2, 1)
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=10) as page:
             match = re.search(r'name="form_token" value="([^"]+)"', page.read().decode())
@@ -238,7 +239,7 @@ def run_database(name: str, url: str, work: Path, args: argparse.Namespace) -> d
     provider = Provider(args.latency)
     signups = hooks = None
     try:
-        signups = Signups(url, work, args.clients)
+        signups = Signups(url, work, args.clients, args.web_sends)
         hooks = Webhook(url, work, targets)
         quiet = web_figures(signups, hooks, args, None)
         provider.reset()
@@ -266,6 +267,7 @@ def run_database(name: str, url: str, work: Path, args: argparse.Namespace) -> d
     return {
         "database": name,
         "readers_due": args.readers,
+        "web_sends": args.web_sends,
         "without_send": quiet,
         "with_send": during,
         "send": {
@@ -288,7 +290,10 @@ def verdict(met: bool) -> str:
 
 def print_result(result: dict[str, Any]) -> None:
     quiet, during, send = result["without_send"], result["with_send"], result["send"]
-    print(f"\n{result['database']}: {result['readers_due']:,} readers due")
+    print(
+        f"\n{result['database']}: {result['readers_due']:,} readers due,"
+        f" signup server DRIP_WEB_SENDS={result['web_sends']}"
+    )
     print(f"{'':38} {'without the send':>22} {'during the send':>22}")
     rows = [
         ("signup requests/s (>= 500)", "signup", "requests_per_s"),
@@ -339,6 +344,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="webhook repeats")
     parser.add_argument("--batches", type=int, default=10, help="1,000-event batches per repeat")
     parser.add_argument("--latency", type=float, default=0.05, help="the fake provider's")
+    parser.add_argument(
+        "--web-sends",
+        choices=["now", "queue"],
+        default="now",
+        help="DRIP_WEB_SENDS of the signup server (now: the default setting, it sends the"
+        " confirmation emails itself; queue: the next drip send does)",
+    )
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
