@@ -106,16 +106,14 @@ def add_events(
             outcomes[ref] = outcomes.get(ref, 0) | event.outcome
         rows.append(
             (
-                provider,
                 event_id if event_id is None or event_id.isprintable() else clean_text(event_id),
                 event.delivery_ref,
                 kind if kind.isprintable() else clean_text(kind),
                 at(event.occurred_at),
-                received,
                 payload if type(payload) is dict else dict(payload),
             )
         )
-    stored = _insert_events(conn, rows)
+    stored = _insert_events(conn, provider, received, rows)
     if outcomes:
         _flag_deliveries(conn, outcomes)
     return stored
@@ -130,11 +128,13 @@ def _flag_deliveries(conn: Connection, outcomes: Mapping[int, int]) -> None:
     mark = capabilities.placeholder
     ids = sorted(outcomes)
     if capabilities.array_params:
+        # The arrays go as their text literals: psycopg dumps a list of ints element by element
+        # in Python (about 5 ms for a batch's 600 deliveries), str.join does it in C.
         conn.exec_driver_sql(
             f"UPDATE {D.name} AS d SET event_flags = d.event_flags | u.bits"
             f" FROM unnest({mark}::bigint[], {mark}::integer[]) AS u(id, bits)"
             " WHERE d.id = u.id AND (d.event_flags & u.bits) <> u.bits",
-            (ids, [outcomes[delivery_id] for delivery_id in ids]),
+            (_int_array(ids), _int_array([outcomes[delivery_id] for delivery_id in ids])),
         )
         return
     conn.exec_driver_sql(
@@ -144,15 +144,11 @@ def _flag_deliveries(conn: Connection, outcomes: Mapping[int, int]) -> None:
     )
 
 
-_INPUT_COLUMNS = (
-    "provider",
-    "provider_event_id",
-    "delivery_ref",
-    "type",
-    "occurred_at",
-    "received_at",
-    "payload",
-)
+def _int_array(values: list[int]) -> str:
+    """PostgreSQL's text form of an integer array: `{1,2,3}`."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 _STORED_COLUMNS = (
     "provider, provider_event_id, delivery_id, subscriber_id, type, occurred_at, received_at,"
     " payload"
@@ -160,34 +156,41 @@ _STORED_COLUMNS = (
 _CONFLICT = "ON CONFLICT (provider, provider_event_id) DO NOTHING"
 
 
-def _insert_events(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
-    """INSERT the rows (`_INPUT_COLUMNS`, values in their stored form, the payload a dict),
-    skipping (provider, provider_event_id) pairs stored before; returns how many were inserted.
+def _insert_events(
+    conn: Connection, provider: str, received: Any, rows: list[tuple[Any, ...]]
+) -> int:
+    """INSERT the rows (provider_event_id, delivery_ref, type, occurred_at, payload: values in
+    their stored form, the payload a dict) of one provider received at `received`, skipping
+    (provider, provider_event_id) pairs stored before; returns how many were inserted.
 
-    PostgreSQL: the whole batch is one JSON parameter (serialised by orjson in one call) read by
-    jsonb_to_recordset and joined to the ledger: one round trip, and none of the per-element
-    quoting text arrays of JSON would cost. SQLite: one executemany, the ledger looked up by
-    primary key per row inside SQLite.
+    PostgreSQL: the whole batch is one JSON parameter (serialised by orjson in one call, each
+    row an object with one-letter keys) read by json_to_recordset and joined to the ledger: one
+    round trip, and none of the per-element quoting text arrays of JSON would cost. The payload
+    column is `json` (migration 0006), so each payload is stored as its text slice of the
+    parameter, not parsed into jsonb. SQLite: one executemany, the ledger looked up by primary
+    key per row inside SQLite.
     """
     capabilities = capabilities_of(conn.dialect)
     mark = capabilities.placeholder
     if capabilities.array_params:
-        compiled = {
-            name: E.c["delivery_id" if name == "delivery_ref" else name].type.compile(conn.dialect)
-            for name in _INPUT_COLUMNS
+        types = {
+            "i": E.c.provider_event_id,
+            "d": E.c.delivery_id,
+            "t": E.c.type,
+            "o": E.c.occurred_at,
+            "p": E.c.payload,
         }
-        types = ", ".join(f"{name} {compiled[name]}" for name in _INPUT_COLUMNS)
+        columns = ", ".join(f"{key} {col.type.compile(conn.dialect)}" for key, col in types.items())
         sql = (
             f"INSERT INTO {E.name} ({_STORED_COLUMNS})"
-            " SELECT r.provider, r.provider_event_id, d.id, d.subscriber_id, r.type,"
-            " r.occurred_at, r.received_at, r.payload"
-            f" FROM ROWS FROM (jsonb_to_recordset({mark}::jsonb) AS ({types}))"
-            f" WITH ORDINALITY AS r({', '.join(_INPUT_COLUMNS)}, n)"
-            f" LEFT JOIN {D.name} AS d ON d.id = r.delivery_ref"
+            f" SELECT {mark}, r.i, ledger.id, ledger.subscriber_id, r.t, r.o, {mark}, r.p"
+            f" FROM ROWS FROM (json_to_recordset({mark}::json) AS ({columns}))"
+            f" WITH ORDINALITY AS r(i, d, t, o, p, n)"
+            f" LEFT JOIN {D.name} AS ledger ON ledger.id = r.d"
             f" ORDER BY r.n {_CONFLICT}"
         )
-        batch = orjson.dumps([dict(zip(_INPUT_COLUMNS, row, strict=True)) for row in rows])
-        return int(conn.exec_driver_sql(sql, (batch.decode(),)).rowcount)
+        batch = orjson.dumps([{"i": i, "d": d, "t": t, "o": o, "p": p} for i, d, t, o, p in rows])
+        return int(conn.exec_driver_sql(sql, (provider, received, batch.decode())).rowcount)
     sql = (
         f"INSERT INTO {E.name} ({_STORED_COLUMNS}) VALUES ({mark}, {mark},"
         f" (SELECT id FROM {D.name} WHERE id = {mark}),"
@@ -196,7 +199,7 @@ def _insert_events(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
     )
     params = [
         (provider, event_id, ref, ref, kind, occurred, received, orjson.dumps(payload).decode())
-        for provider, event_id, ref, kind, occurred, received, payload in rows
+        for event_id, ref, kind, occurred, payload in rows
     ]
     return int(conn.exec_driver_sql(sql, params).rowcount)
 
