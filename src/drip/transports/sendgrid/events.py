@@ -197,7 +197,8 @@ def _words(delta: timedelta) -> str:
 
 class SendGridEvent(NamedTuple):
     """One event as drip uses it; `payload` is the event object as SendGrid sent it (less any
-    value nested deeper than SendGrid's, and NUL characters, which PostgreSQL's JSONB refuses)."""
+    value nested deeper than SendGrid's, and NUL characters, which PostgreSQL cannot store in
+    text nor read back from a json value)."""
 
     event_id: str | None
     """`sg_event_id` (SendGrid's id for this event: the same on a redelivery), or None."""
