@@ -113,6 +113,9 @@ def add_events(
                 payload if type(payload) is dict else dict(payload),
             )
         )
+    if capabilities_of(conn.dialect).array_params:
+        # One round trip: the UPDATE rides along as a data-modifying WITH.
+        return _insert_events(conn, provider, received, rows, outcomes)
     stored = _insert_events(conn, provider, received, rows)
     if outcomes:
         _flag_deliveries(conn, outcomes)
@@ -126,22 +129,33 @@ def _flag_deliveries(conn: Connection, outcomes: Mapping[int, int]) -> None:
     lock them in too."""
     capabilities = capabilities_of(conn.dialect)
     mark = capabilities.placeholder
-    ids = sorted(outcomes)
     if capabilities.array_params:
-        # The arrays go as their text literals: psycopg dumps a list of ints element by element
-        # in Python (about 5 ms for a batch's 600 deliveries), str.join does it in C.
-        conn.exec_driver_sql(
-            f"UPDATE {D.name} AS d SET event_flags = d.event_flags | u.bits"
-            f" FROM unnest({mark}::bigint[], {mark}::integer[]) AS u(id, bits)"
-            " WHERE d.id = u.id AND (d.event_flags & u.bits) <> u.bits",
-            (_int_array(ids), _int_array([outcomes[delivery_id] for delivery_id in ids])),
-        )
+        conn.exec_driver_sql(_flag_sql(mark), _flag_arrays(outcomes))
         return
+    ids = sorted(outcomes)
     conn.exec_driver_sql(
         f"UPDATE {D.name} SET event_flags = event_flags | {mark}"
         f" WHERE id = {mark} AND (event_flags & {mark}) <> {mark}",
         [(outcomes[i], i, outcomes[i], outcomes[i]) for i in ids],
     )
+
+
+def _flag_sql(mark: str) -> str:
+    """PostgreSQL: the UPDATE of `_flag_deliveries`, for the parameters of `_flag_arrays`. The
+    ids come sorted and drive the join (a nested loop over them, or a hash join probing with
+    them), so the rows are locked in id order."""
+    return (
+        f"UPDATE {D.name} AS d SET event_flags = d.event_flags | u.bits"
+        f" FROM unnest({mark}::bigint[], {mark}::integer[]) AS u(id, bits)"
+        " WHERE d.id = u.id AND (d.event_flags & u.bits) <> u.bits"
+    )
+
+
+def _flag_arrays(outcomes: Mapping[int, int]) -> tuple[str, str]:
+    """The sorted ids and their bits, as array text literals: psycopg dumps a list of ints
+    element by element in Python (about 5 ms for a batch's 600 deliveries), str.join in C."""
+    ids = sorted(outcomes)
+    return _int_array(ids), _int_array([outcomes[delivery_id] for delivery_id in ids])
 
 
 def _int_array(values: list[int]) -> str:
@@ -157,7 +171,11 @@ _CONFLICT = "ON CONFLICT (provider, provider_event_id) DO NOTHING"
 
 
 def _insert_events(
-    conn: Connection, provider: str, received: Any, rows: list[tuple[Any, ...]]
+    conn: Connection,
+    provider: str,
+    received: Any,
+    rows: list[tuple[Any, ...]],
+    outcomes: Mapping[int, int] | None = None,
 ) -> int:
     """INSERT the rows (provider_event_id, delivery_ref, type, occurred_at, payload: values in
     their stored form, the payload a dict) of one provider received at `received`, skipping
@@ -167,8 +185,10 @@ def _insert_events(
     row an object with one-letter keys) read by json_to_recordset and joined to the ledger: one
     round trip, and none of the per-element quoting text arrays of JSON would cost. The payload
     column is `json` (migration 0006), so each payload is stored as its text slice of the
-    parameter, not parsed into jsonb. SQLite: one executemany, the ledger looked up by primary
-    key per row inside SQLite.
+    parameter, not parsed into jsonb. With `outcomes` ({delivery id: bits}), the same statement
+    runs `_flag_deliveries`' UPDATE first, as a data-modifying WITH (one round trip less; both
+    read the ledger as the statement began, and the INSERT reads no column the UPDATE writes).
+    SQLite: one executemany, the ledger looked up by primary key per row inside SQLite.
     """
     capabilities = capabilities_of(conn.dialect)
     mark = capabilities.placeholder
@@ -181,8 +201,9 @@ def _insert_events(
             "p": E.c.payload,
         }
         columns = ", ".join(f"{key} {col.type.compile(conn.dialect)}" for key, col in types.items())
+        flag = f"WITH flagged AS ({_flag_sql(mark)}) " if outcomes else ""
         sql = (
-            f"INSERT INTO {E.name} ({_STORED_COLUMNS})"
+            f"{flag}INSERT INTO {E.name} ({_STORED_COLUMNS})"
             f" SELECT {mark}, r.i, ledger.id, ledger.subscriber_id, r.t, r.o, {mark}, r.p"
             f" FROM ROWS FROM (json_to_recordset({mark}::json) AS ({columns}))"
             f" WITH ORDINALITY AS r(i, d, t, o, p, n)"
@@ -190,18 +211,20 @@ def _insert_events(
             f" ORDER BY r.n {_CONFLICT}"
         )
         batch = orjson.dumps([{"i": i, "d": d, "t": t, "o": o, "p": p} for i, d, t, o, p in rows])
-        return int(conn.exec_driver_sql(sql, (provider, received, batch.decode())).rowcount)
+        values = (provider, received, batch.decode())
+        params = (*_flag_arrays(outcomes), *values) if outcomes else values
+        return int(conn.exec_driver_sql(sql, params).rowcount)
     sql = (
         f"INSERT INTO {E.name} ({_STORED_COLUMNS}) VALUES ({mark}, {mark},"
         f" (SELECT id FROM {D.name} WHERE id = {mark}),"
         f" (SELECT subscriber_id FROM {D.name} WHERE id = {mark}),"
         f" {mark}, {mark}, {mark}, {mark}) {_CONFLICT}"
     )
-    params = [
+    many = [
         (provider, event_id, ref, ref, kind, occurred, received, orjson.dumps(payload).decode())
         for event_id, ref, kind, occurred, payload in rows
     ]
-    return int(conn.exec_driver_sql(sql, params).rowcount)
+    return int(conn.exec_driver_sql(sql, many).rowcount)
 
 
 def suppress_addresses(
