@@ -3,7 +3,8 @@ and what they change: suppressed addresses, and the evidence that settles in-dou
 
 The webhook's hot path is `add_events` + `suppress_addresses`: a few statements per batch
 whatever its size (one INSERT ... ON CONFLICT DO NOTHING that looks the ledger ids up itself,
-one UPDATE of the named deliveries' `event_flags`, one UPDATE per suppression status).
+one UPDATE of the named deliveries' `event_flags` (on PostgreSQL in the same statement), one
+UPDATE per suppression status).
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ def add_events(
     Each event's delivery_id is its `delivery_ref` when that delivery exists (else NULL), and
     its subscriber_id that delivery's; both are looked up by the INSERT itself. Each event's
     `outcome` bits are OR-ed into its delivery's `event_flags`, redelivered events included
-    (setting a bit twice changes nothing). One statement (PostgreSQL) or one executemany
-    (SQLite) for each, below SQLAlchemy's per-row parameter processing, which costs more than
-    the SQL here.
+    (setting a bit twice changes nothing). One statement for both (PostgreSQL) or one
+    executemany for each (SQLite), below SQLAlchemy's per-row parameter processing, which costs
+    more than the SQL here.
     """
     if not batch:
         return 0
