@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
 from tests.store_support import COURSE, LEASE, T0, add, claim, delivery, view
 
 from drip import store
@@ -252,3 +254,42 @@ def test_events_set_their_outcome_bits_on_the_delivery_once(session: Session) ->
     store.set_delivery_details(session, [(first, "settled\x00 as sent")])
     session.commit()
     assert delivery(session, first)["detail"] == "settled as sent"
+
+
+def test_two_identical_batches_at_once_store_each_event_once(engine: Engine) -> None:
+    """SendGrid may post the same batch twice at once (a retry racing a slow answer): the
+    second INSERT waits for the first transaction's unique entries and skips them; each event
+    is stored once, and its outcome bits are set once."""
+    sessions = sessionmaker(engine)
+    with sessions() as session:
+        _, delivery_id = _in_doubt(session, "a@example.com")
+    batch = [
+        store.NewEvent(f"race-{i}", "delivered", T0, {"i": i}, delivery_id, 1) for i in range(300)
+    ]
+    first_inserted = threading.Event()
+    stored: dict[str, int] = {}
+    failures: list[BaseException] = []
+
+    def post(name: str) -> None:
+        try:
+            with sessions() as session, session.begin():
+                if name == "second":
+                    assert first_inserted.wait(10)
+                stored[name] = store.add_events(session, "sendgrid", batch, received_at=T0)
+                if name == "first":
+                    first_inserted.set()
+                    time.sleep(0.3)  # the second one is now waiting on these rows
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=post, args=(name,)) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures
+    assert stored == {"first": 300, "second": 0}
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 300
+        flags = conn.execute(text("SELECT event_flags FROM deliveries")).scalar_one()
+        assert flags == DeliveryOutcome.DELIVERED.value

