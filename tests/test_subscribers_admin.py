@@ -4,50 +4,21 @@ end through click, on a real SQLite file and a real PostgreSQL."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
-from tests.support import COURSE, COURSE_DIR, TEMPLATES
+from tests.support import COURSE, Drip, ok
 
 from drip import store
-from drip.cli import main
 from drip.errors import UsageError
 from drip.lifecycle import pause_end, request_signup
 from drip.models import deliveries, subscribers
 
 MORNING = "2026-04-01T09:00:00+09:00"
 T_MORNING = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
-KEY = "admin-test-key-Xq3vN8kZ1pL0sT7wR2yB5mC9"
-
-
-Drip = Callable[..., Result]
-"""`drip(*args)`: run the command line on the test database, in a fresh working directory."""
-
-
-@pytest.fixture
-def drip(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Drip:
-    monkeypatch.chdir(tmp_path)
-    env = {
-        "DRIP_COURSE_DIR": str(COURSE_DIR),
-        "DRIP_TEMPLATES_DIR": str(TEMPLATES),
-        "DRIP_DATABASE_URL": database_url,
-        "DRIP_SECRET_KEY": KEY,
-    }
-
-    def run(*args: str, input: str | None = None) -> Result:
-        return CliRunner().invoke(main, list(args), env=env, input=input)
-
-    return run
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine)
 
 
 def row(sessions: sessionmaker[Session], email: str) -> store.SubscriberView:
@@ -55,11 +26,6 @@ def row(sessions: sessionmaker[Session], email: str) -> store.SubscriberView:
         found = store.get_subscriber(session, COURSE.id, email)
     assert found is not None, email
     return found
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.output, result.stderr)
-    return result
 
 
 # --- show -------------------------------------------------------------------------------------

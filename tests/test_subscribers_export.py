@@ -5,53 +5,21 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from sqlalchemy import Engine, delete, update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
-from tests.support import COURSE, COURSE_DIR, TEMPLATES
+from tests.support import COURSE, Drip, ok
 
 from drip import store
-from drip.cli import main
 from drip.cli import subscribers as subscribers_cli
 from drip.importer import EXPORT_COLUMNS, ImportReport, import_subscribers
 from drip.models import deliveries, events, subscribers
 
 MORNING = "2026-04-01T09:00:00+09:00"
 T0 = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
-KEY = "export-test-key-Xq3vN8kZ1pL0sT7wR2yB5mC9"
-
-Drip = Callable[..., Result]
-
-
-@pytest.fixture
-def drip(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Drip:
-    monkeypatch.chdir(tmp_path)
-    env = {
-        "DRIP_COURSE_DIR": str(COURSE_DIR),
-        "DRIP_TEMPLATES_DIR": str(TEMPLATES),
-        "DRIP_DATABASE_URL": database_url,
-        "DRIP_SECRET_KEY": KEY,
-    }
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args), env=env)
-
-    return run
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine)
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.output, result.stderr)
-    return result
 
 
 def readers(sessions: sessionmaker[Session]) -> dict[str, tuple[str | None, str, str]]:
