@@ -72,10 +72,6 @@ def settings() -> Settings:
     return root.obj
 
 
-MIN_NOW_YEAR, MAX_NOW_YEAR = 1971, 9998
-"""--now must leave room for the lease, back-off and schedule arithmetic on either side."""
-
-
 class NowType(click.ParamType[datetime]):
     """`--now`: an ISO 8601 date-time with a UTC offset, as an aware UTC datetime."""
 
@@ -100,9 +96,11 @@ class NowType(click.ParamType[datetime]):
             self.fail(
                 f"{value!r} has no UTC offset; add one, e.g. {fixed}+09:00 or {fixed}Z", param, ctx
             )
-        if not MIN_NOW_YEAR <= moment.year <= MAX_NOW_YEAR:
+        from drip.schedule import MAX_YEAR, MIN_YEAR  # imported here: it loads `holidays`
+
+        if not MIN_YEAR <= moment.year <= MAX_YEAR:
             self.fail(
-                f"{value!r} is outside the years {MIN_NOW_YEAR}-{MAX_NOW_YEAR} drip can schedule",
+                f"{value!r} is outside the years {MIN_YEAR}-{MAX_YEAR} drip can schedule",
                 param,
                 ctx,
             )
