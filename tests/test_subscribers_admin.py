@@ -296,6 +296,69 @@ def test_list_by_next_lesson_slug_or_number(drip: Drip) -> None:
     assert unknown.exit_code == 2 and "no lesson 'nope'" in unknown.stderr
 
 
+# --- list --held: everyone waiting on the operator ----------------------------------------------
+
+
+def _claim_all(sessions: sessionmaker[Session]) -> dict[str, int]:
+    """Claim every due lesson as `drip send` would; email -> its delivery id."""
+    with sessions() as session, session.begin():
+        batch = store.claim_due(
+            session,
+            course_id=COURSE.id,
+            now=T_MORNING,
+            limit=100,
+            run_id="run-held",
+            lease=timedelta(minutes=15),
+        )
+    return {claim.email: claim.delivery_id for claim in batch.claims}
+
+
+def test_list_held_shows_paused_readers_whose_delivery_failed_or_is_in_doubt(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    """Held means waiting on the operator (README: --held shows "the readers who wait on the
+    operator — a failed or in-doubt delivery ..."; a hold "stays held through a pause and
+    resume"). A pause does not end that wait: only retry or resolve does."""
+    for name in ("failed", "doubt", "claimed", "plain", "due"):
+        ok(drip("subscribe", f"{name}@example.com", "--confirmed", "--now", MORNING))
+    claimed = _claim_all(sessions)
+    with sessions() as session, session.begin():
+        store.record_failed(session, [(claimed["failed@example.com"], "550 no such user")])
+        store.record_in_doubt(session, [(claimed["doubt@example.com"], "timeout after send")])
+    # Held, then paused; paused while its lesson is in flight, then found in doubt; just paused.
+    ok(drip("subscribers", "pause", "failed@example.com", "--now", MORNING))
+    ok(drip("subscribers", "pause", "claimed@example.com", "--now", MORNING))
+    with sessions() as session, session.begin():
+        store.record_in_doubt(session, [(claimed["claimed@example.com"], "reset after send")])
+    ok(drip("subscribers", "pause", "plain@example.com", "--now", MORNING))
+    with sessions() as session, session.begin():  # only retried: due again, not held
+        store.record_retry(session, [(claimed["due@example.com"], T_MORNING, "429")])
+
+    lines = ok(drip("subscribers", "list", "--held")).output.splitlines()
+    held = {line.split("\t")[0]: line.split("\t") for line in lines}
+    assert sorted(held) == ["claimed@example.com", "doubt@example.com", "failed@example.com"]
+    assert held["failed@example.com"][1] == "paused"
+    assert "failed (550 no such user)" in held["failed@example.com"][4]
+    assert held["claimed@example.com"][1] == "paused"
+    assert "in doubt (reset after send)" in held["claimed@example.com"][4]
+    assert held["doubt@example.com"][1] == "active"
+
+    # Everything else says the same: the full list, --json, and show.
+    every = ok(drip("subscribers", "list", "--json")).output.splitlines()
+    flags = {document["email"]: document["held"] for document in map(json.loads, every)}
+    assert {email for email, flag in flags.items() if flag} == set(held)
+    shown = ok(drip("subscribers", "show", "claimed@example.com", "--now", MORNING)).output
+    assert "state:     paused (held)" in shown and "in doubt (reset after send)" in shown
+    plain = ok(drip("subscribers", "show", "plain@example.com", "--now", MORNING)).output
+    assert "(held)" not in plain and "held:" not in plain
+
+    # Settling the delivery ends the wait: the reader is just paused again.
+    resolve = ("deliveries", "resolve", str(claimed["claimed@example.com"]), "--not-sent")
+    ok(drip(*resolve, "--now", MORNING))
+    again = ok(drip("subscribers", "list", "--held")).output
+    assert "claimed@example.com" not in again and "failed@example.com" in again
+
+
 def test_every_new_command_on_an_empty_database(drip: Drip) -> None:
     assert ok(drip("subscribers", "list", "--lesson", "1")).output.strip() == "none"
     export = ok(drip("subscribers", "export"))

@@ -249,7 +249,8 @@ def _print_import_table(
 @click.option(
     "--held",
     is_flag=True,
-    help="Only the held ones: active, but waiting on the operator (the reason is shown).",
+    help="Only the held ones, waiting on the operator (the reason is shown): active with no"
+    " moment to send, or paused with the next lesson failed or in doubt.",
 )
 @click.option(
     "--lesson", metavar="SLUG", help="Only subscribers whose next lesson is this (slug or number)."
