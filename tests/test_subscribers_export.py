@@ -200,8 +200,11 @@ def test_ctrl_c_during_an_import_keeps_the_batches_done_and_says_how_to_finish(
 
     monkeypatch.setattr(store, "insert_subscribers", insert_then_ctrl_c)
     stopped = drip("subscribers", "import", str(file), "--now", MORNING)
-    assert stopped.exit_code == 1
-    assert "interrupted: the first 1,000 row(s) stay imported" in stopped.stderr
+    assert stopped.exit_code == 130
+    assert stopped.stderr.splitlines() == [
+        "error: interrupted: the first 1,000 row(s) stay imported; run the same import again to"
+        " finish (rows already there are left alone)"
+    ]
     assert len(readers(sessions)) == 1000
     monkeypatch.setattr(store, "insert_subscribers", real_insert)
     again = ok(drip("subscribers", "import", str(file), "--now", MORNING))

@@ -32,6 +32,39 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+INTERRUPTED = 130
+"""The exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it."""
+
+
+def interrupted(message: str = "interrupted (Ctrl-C)") -> None:
+    """Say `message` in one line on stderr and exit `INTERRUPTED`. On a terminal the line
+    starts after the ^C the terminal echoed."""
+    if sys.stderr.isatty():
+        click.echo(err=True)
+    fail(message, INTERRUPTED)
+
+
+class DripGroup(click.Group):
+    """The `drip` group: a Ctrl-C anywhere in a command (parsing its options, importing what it
+    uses, running) ends it with `interrupted()`, not click's "Aborted!" and exit 1. A command
+    that handles SIGINT itself (`drip worker`: stop after the current send, exit 0) never sees a
+    KeyboardInterrupt once its handler is installed."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            interrupted()
+            raise AssertionError("unreachable") from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            interrupted()
+            raise AssertionError("unreachable") from None
+
+
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn a `DripError` raised by the library into its message on stderr and its exit code."""
 
