@@ -58,6 +58,24 @@ def launch_chromium() -> Iterator[Any]:
             launched.close()
 
 
+def watch(page: Any) -> list[str]:
+    """The list `page`'s problems go to from now on: console errors, requests that failed, and
+    HTTP answers of 400 or more; a test asserts it is empty at the end."""
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda message: problems.append(message.text) if message.type == "error" else None,
+    )
+    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+    page.on(
+        "response",
+        lambda response: (
+            problems.append(f"{response.status} {response.url}") if response.status >= 400 else None
+        ),
+    )
+    return problems
+
+
 def screenshot_dir(tmp_path: Path) -> Path:
     """$DRIP_SCREENSHOT_DIR when set, else `tmp_path`/screenshots; created if missing."""
     target = Path(os.environ.get("DRIP_SCREENSHOT_DIR") or tmp_path / "screenshots")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from tests.browser_support import WIDTHS, launch_chromium, screenshot_dir
+from tests.browser_support import WIDTHS, launch_chromium, screenshot_dir, watch
 from tests.support import COURSE, COURSE_DIR, TEMPLATES
 from tests.web_support import WEB_TEMPLATES
 
@@ -55,13 +55,7 @@ def _to(eml: Path) -> str:
 def _open(browser: Any, width: int) -> tuple[Any, list[str]]:
     """A page `width` px wide and the list its failed loads and console errors go to."""
     page = browser.new_page(viewport={"width": width, "height": 900})
-    problems: list[str] = []
-    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
-    page.on(
-        "console",
-        lambda message: problems.append(message.text) if message.type == "error" else None,
-    )
-    return page, problems
+    return page, watch(page)
 
 
 @pytest.mark.parametrize("width", WIDTHS)

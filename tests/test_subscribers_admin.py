@@ -184,18 +184,24 @@ def test_pause_until_with_an_offset_and_plain_pause_still_work(
 # --- confirm ----------------------------------------------------------------------------------
 
 
-def test_confirm_records_consent_obtained_elsewhere_and_starts_the_course(
-    drip: Drip, sessions: sessionmaker[Session]
-) -> None:
+def _signed_up_on_the_web(sessions: sessionmaker[Session], email: str) -> None:
+    """A pending signup from the web form two days before MORNING, its consent record 'web
+    form'."""
     request_signup(
         sessions,
         COURSE,
-        email="w@example.com",
+        email=email,
         name=None,
         timezone=None,
         now=T_MORNING - timedelta(days=2),
         consent_source="web form",
     )
+
+
+def test_confirm_records_consent_obtained_elsewhere_and_starts_the_course(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    _signed_up_on_the_web(sessions, "w@example.com")
     result = ok(drip("subscribers", "confirm", "w@example.com", "--now", MORNING))
     assert "consent obtained elsewhere is recorded (source 'cli'" in result.output
     assert "no confirmation email is sent" in result.output
@@ -226,15 +232,7 @@ def test_subscribe_confirmed_of_a_pending_signup_records_the_cli_consent(
     drip: Drip, sessions: sessionmaker[Session]
 ) -> None:
     # Was a bug: the web form's consent record stayed, as if the reader had confirmed there.
-    request_signup(
-        sessions,
-        COURSE,
-        email="w@example.com",
-        name=None,
-        timezone=None,
-        now=T_MORNING - timedelta(days=2),
-        consent_source="web form",
-    )
+    _signed_up_on_the_web(sessions, "w@example.com")
     ok(drip("subscribe", "w@example.com", "--confirmed", "--now", MORNING))
     view = row(sessions, "w@example.com")
     assert (view.consent_source, view.consent_at) == ("cli", T_MORNING)

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import create_engine, text
-from tests.browser_support import WIDTHS, launch_chromium, screenshot_dir
+from tests.browser_support import WIDTHS, launch_chromium, screenshot_dir, watch
 from tests.support import daytime_zone, drip_env
 from tests.web_support import TEST_KEY, WEB_TEMPLATES
 
@@ -129,14 +129,7 @@ def test_a_reader_signs_up_confirms_gets_lesson_1_pauses_resumes_and_unsubscribe
         timezone_id=zone, locale="ja-JP", viewport={"width": 375, "height": 900}
     )
     page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on(
-        "response",
-        lambda response: (
-            errors.append(f"{response.status} {response.url}") if response.status >= 400 else None
-        ),
-    )
+    errors = watch(page)
 
     # The form: the timezone is pre-filled from the browser by the page's script.
     page.goto(server + "/")
@@ -196,5 +189,5 @@ def test_a_reader_signs_up_confirms_gets_lesson_1_pauses_resumes_and_unsubscribe
         engine.dispose()
     assert status == "unsubscribed" and paused_until is None
     assert lessons == [("welcome", "sent")]
-    assert errors == [], f"console errors: {errors}"
+    assert errors == [], f"page problems: {errors}"
     assert len(_emails(outbox)) == 2  # nothing else was sent
