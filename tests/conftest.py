@@ -3,7 +3,10 @@
 - `database_url`: an upgraded, empty database; parametrised over "sqlite" (a file under
   tmp_path) and "postgresql" (one database created per test session, emptied between tests).
 - `empty_database_url`: a database with no schema at all, for migration tests.
-- `engine` / `session`: an Engine (drip's settings) and a Session on `database_url`.
+- `engine` / `session`: an Engine (drip's settings) and a Session on `database_url`;
+  `sessions`: a sessionmaker on it.
+- `drip`: runs the command line through click on `database_url` and the committed course, in a
+  fresh working directory (tmp_path).
 
 PostgreSQL comes from DRIP_TEST_POSTGRES_URL (default: the local server, trust auth). When it is
 unreachable its tests are skipped with the reason, unless DRIP_TEST_REQUIRE contains "postgres"
@@ -26,16 +29,19 @@ from pathlib import Path
 import psycopg
 import pytest
 import trustme
+from click.testing import CliRunner, Result
 from psycopg import sql
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.fakes.smtp_server import FakeSmtp
+from tests.support import CLI_KEY, COURSE_DIR, TEMPLATES, Drip
 from tests.transport_support import API_KEY
 from tests.web_support import AppFactory
 
 from drip import schedule
+from drip.cli import main
 from drip.db import make_engine, upgrade
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -164,6 +170,27 @@ def engine(database_url: str) -> Iterator[Engine]:
 def session(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine)
+
+
+@pytest.fixture
+def drip(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Drip:
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "DRIP_COURSE_DIR": str(COURSE_DIR),
+        "DRIP_TEMPLATES_DIR": str(TEMPLATES),
+        "DRIP_DATABASE_URL": database_url,
+        "DRIP_SECRET_KEY": CLI_KEY,
+    }
+
+    def run(*args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(main, list(args), env=env, input=input)
+
+    return run
 
 
 # -- loopback fakes for the transport tests ----------------------------------------------------

@@ -1,12 +1,15 @@
 """Shared test helpers: the repository's paths, the committed course, a Mailer around any
-transport, the environment of a `drip` subprocess."""
+transport, the environment of a `drip` subprocess, and `ok` for a click result."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+from click.testing import Result
 
 from drip.course import Course, load_course
 from drip.delivery import Mailer
@@ -18,6 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates" / "email"
 COURSE_DIR = ROOT / "course"
 COURSE = load_course(COURSE_DIR)
+CLI_KEY = "cli-fixture-key-Xq3vN8kZ1pL0sT7wR2yB5mC9"
+"""The DRIP_SECRET_KEY of the `drip` fixture (conftest.py)."""
+
+Drip = Callable[..., Result]
+"""`drip(*args, input=None)`: the command line through click (the `drip` fixture)."""
+
+
+def ok(result: Result) -> Result:
+    """`result`, after asserting the command exited 0 (the output is the failure message)."""
+    assert result.exit_code == 0, (result.output, result.stderr)
+    return result
 
 
 def drip_env(**extra: str) -> dict[str, str]:

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.browser_support import chromium, screenshot_dir
 from tests.support import COURSE, TEMPLATES
 
 from drip.render import Recipient, Renderer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -61,16 +59,6 @@ FRAME_PAGE = """<!DOCTYPE html>
 <pre id="drip-metrics"></pre>
 </body></html>
 """
-
-
-def chromium() -> str:
-    if shutil.which(CHROMIUM):
-        return CHROMIUM
-    required = {item.strip() for item in os.environ.get("DRIP_TEST_REQUIRE", "").split(",") if item}
-    reason = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if "browser" in required:
-        pytest.fail(f"{reason}, and DRIP_TEST_REQUIRE asks for the browser tests")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +120,7 @@ def test_comparison_table_fits_without_horizontal_scroll(
 
 
 def test_screenshots_at_phone_and_email_widths(tmp_path: Path, lesson_html: str) -> None:
-    shots = Path(os.environ.get("DRIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshot_dir(tmp_path)
     page = tmp_path / "lesson.html"
     page.write_text(lesson_html, encoding="utf-8")
     for width in (375, 600):

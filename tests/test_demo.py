@@ -372,7 +372,7 @@ def test_ctrl_c_stops_the_web_sender_and_the_folder_can_be_used_again(
     monkeypatch.setattr(demo, "send_due", interrupted)
     folder = tmp_path / "stopped"
     result = run(str(folder), "--now", START)
-    assert result.exit_code == 1  # click: "Aborted!"
+    assert result.exit_code == 130 and result.stderr == "error: interrupted (Ctrl-C)\n"
     assert not [thread for thread in threading.enumerate() if thread.name == "drip-outbound"]
     monkeypatch.setattr(demo, "send_due", real)
     assert run(str(folder), "--now", START).exit_code == 0

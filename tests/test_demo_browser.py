@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tests.browser_support import WIDTHS, launch_chromium, screenshot_dir, watch
 from tests.support import COURSE, COURSE_DIR, TEMPLATES
 from tests.web_support import WEB_TEMPLATES
 
@@ -26,32 +26,10 @@ from drip.cli import main
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-WIDTHS = (375, 1280)
-
-
-def _required() -> bool:
-    return "browser" in os.environ.get("DRIP_TEST_REQUIRE", "").split(",")
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if _required():
-            raise
-        pytest.skip("playwright is not installed (pip install -e '.[test]')")
-    if not Path(CHROMIUM).exists():
-        if _required():
-            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium")
-        pytest.skip("Debian's chromium is not installed")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
-        yield launched
-        launched.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +47,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return made
 
 
-def _shots(tmp_path: Path) -> Path:
-    target = Path(os.environ.get("DRIP_SCREENSHOT_DIR") or tmp_path)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
-
-
 def _to(eml: Path) -> str:
     message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     return str(message["To"].addresses[0].addr_spec)
@@ -83,13 +55,7 @@ def _to(eml: Path) -> str:
 def _open(browser: Any, width: int) -> tuple[Any, list[str]]:
     """A page `width` px wide and the list its failed loads and console errors go to."""
     page = browser.new_page(viewport={"width": width, "height": 900})
-    problems: list[str] = []
-    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
-    page.on(
-        "console",
-        lambda message: problems.append(message.text) if message.type == "error" else None,
-    )
-    return page, problems
+    return page, watch(page)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -98,7 +64,8 @@ def test_the_gallery_lists_every_email_by_reader_and_every_link_opens(
 ) -> None:
     page, problems = _open(browser, width)
     page.goto((folder / "index.html").as_uri())
-    page.screenshot(path=str(_shots(tmp_path) / f"demo-gallery-{width}.png"), full_page=True)
+    shot = screenshot_dir(tmp_path) / f"demo-gallery-{width}.png"
+    page.screenshot(path=str(shot), full_page=True)
     emls = sorted(folder.glob("outbox/*.eml"))
     links = page.locator("a").evaluate_all("links => links.map(link => link.href)")
     assert sorted(link for link in links if link.endswith(".eml")) == [eml.as_uri() for eml in emls]
@@ -129,7 +96,7 @@ def test_an_emails_html_part_shows_the_lesson(browser: Any, folder: Path, tmp_pa
     assert f"{reader.name}さん" in body
     assert "第2回" in body
     assert "配信停止" in body  # the visible unsubscribe link
-    page.screenshot(path=str(_shots(tmp_path) / "demo-email-375.png"))
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "demo-email-375.png"))
     assert problems == []
     page.close()
 
@@ -146,6 +113,6 @@ def test_the_stats_page_shows_the_funnel(
     assert page.locator("svg").count() >= 1
     assert COURSE.settings.title in page.locator("h1").inner_text()
     assert "6 signups, 6 confirmed" in page.locator("body").inner_text()
-    page.screenshot(path=str(_shots(tmp_path) / f"demo-stats-{width}.png"), full_page=True)
+    page.screenshot(path=str(screenshot_dir(tmp_path) / f"demo-stats-{width}.png"), full_page=True)
     assert problems == []
     page.close()

@@ -370,6 +370,10 @@ def where(view: store.SubscriberView) -> str:
     if status in SUPPRESSED_STATUSES:
         return "suppressed"
     if status is SubscriberStatus.PAUSED:
+        # Paused with its next lesson failed or in doubt: still waiting on the operator.
+        if view.is_held:
+            assert view.held_reason, f"held without a reason: {view}"
+            return "held"
         return "paused"
     if status is SubscriberStatus.PENDING:
         return "pending"

@@ -4,50 +4,21 @@ end through click, on a real SQLite file and a real PostgreSQL."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
-from tests.support import COURSE, COURSE_DIR, TEMPLATES
+from tests.support import COURSE, Drip, ok
 
 from drip import store
-from drip.cli import main
 from drip.errors import UsageError
 from drip.lifecycle import pause_end, request_signup
 from drip.models import deliveries, subscribers
 
 MORNING = "2026-04-01T09:00:00+09:00"
 T_MORNING = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
-KEY = "admin-test-key-Xq3vN8kZ1pL0sT7wR2yB5mC9"
-
-
-Drip = Callable[..., Result]
-"""`drip(*args)`: run the command line on the test database, in a fresh working directory."""
-
-
-@pytest.fixture
-def drip(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Drip:
-    monkeypatch.chdir(tmp_path)
-    env = {
-        "DRIP_COURSE_DIR": str(COURSE_DIR),
-        "DRIP_TEMPLATES_DIR": str(TEMPLATES),
-        "DRIP_DATABASE_URL": database_url,
-        "DRIP_SECRET_KEY": KEY,
-    }
-
-    def run(*args: str, input: str | None = None) -> Result:
-        return CliRunner().invoke(main, list(args), env=env, input=input)
-
-    return run
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine)
 
 
 def row(sessions: sessionmaker[Session], email: str) -> store.SubscriberView:
@@ -55,11 +26,6 @@ def row(sessions: sessionmaker[Session], email: str) -> store.SubscriberView:
         found = store.get_subscriber(session, COURSE.id, email)
     assert found is not None, email
     return found
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.output, result.stderr)
-    return result
 
 
 # --- show -------------------------------------------------------------------------------------
@@ -218,18 +184,24 @@ def test_pause_until_with_an_offset_and_plain_pause_still_work(
 # --- confirm ----------------------------------------------------------------------------------
 
 
-def test_confirm_records_consent_obtained_elsewhere_and_starts_the_course(
-    drip: Drip, sessions: sessionmaker[Session]
-) -> None:
+def _signed_up_on_the_web(sessions: sessionmaker[Session], email: str) -> None:
+    """A pending signup from the web form two days before MORNING, its consent record 'web
+    form'."""
     request_signup(
         sessions,
         COURSE,
-        email="w@example.com",
+        email=email,
         name=None,
         timezone=None,
         now=T_MORNING - timedelta(days=2),
         consent_source="web form",
     )
+
+
+def test_confirm_records_consent_obtained_elsewhere_and_starts_the_course(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    _signed_up_on_the_web(sessions, "w@example.com")
     result = ok(drip("subscribers", "confirm", "w@example.com", "--now", MORNING))
     assert "consent obtained elsewhere is recorded (source 'cli'" in result.output
     assert "no confirmation email is sent" in result.output
@@ -260,15 +232,7 @@ def test_subscribe_confirmed_of_a_pending_signup_records_the_cli_consent(
     drip: Drip, sessions: sessionmaker[Session]
 ) -> None:
     # Was a bug: the web form's consent record stayed, as if the reader had confirmed there.
-    request_signup(
-        sessions,
-        COURSE,
-        email="w@example.com",
-        name=None,
-        timezone=None,
-        now=T_MORNING - timedelta(days=2),
-        consent_source="web form",
-    )
+    _signed_up_on_the_web(sessions, "w@example.com")
     ok(drip("subscribe", "w@example.com", "--confirmed", "--now", MORNING))
     view = row(sessions, "w@example.com")
     assert (view.consent_source, view.consent_at) == ("cli", T_MORNING)
@@ -328,6 +292,69 @@ def test_list_by_next_lesson_slug_or_number(drip: Drip) -> None:
     assert [json.loads(line)["email"] for line in welcome.splitlines()] == ["b@example.com"]
     unknown = drip("subscribers", "list", "--lesson", "nope")
     assert unknown.exit_code == 2 and "no lesson 'nope'" in unknown.stderr
+
+
+# --- list --held: everyone waiting on the operator ----------------------------------------------
+
+
+def _claim_all(sessions: sessionmaker[Session]) -> dict[str, int]:
+    """Claim every due lesson as `drip send` would; email -> its delivery id."""
+    with sessions() as session, session.begin():
+        batch = store.claim_due(
+            session,
+            course_id=COURSE.id,
+            now=T_MORNING,
+            limit=100,
+            run_id="run-held",
+            lease=timedelta(minutes=15),
+        )
+    return {claim.email: claim.delivery_id for claim in batch.claims}
+
+
+def test_list_held_shows_paused_readers_whose_delivery_failed_or_is_in_doubt(
+    drip: Drip, sessions: sessionmaker[Session]
+) -> None:
+    """Held means waiting on the operator (README: --held shows "the readers who wait on the
+    operator — a failed or in-doubt delivery ..."; a hold "stays held through a pause and
+    resume"). A pause does not end that wait: only retry or resolve does."""
+    for name in ("failed", "doubt", "claimed", "plain", "due"):
+        ok(drip("subscribe", f"{name}@example.com", "--confirmed", "--now", MORNING))
+    claimed = _claim_all(sessions)
+    with sessions() as session, session.begin():
+        store.record_failed(session, [(claimed["failed@example.com"], "550 no such user")])
+        store.record_in_doubt(session, [(claimed["doubt@example.com"], "timeout after send")])
+    # Held, then paused; paused while its lesson is in flight, then found in doubt; just paused.
+    ok(drip("subscribers", "pause", "failed@example.com", "--now", MORNING))
+    ok(drip("subscribers", "pause", "claimed@example.com", "--now", MORNING))
+    with sessions() as session, session.begin():
+        store.record_in_doubt(session, [(claimed["claimed@example.com"], "reset after send")])
+    ok(drip("subscribers", "pause", "plain@example.com", "--now", MORNING))
+    with sessions() as session, session.begin():  # only retried: due again, not held
+        store.record_retry(session, [(claimed["due@example.com"], T_MORNING, "429")])
+
+    lines = ok(drip("subscribers", "list", "--held")).output.splitlines()
+    held = {line.split("\t")[0]: line.split("\t") for line in lines}
+    assert sorted(held) == ["claimed@example.com", "doubt@example.com", "failed@example.com"]
+    assert held["failed@example.com"][1] == "paused"
+    assert "failed (550 no such user)" in held["failed@example.com"][4]
+    assert held["claimed@example.com"][1] == "paused"
+    assert "in doubt (reset after send)" in held["claimed@example.com"][4]
+    assert held["doubt@example.com"][1] == "active"
+
+    # Everything else says the same: the full list, --json, and show.
+    every = ok(drip("subscribers", "list", "--json")).output.splitlines()
+    flags = {document["email"]: document["held"] for document in map(json.loads, every)}
+    assert {email for email, flag in flags.items() if flag} == set(held)
+    shown = ok(drip("subscribers", "show", "claimed@example.com", "--now", MORNING)).output
+    assert "state:     paused (held)" in shown and "in doubt (reset after send)" in shown
+    plain = ok(drip("subscribers", "show", "plain@example.com", "--now", MORNING)).output
+    assert "(held)" not in plain and "held:" not in plain
+
+    # Settling the delivery ends the wait: the reader is just paused again.
+    resolve = ("deliveries", "resolve", str(claimed["claimed@example.com"]), "--not-sent")
+    ok(drip(*resolve, "--now", MORNING))
+    again = ok(drip("subscribers", "list", "--held")).output
+    assert "claimed@example.com" not in again and "failed@example.com" in again
 
 
 def test_every_new_command_on_an_empty_database(drip: Drip) -> None:

@@ -5,53 +5,21 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from sqlalchemy import Engine, delete, update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
-from tests.support import COURSE, COURSE_DIR, TEMPLATES
+from tests.support import COURSE, Drip, ok
 
 from drip import store
-from drip.cli import main
 from drip.cli import subscribers as subscribers_cli
 from drip.importer import EXPORT_COLUMNS, ImportReport, import_subscribers
 from drip.models import deliveries, events, subscribers
 
 MORNING = "2026-04-01T09:00:00+09:00"
 T0 = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
-KEY = "export-test-key-Xq3vN8kZ1pL0sT7wR2yB5mC9"
-
-Drip = Callable[..., Result]
-
-
-@pytest.fixture
-def drip(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Drip:
-    monkeypatch.chdir(tmp_path)
-    env = {
-        "DRIP_COURSE_DIR": str(COURSE_DIR),
-        "DRIP_TEMPLATES_DIR": str(TEMPLATES),
-        "DRIP_DATABASE_URL": database_url,
-        "DRIP_SECRET_KEY": KEY,
-    }
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args), env=env)
-
-    return run
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine)
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.output, result.stderr)
-    return result
 
 
 def readers(sessions: sessionmaker[Session]) -> dict[str, tuple[str | None, str, str]]:
@@ -232,8 +200,11 @@ def test_ctrl_c_during_an_import_keeps_the_batches_done_and_says_how_to_finish(
 
     monkeypatch.setattr(store, "insert_subscribers", insert_then_ctrl_c)
     stopped = drip("subscribers", "import", str(file), "--now", MORNING)
-    assert stopped.exit_code == 1
-    assert "interrupted: the first 1,000 row(s) stay imported" in stopped.stderr
+    assert stopped.exit_code == 130
+    assert stopped.stderr.splitlines() == [
+        "error: interrupted: the first 1,000 row(s) stay imported; run the same import again to"
+        " finish (rows already there are left alone)"
+    ]
     assert len(readers(sessions)) == 1000
     monkeypatch.setattr(store, "insert_subscribers", real_insert)
     again = ok(drip("subscribers", "import", str(file), "--now", MORNING))

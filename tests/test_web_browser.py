@@ -9,7 +9,6 @@ Skipped when chromium or Playwright is missing unless DRIP_TEST_REQUIRE contains
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -27,37 +26,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import create_engine, text
+from tests.browser_support import WIDTHS, launch_chromium, screenshot_dir, watch
 from tests.support import daytime_zone, drip_env
 from tests.web_support import TEST_KEY, WEB_TEMPLATES
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-WIDTHS = (375, 1280)
-
-
-def _required() -> bool:
-    return "browser" in os.environ.get("DRIP_TEST_REQUIRE", "").split(",")
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if _required():
-            raise
-        pytest.skip("playwright is not installed (pip install -e '.[test]')")
-    if not Path(CHROMIUM).exists():
-        if _required():
-            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium")
-        pytest.skip("Debian's chromium is not installed")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
-        yield launched
-        launched.close()
+    yield from launch_chromium()
 
 
 def _free_port() -> int:
@@ -144,22 +122,14 @@ def _shots(page: object, directory: Path, name: str) -> None:
 def test_a_reader_signs_up_confirms_gets_lesson_1_pauses_resumes_and_unsubscribes(
     browser: object, server: str, tmp_path: Path
 ) -> None:
-    shots = Path(os.environ.get("DRIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshot_dir(tmp_path)
     outbox = tmp_path / "outbox"
     zone = daytime_zone()  # lesson 1 goes out at once only outside the quiet hours
     context = browser.new_context(  # type: ignore[attr-defined]
         timezone_id=zone, locale="ja-JP", viewport={"width": 375, "height": 900}
     )
     page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on(
-        "response",
-        lambda response: (
-            errors.append(f"{response.status} {response.url}") if response.status >= 400 else None
-        ),
-    )
+    errors = watch(page)
 
     # The form: the timezone is pre-filled from the browser by the page's script.
     page.goto(server + "/")
@@ -219,5 +189,5 @@ def test_a_reader_signs_up_confirms_gets_lesson_1_pauses_resumes_and_unsubscribe
         engine.dispose()
     assert status == "unsubscribed" and paused_until is None
     assert lessons == [("welcome", "sent")]
-    assert errors == [], f"console errors: {errors}"
+    assert errors == [], f"page problems: {errors}"
     assert len(_emails(outbox)) == 2  # nothing else was sent

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +27,7 @@ from drip.course import Course
 from drip.db import reading
 from drip.delivery import CONFIRMATION_INTERVAL as CONFIRMATION_INTERVAL
 from drip.delivery import Mailer, send_confirmation, send_owed_confirmations
-from drip.errors import InvalidAddressError, UsageError
+from drip.errors import InvalidAddressError, UnknownTimezoneError, UsageError
 from drip.importer import ImportReport
 from drip.importer import import_subscribers as _import_rows
 from drip.statuses import SUPPRESSED_STATUSES
@@ -184,8 +183,8 @@ def pause_end(text: str, timezone: str, *, now: datetime) -> datetime:
         if len(value) == 10:
             day = date.fromisoformat(value)
             try:
-                zone = ZoneInfo(timezone)
-            except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
+                zone = schedule.zone_named(timezone)
+            except UnknownTimezoneError as exc:
                 raise UsageError(
                     f"--until {value}: the reader's timezone {timezone!r} cannot be loaded here;"
                     " give a date-time with a UTC offset, e.g. 2026-05-01T00:00+09:00"
@@ -202,18 +201,16 @@ def pause_end(text: str, timezone: str, *, now: datetime) -> datetime:
         raise UsageError(
             f"--until {text!r} has no UTC offset; add one (e.g. {value}+09:00) or give a date"
         )
-    if not MIN_YEAR <= end.year <= MAX_YEAR:
-        raise UsageError(f"--until {text!r} is outside the years {MIN_YEAR}-{MAX_YEAR}")
+    if not schedule.MIN_YEAR <= end.year <= schedule.MAX_YEAR:
+        raise UsageError(
+            f"--until {text!r} is outside the years {schedule.MIN_YEAR}-{schedule.MAX_YEAR}"
+        )
     if end <= now:
         raise UsageError(
             f"--until {text!r} is not in the future (now is {now.isoformat()}); give a later"
             " moment, or use 'drip subscribers resume'"
         )
     return end.astimezone(UTC)
-
-
-MIN_YEAR, MAX_YEAR = 1971, 9998
-"""The years a pause may end in: room for the schedule arithmetic on either side."""
 
 
 def resume_subscriber(

@@ -212,8 +212,8 @@ def manage_view(
             return None
         ledger = {row.lesson: row for row in store.reader_deliveries(session, subscriber_id)}
     try:
-        zone: ZoneInfo | None = ZoneInfo(view.timezone)
-    except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
+        zone: ZoneInfo | None = schedule.zone_named(view.timezone)
+    except UnknownTimezoneError:
         zone = None
 
     def local(moment: datetime | None) -> datetime | None:

@@ -39,7 +39,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -420,8 +419,8 @@ def _local(reader: ReaderProgress, moment: datetime | None) -> str:
     if moment is None:
         return "none"
     try:
-        return moment.astimezone(ZoneInfo(reader.timezone)).isoformat()
-    except (ZoneInfoNotFoundError, ValueError):
+        return moment.astimezone(schedule.zone_named(reader.timezone)).isoformat()
+    except UnknownTimezoneError:
         return moment.isoformat()
 
 

@@ -40,6 +40,8 @@ from drip.course import Course, CourseSettings, Lesson
 from drip.errors import ConfigError, UnknownTimezoneError
 
 __all__ = [
+    "MAX_YEAR",
+    "MIN_YEAR",
     "Next",
     "after_resume",
     "after_send",
@@ -55,6 +57,7 @@ __all__ = [
     "quiet_send_time",
     "rescheduled_at",
     "resume_send_at",
+    "zone_named",
 ]
 
 _ONE_DAY = timedelta(days=1)
@@ -66,6 +69,10 @@ _MAX_SEARCH_DAYS = 400
 # earliest_send_at alternates "skip to an allowed day" and "skip past quiet hours"; each step
 # moves forward, and a real course settles in two or three.
 _MAX_STEPS = 2 * _MAX_SEARCH_DAYS
+
+MIN_YEAR, MAX_YEAR = 1971, 9998
+"""The years a moment given by hand (--now, a pause's end) may fall in: room for the lease,
+back-off and schedule arithmetic on either side without leaving datetime's range."""
 
 Zone = ZoneInfo | str
 

@@ -32,6 +32,39 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+INTERRUPTED = 130
+"""The exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it."""
+
+
+def interrupted(message: str = "interrupted (Ctrl-C)") -> None:
+    """Say `message` in one line on stderr and exit `INTERRUPTED`. On a terminal the line
+    starts after the ^C the terminal echoed."""
+    if sys.stderr.isatty():
+        click.echo(err=True)
+    fail(message, INTERRUPTED)
+
+
+class DripGroup(click.Group):
+    """The `drip` group: a Ctrl-C anywhere in a command (parsing its options, importing what it
+    uses, running) ends it with `interrupted()`, not click's "Aborted!" and exit 1. A command
+    that handles SIGINT itself (`drip worker`: stop after the current send, exit 0) never sees a
+    KeyboardInterrupt once its handler is installed."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            interrupted()
+            raise AssertionError("unreachable") from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            interrupted()
+            raise AssertionError("unreachable") from None
+
+
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn a `DripError` raised by the library into its message on stderr and its exit code."""
 
@@ -72,10 +105,6 @@ def settings() -> Settings:
     return root.obj
 
 
-MIN_NOW_YEAR, MAX_NOW_YEAR = 1971, 9998
-"""--now must leave room for the lease, back-off and schedule arithmetic on either side."""
-
-
 class NowType(click.ParamType[datetime]):
     """`--now`: an ISO 8601 date-time with a UTC offset, as an aware UTC datetime."""
 
@@ -100,9 +129,11 @@ class NowType(click.ParamType[datetime]):
             self.fail(
                 f"{value!r} has no UTC offset; add one, e.g. {fixed}+09:00 or {fixed}Z", param, ctx
             )
-        if not MIN_NOW_YEAR <= moment.year <= MAX_NOW_YEAR:
+        from drip.schedule import MAX_YEAR, MIN_YEAR  # imported here: it loads `holidays`
+
+        if not MIN_YEAR <= moment.year <= MAX_YEAR:
             self.fail(
-                f"{value!r} is outside the years {MIN_NOW_YEAR}-{MAX_NOW_YEAR} drip can schedule",
+                f"{value!r} is outside the years {MIN_YEAR}-{MAX_YEAR} drip can schedule",
                 param,
                 ctx,
             )

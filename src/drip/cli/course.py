@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from drip.cli.common import (
+    INTERRUPTED,
     clock,
     fail,
     now_option,
@@ -130,8 +131,8 @@ def apply_command(dry_run: bool, now: datetime) -> None:
     report = apply_course(sessions, loaded, settings().templates_dir, now=now, dry_run=dry_run)
     for line in report_lines(report, Mode.DRY_RUN if dry_run else Mode.APPLY):
         click.echo(line)
-    if report.interrupted:
-        sys.exit(1)
+    if report.interrupted:  # the report's last line said so
+        sys.exit(INTERRUPTED)
 
 
 @course.command("preview")

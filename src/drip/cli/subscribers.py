@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from drip.cli.common import (
-    fail,
+    interrupted,
     listed,
     now_option,
     open_ledger,
@@ -135,10 +135,9 @@ def subscribers_import_command(file: Path, confirmed: bool, now: datetime, dry_r
             done = (
                 "nothing was written" if dry_run else f"the first {handled:,} row(s) stay imported"
             )
-            fail(
+            interrupted(
                 f"interrupted: {done}; run the same import again to finish (rows already there"
-                " are left alone)",
-                1,
+                " are left alone)"
             )
             raise AssertionError("unreachable") from None
 
@@ -249,7 +248,8 @@ def _print_import_table(
 @click.option(
     "--held",
     is_flag=True,
-    help="Only the held ones: active, but waiting on the operator (the reason is shown).",
+    help="Only the held ones, waiting on the operator (the reason is shown): active with no"
+    " moment to send, or paused with the next lesson failed or in doubt.",
 )
 @click.option(
     "--lesson", metavar="SLUG", help="Only subscribers whose next lesson is this (slug or number)."

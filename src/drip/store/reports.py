@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from drip.statuses import DeliveryStatus, SubscriberStatus
-from drip.store._sql import ACTIVE, D, S, connection, due_filter
-from drip.store.subscribers import subscriber_view
+from drip.store._sql import D, S, connection, due_filter
+from drip.store.subscribers import held_condition, reader_select, subscriber_view
 from drip.store.values import DeliveryView, SubscriberView
 
 
@@ -80,19 +81,17 @@ def list_subscribers(
 ) -> Iterator[SubscriberView]:
     """The subscribers of `course_id` in id order, streamed (constant memory at any size).
 
-    `status` keeps one status; `held` keeps only the held ones (active, a next lesson, no
-    moment to send it: waiting on the operator, `held_reason` says why); `lesson` only those
-    whose next lesson is that slug.
+    `status` keeps one status; `held` keeps only the held ones (waiting on the operator,
+    `held_reason` says why: see `store.subscribers.held_condition`); `lesson` only those whose
+    next lesson is that slug.
     """
-    stmt: Select[tuple[object, ...]] = select(S).where(S.c.course_id == course_id).order_by(S.c.id)
+    stmt: Select[Any] = reader_select().where(S.c.course_id == course_id).order_by(S.c.id)
     if status is not None:
         stmt = stmt.where(S.c.status == status.value)
     if lesson is not None:
         stmt = stmt.where(S.c.next_lesson == lesson)
     if held:
-        stmt = stmt.where(
-            S.c.status == ACTIVE, S.c.next_lesson.is_not(None), S.c.next_send_at.is_(None)
-        )
+        stmt = stmt.where(held_condition())
     result = connection(session).execution_options(yield_per=1000).execute(stmt)
     for row in result:
         yield subscriber_view(row)

@@ -40,6 +40,7 @@ from drip.store._sql import (
     insert_ignoring_conflicts,
 )
 from drip.store.capabilities import capabilities_of
+from drip.store.ledger import failed_reason, in_doubt_reason
 from drip.store.privacy import is_suppressed
 from drip.store.values import AddResult, ExistingSubscriber, NewSubscriber, SubscriberView
 
@@ -152,17 +153,54 @@ def _new_row(
 
 def get_subscriber(session: Session, course_id: str, email: str) -> SubscriberView | None:
     """The enrolment of `email` (any case) in `course_id`, or None."""
-    row = (
-        connection(session)
-        .execute(select(S).where(S.c.course_id == course_id, S.c.email == email.strip().lower()))
-        .one_or_none()
-    )
+    stmt = reader_select().where(S.c.course_id == course_id, S.c.email == email.strip().lower())
+    row = connection(session).execute(stmt).one_or_none()
     return None if row is None else subscriber_view(row)
 
 
 def get_subscriber_by_id(session: Session, subscriber_id: int) -> SubscriberView | None:
-    row = connection(session).execute(select(S).where(S.c.id == subscriber_id)).one_or_none()
+    stmt = reader_select().where(S.c.id == subscriber_id)
+    row = connection(session).execute(stmt).one_or_none()
     return None if row is None else subscriber_view(row)
+
+
+_KEPT_HOLDS = (DeliveryStatus.FAILED.value, DeliveryStatus.IN_DOUBT.value)
+
+
+def _paused_hold(column: Any) -> Any:
+    """(SQL) `column` of a paused subscriber's next-lesson delivery when the ledger has it failed
+    or in doubt, else NULL. The CASE runs the lookup for paused rows only (a few), so a list of
+    millions costs no more than before."""
+    found = (
+        select(column)
+        .where(
+            D.c.subscriber_id == S.c.id,
+            D.c.lesson == S.c.next_lesson,
+            D.c.status.in_(_KEPT_HOLDS),
+        )
+        .scalar_subquery()
+    )
+    return case((S.c.status == SubscriberStatus.PAUSED.value, found), else_=None)
+
+
+def reader_select() -> Select[Any]:
+    """select(S) with what `subscriber_view` needs to tell a held reader: the status and detail
+    of a paused reader's failed or in-doubt next lesson (`hold_status`, `hold_detail`)."""
+    return select(
+        S,
+        _paused_hold(D.c.status).label("hold_status"),
+        _paused_hold(D.c.detail).label("hold_detail"),
+    )
+
+
+def held_condition() -> Any:
+    """(SQL, over `S`) The subscriber waits on the operator: active with a next lesson and no
+    moment to send it (`held_reason` says why), or paused with that lesson failed or in doubt
+    (a resume keeps it held: only `drip deliveries retry|resolve` moves it on)."""
+    return or_(
+        and_(S.c.status == ACTIVE, S.c.next_lesson.is_not(None), S.c.next_send_at.is_(None)),
+        and_(S.c.status == SubscriberStatus.PAUSED.value, hold_kept()),
+    )
 
 
 def confirm_subscriber(
@@ -455,9 +493,16 @@ def confirm_pending(
 
 
 def subscriber_view(row: Row[Any]) -> SubscriberView:
-    """A `subscribers` row as the value the store hands out."""
+    """A `subscribers` row as the value the store hands out; from `reader_select`, a paused
+    reader whose next lesson failed or is in doubt comes out held, with the ledger's reason."""
     values = row._asdict()
     values["status"] = SubscriberStatus(values["status"])
+    hold_status = values.pop("hold_status", None)
+    hold_detail = values.pop("hold_detail", None)
+    if hold_status is not None:
+        reason = failed_reason if hold_status == DeliveryStatus.FAILED.value else in_doubt_reason
+        values["held_by_delivery"] = True
+        values["held_reason"] = reason(values["next_lesson"], hold_detail)
     return SubscriberView(**values)
 
 

@@ -44,6 +44,9 @@ class SubscriberView:
     """The reader's own "HH:MM" for lessons after the first; None: the course's."""
     confirmation_wanted_at: datetime | None = None
     """A double opt-in email is owed since then (queued, not sent yet)."""
+    held_by_delivery: bool = False
+    """Paused, and the ledger has its next lesson failed or in doubt: held all the same (read by
+    `store.reader_select`; False from other queries)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The subscriber as `drip subscribers list --json` prints it (one object per line)."""
@@ -61,7 +64,10 @@ class SubscriberView:
 
     @property
     def is_held(self) -> bool:
-        """Active with a next lesson but no moment to send it: waiting on the operator."""
+        """Waiting on the operator: active with a next lesson but no moment to send it, or
+        paused with that lesson failed or in doubt (`held_by_delivery`)."""
+        if self.status is SubscriberStatus.PAUSED:
+            return self.held_by_delivery
         return (
             self.status is SubscriberStatus.ACTIVE
             and self.next_lesson is not None

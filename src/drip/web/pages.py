@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from flask import render_template, request
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms import ValidationError  # type: ignore[import-untyped]
 
 from drip.course import Course
+from drip.schedule import zone_named
 
 WEEKDAYS = "月火水木金土日"
 
@@ -65,8 +65,10 @@ def course_summary(course: Course) -> CourseSummary:
 
 
 def local_moment(at: datetime, timezone: str) -> str:
-    """`at` in the reader's zone, as a Japanese reader reads it: "12月2日(水) 7:30"."""
-    local = at.astimezone(ZoneInfo(timezone))
+    """`at` in the reader's zone, as a Japanese reader reads it: "12月2日(水) 7:30". Raises
+    `UnknownTimezoneError` when this host cannot load the zone (the page says which zone it is
+    in, so it cannot fall back to another)."""
+    local = at.astimezone(zone_named(timezone))
     return (
         f"{local.month}月{local.day}日({WEEKDAYS[local.weekday()]})"
         f" {_clock(local.hour, local.minute)}"

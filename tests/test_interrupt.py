@@ -1,0 +1,161 @@
+"""Ctrl-C (SIGINT) while a `drip` command starts: one line on stderr, exit 130, no traceback,
+nothing claimed or sent. A real `python -m drip` process gets a real SIGINT.
+
+To land the signal at a known moment, the child process imports `sitecustomize` from a folder
+put first on its PYTHONPATH: when it is about to import the module named by INTERRUPT_AT, it
+writes that name to INTERRUPT_FILE and sleeps; the test sends SIGINT once the file appears, so
+the KeyboardInterrupt comes out of that import statement, as a Ctrl-C at that moment would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from tests.support import ROOT, drip_env
+
+HOOK = """
+import importlib.abc, os, sys, time
+
+class _Stall(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ.get("INTERRUPT_AT"):
+            with open(os.environ["INTERRUPT_FILE"], "w") as marker:
+                marker.write(name)
+            time.sleep(60)  # the SIGINT ends this with a KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, _Stall())
+"""
+KEY = "interrupt-test-key-Xq3vN8kZ1pL0sT7wR2yB5mC9"
+MORNING = "2026-04-01T09:00+09:00"  # outside the course's quiet hours: lesson 1 is due at once
+
+
+def _start(tmp_path: Path, args: list[str], stall_at: str) -> tuple[subprocess.Popen[str], Path]:
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(HOOK, encoding="utf-8")
+    marker = tmp_path / f"reached-{stall_at}"
+    env = drip_env(
+        DRIP_DATABASE_URL=f"sqlite:///{tmp_path / 'drip.db'}",
+        DRIP_SECRET_KEY=KEY,
+        INTERRUPT_AT=stall_at,
+        INTERRUPT_FILE=str(marker),
+        PYTHONPATH=os.pathsep.join([str(hook), str(ROOT / "src")]),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "drip", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return process, marker
+
+
+def _run(tmp_path: Path, *args: str) -> str:
+    env = drip_env(DRIP_DATABASE_URL=f"sqlite:///{tmp_path / 'drip.db'}", DRIP_SECRET_KEY=KEY)
+    done = subprocess.run(
+        [sys.executable, "-m", "drip", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "stall_at"),
+    [
+        # Loading the command line itself, before click runs (drip.cli imports its groups).
+        (["send", "--now", MORNING], "drip.cli.sending"),
+        # Inside the command: parsing --now (it loads the schedule's year bounds).
+        (["send", "--now", MORNING], "drip.schedule"),
+        # Inside the command: loading the send machinery, nothing claimed yet.
+        (["send", "--now", MORNING], "drip.delivery"),
+        # The worker before its own SIGINT handler (stop after the current send) is installed.
+        (["worker", "--interval", "3600"], "drip.worker"),
+    ],
+    ids=["loading-the-cli", "parsing-now", "loading-the-send", "worker-start-up"],
+)
+def test_ctrl_c_while_a_command_starts_says_one_line_and_exits_130(
+    tmp_path: Path, args: list[str], stall_at: str
+) -> None:
+    _run(tmp_path, "db", "upgrade")
+    _run(tmp_path, "subscribe", "due@example.com", "--confirmed", "--now", MORNING)
+    process, marker = _start(tmp_path, args, stall_at)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{stall_at} was never imported"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (process.returncode, err)
+    assert err.splitlines() == ["error: interrupted (Ctrl-C)"], err
+    assert out == ""
+    engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one() == 0
+    finally:
+        engine.dispose()
+    assert not (tmp_path / "outbox").exists() or not any((tmp_path / "outbox").iterdir())
+    if args[0] == "send":  # the lesson was due, and the interrupted run left it due
+        assert _run(tmp_path, *args).startswith("sent 1,")
+
+
+def test_ctrl_c_during_a_send_releases_what_was_not_handed_over_and_exits_130(
+    tmp_path: Path,
+) -> None:
+    """The send's own clean-up still runs first: what went out is recorded, the claims never
+    handed over go back ('retry'), nothing is left claimed or in doubt, the next run sends them."""
+    _run(tmp_path, "db", "upgrade")
+    for n in range(3):
+        _run(tmp_path, "subscribe", f"r{n}@example.com", "--confirmed", "--now", MORNING)
+    marker = tmp_path / "paused-at"
+    env = drip_env(
+        DRIP_DATABASE_URL=f"sqlite:///{tmp_path / 'drip.db'}",
+        DRIP_SECRET_KEY=KEY,
+        PAUSE_AT="render:2",  # the first email is composed, the second not yet
+        PAUSE_FILE=str(marker),
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.pause_points", "send", "--now", MORNING],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the send never reached its second email"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (process.returncode, err)
+    assert "Traceback" not in err and err.splitlines()[-1] == "error: interrupted (Ctrl-C)", err
+    engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
+    try:
+        with engine.connect() as conn:
+            statuses = conn.execute(text("SELECT status FROM deliveries")).scalars().all()
+    finally:
+        engine.dispose()
+    assert len(statuses) == 3 and set(statuses) <= {"sent", "retry"}, statuses
+    released = statuses.count("retry")
+    assert released >= 2, statuses  # the second and third email were never handed over
+    assert _run(tmp_path, "send", "--now", MORNING).startswith(f"sent {released},")
