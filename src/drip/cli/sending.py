@@ -47,7 +47,8 @@ def send_command(
     """Send every lesson that is due, once. Safe from cron at any frequency, and concurrently.
 
     Exit 0 when the run completed (even with per-message failures), 1 when it had to stop (bad
-    provider credentials, database unavailable), 2 for usage or configuration errors.
+    provider credentials, database unavailable), 2 for usage or configuration errors, 130 when
+    interrupted (Ctrl-C; what went out is recorded, the rest released).
     """
     current = settings()
     # Cron's usual minute, and the dry run: answered from the database alone, without loading
