@@ -5,7 +5,9 @@ PostgreSQL: `links.confirm_token`, the confirmation queue (`store.optin`,
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -275,27 +277,69 @@ def test_request_optin_stores_nothing_for_an_erased_address(
 
 
 def test_a_new_address_costs_one_statement(sessions: sessionmaker[Session], engine: Engine) -> None:
-    """The signup's hot path (`lifecycle.store_signup`): one statement, one round trip on
-    PostgreSQL (the INSERT checks the suppression list and returns the id); a known address
-    costs more, and is rarer."""
+    """The signup's hot path (`lifecycle.store_signup`): one statement (the INSERT checks the
+    suppression list and returns the id), on PostgreSQL in autocommit: the one round trip, no
+    BEGIN nor COMMIT (psycopg would send a BEGIN before it and leave the connection in a
+    transaction after it). A known address costs more, and is rarer."""
     statements: list[str] = []
+    open_after: list[bool] = []
 
     def count(conn: object, cursor: object, text: str, *args: object) -> None:
         if not text.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE: the transaction's own
             statements.append(text)
 
+    def after(conn: object, cursor: Any, text: str, *args: object) -> None:
+        if engine.dialect.name == "postgresql" and text.startswith("INSERT"):
+            status = cursor.connection.info.transaction_status
+            open_after.append(status != psycopg.pq.TransactionStatus.IDLE)
+
     def store_signup(address: str, at: datetime) -> optin.OptinRequest:
         fields = lifecycle.check_signup(COURSE, email=address, name=None, timezone=None)
         return lifecycle.store_signup(sessions, COURSE, fields, now=at, consent_source="test")
 
-    event.listen(engine, "before_cursor_execute", count)
+    # Every Engine: on PostgreSQL the INSERT runs on a pool of its own (insert_pending_now).
+    event.listen(Engine, "before_cursor_execute", count)
+    event.listen(Engine, "after_cursor_execute", after)
     try:
         first = store_signup("one@example.com", NOW)
         assert len(statements) == 1, statements
+        if engine.dialect.name == "postgresql":
+            assert open_after == [False], "the INSERT ran inside a transaction"
         again = store_signup("one@example.com", NOW + timedelta(minutes=1))
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        event.remove(Engine, "before_cursor_execute", count)
+        event.remove(Engine, "after_cursor_execute", after)
     assert first.created and first.queued
     assert again == optin.OptinRequest(
         first.subscriber_id, store.SubscriberStatus.PENDING, created=False, queued=False
     )
+
+
+def test_a_signup_survives_a_dropped_database_connection(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    """The signup's INSERT runs on connections that are not pinged before use (PostgreSQL): one
+    found dead (the server restarted, an idle link was cut) is replaced and the INSERT runs
+    again, once; the signup succeeds."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server connection to lose")
+
+    def store_signup(address: str) -> optin.OptinRequest:
+        fields = lifecycle.check_signup(COURSE, email=address, name=None, timezone=None)
+        return lifecycle.store_signup(sessions, COURSE, fields, now=NOW, consent_source="test")
+
+    assert store_signup("before@example.com").created  # a pooled connection now exists
+    database = engine.url.database
+    with psycopg.connect(
+        engine.url.set(drivername="postgresql", database="postgres").render_as_string(False),
+        autocommit=True,
+    ) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchall()
+    assert ended, "no connection to end"
+    after = store_signup("after@example.com")
+    assert after.created and after.queued
+    assert _view(sessions, after.subscriber_id).email == "after@example.com"

@@ -17,18 +17,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
     Connection,
+    Engine,
     and_,
     bindparam,
     case,
+    create_engine,
+    event,
     exists,
     func,
     or_,
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from drip.models import suppressions
@@ -89,10 +94,116 @@ def request_optin(
     the answer is `OptinRequest(0, UNSUBSCRIBED, created=False, queued=False)`.
     Safe against a concurrent request for the same address.
 
-    A new address, the common case, costs one statement (one round trip on PostgreSQL): the
-    INSERT carries the suppression check and reports the new id.
+    A new address, the common case, costs one statement (`insert_pending`): the INSERT carries
+    the suppression check and reports the new id.
     """
-    conn = connection(session)
+    new_id = insert_pending(
+        connection(session),
+        course_id=course_id,
+        email=email,
+        name=name,
+        timezone=timezone,
+        now=now,
+        consent_source=consent_source,
+    )
+    if new_id is not None:
+        return OptinRequest(new_id, SubscriberStatus.PENDING, created=True, queued=True)
+    return request_known(session, course_id=course_id, email=email, now=now, interval=interval)
+
+
+def request_known(
+    session: Session, *, course_id: str, email: str, now: datetime, interval: timedelta
+) -> OptinRequest:
+    """`request_optin` for an address that `insert_pending` did not store (known for the
+    course, or erased): what such an address gets, as `request_optin` says."""
+    if is_suppressed(session, email):
+        return OptinRequest(0, SubscriberStatus.UNSUBSCRIBED, created=False, queued=False)
+    found = (
+        connection(session)
+        .execute(select(S.c.id, S.c.status).where(S.c.course_id == course_id, S.c.email == email))
+        .one()
+    )
+    queued = queue_confirmation(session, found.id, now=now, interval=interval)
+    return OptinRequest(found.id, SubscriberStatus(found.status), created=False, queued=queued)
+
+
+def insert_pending_now(
+    engine: Engine,
+    *,
+    course_id: str,
+    email: str,
+    name: str | None,
+    timezone: str,
+    now: datetime,
+    consent_source: str,
+) -> int | None:
+    """`insert_pending` on its own, committed: the signup form's hot path, without an ORM
+    session.
+
+    PostgreSQL: one round trip. The statement runs in autocommit (no BEGIN nor COMMIT) on a
+    pool of the same database kept for it (`_autocommit_engine`), whose checkouts are not
+    pinged first (the engine's pre-ping is a round trip of its own, as costly as the INSERT):
+    a connection found dead instead fails the INSERT, which is then run once more on a fresh
+    one (if the lost one had committed, the retry finds the address known: None, and
+    `request_known` answers as for any known address). SQLite: a transaction as usual (the
+    engine's 'begin' listener issues BEGIN IMMEDIATE, which waits for the write lock)."""
+
+    def insert(conn: Connection) -> int | None:
+        return insert_pending(
+            conn,
+            course_id=course_id,
+            email=email,
+            name=name,
+            timezone=timezone,
+            now=now,
+            consent_source=consent_source,
+        )
+
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as conn:
+            return insert(conn)
+    fast = _autocommit_engine(engine)
+    try:
+        with fast.connect() as conn:
+            return insert(conn)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    # The connection had died (a server restart, an idle link cut): SQLAlchemy invalidated it
+    # and every connection pooled before it; this one is new.
+    with fast.connect() as conn:
+        return insert(conn)
+
+
+_AUTOCOMMIT: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
+
+
+def _autocommit_engine(engine: Engine) -> Engine:
+    """An engine on `engine`'s database (same URL and dialect options) whose connections run in
+    autocommit and are not pinged at checkout; built once per engine, disposed with it."""
+    found = _AUTOCOMMIT.get(engine)
+    if found is None:
+        found = _AUTOCOMMIT[engine] = create_engine(
+            engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False
+        )
+        event.listen(engine, "engine_disposed", lambda _: found.dispose())
+    return found
+
+
+def insert_pending(
+    conn: Connection,
+    *,
+    course_id: str,
+    email: str,
+    name: str | None,
+    timezone: str,
+    now: datetime,
+    consent_source: str,
+) -> int | None:
+    """Store `email` (validated by the caller) as a new 'pending' subscriber of `course_id` with
+    a confirmation email owed, in one statement: its id, or None when the address is already
+    known for the course or was erased (nothing is then written; `request_optin` says what
+    such an address gets). Atomic on its own, so it may run in autocommit."""
     row = _new_row(
         course_id,
         NewSubscriber(email, name, timezone, None),
@@ -104,16 +215,8 @@ def request_optin(
     row["confirmation_wanted_at"] = now
     values = {column: row[column] for column in _INSERTED_COLUMNS}
     values["erased_hash"] = email_hash(email)
-    new_id = conn.execute(_insert_new(conn), values).scalar_one_or_none()
-    if new_id is not None:
-        return OptinRequest(new_id, SubscriberStatus.PENDING, created=True, queued=True)
-    if is_suppressed(session, email):
-        return OptinRequest(0, SubscriberStatus.UNSUBSCRIBED, created=False, queued=False)
-    found = conn.execute(
-        select(S.c.id, S.c.status).where(S.c.course_id == course_id, S.c.email == email)
-    ).one()
-    queued = queue_confirmation(session, found.id, now=now, interval=interval)
-    return OptinRequest(found.id, SubscriberStatus(found.status), created=False, queued=queued)
+    new_id: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
+    return new_id
 
 
 _INSERTED_COLUMNS = (
@@ -128,7 +231,7 @@ _INSERTED_COLUMNS = (
     "status_changed_at",
     "confirmation_wanted_at",
 )
-"""The columns `request_optin` sets on a new subscriber (`_new_row` gives the others None)."""
+"""The columns `insert_pending` sets on a new subscriber (`_new_row` gives the others None)."""
 _INSERTS: dict[str, Any] = {}
 
 
