@@ -5,11 +5,12 @@ PostgreSQL: `links.confirm_token`, the confirmation queue (`store.optin`,
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, Pool, event, update
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support import COURSE, make_mailer
 
@@ -278,41 +279,67 @@ def test_request_optin_stores_nothing_for_an_erased_address(
 
 def test_a_new_address_costs_one_statement(sessions: sessionmaker[Session], engine: Engine) -> None:
     """The signup's hot path (`lifecycle.store_signup`): one statement (the INSERT checks the
-    suppression list and returns the id), on PostgreSQL in autocommit: the one round trip, no
-    BEGIN nor COMMIT (psycopg would send a BEGIN before it and leave the connection in a
-    transaction after it). A known address costs more, and is rarer."""
+    suppression list and returns the id). A known address costs more, and is rarer."""
     statements: list[str] = []
-    open_after: list[bool] = []
 
     def count(conn: object, cursor: object, text: str, *args: object) -> None:
         if not text.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE: the transaction's own
             statements.append(text)
 
-    def after(conn: object, cursor: Any, text: str, *args: object) -> None:
-        if engine.dialect.name == "postgresql" and text.startswith("INSERT"):
-            status = cursor.connection.info.transaction_status
-            open_after.append(status != psycopg.pq.TransactionStatus.IDLE)
-
-    def store_signup(address: str, at: datetime) -> optin.OptinRequest:
-        fields = lifecycle.check_signup(COURSE, email=address, name=None, timezone=None)
-        return lifecycle.store_signup(sessions, COURSE, fields, now=at, consent_source="test")
-
-    # Every Engine: on PostgreSQL the INSERT runs on a pool of its own (insert_pending_now).
-    event.listen(Engine, "before_cursor_execute", count)
-    event.listen(Engine, "after_cursor_execute", after)
+    event.listen(engine, "before_cursor_execute", count)
     try:
-        first = store_signup("one@example.com", NOW)
-        assert len(statements) == 1, statements
-        if engine.dialect.name == "postgresql":
-            assert open_after == [False], "the INSERT ran inside a transaction"
-        again = store_signup("one@example.com", NOW + timedelta(minutes=1))
+        first = _store_signup(sessions, "one@example.com", NOW)
+        if engine.dialect.name == "sqlite":  # PostgreSQL: the next test counts round trips
+            assert len(statements) == 1, statements
+        again = _store_signup(sessions, "one@example.com", NOW + timedelta(minutes=1))
     finally:
-        event.remove(Engine, "before_cursor_execute", count)
-        event.remove(Engine, "after_cursor_execute", after)
+        event.remove(engine, "before_cursor_execute", count)
     assert first.created and first.queued
     assert again == optin.OptinRequest(
         first.subscriber_id, store.SubscriberStatus.PENDING, created=False, queued=False
     )
+
+
+def test_a_new_address_costs_one_round_trip_on_postgresql(
+    sessions: sessionmaker[Session], engine: Engine, tmp_path: Path
+) -> None:
+    """On PostgreSQL a new address costs one round trip to the server, out of any transaction:
+    libpq's protocol trace of every connection opened meanwhile, from any pool and from its
+    first message, shows one ReadyForQuery per signup, each 'I' (idle: no BEGIN nor COMMIT,
+    no pre-ping)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL protocol trace")
+    _store_signup(sessions, "warm@example.com", NOW)
+    engine.dispose()  # and the signup's own pool with it: every connection is opened below
+    trace = (tmp_path / "libpq.trace").open("w")
+    traced: list[Any] = []
+
+    def connect(dbapi_connection: Any, record: object) -> None:
+        dbapi_connection.pgconn.trace(trace.fileno())
+        dbapi_connection.pgconn.set_trace_flags(
+            psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE
+        )
+        traced.append(dbapi_connection)
+
+    event.listen(Pool, "connect", connect)
+    try:
+        answers = [_store_signup(sessions, f"new{n}@example.com", NOW) for n in range(5)]
+    finally:
+        event.remove(Pool, "connect", connect)
+        for dbapi_connection in traced:
+            dbapi_connection.pgconn.untrace()
+        trace.close()
+    assert all(answer.created and answer.queued for answer in answers)
+    lines = (tmp_path / "libpq.trace").read_text().splitlines()
+    ready = [line.split()[-1] for line in lines if "\tReadyForQuery" in line]
+    assert traced and ready == ["I"] * 5, lines
+
+
+def _store_signup(
+    sessions: sessionmaker[Session], address: str, at: datetime
+) -> optin.OptinRequest:
+    fields = lifecycle.check_signup(COURSE, email=address, name=None, timezone=None)
+    return lifecycle.store_signup(sessions, COURSE, fields, now=at, consent_source="test")
 
 
 def test_a_signup_survives_a_dropped_database_connection(
@@ -324,11 +351,9 @@ def test_a_signup_survives_a_dropped_database_connection(
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite has no server connection to lose")
 
-    def store_signup(address: str) -> optin.OptinRequest:
-        fields = lifecycle.check_signup(COURSE, email=address, name=None, timezone=None)
-        return lifecycle.store_signup(sessions, COURSE, fields, now=NOW, consent_source="test")
-
-    assert store_signup("before@example.com").created  # a pooled connection now exists
+    assert _store_signup(
+        sessions, "before@example.com", NOW
+    ).created  # a pooled connection now exists
     database = engine.url.database
     with psycopg.connect(
         engine.url.set(drivername="postgresql", database="postgres").render_as_string(False),
@@ -340,6 +365,6 @@ def test_a_signup_survives_a_dropped_database_connection(
             (database,),
         ).fetchall()
     assert ended, "no connection to end"
-    after = store_signup("after@example.com")
+    after = _store_signup(sessions, "after@example.com", NOW)
     assert after.created and after.queued
     assert _view(sessions, after.subscriber_id).email == "after@example.com"

@@ -14,11 +14,13 @@ Rules kept here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -33,7 +35,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from drip.models import suppressions
@@ -140,53 +141,70 @@ def insert_pending_now(
     """`insert_pending` on its own, committed: the signup form's hot path, without an ORM
     session.
 
-    PostgreSQL: one round trip. The statement runs in autocommit (no BEGIN nor COMMIT) on a
-    pool of the same database kept for it (`_autocommit_engine`), whose checkouts are not
-    pinged first (the engine's pre-ping is a round trip of its own, as costly as the INSERT):
-    a connection found dead instead fails the INSERT, which is then run once more on a fresh
-    one (if the lost one had committed, the retry finds the address known: None, and
-    `request_known` answers as for any known address). SQLite: a transaction as usual (the
-    engine's 'begin' listener issues BEGIN IMMEDIATE, which waits for the write lock)."""
-
-    def insert(conn: Connection) -> int | None:
-        return insert_pending(
-            conn,
-            course_id=course_id,
-            email=email,
-            name=name,
-            timezone=timezone,
-            now=now,
-            consent_source=consent_source,
-        )
-
+    PostgreSQL: one round trip. The statement runs in autocommit (no BEGIN nor COMMIT) straight
+    on psycopg (`_Direct`: SQLAlchemy's per-execution work cost as much CPU as psycopg's), on a
+    pool of the same database kept for it whose checkouts are not pinged first (the engine's
+    pre-ping is a round trip of its own). A connection found dead instead fails the INSERT,
+    which then runs once more on a fresh one (if the lost one had committed, the retry finds
+    the address known: None, and `request_known` answers as for any known address).
+    SQLite: a transaction as usual (the engine's 'begin' listener issues BEGIN IMMEDIATE,
+    which waits for the write lock)."""
+    values = _pending_values(course_id, email, name, timezone, now, consent_source)
     if engine.dialect.name == "sqlite":
         with engine.begin() as conn:
-            return insert(conn)
-    fast = _autocommit_engine(engine)
-    try:
-        with fast.connect() as conn:
-            return insert(conn)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-    # The connection had died (a server restart, an idle link cut): SQLAlchemy invalidated it
-    # and every connection pooled before it; this one is new.
-    with fast.connect() as conn:
-        return insert(conn)
+            found: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
+            return found
+    direct = _direct(engine)
+    params = {key: direct.bind(key, value) for key, value in values.items()}
+    for attempt in (1, 2):
+        raw = direct.pool.raw_connection()
+        driver = raw.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        try:
+            row = driver.execute(direct.sql, params).fetchone()
+            return None if row is None else int(row[0])
+        except psycopg.OperationalError:
+            if attempt == 2 or not driver.broken:
+                raise
+            # The server restarted or the link was cut: the pool's other connections are
+            # likely dead too. Drop them all, as SQLAlchemy does on a disconnect.
+            raw.invalidate()
+            direct.pool.dispose()
+        finally:
+            raw.close()
+    raise AssertionError("unreachable")
 
 
-_AUTOCOMMIT: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
+@dataclass(frozen=True)
+class _Direct:
+    """`_insert_new` rendered once for psycopg, and the autocommit pool it runs on."""
+
+    pool: Engine
+    sql: str
+    processors: dict[str, Callable[[Any], Any] | None]
+
+    def bind(self, key: str, value: Any) -> Any:
+        """`value` as SQLAlchemy would pass it to the driver (UTCDateTime: naive UTC)."""
+        process = self.processors[key]
+        return value if process is None or value is None else process(value)
 
 
-def _autocommit_engine(engine: Engine) -> Engine:
-    """An engine on `engine`'s database (same URL and dialect options) whose connections run in
-    autocommit and are not pinged at checkout; built once per engine, disposed with it."""
-    found = _AUTOCOMMIT.get(engine)
+_DIRECT: WeakKeyDictionary[Engine, _Direct] = WeakKeyDictionary()
+
+
+def _direct(engine: Engine) -> _Direct:
+    """The `_Direct` of `engine` (PostgreSQL): its pool has the same URL, runs in autocommit and
+    does not ping at checkout; built once per engine, disposed with it."""
+    found = _DIRECT.get(engine)
     if found is None:
-        found = _AUTOCOMMIT[engine] = create_engine(
-            engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False
-        )
-        event.listen(engine, "engine_disposed", lambda _: found.dispose())
+        pool = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False)
+        with pool.connect() as conn:
+            compiled = _insert_new(conn).compile(dialect=pool.dialect)
+        processors = {
+            key: bind.type.bind_processor(pool.dialect) for key, bind in compiled.binds.items()
+        }
+        found = _DIRECT[engine] = _Direct(pool, str(compiled), processors)
+        event.listen(engine, "engine_disposed", lambda _: pool.dispose())
     return found
 
 
@@ -204,6 +222,20 @@ def insert_pending(
     a confirmation email owed, in one statement: its id, or None when the address is already
     known for the course or was erased (nothing is then written; `request_optin` says what
     such an address gets). Atomic on its own, so it may run in autocommit."""
+    values = _pending_values(course_id, email, name, timezone, now, consent_source)
+    new_id: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
+    return new_id
+
+
+def _pending_values(
+    course_id: str,
+    email: str,
+    name: str | None,
+    timezone: str,
+    now: datetime,
+    consent_source: str,
+) -> dict[str, Any]:
+    """The parameters of `_insert_new` for a new pending subscriber."""
     row = _new_row(
         course_id,
         NewSubscriber(email, name, timezone, None),
@@ -215,8 +247,7 @@ def insert_pending(
     row["confirmation_wanted_at"] = now
     values = {column: row[column] for column in _INSERTED_COLUMNS}
     values["erased_hash"] = email_hash(email)
-    new_id: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
-    return new_id
+    return values
 
 
 _INSERTED_COLUMNS = (
