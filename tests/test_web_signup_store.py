@@ -10,11 +10,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, Pool, event, update
+import sqlalchemy.exc
+from sqlalchemy import Engine, Pool, event, make_url, update
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support import COURSE, make_mailer
 
 from drip import delivery, lifecycle, store
+from drip.db import make_engine
 from drip.errors import FatalTransportError, InvalidTokenError
 from drip.links import LinkBuilder
 from drip.models import Subscriber
@@ -368,3 +370,25 @@ def test_a_signup_survives_a_dropped_database_connection(
     after = _store_signup(sessions, "after@example.com", NOW)
     assert after.created and after.queued
     assert _view(sessions, after.subscriber_id).email == "after@example.com"
+
+
+def test_a_database_error_on_the_signup_insert_is_raised_as_sqlalchemy_raises_it(
+    database_url: str,
+) -> None:
+    """The PostgreSQL INSERT runs on psycopg directly; its errors still reach the web as
+    SQLAlchemy's (an OperationalError gets the 503 page): here a lock not granted in time."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the direct psycopg path is PostgreSQL's")
+    url = make_url(database_url).update_query_dict({"options": "-c lock_timeout=200"})
+    engine = make_engine(url.render_as_string(hide_password=False))
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    try:
+        with engine.connect() as holder:
+            holder.exec_driver_sql("LOCK TABLE subscribers IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
+                _store_signup(sessions, "locked@example.com", NOW)
+            assert isinstance(raised.value.orig, psycopg.errors.LockNotAvailable)
+            holder.rollback()
+        assert _store_signup(sessions, "locked@example.com", NOW).created  # the pool still works
+    finally:
+        engine.dispose()

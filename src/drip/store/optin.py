@@ -14,6 +14,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +36,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from drip.models import suppressions
@@ -163,13 +165,17 @@ def insert_pending_now(
         try:
             row = driver.execute(direct.sql, params).fetchone()
             return None if row is None else int(row[0])
-        except psycopg.OperationalError:
-            if attempt == 2 or not driver.broken:
-                raise
-            # The server restarted or the link was cut: the pool's other connections are
-            # likely dead too. Drop them all, as SQLAlchemy does on a disconnect.
-            raw.invalidate()
-            direct.pool.dispose()
+        except psycopg.Error as exc:
+            if attempt == 1 and driver.broken:
+                # The server restarted or the link was cut: the pool's other connections are
+                # likely dead too. Drop them all, as SQLAlchemy does on a disconnect.
+                raw.invalidate()
+                direct.pool.dispose()
+                continue
+            # As SQLAlchemy raises it (the web answers OperationalError with its 503 page).
+            raise DBAPIError.instance(
+                direct.sql, params, exc, psycopg.Error, connection_invalidated=driver.broken
+            ) from exc
         finally:
             raw.close()
     raise AssertionError("unreachable")
@@ -190,13 +196,19 @@ class _Direct:
 
 
 _DIRECT: WeakKeyDictionary[Engine, _Direct] = WeakKeyDictionary()
+_DIRECT_LOCK = threading.Lock()
 
 
 def _direct(engine: Engine) -> _Direct:
     """The `_Direct` of `engine` (PostgreSQL): its pool has the same URL, runs in autocommit and
     does not ping at checkout; built once per engine, disposed with it."""
     found = _DIRECT.get(engine)
-    if found is None:
+    if found is not None:
+        return found
+    with _DIRECT_LOCK:  # gthread workers: one pool per engine, not one per racing thread
+        found = _DIRECT.get(engine)
+        if found is not None:
+            return found
         pool = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False)
         with pool.connect() as conn:
             compiled = _insert_new(conn).compile(dialect=pool.dialect)
