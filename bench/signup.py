@@ -51,7 +51,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/drip_bench_signup"
+PG_DATABASE = "drip_bench_signup"
+PG_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_DATABASE}"
 KEY = "bench-signup-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 TARGET_RATE = 500.0
 TARGET_P99_MS = 100.0
@@ -206,6 +207,35 @@ def _machine_cpu() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def _database_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL backend serving the benchmark's database
+    (pg_stat_activity, then /proc: the server runs on this machine)."""
+    import psycopg
+
+    tick = os.sysconf("SC_CLK_TCK")
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        pids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (PG_DATABASE,)
+            )
+        ]
+    found: dict[int, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def _database_cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds the benchmark database's backends used since `before` (a backend that
+    connected meanwhile counts from its start)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in _database_cpu().items())
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -278,10 +308,12 @@ def run_one(
         token = match.group(1)
         if args.load == "wrk":
             _wrk(port, token, WARM_UP, args.clients, "w", args.close)
+            database_before = _database_cpu() if database_url else {}
             server_before, wrk_before = _cpu(process.pid), _children_cpu()
             machine_before = _machine_cpu()
             stats = _wrk(port, token, args.seconds, args.clients, "m", args.close)
             server_cpu = _cpu(process.pid) - server_before
+            database_cpu = _database_cpu_since(database_before) if database_url else None
             load_cpu: float | None = _children_cpu() - wrk_before
             machine_cpu = _machine_cpu() - machine_before
             window = stats["duration_us"] / 1e6
@@ -297,6 +329,7 @@ def run_one(
             server_cpu = (_cpu(process.pid) - server_before) * share
             machine_cpu = (_machine_cpu() - machine_before) * share
             load_cpu = None
+            database_cpu = None
             count_for_cpu = everything * share
         sent = _emails(work / "outbox")
     finally:
@@ -320,6 +353,9 @@ def run_one(
         "max_ms": round(worst, 1),
         "emails_sent_by_web": sent,
         "server_cpu_ms_per_request": round(server_cpu * 1000 / max(1, count_for_cpu), 2),
+        "database_cpu_ms_per_request": (
+            None if database_cpu is None else round(database_cpu * 1000 / max(1, count), 2)
+        ),
         "load_cpu_ms_per_request": (
             None if load_cpu is None else round(load_cpu * 1000 / max(1, count), 2)
         ),
@@ -364,12 +400,18 @@ def in_process_child(count: int) -> None:
 
     for serial in range(200):
         post(10_000_000 + serial)
+    postgres = os.environ.get("DRIP_DATABASE_URL", "").startswith("postgresql")
+    database_before = _database_cpu() if postgres else {}
     cpu, wall = time.process_time(), time.perf_counter()
     for serial in range(count):
         post(serial)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    database_cpu = _database_cpu_since(database_before) if postgres else None
     close(app)
-    print(json.dumps({"cpu_ms_per_request": cpu * 1000 / count, "wall_ms": wall * 1000 / count}))
+    figures = {"cpu_ms_per_request": cpu * 1000 / count, "wall_ms": wall * 1000 / count}
+    if database_cpu is not None:
+        figures["database_cpu_ms"] = database_cpu * 1000 / count
+    print(json.dumps(figures))
 
 
 def run_in_process(
@@ -400,6 +442,9 @@ def run_in_process(
         "signups": count,
         "cpu_ms_per_request": round(figures["cpu_ms_per_request"], 3),
         "wall_ms_per_request": round(figures["wall_ms"], 3),
+        "database_cpu_ms_per_request": (
+            round(figures["database_cpu_ms"], 3) if "database_cpu_ms" in figures else None
+        ),
         "load_average": round(max(load_before, os.getloadavg()[0]), 2),
     }
 
@@ -418,7 +463,8 @@ def _line(run: dict[str, Any]) -> str:
     if "cpu_ms_per_request" in run:
         return (
             f"{where} in-process, {run['signups']} signups:"
-            f" CPU {run['cpu_ms_per_request']} ms/signup, wall {run['wall_ms_per_request']} ms"
+            f" CPU {run['cpu_ms_per_request']} ms/signup, wall {run['wall_ms_per_request']} ms,"
+            f" database backends' CPU {run['database_cpu_ms_per_request']} ms/signup"
             f" (load average {run['load_average']}; code {run['code']})"
         )
     return (
@@ -429,6 +475,7 @@ def _line(run: dict[str, Any]) -> str:
         f" {run['connection']} connections, {run['load']};"
         f" {run['emails_sent_by_web']} emails sent by the web;"
         f" server CPU {run['server_cpu_ms_per_request']} ms/request,"
+        f" database backends' CPU {run['database_cpu_ms_per_request']} ms/request,"
         f" {run['busy_cores_server']} of {run['busy_cores_machine']} busy cores;"
         f" load generator {run['load_cpu_ms_per_request']} ms/request;"
         f" load average {run['load_average']}; code {run['code']})"
@@ -438,7 +485,8 @@ def _line(run: dict[str, Any]) -> str:
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return round(statistics.median(run[key] for run in runs), 2)
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return round(statistics.median(values), 2) if values else float("nan")
 
 
 def _summary(runs: list[dict[str, Any]]) -> list[str]:
@@ -451,11 +499,15 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
         median = functools.partial(_median, found)
         if "cpu_ms_per_request" in found[0]:
             figures = f"CPU {median('cpu_ms_per_request')} ms/signup"
+            if database == "postgresql":
+                figures += f", backends {median('database_cpu_ms_per_request')} ms/signup"
         else:
             figures = (
                 f"{median('requests_per_s')}/s, p99 {median('p99_ms')} ms,"
                 f" server CPU {median('server_cpu_ms_per_request')} ms/request"
             )
+            if database == "postgresql":
+                figures += f", backends {median('database_cpu_ms_per_request')} ms/request"
         lines.append(
             f"median of {len(found)}: {database:<10} {mode:<5} {figures}"
             f" (load average {median('load_average')}) {code}"

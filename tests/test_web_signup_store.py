@@ -5,13 +5,18 @@ PostgreSQL: `links.confirm_token`, the confirmation queue (`store.optin`,
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, event, update
+import sqlalchemy.exc
+from sqlalchemy import Engine, Pool, event, make_url, update
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support import COURSE, make_mailer
 
 from drip import delivery, lifecycle, store
+from drip.db import make_engine
 from drip.errors import FatalTransportError, InvalidTokenError
 from drip.links import LinkBuilder
 from drip.models import Subscriber
@@ -275,27 +280,115 @@ def test_request_optin_stores_nothing_for_an_erased_address(
 
 
 def test_a_new_address_costs_one_statement(sessions: sessionmaker[Session], engine: Engine) -> None:
-    """The signup's hot path (`lifecycle.store_signup`): one statement, one round trip on
-    PostgreSQL (the INSERT checks the suppression list and returns the id); a known address
-    costs more, and is rarer."""
+    """The signup's hot path (`lifecycle.store_signup`): one statement (the INSERT checks the
+    suppression list and returns the id). A known address costs more, and is rarer."""
     statements: list[str] = []
 
     def count(conn: object, cursor: object, text: str, *args: object) -> None:
         if not text.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE: the transaction's own
             statements.append(text)
 
-    def store_signup(address: str, at: datetime) -> optin.OptinRequest:
-        fields = lifecycle.check_signup(COURSE, email=address, name=None, timezone=None)
-        return lifecycle.store_signup(sessions, COURSE, fields, now=at, consent_source="test")
-
     event.listen(engine, "before_cursor_execute", count)
     try:
-        first = store_signup("one@example.com", NOW)
-        assert len(statements) == 1, statements
-        again = store_signup("one@example.com", NOW + timedelta(minutes=1))
+        first = _store_signup(sessions, "one@example.com", NOW)
+        if engine.dialect.name == "sqlite":  # PostgreSQL: the next test counts round trips
+            assert len(statements) == 1, statements
+        again = _store_signup(sessions, "one@example.com", NOW + timedelta(minutes=1))
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert first.created and first.queued
     assert again == optin.OptinRequest(
         first.subscriber_id, store.SubscriberStatus.PENDING, created=False, queued=False
     )
+
+
+def test_a_new_address_costs_one_round_trip_on_postgresql(
+    sessions: sessionmaker[Session], engine: Engine, tmp_path: Path
+) -> None:
+    """On PostgreSQL a new address costs one round trip to the server, out of any transaction:
+    libpq's protocol trace of every connection opened meanwhile, from any pool and from its
+    first message, shows one ReadyForQuery per signup, each 'I' (idle: no BEGIN nor COMMIT,
+    no pre-ping)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL protocol trace")
+    _store_signup(sessions, "warm@example.com", NOW)
+    engine.dispose()  # and the signup's own pool with it: every connection is opened below
+    trace = (tmp_path / "libpq.trace").open("w")
+    traced: list[Any] = []
+
+    def connect(dbapi_connection: Any, record: object) -> None:
+        dbapi_connection.pgconn.trace(trace.fileno())
+        dbapi_connection.pgconn.set_trace_flags(
+            psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE
+        )
+        traced.append(dbapi_connection)
+
+    event.listen(Pool, "connect", connect)
+    try:
+        answers = [_store_signup(sessions, f"new{n}@example.com", NOW) for n in range(5)]
+    finally:
+        event.remove(Pool, "connect", connect)
+        for dbapi_connection in traced:
+            dbapi_connection.pgconn.untrace()
+        trace.close()
+    assert all(answer.created and answer.queued for answer in answers)
+    lines = (tmp_path / "libpq.trace").read_text().splitlines()
+    ready = [line.split()[-1] for line in lines if "\tReadyForQuery" in line]
+    assert traced and ready == ["I"] * 5, lines
+
+
+def _store_signup(
+    sessions: sessionmaker[Session], address: str, at: datetime
+) -> optin.OptinRequest:
+    fields = lifecycle.check_signup(COURSE, email=address, name=None, timezone=None)
+    return lifecycle.store_signup(sessions, COURSE, fields, now=at, consent_source="test")
+
+
+def test_a_signup_survives_a_dropped_database_connection(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    """The signup's INSERT runs on connections that are not pinged before use (PostgreSQL): one
+    found dead (the server restarted, an idle link was cut) is replaced and the INSERT runs
+    again, once; the signup succeeds."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server connection to lose")
+
+    assert _store_signup(
+        sessions, "before@example.com", NOW
+    ).created  # a pooled connection now exists
+    database = engine.url.database
+    with psycopg.connect(
+        engine.url.set(drivername="postgresql", database="postgres").render_as_string(False),
+        autocommit=True,
+    ) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchall()
+    assert ended, "no connection to end"
+    after = _store_signup(sessions, "after@example.com", NOW)
+    assert after.created and after.queued
+    assert _view(sessions, after.subscriber_id).email == "after@example.com"
+
+
+def test_a_database_error_on_the_signup_insert_is_raised_as_sqlalchemy_raises_it(
+    database_url: str,
+) -> None:
+    """The PostgreSQL INSERT runs on psycopg directly; its errors still reach the web as
+    SQLAlchemy's (an OperationalError gets the 503 page): here a lock not granted in time."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the direct psycopg path is PostgreSQL's")
+    url = make_url(database_url).update_query_dict({"options": "-c lock_timeout=200"})
+    engine = make_engine(url.render_as_string(hide_password=False))
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    try:
+        with engine.connect() as holder:
+            holder.exec_driver_sql("LOCK TABLE subscribers IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
+                _store_signup(sessions, "locked@example.com", NOW)
+            assert isinstance(raised.value.orig, psycopg.errors.LockNotAvailable)
+            holder.rollback()
+        assert _store_signup(sessions, "locked@example.com", NOW).created  # the pool still works
+    finally:
+        engine.dispose()

@@ -14,21 +14,29 @@ Rules kept here:
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
+import psycopg
 from sqlalchemy import (
     Connection,
+    Engine,
     and_,
     bindparam,
     case,
+    create_engine,
+    event,
     exists,
     func,
     or_,
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from drip.models import suppressions
@@ -89,10 +97,157 @@ def request_optin(
     the answer is `OptinRequest(0, UNSUBSCRIBED, created=False, queued=False)`.
     Safe against a concurrent request for the same address.
 
-    A new address, the common case, costs one statement (one round trip on PostgreSQL): the
-    INSERT carries the suppression check and reports the new id.
+    A new address, the common case, costs one statement (`insert_pending`): the INSERT carries
+    the suppression check and reports the new id.
     """
-    conn = connection(session)
+    new_id = insert_pending(
+        connection(session),
+        course_id=course_id,
+        email=email,
+        name=name,
+        timezone=timezone,
+        now=now,
+        consent_source=consent_source,
+    )
+    if new_id is not None:
+        return OptinRequest(new_id, SubscriberStatus.PENDING, created=True, queued=True)
+    return request_known(session, course_id=course_id, email=email, now=now, interval=interval)
+
+
+def request_known(
+    session: Session, *, course_id: str, email: str, now: datetime, interval: timedelta
+) -> OptinRequest:
+    """`request_optin` for an address that `insert_pending` did not store (known for the
+    course, or erased): what such an address gets, as `request_optin` says."""
+    if is_suppressed(session, email):
+        return OptinRequest(0, SubscriberStatus.UNSUBSCRIBED, created=False, queued=False)
+    found = (
+        connection(session)
+        .execute(select(S.c.id, S.c.status).where(S.c.course_id == course_id, S.c.email == email))
+        .one()
+    )
+    queued = queue_confirmation(session, found.id, now=now, interval=interval)
+    return OptinRequest(found.id, SubscriberStatus(found.status), created=False, queued=queued)
+
+
+def insert_pending_now(
+    engine: Engine,
+    *,
+    course_id: str,
+    email: str,
+    name: str | None,
+    timezone: str,
+    now: datetime,
+    consent_source: str,
+) -> int | None:
+    """`insert_pending` on its own, committed: the signup form's hot path, without an ORM
+    session.
+
+    PostgreSQL: one round trip. The statement runs in autocommit (no BEGIN nor COMMIT) straight
+    on psycopg (`_Direct`: SQLAlchemy's per-execution work cost as much CPU as psycopg's), on a
+    pool of the same database kept for it whose checkouts are not pinged first (the engine's
+    pre-ping is a round trip of its own). A connection found dead instead fails the INSERT,
+    which then runs once more on a fresh one (if the lost one had committed, the retry finds
+    the address known: None, and `request_known` answers as for any known address).
+    SQLite: a transaction as usual (the engine's 'begin' listener issues BEGIN IMMEDIATE,
+    which waits for the write lock)."""
+    values = _pending_values(course_id, email, name, timezone, now, consent_source)
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as conn:
+            found: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
+            return found
+    direct = _direct(engine)
+    params = {key: direct.bind(key, value) for key, value in values.items()}
+    for attempt in (1, 2):
+        raw = direct.pool.raw_connection()
+        driver = raw.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        try:
+            row = driver.execute(direct.sql, params).fetchone()
+            return None if row is None else int(row[0])
+        except psycopg.Error as exc:
+            if attempt == 1 and driver.broken:
+                # The server restarted or the link was cut: the pool's other connections are
+                # likely dead too. Drop them all, as SQLAlchemy does on a disconnect.
+                raw.invalidate()
+                direct.pool.dispose()
+                continue
+            # As SQLAlchemy raises it (the web answers OperationalError with its 503 page).
+            raise DBAPIError.instance(
+                direct.sql, params, exc, psycopg.Error, connection_invalidated=driver.broken
+            ) from exc
+        finally:
+            raw.close()
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class _Direct:
+    """`_insert_new` rendered once for psycopg, and the autocommit pool it runs on."""
+
+    pool: Engine
+    sql: str
+    processors: dict[str, Callable[[Any], Any] | None]
+
+    def bind(self, key: str, value: Any) -> Any:
+        """`value` as SQLAlchemy would pass it to the driver (UTCDateTime: naive UTC)."""
+        process = self.processors[key]
+        return value if process is None or value is None else process(value)
+
+
+_DIRECT: WeakKeyDictionary[Engine, _Direct] = WeakKeyDictionary()
+_DIRECT_LOCK = threading.Lock()
+
+
+def _direct(engine: Engine) -> _Direct:
+    """The `_Direct` of `engine` (PostgreSQL): its pool has the same URL, runs in autocommit and
+    does not ping at checkout; built once per engine, disposed with it."""
+    found = _DIRECT.get(engine)
+    if found is not None:
+        return found
+    with _DIRECT_LOCK:  # gthread workers: one pool per engine, not one per racing thread
+        found = _DIRECT.get(engine)
+        if found is not None:
+            return found
+        pool = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False)
+        with pool.connect() as conn:
+            compiled = _insert_new(conn).compile(dialect=pool.dialect)
+        processors = {
+            key: bind.type.bind_processor(pool.dialect) for key, bind in compiled.binds.items()
+        }
+        found = _DIRECT[engine] = _Direct(pool, str(compiled), processors)
+        event.listen(engine, "engine_disposed", lambda _: pool.dispose())
+    return found
+
+
+def insert_pending(
+    conn: Connection,
+    *,
+    course_id: str,
+    email: str,
+    name: str | None,
+    timezone: str,
+    now: datetime,
+    consent_source: str,
+) -> int | None:
+    """Store `email` (validated by the caller) as a new 'pending' subscriber of `course_id` with
+    a confirmation email owed, in one statement: its id, or None when the address is already
+    known for the course or was erased (nothing is then written; `request_optin` says what
+    such an address gets). Atomic on its own, so it may run in autocommit."""
+    values = _pending_values(course_id, email, name, timezone, now, consent_source)
+    new_id: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
+    return new_id
+
+
+def _pending_values(
+    course_id: str,
+    email: str,
+    name: str | None,
+    timezone: str,
+    now: datetime,
+    consent_source: str,
+) -> dict[str, Any]:
+    """The parameters of `_insert_new` for a new pending subscriber."""
     row = _new_row(
         course_id,
         NewSubscriber(email, name, timezone, None),
@@ -104,16 +259,7 @@ def request_optin(
     row["confirmation_wanted_at"] = now
     values = {column: row[column] for column in _INSERTED_COLUMNS}
     values["erased_hash"] = email_hash(email)
-    new_id = conn.execute(_insert_new(conn), values).scalar_one_or_none()
-    if new_id is not None:
-        return OptinRequest(new_id, SubscriberStatus.PENDING, created=True, queued=True)
-    if is_suppressed(session, email):
-        return OptinRequest(0, SubscriberStatus.UNSUBSCRIBED, created=False, queued=False)
-    found = conn.execute(
-        select(S.c.id, S.c.status).where(S.c.course_id == course_id, S.c.email == email)
-    ).one()
-    queued = queue_confirmation(session, found.id, now=now, interval=interval)
-    return OptinRequest(found.id, SubscriberStatus(found.status), created=False, queued=queued)
+    return values
 
 
 _INSERTED_COLUMNS = (
@@ -128,7 +274,7 @@ _INSERTED_COLUMNS = (
     "status_changed_at",
     "confirmation_wanted_at",
 )
-"""The columns `request_optin` sets on a new subscriber (`_new_row` gives the others None)."""
+"""The columns `insert_pending` sets on a new subscriber (`_new_row` gives the others None)."""
 _INSERTS: dict[str, Any] = {}
 
 
