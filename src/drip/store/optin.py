@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
-import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -156,6 +155,8 @@ def insert_pending_now(
         with engine.begin() as conn:
             found: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
             return found
+    import psycopg  # only here: SQLite runs never load the driver
+
     direct = _direct(engine)
     params = {key: direct.bind(key, value) for key, value in values.items()}
     for attempt in (1, 2):
