@@ -235,7 +235,8 @@ def _pick_due(
     if capabilities_of(conn.dialect).skip_locked:
         # Rows another run is claiming right now are skipped, not waited for.
         stmt = stmt.with_for_update(skip_locked=True, of=S)
-    return list(conn.execute(stmt))
+    # .all(): one fetchall, not a fetchone per row (iterating the result).
+    return list(conn.execute(stmt).all())
 
 
 def _apply(
@@ -469,8 +470,11 @@ def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -
     )
     marked: list[int] = []
     for chunk in chunks(delivery_ids):
-        marked.extend(row[0] for row in conn.execute(mark, {"ids": list(chunk)}))
-        conn.execute(release, {"ids": list(chunk)})
+        now_sending = [row[0] for row in conn.execute(mark, {"ids": list(chunk)}).all()]
+        marked.extend(now_sending)
+        if len(now_sending) < len(set(chunk)):
+            # Only then can a claim of the chunk still be 'claimed' (the usual window has none).
+            conn.execute(release, {"ids": list(chunk)})
     return marked
 
 
@@ -522,8 +526,8 @@ def _settling(conn: Connection, delivery_ids: Iterable[int]) -> dict[int, _Settl
         stmt = stmt.with_for_update(of=[D, S])
     found: dict[int, _Settling] = {}
     for chunk in chunks(sorted(set(delivery_ids))):
-        for row in conn.execute(stmt, {"ids": list(chunk)}):
-            found[row.id] = _Settling(*row)
+        for row in conn.execute(stmt, {"ids": list(chunk)}).all():
+            found[row[0]] = _Settling(*row)
     return found
 
 
