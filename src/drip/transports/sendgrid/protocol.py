@@ -363,12 +363,24 @@ def template(parts: tuple[str, ...], kind: str, key: Callable[[str, str], str]) 
 
 def substitutions(bulk: BulkParts, key: Callable[[str, str], str]) -> dict[str, str]:
     """One subscriber's values: HTML-escaped under the `h` keys, raw under the `t` keys."""
-    values: dict[str, str] = {}
-    for slot in set(bulk.html[1::2]):
-        values[key("h", slot)] = str(escape(bulk.values[slot]))
-    for slot in set(bulk.text[1::2]):
-        values[key("t", slot)] = bulk.values[slot]
-    return values
+    return _substitute(bulk, _slot_keys(bulk, key))
+
+
+_SlotKeys = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+"""((html key, slot) ..., (text key, slot) ...): the keys of a request, made once for all."""
+
+
+def _slot_keys(bulk: BulkParts, key: Callable[[str, str], str]) -> _SlotKeys:
+    html = tuple((key("h", slot), slot) for slot in dict.fromkeys(bulk.html[1::2]))
+    text = tuple((key("t", slot), slot) for slot in dict.fromkeys(bulk.text[1::2]))
+    return html, text
+
+
+def _substitute(bulk: BulkParts, keys: _SlotKeys) -> dict[str, str]:
+    values = bulk.values
+    found = {html_key: str(escape(values[slot])) for html_key, slot in keys[0]}
+    found.update((text_key, values[slot]) for text_key, slot in keys[1])
+    return found
 
 
 def fill_parts(email: OutgoingEmail) -> OutgoingEmail:
@@ -397,12 +409,19 @@ def bulk_safe(email: OutgoingEmail) -> bool:
     bulk = email.bulk
     if bulk is None:
         return False
-    if any(KEY_PREFIX in value for value in bulk.values.values()):
+    values = bulk.values
+    for value in values.values():
+        if KEY_PREFIX in value:
+            return False
+    headers = email.headers
+    if type(headers) is not dict:
+        headers = dict(headers)
+    if headers != _expected_headers(bulk):
         return False
-    if dict(email.headers) != _expected_headers(bulk):
-        return False
-    slots = set(bulk.html[1::2]) | set(bulk.text[1::2])
-    return slots <= bulk.values.keys()
+    # Per slot, no sets: this runs once per subscriber.
+    return all(slot in values for slot in bulk.html[1::2]) and all(
+        slot in values for slot in bulk.text[1::2]
+    )
 
 
 def group_key(email: OutgoingEmail) -> tuple[Any, ...]:
@@ -416,6 +435,11 @@ def personalization(email: OutgoingEmail, key: Callable[[str, str], str]) -> dic
     """The per-subscriber part of a bulk request (same to / headers / custom_args as a single
     send)."""
     assert email.bulk is not None
+    return _personalization(email, _slot_keys(email.bulk, key))
+
+
+def _personalization(email: OutgoingEmail, keys: _SlotKeys) -> dict[str, Any]:
+    assert email.bulk is not None
     to: dict[str, str] = {"email": email.to_address}
     if email.to_name:
         to["name"] = recipient_name(email.to_name)
@@ -423,7 +447,7 @@ def personalization(email: OutgoingEmail, key: Callable[[str, str], str]) -> dic
         "to": [to],
         "headers": dict(email.headers),
         "custom_args": {**email.custom_args, "drip_delivery_id": email.delivery_id},
-        "substitutions": substitutions(email.bulk, key),
+        "substitutions": _substitute(email.bulk, keys),
     }
 
 
@@ -436,16 +460,19 @@ def bulk_payload(emails: Sequence[OutgoingEmail]) -> dict[str, Any]:
         raise ValueError(f"a bulk request holds 1..{MAX_PERSONALIZATIONS} emails")
     first = emails[0]
     assert first.bulk is not None
-    if any(group_key(email) != group_key(first) for email in emails):
+    shared = group_key(first)
+    if any(group_key(email) != shared for email in emails):
         raise ValueError("bulk emails must share their parts, subject and sender")
     _, key = substitution_keys((first.bulk.html, first.bulk.text))
+    # The parts are shared, so are their keys: made once per request, not per subscriber.
+    keys = _slot_keys(first.bulk, key)
     sender: dict[str, str] = {"email": first.from_address}
     if first.from_name:
         sender["name"] = first.from_name
     return {
         "from": sender,
         "subject": first.subject,
-        "personalizations": [personalization(email, key) for email in emails],
+        "personalizations": [_personalization(email, keys) for email in emails],
         "content": [
             {"type": "text/plain", "value": template(first.bulk.text, "t", key)},
             {"type": "text/html", "value": template(first.bulk.html, "h", key)},
