@@ -39,6 +39,8 @@ from drip.idle import sqlite_timestamp
 from drip.models import subscribers
 
 ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+"""The drip that `drip send` runs (`--src`: another checkout's, for side-by-side runs)."""
 
 COURSE = load_course(ROOT / "course")
 # A Monday, 10:00 in Tokyo: inside the course's sending hours.
@@ -216,7 +218,7 @@ def environment(url: str, provider: Provider, **extra: str) -> dict[str, str]:
         DRIP_SENDGRID_API_URL=provider.url,
         DRIP_SECRET_KEY="bench-secret-Xq3vN8kZ1pL0sT7wR2yB5mC9dF",
         DRIP_BASE_URL="https://drip.example.jp",
-        PYTHONPATH=str(ROOT / "src"),
+        PYTHONPATH=str(SRC),
         **extra,
     )
     return env
@@ -227,6 +229,8 @@ class Run:
     wall_s: float
     peak_rss_mb: float
     report: dict[str, Any]
+    cpu_s: float = 0.0
+    """User + system CPU of the `drip send` process (its threads included)."""
 
 
 def drip_send(envs: list[dict[str, str]], cwd: Path, args: tuple[str, ...] = ()) -> list[Run]:
@@ -252,7 +256,8 @@ def drip_send(envs: list[dict[str, str]], cwd: Path, args: tuple[str, ...] = ())
         err = process.stderr.read() if process.stderr else b""
         if process.returncode != 0:
             raise SystemExit(f"drip send failed ({process.returncode}): {err.decode()[-2000:]}")
-        runs.append(Run(wall, usage.ru_maxrss / 1024, json.loads(out)))
+        cpu = usage.ru_utime + usage.ru_stime
+        runs.append(Run(wall, usage.ru_maxrss / 1024, json.loads(out), cpu))
     return runs
 
 
@@ -280,6 +285,11 @@ def measure(
                 "sent_reported": sent,
                 "emails_per_s": round(stats["emails"] / wall, 1) if wall else 0.0,
                 "peak_rss_mb": round(max(run.peak_rss_mb for run in runs), 1),
+                # CPU per email moves far less with the machine's load than the wall time.
+                "cpu_s": round(sum(run.cpu_s for run in runs), 3),
+                "cpu_us_per_email": round(
+                    1e6 * sum(run.cpu_s for run in runs) / max(stats["emails"], 1), 1
+                ),
                 "duplicates": stats["duplicates"],
                 "losses": due - stats["distinct"],
                 "invalid": stats["invalid"],
@@ -302,7 +312,7 @@ def measure(
     print(
         f"{scenario:<26} {result.emails_per_s:>9,.0f} emails/s  wall {result.wall_s:7.2f} s"
         f"  peak RSS {result.peak_rss_mb:6.1f} MB  dup {result.duplicates}  lost {result.losses}"
-        f"  (median of {repeat})",
+        f"  CPU {median['cpu_us_per_email']:.0f} us/email  (median of {repeat})",
         flush=True,
     )
     return result
@@ -592,8 +602,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of scenarios 1 and 4")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated scenario numbers")
+    parser.add_argument(
+        "--src", default="", help="run `drip send` from this src directory (another checkout)"
+    )
     args = parser.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
+    if args.src:
+        global SRC
+        SRC = Path(args.src).resolve()
+        if not (SRC / "drip" / "__init__.py").is_file():
+            raise SystemExit(f"--src {args.src}: no drip package there")
 
     results: list[Result] = []
     notes: dict[str, Any] = {}
@@ -622,6 +640,7 @@ def main() -> None:
         "notes": notes,
         "verdicts": verdicts,
         "median_of": 1 if args.quick else args.repeat,
+        "src": str(SRC),
     }
     folder = ROOT / "bench" / "results"
     folder.mkdir(exist_ok=True)

@@ -740,3 +740,36 @@ def test_the_first_failure_of_a_run_is_kept_for_its_warning(harness: Harness) ->
     report = send_due(harness.sessions, harness.mailer, now=T0 + timedelta(minutes=1))
     assert report.first_failure == "550 first"
     assert report.warning is not None and "(first: 550 first)" in report.warning
+
+
+def test_the_remembered_deferral_answers_per_zone_and_lesson_like_the_schedule() -> None:
+    """The claim loop's `defer` remembers its answers per (zone, first lesson or not): each must
+    still be the schedule's own answer for that zone, asked in any order."""
+    from drip import schedule
+    from drip.delivery import _deferral
+
+    quiet_in_tokyo = datetime(2026, 3, 3, 13, 0, tzinfo=UTC)  # 22:00 Tokyo, 14:00 Paris
+    defer = _deferral(COURSE, quiet_in_tokyo)
+    first, second = COURSE.lessons[0].slug, COURSE.lessons[1].slug
+    asked = [
+        ("Asia/Tokyo", second),
+        ("Europe/Paris", second),
+        ("Asia/Tokyo", first),
+        ("Europe/Paris", first),
+    ]
+    answers = {}
+    for zone, lesson in asked * 2:
+        answer = defer(zone, lesson)
+        answers.setdefault((zone, lesson), set()).add(answer)
+        is_first = lesson == first
+        may = schedule.may_send_at(COURSE.settings, zone, quiet_in_tokyo, first_lesson=is_first)
+        expected = (
+            None
+            if may
+            else schedule.earliest_send_at(
+                COURSE.settings, zone, quiet_in_tokyo, first_lesson=is_first
+            )
+        )
+        assert answer == expected, (zone, lesson)
+    assert answers[("Asia/Tokyo", second)] != answers[("Europe/Paris", second)]
+    assert all(len(seen) == 1 for seen in answers.values())

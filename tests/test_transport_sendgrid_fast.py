@@ -11,16 +11,26 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.transport_support import API_KEY, NOW, bulk_email, make_email
 
 from drip.errors import ConfigError
+from drip.message import BulkParts
 from drip.transports import FatalTransportError, Outcome
 from drip.transports.sendgrid.bulk import BulkSendGridTransport
-from drip.transports.sendgrid.fast import Aimd, FastSendGridTransport, TokenBucket
-from drip.transports.sendgrid.protocol import build_payload
+from drip.transports.sendgrid.fast import Aimd, FastSendGridTransport, TokenBucket, _email_body
+from drip.transports.sendgrid.protocol import (
+    build_payload,
+    fast_payload,
+    fill_parts,
+    spliced_body,
+)
 
 
 @pytest.fixture
@@ -192,3 +202,67 @@ def test_close_lets_the_calls_in_flight_finish(fake: FakeSendGrid, bulk: bool) -
     late = transport.submit([make(5)]).exception(timeout=5)
     assert isinstance(late, FatalTransportError) and late.results == ()
     assert set(fake.accepted_ids()) == {"d1", "d2", "d3", "d4"}
+
+
+# -- bodies spliced from a lesson's pre-encoded parts --------------------------------------------
+
+_values = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)),  # any character a str can hold
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    literals=st.lists(_values, min_size=4, max_size=4),
+    head=st.text(min_size=3, max_size=10),
+    name=_values,
+    url=_values,
+    to_name=st.one_of(st.none(), st.text(max_size=12)),
+)
+def test_a_spliced_body_equals_the_filled_body_encoded(
+    literals: list[str], head: str, name: str, url: str, to_name: str | None
+) -> None:
+    """Whatever the lesson's text and the reader's values (quotes, backslashes, control
+    characters, any Unicode), splicing the pre-encoded parts gives the very bytes that filling
+    the parts and encoding `fast_payload` gives; or the shortcut declines (None)."""
+    parts = BulkParts(
+        html=(head + literals[0], "name", literals[1], "unsubscribe_url", "<p>end</p>"),
+        text=(head + literals[2], "unsubscribe_url", literals[3], "name", ""),
+        values={"name": name, "unsubscribe_url": url, "manage_url": url},
+    )
+    email = bulk_email(3, name="x", to_name=to_name, bulk=parts)
+    expected = orjson.dumps(fast_payload(fill_parts(email)))
+    spliced = spliced_body(email)
+    if spliced is not None:
+        assert spliced == expected
+    assert _email_body(email) == expected
+
+
+def test_the_spliced_shortcut_declines_what_it_cannot_tell() -> None:
+    """A part that starts with a slot, or with something like an API key, a filled email, or
+    one without parts: None (the body is then made by filling)."""
+    email = bulk_email(4)
+    assert spliced_body(email) is not None
+    assert spliced_body(fill_parts(email)) is None
+    assert spliced_body(replace(email, bulk=None)) is None
+    starts_with_slot = replace(email.bulk, text=("", "name", " hello") if email.bulk else ("",))
+    assert spliced_body(replace(email, bulk=starts_with_slot)) is None
+    api_key_like = replace(email.bulk, html=("SG.abc ", "name", "") if email.bulk else ("",))
+    assert spliced_body(replace(email, bulk=api_key_like)) is None
+
+
+def test_unfilled_lesson_emails_reach_the_provider_filled(fake: FakeSendGrid) -> None:
+    """The fast transport fills bulk parts itself: what the provider receives is the email as
+    the renderer would have filled it, equal to the official helper's payload."""
+    names = ["山田 太郎", "Tom & <Jerry> 'x' \\ \u2028", 'O"Neil', ""]
+    emails = [bulk_email(n, name=name) for n, name in enumerate(names, 1)]
+    assert [spliced_body(email) is not None for email in emails] == [True, True, False, False]
+    with fast(fake, window=4) as transport:
+        assert transport.fills_bulk_parts
+        results = transport.send(emails)
+    assert [r.outcome for r in results] == [Outcome.SENT] * 4
+    assert fake.problems == []
+    by_id = {r.delivery_id: r.payload for r in fake.requests}
+    for email in emails:
+        assert by_id[email.delivery_id] == build_payload(fill_parts(email))

@@ -641,12 +641,22 @@ def _deferral(course: Course, now: datetime) -> Callable[[str, str], datetime | 
     moment it may (a late run inside quiet hours, or on a day the course does not send)."""
     settings = course.settings
     first = course.lessons[0].slug
+    # The answer depends only on (zone, first lesson or not) at this run's `now`: asked once per
+    # due reader, it was a few us each in the claim loop, so it is remembered.
+    known: dict[tuple[str, bool], datetime | None] = {}
 
     def defer(timezone: str, lesson: str) -> datetime | None:
         is_first = lesson == first
-        if schedule.may_send_at(settings, timezone, now, first_lesson=is_first):
-            return None
-        return schedule.earliest_send_at(settings, timezone, now, first_lesson=is_first)
+        key = (timezone, is_first)
+        try:
+            return known[key]
+        except KeyError:
+            pass
+        later = None
+        if not schedule.may_send_at(settings, timezone, now, first_lesson=is_first):
+            later = schedule.earliest_send_at(settings, timezone, now, first_lesson=is_first)
+        known[key] = later  # UnknownTimezoneError propagates and is not remembered
+        return later
 
     return defer
 

@@ -7,10 +7,11 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Insert, Table, any_, bindparam
+import orjson
+from sqlalchemy import Connection, Insert, Table, any_, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import Integer, Text, TypeDecorator, TypeEngine
 
 from drip.models import deliveries, subscribers
 from drip.statuses import SubscriberStatus
@@ -61,15 +62,34 @@ def insert_ignoring_conflicts(conn: Connection, table: Table, keys: Sequence[str
     return insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
+class _JsonIntegers(TypeDecorator[list[int]]):
+    """A list of integers bound as one JSON array text (for SQLite's json_each)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: list[int] | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        # int(): a bool or a float must not slip into an id list as something else.
+        return orjson.dumps([int(item) for item in value]).decode()
+
+
 def in_list(conn: Connection, column: Any, name: str, item_type: TypeEngine[Any]) -> Any:
     """`column IN (list)` with the list bound as parameter `name`.
 
     With array parameters (PostgreSQL): `= ANY(:array)`, one parameter whatever the length, so
     the statement is the same text every time (thousands of placeholders cost more to send and
-    plan than the query). Otherwise (SQLite): an expanding IN list.
+    plan than the query). SQLite, integer lists: `IN (SELECT value FROM json_each(:json))`, one
+    parameter too (SQLAlchemy's expanding IN re-renders the statement with a placeholder per id
+    on every execution, which cost more than the UPDATE it carried); other lists: an expanding
+    IN list.
     """
     if capabilities_of(conn.dialect).array_params:
         return column == any_(bindparam(name, type_=postgresql.ARRAY(item_type)))
+    if isinstance(item_type, Integer):
+        values = func.json_each(bindparam(name, type_=_JsonIntegers())).table_valued("value")
+        return column.in_(select(values.c.value))
     return column.in_(bindparam(name, expanding=True))
 
 

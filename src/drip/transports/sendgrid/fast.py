@@ -64,7 +64,9 @@ from drip.transports.sendgrid.protocol import (
     build_failure,
     classify_status,
     fast_payload,
+    fill_parts,
     require_api_key,
+    spliced_body,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +175,14 @@ class Aimd:
 
 
 def _email_body(email: OutgoingEmail) -> bytes:
-    """The JSON body for one email (`fast_payload`), serialised with orjson."""
+    """The JSON body for one email (`fast_payload`), serialised with orjson. An email left
+    unfilled with its bulk parts (this transport `fills_bulk_parts`) is spliced from its
+    lesson's pre-encoded parts (`spliced_body`), or filled first when that cannot be done."""
+    if email.bulk is not None and not email.html and not email.text:
+        spliced = spliced_body(email)
+        if spliced is not None:
+            return spliced
+        email = fill_parts(email)
     return orjson.dumps(fast_payload(email))
 
 
@@ -201,6 +210,9 @@ class FastSendGridTransport(TransportBase):
 
     name = "sendgrid"
     pipelines = True
+    fills_bulk_parts = True
+    """Lesson emails may come unfilled with their bulk parts: their bodies are spliced from the
+    lesson's pre-encoded parts (`protocol.spliced_body`), never filled as strings."""
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ from datetime import datetime
 from email.utils import parseaddr, parsedate_to_datetime, quote
 from typing import Any, Protocol
 
+import orjson
 from markupsafe import escape
 
 from drip.errors import FatalTransportError, MissingApiKeyError
@@ -166,9 +167,13 @@ def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
     else goes through `build_payload` itself. tests/test_transport_sendgrid_fast.py compares the
     two with the official library on generated emails.
     """
+    return _fast_payload(email, email.text, email.html)
+
+
+def _fast_payload(email: OutgoingEmail, text: str, html: str) -> dict[str, Any]:
+    """`fast_payload` with these text and html parts in place of the email's own."""
     sender = _plain_party(email.from_address, email.from_name)
     to = _plain_party(email.to_address, email.to_name)
-    text, html = email.text, email.html
     if (
         sender is None
         or to is None
@@ -178,7 +183,7 @@ def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
         or text.startswith("SG.")
         or html.startswith("SG.")
     ):
-        return build_payload(email)
+        return build_payload(replace(email, text=text, html=html))
     payload: dict[str, Any] = {
         "from": sender,
         "subject": email.subject,
@@ -190,6 +195,79 @@ def fast_payload(email: OutgoingEmail) -> dict[str, Any]:
     custom_args = {**email.custom_args, "drip_delivery_id": email.delivery_id}
     payload["custom_args"] = dict(reversed(custom_args.items()))
     return payload
+
+
+# --- one email's body spliced from its lesson's parts ------------------------------------------
+
+_TEXT_MARK = "\x00drip-text-part\x00"
+_HTML_MARK = "\x00drip-html-part\x00"
+_ENCODED_PARTS: dict[int, tuple[tuple[str, ...], tuple[bytes, ...]]] = {}
+"""id(parts) -> (parts, each literal part JSON-encoded): the parts tuples are the renderer's,
+shared by every email of a lesson variant; the tuple is kept so its id is never reused."""
+
+
+def _json_inner(text: str) -> bytes:
+    """`text` as it appears inside a JSON string (orjson's escaping, without the quotes)."""
+    return orjson.dumps(text)[1:-1]
+
+
+def _encoded_literals(parts: tuple[str, ...]) -> tuple[bytes, ...]:
+    entry = _ENCODED_PARTS.get(id(parts))
+    if entry is None or entry[0] is not parts:
+        entry = (parts, tuple(_json_inner(part) for part in parts[::2]))
+        _ENCODED_PARTS[id(parts)] = entry
+    return entry[1]
+
+
+def _splice_into(pieces: list[bytes], parts: tuple[str, ...], values: Mapping[str, str]) -> None:
+    """Append the JSON-encoded fill of `parts` with `values` to `pieces`: the pre-encoded
+    literals with the encoded values between them (JSON escapes character by character, so the
+    pieces' encodings joined are the whole's encoding)."""
+    literals = _encoded_literals(parts)
+    pieces.append(literals[0])
+    for index, slot in enumerate(parts[1::2], start=1):
+        pieces.append(_json_inner(values[slot]))
+        pieces.append(literals[index])
+
+
+def _starts_safely(parts: tuple[str, ...]) -> bool:
+    """The filled part is not empty and cannot start with an API key ("SG."), told from the
+    literals alone."""
+    first = parts[0]
+    return len(first) >= 3 and not first.startswith("SG.")
+
+
+def spliced_body(email: OutgoingEmail) -> bytes | None:
+    """`orjson.dumps(fast_payload(fill_parts(email)))` for an email left unfilled with its bulk
+    parts (`Renderer.lesson(fill=False)`), without filling its text and html as strings: the
+    lesson's literal parts are JSON-encoded once and spliced with this reader's encoded values.
+
+    None when this shortcut cannot tell that the result would be the same (no parts, a part that
+    starts with a slot, a shape `fast_payload` hands to `build_payload`): fill and encode then.
+    """
+    bulk = email.bulk
+    if bulk is None or email.html or email.text:
+        return None
+    if not (_starts_safely(bulk.text) and _starts_safely(bulk.html)):
+        return None
+    sender = _plain_party(email.from_address, email.from_name)
+    to = _plain_party(email.to_address, email.to_name)
+    if sender is None or to is None or (email.to_name and _NEEDS_QUOTES(email.to_name)):
+        return None
+    body = orjson.dumps(_fast_payload(email, _TEXT_MARK, _HTML_MARK))
+    text_mark, html_mark = _json_inner(_TEXT_MARK), _json_inner(_HTML_MARK)
+    if body.count(text_mark) != 1 or body.count(html_mark) != 1:
+        return None  # a marker inside another field: let the plain path encode it
+    values = bulk.values
+    escaped = {slot: str(escape(value)) for slot, value in values.items()}
+    head, _, rest = body.partition(text_mark)
+    middle, _, tail = rest.partition(html_mark)
+    pieces = [head]
+    _splice_into(pieces, bulk.text, values)
+    pieces.append(middle)
+    _splice_into(pieces, bulk.html, escaped)
+    pieces.append(tail)
+    return b"".join(pieces)  # the lesson's text is copied once, here
 
 
 def build_failure(label: str, exc: Exception) -> SendResult:
@@ -363,12 +441,24 @@ def template(parts: tuple[str, ...], kind: str, key: Callable[[str, str], str]) 
 
 def substitutions(bulk: BulkParts, key: Callable[[str, str], str]) -> dict[str, str]:
     """One subscriber's values: HTML-escaped under the `h` keys, raw under the `t` keys."""
-    values: dict[str, str] = {}
-    for slot in set(bulk.html[1::2]):
-        values[key("h", slot)] = str(escape(bulk.values[slot]))
-    for slot in set(bulk.text[1::2]):
-        values[key("t", slot)] = bulk.values[slot]
-    return values
+    return _substitute(bulk, _slot_keys(bulk, key))
+
+
+_SlotKeys = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+"""((html key, slot) ..., (text key, slot) ...): the keys of a request, made once for all."""
+
+
+def _slot_keys(bulk: BulkParts, key: Callable[[str, str], str]) -> _SlotKeys:
+    html = tuple((key("h", slot), slot) for slot in dict.fromkeys(bulk.html[1::2]))
+    text = tuple((key("t", slot), slot) for slot in dict.fromkeys(bulk.text[1::2]))
+    return html, text
+
+
+def _substitute(bulk: BulkParts, keys: _SlotKeys) -> dict[str, str]:
+    values = bulk.values
+    found = {html_key: str(escape(values[slot])) for html_key, slot in keys[0]}
+    found.update((text_key, values[slot]) for text_key, slot in keys[1])
+    return found
 
 
 def fill_parts(email: OutgoingEmail) -> OutgoingEmail:
@@ -397,12 +487,19 @@ def bulk_safe(email: OutgoingEmail) -> bool:
     bulk = email.bulk
     if bulk is None:
         return False
-    if any(KEY_PREFIX in value for value in bulk.values.values()):
+    values = bulk.values
+    for value in values.values():
+        if KEY_PREFIX in value:
+            return False
+    headers = email.headers
+    if type(headers) is not dict:
+        headers = dict(headers)
+    if headers != _expected_headers(bulk):
         return False
-    if dict(email.headers) != _expected_headers(bulk):
-        return False
-    slots = set(bulk.html[1::2]) | set(bulk.text[1::2])
-    return slots <= bulk.values.keys()
+    # Per slot, no sets: this runs once per subscriber.
+    return all(slot in values for slot in bulk.html[1::2]) and all(
+        slot in values for slot in bulk.text[1::2]
+    )
 
 
 def group_key(email: OutgoingEmail) -> tuple[Any, ...]:
@@ -416,6 +513,11 @@ def personalization(email: OutgoingEmail, key: Callable[[str, str], str]) -> dic
     """The per-subscriber part of a bulk request (same to / headers / custom_args as a single
     send)."""
     assert email.bulk is not None
+    return _personalization(email, _slot_keys(email.bulk, key))
+
+
+def _personalization(email: OutgoingEmail, keys: _SlotKeys) -> dict[str, Any]:
+    assert email.bulk is not None
     to: dict[str, str] = {"email": email.to_address}
     if email.to_name:
         to["name"] = recipient_name(email.to_name)
@@ -423,7 +525,7 @@ def personalization(email: OutgoingEmail, key: Callable[[str, str], str]) -> dic
         "to": [to],
         "headers": dict(email.headers),
         "custom_args": {**email.custom_args, "drip_delivery_id": email.delivery_id},
-        "substitutions": substitutions(email.bulk, key),
+        "substitutions": _substitute(email.bulk, keys),
     }
 
 
@@ -436,16 +538,19 @@ def bulk_payload(emails: Sequence[OutgoingEmail]) -> dict[str, Any]:
         raise ValueError(f"a bulk request holds 1..{MAX_PERSONALIZATIONS} emails")
     first = emails[0]
     assert first.bulk is not None
-    if any(group_key(email) != group_key(first) for email in emails):
+    shared = group_key(first)
+    if any(group_key(email) != shared for email in emails):
         raise ValueError("bulk emails must share their parts, subject and sender")
     _, key = substitution_keys((first.bulk.html, first.bulk.text))
+    # The parts are shared, so are their keys: made once per request, not per subscriber.
+    keys = _slot_keys(first.bulk, key)
     sender: dict[str, str] = {"email": first.from_address}
     if first.from_name:
         sender["name"] = first.from_name
     return {
         "from": sender,
         "subject": first.subject,
-        "personalizations": [personalization(email, key) for email in emails],
+        "personalizations": [_personalization(email, keys) for email in emails],
         "content": [
             {"type": "text/plain", "value": template(first.bulk.text, "t", key)},
             {"type": "text/html", "value": template(first.bulk.html, "h", key)},
