@@ -84,7 +84,8 @@ class SendGridHarness(Harness):
                 API_KEY, base_url=fake.url, timeout=TIMEOUT, window=1, clock=clock
             )
             self.transport = fast
-            self.capabilities = (1, True, False)
+            # fills_bulk_parts: lesson bodies are spliced from the lesson's encoded parts.
+            self.capabilities = (1, True, True)
         if client == "bulk":
             # The contract's emails have no bulk parts: bulk mode sends them one per request
             # through the fast client. Its bulk requests are tested in test_transport_bulk.py.
