@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +201,12 @@ def test_outbox_writer_reuses_the_folded_sender_and_subject() -> None:
         make_email(2, subject=make_email(1).subject), date=NOW, message_id_domain="drip.test"
     )
     assert _same_but_ids(second) == _same_but_ids(again)
+
+
+def test_outbox_writer_dates_the_same_moment_in_its_own_zone() -> None:
+    # Equal datetimes in two zones are one dict key: the Date header must follow the zone given.
+    writer = MimeWriter()
+    tokyo = NOW.astimezone(timezone(timedelta(hours=9)))
+    for moment in (NOW, tokyo):
+        data = writer.mime_bytes(make_email(1), date=moment, message_id_domain="drip.test")
+        assert f"\r\nDate: {format_datetime(moment)}\r\n".encode() in data

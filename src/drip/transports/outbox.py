@@ -209,11 +209,12 @@ class MimeWriter:
         if not DOMAIN_RE.fullmatch(message_id_domain):
             raise MimeError(f"message_id_domain {message_id_domain!r} is not a host name")
         sender = (email.from_address, email.from_name)
+        stamp = format_datetime(date)
         head = [
             self._line("From", sender, lambda: mime_address("From", *sender)),
             _folded("To", mime_address("To", email.to_address, email.to_name)),
             self._line("Subject", email.subject, lambda: neutralise(email.subject)),
-            self._line("Date", date, lambda: format_datetime(date)),
+            self._line("Date", stamp, lambda: stamp),  # not keyed by `date`: equal across zones
             _folded("Message-ID", make_msgid(domain=message_id_domain)),
             b"MIME-Version: 1.0\r\n",
         ]
