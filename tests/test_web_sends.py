@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support import COURSE
@@ -24,6 +25,8 @@ from tests.web_support import AppFactory, Clock
 from drip import delivery
 from drip.config import load_settings
 from drip.errors import ConfigError
+from drip.store import optin
+from drip.web import outbound as outbound_module
 from drip.web.context import EXTENSION, WebContext
 
 
@@ -72,4 +75,34 @@ def test_now_sends_from_the_web_process(
     assert signup(client, "now@example.com", ip="198.51.100.3").status_code == 200
     drain(app)
     assert len(confirmations(tmp_path / "outbox", "now@example.com")) == 1
+    stop_sender(app)
+
+
+def test_now_sends_a_burst_of_signups_as_one_batch(
+    make_app: AppFactory, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taking and settling owed confirmations costs two transactions per batch: the sender waits
+    # a moment after a wake-up so that a burst is one batch, not one batch per signup.
+    monkeypatch.setattr(outbound_module, "GATHER_SECONDS", 1.0)
+    taken: list[int] = []
+    take = optin.take_owed_confirmations
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        owed = take(*args, **kwargs)
+        if owed:
+            taken.append(len(owed))
+        return owed
+
+    monkeypatch.setattr(optin, "take_owed_confirmations", counted)
+    app = make_app(database_url, tmp_path, clock=Clock(), trusted_proxies=1)
+    client = app.test_client()
+    form = form_token(client)
+    for n in range(10):
+        reply = signup(client, f"burst{n}@example.com", token=form, ip=f"198.51.100.{n + 10}")
+        assert reply.status_code == 200
+    drain(app)
+    assert taken == [10]
+    assert all(
+        len(confirmations(tmp_path / "outbox", f"burst{n}@example.com")) == 1 for n in range(10)
+    )
     stop_sender(app)
