@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
@@ -317,6 +318,41 @@ def test_pipelined_windows_send_each_lesson_once_and_record_every_outcome(
     with harness.sessions() as session:
         counts = store.delivery_counts(session, COURSE.id)
     assert {status: n for status, n in counts.items() if n} == {"sent": 9}
+
+
+def test_the_next_batch_is_claimed_while_the_windows_are_in_flight(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a pipelining transport the next batch's claim comes before the wait for the oldest
+    window's results (its database time overlaps the round trips), and still after the window
+    before it was marked 'sending': the order of the steps, one reader per batch and window."""
+    for index in range(5):
+        harness.subscribe(f"o{index}@example.com", now=T0 + timedelta(seconds=index))
+    steps: list[str] = []
+
+    def logged(name: str, step: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            steps.append(name)
+            return step(*args, **kwargs)
+
+        return run
+
+    for name in ("claim_due", "mark_sending", "record_sent"):
+        monkeypatch.setattr(store, name, logged(name.split("_")[0], getattr(store, name)))
+    with FakeSendGrid(api_key=FAKE_KEY, latency=0.01) as fake:
+        mailer = fast_mailer(harness, fake, window=1)
+        with mailer.transport:
+            report = send_due(harness.sessions, mailer, now=T0 + timedelta(minutes=1), batch_size=1)
+        assert len(fake.accepted_ids()) == 5
+    assert report.sent == 5
+    assert PIPELINE_DEPTH == 2  # the expected order below is for two windows in flight
+    # claim, mark (window 1); claim, mark (window 2, both in flight); claim (window 3's batch),
+    # then record window 1; and so on; the last claim finds nothing.
+    assert steps == [
+        *["claim", "mark", "claim", "mark"],
+        *["claim", "record", "mark"] * 3,
+        *["claim", "record", "record"],
+    ]
 
 
 def test_a_fatal_answer_with_windows_in_flight_records_them_and_releases_the_rest(

@@ -142,9 +142,9 @@ def kills_for(client: Client) -> list[Kill]:
     official (sequential, window 1): a window is recorded before the next one is claimed, so only
     the one email being handed over, in flight or being recorded can be in doubt.
     fast (window 4) and bulk (window 4,000 = 4 requests of 1,000 readers; 4,500 readers make a
-    second window of 500): windows 1 and 2 go out together, and each later window is claimed,
-    rendered and handed over while the one before it is with the provider (PIPELINE_DEPTH = 2
-    windows at once).
+    second window of 500): windows 1 and 2 go out together, and each later window is rendered
+    and handed over while the one before it is with the provider (PIPELINE_DEPTH = 2 windows at
+    once); a new batch is claimed right after a hand-over, while the two are.
     """
     if client.name == "official":
         return [
@@ -156,8 +156,9 @@ def kills_for(client: Client) -> list[Kill]:
         ]
     if client.name == "fast":
         return [
-            # 520 readers: the second claim (a batch is 500) while window 125 is in flight.
-            Kill("claim", "claim:2", 500, 4, 4, readers=520),
+            # 520 readers: the second claim (a batch is 500) comes right after window 125 is
+            # handed over, while windows 124 and 125 are in flight (the claim overlaps them).
+            Kill("claim", "claim:2", 500, 8, 8, readers=520),
             Kill("render", "render:6", 4, 4, 4),  # window 1 in flight, window 2 rendering
             Kill("hand-over", "hand-over:2", 4, 8, 4),  # window 2 'sending', never sent
             # Windows 1 and 2 go out together; the provider holds the 4 requests its 4

@@ -346,16 +346,26 @@ def _pump(
     """The run's loop: claim, hand over and record window after window, keeping at most
     PIPELINE_DEPTH windows in flight with a pipelining transport."""
     depth = PIPELINE_DEPTH if run.mailer.transport.pipelines else 1
-    for claims in _claimed_windows(run, limit=limit, batch_size=batch_size, window=window):
+    windows = _claimed_windows(run, limit=limit, batch_size=batch_size, window=window)
+    claims = next(windows, None)
+    while claims is not None:
         if run.stopping():
             return run.stop(_STOPPED_BY_SIGNAL, in_flight)
         handed = run.hand_over(claims)
         if handed is not None:
             in_flight.append(handed)
+        if depth > 1:
+            # The next window now, while the windows in flight are with the transport: when it
+            # needs a new batch, the claim's database time overlaps their round trips instead of
+            # following the wait for the oldest one's results. Claims are never in doubt: a stop
+            # releases them, a crash leaves them to their lease.
+            claims = next(windows, None)
         while len(in_flight) >= depth:
             stop = run.finish(in_flight.popleft())
             if stop is not None:
                 return run.stop(stop, in_flight)
+        if depth == 1:
+            claims = next(windows, None)
     while in_flight:
         stop = run.finish(in_flight.popleft())
         if stop is not None:
