@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,9 @@ import webhook
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from run import NOW, Provider, environment, fill
-from sqlalchemy import insert, select
 
 from drip.course import load_course
-from drip.db import make_engine, upgrade
-from drip.models import deliveries, subscribers
+from drip.db import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -59,52 +56,7 @@ WEBHOOK_READERS = 20_000
 def seed_webhook_targets(url: str, course_id: str, count: int) -> list[tuple[int, str]]:
     """`count` readers (not due) with one sent delivery each: [(delivery id, email)], the
     events' targets. Addresses of their own: the due readers are reader<i>@example.com."""
-    now = datetime.now(UTC)
-    engine = make_engine(url)
-    rows = [
-        {
-            "course_id": course_id,
-            "email": f"hook{i}@example.com",
-            "timezone": "Asia/Tokyo",
-            "status": "active",
-            "created_at": now,
-            "consent_at": now,
-            "consent_source": "bench",
-            "status_changed_at": now,
-            "next_lesson": "rethink",
-        }
-        for i in range(count)
-    ]
-    with engine.begin() as conn:
-        conn.execute(insert(subscribers), rows)
-        ids = conn.execute(
-            select(subscribers.c.id).where(subscribers.c.email.like("hook%"))
-        ).scalars()
-        conn.execute(
-            insert(deliveries),
-            [
-                {
-                    "subscriber_id": subscriber_id,
-                    "course_id": course_id,
-                    "lesson": "welcome",
-                    "status": "sent",
-                    "run_id": "bench",
-                    "attempts": 1,
-                    "claimed_at": now,
-                    "lease_until": now,
-                    "sent_at": now,
-                    "updated_at": now,
-                }
-                for subscriber_id in ids
-            ],
-        )
-        found = conn.execute(
-            select(deliveries.c.id, subscribers.c.email).join(
-                subscribers, subscribers.c.id == deliveries.c.subscriber_id
-            )
-        ).all()
-    engine.dispose()
-    return [(int(delivery_id), str(email)) for delivery_id, email in found]
+    return webhook.seed(url, course_id, count, prefix="hook")
 
 
 class Webhook:

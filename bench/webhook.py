@@ -111,15 +111,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def seed(url: str, course_id: str, readers: int) -> list[tuple[int, str]]:
-    """`readers` active subscribers with one sent delivery each: [(delivery id, email)]."""
+def seed(url: str, course_id: str, readers: int, prefix: str = "reader") -> list[tuple[int, str]]:
+    """`readers` active subscribers (`prefix`<i>@example.com) with one sent delivery each, on a
+    database without other deliveries: [(delivery id, email)]."""
     upgrade(url)
     engine = make_engine(url)
     now = datetime.now(UTC)
     rows = [
         {
             "course_id": course_id,
-            "email": f"reader{i}@example.com",
+            "email": f"{prefix}{i}@example.com",
             "timezone": "Asia/Tokyo",
             "status": "active",
             "created_at": now,
@@ -132,7 +133,13 @@ def seed(url: str, course_id: str, readers: int) -> list[tuple[int, str]]:
     ]
     with engine.begin() as conn:
         conn.execute(insert(subscribers), rows)
-        ids = dict(conn.execute(select(subscribers.c.email, subscribers.c.id)).all())
+        ids = dict(
+            conn.execute(
+                select(subscribers.c.email, subscribers.c.id).where(
+                    subscribers.c.email.like(f"{prefix}%")
+                )
+            ).all()
+        )
         conn.execute(
             insert(deliveries),
             [
