@@ -133,6 +133,24 @@ def test_why_the_rest_waits(values: dict[str, object], state: str, says: str) ->
     assert says in steps[1].reasons[0]
 
 
+def test_a_paused_reader_held_by_its_next_lesson_says_both() -> None:
+    held = _view(
+        status=SubscriberStatus.PAUSED,
+        held_by_delivery=True,
+        held_reason="in doubt: rethink",
+    )
+    sent = {"welcome": datetime(2026, 12, 1, 3, 0, tzinfo=UTC)}
+    steps = plan.subscriber_plan(COURSE, held, sent, now=datetime.now(UTC))
+    assert {s.state for s in steps[1:]} == {"paused"}
+    assert steps[1].reasons[0] == "paused until the reader resumes"
+    assert steps[1].reasons[1].startswith("held: in doubt: rethink")
+    # A reason the reader was not held by is not shown: only `is_held` counts.
+    plain = _view(status=SubscriberStatus.PAUSED, held_reason="stale reason")
+    assert plan.subscriber_plan(COURSE, plain, sent, now=datetime.now(UTC))[1].reasons == (
+        "paused until the reader resumes",
+    )
+
+
 def drip(*args: str) -> Result:
     env = {"DRIP_COURSE_DIR": str(COURSE_DIR), "DRIP_TEMPLATES_DIR": str(TEMPLATES)}
     return CliRunner().invoke(main, list(args), env=env)

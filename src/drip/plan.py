@@ -211,9 +211,14 @@ def _stopped(subscriber: SubscriberView) -> tuple[str, tuple[str, ...]]:
     status = subscriber.status
     if status is SubscriberStatus.PAUSED:
         until = subscriber.paused_until
-        return "paused", (
-            f"paused until {until.isoformat()}" if until else "paused until the reader resumes",
-        )
+        paused = f"paused until {until.isoformat()}" if until else "paused until the reader resumes"
+        if subscriber.is_held:  # its next lesson failed or is in doubt: a resume will not move it
+            return "paused", (
+                paused,
+                f"held: {subscriber.held_reason or 'waiting on the operator'}"
+                " (`drip deliveries retry` or `resolve` moves it on)",
+            )
+        return "paused", (paused,)
     if status is SubscriberStatus.ACTIVE:  # active, next lesson, no time: held
         return "held", (f"held: {subscriber.held_reason or 'waiting on the operator'}",)
     return "stopped", (f"{status.value}: no further lessons",)
