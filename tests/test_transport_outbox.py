@@ -17,9 +17,9 @@ from tests.transport_support import NOW, clock, expected, make_email, seen_in_mi
 
 from drip.errors import MimeError
 from drip.message import OutgoingEmail
-from drip.mime import build_mime, to_bytes
+from drip.mime import MimeWriter, build_mime, to_bytes
 from drip.transports import FatalTransportError, Outcome, SendResult
-from drip.transports.outbox import MimeWriter, OutboxTransport
+from drip.transports.outbox import OutboxTransport
 
 
 def test_outbox_file_reparses_as_the_same_message(tmp_path: Path) -> None:
