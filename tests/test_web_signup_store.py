@@ -4,7 +4,6 @@ PostgreSQL: `links.confirm_token`, the confirmation queue (`store.optin`,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import Engine, Pool, event, make_url, update
 from sqlalchemy.orm import Session, sessionmaker
-from tests.conftest import _truncate
 from tests.support import COURSE, make_mailer
 
 from drip import delivery, lifecycle, store
@@ -49,30 +47,16 @@ def test_confirm_token_reads_any_age_but_only_confirm_tokens() -> None:
             LINKS.confirm_token(bad)
 
 
+POSTGRESQL_ONLY = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+"""The conftest's database fixtures (database_url, engine, sessions) on PostgreSQL only: for the
+signup path that runs on psycopg directly."""
+
+
 @pytest.fixture
 def sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
-
-
-@pytest.fixture
-def pg_url(postgres_database: str) -> str:
-    """The upgraded PostgreSQL database with no rows: for the PostgreSQL-only signup path."""
-    _truncate(postgres_database)
-    return postgres_database
-
-
-@pytest.fixture
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    engine = make_engine(pg_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture
-def pg_sessions(pg_engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(pg_engine, expire_on_commit=False)
 
 
 def _pending(sessions: sessionmaker[Session], *addresses: str) -> list[int]:
@@ -325,15 +309,16 @@ def test_a_new_address_costs_one_statement(sessions: sessionmaker[Session], engi
     )
 
 
+@POSTGRESQL_ONLY
 def test_a_new_address_costs_one_round_trip_on_postgresql(
-    pg_sessions: sessionmaker[Session], pg_engine: Engine, tmp_path: Path
+    sessions: sessionmaker[Session], engine: Engine, tmp_path: Path
 ) -> None:
     """On PostgreSQL a new address costs one round trip to the server, out of any transaction:
     libpq's protocol trace of every connection opened meanwhile, from any pool and from its
     first message, shows one ReadyForQuery per signup, each 'I' (idle: no BEGIN nor COMMIT,
     no pre-ping)."""
-    _store_signup(pg_sessions, "warm@example.com", NOW)
-    pg_engine.dispose()  # and the signup's own pool with it: every connection is opened below
+    _store_signup(sessions, "warm@example.com", NOW)
+    engine.dispose()  # and the signup's own pool with it: every connection is opened below
     trace = (tmp_path / "libpq.trace").open("w")
     traced: list[Any] = []
 
@@ -346,7 +331,7 @@ def test_a_new_address_costs_one_round_trip_on_postgresql(
 
     event.listen(Pool, "connect", connect)
     try:
-        answers = [_store_signup(pg_sessions, f"new{n}@example.com", NOW) for n in range(5)]
+        answers = [_store_signup(sessions, f"new{n}@example.com", NOW) for n in range(5)]
     finally:
         event.remove(Pool, "connect", connect)
         for dbapi_connection in traced:
@@ -365,18 +350,19 @@ def _store_signup(
     return lifecycle.store_signup(sessions, COURSE, fields, now=at, consent_source="test")
 
 
+@POSTGRESQL_ONLY
 def test_a_signup_survives_a_dropped_database_connection(
-    pg_sessions: sessionmaker[Session], pg_engine: Engine
+    sessions: sessionmaker[Session], engine: Engine
 ) -> None:
     """The signup's INSERT runs on connections that are not pinged before use (PostgreSQL): one
     found dead (the server restarted, an idle link was cut) is replaced and the INSERT runs
     again, once; the signup succeeds."""
     assert _store_signup(
-        pg_sessions, "before@example.com", NOW
+        sessions, "before@example.com", NOW
     ).created  # a pooled connection now exists
-    database = pg_engine.url.database
+    database = engine.url.database
     with psycopg.connect(
-        pg_engine.url.set(drivername="postgresql", database="postgres").render_as_string(False),
+        engine.url.set(drivername="postgresql", database="postgres").render_as_string(False),
         autocommit=True,
     ) as admin:
         ended = admin.execute(
@@ -385,17 +371,18 @@ def test_a_signup_survives_a_dropped_database_connection(
             (database,),
         ).fetchall()
     assert ended, "no connection to end"
-    after = _store_signup(pg_sessions, "after@example.com", NOW)
+    after = _store_signup(sessions, "after@example.com", NOW)
     assert after.created and after.queued
-    assert _view(pg_sessions, after.subscriber_id).email == "after@example.com"
+    assert _view(sessions, after.subscriber_id).email == "after@example.com"
 
 
+@POSTGRESQL_ONLY
 def test_a_database_error_on_the_signup_insert_is_raised_as_sqlalchemy_raises_it(
-    pg_url: str,
+    database_url: str,
 ) -> None:
     """The PostgreSQL INSERT runs on psycopg directly; its errors still reach the web as
     SQLAlchemy's (an OperationalError gets the 503 page): here a lock not granted in time."""
-    url = make_url(pg_url).update_query_dict({"options": "-c lock_timeout=200"})
+    url = make_url(database_url).update_query_dict({"options": "-c lock_timeout=200"})
     engine = make_engine(url.render_as_string(hide_password=False))
     sessions = sessionmaker(engine, expire_on_commit=False)
     try:
