@@ -5,10 +5,10 @@
 
 Starts the fake SendGrid API (bench/fake_provider.py, aiohttp, its own process, 50 ms latency),
 fills databases in a temporary directory (SQLite) and a throw-away PostgreSQL database
-(`drip_bench` on 127.0.0.1:5432, dropped at the end), runs `drip send` as real processes and
-prints, per scenario: emails/s, wall time, peak RSS of the `drip send` process (wait4's
-ru_maxrss), duplicates and losses as counted by the fake provider. Results go to
-bench/results/<timestamp>.json.
+(`drip_bench` on 127.0.0.1:5432, or DRIP_BENCH_DATABASE; dropped at the end), runs `drip send`
+as real processes and prints, per scenario: emails/s, wall time, peak RSS of the `drip send`
+process (wait4's ru_maxrss), duplicates and losses as counted by the fake provider. Results go
+to bench/results/<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ COURSE = load_course(ROOT / "course")
 NOW = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 API_KEY = "SG.bench-key"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/drip_bench"
+PG_NAME = os.environ.get("DRIP_BENCH_DATABASE", "drip_bench")
+"""The throw-away PostgreSQL database; DRIP_BENCH_DATABASE names another, so that two
+benchmarks (two sessions, two worktrees) running at once do not drop each other's."""
+PG_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_NAME}"
 NAMES = ["山田 太郎", "佐藤 花子", None, "Tom & Jerry <tj>", 'O"Brien', "鈴木"]
 TARGETS = {
     # Issue 11's targets (the second performance pass). Scenarios 1 and 2 have no absolute
@@ -206,13 +209,13 @@ def postgres_database() -> Iterator[str]:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(sql)  # type: ignore[arg-type]
 
-    admin("DROP DATABASE IF EXISTS drip_bench WITH (FORCE)")
-    admin("CREATE DATABASE drip_bench")
+    admin(f"DROP DATABASE IF EXISTS {PG_NAME} WITH (FORCE)")
+    admin(f"CREATE DATABASE {PG_NAME}")
     try:
         upgrade(PG_URL)
         yield PG_URL
     finally:
-        admin("DROP DATABASE IF EXISTS drip_bench WITH (FORCE)")
+        admin(f"DROP DATABASE IF EXISTS {PG_NAME} WITH (FORCE)")
 
 
 # --- running drip send ----------------------------------------------------------------------
