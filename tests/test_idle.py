@@ -159,12 +159,8 @@ def test_an_owed_confirmation_is_work(ledger: Ledger) -> None:
     with ledger.sessions() as session, session.begin():
         optin.request_optin(
             session,
-            course_id=COURSE.id,
-            email="new@example.com",
-            name=None,
-            timezone="Asia/Tokyo",
+            optin.Signup(COURSE.id, "new@example.com", None, "Asia/Tokyo", "web"),
             now=T0,
-            consent_source="web",
             interval=timedelta(hours=24),
         )
     assert not ledger.idle(T0)
@@ -292,12 +288,8 @@ def test_a_signup_never_confirmed_is_work_once_it_may_be_purged(ledger: Ledger) 
     with ledger.sessions() as session, session.begin():
         optin.request_optin(
             session,
-            course_id=COURSE.id,
-            email="never@example.com",
-            name=None,
-            timezone="Asia/Tokyo",
+            optin.Signup(COURSE.id, "never@example.com", None, "Asia/Tokyo", "web"),
             now=T0,
-            consent_source="web",
             interval=timedelta(hours=24),
         )
     send_due(ledger.sessions, ledger.mailer, now=T0)  # its confirmation email

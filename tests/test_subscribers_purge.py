@@ -65,12 +65,8 @@ def test_a_reader_with_a_history_is_never_purged(session: Session) -> None:
     store.unsubscribe(session, back, old - 20 * DAY)
     again = optin.request_optin(
         session,
-        course_id=COURSE,
-        email="back@example.com",
-        name=None,
-        timezone="Asia/Tokyo",
+        optin.Signup(COURSE, "back@example.com", None, "Asia/Tokyo", "web form"),
         now=old,
-        consent_source="web form",
         interval=DAY,
     )
     assert again.subscriber_id == back and again.queued

@@ -248,12 +248,8 @@ def test_a_new_request_is_queued_only_when_no_confirmation_went_out_lately(
 def _optin(session: Session, address: str, *, at: datetime = NOW) -> optin.OptinRequest:
     return optin.request_optin(
         session,
-        course_id=COURSE.id,
-        email=address,
-        name=None,
-        timezone="Asia/Tokyo",
+        optin.Signup(COURSE.id, address, None, "Asia/Tokyo", "test"),
         now=at,
-        consent_source="test",
         interval=lifecycle.CONFIRMATION_INTERVAL,
     )
 

@@ -540,17 +540,10 @@ def store_signup(
     # in autocommit). It refuses an erased address itself.
     engine = sessions.kw["bind"]
     assert isinstance(engine, Engine)
-    new_id = optin.insert_pending_now(
-        engine,
-        course_id=course.id,
-        email=fields.email,
-        name=fields.name,
-        timezone=fields.timezone,
-        now=now,
-        consent_source=consent_source,
-    )
+    signup = optin.Signup(course.id, fields.email, fields.name, fields.timezone, consent_source)
+    new_id = optin.insert_pending_now(engine, signup, now=now)
     if new_id is not None:
-        return optin.OptinRequest(new_id, store.SubscriberStatus.PENDING, created=True, queued=True)
+        return optin.OptinRequest.stored(new_id)
     with sessions() as session, session.begin():
         return optin.request_known(
             session,

@@ -52,12 +52,28 @@ OPT_IN_STATUSES = (PENDING, UNSUBSCRIBED)
 
 
 @dataclass(frozen=True)
+class Signup:
+    """What the signup form stores of a new address (validated by the caller)."""
+
+    course_id: str
+    email: str
+    name: str | None
+    timezone: str
+    consent_source: str
+
+
+@dataclass(frozen=True)
 class OptinRequest:
     subscriber_id: int
     status: SubscriberStatus
     created: bool
     queued: bool
     """A confirmation email is now owed (it was not already, and none went out recently)."""
+
+    @classmethod
+    def stored(cls, subscriber_id: int) -> OptinRequest:
+        """The answer for a new address `insert_pending` stored as `subscriber_id`."""
+        return cls(subscriber_id, SubscriberStatus.PENDING, created=True, queued=True)
 
 
 @dataclass(frozen=True)
@@ -76,17 +92,9 @@ def _may_queue(now: datetime, interval: timedelta) -> Any:
 
 
 def request_optin(
-    session: Session,
-    *,
-    course_id: str,
-    email: str,
-    name: str | None,
-    timezone: str,
-    now: datetime,
-    consent_source: str,
-    interval: timedelta,
+    session: Session, signup: Signup, *, now: datetime, interval: timedelta
 ) -> OptinRequest:
-    """Someone asked, on the web, to receive `course_id` at `email` (validated by the caller).
+    """Someone asked, on the web, to receive `signup.course_id` at `signup.email`.
 
     New address: a 'pending' subscriber with a confirmation owed. Pending or unsubscribed: a
     confirmation is owed again unless one is already owed or went out less than `interval`
@@ -99,18 +107,12 @@ def request_optin(
     A new address, the common case, costs one statement (`insert_pending`): the INSERT carries
     the suppression check and reports the new id.
     """
-    new_id = insert_pending(
-        connection(session),
-        course_id=course_id,
-        email=email,
-        name=name,
-        timezone=timezone,
-        now=now,
-        consent_source=consent_source,
-    )
+    new_id = insert_pending(connection(session), signup, now=now)
     if new_id is not None:
-        return OptinRequest(new_id, SubscriberStatus.PENDING, created=True, queued=True)
-    return request_known(session, course_id=course_id, email=email, now=now, interval=interval)
+        return OptinRequest.stored(new_id)
+    return request_known(
+        session, course_id=signup.course_id, email=signup.email, now=now, interval=interval
+    )
 
 
 def request_known(
@@ -129,16 +131,7 @@ def request_known(
     return OptinRequest(found.id, SubscriberStatus(found.status), created=False, queued=queued)
 
 
-def insert_pending_now(
-    engine: Engine,
-    *,
-    course_id: str,
-    email: str,
-    name: str | None,
-    timezone: str,
-    now: datetime,
-    consent_source: str,
-) -> int | None:
+def insert_pending_now(engine: Engine, signup: Signup, *, now: datetime) -> int | None:
     """`insert_pending` on its own, committed: the signup form's hot path, without an ORM
     session.
 
@@ -150,7 +143,7 @@ def insert_pending_now(
     the address known: None, and `request_known` answers as for any known address).
     SQLite: a transaction as usual (the engine's 'begin' listener issues BEGIN IMMEDIATE,
     which waits for the write lock)."""
-    values = _pending_values(course_id, email, name, timezone, now, consent_source)
+    values = _pending_values(signup, now)
     if engine.dialect.name == "sqlite":
         with engine.begin() as conn:
             found: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
@@ -221,45 +214,29 @@ def _direct(engine: Engine) -> _Direct:
     return found
 
 
-def insert_pending(
-    conn: Connection,
-    *,
-    course_id: str,
-    email: str,
-    name: str | None,
-    timezone: str,
-    now: datetime,
-    consent_source: str,
-) -> int | None:
-    """Store `email` (validated by the caller) as a new 'pending' subscriber of `course_id` with
-    a confirmation email owed, in one statement: its id, or None when the address is already
-    known for the course or was erased (nothing is then written; `request_optin` says what
-    such an address gets). Atomic on its own, so it may run in autocommit."""
-    values = _pending_values(course_id, email, name, timezone, now, consent_source)
+def insert_pending(conn: Connection, signup: Signup, *, now: datetime) -> int | None:
+    """Store `signup` as a new 'pending' subscriber with a confirmation email owed, in one
+    statement: its id, or None when the address is already known for the course or was erased
+    (nothing is then written; `request_optin` says what such an address gets). Atomic on its
+    own, so it may run in autocommit."""
+    values = _pending_values(signup, now)
     new_id: int | None = conn.execute(_insert_new(conn), values).scalar_one_or_none()
     return new_id
 
 
-def _pending_values(
-    course_id: str,
-    email: str,
-    name: str | None,
-    timezone: str,
-    now: datetime,
-    consent_source: str,
-) -> dict[str, Any]:
+def _pending_values(signup: Signup, now: datetime) -> dict[str, Any]:
     """The parameters of `_insert_new` for a new pending subscriber."""
     row = _new_row(
-        course_id,
-        NewSubscriber(email, name, timezone, None),
+        signup.course_id,
+        NewSubscriber(signup.email, signup.name, signup.timezone, None),
         now=now,
-        consent_source=consent_source,
+        consent_source=signup.consent_source,
         confirmed=False,
         first_lesson="",
     )
     row["confirmation_wanted_at"] = now
     values = {column: row[column] for column in _INSERTED_COLUMNS}
-    values["erased_hash"] = email_hash(email)
+    values["erased_hash"] = email_hash(signup.email)
     return values
 
 
