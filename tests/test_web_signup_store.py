@@ -54,11 +54,6 @@ POSTGRESQL_ONLY = pytest.mark.parametrize(
 signup path that runs on psycopg directly."""
 
 
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
-
-
 def _pending(sessions: sessionmaker[Session], *addresses: str) -> list[int]:
     ids = []
     for address in addresses:
