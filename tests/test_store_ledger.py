@@ -684,7 +684,7 @@ def test_an_unsubscribe_between_the_look_up_and_the_update_wins(
 
 def test_a_claim_of_nothing_and_ties_in_due_time(session: Session) -> None:
     """limit 0 claims nothing; readers due at the same moment are claimed in id order; a claim
-    carries what the send needs (confirmation and last send)."""
+    carries what the send needs (address, zone, lesson, attempts)."""
     assert claim(session, T0, limit=0) == store.ClaimBatch([], 0)
     first = add(session, "first@example.com")
     add(session, "second@example.com")
@@ -700,7 +700,12 @@ def test_a_claim_of_nothing_and_ties_in_due_time(session: Session) -> None:
     assert batch == store.ClaimBatch(batch.claims, 0, 0)
     [only] = batch.claims
     assert only.subscriber_id == first.subscriber_id
-    assert (only.confirmed_at, only.last_sent_at) == (T0, sent_at)
+    assert (only.email, only.timezone, only.lesson, only.attempts) == (
+        "first@example.com",
+        "Asia/Tokyo",
+        "welcome",
+        1,
+    )
 
 
 def test_a_claim_refills_past_rows_it_cannot_take_and_counts_every_one(session: Session) -> None:
@@ -777,7 +782,7 @@ def test_a_reader_due_again_for_a_sent_lesson_with_nothing_left_completes_at_the
     session.execute(update(subscribers).values(next_lesson="welcome", next_send_at=T0))
     session.commit()
     later = T0 + timedelta(hours=1)
-    asked: list[tuple[str, frozenset[str]]] = []
+    asked: list[tuple[str, datetime | None, frozenset[str]]] = []
 
     def move_on(
         timezone: str,
@@ -786,7 +791,7 @@ def test_a_reader_due_again_for_a_sent_lesson_with_nothing_left_completes_at_the
         sent: frozenset[str],
         send_time: str | None,
     ) -> tuple[str | None, datetime | None]:
-        asked.append((lesson, sent))
+        asked.append((lesson, last_sent_at, sent))
         return (None, None)  # every lesson of the (reordered) course is among `sent`
 
     batch = store.claim_due(
@@ -800,7 +805,7 @@ def test_a_reader_due_again_for_a_sent_lesson_with_nothing_left_completes_at_the
     )
     session.commit()
     assert batch == store.ClaimBatch([], 0)
-    assert asked == [("welcome", frozenset({"welcome"}))]
+    assert asked == [("welcome", T0, frozenset({"welcome"}))]  # last sent: the first send
     done = view(session, added.subscriber_id)
     assert done.status is store.SubscriberStatus.COMPLETED
     assert done.status_changed_at == later
