@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from binascii import b2a_base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -38,6 +38,11 @@ class LinkBuilder:
 
     base_url: str
     keys: Sequence[str]
+    _macs: dict[str, tuple[Any, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """`_mac`'s answers by purpose: a plain dict, as `functools.cache` on a method hashed the
+    builder (its URL and keys) on every token."""
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -49,17 +54,19 @@ class LinkBuilder:
         # itsdangerous signs with the last key and verifies with all of them.
         return URLSafeSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
 
-    @cache  # noqa: B019
     def _mac(self, purpose: str) -> tuple[Any, Any]:
         """HMAC-SHA1 (RFC 2104) keyed with itsdangerous's derived key for `purpose` (its
         "django-concat" derivation of keys[0]), as its inner and outer SHA-1 states after the
         padded key: a token copies and finishes them, so the key is derived and padded once and
         no Python HMAC object is made per token (half the cost of signing)."""
+        known = self._macs.get(purpose)
+        if known is not None:
+            return known
         derived = hashlib.sha1(f"drip.{purpose}".encode() + b"signer" + self.keys[0].encode())
         key = derived.digest().ljust(_SHA1_BLOCK, b"\0")
-        inner = hashlib.sha1(key.translate(_PAD_INNER))
-        outer = hashlib.sha1(key.translate(_PAD_OUTER))
-        return inner, outer
+        states = hashlib.sha1(key.translate(_PAD_INNER)), hashlib.sha1(key.translate(_PAD_OUTER))
+        self._macs[purpose] = states
+        return states
 
     def _sign(self, purpose: str, subscriber_id: int) -> str:
         """What `_serializer(purpose).dumps(subscriber_id)` returns, without its per-token key
