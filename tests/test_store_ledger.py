@@ -86,6 +86,42 @@ def test_two_concurrent_claimers_never_share_a_subscriber(engine: Engine) -> Non
         assert store.delivery_counts(session, COURSE)["claimed"] == 200
 
 
+def test_a_claim_made_sending_is_in_doubt_after_a_crash_and_released_by_a_stop(
+    session: Session,
+) -> None:
+    """`claim_due(sending=True)` (a bulk window, handed over right after the commit) makes the
+    rows 'sending' at once, new and reclaimed alike: if its run dies they become in doubt after
+    the lease and are never claimed again; if its run stops, they are released unsent."""
+    crashed = add(session, "crashed@example.com")
+    stopped = add(session, "stopped@example.com")
+    session.commit()
+    [first] = claim(session, T0, limit=1, run_id="dies").claims
+    assert first.subscriber_id == crashed.subscriber_id
+    store.release_claims(session, "dies", T0)  # its ledger row is claimed again below
+    session.commit()
+
+    def claim_sending(now: datetime, run_id: str) -> store.ClaimBatch:
+        batch = store.claim_due(
+            session, course_id=COURSE, now=now, limit=1, run_id=run_id, lease=LEASE, sending=True
+        )
+        session.commit()
+        return batch
+
+    [again] = claim_sending(T0, "dies").claims
+    [fresh] = claim_sending(T0, "stops").claims
+    assert (again.delivery_id, again.subscriber_id) == (first.delivery_id, crashed.subscriber_id)
+    assert fresh.subscriber_id == stopped.subscriber_id
+    for made in (again, fresh):
+        assert delivery(session, made.delivery_id)["status"] == "sending"
+    assert store.release_claims(session, "stops", T0) == 1
+    session.commit()
+    assert delivery(session, fresh.delivery_id)["status"] == "retry"
+    after = claim(session, T0 + LEASE, run_id="next")
+    assert [c.subscriber_id for c in after.claims] == [stopped.subscriber_id]
+    assert after.newly_in_doubt == 1
+    assert delivery(session, again.delivery_id)["status"] == "in_doubt"
+
+
 def test_a_crashed_claim_becomes_in_doubt_and_is_never_reclaimed(session: Session) -> None:
     added = add(session, "a@example.com")
     session.commit()
