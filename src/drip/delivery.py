@@ -308,7 +308,9 @@ def send_due(
     the previous one is still in flight (PIPELINE_DEPTH windows at once), so the main thread
     composes, claims and records during the round trips. Each window is marked 'sending'
     (committed) before it is handed over, so after a crash at most PIPELINE_DEPTH x window claims
-    are in doubt.
+    are in doubt. A window as big as a batch (bulk) is claimed straight as 'sending' once fewer
+    than PIPELINE_DEPTH windows are in flight, then composed and handed over: the same bound, and
+    the claim is then what sees the reader still active.
 
     A full run (no `only`) first sends the confirmation emails the signup form queued and its
     own process could not send (`send_owed_confirmations`). `only`: send just to these
