@@ -320,14 +320,8 @@ def test_pipelined_windows_send_each_lesson_once_and_record_every_outcome(
     assert {status: n for status, n in counts.items() if n} == {"sent": 9}
 
 
-def test_the_next_batch_is_claimed_while_the_windows_are_in_flight(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With a pipelining transport the next batch's claim comes before the wait for the oldest
-    window's results (its database time overlaps the round trips), and still after the window
-    before it was marked 'sending': the order of the steps, one reader per batch and window."""
-    for index in range(5):
-        harness.subscribe(f"o{index}@example.com", now=T0 + timedelta(seconds=index))
+def logged_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ledger steps of the runs that follow, in order: claim, mark, record."""
     steps: list[str] = []
 
     def logged(name: str, step: Any) -> Any:
@@ -339,20 +333,71 @@ def test_the_next_batch_is_claimed_while_the_windows_are_in_flight(
 
     for name in ("claim_due", "mark_sending", "record_sent"):
         monkeypatch.setattr(store, name, logged(name.split("_")[0], getattr(store, name)))
+    return steps
+
+
+def test_the_next_batch_is_claimed_while_the_windows_are_in_flight(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a pipelining transport and windows smaller than a batch, the next batch's claim
+    comes before the wait for the oldest window's results (its database time overlaps the round
+    trips), and still after the window before it was marked 'sending': the order of the steps,
+    two readers per batch, one per window."""
+    for index in range(5):
+        harness.subscribe(f"o{index}@example.com", now=T0 + timedelta(seconds=index))
+    steps = logged_steps(monkeypatch)
+    with FakeSendGrid(api_key=FAKE_KEY, latency=0.01) as fake:
+        mailer = fast_mailer(harness, fake, window=1)
+        with mailer.transport:
+            report = send_due(harness.sessions, mailer, now=T0 + timedelta(minutes=1), batch_size=2)
+        assert len(fake.accepted_ids()) == 5
+    assert report.sent == 5
+    assert PIPELINE_DEPTH == 2  # the expected order below is for two windows in flight
+    # claim (readers 1-2), mark window 1, mark window 2 (both in flight); claim (3-4) before
+    # recording window 1; mark 3; record 2, mark 4; claim (5) before recording 3; and so on;
+    # the last claim finds nothing.
+    assert steps == [
+        *["claim", "mark", "mark"],
+        *["claim", "record", "mark", "record", "mark"],
+        *["claim", "record", "mark"],
+        *["claim", "record", "record"],
+    ]
+
+
+def test_a_window_as_big_as_a_batch_is_claimed_sending_once_a_window_is_free(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window that is a whole batch (bulk) is claimed straight as 'sending', with no marking,
+    and only once fewer than PIPELINE_DEPTH windows are in flight: so a crash leaves at most
+    PIPELINE_DEPTH windows 'sending' (in doubt), as with marking. Every reader gets it once."""
+    for index in range(5):
+        harness.subscribe(f"w{index}@example.com", now=T0 + timedelta(seconds=index))
+    steps = logged_steps(monkeypatch)
+    sending_at_claim: list[int] = []
+    claim_due = store.claim_due
+
+    def claim_counting_sending(*args: Any, **kwargs: Any) -> Any:
+        with harness.sessions() as session:
+            sending_at_claim.append(store.delivery_counts(session, COURSE.id)["sending"])
+        return claim_due(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_due", claim_counting_sending)
     with FakeSendGrid(api_key=FAKE_KEY, latency=0.01) as fake:
         mailer = fast_mailer(harness, fake, window=1)
         with mailer.transport:
             report = send_due(harness.sessions, mailer, now=T0 + timedelta(minutes=1), batch_size=1)
-        assert len(fake.accepted_ids()) == 5
+        assert fake.problems == []
+        assert set(fake.accepted_ids().values()) == {1} and len(fake.accepted_ids()) == 5
     assert report.sent == 5
-    assert PIPELINE_DEPTH == 2  # the expected order below is for two windows in flight
-    # claim, mark (window 1); claim, mark (window 2, both in flight); claim (window 3's batch),
-    # then record window 1; and so on; the last claim finds nothing.
-    assert steps == [
-        *["claim", "mark", "claim", "mark"],
-        *["claim", "record", "mark"] * 3,
-        *["claim", "record", "record"],
-    ]
+    assert PIPELINE_DEPTH == 2
+    # Window 1 claimed and handed over; window 2 too (one in flight); then each later claim
+    # waits for the oldest window's record.
+    assert steps == [*["claim", "claim"], *["record", "claim"] * 4, "record"]
+    # Claims see at most PIPELINE_DEPTH - 1 windows 'sending': with the one claimed, PIPELINE_DEPTH.
+    assert max(sending_at_claim) == PIPELINE_DEPTH - 1
+    with harness.sessions() as session:
+        counts = store.delivery_counts(session, COURSE.id)
+    assert {status: n for status, n in counts.items() if n} == {"sent": 5}
 
 
 def test_a_fatal_answer_with_windows_in_flight_records_them_and_releases_the_rest(

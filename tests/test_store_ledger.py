@@ -86,6 +86,42 @@ def test_two_concurrent_claimers_never_share_a_subscriber(engine: Engine) -> Non
         assert store.delivery_counts(session, COURSE)["claimed"] == 200
 
 
+def test_a_claim_made_sending_is_in_doubt_after_a_crash_and_released_by_a_stop(
+    session: Session,
+) -> None:
+    """`claim_due(sending=True)` (a bulk window, handed over right after the commit) makes the
+    rows 'sending' at once, new and reclaimed alike: if its run dies they become in doubt after
+    the lease and are never claimed again; if its run stops, they are released unsent."""
+    crashed = add(session, "crashed@example.com")
+    stopped = add(session, "stopped@example.com")
+    session.commit()
+    [first] = claim(session, T0, limit=1, run_id="dies").claims
+    assert first.subscriber_id == crashed.subscriber_id
+    store.release_claims(session, "dies", T0)  # its ledger row is claimed again below
+    session.commit()
+
+    def claim_sending(now: datetime, run_id: str) -> store.ClaimBatch:
+        batch = store.claim_due(
+            session, course_id=COURSE, now=now, limit=1, run_id=run_id, lease=LEASE, sending=True
+        )
+        session.commit()
+        return batch
+
+    [again] = claim_sending(T0, "dies").claims
+    [fresh] = claim_sending(T0, "stops").claims
+    assert (again.delivery_id, again.subscriber_id) == (first.delivery_id, crashed.subscriber_id)
+    assert fresh.subscriber_id == stopped.subscriber_id
+    for made in (again, fresh):
+        assert delivery(session, made.delivery_id)["status"] == "sending"
+    assert store.release_claims(session, "stops", T0) == 1
+    session.commit()
+    assert delivery(session, fresh.delivery_id)["status"] == "retry"
+    after = claim(session, T0 + LEASE, run_id="next")
+    assert [c.subscriber_id for c in after.claims] == [stopped.subscriber_id]
+    assert after.newly_in_doubt == 1
+    assert delivery(session, again.delivery_id)["status"] == "in_doubt"
+
+
 def test_a_crashed_claim_becomes_in_doubt_and_is_never_reclaimed(session: Session) -> None:
     added = add(session, "a@example.com")
     session.commit()
@@ -684,7 +720,7 @@ def test_an_unsubscribe_between_the_look_up_and_the_update_wins(
 
 def test_a_claim_of_nothing_and_ties_in_due_time(session: Session) -> None:
     """limit 0 claims nothing; readers due at the same moment are claimed in id order; a claim
-    carries what the send needs (confirmation and last send)."""
+    carries what the send needs (address, zone, lesson, attempts)."""
     assert claim(session, T0, limit=0) == store.ClaimBatch([], 0)
     first = add(session, "first@example.com")
     add(session, "second@example.com")
@@ -700,7 +736,12 @@ def test_a_claim_of_nothing_and_ties_in_due_time(session: Session) -> None:
     assert batch == store.ClaimBatch(batch.claims, 0, 0)
     [only] = batch.claims
     assert only.subscriber_id == first.subscriber_id
-    assert (only.confirmed_at, only.last_sent_at) == (T0, sent_at)
+    assert (only.email, only.timezone, only.lesson, only.attempts) == (
+        "first@example.com",
+        "Asia/Tokyo",
+        "welcome",
+        1,
+    )
 
 
 def test_a_claim_refills_past_rows_it_cannot_take_and_counts_every_one(session: Session) -> None:
@@ -777,7 +818,7 @@ def test_a_reader_due_again_for_a_sent_lesson_with_nothing_left_completes_at_the
     session.execute(update(subscribers).values(next_lesson="welcome", next_send_at=T0))
     session.commit()
     later = T0 + timedelta(hours=1)
-    asked: list[tuple[str, frozenset[str]]] = []
+    asked: list[tuple[str, datetime | None, frozenset[str]]] = []
 
     def move_on(
         timezone: str,
@@ -786,7 +827,7 @@ def test_a_reader_due_again_for_a_sent_lesson_with_nothing_left_completes_at_the
         sent: frozenset[str],
         send_time: str | None,
     ) -> tuple[str | None, datetime | None]:
-        asked.append((lesson, sent))
+        asked.append((lesson, last_sent_at, sent))
         return (None, None)  # every lesson of the (reordered) course is among `sent`
 
     batch = store.claim_due(
@@ -800,7 +841,7 @@ def test_a_reader_due_again_for_a_sent_lesson_with_nothing_left_completes_at_the
     )
     session.commit()
     assert batch == store.ClaimBatch([], 0)
-    assert asked == [("welcome", frozenset({"welcome"}))]
+    assert asked == [("welcome", T0, frozenset({"welcome"}))]  # last sent: the first send
     done = view(session, added.subscriber_id)
     assert done.status is store.SubscriberStatus.COMPLETED
     assert done.status_changed_at == later

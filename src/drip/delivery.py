@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
 from drip.addresses import ascii_address
-from drip.course import Course
+from drip.course import Course, Lesson
 from drip.errors import (
     CourseNotSendableError,
     DripError,
@@ -77,6 +77,11 @@ class Mailer:
     def fills_bulk_parts(self) -> bool:
         """The transport fills html/text from `OutgoingEmail.bulk` itself (bulk mode)."""
         return self.transport.fills_bulk_parts
+
+    @cached_property
+    def lessons(self) -> dict[str, Lesson]:
+        """The course's lessons by slug (asked once per claim: a dict, not a scan)."""
+        return {lesson.slug: lesson for lesson in self.course.lessons}
 
     @cached_property
     def sender(self) -> tuple[str, str | None]:
@@ -178,13 +183,14 @@ def compose(mailer: Mailer, claim: store.Claim, *, now: datetime) -> OutgoingEma
     For a transport that says `fills_bulk_parts` (bulk mode) the html and text stay empty: it
     fills them from `bulk` only for the subscribers it sends one by one.
     """
-    lesson = mailer.course.lesson(claim.lesson)
-    recipient = mailer.recipient(claim.subscriber_id, claim.email, claim.name)
+    lesson = mailer.lessons[claim.lesson]
+    subscriber_id = claim.subscriber_id
+    recipient = mailer.recipient(subscriber_id, claim.email, claim.name)
     return mailer.envelope(
         str(claim.delivery_id),
         recipient,
         mailer.renderer.lesson(lesson, recipient, fill=not mailer.fills_bulk_parts),
-        {"drip_lesson": lesson.slug, "drip_subscriber": str(claim.subscriber_id)},
+        {"drip_lesson": lesson.slug, "drip_subscriber": str(subscriber_id)},
         now=now,
     )
 
@@ -238,11 +244,12 @@ def _record(
     doubt: list[tuple[int, str]] = []
     rate_limited = False
     next_by_pair: dict[tuple[str, str, str | None], schedule.Next] = {}
+    sent_per_lesson: Counter[str] = Counter()  # counted once per lesson: one per reader showed
     for result in results:
         claim = by_id[result.delivery_id]
         if result.outcome is Outcome.SENT:
             sent.append(_sent_item(course, claim, result, now, next_by_pair))
-            report.count(claim.lesson, "sent")
+            sent_per_lesson[claim.lesson] += 1
         elif result.outcome is Outcome.RETRY and claim.attempts < MAX_ATTEMPTS:
             report.first_failure = report.first_failure or result.detail
             rate_limited = rate_limited or result.retry_after is not None
@@ -259,6 +266,8 @@ def _record(
             report.first_failure = report.first_failure or result.detail
             failed.append((claim.delivery_id, detail))
             report.count(claim.lesson, "failed")
+    for lesson, count in sent_per_lesson.items():
+        report.count(lesson, "sent", count)
     with session.begin():
         if sent:
             store.record_sent(session, sent, run_id)
@@ -299,7 +308,9 @@ def send_due(
     the previous one is still in flight (PIPELINE_DEPTH windows at once), so the main thread
     composes, claims and records during the round trips. Each window is marked 'sending'
     (committed) before it is handed over, so after a crash at most PIPELINE_DEPTH x window claims
-    are in doubt.
+    are in doubt. A window as big as a batch (bulk) is claimed straight as 'sending' once fewer
+    than PIPELINE_DEPTH windows are in flight, then composed and handed over: the same bound, and
+    the claim is then what sees the reader still active.
 
     A full run (no `only`) first sends the confirmation emails the signup form queued and its
     own process could not send (`send_owed_confirmations`). `only`: send just to these
@@ -346,6 +357,12 @@ def _pump(
     """The run's loop: claim, hand over and record window after window, keeping at most
     PIPELINE_DEPTH windows in flight with a pipelining transport."""
     depth = PIPELINE_DEPTH if run.mailer.transport.pipelines else 1
+    # A window as big as a batch (bulk) is claimed on its own and handed over as soon as it is
+    # composed: it is claimed straight as 'sending' (no `mark_sending`, one row write per reader
+    # fewer), and only once fewer than `depth` windows are in flight, so a crash still leaves at
+    # most `depth` windows in doubt.
+    run.claim_sending = depth > 1 and window >= batch_size
+    claim_ahead = depth > 1 and not run.claim_sending
     windows = _claimed_windows(run, limit=limit, batch_size=batch_size, window=window)
     claims = next(windows, None)
     while claims is not None:
@@ -354,7 +371,7 @@ def _pump(
         handed = run.hand_over(claims)
         if handed is not None:
             in_flight.append(handed)
-        if depth > 1:
+        if claim_ahead:
             # The next window now, while the windows in flight are with the transport: when it
             # needs a new batch, the claim's database time overlaps their round trips instead of
             # following the wait for the oldest one's results. Claims are never in doubt: a stop
@@ -364,7 +381,7 @@ def _pump(
             stop = run.finish(in_flight.popleft())
             if stop is not None:
                 return run.stop(stop, in_flight)
-        if depth == 1:
+        if not claim_ahead:
             claims = next(windows, None)
     while in_flight:
         stop = run.finish(in_flight.popleft())
@@ -398,6 +415,7 @@ def _claimed_windows(
                 defer=run.defer,
                 move_on=run.move_on,
                 only=run.only,
+                sending=run.claim_sending,
             )
         run.report.in_doubt += batch.newly_in_doubt
         run.report.rescheduled += batch.rescheduled
@@ -445,6 +463,8 @@ class _Run:
     progress: Callable[[int], None] | None
     stop_requested: Callable[[], bool] | None = None
     only: Sequence[int] | None = None
+    claim_sending: bool = False
+    """Claims are made 'sending' (a whole window, handed over right after): no marking."""
 
     def stopping(self) -> bool:
         return self.stop_requested is not None and self.stop_requested()
@@ -480,14 +500,15 @@ class _Run:
         return following.lesson, following.send_at
 
     def hand_over(self, claims: list[store.Claim]) -> _Window | None:
-        """Compose the window, mark it 'sending' (committed), then give it to the transport.
+        """Compose the window, mark it 'sending' (committed; already so with `claim_sending`),
+        then give it to the transport.
 
         Claims of removed lessons are recorded failed and subscribers no longer active are
         skipped. Returns None when nothing is left to send.
         """
         size = len(claims)
         claims, emails = self._compose_all(self._drop_removed_lessons(claims))
-        if claims:
+        if claims and not self.claim_sending:
             with self.sessions() as session, session.begin():
                 ids = [claim.delivery_id for claim in claims]
                 marked = set(store.mark_sending(session, ids, self.now))
@@ -556,20 +577,21 @@ class _Run:
         A lesson removed from course.toml while subscribers were waiting for it holds them with
         a reason rather than guessing which lesson they should get instead.
         """
-        course = self.mailer.course
-        gone = [claim for claim in claims if not course.has_lesson(claim.lesson)]
-        if gone:
-            self._fail(
-                [
-                    (
-                        claim,
-                        f"lesson {claim.lesson!r} is no longer in the course;"
-                        " put it back in course.toml or move these readers on",
-                    )
-                    for claim in gone
-                ]
-            )
-        return [claim for claim in claims if course.has_lesson(claim.lesson)]
+        lessons = self.mailer.lessons
+        gone = [claim for claim in claims if claim.lesson not in lessons]
+        if not gone:
+            return claims
+        self._fail(
+            [
+                (
+                    claim,
+                    f"lesson {claim.lesson!r} is no longer in the course;"
+                    " put it back in course.toml or move these readers on",
+                )
+                for claim in gone
+            ]
+        )
+        return [claim for claim in claims if claim.lesson in lessons]
 
     def finish(self, window: _Window) -> _Stop | None:
         """Wait for a window's results and record them. Returns why the run must stop, or None."""

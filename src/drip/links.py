@@ -8,18 +8,28 @@ tokens expire; unsubscribe and manage tokens must keep working for as long as th
 from __future__ import annotations
 
 import hashlib
-import hmac
-from base64 import urlsafe_b64encode
+from binascii import b2a_base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from drip.errors import InvalidTokenError
 
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
+_SHA1_BLOCK = 64
+_PAD_INNER = bytes(byte ^ 0x36 for byte in range(256))
+_PAD_OUTER = bytes(byte ^ 0x5C for byte in range(256))
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _urlsafe_b64(data: bytes) -> bytes:
+    """`base64.urlsafe_b64encode(data)` without its "=" padding (itsdangerous's form), in C calls
+    only."""
+    return b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE)
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,11 @@ class LinkBuilder:
 
     base_url: str
     keys: Sequence[str]
+    _macs: dict[str, tuple[Any, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """`_mac`'s answers by purpose: a plain dict, as `functools.cache` on a method hashed the
+    builder (its URL and keys) on every token."""
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -39,27 +54,36 @@ class LinkBuilder:
         # itsdangerous signs with the last key and verifies with all of them.
         return URLSafeSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
 
-    @cache  # noqa: B019
-    def _mac(self, purpose: str) -> hmac.HMAC:
-        """HMAC-SHA1 keyed with itsdangerous's derived key for `purpose` (its "django-concat"
-        derivation of keys[0]); copied per token so the key is derived and padded only once."""
+    def _mac(self, purpose: str) -> tuple[Any, Any]:
+        """HMAC-SHA1 (RFC 2104) keyed with itsdangerous's derived key for `purpose` (its
+        "django-concat" derivation of keys[0]), as its inner and outer SHA-1 states after the
+        padded key: a token copies and finishes them, so the key is derived and padded once and
+        no Python HMAC object is made per token (half the cost of signing)."""
+        known = self._macs.get(purpose)
+        if known is not None:
+            return known
         derived = hashlib.sha1(f"drip.{purpose}".encode() + b"signer" + self.keys[0].encode())
-        return hmac.new(derived.digest(), digestmod=hashlib.sha1)
+        key = derived.digest().ljust(_SHA1_BLOCK, b"\0")
+        states = hashlib.sha1(key.translate(_PAD_INNER)), hashlib.sha1(key.translate(_PAD_OUTER))
+        self._macs[purpose] = states
+        return states
 
     def _sign(self, purpose: str, subscriber_id: int) -> str:
         """What `_serializer(purpose).dumps(subscriber_id)` returns, without its per-token key
-        derivation and signer objects (a few us per link, two links per email).
+        derivation and signer objects (two links per email: this is on the send hot path).
 
         The payload is the compact JSON of the int, url-safe base64 without padding (never
         zlib-compressed: that is only used when it saves 2+ bytes, impossible for an int); then
         "." and the base64 of the HMAC-SHA1 of the payload. tests/test_links.py checks that
         itsdangerous reads these tokens and produces the same ones.
         """
-        payload = urlsafe_b64encode(str(int(subscriber_id)).encode()).rstrip(b"=")
-        mac = self._mac(purpose).copy()
-        mac.update(payload)
-        signature = urlsafe_b64encode(mac.digest()).rstrip(b"=")
-        return (payload + b"." + signature).decode()
+        payload = _urlsafe_b64(str(int(subscriber_id)).encode())
+        inner, outer = self._mac(purpose)
+        inner = inner.copy()
+        inner.update(payload)
+        outer = outer.copy()
+        outer.update(inner.digest())
+        return (payload + b"." + _urlsafe_b64(outer.digest())).decode()
 
     def _timed(self, purpose: str, signed_at: int | None = None) -> URLSafeTimedSerializer:
         """itsdangerous' timed serializer (the token format already in sent emails); signing

@@ -46,9 +46,10 @@ class SendReport:
             " settings and that the provider or relay is reachable"
         )
 
-    def count(self, lesson: str, outcome: str) -> None:
-        self.per_lesson.setdefault(lesson, Counter())[outcome] += 1
-        setattr(self, outcome, getattr(self, outcome) + 1)
+    def count(self, lesson: str, outcome: str, n: int = 1) -> None:
+        """`n` more deliveries of `lesson` had `outcome` (sent, retried, failed, ...)."""
+        self.per_lesson.setdefault(lesson, Counter())[outcome] += n
+        setattr(self, outcome, getattr(self, outcome) + n)
 
     def summary(self) -> str:
         """The report in words, as `drip send` prints it (a few lines)."""

@@ -74,6 +74,7 @@ def claim_due(
     defer: Defer | None = None,
     move_on: MoveOn | None = None,
     only: Sequence[int] | None = None,
+    sending: bool = False,
 ) -> ClaimBatch:
     """Claim up to `limit` due lessons of `course_id` for run `run_id`, oldest due first.
 
@@ -88,7 +89,10 @@ def claim_due(
     to what `move_on(timezone, lesson, last_sent_at, lessons sent)` names — (None, None):
     completed; None: held with the reason — and is claimed for it in this call if it is due.
     `only`: consider just these subscriber ids (the web app sends lesson 1 to a reader who has
-    just confirmed, through this same claim).
+    just confirmed, through this same claim). `sending`: the claims are made 'sending' at once,
+    for a caller that hands all of them to a transport right after the commit (what
+    `mark_sending` would do next, one row write per claim fewer: the claim already saw each
+    subscriber active, in this transaction).
 
     The caller must commit right after and before sending anything: the claim is what makes a
     concurrent or later run leave these lessons alone. PostgreSQL: FOR UPDATE SKIP LOCKED, so
@@ -98,6 +102,7 @@ def claim_due(
         return ClaimBatch([], 0)
     conn = connection(session)
     lease_until = now + lease
+    status = DeliveryStatus.SENDING if sending else DeliveryStatus.CLAIMED
     claims: list[Claim] = []
     newly_in_doubt = rescheduled = 0
     # Loop because rows that cannot be claimed still use up a pick; each pass moves every picked
@@ -107,7 +112,7 @@ def claim_due(
         if not picked:
             break
         plan = _plan(picked, now, defer)
-        claims.extend(_apply(conn, plan, course_id, run_id, now, lease_until))
+        claims.extend(_apply(conn, plan, course_id, run_id, now, lease_until, status))
         _move_past_sent(conn, plan.past_sent, move_on, now)
         newly_in_doubt += len(plan.in_doubt)
         rescheduled += plan.deferred
@@ -217,8 +222,6 @@ def _pick_due(
             S.c.name,
             S.c.timezone,
             S.c.next_lesson,
-            S.c.confirmed_at,
-            S.c.last_sent_at,
             S.c.send_time,
             D.c.id.label("delivery_id"),
             D.c.status.label("delivery_status"),
@@ -246,10 +249,12 @@ def _apply(
     run_id: str,
     now: datetime,
     lease_until: datetime,
+    status: DeliveryStatus,
 ) -> list[Claim]:
-    """Carry out `plan`: a few set-based statements whatever its size. Returns the claims."""
-    delivery_ids = _insert_claims(conn, plan.new, course_id, run_id, now, lease_until)
-    _claim_again(conn, plan.again, run_id, now, lease_until)
+    """Carry out `plan`: a few set-based statements whatever its size; the claims get `status`
+    ('claimed', or 'sending'). Returns the claims."""
+    delivery_ids = _insert_claims(conn, plan.new, course_id, run_id, now, lease_until, status)
+    _claim_again(conn, plan.again, run_id, now, lease_until, status)
     _mark_in_doubt(conn, plan.in_doubt, now)
     if plan.rescheduled:
         conn.execute(
@@ -272,13 +277,14 @@ def _insert_claims(
     run_id: str,
     now: datetime,
     lease_until: datetime,
+    status: DeliveryStatus,
 ) -> dict[int, int]:
-    """Insert a 'claimed' ledger row (attempts 1) for each subscriber's next lesson. Returns
+    """Insert a ledger row with `status` (attempts 1) for each subscriber's next lesson. Returns
     {subscriber id: delivery id}."""
     delivery_ids: dict[int, int] = {}
     if not rows:
         return delivery_ids
-    stmt = _insert_claims_statement(conn, course_id, run_id, now, lease_until)
+    stmt = _insert_claims_statement(conn, course_id, run_id, now, lease_until, status)
     for chunk in chunks(rows):
         inserted = conn.execute(stmt, {"ids": [row.id for row in chunk]})
         delivery_ids.update((subscriber, delivery) for delivery, subscriber in inserted)
@@ -286,9 +292,14 @@ def _insert_claims(
 
 
 def _insert_claims_statement(
-    conn: Connection, course_id: str, run_id: str, now: datetime, lease_until: datetime
+    conn: Connection,
+    course_id: str,
+    run_id: str,
+    now: datetime,
+    lease_until: datetime,
+    status: DeliveryStatus,
 ) -> Any:
-    """INSERT one 'claimed' delivery of its next lesson per subscriber in the bound list `ids`,
+    """INSERT one `status` delivery of its next lesson per subscriber in the bound list `ids`,
     RETURNING (delivery id, subscriber id). One INSERT ... SELECT: the shared values are bound
     once, not once per row."""
 
@@ -299,7 +310,7 @@ def _insert_claims_statement(
         S.c.id,
         shared(course_id, D.c.course_id),
         S.c.next_lesson,
-        shared(DeliveryStatus.CLAIMED.value, D.c.status),
+        shared(status.value, D.c.status),
         shared(run_id, D.c.run_id),
         shared(1, D.c.attempts),
         shared(now, D.c.claimed_at),
@@ -321,16 +332,21 @@ def _insert_claims_statement(
 
 
 def _claim_again(
-    conn: Connection, rows: Sequence[Row[Any]], run_id: str, now: datetime, lease_until: datetime
+    conn: Connection,
+    rows: Sequence[Row[Any]],
+    run_id: str,
+    now: datetime,
+    lease_until: datetime,
+    status: DeliveryStatus,
 ) -> None:
-    """Existing ledger rows become 'claimed' by `run_id`, attempts + 1."""
+    """Existing ledger rows become `status` ('claimed' or 'sending') for `run_id`, attempts + 1."""
     if not rows:
         return
     reclaim = (
         update(D)
         .where(in_list(conn, D.c.id, "ids", BigInteger()))
         .values(
-            status=DeliveryStatus.CLAIMED.value,
+            status=status.value,
             run_id=run_id,
             attempts=D.c.attempts + 1,
             claimed_at=now,
@@ -365,7 +381,11 @@ def _move_past_sent(
     """Subscribers due for a lesson already sent move on to the next one they have not had."""
     if not rows:
         return
-    sent = sent_lessons(conn, [row.id for row in rows]) if move_on is not None else {}
+    ids = [row.id for row in rows]
+    sent = sent_lessons(conn, ids) if move_on is not None else {}
+    # Read here, not by _pick_due: converting it for every due reader cost more than this
+    # query for the few who move on.
+    last_sent = _last_sent_at(conn, ids) if move_on is not None else {}
     advance: list[tuple[Any, ...]] = []
     complete: list[tuple[Any, ...]] = []
     held: list[tuple[int, str]] = []
@@ -375,7 +395,7 @@ def _move_past_sent(
             answer = move_on(
                 row.timezone,
                 row.next_lesson,
-                row.last_sent_at,
+                last_sent.get(row.id),
                 sent.get(row.id, frozenset()),
                 row.send_time,
             )
@@ -395,6 +415,15 @@ def _move_past_sent(
         only_active=True,
     )
     hold(conn, held)
+
+
+def _last_sent_at(conn: Connection, subscriber_ids: Sequence[int]) -> dict[int, datetime | None]:
+    """Each subscriber's last_sent_at."""
+    stmt = select(S.c.id, S.c.last_sent_at).where(in_list(conn, S.c.id, "ids", BigInteger()))
+    found: dict[int, datetime | None] = {}
+    for chunk in chunks(subscriber_ids):
+        found.update((row[0], row[1]) for row in conn.execute(stmt, {"ids": list(chunk)}))
+    return found
 
 
 def sent_lessons(conn: Connection, subscriber_ids: Sequence[int]) -> dict[int, frozenset[str]]:
@@ -426,18 +455,11 @@ def _set_next_send_at(conn: Connection, ids: Sequence[int], value: datetime | No
 
 
 def _claim(row: Row[Any], delivery_id: int, attempts: int) -> Claim:
+    # Positional: one per claimed reader.
     return Claim(
-        delivery_id=delivery_id,
-        subscriber_id=row.id,
-        email=row.email,
-        name=row.name,
-        timezone=row.timezone,
-        lesson=row.next_lesson,
-        attempts=attempts,
-        confirmed_at=row.confirmed_at,
-        last_sent_at=row.last_sent_at,
-        send_time=row.send_time,
-    )
+        delivery_id, row.id, row.email, row.name, row.timezone, row.next_lesson, attempts,
+        row.send_time,
+    )  # fmt: skip
 
 
 def mark_sending(session: Session, delivery_ids: Sequence[int], now: datetime) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from drip.statuses import SubscriberStatus
 
@@ -93,9 +93,12 @@ class ExistingSubscriber:
     timezone: str
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """One lesson claimed for sending by one run: the ledger row exists and is 'claimed'."""
+class Claim(NamedTuple):
+    """One lesson claimed for sending by one run: the ledger row exists and is 'claimed' (or
+    'sending': `claim_due(sending=True)`).
+
+    A NamedTuple (immutable, made straight from the fetched values): one per due reader on the
+    send hot path, where a frozen dataclass's per-field init showed in the profile."""
 
     delivery_id: int
     subscriber_id: int
@@ -104,8 +107,6 @@ class Claim:
     timezone: str
     lesson: str
     attempts: int
-    confirmed_at: datetime | None
-    last_sent_at: datetime | None
     send_time: str | None = None
     """The reader's own "HH:MM" for lessons after the first; None: the course's."""
 
@@ -120,9 +121,10 @@ class ClaimBatch:
     or on a day off)."""
 
 
-@dataclass(frozen=True, slots=True)
-class SentItem:
-    """The provider accepted a delivery. `next_lesson` None means the course is complete."""
+class SentItem(NamedTuple):
+    """The provider accepted a delivery. `next_lesson` None means the course is complete.
+
+    A NamedTuple, like `Claim`: one per reader recorded."""
 
     delivery_id: int
     provider_id: str | None
