@@ -8,21 +8,18 @@ tokens expire; unsubscribe and manage tokens must keep working for as long as th
 from __future__ import annotations
 
 import hashlib
+import hmac
 from binascii import b2a_base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Any
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from drip.errors import InvalidTokenError
 
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
-_SHA1_BLOCK = 64
-_PAD_INNER = bytes(byte ^ 0x36 for byte in range(256))
-_PAD_OUTER = bytes(byte ^ 0x5C for byte in range(256))
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
@@ -38,9 +35,7 @@ class LinkBuilder:
 
     base_url: str
     keys: Sequence[str]
-    _macs: dict[str, tuple[Any, Any]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _macs: dict[str, hmac.HMAC] = field(default_factory=dict, init=False, repr=False, compare=False)
     """`_mac`'s answers by purpose: a plain dict, as `functools.cache` on a method hashed the
     builder (its URL and keys) on every token."""
 
@@ -54,19 +49,14 @@ class LinkBuilder:
         # itsdangerous signs with the last key and verifies with all of them.
         return URLSafeSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
 
-    def _mac(self, purpose: str) -> tuple[Any, Any]:
-        """HMAC-SHA1 (RFC 2104) keyed with itsdangerous's derived key for `purpose` (its
-        "django-concat" derivation of keys[0]), as its inner and outer SHA-1 states after the
-        padded key: a token copies and finishes them, so the key is derived and padded once and
-        no Python HMAC object is made per token (half the cost of signing)."""
+    def _mac(self, purpose: str) -> hmac.HMAC:
+        """HMAC-SHA1 keyed with itsdangerous's derived key for `purpose` (its "django-concat"
+        derivation of keys[0]); copied per token so the key is derived and padded only once."""
         known = self._macs.get(purpose)
-        if known is not None:
-            return known
-        derived = hashlib.sha1(f"drip.{purpose}".encode() + b"signer" + self.keys[0].encode())
-        key = derived.digest().ljust(_SHA1_BLOCK, b"\0")
-        states = hashlib.sha1(key.translate(_PAD_INNER)), hashlib.sha1(key.translate(_PAD_OUTER))
-        self._macs[purpose] = states
-        return states
+        if known is None:
+            derived = hashlib.sha1(f"drip.{purpose}".encode() + b"signer" + self.keys[0].encode())
+            known = self._macs[purpose] = hmac.new(derived.digest(), digestmod=hashlib.sha1)
+        return known
 
     def _sign(self, purpose: str, subscriber_id: int) -> str:
         """What `_serializer(purpose).dumps(subscriber_id)` returns, without its per-token key
@@ -78,12 +68,9 @@ class LinkBuilder:
         itsdangerous reads these tokens and produces the same ones.
         """
         payload = _urlsafe_b64(str(int(subscriber_id)).encode())
-        inner, outer = self._mac(purpose)
-        inner = inner.copy()
-        inner.update(payload)
-        outer = outer.copy()
-        outer.update(inner.digest())
-        return (payload + b"." + _urlsafe_b64(outer.digest())).decode()
+        mac = self._mac(purpose).copy()
+        mac.update(payload)
+        return (payload + b"." + _urlsafe_b64(mac.digest())).decode()
 
     def _timed(self, purpose: str, signed_at: int | None = None) -> URLSafeTimedSerializer:
         """itsdangerous' timed serializer (the token format already in sent emails); signing
