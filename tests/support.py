@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from click.testing import Result
 
 from drip.course import Course, load_course
@@ -77,3 +78,10 @@ def daytime_zone() -> str:
         return abs(local.hour + local.minute / 60 - 14)
 
     return min(DAYTIME_ZONES, key=from_two_pm)
+
+
+POSTGRESQL_ONLY = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+"""The conftest's database fixtures (database_url, engine, sessions) on PostgreSQL only: for
+what only PostgreSQL does (psycopg directly, row locks between connections)."""

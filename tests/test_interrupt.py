@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.support import ROOT, drip_env
 
 HOOK = """
@@ -159,3 +160,65 @@ def test_ctrl_c_during_a_send_releases_what_was_not_handed_over_and_exits_130(
     released = statuses.count("retry")
     assert released >= 2, statuses  # the second and third email were never handed over
     assert _run(tmp_path, "send", "--now", MORNING).startswith(f"sent {released},")
+
+
+def test_ctrl_c_while_windows_are_with_sendgrid_sends_nothing_twice(tmp_path: Path) -> None:
+    """Ctrl-C while the fast client has windows in flight: the windows already handed over are
+    awaited and recorded before the run exits 130 (none of them is released, which would send
+    it again), the claims never handed over go back, and the next run sends exactly those.
+    Failed before: the window being awaited when the KeyboardInterrupt struck was released."""
+    _run(tmp_path, "db", "upgrade")
+    readers = 120
+    (tmp_path / "readers.csv").write_text(
+        "email\n" + "".join(f"r{n}@example.com\n" for n in range(readers)), encoding="utf-8"
+    )
+    _run(tmp_path, "subscribers", "import", "readers.csv", "--confirmed", "--now", MORNING)
+    with FakeSendGrid(api_key="SG.interrupt", latency=1.0) as fake:
+        env = drip_env(
+            DRIP_DATABASE_URL=f"sqlite:///{tmp_path / 'drip.db'}",
+            DRIP_SECRET_KEY=KEY,
+            SENDGRID_API_KEY="SG.interrupt",
+            DRIP_SENDGRID_API_URL=fake.url,
+            DRIP_SENDGRID_WINDOW="20",  # six windows of one second each, two in flight at once
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "drip", "send", "--now", MORNING],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while fake.stats()["requests"] < 20:  # the first window answered, the next in flight
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the send never got its first window answered"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 130, (process.returncode, err)
+        engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT id, status FROM deliveries")).all()
+        finally:
+            engine.dispose()
+        accepted = fake.accepted_ids()
+        sent = {str(row.id) for row in rows if row.status == "sent"}
+        assert set(accepted) == sent, "every email the provider accepted is recorded sent"
+        assert {row.status for row in rows} <= {"sent", "retry"}, rows
+        fake.latency = 0
+        released = len(rows) - len(sent)
+        assert released > 0, "the Ctrl-C came before the last window was handed over"
+        done = subprocess.run(
+            [sys.executable, "-m", "drip", "send", "--now", MORNING],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        assert done.stdout.startswith(f"sent {released},"), done.stdout
+        accepted = fake.accepted_ids()
+    assert len(accepted) == readers and max(accepted.values()) == 1, accepted.most_common(3)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import Engine, Pool, event, make_url, update
 from sqlalchemy.orm import Session, sessionmaker
-from tests.support import COURSE, make_mailer
+from tests.support import COURSE, POSTGRESQL_ONLY, make_mailer
 
 from drip import delivery, lifecycle, store
 from drip.db import make_engine
@@ -45,13 +45,6 @@ def test_confirm_token_reads_any_age_but_only_confirm_tokens() -> None:
     ):
         with pytest.raises(InvalidTokenError):
             LINKS.confirm_token(bad)
-
-
-POSTGRESQL_ONLY = pytest.mark.parametrize(
-    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
-"""The conftest's database fixtures (database_url, engine, sessions) on PostgreSQL only: for the
-signup path that runs on psycopg directly."""
 
 
 def _pending(sessions: sessionmaker[Session], *addresses: str) -> list[int]:

@@ -18,11 +18,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from email.utils import parseaddr
 from functools import cached_property
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
@@ -60,6 +61,8 @@ CONFIRMATION_LEASE = timedelta(minutes=10)
 """An owed confirmation taken for sending is left alone by other processes this long."""
 CONFIRMATION_RETRY_DELAY = timedelta(minutes=5)
 CONFIRMATION_BATCH = 100
+RECORD_ATTEMPTS = 3
+"""Times a window's outcomes are written when the database breaks a lock conflict."""
 
 
 @dataclass(frozen=True)
@@ -268,16 +271,43 @@ def _record(
             report.count(claim.lesson, "failed")
     for lesson, count in sent_per_lesson.items():
         report.count(lesson, "sent", count)
-    with session.begin():
-        if sent:
-            store.record_sent(session, sent, run_id)
-        if retry:
-            store.record_retry(session, retry, now=now)
-        if failed:
-            store.record_failed(session, failed, now=now)
-        if doubt:
-            store.record_in_doubt(session, doubt, now=now)
+    _write_outcomes(session, run_id, now, sent=sent, retry=retry, failed=failed, doubt=doubt)
     return rate_limited
+
+
+def _write_outcomes(
+    session: Session,
+    run_id: str,
+    now: datetime,
+    *,
+    sent: list[store.SentItem],
+    retry: list[tuple[int, datetime, str]],
+    failed: list[tuple[int, str]],
+    doubt: list[tuple[int, str]],
+) -> None:
+    """Write a window's outcomes in one transaction, again (up to RECORD_ATTEMPTS times) if the
+    database rolled it back to break a lock conflict.
+
+    The webhook locks deliveries then subscribers, this transaction both in delivery order:
+    PostgreSQL may break such a deadlock by rolling this one back. Nothing was written then, and
+    giving up would leave a window the provider accepted as 'sending' (in doubt after a crash).
+    """
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            with session.begin():
+                if sent:
+                    store.record_sent(session, sent, run_id)
+                if retry:
+                    store.record_retry(session, retry, now=now)
+                if failed:
+                    store.record_failed(session, failed, now=now)
+                if doubt:
+                    store.record_in_doubt(session, doubt, now=now)
+            return
+        except DBAPIError as exc:
+            if attempt == RECORD_ATTEMPTS or not store.lost_lock_conflict(exc):
+                raise
+            log.info("recording a window met a lock conflict (%s); recording it again", exc.orig)
 
 
 def send_due(
@@ -378,13 +408,13 @@ def _pump(
             # releases them, a crash leaves them to their lease.
             claims = next(windows, None)
         while len(in_flight) >= depth:
-            stop = run.finish(in_flight.popleft())
+            stop = run.finish_oldest(in_flight)
             if stop is not None:
                 return run.stop(stop, in_flight)
         if not claim_ahead:
             claims = next(windows, None)
     while in_flight:
-        stop = run.finish(in_flight.popleft())
+        stop = run.finish_oldest(in_flight)
         if stop is not None:
             return run.stop(stop, in_flight)
     return run.report
@@ -441,7 +471,7 @@ _STOPPED_BY_SIGNAL = _Stop(
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Window:
     """Claims marked 'sending' and handed to the transport, with the future of their results."""
 
@@ -449,6 +479,8 @@ class _Window:
     results: Future[list[SendResult]]
     size: int
     """Claims of the window before removed lessons and inactive subscribers were taken out."""
+    recorded: bool = False
+    """Its results are in the ledger (`_Run.finish` is not repeated by `abandon`)."""
 
 
 @dataclass
@@ -465,6 +497,9 @@ class _Run:
     only: Sequence[int] | None = None
     claim_sending: bool = False
     """Claims are made 'sending' (a whole window, handed over right after): no marking."""
+    outstanding: set[int] = field(default_factory=set)
+    """Deliveries handed to the transport whose outcome is not recorded yet: whatever stops the
+    run, these are never released (they may have gone out); a lease later they are in doubt."""
 
     def stopping(self) -> bool:
         return self.stop_requested is not None and self.stop_requested()
@@ -524,6 +559,9 @@ class _Run:
             if self.progress is not None:
                 self.progress(size)
             return None
+        # Outstanding before the transport has them: an interrupt between the two lines below
+        # must not let them be released.
+        self.outstanding.update(claim.delivery_id for claim in claims)
         return _Window(claims, self.mailer.transport.submit(emails), size)
 
     def abandon(self, in_flight: deque[_Window]) -> None:
@@ -532,9 +570,9 @@ class _Run:
         logged, and the claims then follow the crash rules (lease, then in doubt or sent)."""
         try:
             while in_flight:
-                self.finish(in_flight.popleft())
+                self.finish_oldest(in_flight)
             with self.sessions() as session, session.begin():
-                store.release_claims(session, self.run_id, self.now)
+                store.release_claims(session, self.run_id, self.now, keep=self.outstanding)
         except Exception as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             log.warning(
@@ -593,8 +631,18 @@ class _Run:
         )
         return [claim for claim in claims if claim.lesson in lessons]
 
+    def finish_oldest(self, in_flight: deque[_Window]) -> _Stop | None:
+        """`finish` the oldest window in flight, and only then take it off `in_flight`: a window
+        whose results could not be awaited or recorded (Ctrl-C while waiting, the database
+        failing) stays there for `abandon` to try again."""
+        stop = self.finish(in_flight[0])
+        in_flight.popleft()
+        return stop
+
     def finish(self, window: _Window) -> _Stop | None:
         """Wait for a window's results and record them. Returns why the run must stop, or None."""
+        if window.recorded:  # interrupted after recording, before it left `in_flight`
+            return None
         stop: _Stop | None = None
         try:
             results = window.results.result()
@@ -618,6 +666,10 @@ class _Run:
                     "the provider asked us to slow down; the rest waits for the next run",
                     fatal=False,
                 )
+        # Recorded; a delivery of the window without a result (a fatal answer stopped the call
+        # before it) was not attempted, and may be released.
+        window.recorded = True
+        self.outstanding.difference_update(claim.delivery_id for claim in window.claims)
         if self.progress is not None:
             self.progress(window.size)
         return stop
@@ -627,11 +679,11 @@ class _Run:
         claim never handed over. A fatal stop wins over a rate-limit note."""
         stops = [first]
         while in_flight:
-            later = self.finish(in_flight.popleft())
+            later = self.finish_oldest(in_flight)
             if later is not None:
                 stops.append(later)
         with self.sessions() as session, session.begin():
-            store.release_claims(session, self.run_id, self.now)
+            store.release_claims(session, self.run_id, self.now, keep=self.outstanding)
         fatal = next((stop for stop in stops if stop.fatal), None)
         if fatal is not None:
             self.report.stopped = fatal.message

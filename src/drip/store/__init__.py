@@ -36,6 +36,7 @@ from drip.store.events import (
 )
 from drip.store.ledger import (
     claim_due,
+    lost_lock_conflict,
     mark_sending,
     record_failed,
     record_in_doubt,
@@ -139,6 +140,7 @@ __all__ = [
     "list_deliveries",
     "list_in_doubt",
     "list_subscribers",
+    "lost_lock_conflict",
     "mark_confirmation_sent",
     "mark_sending",
     "mark_suppressed",

@@ -8,7 +8,7 @@ lesson goes out at most once whatever runs crash or overlap.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -570,6 +570,18 @@ def _update_deliveries(
 _UNSEEN = object()
 
 
+LOCK_CONFLICTS = frozenset({"40P01", "40001"})
+"""PostgreSQL's deadlock_detected and serialization_failure: the server rolled the transaction
+back to break a conflict with another one; it may simply run again."""
+
+
+def lost_lock_conflict(exc: BaseException) -> bool:
+    """True when `exc` is the database ending this transaction to break a lock conflict with a
+    concurrent one (e.g. the webhook flagging and suppressing while `drip send` records: both
+    lock deliveries and subscribers). Nothing of the transaction was written; run it again."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in LOCK_CONFLICTS
+
+
 def record_sent(session: Session, items: Sequence[SentItem], run_id: str) -> int:
     """The provider accepted these deliveries. Returns how many were recorded 'sent'.
 
@@ -728,18 +740,26 @@ def record_in_doubt(
     )
 
 
-def release_claims(session: Session, run_id: str, now: datetime) -> int:
-    """Give back every open claim of `run_id` (nothing was sent for them): -> 'retry', and
-    their subscribers, if still waiting for that lesson, are due again at `now`. Returns the count.
+def release_claims(
+    session: Session, run_id: str, now: datetime, *, keep: Collection[int] = ()
+) -> int:
+    """Give back every open claim of `run_id` (nothing was sent for them) but the deliveries in
+    `keep` (handed to a transport, outcome unknown: they stay 'sending' until their lease ends,
+    then are in doubt): -> 'retry', and their subscribers, if still waiting for that lesson, are
+    due again at `now`. Returns the count.
     """
     conn = connection(session)
     mine = and_(D.c.run_id == run_id, D.c.status.in_(sorted(_MINE)))
+    params: dict[str, list[int]] = {}
+    if keep:
+        mine = and_(mine, ~in_list(conn, D.c.id, "keep", BigInteger()))
+        params = {"keep": sorted(keep)}
     waiting = (
         select(D.c.subscriber_id)
         .where(mine, D.c.subscriber_id == S.c.id, D.c.lesson == S.c.next_lesson)
         .exists()
     )
-    conn.execute(update(S).where(S.c.status == ACTIVE, waiting).values(next_send_at=now))
+    conn.execute(update(S).where(S.c.status == ACTIVE, waiting).values(next_send_at=now), params)
     result = conn.execute(
         update(D)
         .where(mine)
@@ -750,7 +770,8 @@ def release_claims(session: Session, run_id: str, now: datetime) -> int:
             attempts=D.c.attempts - 1,
             updated_at=now,
             detail="released unsent: the run stopped before sending it",
-        )
+        ),
+        params,
     )
     return result.rowcount
 
