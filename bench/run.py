@@ -34,7 +34,7 @@ from sqlalchemy import text, update
 
 from drip.config import DEFAULT_SENDGRID_WINDOW
 from drip.course import load_course
-from drip.db import make_engine, upgrade
+from drip.db import make_engine
 from drip.idle import sqlite_timestamp
 from drip.models import subscribers
 
@@ -160,7 +160,10 @@ def fill(url: str, total: int, due: int) -> None:
         FROM n"""
     with engine.begin() as conn:
         conn.execute(text(statement), params)
-    with engine.connect() as conn:
+    # Committed: on PostgreSQL an ANALYZE in a transaction rolled back leaves no statistics, and
+    # the send query was planned for a table it thought empty (every due row read and sorted
+    # for each batch). Production's autovacuum analyzes a table this size after such a fill.
+    with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
 
@@ -185,10 +188,18 @@ def make_due(url: str, count: int) -> None:
     engine.dispose()
 
 
+def upgrade_with_src(url: str) -> None:
+    """The schema of the drip that runs (`--src`), not this checkout's: a side-by-side run of
+    two versions with different migrations compares their schemas too."""
+    script = "import sys; from drip.db import upgrade; upgrade(sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    subprocess.run([sys.executable, "-c", script, url], env=env, check=True)
+
+
 def sqlite_template(directory: Path, name: str, total: int, due: int) -> Path:
     path = directory / f"{name}.db"
     url = f"sqlite:///{path}"
-    upgrade(url)
+    upgrade_with_src(url)
     fill(url, total, due)
     return path
 
@@ -212,7 +223,7 @@ def postgres_database() -> Iterator[str]:
     admin(f"DROP DATABASE IF EXISTS {PG_NAME} WITH (FORCE)")
     admin(f"CREATE DATABASE {PG_NAME}")
     try:
-        upgrade(PG_URL)
+        upgrade_with_src(PG_URL)
         yield PG_URL
     finally:
         admin(f"DROP DATABASE IF EXISTS {PG_NAME} WITH (FORCE)")
