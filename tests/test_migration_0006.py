@@ -100,7 +100,7 @@ def test_0006_drops_the_events_foreign_key_and_keeps_every_row(empty_database_ur
         expected = {"e1": (90, 7, PAYLOADS["e1"]), "e2": (90, 7, PAYLOADS["e2"])}
         expected["e3"] = (91, 8, PAYLOADS["e3"])
 
-        assert upgrade(url) == head_revision() == "0006"
+        assert upgrade(url) == head_revision()
         with engine.begin() as conn:
             assert inspect(conn).get_foreign_keys("events") == []
             indexes = {index["name"] for index in inspect(conn).get_indexes("events")}

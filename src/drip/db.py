@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # Alembic is imported only when a schema is created or upgrad
     from sqlalchemy.orm import Session, sessionmaker
 
 SCRIPT_LOCATION = "drip:migrations"
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 """The newest migration shipped; a test checks it against Alembic's view of the scripts. Kept
 as a constant so that every command does not load Alembic and the migration scripts just to
 compare one string."""

@@ -102,6 +102,11 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012 (SQLAlchemy's API)
 
 
+DUE_PREDICATE = "next_send_at IS NOT NULL"
+"""The due index's predicate: the send query and `drip.idle.DUE` repeat it word for word."""
+ATTENTION_PREDICATE = "status IN ('retry', 'failed', 'in_doubt')"
+"""PostgreSQL's ix_deliveries_course_id_status holds these deliveries only: the ones listed or
+settled by status (the idle probe, `drip deliveries`, the settling pass)."""
 LEFT_PREDICATE = "status IN ('unsubscribed', 'bounced', 'complained')"
 """The readers who left for good (`SUPPRESSED_STATUSES`), word for word as `drip stats` asks:
 SQLite uses a partial index only for a query that repeats its predicate."""
@@ -123,14 +128,24 @@ class Subscriber(Base):
         UniqueConstraint("course_id", "email", name="uq_subscribers_course_id_email"),
         CheckConstraint(_check_in("status", SubscriberStatus), name="status"),
         # The send query: "who in this course is due by now" must be an index probe even among a
-        # million subscribers, so only rows that have a next send at all are indexed.
+        # million subscribers, so only rows that have a next send at all are indexed. It takes
+        # them in (next_send_at, id) order: SQLite's entries end with the rowid (the id) anyway;
+        # PostgreSQL needs id in the key, or it sorts every due row for each batch (migration
+        # 0007), and the included columns make the dry run's count per lesson index-only.
         Index(
             "ix_subscribers_due",
             "course_id",
             "next_send_at",
-            sqlite_where="next_send_at IS NOT NULL",
-            postgresql_where="next_send_at IS NOT NULL",
-        ),
+            sqlite_where=text(DUE_PREDICATE),
+        ).ddl_if(dialect="sqlite"),
+        Index(
+            "ix_subscribers_due",
+            "course_id",
+            "next_send_at",
+            "id",
+            postgresql_include=["next_lesson", "status"],
+            postgresql_where=text(DUE_PREDICATE),
+        ).ddl_if(dialect="postgresql"),
         Index("ix_subscribers_email", "email"),
         # The confirmation queue and the timed pauses: only rows that owe something are indexed.
         Index(
@@ -236,7 +251,17 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "lesson", name="uq_deliveries_subscriber_id_lesson"),
         CheckConstraint(_check_in("status", DeliveryStatus), name="status"),
-        Index("ix_deliveries_course_id_status", "course_id", "status"),
+        # By status per course: the rows an operator or the settling pass looks for. PostgreSQL
+        # indexes only those (migration 0007), so a send's three writes of its row add no entry
+        # here; SQLite rewrites an index only when its columns change, and would not use a
+        # partial index for a status bound as a parameter.
+        Index("ix_deliveries_course_id_status", "course_id", "status").ddl_if(dialect="sqlite"),
+        Index(
+            "ix_deliveries_course_id_status",
+            "course_id",
+            "status",
+            postgresql_where=text(ATTENTION_PREDICATE),
+        ).ddl_if(dialect="postgresql"),
         # release_claims looks up the open rows of one run; few rows are open at once.
         Index(
             "ix_deliveries_open_run",
