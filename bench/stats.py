@@ -158,7 +158,7 @@ def direct_counts(engine: Engine) -> dict[str, dict[str, int]]:
     machine = (
         "coalesce(json_type(e.payload, '$.sg_machine_open') = 'true', 0)"
         if engine.dialect.name == "sqlite"
-        else "coalesce(e.payload -> 'sg_machine_open' = 'true'::jsonb, false)"
+        else "coalesce((e.payload -> 'sg_machine_open')::jsonb = 'true'::jsonb, false)"
     )
     counts: dict[str, dict[str, int]] = {}
     with engine.connect() as conn:
