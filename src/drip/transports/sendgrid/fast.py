@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import weakref
@@ -39,12 +40,12 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
 
-from drip.config import DEFAULT_SENDGRID_API_URL, DEFAULT_SENDGRID_WINDOW
+from drip.config import DEFAULT_SENDGRID_API_URL, DEFAULT_SENDGRID_WINDOW, SendGridProcess
 from drip.errors import ConfigError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
@@ -69,21 +70,38 @@ from drip.transports.sendgrid.protocol import (
     spliced_body,
 )
 
+if TYPE_CHECKING:
+    from drip.transports.sendgrid.process import SendingProcess
+
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = DEFAULT_SENDGRID_WINDOW
 DEFAULT_CONNECT_TIMEOUT = 10.0
 USER_AGENT = "drip (aiohttp keep-alive)"
+AUTO_MIN_REQUESTS = 128
+"""DRIP_SENDGRID_PROCESS=auto starts the sending process for a first call of this many requests
+(or a full window): below it, the process's start-up would cost more than it saves."""
 T = TypeVar("T")
+
+
+class Sender(Protocol):
+    """What posts a call's bodies: `HttpLoop` in the loop thread, or the sending process's
+    parent end (`sendgrid.process.SendingProcess`). Both run on the transport's loop."""
+
+    async def post_all(
+        self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
+    ) -> tuple[list[SendResult | None], str | None, _Call]: ...
+
+    async def close(self) -> None: ...
 
 
 def _shutdown(
     loop: asyncio.AbstractEventLoop,
     thread: threading.Thread,
-    holder: list[aiohttp.ClientSession],
+    senders: list[Sender],
     pending: set[Future[list[SendResult]]],
 ) -> None:
-    """Close the session, stop the loop and its thread (from close() or garbage collection).
+    """Close the senders, stop the loop and its thread (from close() or garbage collection).
 
     Calls still `pending` (close() already gave them time to finish) lose their connections
     here: their requests end in doubt or not attempted, and their futures complete before the
@@ -92,18 +110,18 @@ def _shutdown(
     if loop.is_closed():
         return
 
-    async def close_sessions() -> None:
-        for session in holder:
-            await session.close()
-        holder.clear()
+    async def close_senders() -> None:
+        for sender in senders:
+            await sender.close()
+        senders.clear()
 
     if threading.current_thread() is thread:
         # Collected inside the loop: it cannot wait for itself; stop after closing.
-        task = loop.create_task(close_sessions())
+        task = loop.create_task(close_senders())
         task.add_done_callback(lambda _: loop.stop())
         return
     try:
-        asyncio.run_coroutine_threadsafe(close_sessions(), loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(close_senders(), loop).result(timeout=15)
         wait_for(list(pending), timeout=10)
     except Exception:  # a wedged loop must not turn close() into an error
         log.warning("the SendGrid connection pool did not close cleanly", exc_info=True)
@@ -197,15 +215,201 @@ class _Call:
         self.fatal: str | None = None
 
 
+def build_body(label: str, build: Callable[[], bytes], scrubber: Scrubber) -> bytes | SendResult:
+    """The body `build` makes, or FAILED when it raises `ValueError`/`TypeError` (an email
+    that cannot be encoded); any other exception propagates (see `HttpLoop.post_all`)."""
+    try:
+        return build()
+    except (ValueError, TypeError) as exc:
+        return scrubber.result(build_failure(label, exc))
+
+
+class HttpLoop:
+    """POSTs prepared bodies to Mail Send from one event loop: the keep-alive pool, the AIMD
+    limit and the rate bucket, shared by every call. The one implementation of the HTTP step:
+    it runs in the transport's loop thread, or in the sending process (`sendgrid.process`).
+
+    Options as for `FastSendGridTransport`. `stopping`, once set, starts no new request in
+    any call (the sending process's parent is gone).
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_SENDGRID_API_URL,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        window: int = DEFAULT_WINDOW,
+        rate: float | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.scrubber = Scrubber(require_api_key(api_key), users=("apikey",))
+        if window < 1:
+            raise ConfigError(f"DRIP_SENDGRID_WINDOW must be at least 1, not {window}")
+        if rate is not None:
+            TokenBucket(rate)  # validate now: a config error must surface before any claim
+        self._url = base_url.rstrip("/") + MAIL_SEND_PATH
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=timeout
+        )
+        self.window = window
+        self.aimd = Aimd(window)
+        self._rate = rate
+        self._bucket: TokenBucket | None = None
+        self._clock = clock
+        self.session: aiohttp.ClientSession | None = None
+        self.stopping = False
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            connector = aiohttp.TCPConnector(limit=self.window, keepalive_timeout=30)
+            self.session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers=self._headers,
+                json_serialize=lambda value: orjson.dumps(value).decode(),
+                raise_for_status=False,
+            )
+            if self._rate is not None:
+                self._bucket = TokenBucket(self._rate, monotonic=asyncio.get_running_loop().time)
+        return self.session
+
+    async def close(self) -> None:
+        """Close the connections (requests still in flight end in doubt)."""
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def post_all(
+        self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
+    ) -> tuple[list[SendResult | None], str | None, _Call]:
+        """POST one body per job (label, body builder), up to the AIMD limit in flight.
+
+        Returns (results in job order, fatal message or None, call state). A result is None for
+        a job not started (after an outage-like or fatal answer) or that met the fatal answer.
+        A builder that raises `ValueError`/`TypeError` gives FAILED. Any other exception (see
+        `drip.transports.base`) is the fatal message "the transport failed unexpectedly: ...",
+        with every result known kept.
+        """
+        call = _Call(len(jobs))
+        try:
+            await self._send_all(list(jobs), call)
+        except Exception as exc:
+            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
+        fatal = None if call.fatal is None else self.scrubber.text(call.fatal, MAX_ERROR)
+        return call.results, fatal, call
+
+    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]], call: _Call) -> None:
+        running: set[asyncio.Task[None]] = set()
+        wake = asyncio.Event()
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            wake.set()
+
+        try:
+            session = await self._get_session()
+            while (
+                call.next_index < len(jobs)
+                and call.stop_reason is None
+                and call.fatal is None
+                and not self.stopping
+            ):
+                if len(running) >= self.aimd.allowed:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                index = call.next_index
+                call.next_index += 1
+                if self._bucket is not None:
+                    await self._bucket.take()
+                label, build = jobs[index]
+                task = asyncio.create_task(self._send_one(session, label, build, index, call))
+                running.add(task)
+                task.add_done_callback(done)
+        finally:
+            # Requests in flight finish and keep their outcome, whatever stopped the loop.
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _send_one(
+        self,
+        session: aiohttp.ClientSession,
+        label: str,
+        build: Callable[[], bytes],
+        index: int,
+        call: _Call,
+    ) -> None:
+        """Build and POST job `index` of `call` and record its result there. A fatal answer or
+        an unexpected error gives this job no result (it was not handed over) and sets
+        `call.fatal`, so no new request starts."""
+        try:
+            body = build_body(label, build, self.scrubber)
+            if isinstance(body, SendResult):
+                call.results[index] = body
+                return
+            # Clean as it comes (classify_status and post_body scrub what the server said).
+            result = await self.post_body(session, label, body)
+        except FatalTransportError as exc:
+            call.fatal = call.fatal or str(exc)
+            return
+        except Exception as exc:  # not an outcome (a host the IDNA codec refuses, a bug)
+            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
+            return
+        call.results[index] = result
+        if result.outcome is Outcome.SENT:
+            self.aimd.increase()
+        elif result.outcome in (Outcome.RETRY, Outcome.IN_DOUBT):
+            if result.outcome is Outcome.RETRY:
+                self.aimd.decrease()
+            if call.stop_reason is None:
+                call.stop_reason = f"SendGrid answered {label}: {result.detail}"
+                call.stop_retry_after = result.retry_after
+
+    async def post_body(
+        self, session: aiohttp.ClientSession, delivery_id: str, body: bytes
+    ) -> SendResult:
+        """POST one prepared body and classify the answer.
+
+        Raises `FatalTransportError` (without results) for 401/403/404/405 and 3xx. The result
+        is clean: what the server or the connection said went through the `Scrubber`.
+        """
+        try:
+            # Never follow a redirect: it would re-post the email (and the key) elsewhere.
+            async with session.post(self._url, data=body, allow_redirects=False) as response:
+                status = response.status
+                data = await response.read()
+                headers = response.headers
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            detail = f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}"
+            return SendResult(delivery_id, Outcome.RETRY, detail=self.scrubber.text(detail))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            detail = f"request sent, answer lost: {type(exc).__name__} {exc}".strip()
+            return SendResult(delivery_id, Outcome.IN_DOUBT, detail=self.scrubber.text(detail))
+        return classify_status(
+            delivery_id, status, headers, data, self._clock(), self.scrubber.text
+        )
+
+
 class FastSendGridTransport(TransportBase):
     """Sends each email with one POST /v3/mail/send, up to `window` in flight, keep-alive.
 
     `rate` (emails/s, DRIP_SENDGRID_RATE) caps the average request rate with a token bucket
     shared by all requests of this transport. `timeout` bounds the wait for an answer once the
     request is written; `connect_timeout` bounds opening a connection. `clock` is read only to
-    turn Retry-After dates and X-RateLimit-Reset into seconds. Thread-safe for one caller at a
-    time; `submit` lets calls overlap (the delivery loop keeps two windows going); `close` may
-    be called more than once.
+    turn Retry-After dates and X-RateLimit-Reset into seconds (in this process's loop; the
+    sending process reads its own UTC clock). `process` (DRIP_SENDGRID_PROCESS) says where the
+    HTTP step runs: "on" in a second process (`sendgrid.process`), "off" in the loop thread,
+    "auto" in a second process when the first call fills the window on a machine with more than
+    one CPU. Thread-safe for one caller at a time; `submit` lets calls overlap (the delivery
+    loop keeps two windows going); `close` may be called more than once.
     """
 
     name = "sendgrid"
@@ -224,37 +428,39 @@ class FastSendGridTransport(TransportBase):
         window: int = DEFAULT_WINDOW,
         rate: float | None = None,
         clock: Callable[[], datetime] = utc_now,
+        process: SendGridProcess = "off",
     ) -> None:
-        self.scrubber = Scrubber(require_api_key(api_key), users=("apikey",))
-        """Cleans every text this transport (and bulk mode over it) returns or raises."""
-        if window < 1:
-            raise ConfigError(f"DRIP_SENDGRID_WINDOW must be at least 1, not {window}")
-        self._url = base_url.rstrip("/") + MAIL_SEND_PATH
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=timeout
+        self._options: dict[str, Any] = dict(
+            base_url=base_url,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            window=window,
+            rate=rate,
         )
+        self._api_key = api_key
+        self.http = HttpLoop(api_key, clock=clock, **self._options)
+        """The HTTP step in this process (unused while the sending process does it)."""
+        self.scrubber = self.http.scrubber
+        """Cleans every text this transport (and bulk mode over it) returns or raises."""
+        if process not in ("auto", "on", "off"):
+            raise ConfigError(f"DRIP_SENDGRID_PROCESS={process!r} is not known")
+        self.process = process
         self.window = window
-        self.aimd = Aimd(window)
-        self._rate = rate
-        self._bucket: TokenBucket | None = None
-        self._clock = clock
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._holder: list[aiohttp.ClientSession] = []
+        self._senders: list[Sender] = [self.http]
+        self._child: SendingProcess | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
         self._pending: set[Future[list[SendResult]]] = set()
         self.drain_timeout = connect_timeout + timeout + 1.0
         """How long `close` waits for the calls in flight: the longest one request may take."""
-        if rate is not None:
-            TokenBucket(rate)  # validate now: a config error must surface before any claim
+
+    @property
+    def aimd(self) -> Aimd:
+        """The in-thread limit on requests in flight (the sending process keeps its own)."""
+        return self.http.aimd
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -270,35 +476,22 @@ class FastSendGridTransport(TransportBase):
             thread = threading.Thread(target=loop.run_forever, name="drip-sendgrid", daemon=True)
             thread.start()
             self._loop, self._thread = loop, thread
-            # Also runs when a transport is dropped without close(): no leaked sockets.
+            # Also runs when a transport is dropped without close(): no leaked sockets or
+            # sending process.
             self._finalizer = weakref.finalize(
-                self, _shutdown, loop, thread, self._holder, self._pending
+                self, _shutdown, loop, thread, self._senders, self._pending
             )
         return self._loop
 
     @property
     def _session(self) -> aiohttp.ClientSession | None:
-        return self._holder[0] if self._holder else None
-
-    async def _get_session(self) -> aiohttp.ClientSession:
-        if not self._holder:
-            connector = aiohttp.TCPConnector(limit=self.window, keepalive_timeout=30)
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                headers=self._headers,
-                json_serialize=lambda value: orjson.dumps(value).decode(),
-                raise_for_status=False,
-            )
-            self._holder.append(session)
-            if self._rate is not None:
-                self._bucket = TokenBucket(self._rate, monotonic=asyncio.get_running_loop().time)
-        return self._holder[0]
+        return self.http.session
 
     def close(self) -> None:
         """Let the calls in flight finish (for at most `drain_timeout` seconds), then close the
-        connections and stop the loop thread; safe to call more than once. A call submitted
-        after this fails with `FatalTransportError` (nothing handed over)."""
+        connections, end the sending process if any and stop the loop thread; safe to call
+        more than once. A call submitted after this fails with `FatalTransportError` (nothing
+        handed over)."""
         with self._lock:
             self._closed = True
             finalizer = self._finalizer
@@ -377,107 +570,25 @@ class FastSendGridTransport(TransportBase):
     async def post_all_async(
         self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
     ) -> tuple[list[SendResult | None], str | None, _Call]:
-        """POST one body per job (label, body builder), up to the AIMD limit in flight.
+        """POST one body per job (label, body builder): `HttpLoop.post_all`, in this process or
+        in the sending process. Used by `send` (one email per job) and by bulk mode (many
+        recipients per job). When the sending process dies, every job without an answer is
+        IN_DOUBT (it may have been posted) and the fatal message says so."""
+        return await self._sender(len(jobs)).post_all(jobs)
 
-        Returns (results in job order, fatal message or None, call state). A result is None for
-        a job not started (after an outage-like or fatal answer) or that met the fatal answer.
-        A builder that raises `ValueError`/`TypeError` gives FAILED. Any other exception (see
-        `drip.transports.base`) is the fatal message "the transport failed unexpectedly: ...",
-        with every result known kept. Used by `send` (one email per job) and by bulk mode (many
-        recipients per job).
-        """
-        call = _Call(len(jobs))
-        try:
-            await self._send_all(list(jobs), call)
-        except Exception as exc:
-            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
-        fatal = None if call.fatal is None else self.scrubber.text(call.fatal, MAX_ERROR)
-        return call.results, fatal, call
+    def _sender(self, requests: int) -> Sender:
+        """Who posts a call of `requests` requests; the first call settles "auto" (a second
+        process pays off only for big runs); a sending process that died is started again."""
+        if self.process == "auto":
+            big = requests >= min(self.window, AUTO_MIN_REQUESTS)
+            self.process = "on" if big and (os.cpu_count() or 1) > 1 else "off"
+        if self.process == "off":
+            return self.http
+        if self._child is None or self._child.dead:
+            from drip.transports.sendgrid.process import SendingProcess
 
-    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]], call: _Call) -> None:
-        running: set[asyncio.Task[None]] = set()
-        wake = asyncio.Event()
-
-        def done(task: asyncio.Task[None]) -> None:
-            running.discard(task)
-            wake.set()
-
-        try:
-            session = await self._get_session()
-            while call.next_index < len(jobs) and call.stop_reason is None and call.fatal is None:
-                if len(running) >= self.aimd.allowed:
-                    wake.clear()
-                    await wake.wait()
-                    continue
-                index = call.next_index
-                call.next_index += 1
-                if self._bucket is not None:
-                    await self._bucket.take()
-                label, build = jobs[index]
-                task = asyncio.create_task(self._send_one(session, label, build, index, call))
-                running.add(task)
-                task.add_done_callback(done)
-        finally:
-            # Requests in flight finish and keep their outcome, whatever stopped the loop.
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-
-    async def _send_one(
-        self,
-        session: aiohttp.ClientSession,
-        label: str,
-        build: Callable[[], bytes],
-        index: int,
-        call: _Call,
-    ) -> None:
-        """Build and POST job `index` of `call` and record its result there. A fatal answer or
-        an unexpected error gives this job no result (it was not handed over) and sets
-        `call.fatal`, so no new request starts."""
-        try:
-            try:
-                body = build()
-            except (ValueError, TypeError) as exc:
-                call.results[index] = self.scrubber.result(build_failure(label, exc))
-                return
-            # Clean as it comes (classify_status and post_body scrub what the server said).
-            result = await self.post_body(session, label, body)
-        except FatalTransportError as exc:
-            call.fatal = call.fatal or str(exc)
-            return
-        except Exception as exc:  # not an outcome (a host the IDNA codec refuses, a bug)
-            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
-            return
-        call.results[index] = result
-        if result.outcome is Outcome.SENT:
-            self.aimd.increase()
-        elif result.outcome in (Outcome.RETRY, Outcome.IN_DOUBT):
-            if result.outcome is Outcome.RETRY:
-                self.aimd.decrease()
-            if call.stop_reason is None:
-                call.stop_reason = f"SendGrid answered {label}: {result.detail}"
-                call.stop_retry_after = result.retry_after
-
-    async def post_body(
-        self, session: aiohttp.ClientSession, delivery_id: str, body: bytes
-    ) -> SendResult:
-        """POST one prepared body and classify the answer (also used by bulk sends).
-
-        Raises `FatalTransportError` (without results) for 401/403/404/405 and 3xx. The result
-        is clean: what the server or the connection said went through the transport's
-        `Scrubber`.
-        """
-        try:
-            # Never follow a redirect: it would re-post the email (and the key) elsewhere.
-            async with session.post(self._url, data=body, allow_redirects=False) as response:
-                status = response.status
-                data = await response.read()
-                headers = response.headers
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            detail = f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}"
-            return SendResult(delivery_id, Outcome.RETRY, detail=self.scrubber.text(detail))
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            detail = f"request sent, answer lost: {type(exc).__name__} {exc}".strip()
-            return SendResult(delivery_id, Outcome.IN_DOUBT, detail=self.scrubber.text(detail))
-        return classify_status(
-            delivery_id, status, headers, data, self._clock(), self.scrubber.text
-        )
+            if self._child is not None:
+                self._senders.remove(self._child)
+            self._child = SendingProcess(self._api_key, self.scrubber, self._options)
+            self._senders.append(self._child)
+        return self._child
