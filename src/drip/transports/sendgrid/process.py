@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from drip.transports.base import Outcome, Scrubber, SendResult, unexpected_failure
-from drip.transports.sendgrid.fast import HttpLoop, _Call, build_body
+from drip.transports.sendgrid.http import Call, HttpLoop, build_body
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,14 @@ class SendingProcess:
 
     async def post_all(
         self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
-    ) -> tuple[list[SendResult | None], str | None, _Call]:
+    ) -> tuple[list[SendResult | None], str | None, Call]:
         """`HttpLoop.post_all` through the child: the bodies are built here, posted there.
 
         A builder's unexpected error ships nothing (the fatal message, nothing handed over).
         If the child dies before answering, every job shipped is IN_DOUBT and the fatal message
         names the child's end.
         """
-        call = _Call(len(jobs))
+        call = Call(len(jobs))
         shipped: list[int] = []
         bodies: list[tuple[str, bytes]] = []
         try:
