@@ -26,6 +26,7 @@ from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.support import COURSE, ROOT, drip_env
 from tests.transport_support import API_KEY, bulk_email, make_email
 
+import drip.transports.sendgrid.process
 from drip import store
 from drip.config import load_settings
 from drip.db import open_database
@@ -135,16 +136,28 @@ def test_bulk_mode_over_the_child(fake: FakeSendGrid) -> None:
     assert fake.accepted_ids() == {f"d{n}": 1 for n in range(1, 8)}
 
 
-@pytest.mark.parametrize(("first_call", "started"), [(1, False), (4, True)])
-def test_auto_starts_the_child_for_a_first_call_that_fills_the_window(
-    fake: FakeSendGrid, first_call: int, started: bool
-) -> None:
+def test_auto_starts_the_child_at_the_first_call_that_fills_the_window(fake: FakeSendGrid) -> None:
     transport = FastSendGridTransport(API_KEY, base_url=fake.url, window=4, process="auto")
     with transport:
-        transport.send([make_email(n) for n in range(1, first_call + 1)])
-        transport.send([make_email(n) for n in range(10, 14)])  # settled by the first call
-        assert (transport._child is not None) is started
-        assert transport.process == ("on" if started else "off")
+        transport.send([make_email(1)])  # a confirmation email, say: no process for it
+        assert transport._child is None
+        transport.send([make_email(n) for n in range(2, 6)])
+        child = child_of(transport)
+        transport.send([make_email(6)])  # from now on every call goes through it
+        assert child_of(transport) is child
+    assert fake.accepted_ids() == {f"d{n}": 1 for n in range(1, 7)}
+
+
+def test_a_child_that_cannot_start_posts_nothing_and_stops_the_run(
+    fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(drip.transports.sendgrid.process, "CHILD_CODE", "raise SystemExit(3)")
+    with in_child(fake) as transport, pytest.raises(FatalTransportError) as info:
+        transport.send([make_email(1), make_email(2)])
+    # Nothing was handed over: no result, so the run releases both.
+    assert list(info.value.results) == []
+    assert "could not start (exit status 3)" in str(info.value)
+    assert fake.requests == []
 
 
 def test_the_setting() -> None:

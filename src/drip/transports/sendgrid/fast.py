@@ -144,8 +144,8 @@ class FastSendGridTransport(TransportBase):
     turn Retry-After dates and X-RateLimit-Reset into seconds (in this process's loop; the
     sending process reads its own UTC clock). `process` (DRIP_SENDGRID_PROCESS) says where the
     HTTP step runs: "on" in a second process (`sendgrid.process`), "off" in the loop thread,
-    "auto" in a second process when the first call fills the window on a machine with more than
-    one CPU. Thread-safe for one caller at a time; `submit` lets calls overlap (the delivery
+    "auto" in a second process from the first call that fills the window on a machine with more
+    than one CPU. Thread-safe for one caller at a time; `submit` lets calls overlap (the delivery
     loop keeps two windows going); `close` may be called more than once.
     """
 
@@ -315,13 +315,17 @@ class FastSendGridTransport(TransportBase):
         return await sender.post_all(jobs)
 
     async def _sender(self, requests: int) -> Sender:
-        """Who posts a call of `requests` requests; the first call settles "auto" (a second
-        process pays off only for big runs); a sending process that died is started again."""
-        if self.process == "auto":
-            big = requests >= min(self.window, AUTO_MIN_REQUESTS)
-            self.process = "on" if big and (os.cpu_count() or 1) > 1 else "off"
+        """Who posts a call of `requests` requests. With "auto", calls go through this
+        process's loop until the first that fills the window (or AUTO_MIN_REQUESTS) on a machine
+        with more than one CPU: a second process pays off only for big runs, and a run's first
+        calls may be single confirmation emails. Once started, a sending process takes every
+        call; one that died is started again (a worker keeps its transport across ticks)."""
         if self.process == "off":
             return self.http
+        if self.process == "auto" and self._child is None:
+            big = requests >= min(self.window, AUTO_MIN_REQUESTS)
+            if not big or (os.cpu_count() or 1) < 2:
+                return self.http
         if self._child is None or self._child.dead:
             from drip.transports.sendgrid.process import SendingProcess
 

@@ -17,7 +17,9 @@ Faults:
 - The parent dies (even SIGKILL): the child reads end-of-file, starts no new request, lets
   those in flight end and exits.
 - The child dies: every job of the calls in flight without an answer comes back IN_DOUBT (it
-  may have been posted) with a fatal message, so the run stops and records them. A transport
+  may have been posted) with a fatal message, so the run stops and records them. A child that
+  dies before saying it is ready (one frame, after its imports) read no call: its calls come
+  back without results (not attempted) and a fatal message ("could not start"). A transport
   kept across ticks (`drip worker`) starts a new child at its next call.
 - close(): the parent closes the child's stdin; the child answers the calls in flight, closes
   its connections and exits.
@@ -58,9 +60,10 @@ Answer = tuple[list[tuple[Any, ...] | None], str | None, str | None, float | Non
 """A call's answer from the child: results as tuples (or None), fatal, stop reason, its wait."""
 
 
-def _frame(value: Any) -> bytes:
+def _send_frame(writer: asyncio.WriteTransport, value: Any) -> None:
     payload = marshal.dumps(value)
-    return HEADER.pack(len(payload)) + payload
+    writer.write(HEADER.pack(len(payload)))
+    writer.write(payload)  # not joined: a call's frame is megabytes
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
@@ -91,6 +94,8 @@ class SendingProcess:
     def __init__(self, api_key: str, scrubber: Scrubber, options: dict[str, Any]) -> None:
         self.scrubber = scrubber
         self.dead = False
+        self.started = False
+        """The child said it is ready; before that it read no call (a death posts nothing)."""
         self.cpu_seconds: float | None = None
         """The child's CPU (user + system) when it was closed, from /proc (debug figure)."""
         env = dict(os.environ)
@@ -113,13 +118,15 @@ class SendingProcess:
     async def _open(self, api_key: str, options: dict[str, Any]) -> None:
         """Open the channel, send the options and start reading the answers."""
         reader, self._writer = await _pipes(self._process.stdout, self._process.stdin)
-        self._writer.write(_frame({"api_key": api_key, **options}))
+        _send_frame(self._writer, {"api_key": api_key, **options})
         self._reading = asyncio.create_task(self._read(reader))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         """Complete each call with its answer until the child's output ends, then every call
         still waiting with None."""
         try:
+            await _read_frame(reader)  # the child is ready: from here on it may post
+            self.started = True
             while True:
                 call_id, *answer = await _read_frame(reader)
                 future = self._calls.pop(call_id)
@@ -159,6 +166,10 @@ class SendingProcess:
         if not bodies:
             return call.results, None, call
         answer = await self._post(bodies)
+        if answer is None and not self.started:
+            status = await self._exit_status()
+            message = f"the SendGrid sending process could not start ({status})"
+            return call.results, self.scrubber.text(message), call
         if answer is None:
             status = await self._exit_status()
             call.fatal = self.scrubber.text(
@@ -186,7 +197,7 @@ class SendingProcess:
         self._next_call += 1
         future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
-        self._writer.write(_frame((call_id, bodies)))
+        _send_frame(self._writer, (call_id, bodies))
         return await future
 
     async def _exit_status(self) -> str:
@@ -248,6 +259,7 @@ async def _serve() -> None:
     sys.stdout = sys.stderr  # nothing else may write into the channel
     options = await _read_frame(reader)
     http = HttpLoop(options.pop("api_key"), **options)
+    _send_frame(writer, None)  # ready
     calls: set[asyncio.Task[None]] = set()
     while True:
         try:
@@ -276,4 +288,4 @@ async def _answer(
         for r in results
     ]
     if not writer.is_closing():
-        writer.write(_frame((call_id, plain, fatal, call.stop_reason, call.stop_retry_after)))
+        _send_frame(writer, (call_id, plain, fatal, call.stop_reason, call.stop_retry_after))
