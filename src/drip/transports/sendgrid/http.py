@@ -222,6 +222,8 @@ class HttpLoop:
             running.discard(task)
             wake.set()
 
+        if self.stopping:
+            return
         try:
             session = await self._get_session()
             while (

@@ -14,15 +14,16 @@ carries the options and the API key (never argv or the environment, which others
 Faults:
 - The child ignores SIGINT and SIGTERM from its first statement: the parent decides what an
   interrupt means (stop handing over, record the windows in flight, release the rest).
-- The parent dies (even SIGKILL): the child reads end-of-file, starts no new request, lets
-  those in flight end and exits.
+- The parent dies (even SIGKILL): the child reads end of file, starts no new request, cuts
+  those in flight and exits at once (no orphan left waiting for answers nobody will read).
 - The child dies: every job of the calls in flight without an answer comes back IN_DOUBT (it
   may have been posted) with a fatal message, so the run stops and records them. A child that
   dies before saying it is ready (one frame, after its imports) read no call: its calls come
   back without results (not attempted) and a fatal message ("could not start"). A transport
   kept across ticks (`drip worker`) starts a new child at its next call.
-- close(): the parent closes the child's stdin; the child answers the calls in flight, closes
-  its connections and exits.
+- close(): the parent waits for its calls in flight (as in-thread), then closes the child's
+  stdin; the child closes its connections (a call still in flight ends in doubt, as in-thread)
+  and exits.
 """
 
 from __future__ import annotations
@@ -210,8 +211,8 @@ class SendingProcess:
         return "its output closed"
 
     async def close(self) -> None:
-        """End of file to the child: it answers the calls in flight, then exits; killed after
-        EXIT_TIMEOUT seconds."""
+        """End of file to the child: it cuts the calls still in flight (in doubt), answers them
+        and exits; killed after EXIT_TIMEOUT seconds."""
         self.cpu_seconds = _cpu_seconds(self._process.pid)
         try:
             await self._ready
@@ -269,10 +270,13 @@ async def _serve() -> None:
         task = asyncio.create_task(_answer(http, writer, call_id, bodies))
         calls.add(task)
         task.add_done_callback(calls.discard)
+    # Closed (the parent already waited for its calls) or the parent is gone: start nothing,
+    # cut what is still in flight (in doubt; with the parent gone nobody waits for answers,
+    # and a child waiting 30 s for a held answer would outlive its parent), answer, exit.
     http.stopping = True
+    await http.close()
     if calls:
         await asyncio.gather(*calls, return_exceptions=True)
-    await http.close()
     writer.close()
 
 
