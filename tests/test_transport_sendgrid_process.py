@@ -15,9 +15,10 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -138,13 +139,23 @@ def test_bulk_mode_over_the_child(fake: FakeSendGrid) -> None:
 
 def test_auto_starts_the_child_at_the_first_call_that_fills_the_window(fake: FakeSendGrid) -> None:
     transport = FastSendGridTransport(API_KEY, base_url=fake.url, window=4, process="auto")
+    in_thread = []
+    post_all = transport.http.post_all
+
+    async def counted(jobs: Sequence[tuple[str, Callable[[], bytes]]]) -> Any:
+        in_thread.append(len(jobs))
+        return await post_all(jobs)
+
+    transport.http.post_all = counted  # type: ignore[method-assign]
     with transport:
         transport.send([make_email(1)])  # a confirmation email, say: no process for it
         assert transport._child is None
-        transport.send([make_email(n) for n in range(2, 6)])
-        child = child_of(transport)
+        transport.send([make_email(n) for n in range(2, 6)])  # sent here while it starts
+        child = transport._child
+        assert child is not None and in_thread == [1, 4]
+        wait_until(lambda: child.started, "the child to be ready")
         transport.send([make_email(6)])  # from now on every call goes through it
-        assert child_of(transport) is child
+        assert in_thread == [1, 4] and transport._child is child
     assert fake.accepted_ids() == {f"d{n}": 1 for n in range(1, 7)}
 
 

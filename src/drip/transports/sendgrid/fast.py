@@ -144,9 +144,11 @@ class FastSendGridTransport(TransportBase):
     turn Retry-After dates and X-RateLimit-Reset into seconds (in this process's loop; the
     sending process reads its own UTC clock). `process` (DRIP_SENDGRID_PROCESS) says where the
     HTTP step runs: "on" in a second process (`sendgrid.process`), "off" in the loop thread,
-    "auto" in a second process from the first call that fills the window on a machine with more
-    than one CPU. Thread-safe for one caller at a time; `submit` lets calls overlap (the delivery
-    loop keeps two windows going); `close` may be called more than once.
+    "auto" in a second process, started at the first call that fills the window on a machine
+    with more than one CPU, once it is ready (the calls meanwhile run in the loop thread); the
+    rate bucket and the AIMD limit are then the child's. Thread-safe for one caller at a time;
+    `submit` lets calls overlap (the delivery loop keeps two windows going); `close` may be
+    called more than once.
     """
 
     name = "sendgrid"
@@ -317,9 +319,10 @@ class FastSendGridTransport(TransportBase):
     async def _sender(self, requests: int) -> Sender:
         """Who posts a call of `requests` requests. With "auto", calls go through this
         process's loop until the first that fills the window (or AUTO_MIN_REQUESTS) on a machine
-        with more than one CPU: a second process pays off only for big runs, and a run's first
-        calls may be single confirmation emails. Once started, a sending process takes every
-        call; one that died is started again (a worker keeps its transport across ticks)."""
+        with more than one CPU starts the sending process, and on while it starts (its start-up
+        never delays a call): a second process pays off only for big runs, and a run's first
+        calls may be single confirmation emails. Once it is ready it takes every call. One that
+        died is started again (a worker keeps its transport across ticks)."""
         if self.process == "off":
             return self.http
         if self.process == "auto" and self._child is None:
@@ -334,4 +337,6 @@ class FastSendGridTransport(TransportBase):
                 await self._child.close()
             self._child = SendingProcess(self._api_key, self.scrubber, self._options)
             self._senders.append(self._child)
+        if self.process == "auto" and not self._child.started:
+            return self.http
         return self._child

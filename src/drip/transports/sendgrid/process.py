@@ -114,7 +114,7 @@ class SendingProcess:
         self._next_call = 0
         self._writer: asyncio.WriteTransport | None = None
         self._reading: asyncio.Task[None] | None = None
-        self._ready = asyncio.get_running_loop().create_task(self._open(api_key, options))
+        self._opening = asyncio.get_running_loop().create_task(self._open(api_key, options))
 
     async def _open(self, api_key: str, options: dict[str, Any]) -> None:
         """Open the channel, send the options and start reading the answers."""
@@ -191,7 +191,7 @@ class SendingProcess:
 
     async def _post(self, bodies: list[tuple[str, bytes]]) -> Answer | None:
         """Hand `bodies` to the child; its answer, or None if it ended first."""
-        await self._ready
+        await self._opening
         if self.dead or self._writer is None or self._writer.is_closing():
             return None
         call_id = self._next_call
@@ -215,7 +215,7 @@ class SendingProcess:
         and exits; killed after EXIT_TIMEOUT seconds."""
         self.cpu_seconds = _cpu_seconds(self._process.pid)
         try:
-            await self._ready
+            await self._opening
         except Exception:  # the channel never opened: the child gets end of file below
             log.debug("the channel to the sending process did not open", exc_info=True)
         if self._writer is not None:
