@@ -327,7 +327,7 @@ class FastSendGridTransport(TransportBase):
             return self.http
         if self.process == "auto" and self._child is None:
             big = requests >= min(self.window, AUTO_MIN_REQUESTS)
-            if not big or (os.cpu_count() or 1) < 2:
+            if not big or (os.cpu_count() or 1) < 2 or os.name != "posix":
                 return self.http
         if self._child is None or self._child.dead:
             from drip.transports.sendgrid.process import SendingProcess
