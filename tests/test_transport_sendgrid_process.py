@@ -83,6 +83,18 @@ def test_the_child_ignores_sigint_and_sigterm(fake: FakeSendGrid) -> None:
         assert child_of(transport) is child
 
 
+def test_the_child_gets_no_secret_in_its_arguments_or_environment(
+    fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
+    monkeypatch.setenv("DRIP_DATABASE_URL", "postgresql://drip:hunter2@db/drip")
+    with in_child(fake) as transport:
+        transport.send([make_email(1)])
+        pid = child_of(transport).pid
+        seen = Path(f"/proc/{pid}/environ").read_bytes() + Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert API_KEY.encode() not in seen and b"hunter2" not in seen
+
+
 def test_a_child_killed_in_flight_gives_in_doubt_and_the_next_call_starts_a_new_one(
     fake: FakeSendGrid,
 ) -> None:

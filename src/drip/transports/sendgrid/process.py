@@ -9,7 +9,8 @@ plain tuples and the loop thread completes the call.
 
 The channel is the child's stdin (parent -> child) and stdout (child -> parent): frames of a
 4-byte length and a `marshal` payload (both ends are the same interpreter). The first frame
-carries the options and the API key (never argv or the environment, which others can read).
+carries the options and the API key (never argv or the environment, which others can read:
+the child's environment is the parent's without any DRIP_* or SENDGRID_* variable).
 
 Faults:
 - The child ignores SIGINT and SIGTERM from its first statement: the parent decides what an
@@ -112,7 +113,8 @@ class SendingProcess:
         """The child said it is ready; before that it read no call (a death posts nothing)."""
         self.cpu_seconds: float | None = None
         """The child's CPU (user + system) when it was closed, from /proc (debug figure)."""
-        env = dict(os.environ)
+        # The child needs no setting: none of the secrets (key, database URL...) goes with it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIP_", "SENDGRID_"))}
         # The child imports this very drip, whatever its current directory or install.
         here = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
