@@ -123,6 +123,29 @@ class Call:
         self.fatal: str | None = None
 
 
+Job = tuple[str, Callable[[], bytes]]
+"""A request to make: its label (the delivery id, or "bulk-<n>") and its body's builder."""
+
+
+class Feed:
+    """The jobs of a call that arrive while it runs: the sending process starts posting a call's
+    first bodies while the rest are still being built and shipped by the parent."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self._event = asyncio.Event()
+
+    def add(self, count: int) -> None:
+        """`count` more jobs are in place."""
+        self.arrived += count
+        self._event.set()
+
+    async def more(self) -> None:
+        """Wait until more jobs are in place."""
+        self._event.clear()
+        await self._event.wait()
+
+
 def build_body(label: str, build: Callable[[], bytes], scrubber: Scrubber) -> bytes | SendResult:
     """The body `build` makes, or FAILED when it raises `ValueError`/`TypeError` (an email
     that cannot be encoded); any other exception propagates (see `HttpLoop.post_all`)."""
@@ -196,7 +219,7 @@ class HttpLoop:
             self.session = None
 
     async def post_all(
-        self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
+        self, jobs: Sequence[Job | None], feed: Feed | None = None
     ) -> tuple[list[SendResult | None], str | None, Call]:
         """POST one body per job (label, body builder), up to the AIMD limit in flight.
 
@@ -204,17 +227,20 @@ class HttpLoop:
         a job not started (after an outage-like or fatal answer) or that met the fatal answer.
         A builder that raises `ValueError`/`TypeError` gives FAILED. Any other exception (see
         `drip.transports.base`) is the fatal message "the transport failed unexpectedly: ...",
-        with every result known kept.
+        with every result known kept. With a `feed`, `jobs` is filled in place while the call
+        runs (up to `feed.arrived`); a job left None is skipped (no result).
         """
         call = Call(len(jobs))
         try:
-            await self._send_all(list(jobs), call)
+            await self._send_all(jobs if feed is not None else list(jobs), call, feed)
         except Exception as exc:
             call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
         fatal = None if call.fatal is None else self.scrubber.text(call.fatal, MAX_ERROR)
         return call.results, fatal, call
 
-    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]], call: Call) -> None:
+    async def _send_all(
+        self, jobs: Sequence[Job | None], call: Call, feed: Feed | None = None
+    ) -> None:
         running: set[asyncio.Task[None]] = set()
         wake = asyncio.Event()
 
@@ -237,10 +263,16 @@ class HttpLoop:
                     await wake.wait()
                     continue
                 index = call.next_index
+                if feed is not None and index >= feed.arrived:
+                    await feed.more()
+                    continue
                 call.next_index += 1
+                job = jobs[index]
+                if job is None:
+                    continue
                 if self._bucket is not None:
                     await self._bucket.take()
-                label, build = jobs[index]
+                label, build = job
                 task = asyncio.create_task(self._send_one(session, label, build, index, call))
                 running.add(task)
                 task.add_done_callback(done)

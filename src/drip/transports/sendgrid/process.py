@@ -44,13 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from drip.transports.base import Outcome, Scrubber, SendResult, unexpected_failure
-from drip.transports.sendgrid.http import Call, HttpLoop, build_body
+from drip.transports.sendgrid.http import Call, Feed, HttpLoop, Job, build_body
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">I")
 PIPE_SIZE = 1 << 20
 READ_LIMIT = 1 << 26
+CHUNK = 32
+"""Bodies per frame: the child starts posting a call after its first chunk."""
 OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 """Outcome by value: a dict lookup, not the Enum call's machinery (per email)."""
 EXIT_TIMEOUT = 10.0
@@ -162,26 +164,15 @@ class SendingProcess:
     ) -> tuple[list[SendResult | None], str | None, Call]:
         """`HttpLoop.post_all` through the child: the bodies are built here, posted there.
 
-        A builder's unexpected error ships nothing (the fatal message, nothing handed over).
-        If the child dies before answering, every job shipped is IN_DOUBT and the fatal message
-        names the child's end.
+        Shipped CHUNK bodies at a time, so the child starts posting while the rest are built.
+        A builder's unexpected error ships no further body: the fatal message, with the results
+        of those shipped. If the child dies before answering, every job shipped is IN_DOUBT and
+        the fatal message names the child's end.
         """
         call = Call(len(jobs))
-        shipped: list[int] = []
-        bodies: list[tuple[str, bytes]] = []
-        try:
-            for index, (label, build) in enumerate(jobs):
-                body = build_body(label, build, self.scrubber)
-                if isinstance(body, SendResult):
-                    call.results[index] = body
-                else:
-                    shipped.append(index)
-                    bodies.append((label, body))
-        except Exception as exc:
-            return call.results, str(unexpected_failure(exc, (), self.scrubber)), call
-        if not bodies:
+        if not jobs:
             return call.results, None, call
-        answer = await self._post(bodies)
+        answer, failure, shipped = await self._ship(jobs, call)
         if answer is None and not self.started:
             status = await self._exit_status()
             message = f"the SendGrid sending process could not start ({status})"
@@ -192,29 +183,57 @@ class SendingProcess:
                 f"the SendGrid sending process ended unexpectedly ({status})"
             )
             detail = f"request handed to the sending process, no answer: it ended ({status})"
-            for index, (label, _) in zip(shipped, bodies, strict=True):
-                call.results[index] = SendResult(label, Outcome.IN_DOUBT, detail=detail)
+            for index in shipped:
+                call.results[index] = SendResult(jobs[index][0], Outcome.IN_DOUBT, detail=detail)
             return call.results, call.fatal, call
         results, call.fatal, call.stop_reason, call.stop_retry_after = answer
-        for index, result in zip(shipped, results, strict=True):
+        for index, result in enumerate(results):
             if result is not None:
                 delivery_id, outcome, provider_id, retry_after, detail = result
                 call.results[index] = SendResult(
                     delivery_id, OUTCOMES[outcome], provider_id, retry_after, detail
                 )
+        call.fatal = call.fatal or failure
         return call.results, call.fatal, call
 
-    async def _post(self, bodies: list[tuple[str, bytes]]) -> Answer | None:
-        """Hand `bodies` to the child; its answer, or None if it ended first."""
+    async def _ship(
+        self, jobs: Sequence[tuple[str, Callable[[], bytes]]], call: Call
+    ) -> tuple[Answer | None, str | None, list[int]]:
+        """Build the bodies and hand them to the child, a chunk per frame. A body that gives
+        FAILED goes to `call.results` and is shipped as None, as is every body after an
+        unexpected error. Returns the child's answer (None if it ended first), that error's
+        message, and the indices of the bodies shipped."""
         await self._opening
         if self.dead or self._writer is None or self._writer.is_closing():
-            return None
+            return None, None, []
         call_id = self._next_call
         self._next_call += 1
         future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
-        _send_frame(self._writer, (call_id, bodies))
-        return await future
+        failure: str | None = None
+        shipped: list[int] = []
+        for start in range(0, len(jobs), CHUNK):
+            entries: list[tuple[str, bytes] | None] = []
+            for index in range(start, min(start + CHUNK, len(jobs))):
+                label, build = jobs[index]
+                body: bytes | SendResult | None = None
+                if failure is None:
+                    try:
+                        body = build_body(label, build, self.scrubber)
+                    except Exception as exc:
+                        failure = str(unexpected_failure(exc, (), self.scrubber))
+                if isinstance(body, SendResult):
+                    call.results[index] = body
+                elif body is not None:
+                    shipped.append(index)
+                    entries.append((label, body))
+                    continue
+                entries.append(None)
+            if self._writer.is_closing():
+                break  # the child is gone: the reader answers None
+            _send_frame(self._writer, (call_id, start, len(jobs), entries))
+            await asyncio.sleep(0)  # the pipe drains, answers come in, between chunks
+        return await future, failure, shipped
 
     async def _exit_status(self) -> str:
         """How the child ended, for the message (waits up to a second for it to be reaped)."""
@@ -277,14 +296,25 @@ async def _serve() -> None:
     http = HttpLoop(options.pop("api_key"), **options)
     _send_frame(writer, None)  # ready
     calls: set[asyncio.Task[None]] = set()
+    feeds: dict[int, tuple[list[Job | None], Feed]] = {}
     while True:
         try:
-            call_id, bodies = await _read_frame(reader)
+            call_id, start, total, entries = await _read_frame(reader)
         except asyncio.IncompleteReadError:
             break  # closed, or the parent is gone
-        task = asyncio.create_task(_answer(http, writer, call_id, bodies))
-        calls.add(task)
-        task.add_done_callback(calls.discard)
+        if start == 0:
+            jobs: list[Job | None] = [None] * total
+            feeds[call_id] = (jobs, Feed())
+            task = asyncio.create_task(_answer(http, writer, call_id, *feeds[call_id]))
+            calls.add(task)
+            task.add_done_callback(calls.discard)
+        jobs, feed = feeds[call_id]
+        for offset, entry in enumerate(entries):
+            if entry is not None:
+                jobs[start + offset] = (entry[0], partial(bytes, entry[1]))
+        feed.add(len(entries))
+        if feed.arrived == total:
+            del feeds[call_id]
     # Closed (the parent already waited for its calls) or the parent is gone: start nothing,
     # cut what is still in flight (in doubt; with the parent gone nobody waits for answers,
     # and a child waiting 30 s for a held answer would outlive its parent), answer, exit.
@@ -296,10 +326,13 @@ async def _serve() -> None:
 
 
 async def _answer(
-    http: HttpLoop, writer: asyncio.WriteTransport, call_id: int, bodies: list[tuple[str, bytes]]
+    http: HttpLoop,
+    writer: asyncio.WriteTransport,
+    call_id: int,
+    jobs: list[Job | None],
+    feed: Feed,
 ) -> None:
-    jobs = [(label, partial(bytes, body)) for label, body in bodies]
-    results, fatal, call = await http.post_all(jobs)
+    results, fatal, call = await http.post_all(jobs, feed)
     plain = [
         None
         if r is None
