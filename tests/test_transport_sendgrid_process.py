@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +35,8 @@ from drip.db import open_database
 from drip.errors import ConfigError
 from drip.transports import FatalTransportError, Outcome, make_transport
 from drip.transports.sendgrid.bulk import BulkSendGridTransport
-from drip.transports.sendgrid.fast import FastSendGridTransport
+from drip.transports.sendgrid.fast import FastSendGridTransport, _email_body
+from drip.transports.sendgrid.process import CHUNK
 
 
 @pytest.fixture
@@ -141,6 +143,32 @@ def test_close_lets_the_calls_in_flight_finish_then_ends_the_child(fake: FakeSen
     assert child_of(transport).poll() == 0
 
 
+def test_the_child_posts_a_call_s_first_bodies_while_the_rest_are_built(
+    fake: FakeSendGrid,
+) -> None:
+    first_posted = threading.Event()
+    waited: list[bool] = []
+
+    def body(n: int) -> Callable[[], bytes]:
+        def build() -> bytes:
+            if n == CHUNK + 1:  # the first body of the second chunk waits for a request
+                waited.append(first_posted.wait(timeout=10))
+            return _email_body(make_email(n))
+
+        return build
+
+    with in_child(fake, window=64) as transport:
+        transport.send([make_email(99)])  # started
+        jobs = [(f"d{n}", body(n)) for n in range(1, 2 * CHUNK + 1)]
+        future = transport.run_soon(transport.post_all_async(jobs))
+        wait_until(lambda: len(fake.requests) > 1, "a request of the call")
+        first_posted.set()
+        results, fatal, _ = future.result(timeout=20)
+    assert waited == [True]  # not 10 s: the child did not wait for the whole call
+    assert fatal is None
+    assert [r.outcome if r else None for r in results] == [Outcome.SENT] * 2 * CHUNK
+
+
 def test_bulk_mode_over_the_child(fake: FakeSendGrid) -> None:
     with BulkSendGridTransport(in_child(fake), per_request=3) as transport:
         results = transport.send([bulk_email(n) for n in range(1, 8)])
@@ -195,7 +223,8 @@ def test_the_setting() -> None:
 PARENT = """
 import sys, time
 from tests.transport_support import API_KEY, make_email
-from drip.transports.sendgrid.fast import FastSendGridTransport
+from drip.transports.sendgrid.fast import FastSendGridTransport, _email_body
+from drip.transports.sendgrid.process import CHUNK
 
 transport = FastSendGridTransport(API_KEY, base_url=sys.argv[1], window=1, process="on")
 future = transport.submit([make_email(n) for n in range(1, 21)])
