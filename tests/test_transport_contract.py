@@ -80,8 +80,14 @@ class SendGridHarness(Harness):
             # contract scenarios are ordered. Concurrency is tested in
             # test_transport_sendgrid_fast.py.
             self.name = f"sendgrid-{client}"
+            # "process": the HTTP step in a second process (DRIP_SENDGRID_PROCESS=on).
             fast = FastSendGridTransport(
-                API_KEY, base_url=fake.url, timeout=TIMEOUT, window=1, clock=clock
+                API_KEY,
+                base_url=fake.url,
+                timeout=TIMEOUT,
+                window=1,
+                clock=clock,
+                process="on" if client == "process" else "off",
             )
             self.transport = fast
             # fills_bulk_parts: lesson bodies are spliced from the lesson's encoded parts.
@@ -161,6 +167,7 @@ HARNESSES: dict[str, type[Harness]] = {
     "sendgrid": SendGridHarness,
     "sendgrid-fast": SendGridHarness,
     "sendgrid-bulk": SendGridHarness,
+    "sendgrid-process": SendGridHarness,
     "smtp": SmtpHarness,
     "outbox": OutboxHarness,
     "memory": MemoryHarness,

@@ -39,16 +39,25 @@ def fake() -> Iterator[FakeSendGrid]:
         yield server
 
 
+@pytest.fixture(params=["off", "on"])
+def process(request: pytest.FixtureRequest) -> str:
+    """Where the HTTP step runs (DRIP_SENDGRID_PROCESS): the same outcomes either way."""
+    return str(request.param)
+
+
 def fast(fake: FakeSendGrid, **kwargs: object) -> FastSendGridTransport:
     options: dict[str, object] = {"timeout": 0.5, "window": 8, "clock": lambda: NOW}
     options.update(kwargs)
     return FastSendGridTransport(API_KEY, base_url=fake.url, **options)  # type: ignore[arg-type]
 
 
-def test_requests_overlap_and_payloads_equal_the_official_ones(fake: FakeSendGrid) -> None:
+def test_requests_overlap_and_payloads_equal_the_official_ones(
+    fake: FakeSendGrid, process: str
+) -> None:
     fake.latency = 0.1
     emails = [make_email(n) for n in range(1, 25)]
-    with fast(fake, window=8) as transport:
+    with fast(fake, process=process, window=8) as transport:
+        transport.send([make_email(99)])  # the sending process's start-up is not timed
         started = time.monotonic()
         results = transport.send(emails)
         elapsed = time.monotonic() - started
@@ -76,11 +85,14 @@ def test_connections_are_kept_across_calls(fake: FakeSendGrid) -> None:
     assert len(fake.accepted) == 10
 
 
-def test_fatal_mid_call_keeps_every_accepted_message(fake: FakeSendGrid) -> None:
+def test_fatal_mid_call_keeps_every_accepted_message(fake: FakeSendGrid, process: str) -> None:
     fake.add_script("202", "202", "202")
     fake.default = type(fake.default).parse("401")
     emails = [make_email(n) for n in range(1, 13)]
-    with fast(fake, window=4) as transport, pytest.raises(FatalTransportError) as info:
+    with (
+        fast(fake, process=process, window=4) as transport,
+        pytest.raises(FatalTransportError) as info,
+    ):
         transport.send(emails)
     recorded = {r.delivery_id: r.outcome for r in info.value.results}
     accepted = set(fake.accepted_ids())
@@ -90,12 +102,15 @@ def test_fatal_mid_call_keeps_every_accepted_message(fake: FakeSendGrid) -> None
     assert API_KEY not in str(info.value)
 
 
-def test_rate_limit_answer_stops_new_requests_and_halves_the_window(fake: FakeSendGrid) -> None:
+def test_rate_limit_answer_stops_new_requests_and_halves_the_window(
+    fake: FakeSendGrid, process: str
+) -> None:
     fake.add_script("429:7")
     emails = [make_email(n) for n in range(1, 21)]
-    with fast(fake, window=1) as transport:
+    with fast(fake, process=process, window=1) as transport:
         results = transport.send(emails)
-        assert transport.aimd.allowed == 1
+        if process == "off":  # the sending process keeps its own limit
+            assert transport.aimd.allowed == 1
     assert results[0].outcome is Outcome.RETRY and results[0].retry_after == 7.0
     assert all(r.outcome is Outcome.RETRY for r in results[1:])
     assert results[1].detail.startswith("not attempted") and results[1].retry_after == 7.0
@@ -112,39 +127,41 @@ def test_server_error_is_retry_and_aimd_recovers(fake: FakeSendGrid) -> None:
         assert transport.aimd.allowed > 8
 
 
-def test_answer_after_timeout_is_in_doubt(fake: FakeSendGrid) -> None:
+def test_answer_after_timeout_is_in_doubt(fake: FakeSendGrid, process: str) -> None:
     fake.add_script("delay:3")
-    with fast(fake, window=1, timeout=0.3) as transport:
+    with fast(fake, process=process, window=1, timeout=0.3) as transport:
         results = transport.send([make_email(1), make_email(2)])
     assert [r.outcome for r in results] == [Outcome.IN_DOUBT, Outcome.RETRY]
     assert "answer lost" in results[0].detail
     assert fake.accepted_ids() == {"d1": 1}
 
 
-def test_reset_is_in_doubt_and_the_next_call_works(fake: FakeSendGrid) -> None:
+def test_reset_is_in_doubt_and_the_next_call_works(fake: FakeSendGrid, process: str) -> None:
     fake.add_script("reset")
-    with fast(fake, window=1) as transport:
+    with fast(fake, process=process, window=1) as transport:
         [lost] = transport.send([make_email(1)])
         [again] = transport.send([make_email(2)])
     assert lost.outcome is Outcome.IN_DOUBT
     assert again.outcome is Outcome.SENT
 
 
-def test_unreachable_is_retry() -> None:
+def test_unreachable_is_retry(process: str) -> None:
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    transport = FastSendGridTransport(API_KEY, base_url=f"http://127.0.0.1:{port}", window=4)
+    transport = FastSendGridTransport(
+        API_KEY, base_url=f"http://127.0.0.1:{port}", window=4, process=process
+    )
     with transport:
         results = transport.send([make_email(1), make_email(2)])
     assert [r.outcome for r in results] == [Outcome.RETRY, Outcome.RETRY]
     assert "not sent" in results[0].detail
 
 
-def test_rate_caps_requests_per_second(fake: FakeSendGrid) -> None:
-    with fast(fake, window=16, rate=40.0) as transport:
+def test_rate_caps_requests_per_second(fake: FakeSendGrid, process: str) -> None:
+    with fast(fake, process=process, window=16, rate=40.0) as transport:
         started = time.monotonic()
         results = transport.send([make_email(n) for n in range(1, 25)])
         elapsed = time.monotonic() - started
@@ -186,12 +203,14 @@ def test_close_stops_the_thread_and_is_idempotent(fake: FakeSendGrid) -> None:
 
 
 @pytest.mark.parametrize("bulk", [False, True])
-def test_close_lets_the_calls_in_flight_finish(fake: FakeSendGrid, bulk: bool) -> None:
+def test_close_lets_the_calls_in_flight_finish(
+    fake: FakeSendGrid, bulk: bool, process: str
+) -> None:
     # The worker's SIGTERM closes the transport while a send is running: what is in flight ends
     # with its real outcome (not "in doubt", not a future that never completes), and a call
     # submitted after the close fails with FatalTransportError (nothing was handed over).
     fake.latency = 0.3
-    inner = fast(fake, window=4)
+    inner = fast(fake, process=process, window=4)
     transport = BulkSendGridTransport(inner, per_request=2) if bulk else inner
     make = bulk_email if bulk else make_email
     future = transport.submit([make(n) for n in range(1, 5)])
@@ -252,13 +271,13 @@ def test_the_spliced_shortcut_declines_what_it_cannot_tell() -> None:
     assert spliced_body(replace(email, bulk=api_key_like)) is None
 
 
-def test_unfilled_lesson_emails_reach_the_provider_filled(fake: FakeSendGrid) -> None:
+def test_unfilled_lesson_emails_reach_the_provider_filled(fake: FakeSendGrid, process: str) -> None:
     """The fast transport fills bulk parts itself: what the provider receives is the email as
     the renderer would have filled it, equal to the official helper's payload."""
     names = ["山田 太郎", "Tom & <Jerry> 'x' \\ \u2028", 'O"Neil', ""]
     emails = [bulk_email(n, name=name) for n, name in enumerate(names, 1)]
     assert [spliced_body(email) is not None for email in emails] == [True, True, False, False]
-    with fast(fake, window=4) as transport:
+    with fast(fake, process=process, window=4) as transport:
         assert transport.fills_bulk_parts
         results = transport.send(emails)
     assert [r.outcome for r in results] == [Outcome.SENT] * 4

@@ -27,9 +27,11 @@ DEFAULT_SENDGRID_API_URL = "https://api.sendgrid.com"
 TransportName = Literal["sendgrid", "smtp", "outbox"]
 SendGridClient = Literal["fast", "official"]
 BulkMode = Literal["off", "auto"]
+SendGridProcess = Literal["auto", "on", "off"]
 TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
 SENDGRID_CLIENTS: tuple[SendGridClient, ...] = get_args(SendGridClient)
 BULK_MODES: tuple[BulkMode, ...] = get_args(BulkMode)
+SENDGRID_PROCESSES: tuple[SendGridProcess, ...] = get_args(SendGridProcess)
 WebSends = Literal["now", "queue"]
 WEB_SENDS: tuple[WebSends, ...] = get_args(WebSends)
 DEFAULT_SENDGRID_WINDOW = 256
@@ -68,6 +70,10 @@ class Settings:
     sendgrid_window: int = DEFAULT_SENDGRID_WINDOW
     """DRIP_SENDGRID_WINDOW: requests in flight (fast client); after a crash at most this many
     emails are in doubt."""
+    sendgrid_process: SendGridProcess = "auto"
+    """DRIP_SENDGRID_PROCESS: where the fast client's HTTP loop runs. 'on': in a second process
+    (its CPU on another core), 'off': in a thread of this process, 'auto': a second process
+    when the first call fills the window on a machine with more than one CPU."""
     bulk: BulkMode = "off"
     """DRIP_BULK: 'auto' sends a lesson as one body with per-recipient substitutions, up to
     1,000 recipients per request, when the transport and the lesson allow it; 'off' never."""
@@ -287,6 +293,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     client = _choice(
         "DRIP_SENDGRID_CLIENT", get("DRIP_SENDGRID_CLIENT") or "fast", SENDGRID_CLIENTS
     )
+    process = _choice(
+        "DRIP_SENDGRID_PROCESS", get("DRIP_SENDGRID_PROCESS") or "auto", SENDGRID_PROCESSES
+    )
     bulk = _choice("DRIP_BULK", get("DRIP_BULK") or "off", BULK_MODES)
     web_sends = _choice("DRIP_WEB_SENDS", get("DRIP_WEB_SENDS") or "now", WEB_SENDS)
     from_address = get("DRIP_FROM") or None
@@ -302,6 +311,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             _positive("DRIP_SENDGRID_WINDOW", get("DRIP_SENDGRID_WINDOW"), int)
             or DEFAULT_SENDGRID_WINDOW
         ),
+        sendgrid_process=process,
         bulk=bulk,
         web_sends=web_sends,
         base_url=_http_url("DRIP_BASE_URL", get("DRIP_BASE_URL") or DEFAULT_BASE_URL),

@@ -74,6 +74,7 @@ def _sendgrid(settings: Settings) -> Transport:
         base_url=settings.sendgrid_api_url,
         window=settings.sendgrid_window,
         rate=settings.sendgrid_rate,
+        process=settings.sendgrid_process,
     )
     if settings.bulk == "auto":
         from drip.transports.sendgrid.bulk import BulkSendGridTransport

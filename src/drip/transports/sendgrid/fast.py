@@ -10,7 +10,10 @@ answers).
 
 An asyncio loop runs in one background thread for the transport's lifetime, so connections stay
 open across calls; `send` blocks the caller until every email of the call has a result, `submit`
-returns a future at once so the caller can prepare the next call meanwhile.
+returns a future at once so the caller can prepare the next call meanwhile. The HTTP step itself
+(`sendgrid.http.HttpLoop`) runs in that thread or, with DRIP_SENDGRID_PROCESS, in a second
+process (`sendgrid.process`) so that its CPU is not taken from the sending thread's GIL; the
+request bodies are built in this process either way.
 
 How failures map to outcomes:
 - connection refused / connect timeout: RETRY (nothing was written);
@@ -31,26 +34,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
 
-from drip.config import DEFAULT_SENDGRID_API_URL, DEFAULT_SENDGRID_WINDOW
+from drip.config import DEFAULT_SENDGRID_API_URL, SendGridProcess
 from drip.errors import ConfigError, FatalTransportError
 from drip.message import OutgoingEmail
 from drip.transports.base import (
-    MAX_ERROR,
-    Outcome,
-    Scrubber,
     SendResult,
     TransportBase,
     finished,
@@ -58,32 +58,42 @@ from drip.transports.base import (
     unexpected_failure,
     utc_now,
 )
+from drip.transports.sendgrid.http import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_WINDOW,
+    Aimd,
+    Call,
+    HttpLoop,
+    Sender,
+    TokenBucket,
+)
 from drip.transports.sendgrid.protocol import (
     DEFAULT_TIMEOUT,
-    MAIL_SEND_PATH,
-    build_failure,
-    classify_status,
     fast_payload,
     fill_parts,
-    require_api_key,
     spliced_body,
 )
 
+if TYPE_CHECKING:
+    from drip.transports.sendgrid.process import SendingProcess
+
+__all__ = ["Aimd", "FastSendGridTransport", "TokenBucket"]
+
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = DEFAULT_SENDGRID_WINDOW
-DEFAULT_CONNECT_TIMEOUT = 10.0
-USER_AGENT = "drip (aiohttp keep-alive)"
+AUTO_MIN_REQUESTS = 128
+"""DRIP_SENDGRID_PROCESS=auto starts the sending process for a first call of this many requests
+(or a full window): below it, the process's start-up would cost more than it saves."""
 T = TypeVar("T")
 
 
 def _shutdown(
     loop: asyncio.AbstractEventLoop,
     thread: threading.Thread,
-    holder: list[aiohttp.ClientSession],
+    senders: list[Sender],
     pending: set[Future[list[SendResult]]],
 ) -> None:
-    """Close the session, stop the loop and its thread (from close() or garbage collection).
+    """Close the senders, stop the loop and its thread (from close() or garbage collection).
 
     Calls still `pending` (close() already gave them time to finish) lose their connections
     here: their requests end in doubt or not attempted, and their futures complete before the
@@ -92,18 +102,18 @@ def _shutdown(
     if loop.is_closed():
         return
 
-    async def close_sessions() -> None:
-        for session in holder:
-            await session.close()
-        holder.clear()
+    async def close_senders() -> None:
+        for sender in senders:
+            await sender.close()
+        senders.clear()
 
     if threading.current_thread() is thread:
         # Collected inside the loop: it cannot wait for itself; stop after closing.
-        task = loop.create_task(close_sessions())
+        task = loop.create_task(close_senders())
         task.add_done_callback(lambda _: loop.stop())
         return
     try:
-        asyncio.run_coroutine_threadsafe(close_sessions(), loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(close_senders(), loop).result(timeout=15)
         wait_for(list(pending), timeout=10)
     except Exception:  # a wedged loop must not turn close() into an error
         log.warning("the SendGrid connection pool did not close cleanly", exc_info=True)
@@ -111,67 +121,6 @@ def _shutdown(
     thread.join(timeout=10)
     if not thread.is_alive():
         loop.close()
-
-
-class TokenBucket:
-    """At most `rate` tokens per second on average, bursts up to `capacity`.
-
-    Used from one event loop only (no locks needed). `monotonic` is a clock for intervals, not
-    the wall-clock `now`: rate limiting is about elapsed time.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        capacity: float | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if rate <= 0:
-            raise ConfigError(f"DRIP_SENDGRID_RATE must be a positive number, not {rate!r}")
-        self.rate = float(rate)
-        self.capacity = float(capacity if capacity is not None else max(1.0, rate / 10))
-        self._monotonic = monotonic
-        self._tokens = self.capacity
-        self._stamp = monotonic()
-
-    def _refill(self) -> None:
-        now = self._monotonic()
-        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-
-    def delay_for(self, tokens: float = 1.0) -> float:
-        """Take `tokens` now (the balance may go negative) and return how long to wait first."""
-        self._refill()
-        self._tokens -= tokens
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-    async def take(self, tokens: float = 1.0) -> None:
-        """Wait until `tokens` may be spent. Callers queue fairly: each reserves its share."""
-        wait = self.delay_for(tokens)
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-
-class Aimd:
-    """The number of requests allowed in flight: additive increase, multiplicative decrease.
-
-    Starts at `ceiling`; `decrease()` halves it (never below 1) after a 429/5xx, `increase()`
-    adds 1/limit per success, i.e. about +1 per window of successes, back up to `ceiling`.
-    """
-
-    def __init__(self, ceiling: int) -> None:
-        self.ceiling = ceiling
-        self.limit = float(ceiling)
-
-    def increase(self) -> None:
-        self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
-
-    def decrease(self) -> None:
-        self.limit = max(1.0, self.limit / 2)
-
-    @property
-    def allowed(self) -> int:
-        return max(1, int(self.limit))
 
 
 def _email_body(email: OutgoingEmail) -> bytes:
@@ -186,26 +135,20 @@ def _email_body(email: OutgoingEmail) -> bytes:
     return orjson.dumps(fast_payload(email))
 
 
-class _Call:
-    """The state of one `send` call inside the loop."""
-
-    def __init__(self, count: int) -> None:
-        self.results: list[SendResult | None] = [None] * count
-        self.next_index = 0
-        self.stop_reason: str | None = None
-        self.stop_retry_after: float | None = None
-        self.fatal: str | None = None
-
-
 class FastSendGridTransport(TransportBase):
     """Sends each email with one POST /v3/mail/send, up to `window` in flight, keep-alive.
 
     `rate` (emails/s, DRIP_SENDGRID_RATE) caps the average request rate with a token bucket
     shared by all requests of this transport. `timeout` bounds the wait for an answer once the
     request is written; `connect_timeout` bounds opening a connection. `clock` is read only to
-    turn Retry-After dates and X-RateLimit-Reset into seconds. Thread-safe for one caller at a
-    time; `submit` lets calls overlap (the delivery loop keeps two windows going); `close` may
-    be called more than once.
+    turn Retry-After dates and X-RateLimit-Reset into seconds (in this process's loop; the
+    sending process reads its own UTC clock). `process` (DRIP_SENDGRID_PROCESS) says where the
+    HTTP step runs: "on" in a second process (`sendgrid.process`), "off" in the loop thread,
+    "auto" in a second process, started at the first call that fills the window on a machine
+    with more than one CPU, once it is ready (the calls meanwhile run in the loop thread); the
+    rate bucket and the AIMD limit are then the child's. Thread-safe for one caller at a time;
+    `submit` lets calls overlap (the delivery loop keeps two windows going); `close` may be
+    called more than once.
     """
 
     name = "sendgrid"
@@ -224,37 +167,39 @@ class FastSendGridTransport(TransportBase):
         window: int = DEFAULT_WINDOW,
         rate: float | None = None,
         clock: Callable[[], datetime] = utc_now,
+        process: SendGridProcess = "off",
     ) -> None:
-        self.scrubber = Scrubber(require_api_key(api_key), users=("apikey",))
-        """Cleans every text this transport (and bulk mode over it) returns or raises."""
-        if window < 1:
-            raise ConfigError(f"DRIP_SENDGRID_WINDOW must be at least 1, not {window}")
-        self._url = base_url.rstrip("/") + MAIL_SEND_PATH
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=timeout
+        self._options: dict[str, Any] = dict(
+            base_url=base_url,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            window=window,
+            rate=rate,
         )
+        self._api_key = api_key
+        self.http = HttpLoop(api_key, clock=clock, **self._options)
+        """The HTTP step in this process (unused while the sending process does it)."""
+        self.scrubber = self.http.scrubber
+        """Cleans every text this transport (and bulk mode over it) returns or raises."""
+        if process not in ("auto", "on", "off"):
+            raise ConfigError(f"DRIP_SENDGRID_PROCESS={process!r} is not known")
+        self.process = process
         self.window = window
-        self.aimd = Aimd(window)
-        self._rate = rate
-        self._bucket: TokenBucket | None = None
-        self._clock = clock
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._holder: list[aiohttp.ClientSession] = []
+        self._senders: list[Sender] = [self.http]
+        self._child: SendingProcess | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
         self._pending: set[Future[list[SendResult]]] = set()
         self.drain_timeout = connect_timeout + timeout + 1.0
         """How long `close` waits for the calls in flight: the longest one request may take."""
-        if rate is not None:
-            TokenBucket(rate)  # validate now: a config error must surface before any claim
+
+    @property
+    def aimd(self) -> Aimd:
+        """The in-thread limit on requests in flight (the sending process keeps its own)."""
+        return self.http.aimd
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -270,35 +215,22 @@ class FastSendGridTransport(TransportBase):
             thread = threading.Thread(target=loop.run_forever, name="drip-sendgrid", daemon=True)
             thread.start()
             self._loop, self._thread = loop, thread
-            # Also runs when a transport is dropped without close(): no leaked sockets.
+            # Also runs when a transport is dropped without close(): no leaked sockets or
+            # sending process.
             self._finalizer = weakref.finalize(
-                self, _shutdown, loop, thread, self._holder, self._pending
+                self, _shutdown, loop, thread, self._senders, self._pending
             )
         return self._loop
 
     @property
     def _session(self) -> aiohttp.ClientSession | None:
-        return self._holder[0] if self._holder else None
-
-    async def _get_session(self) -> aiohttp.ClientSession:
-        if not self._holder:
-            connector = aiohttp.TCPConnector(limit=self.window, keepalive_timeout=30)
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                headers=self._headers,
-                json_serialize=lambda value: orjson.dumps(value).decode(),
-                raise_for_status=False,
-            )
-            self._holder.append(session)
-            if self._rate is not None:
-                self._bucket = TokenBucket(self._rate, monotonic=asyncio.get_running_loop().time)
-        return self._holder[0]
+        return self.http.session
 
     def close(self) -> None:
         """Let the calls in flight finish (for at most `drain_timeout` seconds), then close the
-        connections and stop the loop thread; safe to call more than once. A call submitted
-        after this fails with `FatalTransportError` (nothing handed over)."""
+        connections, end the sending process if any and stop the loop thread; safe to call
+        more than once. A call submitted after this fails with `FatalTransportError` (nothing
+        handed over)."""
         with self._lock:
             self._closed = True
             finalizer = self._finalizer
@@ -376,108 +308,35 @@ class FastSendGridTransport(TransportBase):
 
     async def post_all_async(
         self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
-    ) -> tuple[list[SendResult | None], str | None, _Call]:
-        """POST one body per job (label, body builder), up to the AIMD limit in flight.
+    ) -> tuple[list[SendResult | None], str | None, Call]:
+        """POST one body per job (label, body builder): `HttpLoop.post_all`, in this process or
+        in the sending process. Used by `send` (one email per job) and by bulk mode (many
+        recipients per job). When the sending process dies, every job without an answer is
+        IN_DOUBT (it may have been posted) and the fatal message says so."""
+        sender = await self._sender(len(jobs))
+        return await sender.post_all(jobs)
 
-        Returns (results in job order, fatal message or None, call state). A result is None for
-        a job not started (after an outage-like or fatal answer) or that met the fatal answer.
-        A builder that raises `ValueError`/`TypeError` gives FAILED. Any other exception (see
-        `drip.transports.base`) is the fatal message "the transport failed unexpectedly: ...",
-        with every result known kept. Used by `send` (one email per job) and by bulk mode (many
-        recipients per job).
-        """
-        call = _Call(len(jobs))
-        try:
-            await self._send_all(list(jobs), call)
-        except Exception as exc:
-            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
-        fatal = None if call.fatal is None else self.scrubber.text(call.fatal, MAX_ERROR)
-        return call.results, fatal, call
+    async def _sender(self, requests: int) -> Sender:
+        """Who posts a call of `requests` requests. With "auto", calls go through this
+        process's loop until the first that fills the window (or AUTO_MIN_REQUESTS) on a machine
+        with more than one CPU starts the sending process, and on while it starts (its start-up
+        never delays a call): a second process pays off only for big runs, and a run's first
+        calls may be single confirmation emails. Once it is ready it takes every call. One that
+        died is started again (a worker keeps its transport across ticks)."""
+        if self.process == "off":
+            return self.http
+        if self.process == "auto" and self._child is None:
+            big = requests >= min(self.window, AUTO_MIN_REQUESTS)
+            if not big or (os.cpu_count() or 1) < 2 or os.name != "posix":
+                return self.http
+        if self._child is None or self._child.dead:
+            from drip.transports.sendgrid.process import SendingProcess
 
-    async def _send_all(self, jobs: list[tuple[str, Callable[[], bytes]]], call: _Call) -> None:
-        running: set[asyncio.Task[None]] = set()
-        wake = asyncio.Event()
-
-        def done(task: asyncio.Task[None]) -> None:
-            running.discard(task)
-            wake.set()
-
-        try:
-            session = await self._get_session()
-            while call.next_index < len(jobs) and call.stop_reason is None and call.fatal is None:
-                if len(running) >= self.aimd.allowed:
-                    wake.clear()
-                    await wake.wait()
-                    continue
-                index = call.next_index
-                call.next_index += 1
-                if self._bucket is not None:
-                    await self._bucket.take()
-                label, build = jobs[index]
-                task = asyncio.create_task(self._send_one(session, label, build, index, call))
-                running.add(task)
-                task.add_done_callback(done)
-        finally:
-            # Requests in flight finish and keep their outcome, whatever stopped the loop.
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-
-    async def _send_one(
-        self,
-        session: aiohttp.ClientSession,
-        label: str,
-        build: Callable[[], bytes],
-        index: int,
-        call: _Call,
-    ) -> None:
-        """Build and POST job `index` of `call` and record its result there. A fatal answer or
-        an unexpected error gives this job no result (it was not handed over) and sets
-        `call.fatal`, so no new request starts."""
-        try:
-            try:
-                body = build()
-            except (ValueError, TypeError) as exc:
-                call.results[index] = self.scrubber.result(build_failure(label, exc))
-                return
-            # Clean as it comes (classify_status and post_body scrub what the server said).
-            result = await self.post_body(session, label, body)
-        except FatalTransportError as exc:
-            call.fatal = call.fatal or str(exc)
-            return
-        except Exception as exc:  # not an outcome (a host the IDNA codec refuses, a bug)
-            call.fatal = call.fatal or str(unexpected_failure(exc, (), self.scrubber))
-            return
-        call.results[index] = result
-        if result.outcome is Outcome.SENT:
-            self.aimd.increase()
-        elif result.outcome in (Outcome.RETRY, Outcome.IN_DOUBT):
-            if result.outcome is Outcome.RETRY:
-                self.aimd.decrease()
-            if call.stop_reason is None:
-                call.stop_reason = f"SendGrid answered {label}: {result.detail}"
-                call.stop_retry_after = result.retry_after
-
-    async def post_body(
-        self, session: aiohttp.ClientSession, delivery_id: str, body: bytes
-    ) -> SendResult:
-        """POST one prepared body and classify the answer (also used by bulk sends).
-
-        Raises `FatalTransportError` (without results) for 401/403/404/405 and 3xx. The result
-        is clean: what the server or the connection said went through the transport's
-        `Scrubber`.
-        """
-        try:
-            # Never follow a redirect: it would re-post the email (and the key) elsewhere.
-            async with session.post(self._url, data=body, allow_redirects=False) as response:
-                status = response.status
-                data = await response.read()
-                headers = response.headers
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            detail = f"request not sent, SendGrid unreachable: {type(exc).__name__} {exc}"
-            return SendResult(delivery_id, Outcome.RETRY, detail=self.scrubber.text(detail))
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            detail = f"request sent, answer lost: {type(exc).__name__} {exc}".strip()
-            return SendResult(delivery_id, Outcome.IN_DOUBT, detail=self.scrubber.text(detail))
-        return classify_status(
-            delivery_id, status, headers, data, self._clock(), self.scrubber.text
-        )
+            if self._child is not None:  # dead: reap it and close its pipes
+                self._senders.remove(self._child)
+                await self._child.close()
+            self._child = SendingProcess(self._api_key, self.scrubber, self._options)
+            self._senders.append(self._child)
+        if self.process == "auto" and not self._child.started:
+            return self.http
+        return self._child
