@@ -333,13 +333,8 @@ def test_ctrl_c_to_the_process_group_leaves_nothing_in_doubt_and_no_child(
     assert statuses.count("retry") >= 2, statuses  # the rest were released
 
 
-# Not strict: a signal that lands between two windows passes; it nearly always lands in the wait.
-@pytest.mark.xfail(
-    reason="drip.delivery: a Ctrl-C while `_pump` waits in `finish` for a window it already"
-    " popped from `in_flight` leaves that window unrecorded, and `abandon` then releases its"
-    " 'sending' rows as 'retry' although the provider accepted them (a duplicate next run);"
-    " the same with the HTTP step in-thread",
-)
+# The signal nearly always lands while the run waits for a window's answers: that window is
+# awaited again and recorded by the run's clean-up (it used to be released, and sent again).
 @pytest.mark.parametrize("process", ["off", "on"])
 def test_ctrl_c_records_every_email_the_provider_accepted(
     tmp_path: Path, fake: FakeSendGrid, process: str
