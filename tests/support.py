@@ -11,8 +11,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import Result
+from sqlalchemy import Engine
 
 from drip.course import Course, load_course
+from drip.db import alembic_config
 from drip.delivery import Mailer
 from drip.links import LinkBuilder
 from drip.render import Renderer
@@ -85,3 +87,15 @@ POSTGRESQL_ONLY = pytest.mark.parametrize(
 )
 """The conftest's database fixtures (database_url, engine, sessions) on PostgreSQL only: for
 what only PostgreSQL does (psycopg directly, row locks between connections)."""
+
+
+def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
+    """Run alembic to `revision` as drip.db does (SQLite: foreign keys off around rebuilds)."""
+    from alembic import command
+
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.rollback()
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+        with conn.begin():
+            (command.downgrade if down else command.upgrade)(alembic_config(conn), revision)

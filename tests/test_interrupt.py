@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,35 @@ def _start(tmp_path: Path, args: list[str], stall_at: str) -> tuple[subprocess.P
         text=True,
     )
     return process, marker
+
+
+def _ctrl_c_once(
+    module_args: list[str],
+    tmp_path: Path,
+    env: dict[str, str],
+    *,
+    ready: Callable[[], bool],
+    what: str,
+) -> str:
+    """Run `python -m MODULE_ARGS`, send it SIGINT once `ready()`, check it exits 130; its
+    stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *module_args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (process.returncode, err)
+    return err
 
 
 def _run(tmp_path: Path, *args: str) -> str:
@@ -133,22 +163,13 @@ def test_ctrl_c_during_a_send_releases_what_was_not_handed_over_and_exits_130(
         PAUSE_FILE=str(marker),
         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]),
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.pause_points", "send", "--now", MORNING],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    err = _ctrl_c_once(
+        ["tests.pause_points", "send", "--now", MORNING],
+        tmp_path,
+        env,
+        ready=marker.exists,
+        what="the send never reached its second email",
     )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the send never reached its second email"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
-    _out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, (process.returncode, err)
     assert "Traceback" not in err and err.splitlines()[-1] == "error: interrupted (Ctrl-C)", err
     engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
     try:
@@ -181,22 +202,14 @@ def test_ctrl_c_while_windows_are_with_sendgrid_sends_nothing_twice(tmp_path: Pa
             DRIP_SENDGRID_API_URL=fake.url,
             DRIP_SENDGRID_WINDOW="20",  # six windows of one second each, two in flight at once
         )
-        process = subprocess.Popen(
-            [sys.executable, "-m", "drip", "send", "--now", MORNING],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        _ctrl_c_once(
+            ["drip", "send", "--now", MORNING],
+            tmp_path,
+            env,
+            # The first window answered, the next ones in flight.
+            ready=lambda: fake.stats()["requests"] >= 20,
+            what="the send never got its first window answered",
         )
-        deadline = time.monotonic() + 60
-        while fake.stats()["requests"] < 20:  # the first window answered, the next in flight
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the send never got its first window answered"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGINT)
-        _out, err = process.communicate(timeout=60)
-        assert process.returncode == 130, (process.returncode, err)
         engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
         try:
             with engine.connect() as conn:

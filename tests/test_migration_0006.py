@@ -7,9 +7,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, inspect, text
+from tests.support import migrate
 
-from drip.db import alembic_config, head_revision, make_engine, upgrade
+from drip.db import head_revision, make_engine, upgrade
 
 AT = "2026-01-01 00:00:00"
 PAYLOADS = {
@@ -17,18 +18,6 @@ PAYLOADS = {
     "e2": {"email": "a@example.com", "event": "open", "sg_machine_open": True, "n": 1.5},
     "e3": {"email": "b@example.com", "event": "bounce", "reason": '550 "no"\nuser'},
 }
-
-
-def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    """Run alembic to `revision` as drip.db does (SQLite: foreign keys off around rebuilds)."""
-    from alembic import command
-
-    with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            conn.rollback()
-            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
-        with conn.begin():
-            (command.downgrade if down else command.upgrade)(alembic_config(conn), revision)
 
 
 def _events(conn: Connection) -> dict[str, tuple[Any, Any, dict[str, Any]]]:
@@ -58,7 +47,7 @@ def test_0006_drops_the_events_foreign_key_and_keeps_every_row(empty_database_ur
     url = empty_database_url
     engine = make_engine(url)
     try:
-        _migrate(engine, "0005")
+        migrate(engine, "0005")
         with engine.begin() as conn:
             conn.execute(
                 text(
@@ -123,7 +112,7 @@ def test_0006_drops_the_events_foreign_key_and_keeps_every_row(empty_database_ur
             )
             assert duplicate.rowcount == 0
 
-        _migrate(engine, "0005", down=True)
+        migrate(engine, "0005", down=True)
         with engine.begin() as conn:
             (key,) = inspect(conn).get_foreign_keys("events")
             assert key["referred_table"] == "deliveries"

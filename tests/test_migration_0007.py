@@ -8,28 +8,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, text
-from tests.support import COURSE
+from sqlalchemy import Connection, event, text
+from tests.support import COURSE, migrate
 
-from drip.db import alembic_config, head_revision, make_engine
+from drip.db import head_revision, make_engine
 from drip.idle import _DUE_BY_LESSON, _placed
 from drip.store.events import _any_in_doubt
 from drip.store.ledger import _pick_due
 
 AT = "2026-01-01 00:00:00"
 NOW = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
-
-
-def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    """Run alembic to `revision` as drip.db does (SQLite: foreign keys off around rebuilds)."""
-    from alembic import command
-
-    with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            conn.rollback()
-            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
-        with conn.begin():
-            (command.downgrade if down else command.upgrade)(alembic_config(conn), revision)
 
 
 def _index_sql(conn: Connection) -> dict[str, str]:
@@ -55,7 +43,7 @@ def _rows(conn: Connection) -> list[tuple[object, ...]]:
 def test_0007_up_down_up_keeps_every_row(empty_database_url: str) -> None:
     engine = make_engine(empty_database_url)
     try:
-        _migrate(engine, "0006")
+        migrate(engine, "0006")
         with engine.begin() as conn:
             before_indexes = _index_sql(conn)
             conn.execute(
@@ -78,7 +66,7 @@ def test_0007_up_down_up_keeps_every_row(empty_database_url: str) -> None:
                 {"at": AT},
             )
             rows = _rows(conn)
-        _migrate(engine, "0007")
+        migrate(engine, "0007")
         with engine.begin() as conn:
             after = _index_sql(conn)
             assert _rows(conn) == rows
@@ -90,11 +78,11 @@ def test_0007_up_down_up_keeps_every_row(empty_database_url: str) -> None:
             assert "WHERE (next_send_at IS NOT NULL)" in due, due
             status = after["ix_deliveries_course_id_status"]
             assert "WHERE" in status and "in_doubt" in status and "'sent'" not in status, status
-        _migrate(engine, "0006", down=True)
+        migrate(engine, "0006", down=True)
         with engine.begin() as conn:
             assert _index_sql(conn) == before_indexes
             assert _rows(conn) == rows
-        _migrate(engine, head_revision())
+        migrate(engine, head_revision())
         with engine.begin() as conn:
             assert _index_sql(conn) == after
             assert _rows(conn) == rows
@@ -160,7 +148,7 @@ def test_postgresql_takes_a_batch_from_the_due_index_without_sorting_the_due(
     (now partial) status index."""
     engine = make_engine(postgres_database)
     try:
-        _migrate(engine, head_revision())
+        migrate(engine, head_revision())
         with engine.begin() as conn:
             _fill_due_at_one_moment(conn, due=20_000, total=40_000)
         with engine.connect() as conn:
