@@ -76,8 +76,6 @@ def write_every_email(directory: Path) -> dict[str, Path]:
             timezone="Asia/Tokyo",
             lesson=lesson.slug,
             attempts=0,
-            confirmed_at=NOW,
-            last_sent_at=None,
         )
         [result] = transport.send([compose(mailer, claim, now=NOW)])
         assert result.outcome is Outcome.SENT, result

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -44,11 +46,39 @@ def interrupted(message: str = "interrupted (Ctrl-C)") -> None:
     fail(message, INTERRUPTED)
 
 
+@contextmanager
+def ctrl_c_asks_to_stop() -> Iterator[threading.Event]:
+    """Within: the first Ctrl-C (SIGINT) sets the event it yields instead of raising
+    KeyboardInterrupt wherever the main thread is (possibly inside a database transaction,
+    whose connection could then keep SQLite's write lock): `drip send` passes `is_set` as
+    `stop_requested`, hands nothing more over, records what the transport has and releases the
+    rest. A second Ctrl-C interrupts at once, as without this. Main thread only."""
+    asked = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def first(signum: int, frame: object) -> None:
+        asked.set()
+        signal.signal(signal.SIGINT, previous)
+        if sys.stderr.isatty():
+            click.echo(err=True)
+        click.echo(
+            "stopping: recording what was handed over, releasing the rest (Ctrl-C again to"
+            " stop at once)",
+            err=True,
+        )
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class DripGroup(click.Group):
     """The `drip` group: a Ctrl-C anywhere in a command (parsing its options, importing what it
     uses, running) ends it with `interrupted()`, not click's "Aborted!" and exit 1. A command
-    that handles SIGINT itself (`drip worker`: stop after the current send, exit 0) never sees a
-    KeyboardInterrupt once its handler is installed."""
+    that handles SIGINT itself (`drip worker`: stop after the current send, exit 0; `drip send`:
+    `ctrl_c_asks_to_stop`) never sees a KeyboardInterrupt once its handler is installed."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 import click
 
 from drip.cli.common import (
+    ctrl_c_asks_to_stop,
     fail,
+    interrupted,
     now_option,
     open_ledger,
     open_mailer,
@@ -73,9 +75,19 @@ def send_command(
     if bulk is not None:
         current = replace(current, bulk="auto" if bulk else "off")
     sessions, mailer = open_mailer(current)
-    with mailer.transport, progress_bar() as advance:
-        report = send_due(sessions, mailer, now=now, limit=limit, dry_run=dry_run, progress=advance)
+    with ctrl_c_asks_to_stop() as asked, mailer.transport, progress_bar() as advance:
+        report = send_due(
+            sessions,
+            mailer,
+            now=now,
+            limit=limit,
+            dry_run=dry_run,
+            progress=advance,
+            stop_requested=asked.is_set,
+        )
     _print_report(report, current, as_json)
+    if asked.is_set():
+        interrupted()
 
 
 def _dry_run_report(now: datetime, counts: dict[str | None, int]) -> SendReport:
