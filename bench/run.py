@@ -1,6 +1,6 @@
 """The `drip send` benchmark: every scenario of the performance issue, in one run.
 
-    .venv/bin/python bench/run.py            # full set (~6-11 minutes on 2 cores)
+    .venv/bin/python bench/run.py            # full set (about 25 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # smaller N, a smoke run (~1 minute)
 
 Starts the fake SendGrid API (bench/fake_provider.py, aiohttp, its own process, 50 ms latency),
