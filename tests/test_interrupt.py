@@ -94,6 +94,17 @@ def _ctrl_c_once(
     return err
 
 
+def _deliveries(tmp_path: Path) -> list[tuple[int, str]]:
+    """(id, status) of every delivery in the SQLite ledger of `tmp_path`."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT id, status FROM deliveries ORDER BY id")).all()
+            return [(row.id, row.status) for row in found]
+    finally:
+        engine.dispose()
+
+
 def _run(tmp_path: Path, *args: str) -> str:
     env = drip_env(DRIP_DATABASE_URL=f"sqlite:///{tmp_path / 'drip.db'}", DRIP_SECRET_KEY=KEY)
     done = subprocess.run(
@@ -139,12 +150,7 @@ def test_ctrl_c_while_a_command_starts_says_one_line_and_exits_130(
     assert process.returncode == 130, (process.returncode, err)
     assert err.splitlines() == ["error: interrupted (Ctrl-C)"], err
     assert out == ""
-    engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
-    try:
-        with engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one() == 0
-    finally:
-        engine.dispose()
+    assert _deliveries(tmp_path) == []
     assert not (tmp_path / "outbox").exists() or not any((tmp_path / "outbox").iterdir())
     if args[0] == "send":  # the lesson was due, and the interrupted run left it due
         assert _run(tmp_path, *args).startswith("sent 1,")
@@ -178,12 +184,7 @@ def test_ctrl_c_during_a_send_releases_what_was_not_handed_over_and_exits_130(
         then=release.touch,
     )
     assert "Traceback" not in err and err.splitlines()[-1] == "error: interrupted (Ctrl-C)", err
-    engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
-    try:
-        with engine.connect() as conn:
-            statuses = conn.execute(text("SELECT status FROM deliveries")).scalars().all()
-    finally:
-        engine.dispose()
+    statuses = [status for _id, status in _deliveries(tmp_path)]
     assert sorted(statuses) == ["retry", "sent", "sent"], statuses
     assert _run(tmp_path, "send", "--now", MORNING).startswith("sent 1,")
 
@@ -215,16 +216,11 @@ def test_ctrl_c_while_windows_are_with_sendgrid_sends_nothing_twice(tmp_path: Pa
             ready=lambda: fake.stats()["requests"] >= 20,
             what="the send never got its first window answered",
         )
-        engine = create_engine(f"sqlite:///{tmp_path / 'drip.db'}")
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(text("SELECT id, status FROM deliveries")).all()
-        finally:
-            engine.dispose()
+        rows = _deliveries(tmp_path)
         accepted = fake.accepted_ids()
-        sent = {str(row.id) for row in rows if row.status == "sent"}
+        sent = {str(delivery) for delivery, status in rows if status == "sent"}
         assert set(accepted) == sent, "every email the provider accepted is recorded sent"
-        assert {row.status for row in rows} <= {"sent", "retry"}, rows
+        assert {status for _id, status in rows} <= {"sent", "retry"}, rows
         fake.latency = 0
         released = len(rows) - len(sent)
         assert released > 0, "the Ctrl-C came before the last window was handed over"

@@ -471,7 +471,7 @@ _STOPPED_BY_SIGNAL = _Stop(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Window:
     """Claims marked 'sending' and handed to the transport, with the future of their results."""
 
@@ -479,8 +479,6 @@ class _Window:
     results: Future[list[SendResult]]
     size: int
     """Claims of the window before removed lessons and inactive subscribers were taken out."""
-    recorded: bool = False
-    """Its results are in the ledger (`_Run.finish` is not repeated by `abandon`)."""
 
 
 @dataclass
@@ -641,8 +639,8 @@ class _Run:
 
     def finish(self, window: _Window) -> _Stop | None:
         """Wait for a window's results and record them. Returns why the run must stop, or None."""
-        if window.recorded:  # interrupted after recording, before it left `in_flight`
-            return None
+        if self.outstanding.isdisjoint(claim.delivery_id for claim in window.claims):
+            return None  # recorded, interrupted before it left `in_flight`
         stop: _Stop | None = None
         try:
             results = window.results.result()
@@ -668,7 +666,6 @@ class _Run:
                 )
         # Recorded; a delivery of the window without a result (a fatal answer stopped the call
         # before it) was not attempted, and may be released.
-        window.recorded = True
         self.outstanding.difference_update(claim.delivery_id for claim in window.claims)
         if self.progress is not None:
             self.progress(window.size)

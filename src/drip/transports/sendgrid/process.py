@@ -113,8 +113,6 @@ class SendingProcess:
         self.dead = False
         self.started = False
         """The child said it is ready; before that it read no call (a death posts nothing)."""
-        self.cpu_seconds: float | None = None
-        """The child's CPU (user + system) when it was closed, from /proc (debug figure)."""
         # The child needs no setting: none of the secrets (key, database URL...) goes with it.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIP_", "SENDGRID_"))}
         # The child imports this very drip, whatever its current directory or install.
@@ -247,7 +245,6 @@ class SendingProcess:
     async def close(self) -> None:
         """End of file to the child: it cuts the calls still in flight (in doubt), answers them
         and exits; killed after EXIT_TIMEOUT seconds."""
-        self.cpu_seconds = _cpu_seconds(self._process.pid)
         try:
             await self._opening
         except Exception:  # the channel never opened: the child gets end of file below
@@ -269,16 +266,6 @@ class SendingProcess:
             log.warning("the SendGrid sending process did not exit; killing it")
             self._process.kill()
             self._process.wait()
-        log.debug("the SendGrid sending process used %s s of CPU", self.cpu_seconds)
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a live process, from /proc (None where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the child --------------------------------------------------------------------------------
