@@ -27,19 +27,28 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drip import schedule, store
-from drip.addresses import ascii_address
+from drip.addresses import ascii_address, clean_name
 from drip.course import Course, Lesson
 from drip.errors import (
     CourseNotSendableError,
     DripError,
     FatalTransportError,
     InvalidAddressError,
+    RenderError,
     UnknownTimezoneError,
 )
 from drip.links import LinkBuilder
 from drip.message import OutgoingEmail
 from drip.provider_events import settle_in_doubt
-from drip.render import Recipient, RenderedEmail, Renderer
+from drip.render import (
+    BulkLesson,
+    ComposedEmails,
+    Reader,
+    Recipient,
+    RenderedEmail,
+    Renderer,
+    check_url,
+)
 from drip.send_report import SendReport
 from drip.store import optin
 from drip.store.subscribers import purge_unconfirmed
@@ -196,6 +205,61 @@ def compose(mailer: Mailer, claim: store.Claim, *, now: datetime) -> OutgoingEma
         {"drip_lesson": lesson.slug, "drip_subscriber": str(subscriber_id)},
         now=now,
     )
+
+
+def compose_readers(
+    mailer: Mailer, claims: Sequence[store.Claim], *, now: datetime
+) -> tuple[list[store.Claim], ComposedEmails, list[tuple[store.Claim, str]]] | None:
+    """`compose` for every claim of a window, for a transport that `fills_bulk_parts`: the same
+    emails as `ComposedEmails` (a tuple per reader, the lesson's shared part once per variant).
+
+    Returns (the claims composed, their emails, the claims that could not be, with why); None
+    when the links' base URL is refused (`compose` each claim then, which says why per claim).
+    """
+    links = mailer.links
+    if claims:
+        # A token only adds URL-safe base64 and "." to "<base>/u/" or "<base>/m/": if the
+        # first reader's links pass `check_url`, every reader's do, so it is asked once.
+        unsubscribe_url, manage_url = links.reader_urls(claims[0].subscriber_id)
+        try:
+            check_url("unsubscribe_url", unsubscribe_url)
+            check_url("manage_url", manage_url)
+        except RenderError:
+            return None
+    renderer, lessons, sender = mailer.renderer, mailer.lessons, mailer.sender
+    shared: dict[tuple[str, bool], BulkLesson] = {}
+    kept: list[store.Claim] = []
+    readers: list[Reader] = []
+    broken: list[tuple[store.Claim, str]] = []
+    for claim in claims:
+        name = clean_name(claim.name, max_length=None, strict=False)
+        variant = (claim.lesson, name is not None)
+        lesson = shared.get(variant)
+        if lesson is None:
+            try:
+                lesson = renderer.bulk_lesson(
+                    lessons[claim.lesson], named=variant[1], sender=sender, date=now
+                )
+            except DripError as exc:
+                broken.append((claim, f"lesson {claim.lesson!r} could not be rendered: {exc}"))
+                continue
+            shared[variant] = lesson
+        subscriber_id = claim.subscriber_id
+        unsubscribe_url, manage_url = links.reader_urls(subscriber_id)
+        readers.append(
+            Reader(
+                str(claim.delivery_id),
+                str(subscriber_id),
+                claim.email,
+                claim.name,
+                name or "",
+                unsubscribe_url,
+                manage_url,
+                lesson,
+            )
+        )
+        kept.append(claim)
+    return kept, ComposedEmails(readers), broken
 
 
 def _sent_item(
@@ -459,6 +523,13 @@ def _claimed_windows(
             remaining -= len(batch.claims)
 
 
+def _kept(emails: Sequence[OutgoingEmail], keep: list[bool]) -> Sequence[OutgoingEmail]:
+    """The emails whose `keep` is True (`ComposedEmails` stays compact)."""
+    if isinstance(emails, ComposedEmails):
+        return ComposedEmails([r for r, k in zip(emails.readers, keep, strict=True) if k])
+    return [e for e, k in zip(emails, keep, strict=True) if k]
+
+
 @dataclass(frozen=True)
 class _Stop:
     message: str
@@ -551,7 +622,7 @@ class _Run:
                     if claim.delivery_id not in marked:
                         self.report.count(claim.lesson, "skipped")
                 keep = [c.delivery_id in marked for c in claims]
-                emails = [e for e, k in zip(emails, keep, strict=True) if k]
+                emails = _kept(emails, keep)
                 claims = [c for c, k in zip(claims, keep, strict=True) if k]
         if not claims:
             if self.progress is not None:
@@ -581,13 +652,20 @@ class _Run:
 
     def _compose_all(
         self, claims: list[store.Claim]
-    ) -> tuple[list[store.Claim], list[OutgoingEmail]]:
+    ) -> tuple[list[store.Claim], Sequence[OutgoingEmail]]:
         """Compose each claim's email. A claim that cannot be rendered (a lesson that fails, a
         subscriber value it cannot use) is recorded failed with the reason, which holds only that
         subscriber; the others go on."""
-        kept: list[store.Claim] = []
+        if self.mailer.fills_bulk_parts:
+            composed = compose_readers(self.mailer, claims, now=self.now)
+            if composed is not None:
+                kept, readers, broken = composed
+                if broken:
+                    self._fail(broken)
+                return kept, readers
+        kept = []
         emails: list[OutgoingEmail] = []
-        broken: list[tuple[store.Claim, str]] = []
+        broken = []
         for claim in claims:
             try:
                 emails.append(compose(self.mailer, claim, now=self.now))

@@ -29,6 +29,11 @@ def _urlsafe_b64(data: bytes) -> bytes:
     return b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE)
 
 
+def _payload(subscriber_id: int) -> bytes:
+    """A token's payload: the compact JSON of the id, url-safe base64 without padding."""
+    return _urlsafe_b64(str(int(subscriber_id)).encode())
+
+
 @dataclass(frozen=True)
 class LinkBuilder:
     """Builds the links of one deployment. `keys[0]` signs; all keys verify (rotation)."""
@@ -67,7 +72,10 @@ class LinkBuilder:
         "." and the base64 of the HMAC-SHA1 of the payload. tests/test_links.py checks that
         itsdangerous reads these tokens and produces the same ones.
         """
-        payload = _urlsafe_b64(str(int(subscriber_id)).encode())
+        return self._signed(purpose, _payload(subscriber_id))
+
+    def _signed(self, purpose: str, payload: bytes) -> str:
+        """The token of `_sign` for an already encoded payload."""
         mac = self._mac(purpose).copy()
         mac.update(payload)
         return (payload + b"." + _urlsafe_b64(mac.digest())).decode()
@@ -91,6 +99,16 @@ class LinkBuilder:
 
     def manage_url(self, subscriber_id: int) -> str:
         return f"{self.base_url}/m/{self._sign('manage', subscriber_id)}"
+
+    def reader_urls(self, subscriber_id: int) -> tuple[str, str]:
+        """(`unsubscribe_url`, `manage_url`) of one subscriber, the payload encoded once (the
+        bulk send composes these for every reader)."""
+        payload = _payload(subscriber_id)
+        base = self.base_url
+        return (
+            f"{base}/u/{self._signed('unsubscribe', payload)}",
+            f"{base}/m/{self._signed('manage', payload)}",
+        )
 
     def confirm_url(self, subscriber_id: int, *, now: datetime) -> str:
         """The double opt-in link, signed as of `now` (valid CONFIRM_MAX_AGE_SECONDS from then)."""

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, overload
 
 import css_inline
 import jinja2
@@ -34,7 +35,7 @@ from drip.addresses import clean_name
 from drip.course import RESERVED_CHARACTERS, Course, Lesson
 from drip.errors import RenderError
 from drip.markup import convert
-from drip.message import BulkParts
+from drip.message import BulkParts, OutgoingEmail
 
 LAYOUTS = ("layout.html.j2", "layout.txt.j2")
 LESSON_TEMPLATES = ("lesson.html.j2", "lesson.txt.j2")
@@ -95,6 +96,96 @@ class RenderedEmail:
     headers: dict[str, str]
     bulk: BulkParts | None = field(default=None, compare=False, repr=False)
     """The shared parts and this subscriber's values (lessons only), for bulk sending."""
+
+
+@dataclass(frozen=True, eq=False)
+class BulkLesson:
+    """One lesson variant (with or without a name) as every reader of a send call gets it:
+    what `OutgoingEmail` and `BulkParts` hold that is not the reader's. Made once per lesson
+    variant per call and shared; compared by identity (`ComposedEmails` groups by it)."""
+
+    html: tuple[str, ...]
+    text: tuple[str, ...]
+    subject: str
+    from_address: str
+    from_name: str | None
+    slug: str
+    date: datetime | None
+
+
+class Reader(NamedTuple):
+    """One reader of a send call in compact form: a tuple, not three dataclasses per reader.
+
+    `name` is the stored name (the `to` name), `shown_name` the slot value (`clean_name`'s, or
+    ""); the URLs are checked (`check_url`). `delivery_id` and `subscriber_id` are strings as
+    they go in custom_args."""
+
+    delivery_id: str
+    subscriber_id: str
+    email: str
+    name: str | None
+    shown_name: str
+    unsubscribe_url: str
+    manage_url: str
+    lesson: BulkLesson
+
+    def values(self) -> dict[str, str]:
+        """The slot values, as `BulkParts.values`."""
+        return {
+            "name": self.shown_name,
+            "unsubscribe_url": self.unsubscribe_url,
+            "manage_url": self.manage_url,
+        }
+
+
+class ComposedEmails(Sequence[OutgoingEmail]):
+    """Lesson emails left unfilled (`Renderer.lesson(fill=False)`), kept as `Reader` tuples.
+
+    A sequence of `OutgoingEmail` like any other: each item is made when asked for, equal to
+    what `drip.delivery.compose` makes. A bulk transport reads `readers` instead and never makes
+    them (`drip.transports.sendgrid.bulk`)."""
+
+    __slots__ = ("readers",)
+
+    def __init__(self, readers: list[Reader]) -> None:
+        self.readers = readers
+
+    def __len__(self) -> int:
+        return len(self.readers)
+
+    @overload
+    def __getitem__(self, index: int) -> OutgoingEmail: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[OutgoingEmail]: ...
+
+    def __getitem__(self, index: int | slice) -> OutgoingEmail | list[OutgoingEmail]:
+        if isinstance(index, slice):
+            return [reader_email(reader) for reader in self.readers[index]]
+        return reader_email(self.readers[index])
+
+
+def reader_email(reader: Reader) -> OutgoingEmail:
+    """The `OutgoingEmail` of one reader (html and text empty, its bulk parts set)."""
+    lesson = reader.lesson
+    return OutgoingEmail(
+        delivery_id=reader.delivery_id,
+        to_address=reader.email,
+        to_name=reader.name,
+        from_address=lesson.from_address,
+        from_name=lesson.from_name,
+        subject=lesson.subject,
+        html="",
+        text="",
+        headers=list_unsubscribe_headers(reader.unsubscribe_url),
+        custom_args={
+            "drip_delivery_id": reader.delivery_id,
+            "drip_lesson": lesson.slug,
+            "drip_subscriber": reader.subscriber_id,
+        },
+        bulk=BulkParts(lesson.html, lesson.text, reader.values()),
+        date=lesson.date,
+    )
 
 
 @dataclass(frozen=True)
@@ -275,11 +366,35 @@ class Renderer:
         (`drip.transports.sendgrid.protocol.fill_parts`), so a subscriber sent in bulk costs no
         per-subscriber HTML.
         """
+        return self._fill(self._compiled(lesson), recipient, {}, bulk=True, fill=fill)
+
+    def bulk_lesson(
+        self,
+        lesson: Lesson,
+        *,
+        named: bool,
+        sender: tuple[str, str | None],
+        date: datetime | None,
+    ) -> BulkLesson:
+        """The shared part of `lesson`'s emails to readers with a name (`named`) or without,
+        from `sender` (address, name), dated `date`: for `ComposedEmails`."""
+        compiled = self._compiled(lesson)
+        return BulkLesson(
+            compiled.html[named].parts,
+            compiled.text[named].parts,
+            compiled.subject,
+            sender[0],
+            sender[1],
+            lesson.slug,
+            date,
+        )
+
+    def _compiled(self, lesson: Lesson) -> _Compiled:
         compiled = self._lessons.get(lesson)
         if compiled is None:
             compiled = self._compile_lesson(lesson)
             self._lessons[lesson] = compiled
-        return self._fill(compiled, recipient, {}, bulk=True, fill=fill)
+        return compiled
 
     def confirmation(self, recipient: Recipient, confirm_url: str) -> RenderedEmail:
         """The double opt-in email asking `recipient` to open `confirm_url`.

@@ -31,6 +31,7 @@ import orjson
 
 from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
+from drip.render import BulkLesson, ComposedEmails, Reader
 from drip.transports.base import (
     Outcome,
     SendResult,
@@ -45,6 +46,9 @@ from drip.transports.sendgrid.protocol import (
     bulk_safe,
     fill_parts,
     group_key,
+    lesson_bulk_safe,
+    reader_bulk_safe,
+    readers_payload,
 )
 
 DEFAULT_REQUESTS_IN_FLIGHT = 4
@@ -86,7 +90,9 @@ class BulkSendGridTransport(TransportBase):
 
     def submit(self, emails: Sequence[OutgoingEmail]) -> Future[list[SendResult]]:
         """Start sending and return at once (see `FastSendGridTransport.submit`)."""
-        return self.inner.submit_coroutine(self.send_async(list(emails)))
+        if not isinstance(emails, ComposedEmails):
+            emails = list(emails)
+        return self.inner.submit_coroutine(self.send_async(emails))
 
     async def send_async(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
         """`send` inside the inner transport's loop: the bulk requests, then the emails sent on
@@ -110,13 +116,26 @@ class BulkSendGridTransport(TransportBase):
 
     def _plan(self, emails: Sequence[OutgoingEmail]) -> tuple[list[list[int]], list[int]]:
         """(indices of each bulk request, indices of the emails to send on their own)."""
-        groups: dict[tuple[Any, ...], list[int]] = {}
+        groups: dict[Any, list[int]] = {}
         singles: list[int] = []
-        for index, email in enumerate(emails):
-            if bulk_safe(email):
-                groups.setdefault(group_key(email), []).append(index)
-            else:
-                singles.append(index)
+        if isinstance(emails, ComposedEmails):
+            # The compact form: grouped by their shared lesson, no `OutgoingEmail` made.
+            safe: dict[BulkLesson, bool] = {}
+            for index, reader in enumerate(emails.readers):
+                lesson = reader.lesson
+                fits = safe.get(lesson)
+                if fits is None:
+                    fits = safe[lesson] = lesson_bulk_safe(lesson)
+                if fits and reader_bulk_safe(reader):
+                    groups.setdefault(lesson, []).append(index)
+                else:
+                    singles.append(index)
+        else:
+            for index, email in enumerate(emails):
+                if bulk_safe(email):
+                    groups.setdefault(group_key(email), []).append(index)
+                else:
+                    singles.append(index)
         chunks = [
             members[start : start + self.per_request]
             for members in groups.values()
@@ -136,10 +155,19 @@ class BulkSendGridTransport(TransportBase):
         """
         if not chunks:
             return [], None
-        jobs = [
-            (f"bulk-{n}", partial(_bulk_body, [emails[i] for i in chunk]))
-            for n, chunk in enumerate(chunks)
-        ]
+        if isinstance(emails, ComposedEmails):
+            readers = emails.readers
+            ids = [reader.delivery_id for reader in readers]
+            jobs = [
+                (f"bulk-{n}", partial(_readers_body, [readers[i] for i in chunk]))
+                for n, chunk in enumerate(chunks)
+            ]
+        else:
+            ids = [email.delivery_id for email in emails]
+            jobs = [
+                (f"bulk-{n}", partial(_bulk_body, [emails[i] for i in chunk]))
+                for n, chunk in enumerate(chunks)
+            ]
         answers, fatal, call = await self.inner.post_all_async(jobs)
         refused: list[int] = []
         for chunk, answer in zip(chunks, answers, strict=True):
@@ -155,7 +183,7 @@ class BulkSendGridTransport(TransportBase):
             else:
                 for i in chunk:
                     results[i] = SendResult(
-                        emails[i].delivery_id,
+                        ids[i],
                         answer.outcome,
                         answer.provider_id,
                         answer.retry_after,
@@ -180,3 +208,7 @@ class BulkSendGridTransport(TransportBase):
 
 def _bulk_body(emails: Sequence[OutgoingEmail]) -> bytes:
     return orjson.dumps(bulk_payload(emails))
+
+
+def _readers_body(readers: Sequence[Reader]) -> bytes:
+    return orjson.dumps(readers_payload(readers))

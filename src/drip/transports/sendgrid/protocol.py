@@ -31,7 +31,7 @@ from markupsafe import escape
 
 from drip.errors import FatalTransportError, MissingApiKeyError
 from drip.message import BulkParts, OutgoingEmail
-from drip.render import LIST_UNSUBSCRIBE_POST
+from drip.render import LIST_UNSUBSCRIBE_POST, BulkLesson, Reader
 from drip.transports.base import (
     MAX_DETAIL,
     MAX_PROVIDER_ID,
@@ -554,6 +554,92 @@ def bulk_payload(emails: Sequence[OutgoingEmail]) -> dict[str, Any]:
         "content": [
             {"type": "text/plain", "value": template(first.bulk.text, "t", key)},
             {"type": "text/html", "value": template(first.bulk.html, "h", key)},
+        ],
+    }
+
+
+READER_SLOTS = ("name", "unsubscribe_url", "manage_url")
+"""The slots a `Reader` fills, in the order of its fields `shown_name`, `unsubscribe_url`,
+`manage_url`."""
+_HTML_SPECIAL = re.compile("[&<>\"']").search
+
+
+def _html_value(value: str) -> str:
+    """`str(escape(value))`, without markupsafe's Markup object for a value it leaves as it is
+    (most: the links are URL-safe, most names have none of & < > " ')."""
+    return str(escape(value)) if _HTML_SPECIAL(value) else value
+
+
+def reader_bulk_safe(reader: Reader) -> bool:
+    """`bulk_safe` for a reader of `ComposedEmails`: its headers are the expected ones and its
+    values are all there by construction; only a value holding the key prefix is not."""
+    return not (
+        KEY_PREFIX in reader.shown_name
+        or KEY_PREFIX in reader.unsubscribe_url
+        or KEY_PREFIX in reader.manage_url
+    )
+
+
+def lesson_bulk_safe(lesson: BulkLesson) -> bool:
+    """Every slot of the lesson's parts is one a `Reader` fills."""
+    return all(slot in READER_SLOTS for slot in lesson.html[1::2] + lesson.text[1::2])
+
+
+def readers_payload(readers: Sequence[Reader]) -> dict[str, Any]:
+    """`bulk_payload` of these readers' emails (`drip.render.reader_email`), equal and in the same
+    key order, made from the tuples: no `OutgoingEmail` per reader. They share one `BulkLesson`
+    whose slots are `READER_SLOTS` (`lesson_bulk_safe`) and are each `reader_bulk_safe`.
+    """
+    if not readers or len(readers) > MAX_PERSONALIZATIONS:
+        raise ValueError(f"a bulk request holds 1..{MAX_PERSONALIZATIONS} emails")
+    lesson = readers[0].lesson
+    if any(reader.lesson is not lesson for reader in readers):
+        raise ValueError("bulk readers must share their lesson")
+    _, key = substitution_keys((lesson.html, lesson.text))
+    # (key, index of the value in READER_SLOTS), HTML keys then text keys, as `_slot_keys`.
+    html_keys = [
+        (key("h", slot), READER_SLOTS.index(slot)) for slot in dict.fromkeys(lesson.html[1::2])
+    ]
+    text_keys = [
+        (key("t", slot), READER_SLOTS.index(slot)) for slot in dict.fromkeys(lesson.text[1::2])
+    ]
+    slug = lesson.slug
+    personalizations = []
+    for reader in readers:
+        _, subscriber_id, address, name, shown_name, unsubscribe_url, manage_url, _ = reader
+        values = (shown_name, unsubscribe_url, manage_url)
+        escaped = (_html_value(shown_name), _html_value(unsubscribe_url), _html_value(manage_url))
+        found = {html_key: escaped[index] for html_key, index in html_keys}
+        for text_key, index in text_keys:
+            found[text_key] = values[index]
+        to = {"email": address}
+        if name:
+            to["name"] = recipient_name(name)
+        personalizations.append(
+            {
+                "to": [to],
+                "headers": {
+                    "List-Unsubscribe": f"<{unsubscribe_url}>",
+                    "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
+                },
+                "custom_args": {
+                    "drip_delivery_id": reader.delivery_id,
+                    "drip_lesson": slug,
+                    "drip_subscriber": subscriber_id,
+                },
+                "substitutions": found,
+            }
+        )
+    sender: dict[str, str] = {"email": lesson.from_address}
+    if lesson.from_name:
+        sender["name"] = lesson.from_name
+    return {
+        "from": sender,
+        "subject": lesson.subject,
+        "personalizations": personalizations,
+        "content": [
+            {"type": "text/plain", "value": template(lesson.text, "t", key)},
+            {"type": "text/html", "value": template(lesson.html, "h", key)},
         ],
     }
 
