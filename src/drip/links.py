@@ -8,19 +8,26 @@ tokens expire; unsubscribe and manage tokens must keep working for as long as th
 from __future__ import annotations
 
 import hashlib
-import hmac
 from binascii import b2a_base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
+from typing import TYPE_CHECKING
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from drip.errors import InvalidTokenError
 
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+_SHA1_BLOCK = 64
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
+"""Translation tables: a key XOR-ed with HMAC's inner and outer pad bytes (RFC 2104)."""
 
 
 def _urlsafe_b64(data: bytes) -> bytes:
@@ -40,8 +47,10 @@ class LinkBuilder:
 
     base_url: str
     keys: Sequence[str]
-    _macs: dict[str, hmac.HMAC] = field(default_factory=dict, init=False, repr=False, compare=False)
-    """`_mac`'s answers by purpose: a plain dict, as `functools.cache` on a method hashed the
+    _pads: dict[str, tuple[_Hash, _Hash]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """`_padded`'s answers by purpose: a plain dict, as `functools.cache` on a method hashed the
     builder (its URL and keys) on every token."""
 
     def __post_init__(self) -> None:
@@ -54,13 +63,19 @@ class LinkBuilder:
         # itsdangerous signs with the last key and verifies with all of them.
         return URLSafeSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
 
-    def _mac(self, purpose: str) -> hmac.HMAC:
-        """HMAC-SHA1 keyed with itsdangerous's derived key for `purpose` (its "django-concat"
-        derivation of keys[0]); copied per token so the key is derived and padded only once."""
-        known = self._macs.get(purpose)
+    def _padded(self, purpose: str) -> tuple[_Hash, _Hash]:
+        """HMAC-SHA1 (RFC 2104) keyed with itsdangerous's derived key for `purpose` (its
+        "django-concat" derivation of keys[0]), as the SHA-1 states after the inner and the
+        outer padded key. A token copies both (C calls only): `hmac.HMAC`'s copy, update and
+        digest are Python methods, and one-shot `hmac.digest` pads the key again per token."""
+        known = self._pads.get(purpose)
         if known is None:
             derived = hashlib.sha1(f"drip.{purpose}".encode() + b"signer" + self.keys[0].encode())
-            known = self._macs[purpose] = hmac.new(derived.digest(), digestmod=hashlib.sha1)
+            key = derived.digest().ljust(_SHA1_BLOCK, b"\0")  # 20 bytes: never hashed first
+            known = self._pads[purpose] = (
+                hashlib.sha1(key.translate(_INNER_PAD)),
+                hashlib.sha1(key.translate(_OUTER_PAD)),
+            )
         return known
 
     def _sign(self, purpose: str, subscriber_id: int) -> str:
@@ -76,9 +91,12 @@ class LinkBuilder:
 
     def _signed(self, purpose: str, payload: bytes) -> str:
         """The token of `_sign` for an already encoded payload."""
-        mac = self._mac(purpose).copy()
-        mac.update(payload)
-        return (payload + b"." + _urlsafe_b64(mac.digest())).decode()
+        inner_pad, outer_pad = self._padded(purpose)
+        inner = inner_pad.copy()
+        inner.update(payload)
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        return (payload + b"." + _urlsafe_b64(outer.digest())).decode()
 
     def _timed(self, purpose: str, signed_at: int | None = None) -> URLSafeTimedSerializer:
         """itsdangerous' timed serializer (the token format already in sent emails); signing

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from email.utils import parseaddr, parsedate_to_datetime, quote
+from operator import itemgetter
 from typing import Any, Protocol
 
 import orjson
@@ -596,38 +597,43 @@ def readers_payload(readers: Sequence[Reader]) -> dict[str, Any]:
     if any(reader.lesson is not lesson for reader in readers):
         raise ValueError("bulk readers must share their lesson")
     _, key = substitution_keys((lesson.html, lesson.text))
-    # (key, index of the value in READER_SLOTS), HTML keys then text keys, as `_slot_keys`.
-    html_keys = [
-        (key("h", slot), READER_SLOTS.index(slot)) for slot in dict.fromkeys(lesson.html[1::2])
-    ]
-    text_keys = [
-        (key("t", slot), READER_SLOTS.index(slot)) for slot in dict.fromkeys(lesson.text[1::2])
-    ]
+    # The keys in `_slot_keys`' order (HTML, then text), and where each one's value is in
+    # (escaped name, escaped unsubscribe URL, escaped manage URL, name, unsubscribe URL, manage
+    # URL): one C call picks a reader's values.
+    html_slots = dict.fromkeys(lesson.html[1::2])
+    text_slots = dict.fromkeys(lesson.text[1::2])
+    keys = [key("h", slot) for slot in html_slots] + [key("t", slot) for slot in text_slots]
+    where = [READER_SLOTS.index(slot) for slot in html_slots]
+    where += [3 + READER_SLOTS.index(slot) for slot in text_slots]
+    pick = itemgetter(*where) if len(where) > 1 else lambda values: (values[where[0]],)
     slug = lesson.slug
     personalizations = []
-    for reader in readers:
-        _, subscriber_id, address, name, shown_name, unsubscribe_url, manage_url, _ = reader
-        values = (shown_name, unsubscribe_url, manage_url)
-        escaped = (_html_value(shown_name), _html_value(unsubscribe_url), _html_value(manage_url))
-        found = {html_key: escaped[index] for html_key, index in html_keys}
-        for text_key, index in text_keys:
-            found[text_key] = values[index]
-        to = {"email": address}
-        if name:
-            to["name"] = recipient_name(name)
-        personalizations.append(
+    append = personalizations.append
+    for delivery_id, subscriber_id, address, name, shown_name, unsubscribe, manage, _ in readers:
+        # A checked URL has no < > " ' (`check_url`): only "&" needs escaping, if any.
+        values = (
+            _html_value(shown_name) if shown_name else "",
+            unsubscribe if "&" not in unsubscribe else str(escape(unsubscribe)),
+            manage if "&" not in manage else str(escape(manage)),
+            shown_name,
+            unsubscribe,
+            manage,
+        )
+        append(
             {
-                "to": [to],
+                "to": [
+                    {"email": address, "name": recipient_name(name)} if name else {"email": address}
+                ],
                 "headers": {
-                    "List-Unsubscribe": f"<{unsubscribe_url}>",
+                    "List-Unsubscribe": f"<{unsubscribe}>",
                     "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST,
                 },
                 "custom_args": {
-                    "drip_delivery_id": reader.delivery_id,
+                    "drip_delivery_id": delivery_id,
                     "drip_lesson": slug,
                     "drip_subscriber": subscriber_id,
                 },
-                "substitutions": found,
+                "substitutions": dict(zip(keys, pick(values), strict=True)),
             }
         )
     sender: dict[str, str] = {"email": lesson.from_address}
