@@ -607,7 +607,7 @@ def readers_payload(readers: Sequence[Reader]) -> dict[str, Any]:
     where += [3 + READER_SLOTS.index(slot) for slot in text_slots]
     pick = itemgetter(*where) if len(where) > 1 else lambda values: (values[where[0]],)
     slug = lesson.slug
-    personalizations = []
+    personalizations: list[dict[str, Any]] = []
     append = personalizations.append
     for delivery_id, subscriber_id, address, name, shown_name, unsubscribe, manage, _ in readers:
         # A checked URL has no < > " ' (`check_url`): only "&" needs escaping, if any.
