@@ -22,7 +22,7 @@ crash, up to `window` (= recipients per request x requests in flight) subscriber
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -31,7 +31,7 @@ import orjson
 
 from drip.errors import FatalTransportError
 from drip.message import OutgoingEmail
-from drip.render import BulkLesson, ComposedEmails, Reader
+from drip.render import BulkLesson, ComposedEmails
 from drip.transports.base import (
     Outcome,
     SendResult,
@@ -40,6 +40,7 @@ from drip.transports.base import (
     unexpected_failure,
 )
 from drip.transports.sendgrid.fast import FastSendGridTransport
+from drip.transports.sendgrid.http import PlainBody
 from drip.transports.sendgrid.protocol import (
     MAX_PERSONALIZATIONS,
     bulk_payload,
@@ -47,8 +48,8 @@ from drip.transports.sendgrid.protocol import (
     fill_parts,
     group_key,
     lesson_bulk_safe,
+    plain_readers,
     reader_bulk_safe,
-    readers_payload,
 )
 
 DEFAULT_REQUESTS_IN_FLIGHT = 4
@@ -158,8 +159,9 @@ class BulkSendGridTransport(TransportBase):
         if isinstance(emails, ComposedEmails):
             readers = emails.readers
             ids = [reader.delivery_id for reader in readers]
-            jobs = [
-                (f"bulk-{n}", partial(_readers_body, [readers[i] for i in chunk]))
+            # Plain values: the sending process, when there is one, builds these bodies.
+            jobs: list[tuple[str, Callable[[], bytes]]] = [
+                (f"bulk-{n}", PlainBody("bulk-readers", plain_readers([readers[i] for i in chunk])))
                 for n, chunk in enumerate(chunks)
             ]
         else:
@@ -168,7 +170,7 @@ class BulkSendGridTransport(TransportBase):
                 (f"bulk-{n}", partial(_bulk_body, [emails[i] for i in chunk]))
                 for n, chunk in enumerate(chunks)
             ]
-        answers, fatal, call = await self.inner.post_all_async(jobs)
+        answers, fatal, call = await self.inner.post_all_async(jobs, emails=len(emails))
         refused: list[int] = []
         for chunk, answer in zip(chunks, answers, strict=True):
             if answer is None:
@@ -208,7 +210,3 @@ class BulkSendGridTransport(TransportBase):
 
 def _bulk_body(emails: Sequence[OutgoingEmail]) -> bytes:
     return orjson.dumps(bulk_payload(emails))
-
-
-def _readers_body(readers: Sequence[Reader]) -> bytes:
-    return orjson.dumps(readers_payload(readers))

@@ -307,17 +307,18 @@ class FastSendGridTransport(TransportBase):
         return out
 
     async def post_all_async(
-        self, jobs: Sequence[tuple[str, Callable[[], bytes]]]
+        self, jobs: Sequence[tuple[str, Callable[[], bytes]]], emails: int | None = None
     ) -> tuple[list[SendResult | None], str | None, Call]:
         """POST one body per job (label, body builder): `HttpLoop.post_all`, in this process or
         in the sending process. Used by `send` (one email per job) and by bulk mode (many
-        recipients per job). When the sending process dies, every job without an answer is
-        IN_DOUBT (it may have been posted) and the fatal message says so."""
-        sender = await self._sender(len(jobs))
+        recipients per job: `emails` says how many in all, for "auto"). When the sending
+        process dies, every job without an answer is IN_DOUBT (it may have been posted) and the
+        fatal message says so."""
+        sender = await self._sender(len(jobs) if emails is None else emails)
         return await sender.post_all(jobs)
 
-    async def _sender(self, requests: int) -> Sender:
-        """Who posts a call of `requests` requests. With "auto", calls go through this
+    async def _sender(self, emails: int) -> Sender:
+        """Who posts a call of `emails` emails. With "auto", calls go through this
         process's loop until the first that fills the window (or AUTO_MIN_REQUESTS) on a machine
         with more than one CPU starts the sending process, and on while it starts (its start-up
         never delays a call): a second process pays off only for big runs, and a run's first
@@ -326,7 +327,7 @@ class FastSendGridTransport(TransportBase):
         if self.process == "off":
             return self.http
         if self.process == "auto" and self._child is None:
-            big = requests >= min(self.window, AUTO_MIN_REQUESTS)
+            big = emails >= min(self.window, AUTO_MIN_REQUESTS)
             if not big or (os.cpu_count() or 1) < 2 or os.name != "posix":
                 return self.http
         if self._child is None or self._child.dead:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from drip.transports.base import Outcome, Scrubber, SendResult, unexpected_failure
-from drip.transports.sendgrid.http import Call, Feed, HttpLoop, Job, build_body
+from drip.transports.sendgrid.http import Call, Feed, HttpLoop, Job, PlainBody, build_body
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,9 @@ class SendingProcess:
     ) -> tuple[Answer | None, str | None, list[int]]:
         """Build the bodies and hand them to the child, a chunk per frame. A body that gives
         FAILED goes to `call.results` and is shipped as None, as is every body after an
-        unexpected error. Returns the child's answer (None if it ended first), that error's
-        message, and the indices of the bodies shipped."""
+        unexpected error. A `PlainBody` is shipped as its name and values: the child builds it.
+        Returns the child's answer (None if it ended first), that error's message, and the
+        indices of the bodies shipped."""
         await self._opening
         if self.dead or self._writer is None or self._writer.is_closing():
             return None, None, []
@@ -211,9 +212,13 @@ class SendingProcess:
         failure: str | None = None
         shipped: list[int] = []
         for start in range(0, len(jobs), CHUNK):
-            entries: list[tuple[str, bytes] | None] = []
+            entries: list[tuple[str, bytes] | tuple[str, str, Any] | None] = []
             for index in range(start, min(start + CHUNK, len(jobs))):
                 label, build = jobs[index]
+                if isinstance(build, PlainBody) and failure is None:
+                    shipped.append(index)  # built by the child (a failure there is its result)
+                    entries.append((label, build.name, build.args))
+                    continue
                 body: bytes | SendResult | None = None
                 if failure is None:
                     try:
@@ -297,8 +302,12 @@ async def _serve() -> None:
             task.add_done_callback(calls.discard)
         jobs, feed = feeds[call_id]
         for offset, entry in enumerate(entries):
-            if entry is not None:
+            if entry is None:
+                continue
+            if len(entry) == 2:  # (label, body)
                 jobs[start + offset] = (entry[0], partial(bytes, entry[1]))
+            else:  # (label, PlainBody's name, its values): the body is built when posted
+                jobs[start + offset] = (entry[0], PlainBody(entry[1], entry[2]))
         feed.add(len(entries))
         if feed.arrived == total:
             del feeds[call_id]

@@ -586,16 +586,46 @@ def lesson_bulk_safe(lesson: BulkLesson) -> bool:
     return all(slot in READER_SLOTS for slot in lesson.html[1::2] + lesson.text[1::2])
 
 
-def readers_payload(readers: Sequence[Reader]) -> dict[str, Any]:
-    """`bulk_payload` of these readers' emails (`drip.render.reader_email`), equal and in the same
-    key order, made from the tuples: no `OutgoingEmail` per reader. They share one `BulkLesson`
-    whose slots are `READER_SLOTS` (`lesson_bulk_safe`) and are each `reader_bulk_safe`.
-    """
-    if not readers or len(readers) > MAX_PERSONALIZATIONS:
-        raise ValueError(f"a bulk request holds 1..{MAX_PERSONALIZATIONS} emails")
+ReaderRow = tuple[str, str, str, str | None, str, str, str]
+"""A `Reader`'s first seven fields (without its lesson): plain values, for `marshal`."""
+PlainReaders = tuple[
+    tuple[tuple[str, ...], tuple[str, ...], str, str, str | None, str], list[ReaderRow]
+]
+"""Readers of one bulk request as plain values: (their lesson's html, text, subject, sender
+address, sender name, slug), and a `ReaderRow` each."""
+
+
+def plain_readers(readers: Sequence[Reader]) -> PlainReaders:
+    """These readers (sharing one lesson) as plain values, which the sending process can be
+    sent (`marshal`) to build their body there (`plain_readers_body`)."""
     lesson = readers[0].lesson
     if any(reader.lesson is not lesson for reader in readers):
         raise ValueError("bulk readers must share their lesson")
+    shared = (
+        lesson.html,
+        lesson.text,
+        lesson.subject,
+        lesson.from_address,
+        lesson.from_name,
+        lesson.slug,
+    )
+    return shared, [reader[:7] for reader in readers]
+
+
+def plain_readers_body(plain: PlainReaders) -> bytes:
+    """The JSON body of `readers_payload` for readers given as `plain_readers`."""
+    (html, text, subject, from_address, from_name, slug), rows = plain
+    lesson = BulkLesson(html, text, subject, from_address, from_name, slug, None)
+    return orjson.dumps(readers_payload(lesson, rows))
+
+
+def readers_payload(lesson: BulkLesson, rows: Sequence[ReaderRow]) -> dict[str, Any]:
+    """`bulk_payload` of the emails of `lesson` to these readers (`drip.render.reader_email`),
+    equal and in the same key order, made from the tuples: no `OutgoingEmail` per reader. The
+    lesson's slots are `READER_SLOTS` (`lesson_bulk_safe`), each reader is `reader_bulk_safe`.
+    """
+    if not rows or len(rows) > MAX_PERSONALIZATIONS:
+        raise ValueError(f"a bulk request holds 1..{MAX_PERSONALIZATIONS} emails")
     _, key = substitution_keys((lesson.html, lesson.text))
     # The keys in `_slot_keys`' order (HTML, then text), and where each one's value is in
     # (escaped name, escaped unsubscribe URL, escaped manage URL, name, unsubscribe URL, manage
@@ -609,7 +639,7 @@ def readers_payload(readers: Sequence[Reader]) -> dict[str, Any]:
     slug = lesson.slug
     personalizations: list[dict[str, Any]] = []
     append = personalizations.append
-    for delivery_id, subscriber_id, address, name, shown_name, unsubscribe, manage, _ in readers:
+    for delivery_id, subscriber_id, address, name, shown_name, unsubscribe, manage in rows:
         # A checked URL has no < > " ' (`check_url`): only "&" needs escaping, if any.
         values = (
             _html_value(shown_name) if shown_name else "",
