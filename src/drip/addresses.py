@@ -116,9 +116,14 @@ def clean_name(
         return None
     if strict:
         _refuse_unsafe_name(raw)
-    parts = TAG_SEQUENCE_RE.split(raw)
-    parts[::2] = [_spaced(part) for part in parts[::2]]
-    name = " ".join("".join(parts).split())
+    if raw.isprintable():
+        # No character to replace, no tag sequence (its characters are not printable), and
+        # the ASCII space is the only printable whitespace: the common case, in one step.
+        name = " ".join(raw.split())
+    else:
+        parts = TAG_SEQUENCE_RE.split(raw)
+        parts[::2] = [_spaced(part) for part in parts[::2]]
+        name = " ".join("".join(parts).split())
     if max_length is not None and len(name) > max_length:
         raise InvalidAddressError(f"the name is longer than {max_length} characters")
     return name or None

@@ -216,14 +216,13 @@ def compose_readers(
     Returns (the claims composed, their emails, the claims that could not be, with why); None
     when the links' base URL is refused (`compose` each claim then, which says why per claim).
     """
-    links = mailer.links
-    if claims:
+    urls = mailer.links.readers_urls([claim.subscriber_id for claim in claims])
+    if urls:
         # A token only adds URL-safe base64 and "." to "<base>/u/" or "<base>/m/": if the
         # first reader's links pass `check_url`, every reader's do, so it is asked once.
-        unsubscribe_url, manage_url = links.reader_urls(claims[0].subscriber_id)
         try:
-            check_url("unsubscribe_url", unsubscribe_url)
-            check_url("manage_url", manage_url)
+            check_url("unsubscribe_url", urls[0][0])
+            check_url("manage_url", urls[0][1])
         except RenderError:
             return None
     renderer, lessons, sender = mailer.renderer, mailer.lessons, mailer.sender
@@ -231,7 +230,7 @@ def compose_readers(
     kept: list[store.Claim] = []
     readers: list[Reader] = []
     broken: list[tuple[store.Claim, str]] = []
-    for claim in claims:
+    for claim, (unsubscribe_url, manage_url) in zip(claims, urls, strict=True):
         name = clean_name(claim.name, max_length=None, strict=False)
         variant = (claim.lesson, name is not None)
         lesson = shared.get(variant)
@@ -244,12 +243,10 @@ def compose_readers(
                 broken.append((claim, f"lesson {claim.lesson!r} could not be rendered: {exc}"))
                 continue
             shared[variant] = lesson
-        subscriber_id = claim.subscriber_id
-        unsubscribe_url, manage_url = links.reader_urls(subscriber_id)
         readers.append(
             Reader(
                 str(claim.delivery_id),
-                str(subscriber_id),
+                str(claim.subscriber_id),
                 claim.email,
                 claim.name,
                 name or "",
