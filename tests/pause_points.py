@@ -8,7 +8,8 @@ and waits (until the file `PAUSE_RELEASE` exists, or for `PAUSE_SECONDS`, defaul
 
     claim      inside `store.claim_due`'s transaction, after its statements ran, before the
                commit (the claim is made but not yet visible to anyone)
-    render     just before `delivery.compose` renders the N-th claimed email of the run
+    render     just before `delivery.compose` (or `compose_reader`, for a transport that fills
+               bulk parts) renders the N-th claimed email of the run
     hand-over  just before `transport.submit` gets the N-th window: the window is committed
                'sending', not one byte of it was sent
     record     inside the transaction recording the N-th accepted window, after
@@ -75,6 +76,10 @@ def install(spec: str) -> None:
         drip.store.claim_due = counted(step, target, drip.store.claim_due, after=True)
     elif step == "render":
         drip.delivery.compose = counted(step, target, drip.delivery.compose, after=False)
+        # A transport that fills bulk parts gets its window composed reader by reader.
+        drip.delivery.compose_reader = counted(
+            step, target, drip.delivery.compose_reader, after=False
+        )
     elif step == "record":
         drip.store.record_sent = counted(step, target, drip.store.record_sent, after=True)
     elif step == "hand-over":

@@ -225,38 +225,48 @@ def compose_readers(
             check_url("manage_url", urls[0][1])
         except RenderError:
             return None
-    renderer, lessons, sender = mailer.renderer, mailer.lessons, mailer.sender
     shared: dict[tuple[str, bool], BulkLesson] = {}
     kept: list[store.Claim] = []
     readers: list[Reader] = []
     broken: list[tuple[store.Claim, str]] = []
-    for claim, (unsubscribe_url, manage_url) in zip(claims, urls, strict=True):
-        name = clean_name(claim.name, max_length=None, strict=False)
-        variant = (claim.lesson, name is not None)
-        lesson = shared.get(variant)
-        if lesson is None:
-            try:
-                lesson = renderer.bulk_lesson(
-                    lessons[claim.lesson], named=variant[1], sender=sender, date=now
-                )
-            except DripError as exc:
-                broken.append((claim, f"lesson {claim.lesson!r} could not be rendered: {exc}"))
-                continue
-            shared[variant] = lesson
-        readers.append(
-            Reader(
-                str(claim.delivery_id),
-                str(claim.subscriber_id),
-                claim.email,
-                claim.name,
-                name or "",
-                unsubscribe_url,
-                manage_url,
-                lesson,
-            )
-        )
+    for claim, links in zip(claims, urls, strict=True):
+        try:
+            readers.append(compose_reader(mailer, claim, links, shared, now=now))
+        except DripError as exc:
+            broken.append((claim, f"lesson {claim.lesson!r} could not be rendered: {exc}"))
+            continue
         kept.append(claim)
     return kept, ComposedEmails(readers), broken
+
+
+def compose_reader(
+    mailer: Mailer,
+    claim: store.Claim,
+    links: tuple[str, str],
+    shared: dict[tuple[str, bool], BulkLesson],
+    *,
+    now: datetime,
+) -> Reader:
+    """One claim of `compose_readers`, with its (unsubscribe, manage) URLs; `shared` keeps the
+    lesson variants made so far. Raises `DripError` when the lesson cannot be rendered."""
+    name = clean_name(claim.name, max_length=None, strict=False)
+    variant = (claim.lesson, name is not None)
+    lesson = shared.get(variant)
+    if lesson is None:
+        lesson = mailer.renderer.bulk_lesson(
+            mailer.lessons[claim.lesson], named=variant[1], sender=mailer.sender, date=now
+        )
+        shared[variant] = lesson
+    return Reader(
+        str(claim.delivery_id),
+        str(claim.subscriber_id),
+        claim.email,
+        claim.name,
+        name or "",
+        links[0],
+        links[1],
+        lesson,
+    )
 
 
 def _sent_item(
