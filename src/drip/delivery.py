@@ -193,7 +193,8 @@ def compose(mailer: Mailer, claim: store.Claim, *, now: datetime) -> OutgoingEma
     """Render one claimed lesson for its subscriber into an `OutgoingEmail` dated `now`.
 
     For a transport that says `fills_bulk_parts` (bulk mode) the html and text stay empty: it
-    fills them from `bulk` only for the subscribers it sends one by one.
+    fills them from `bulk` only for the subscribers it sends one by one. The send loop composes
+    a window for such a transport with `compose_readers` instead: the same emails, compact.
     """
     lesson = mailer.lessons[claim.lesson]
     subscriber_id = claim.subscriber_id

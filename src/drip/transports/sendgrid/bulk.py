@@ -14,6 +14,12 @@ chosen so that no key occurs in the lesson text; a subscriber whose values conta
 prefix (which SendGrid might substitute again) is sent on its own, like an email without bulk
 parts.
 
+The send engine hands bulk mode a window as `drip.render.ComposedEmails` (a `Reader` tuple per
+reader, the lesson's shared part once): it is grouped by that shared part and each request goes
+to the inner transport as plain values (`http.PlainBody`), so with a sending process
+(DRIP_SENDGRID_PROCESS) the request bodies are built there, off this process's GIL. Any other
+sequence of emails is grouped and built email by email, as before.
+
 Outcomes: one answer covers the whole request. 202 -> every subscriber SENT; 400/413 (one bad
 address fails the whole request, nothing was accepted) -> those subscribers are sent one by one
 instead, so only the bad one fails; 429/5xx -> all RETRY; a lost answer -> all IN_DOUBT. After a

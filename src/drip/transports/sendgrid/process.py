@@ -2,10 +2,12 @@
 
 In one process the aiohttp loop (about half of the CPU per email) and the send engine's main
 thread (claims, compose, records) share one GIL. With DRIP_SENDGRID_PROCESS=on (or auto for a
-big run) the transport's loop thread keeps building the request bodies and ships them, one
-frame per call, to a child process that runs the same `HttpLoop` (keep-alive pool, AIMD, rate
-bucket, redirects refused, `classify_status`, `Scrubber`); the child ships the results back as
-plain tuples and the loop thread completes the call.
+big run, bulk calls included) the transport's loop thread keeps building the request bodies
+and ships them, a frame per chunk of a call, to a child process that runs the same `HttpLoop`
+(keep-alive pool, AIMD, rate bucket, redirects refused, `classify_status`, `Scrubber`); the
+child ships the results back as plain tuples and the loop thread completes the call. A bulk
+request's body is not built in the parent: its `PlainBody` (a tuple per reader) is shipped and
+the child builds it.
 
 The channel is the child's stdin (parent -> child) and stdout (child -> parent): frames of a
 4-byte length and a `marshal` payload (both ends are the same interpreter). The first frame
