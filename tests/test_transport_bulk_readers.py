@@ -9,20 +9,26 @@ holding the key prefix, a request refused with 400) still send every reader once
 from __future__ import annotations
 
 import marshal
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.support import COURSE, make_mailer
 
 from drip import store
-from drip.delivery import compose, compose_readers
+from drip.delivery import compose, compose_readers, send_due
+from drip.lifecycle import subscribe
 from drip.links import LinkBuilder
+from drip.message import OutgoingEmail
 from drip.render import ComposedEmails
 from drip.transports import Outcome
-from drip.transports.base import TransportBase
+from drip.transports.base import SendResult, TransportBase
+from drip.transports.memory import MemoryTransport
 from drip.transports.sendgrid.bulk import BulkSendGridTransport
 from drip.transports.sendgrid.fast import FastSendGridTransport
 from drip.transports.sendgrid.protocol import (
@@ -166,3 +172,51 @@ def test_a_bulk_call_of_a_window_starts_the_sending_process_with_auto() -> None:
         with BulkSendGridTransport(inner, per_request=4) as transport:
             assert [r.outcome for r in transport.send(emails)] == [Outcome.SENT] * len(ids)
             assert inner._child is not None
+
+
+class UnfilledMemory(MemoryTransport):
+    """The memory transport, declaring that it fills bulk parts: windows come composed."""
+
+    fills_bulk_parts = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed: list[Sequence[OutgoingEmail]] = []
+
+    def send(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        self.handed.append(emails)
+        return super().send(emails)
+
+
+def test_send_due_hands_composed_windows_and_drops_who_unsubscribed(engine: Engine) -> None:
+    # Window 1 goes out; during it the second reader unsubscribes; window 2, composed, is then
+    # not marked 'sending' and is taken out of the composed window (nothing sent to them).
+    transport = UnfilledMemory()
+    mailer = make_mailer(transport)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    ids = [
+        subscribe(
+            sessions,
+            mailer,
+            email=f"r{n}@example.com",
+            name="山田",
+            timezone=None,
+            confirmed=True,
+            now=NOW + timedelta(seconds=n),
+            consent_source="test",
+        ).subscriber_id
+        for n in range(2)
+    ]
+
+    def second_unsubscribes(email: object) -> SendResult:
+        with sessions() as session, session.begin():
+            store.unsubscribe(session, ids[1], NOW)
+        return SendResult("", Outcome.SENT, provider_id="x")
+
+    transport.add_script(second_unsubscribes)
+    report = send_due(sessions, mailer, now=NOW + timedelta(minutes=1))
+    assert (report.sent, report.skipped) == (1, 1)
+    assert [m.to_address for m in transport.attempts] == ["r0@example.com"]
+    assert all(isinstance(call, ComposedEmails) for call in transport.handed)
+    [sent] = transport.sent
+    assert sent.bulk is not None and sent.bulk.values["name"] == "山田"
