@@ -115,7 +115,7 @@ CLIENTS = [
     Client("fast", {"DRIP_SENDGRID_WINDOW": "4"}, 4, 40, 0.1),
     Client("bulk", {"DRIP_BULK": "auto"}, BULK_WINDOW, BULK_WINDOW + 500, 0.5),
 ]
-assert [client.bound for client in CLIENTS] == [1, 8, 8000]  # the README's figures
+assert [client.bound for client in CLIENTS] == [1, 12, 12000]  # the README's figures (PostgreSQL)
 
 
 @dataclass(frozen=True)
