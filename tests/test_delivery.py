@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.fakes.sendgrid_server import FakeSendGrid
 from tests.support import COURSE, TEMPLATES, make_mailer
 
-from drip import store
+from drip import delivery, store
 from drip.delivery import MAX_ATTEMPTS, PIPELINE_DEPTH, Mailer, retry_delay, send_due
 from drip.errors import FatalTransportError
 from drip.lifecycle import list_subscribers, pause_subscriber, resume_subscriber, subscribe
@@ -336,6 +336,12 @@ def logged_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return steps
 
 
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outcomes are written on the run's own thread, also on PostgreSQL (the steps' order
+    below is that of one thread; tests/test_recorder.py has the recorder's)."""
+    monkeypatch.setattr(delivery, "_records_apart", lambda sessions, mailer: False)
+
+
 def test_the_next_batch_is_claimed_while_the_windows_are_in_flight(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -346,6 +352,7 @@ def test_the_next_batch_is_claimed_while_the_windows_are_in_flight(
     for index in range(5):
         harness.subscribe(f"o{index}@example.com", now=T0 + timedelta(seconds=index))
     steps = logged_steps(monkeypatch)
+    one_thread(monkeypatch)
     with FakeSendGrid(api_key=FAKE_KEY, latency=0.01) as fake:
         mailer = fast_mailer(harness, fake, window=1)
         with mailer.transport:
@@ -373,6 +380,7 @@ def test_a_window_as_big_as_a_batch_is_claimed_sending_once_a_window_is_free(
     for index in range(5):
         harness.subscribe(f"w{index}@example.com", now=T0 + timedelta(seconds=index))
     steps = logged_steps(monkeypatch)
+    one_thread(monkeypatch)
     sending_at_claim: list[int] = []
     claim_due = store.claim_due
 

@@ -3,9 +3,9 @@ SQLite and PostgreSQL, then re-run past the 15-minute lease; and `drip worker` s
 SIGTERM at the same steps. The promise under test (README, "Delivery guarantees"): every
 (subscriber, lesson) is accepted by the provider exactly once, except the deliveries the ledger
 records in doubt, which are accepted at most once and never re-sent by drip itself; a crash
-leaves at most what was in flight in doubt (1 with the sequential official client, 2 windows
-with the pipelining fast and bulk clients: `delivery.PIPELINE_DEPTH` x window); a SIGTERM
-leaves nothing in doubt at all.
+leaves at most what was in flight in doubt (1 with the sequential official client; with the
+pipelining fast and bulk clients `delivery.IN_DOUBT_WINDOWS` x window: the two windows with the
+provider and, on PostgreSQL, one being recorded); a SIGTERM leaves nothing in doubt at all.
 
 How a kill lands on a step. A process cannot be stopped "while rendering" from outside by timing
 alone, so each step is reached in a way that can be checked:
@@ -71,7 +71,7 @@ from tests.test_send_processes import accepted_pairs
 
 from drip import store
 from drip.cli import main
-from drip.delivery import LEASE, PIPELINE_DEPTH
+from drip.delivery import IN_DOUBT_WINDOWS, LEASE
 from drip.models import deliveries
 from drip.transports.sendgrid.bulk import DEFAULT_REQUESTS_IN_FLIGHT
 from drip.transports.sendgrid.protocol import MAX_PERSONALIZATIONS
@@ -106,7 +106,7 @@ class Client:
     @property
     def bound(self) -> int:
         """The documented most in doubt after one crash."""
-        return self.window * (PIPELINE_DEPTH if self.name != "official" else 1)
+        return self.window * (IN_DOUBT_WINDOWS if self.name != "official" else 1)
 
 
 BULK_WINDOW = MAX_PERSONALIZATIONS * DEFAULT_REQUESTS_IN_FLIGHT
@@ -115,7 +115,7 @@ CLIENTS = [
     Client("fast", {"DRIP_SENDGRID_WINDOW": "4"}, 4, 40, 0.1),
     Client("bulk", {"DRIP_BULK": "auto"}, BULK_WINDOW, BULK_WINDOW + 500, 0.5),
 ]
-assert [client.bound for client in CLIENTS] == [1, 8, 8000]  # the README's figures
+assert [client.bound for client in CLIENTS] == [1, 12, 12000]  # the README's figures (PostgreSQL)
 
 
 @dataclass(frozen=True)

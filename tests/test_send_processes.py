@@ -21,7 +21,7 @@ from tests.fakes.sendgrid_server import FakeSendGrid, Step
 from tests.support import COURSE, drip_env
 
 from drip import store
-from drip.delivery import PIPELINE_DEPTH
+from drip.delivery import IN_DOUBT_WINDOWS
 
 # 10:00 in Tokyo on a Monday: outside quiet hours.
 NOW = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
@@ -89,10 +89,10 @@ def accepted_pairs(fake: FakeSendGrid) -> Counter[tuple[str, str]]:
 @pytest.mark.parametrize(
     ("settings", "readers", "accepted_first", "bound"),
     [
-        ({"DRIP_SENDGRID_WINDOW": "1"}, 12, 4, PIPELINE_DEPTH * 1),
-        ({"DRIP_SENDGRID_WINDOW": "4"}, 40, 8, PIPELINE_DEPTH * 4),
+        ({"DRIP_SENDGRID_WINDOW": "1"}, 12, 4, IN_DOUBT_WINDOWS * 1),
+        ({"DRIP_SENDGRID_WINDOW": "4"}, 40, 8, IN_DOUBT_WINDOWS * 4),
         # Bulk: 1,000 readers per request, 4 requests in flight per window.
-        ({"DRIP_BULK": "auto"}, 2500, 1, PIPELINE_DEPTH * 4000),
+        ({"DRIP_BULK": "auto"}, 2500, 1, IN_DOUBT_WINDOWS * 4000),
     ],
     ids=["window-1", "window-4", "bulk"],
 )
@@ -150,7 +150,7 @@ def test_killed_mid_send_then_rerun_sends_each_lesson_once(
         doubt = store.list_in_doubt(session, COURSE.id)
     doubt_ids = {str(view.subscriber_id) for view in doubt}
     in_doubt = len(doubt)
-    # The documented bound: at most PIPELINE_DEPTH windows were 'sending' when the run died.
+    # The documented bound: at most IN_DOUBT_WINDOWS windows were 'sending' when the run died.
     assert 1 <= in_doubt <= bound
     assert report["in_doubt"] == in_doubt
     assert counts["sent"] + in_doubt == readers
@@ -227,4 +227,4 @@ def test_the_database_going_away_mid_run_exits_1_and_loses_nothing(
         counts = store.delivery_counts(session, COURSE.id)
     engine.dispose()
     assert counts["sent"] + counts["in_doubt"] == 20
-    assert counts["in_doubt"] <= PIPELINE_DEPTH
+    assert counts["in_doubt"] <= IN_DOUBT_WINDOWS

@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -58,7 +58,10 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 PIPELINE_DEPTH = 2
-"""Windows with a pipelining transport at once; after a crash at most this many are in doubt."""
+"""Windows with a pipelining transport at once."""
+IN_DOUBT_WINDOWS = PIPELINE_DEPTH + 1
+"""The most windows of a pipelining run a crash can leave in doubt: PIPELINE_DEPTH with the
+provider and, on PostgreSQL, the one whose outcomes the recorder thread is writing."""
 LEASE = timedelta(minutes=15)
 """How long a claim is protected. A run that holds a claim longer than this is presumed dead."""
 MAX_ATTEMPTS = 8
@@ -300,18 +303,27 @@ def _sent_item(
     )
 
 
-def _record(
-    session: Session,
-    mailer: Mailer,
+@dataclass(frozen=True)
+class _Outcomes:
+    """A window's outcomes sorted for writing (`_write_outcomes`)."""
+
+    sent: list[store.SentItem]
+    retry: list[tuple[int, datetime, str]]
+    failed: list[tuple[int, str]]
+    doubt: list[tuple[int, str]]
+    rate_limited: bool
+    """The provider asked us to slow down (a retry with Retry-After)."""
+
+
+def _classify(
+    course: Course,
     claims: Sequence[store.Claim],
     results: Sequence[SendResult],
     *,
     now: datetime,
-    run_id: str,
     report: SendReport,
-) -> bool:
-    """Record a batch's outcomes in one transaction. Returns True if the provider rate-limited."""
-    course = mailer.course
+) -> _Outcomes:
+    """Sort a window's results into what to write, and count them in `report`."""
     by_id = {str(claim.delivery_id): claim for claim in claims}
     sent: list[store.SentItem] = []
     retry: list[tuple[int, datetime, str]] = []
@@ -343,19 +355,11 @@ def _record(
             report.count(claim.lesson, "failed")
     for lesson, count in sent_per_lesson.items():
         report.count(lesson, "sent", count)
-    _write_outcomes(session, run_id, now, sent=sent, retry=retry, failed=failed, doubt=doubt)
-    return rate_limited
+    return _Outcomes(sent, retry, failed, doubt, rate_limited)
 
 
 def _write_outcomes(
-    session: Session,
-    run_id: str,
-    now: datetime,
-    *,
-    sent: list[store.SentItem],
-    retry: list[tuple[int, datetime, str]],
-    failed: list[tuple[int, str]],
-    doubt: list[tuple[int, str]],
+    sessions: sessionmaker[Session], run_id: str, now: datetime, outcomes: _Outcomes
 ) -> None:
     """Write a window's outcomes in one transaction, again (up to RECORD_ATTEMPTS times) if the
     database rolled it back to break a lock conflict.
@@ -366,15 +370,15 @@ def _write_outcomes(
     """
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
-            with session.begin():
-                if sent:
-                    store.record_sent(session, sent, run_id)
-                if retry:
-                    store.record_retry(session, retry, now=now)
-                if failed:
-                    store.record_failed(session, failed, now=now)
-                if doubt:
-                    store.record_in_doubt(session, doubt, now=now)
+            with sessions() as session, session.begin():
+                if outcomes.sent:
+                    store.record_sent(session, outcomes.sent, run_id)
+                if outcomes.retry:
+                    store.record_retry(session, outcomes.retry, now=now)
+                if outcomes.failed:
+                    store.record_failed(session, outcomes.failed, now=now)
+                if outcomes.doubt:
+                    store.record_in_doubt(session, outcomes.doubt, now=now)
             return
         except DBAPIError as exc:
             if attempt == RECORD_ATTEMPTS or not store.lost_lock_conflict(exc):
@@ -443,6 +447,8 @@ def send_due(
     run = _Run(
         sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress, stop_requested, only
     )
+    if _records_apart(sessions, mailer):
+        run.recorder = ThreadPoolExecutor(1, thread_name_prefix="drip-record")
     in_flight: deque[_Window] = deque()
     try:
         return _pump(run, in_flight, limit=limit, batch_size=batch_size, window=window)
@@ -451,6 +457,17 @@ def send_due(
         # transport, give back every claim never handed over, then let it propagate.
         run.abandon(in_flight)
         raise
+    finally:
+        if run.recorder is not None:
+            run.recorder.shutdown()
+
+
+def _records_apart(sessions: sessionmaker[Session], mailer: Mailer) -> bool:
+    """Write outcomes on a second thread and connection: with a pipelining transport on a
+    database that takes concurrent writers (PostgreSQL), the server's time recording one window
+    then overlaps the claim and compose of the next. SQLite has one writer at a time."""
+    bind = sessions.kw.get("bind")
+    return bool(mailer.transport.pipelines) and bind is not None and bind.dialect.name != "sqlite"
 
 
 def _pump(
@@ -489,6 +506,7 @@ def _pump(
         stop = run.finish_oldest(in_flight)
         if stop is not None:
             return run.stop(stop, in_flight)
+    run.wait_recorded()
     return run.report
 
 
@@ -577,6 +595,11 @@ class _Run:
     outstanding: set[int] = field(default_factory=set)
     """Deliveries handed to the transport whose outcome is not recorded yet: whatever stops the
     run, these are never released (they may have gone out); a lease later they are in doubt."""
+    recorder: ThreadPoolExecutor | None = None
+    """Writes outcomes on its own thread and connection (see `_records_apart`); None: here."""
+    recording: tuple[_Window, _Outcomes, Future[None] | None] | None = None
+    """The window the recorder is writing, its outcomes, and the write (None: it failed, to
+    be written again here); None: no write pending."""
 
     def stopping(self) -> bool:
         return self.stop_requested is not None and self.stop_requested()
@@ -648,6 +671,7 @@ class _Run:
         try:
             while in_flight:
                 self.finish_oldest(in_flight)
+            self.wait_recorded()
             with self.sessions() as session, session.begin():
                 store.release_claims(session, self.run_id, self.now, keep=self.outstanding)
         except Exception as exc:
@@ -724,8 +748,9 @@ class _Run:
         return stop
 
     def finish(self, window: _Window) -> _Stop | None:
-        """Wait for a window's results and record them. Returns why the run must stop, or None."""
-        if self.outstanding.isdisjoint(claim.delivery_id for claim in window.claims):
+        """Wait for a window's results and record them (on the recorder thread when there is
+        one: then only handed to it). Returns why the run must stop, or None."""
+        if self._recorded(window):
             return None  # recorded, interrupted before it left `in_flight`
         stop: _Stop | None = None
         try:
@@ -734,28 +759,60 @@ class _Run:
             # What the provider already answered is recorded; the rest was never sent.
             results = list(exc.results)
             stop = _Stop(str(exc), fatal=True)
+        outcomes = None
         if results:
-            with self.sessions() as session:
-                rate_limited = _record(
-                    session,
-                    self.mailer,
-                    window.claims,
-                    results,
-                    now=self.now,
-                    run_id=self.run_id,
-                    report=self.report,
-                )
-            if rate_limited and stop is None:
+            outcomes = _classify(
+                self.mailer.course, window.claims, results, now=self.now, report=self.report
+            )
+            if outcomes.rate_limited and stop is None:
                 stop = _Stop(
                     "the provider asked us to slow down; the rest waits for the next run",
                     fatal=False,
                 )
-        # Recorded; a delivery of the window without a result (a fatal answer stopped the call
-        # before it) was not attempted, and may be released.
-        self.outstanding.difference_update(claim.delivery_id for claim in window.claims)
+        self._write(window, outcomes)
         if self.progress is not None:
             self.progress(window.size)
         return stop
+
+    def _recorded(self, window: _Window) -> bool:
+        """The window's outcomes are written, or being written by the recorder."""
+        if self.recording is not None and self.recording[0] is window:
+            return True
+        return self.outstanding.isdisjoint(claim.delivery_id for claim in window.claims)
+
+    def _write(self, window: _Window, outcomes: _Outcomes | None) -> None:
+        """Write a window's outcomes: here, or on the recorder thread once the window before it
+        is written (one at a time, in order). Its deliveries stay `outstanding` until then; a
+        delivery without a result (a fatal answer stopped the call before it) was not
+        attempted, and may then be released."""
+        if outcomes is not None and self.recorder is not None:
+            self.wait_recorded()
+            written = self.recorder.submit(
+                _write_outcomes, self.sessions, self.run_id, self.now, outcomes
+            )
+            self.recording = (window, outcomes, written)
+            return
+        if outcomes is not None:
+            _write_outcomes(self.sessions, self.run_id, self.now, outcomes)
+        self.outstanding.difference_update(claim.delivery_id for claim in window.claims)
+
+    def wait_recorded(self) -> None:
+        """Wait for the recorder's write, if one is pending, and raise what it raised; the
+        window then stays outstanding (never released), and the next call (`abandon`'s)
+        writes it once more here, as a window whose synchronous write failed is."""
+        if self.recording is None:
+            return
+        window, outcomes, written = self.recording
+        if written is None:
+            _write_outcomes(self.sessions, self.run_id, self.now, outcomes)
+        else:
+            try:
+                written.result()
+            except Exception:  # not a Ctrl-C while waiting: the write itself failed
+                self.recording = (window, outcomes, None)
+                raise
+        self.outstanding.difference_update(claim.delivery_id for claim in window.claims)
+        self.recording = None
 
     def stop(self, first: _Stop, in_flight: deque[_Window]) -> SendReport:
         """End the run early: record the windows still with the transport, then give back every
@@ -765,6 +822,7 @@ class _Run:
             later = self.finish_oldest(in_flight)
             if later is not None:
                 stops.append(later)
+        self.wait_recorded()
         with self.sessions() as session, session.begin():
             store.release_claims(session, self.run_id, self.now, keep=self.outstanding)
         fatal = next((stop for stop in stops if stop.fatal), None)
