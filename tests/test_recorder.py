@@ -73,9 +73,7 @@ def test_outcomes_are_written_on_the_recorder_thread_one_window_at_a_time_in_ord
     def logged(session: Any, items: Any, run_id: str) -> int:
         overlapped.append(not busy.acquire(blocking=False))
         try:
-            writes.append(
-                (threading.current_thread().name, [item.delivery_id for item in items])
-            )
+            writes.append((threading.current_thread().name, [item.delivery_id for item in items]))
             return record_sent(session, items, run_id)
         finally:
             busy.release()
