@@ -8,26 +8,19 @@ tokens expire; unsubscribe and manage tokens must keep working for as long as th
 from __future__ import annotations
 
 import hashlib
+import hmac
 from binascii import b2a_base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import TYPE_CHECKING
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from drip.errors import InvalidTokenError
 
-if TYPE_CHECKING:
-    from hashlib import _Hash
-
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
-_SHA1_BLOCK = 64
-_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
-_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
-"""Translation tables: a key XOR-ed with HMAC's inner and outer pad bytes (RFC 2104)."""
 
 
 def _urlsafe_b64(data: bytes) -> bytes:
@@ -47,10 +40,8 @@ class LinkBuilder:
 
     base_url: str
     keys: Sequence[str]
-    _pads: dict[str, tuple[_Hash, _Hash]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    """`_padded`'s answers by purpose: a plain dict, as `functools.cache` on a method hashed the
+    _macs: dict[str, hmac.HMAC] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """`_mac`'s answers by purpose: a plain dict, as `functools.cache` on a method hashed the
     builder (its URL and keys) on every token."""
 
     def __post_init__(self) -> None:
@@ -63,19 +54,14 @@ class LinkBuilder:
         # itsdangerous signs with the last key and verifies with all of them.
         return URLSafeSerializer(list(reversed(self.keys)), salt=f"drip.{purpose}")
 
-    def _padded(self, purpose: str) -> tuple[_Hash, _Hash]:
-        """HMAC-SHA1 (RFC 2104) keyed with itsdangerous's derived key for `purpose` (its
-        "django-concat" derivation of keys[0]), as the SHA-1 states after the inner and the
-        outer padded key. A token copies both (C calls only): `hmac.HMAC`'s copy, update and
-        digest are Python methods, and one-shot `hmac.digest` pads the key again per token."""
-        known = self._pads.get(purpose)
+    def _mac(self, purpose: str) -> hmac.HMAC:
+        """HMAC-SHA1 keyed with itsdangerous's derived key for `purpose` (its "django-concat"
+        derivation of keys[0]); copied per token so the key is derived and padded only once.
+        The digest named by string: OpenSSL's HMAC, whose copy is one C call."""
+        known = self._macs.get(purpose)
         if known is None:
             derived = hashlib.sha1(f"drip.{purpose}".encode() + b"signer" + self.keys[0].encode())
-            key = derived.digest().ljust(_SHA1_BLOCK, b"\0")  # 20 bytes: never hashed first
-            known = self._pads[purpose] = (
-                hashlib.sha1(key.translate(_INNER_PAD)),
-                hashlib.sha1(key.translate(_OUTER_PAD)),
-            )
+            known = self._macs[purpose] = hmac.new(derived.digest(), digestmod="sha1")
         return known
 
     def _sign(self, purpose: str, subscriber_id: int) -> str:
@@ -91,12 +77,9 @@ class LinkBuilder:
 
     def _signed(self, purpose: str, payload: bytes) -> str:
         """The token of `_sign` for an already encoded payload."""
-        inner_pad, outer_pad = self._padded(purpose)
-        inner = inner_pad.copy()
-        inner.update(payload)
-        outer = outer_pad.copy()
-        outer.update(inner.digest())
-        return (payload + b"." + _urlsafe_b64(outer.digest())).decode()
+        mac = self._mac(purpose).copy()
+        mac.update(payload)
+        return (payload + b"." + _urlsafe_b64(mac.digest())).decode()
 
     def _timed(self, purpose: str, signed_at: int | None = None) -> URLSafeTimedSerializer:
         """itsdangerous' timed serializer (the token format already in sent emails); signing
@@ -123,30 +106,18 @@ class LinkBuilder:
         return self.readers_urls([subscriber_id])[0]
 
     def readers_urls(self, subscriber_ids: Iterable[int]) -> list[tuple[str, str]]:
-        """`reader_urls` of each subscriber: the bulk send composes these for every reader, so
-        the payload is encoded once for both tokens and the loop makes no call but C ones."""
-        unsubscribe_inner, unsubscribe_outer = self._padded("unsubscribe")
-        manage_inner, manage_outer = self._padded("manage")
-        unsubscribe_base = f"{self.base_url}/u/".encode()
-        manage_base = f"{self.base_url}/m/".encode()
+        """`reader_urls` of each subscriber (the bulk send composes these for every reader):
+        the payload is encoded once for both tokens."""
+        unsubscribe = f"{self.base_url}/u/"
+        manage = f"{self.base_url}/m/"
+        signed = self._signed
         urls = []
         for subscriber_id in subscriber_ids:
-            payload = b2a_base64(str(int(subscriber_id)).encode(), newline=False)
-            payload = payload.rstrip(b"=").translate(_URLSAFE)
-            inner = unsubscribe_inner.copy()
-            inner.update(payload)
-            outer = unsubscribe_outer.copy()
-            outer.update(inner.digest())
-            unsubscribe = b2a_base64(outer.digest(), newline=False).rstrip(b"=").translate(_URLSAFE)
-            inner = manage_inner.copy()
-            inner.update(payload)
-            outer = manage_outer.copy()
-            outer.update(inner.digest())
-            manage = b2a_base64(outer.digest(), newline=False).rstrip(b"=").translate(_URLSAFE)
+            payload = _payload(subscriber_id)
             urls.append(
                 (
-                    b"".join((unsubscribe_base, payload, b".", unsubscribe)).decode(),
-                    b"".join((manage_base, payload, b".", manage)).decode(),
+                    unsubscribe + signed("unsubscribe", payload),
+                    manage + signed("manage", payload),
                 )
             )
         return urls
