@@ -8,6 +8,7 @@ the restart a worker relies on, `auto`, bulk mode over the child, and Ctrl-C on 
 
 from __future__ import annotations
 
+import marshal
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ from drip.errors import ConfigError
 from drip.transports import FatalTransportError, Outcome, make_transport
 from drip.transports.sendgrid.bulk import BulkSendGridTransport
 from drip.transports.sendgrid.fast import FastSendGridTransport, _email_body
-from drip.transports.sendgrid.process import CHUNK
+from drip.transports.sendgrid.process import CHUNK, HEADER
 
 
 @pytest.fixture
@@ -256,6 +257,40 @@ def test_a_parent_killed_leaves_no_child_and_no_new_request(fake: FakeSendGrid) 
     time.sleep(0.5)
     assert len(fake.requests) == 3  # no new request after the parent died
 
+
+
+def test_a_parent_gone_before_a_call_s_last_bodies_leaves_no_child(fake: FakeSendGrid) -> None:
+    """The parent dies after shipping the first chunk of a call's bodies: the child, whose call
+    waited for the rest, reads end of file and exits (it used to wait for them for ever)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", drip.transports.sendgrid.process.CHILD_CODE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+
+        def frame(value: Any) -> None:
+            payload = marshal.dumps(value)
+            assert child.stdin is not None
+            child.stdin.write(HEADER.pack(len(payload)) + payload)
+            child.stdin.flush()
+
+        frame({"api_key": API_KEY, "base_url": fake.url, "timeout": 10.0, "window": 4})
+        (size,) = HEADER.unpack(child.stdout.read(HEADER.size))
+        assert marshal.loads(child.stdout.read(size)) is None  # ready
+        body = _email_body(make_email(1))
+        frame((0, 0, 2 * CHUNK, [(f"d{n}", body) for n in range(CHUNK)]))  # half of a call
+        wait_until(lambda: len(fake.requests) == CHUNK, "the first chunk's requests")
+        child.stdin.close()
+        wait_until(lambda: child.poll() is not None, "the child to exit", seconds=5)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        child.stdout.close()
+    assert len(fake.requests) == CHUNK
 
 MORNING = datetime(2026, 3, 2, 0, 30, tzinfo=UTC)  # 09:30 in Tokyo
 

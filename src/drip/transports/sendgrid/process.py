@@ -317,6 +317,8 @@ async def _serve() -> None:
     # cut what is still in flight (in doubt; with the parent gone nobody waits for answers,
     # and a child waiting 30 s for a held answer would outlive its parent), answer, exit.
     http.stopping = True
+    for _jobs, feed in feeds.values():
+        feed.add(0)  # a call still waiting for bodies wakes up, sees `stopping` and ends
     await http.close()
     if calls:
         await asyncio.gather(*calls, return_exceptions=True)
