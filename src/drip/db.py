@@ -150,8 +150,8 @@ def _note_idle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
 def _check_on_checkout(
     dialect: Any,
 ) -> Callable[[Any, ConnectionPoolEntry, Any], None]:
-    """The pool's checkout check: a connection that may be dead is pinged (SELECT 1), and one
-    that is replaced, with every connection pooled before it (as `pool_pre_ping` does).
+    """The pool's checkout check: a connection that may be dead is pinged (SELECT 1); one found
+    dead is replaced, and every connection pooled before it dropped (as `pool_pre_ping` does).
 
     `pool_pre_ping` pinged at every checkout: a round trip per session, and `drip send` opens
     three or four sessions per window. A connection may be dead when it has unread input (a

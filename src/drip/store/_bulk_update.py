@@ -99,7 +99,8 @@ def _update_from_arrays(
     column with one value in every row (a window's `now`, 'sent') is bound once as a scalar;
     the others as arrays in the driver's binary format (`Capabilities.array_placeholder`), the
     ids as one array literal (`integer_array_literal`). psycopg's text array dumper, used
-    before, ran Python per element to quote it: 4 ms of CPU per 256-row window, 0.4 ms now.
+    before, ran Python per element to quote it: 4 ms of CPU per 256-row window of five
+    columns, 0.4-0.7 ms now.
     """
     dialect = conn.dialect
     capabilities = capabilities_of(dialect)
