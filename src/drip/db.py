@@ -7,14 +7,17 @@ alembic.ini is needed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import select
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidatePoolError, OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from drip.errors import ConfigError, DatabaseUnavailableError, SchemaError
 
@@ -31,6 +34,10 @@ compare one string."""
 # several processes starting at once upgrade it exactly once.
 UPGRADE_LOCK_KEY = 0x6472_6970  # "drip" in ASCII
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PING_AFTER_IDLE_S = 1.0
+"""A pooled PostgreSQL connection idle in the pool longer than this is pinged before use (see
+`_check_on_checkout`)."""
+_IDLE_SINCE = "drip_idle_since"
 
 
 def outage_message(exc: DBAPIError) -> str:
@@ -120,7 +127,8 @@ def make_engine(url: str) -> Engine:
     SQLite: WAL, busy_timeout 30 s, synchronous=NORMAL, foreign keys on, and every transaction
     begins with BEGIN IMMEDIATE (one writer at a time, waiting rather than failing), but those
     of a `reading` session, which begin deferred.
-    PostgreSQL: the psycopg 3 driver and pre-ping on checkout (servers restart, idle links die).
+    PostgreSQL: the psycopg 3 driver, and a connection found dead at checkout (the server
+    restarted, an idle link died) is replaced before use (`_check_on_checkout`).
     Connects lazily; raises `ConfigError` for a URL that is neither.
     """
     parsed = _parse(url)
@@ -129,7 +137,61 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    engine = create_engine(parsed)
+    event.listen(engine.pool, "checkin", _note_idle)
+    event.listen(engine.pool, "checkout", _check_on_checkout(engine.dialect))
+    return engine
+
+
+def _note_idle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _check_on_checkout(
+    dialect: Any,
+) -> Callable[[Any, ConnectionPoolEntry, Any], None]:
+    """The pool's checkout check: a connection that may be dead is pinged (SELECT 1); one found
+    dead is replaced, and every connection pooled before it dropped (as `pool_pre_ping` does).
+
+    `pool_pre_ping` pinged at every checkout: a round trip per session, and `drip send` opens
+    three or four sessions per window. A connection may be dead when it has unread input (a
+    server that ends a session sends its FATAL error and closes the socket: a restart, a
+    terminated backend, a crash all show here, for one poll(2) call and no round trip), or
+    when it sat in the pool longer than PING_AFTER_IDLE_S (a link cut silently shows nothing,
+    but takes minutes to be cut). A fresh connection is used as it is.
+    """
+
+    def check(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None:  # never checked in: fresh from connect
+            return
+        if time.monotonic() - idle_since < PING_AFTER_IDLE_S and not _unread_input(
+            dbapi_connection
+        ):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise InvalidatePoolError("the connection was found dead at checkout") from exc
+            raise
+
+    return check
+
+
+def _unread_input(dbapi_connection: Any) -> bool:
+    """True when an idle connection's socket has something to read (or is closed, broken)."""
+    if dbapi_connection.closed or dbapi_connection.broken:
+        return True
+    try:
+        fd = dbapi_connection.fileno()
+    except Exception:  # any failure to get the socket: let the ping decide
+        return True
+    if not hasattr(select, "poll"):  # Windows, where select() takes sockets
+        return bool(select.select([fd], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @contextmanager

@@ -8,11 +8,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 
-from drip.store._sql import ACTIVE, chunks
+from drip.store._sql import ACTIVE, chunks, integer_array_literal
 from drip.store.capabilities import capabilities_of
 
 SHARED_RATIO = 4
-"""`update_rows` goes set-based when rows share their values at least this much on average."""
+"""`update_rows` (SQLite) goes set-based when rows share their values at least this much on
+average."""
 
 
 def converter(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
@@ -48,15 +49,19 @@ def update_rows(
     """UPDATE `table` SET each of `columns` WHERE id = the last value of the row, for every row
     (and, with `only_active`, only where the row's status is 'active').
 
-    One statement per call: with array parameters (PostgreSQL) an UPDATE ... FROM unnest(<one
-    array per column>), so a batch is one round trip; otherwise one executemany of plain tuples
-    on the DBAPI cursor.
+    With array parameters (PostgreSQL): one statement per call, `_update_from_arrays`.
+    Otherwise: one `update_groups` statement per group of rows sharing their values when they
+    share them enough, else one executemany of plain tuples on the DBAPI cursor.
     Values are converted by the columns' types (aware datetimes -> the stored UTC form) but skip
     SQLAlchemy's per-row parameter processing, which cost more than the SQL itself.
     """
     if not rows:
         return
     active = f" AND t.status = '{ACTIVE}'" if only_active else ""
+    capabilities = capabilities_of(conn.dialect)
+    if capabilities.array_params:
+        _update_from_arrays(conn, table, columns, rows, active)
+        return
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
         groups.setdefault(tuple(row[:-1]), []).append(row[-1])
@@ -64,8 +69,7 @@ def update_rows(
         update_groups(conn, table, columns, groups, active)
         return
     dialect = conn.dialect
-    names = [*columns, "id"]
-    converters = [converter(table.c[name], dialect) for name in names]
+    converters = [converter(table.c[name], dialect) for name in (*columns, "id")]
     if all(convert is None for convert in converters):
         params: list[tuple[Any, ...]] = [tuple(row) for row in rows]
     else:
@@ -76,20 +80,59 @@ def update_rows(
             )
             for row in rows
         ]
-    capabilities = capabilities_of(dialect)
     mark = capabilities.placeholder
-    if capabilities.array_params:
-        arrays = ", ".join(f"{mark}::{table.c[name].type.compile(dialect)}[]" for name in names)
-        assignments = ", ".join(f"{name} = v.{name}" for name in columns)
-        sql = (
-            f"UPDATE {table.name} AS t SET {assignments}"
-            f" FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id{active}"
-        )
-        conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*params, strict=True)))
-        return
     assignments = ", ".join(f"{name} = {mark}" for name in columns)
     sql = f"UPDATE {table.name} AS t SET {assignments} WHERE t.id = {mark}{active}"
     conn.exec_driver_sql(sql, params)
+
+
+def _update_from_arrays(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    active: str,
+) -> None:
+    """`update_rows` in one `UPDATE ... FROM unnest(<one array per column>)`, PostgreSQL.
+
+    Works a column at a time (the rows transposed), never a Python step per row and column: a
+    column with one value in every row (a window's `now`, 'sent') is bound once as a scalar;
+    the others as arrays in the driver's binary format (`Capabilities.array_placeholder`), the
+    ids as one array literal (`integer_array_literal`). psycopg's text array dumper, used
+    before, ran Python per element to quote it: 4 ms of CPU per 256-row window of five
+    columns, 0.4-0.7 ms now.
+    """
+    dialect = conn.dialect
+    capabilities = capabilities_of(dialect)
+    mark = capabilities.placeholder
+    assignments: list[str] = []
+    scalars: list[Any] = []
+    arrays: list[str] = []
+    array_names: list[str] = []
+    array_values: list[Any] = []
+    for name, values in zip((*columns, "id"), zip(*rows, strict=True), strict=True):
+        sql_type = table.c[name].type.compile(dialect)
+        if name == "id":
+            arrays.append(f"{mark}::{sql_type}[]")
+            array_values.append(integer_array_literal(values))
+            array_names.append(name)
+            continue
+        convert = converter(table.c[name], dialect)
+        first = values[0]
+        if values.count(first) == len(values):
+            assignments.append(f"{name} = {mark}::{sql_type}")
+            scalars.append(first if convert is None else convert(first))
+            continue
+        assignments.append(f"{name} = v.{name}")
+        arrays.append(f"{capabilities.array_placeholder}::{sql_type}[]")
+        array_values.append(list(values) if convert is None else list(map(convert, values)))
+        array_names.append(name)
+    sql = (
+        f"UPDATE {table.name} AS t SET {', '.join(assignments)}"
+        f" FROM unnest({', '.join(arrays)}) AS v({', '.join(array_names)})"
+        f" WHERE t.id = v.id{active}"
+    )
+    conn.exec_driver_sql(sql, (*scalars, *array_values))
 
 
 def update_groups(
@@ -100,33 +143,19 @@ def update_groups(
     active: str,
 ) -> None:
     """One `UPDATE ... SET <shared values> WHERE id IN <ids>` per group of rows with equal
-    values: a bulk request's subscribers share their outcome and next lesson, so most of a batch is
-    one statement with one id list instead of per-row values (less binding and conversion).
+    values (SQLite): a bulk request's subscribers share their outcome and next lesson, so most
+    of a batch is one statement with one id list instead of per-row values (less binding and
+    conversion).
     """
     dialect = conn.dialect
     converters = [converter(table.c[name], dialect) for name in columns]
-    capabilities = capabilities_of(dialect)
-    arrays = capabilities.array_params
-    mark = capabilities.placeholder
-    if arrays:
-        # Cast like the unnest form does, so a value is read as its column's type.
-        assignments = ", ".join(
-            f"{name} = {mark}::{table.c[name].type.compile(dialect)}" for name in columns
-        )
-    else:
-        assignments = ", ".join(f"{name} = {mark}" for name in columns)
+    mark = capabilities_of(dialect).placeholder
+    assignments = ", ".join(f"{name} = {mark}" for name in columns)
     for values, ids in groups.items():
         shared = tuple(
             value if convert is None else convert(value)
             for convert, value in zip(converters, values, strict=True)
         )
-        if arrays:
-            sql = (
-                f"UPDATE {table.name} AS t SET {assignments}"
-                f" WHERE t.id = ANY({mark}::BIGINT[]){active}"
-            )
-            conn.exec_driver_sql(sql, (*shared, list(ids)))
-            continue
         for chunk in chunks(ids):
             places = ", ".join(mark for _ in chunk)
             sql = f"UPDATE {table.name} AS t SET {assignments} WHERE t.id IN ({places}){active}"
