@@ -258,7 +258,6 @@ def test_a_parent_killed_leaves_no_child_and_no_new_request(fake: FakeSendGrid) 
     assert len(fake.requests) == 3  # no new request after the parent died
 
 
-
 def test_a_parent_gone_before_a_call_s_last_bodies_leaves_no_child(fake: FakeSendGrid) -> None:
     """The parent dies after shipping the first chunk of a call's bodies: the child, whose call
     waited for the rest, reads end of file and exits (it used to wait for them for ever)."""
@@ -291,6 +290,7 @@ def test_a_parent_gone_before_a_call_s_last_bodies_leaves_no_child(fake: FakeSen
         child.wait()
         child.stdout.close()
     assert len(fake.requests) == CHUNK
+
 
 MORNING = datetime(2026, 3, 2, 0, 30, tzinfo=UTC)  # 09:30 in Tokyo
 
