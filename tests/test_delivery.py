@@ -339,7 +339,7 @@ def logged_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Outcomes are written on the run's own thread, also on PostgreSQL (the steps' order
     below is that of one thread; tests/test_recorder.py has the recorder's)."""
-    monkeypatch.setattr(delivery, "_records_apart", lambda sessions, mailer: False)
+    monkeypatch.setattr(delivery, "_records_apart", lambda session, mailer: False)
 
 
 def test_the_next_batch_is_claimed_while_the_windows_are_in_flight(

@@ -432,6 +432,7 @@ def send_due(
         settle_in_doubt(sessions, mailer.course, now=now)
     with sessions() as session:
         report.due = store.count_due(session, course_id, now)
+        records_apart = _records_apart(session, mailer)
     if dry_run:
         with sessions() as session:
             for slug, count in store.due_by_lesson(session, course_id, now).items():
@@ -447,7 +448,7 @@ def send_due(
     run = _Run(
         sessions, mailer, now, run_id or uuid.uuid4().hex, report, progress, stop_requested, only
     )
-    if _records_apart(sessions, mailer):
+    if records_apart:
         run.recorder = ThreadPoolExecutor(1, thread_name_prefix="drip-record")
     in_flight: deque[_Window] = deque()
     try:
@@ -462,12 +463,11 @@ def send_due(
             run.recorder.shutdown()
 
 
-def _records_apart(sessions: sessionmaker[Session], mailer: Mailer) -> bool:
+def _records_apart(session: Session, mailer: Mailer) -> bool:
     """Write outcomes on a second thread and connection: with a pipelining transport on a
     database that takes concurrent writers (PostgreSQL), the server's time recording one window
     then overlaps the claim and compose of the next. SQLite has one writer at a time."""
-    bind = sessions.kw.get("bind")
-    return bool(mailer.transport.pipelines) and bind is not None and bind.dialect.name != "sqlite"
+    return bool(mailer.transport.pipelines) and session.get_bind().dialect.name != "sqlite"
 
 
 def _pump(
