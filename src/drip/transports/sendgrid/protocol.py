@@ -545,16 +545,35 @@ def bulk_payload(emails: Sequence[OutgoingEmail]) -> dict[str, Any]:
     _, key = substitution_keys((first.bulk.html, first.bulk.text))
     # The parts are shared, so are their keys: made once per request, not per subscriber.
     keys = _slot_keys(first.bulk, key)
-    sender: dict[str, str] = {"email": first.from_address}
-    if first.from_name:
-        sender["name"] = first.from_name
+    return _bulk_request(
+        (first.from_address, first.from_name),
+        first.subject,
+        [_personalization(email, keys) for email in emails],
+        (first.bulk.html, first.bulk.text),
+        key,
+    )
+
+
+def _bulk_request(
+    sender: tuple[str, str | None],
+    subject: str,
+    personalizations: list[dict[str, Any]],
+    parts: tuple[tuple[str, ...], tuple[str, ...]],
+    key: Callable[[str, str], str],
+) -> dict[str, Any]:
+    """The body of a bulk request: the sender (address, name), the subject, the
+    personalizations and the shared (html, text) parts with `key`'s substitution keys."""
+    address, name = sender
+    from_: dict[str, str] = {"email": address}
+    if name:
+        from_["name"] = name
     return {
-        "from": sender,
-        "subject": first.subject,
-        "personalizations": [_personalization(email, keys) for email in emails],
+        "from": from_,
+        "subject": subject,
+        "personalizations": personalizations,
         "content": [
-            {"type": "text/plain", "value": template(first.bulk.text, "t", key)},
-            {"type": "text/html", "value": template(first.bulk.html, "h", key)},
+            {"type": "text/plain", "value": template(parts[1], "t", key)},
+            {"type": "text/html", "value": template(parts[0], "h", key)},
         ],
     }
 
@@ -666,18 +685,13 @@ def readers_payload(lesson: BulkLesson, rows: Sequence[ReaderRow]) -> dict[str, 
                 "substitutions": dict(zip(keys, pick(values), strict=True)),
             }
         )
-    sender: dict[str, str] = {"email": lesson.from_address}
-    if lesson.from_name:
-        sender["name"] = lesson.from_name
-    return {
-        "from": sender,
-        "subject": lesson.subject,
-        "personalizations": personalizations,
-        "content": [
-            {"type": "text/plain", "value": template(lesson.text, "t", key)},
-            {"type": "text/html", "value": template(lesson.html, "h", key)},
-        ],
-    }
+    return _bulk_request(
+        (lesson.from_address, lesson.from_name),
+        lesson.subject,
+        personalizations,
+        (lesson.html, lesson.text),
+        key,
+    )
 
 
 def apply_substitutions(payload: Mapping[str, Any], index: int) -> tuple[str, str]:
