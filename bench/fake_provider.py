@@ -10,8 +10,8 @@ the request's), so duplicates and losses can be reported.
 
 GET /_stats returns {"requests", "emails", "invalid", "problems", "distinct", "duplicates"};
 POST /_reset clears the counters. With `--record-dir DIR`, the bodies of the first
-`--record-max` accepted requests are written to DIR/NNNNNN.json: bench/ceiling.py posts them
-again, with nothing else, to measure the ceiling `drip send` is compared with.
+`--record-max` accepted one-reader requests are written to DIR/NNNNNN.json: bench/ceiling.py
+posts them again, with nothing else, to measure the ceiling `drip send` is compared with.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ class Provider:
             return web.json_response({"errors": [{"message": "; ".join(problems)}]}, status=400)
         # Counted when taken, before the latency: like SendGrid, the provider has it now.
         self.accepted.update(ids)
-        if self.record_left and self.record_dir is not None:
+        # Only one-reader bodies: the ceiling stands for per-reader sending (a bulk body replayed
+        # as many times would measure the provider's parsing, not a loop's ceiling).
+        if self.record_left and self.record_dir is not None and len(ids) == 1:
             self.record_left -= 1
             (self.record_dir / f"{self.record_left:06d}.json").write_bytes(body)
         if self.latency:

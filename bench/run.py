@@ -365,6 +365,27 @@ def machine() -> dict[str, Any]:
     }
 
 
+CALIBRATION = "s = 0\nfor i in range(10_000_000):\n    s += i"
+
+
+def calibration(repeat: int = 3) -> float:
+    """Seconds a plain Python loop of 10 million additions takes on this machine now (median of
+    `repeat`, each in a fresh interpreter): the machine's speed varies 1.5-2x within hours here,
+    so absolute figures are read beside it (the ceiling is the same-run yardstick for sending)."""
+    timings = []
+    for _ in range(repeat):
+        done = subprocess.run(
+            [sys.executable, "-m", "timeit", "-n", "1", "-r", "1", CALIBRATION],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        # timeit prints e.g. "1 loop, best of 1: 1.03 sec per loop"
+        value, unit = done.stdout.split(":")[1].split()[:2]
+        timings.append(float(value) * {"sec": 1.0, "msec": 1e-3}[unit])
+    return sorted(timings)[len(timings) // 2]
+
+
 def check(results: list[Result]) -> list[str]:
     verdicts = []
     for result in results:
@@ -692,6 +713,8 @@ def main() -> None:
 
     results: list[Result] = []
     notes: dict[str, Any] = {}
+    before = calibration()
+    print(f"calibration: a loop of 10 million additions took {before:.2f} s", flush=True)
     with tempfile.TemporaryDirectory(prefix="drip-bench-") as tmp:
         work = Path(tmp)
         (work / "bodies").mkdir()
@@ -701,6 +724,9 @@ def main() -> None:
         finally:
             provider.stop()
 
+    after = calibration()
+    print(f"calibration after: {after:.2f} s (before: {before:.2f} s)", flush=True)
+    notes["calibration_s"] = {"before": before, "after": after}
     notes.update(ratios(results))
     verdicts = check(results)
     for key, ratio in notes.items():
