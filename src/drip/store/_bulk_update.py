@@ -113,8 +113,9 @@ def _update_from_arrays(
     for name, values in zip((*columns, "id"), zip(*rows, strict=True), strict=True):
         sql_type = table.c[name].type.compile(dialect)
         if name == "id":
+            ids = integer_array_literal(values)
             arrays.append(f"{mark}::{sql_type}[]")
-            array_values.append(integer_array_literal(values))
+            array_values.append(ids)
             array_names.append(name)
             continue
         convert = converter(table.c[name], dialect)
@@ -127,12 +128,16 @@ def _update_from_arrays(
         arrays.append(f"{capabilities.array_placeholder}::{sql_type}[]")
         array_values.append(list(values) if convert is None else list(map(convert, values)))
         array_names.append(name)
+    # The ids again, as `t.id = ANY(...)`: the planner then finds the rows by the primary key.
+    # With `t.id = v.id` alone it estimates the join from the table's statistics, stale while
+    # a run fills the ledger, and hashed every row of the table for each window (a sequential
+    # scan of 100,000 subscribers to update 4,000, 40 % of the statement's time).
     sql = (
         f"UPDATE {table.name} AS t SET {', '.join(assignments)}"
         f" FROM unnest({', '.join(arrays)}) AS v({', '.join(array_names)})"
-        f" WHERE t.id = v.id{active}"
+        f" WHERE t.id = v.id AND t.id = ANY({mark}::bigint[]){active}"
     )
-    conn.exec_driver_sql(sql, (*scalars, *array_values))
+    conn.exec_driver_sql(sql, (*scalars, *array_values, ids))
 
 
 def update_groups(

@@ -1,0 +1,75 @@
+"""PostgreSQL plans of the recording statements: a window's rows are found by the primary key,
+never by reading the whole table, even when the table's statistics are stale (a run fills the
+ledger faster than autovacuum analyzes it)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, text
+from tests.conftest import _truncate
+
+from drip.db import make_engine
+from drip.models import subscribers
+from drip.store._bulk_update import update_rows
+
+READERS = 100_000
+WINDOW = 4_000
+
+
+@pytest.fixture
+def big_table(postgres_database: str) -> Iterator[Engine]:
+    """100,000 active subscribers, analyzed."""
+    _truncate(postgres_database)
+    engine = make_engine(postgres_database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"""INSERT INTO subscribers (course_id, email, timezone, status, created_at,
+                    consent_at, consent_source, confirmed_at, status_changed_at, next_lesson,
+                    next_send_at)
+                SELECT 'c', 'reader' || i || '@example.com', 'Asia/Tokyo', 'active', now(),
+                    now(), 'test', now(), now(), 'one', now()
+                FROM generate_series(1, {READERS}) AS i"""
+        )
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE subscribers")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        _truncate(postgres_database)
+
+
+def _plan_of_update_rows(engine: Engine, rows: list[tuple[Any, ...]], **options: Any) -> str:
+    """EXPLAIN of the statement `update_rows` sends for `rows`, with its own parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.startswith("UPDATE"):
+            seen.append((statement, parameters))
+
+    with engine.connect() as conn:
+        event.listen(conn, "before_cursor_execute", keep)
+        update_rows(conn, subscribers, ("next_lesson", "next_send_at"), rows, **options)
+        event.remove(conn, "before_cursor_execute", keep)
+        ((statement, parameters),) = seen
+        plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
+        conn.rollback()
+    # The ids' literal shortened: a failing assertion shows the plan, not 1,000 numbers.
+    return re.sub(r"'\{[0-9,]+\}'", "'{...}'", "\n".join(plan))
+
+
+@pytest.mark.parametrize("only_active", [False, True])
+def test_update_rows_finds_a_windows_rows_by_the_primary_key(
+    big_table: Engine, only_active: bool
+) -> None:
+    with big_table.connect() as conn:
+        ids = conn.execute(text("SELECT id FROM subscribers ORDER BY id")).scalars().all()
+    # Varying values per row: the column goes in as an array, joined to the table by id.
+    rows = [(f"lesson-{n % 7}", None, sid) for n, sid in enumerate(ids[-WINDOW:])]
+    plan = _plan_of_update_rows(big_table, rows, only_active=only_active)
+    assert "Seq Scan on subscribers" not in plan, plan
+    assert "pk_subscribers" in plan, plan
