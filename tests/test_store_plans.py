@@ -15,6 +15,7 @@ from tests.conftest import _truncate
 from drip.db import make_engine
 from drip.models import subscribers
 from drip.store._bulk_update import update_rows
+from drip.store.ledger import _settling
 
 READERS = 100_000
 WINDOW = 4_000
@@ -73,3 +74,45 @@ def test_update_rows_finds_a_windows_rows_by_the_primary_key(
     plan = _plan_of_update_rows(big_table, rows, only_active=only_active)
     assert "Seq Scan on subscribers" not in plan, plan
     assert "pk_subscribers" in plan, plan
+
+
+def _plans_of_settling(engine: Engine, delivery_ids: list[int]) -> list[str]:
+    """EXPLAIN of each SELECT `_settling` sends for `delivery_ids`."""
+    seen: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    with engine.connect() as conn:
+        event.listen(conn, "before_cursor_execute", keep)
+        _settling(conn, delivery_ids)
+        event.remove(conn, "before_cursor_execute", keep)
+        plans = [
+            "\n".join(conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all())
+            for statement, parameters in seen
+        ]
+        conn.rollback()
+    return [re.sub(r"'\{[0-9,]+\}'", "'{...}'", plan) for plan in plans]
+
+
+def test_settling_a_late_window_reads_only_its_own_readers(big_table: Engine) -> None:
+    # A run well on: 60,000 deliveries written since the ledger was last analyzed (empty).
+    with big_table.begin() as conn:
+        conn.exec_driver_sql("ANALYZE deliveries")
+        conn.exec_driver_sql(
+            """INSERT INTO deliveries (subscriber_id, course_id, lesson, status, run_id,
+                    attempts, claimed_at, lease_until, updated_at)
+                SELECT id, 'c', 'one', 'sending', 'run', 1, now(), now(), now()
+                FROM subscribers WHERE id <= 60000"""
+        )
+        ids = (
+            conn.exec_driver_sql(f"SELECT id FROM deliveries ORDER BY id DESC LIMIT {WINDOW}")
+            .scalars()
+            .all()
+        )
+    plans = _plans_of_settling(big_table, sorted(ids))
+    assert plans
+    for plan in plans:
+        assert "Seq Scan on subscribers" not in plan, plan
+        assert "Merge Join" not in plan, plan
