@@ -556,7 +556,7 @@ def _settling(conn: Connection, delivery_ids: Iterable[int]) -> dict[int, _Settl
         for row in rows:
             reader = subscriber.get(row[4])
             if reader is not None:  # the foreign key keeps it there; a join would drop it
-                found[row[0]] = _Settling(*row, reader[1], reader[2])
+                found[row[0]] = _Settling._make((*row, reader[1], reader[2]))
     return found
 
 
