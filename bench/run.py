@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -455,6 +456,8 @@ def ceiling(provider: Provider, work: Path, n: int, repeat: int) -> Result | Non
     attempts = []
     for _ in range(repeat):
         provider.reset()
+        busy, provider_cpu = machine_busy_s(), process_cpu_s(provider.process.pid)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(
             [
                 sys.executable,
@@ -473,13 +476,25 @@ def ceiling(provider: Provider, work: Path, n: int, repeat: int) -> Result | Non
             check=True,
         )
         figures = json.loads(done.stdout)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        loop_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+        provider_cpu = process_cpu_s(provider.process.pid) - provider_cpu
+        busy = machine_busy_s() - busy
+        # The same split as `measure`'s: the bare loop, the provider, the rest.
+        figures["cpu_us_per_email"] = round(1e6 * loop_cpu / n, 1)
+        figures["provider_cpu_us_per_email"] = round(1e6 * provider_cpu / n, 1)
+        figures["rest_cpu_us_per_email"] = round(1e6 * (busy - loop_cpu - provider_cpu) / n, 1)
+        figures["cores_busy"] = round(busy / figures["seconds"], 2)
         if figures["statuses"] != {"202": n}:
             raise SystemExit(f"the ceiling run was not all 202: {figures['statuses']}")
         attempts.append(figures)
     median = sorted(attempts, key=lambda a: a["emails_per_s"])[len(attempts) // 2]
     print(
         f"{'0-ceiling (bare aiohttp)':<26} {median['emails_per_s']:>9,.0f} emails/s"
-        f"  loop {median['seconds']:7.2f} s  (median of {repeat})",
+        f"  loop {median['seconds']:7.2f} s  CPU {median['cpu_us_per_email']:.0f} us/email"
+        f" (provider {median['provider_cpu_us_per_email']:.0f},"
+        f" rest {median['rest_cpu_us_per_email']:.0f}, cores busy {median['cores_busy']:.2f})"
+        f"  (median of {repeat})",
         flush=True,
     )
     return Result(
