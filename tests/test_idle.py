@@ -242,7 +242,8 @@ def test_a_replayed_course_never_hides_work(ledger: Ledger) -> None:
 
 def test_drip_send_with_nothing_due_does_not_load_the_send_engine(tmp_path: Path) -> None:
     """The whole command on the embedded default: same output as a full run, and neither
-    SQLAlchemy nor the course's renderer imported."""
+    SQLAlchemy, the course's renderer nor the scheduler (its holiday calendars) imported, with
+    `--now` too."""
     shutil.copytree(ROOT / "course", tmp_path / "course")
     env = drip_env(DRIP_COURSE_DIR=str(tmp_path / "course"))
     now = "2026-03-02T10:00+09:00"
@@ -265,8 +266,8 @@ def test_drip_send_with_nothing_due_does_not_load_the_send_engine(tmp_path: Path
         "import sys; from drip.cli import main\n"
         "try: main(sys.argv[1:], prog_name='drip')\n"
         "except SystemExit: pass\n"
-        "print(json.dumps(sorted(m for m in ('sqlalchemy', 'drip.delivery', 'drip.render')"
-        " if m in sys.modules)), file=sys.stderr)"
+        "heavy = ('sqlalchemy', 'drip.delivery', 'drip.render', 'drip.schedule', 'holidays')\n"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)"
     )
     quick = subprocess.run(
         [sys.executable, "-c", "import json\n" + probe, "send", "--now", now, "--json"],

@@ -38,6 +38,7 @@ import holidays
 
 from drip.course import Course, CourseSettings, Lesson
 from drip.errors import ConfigError, UnknownTimezoneError
+from drip.years import MAX_YEAR, MIN_YEAR
 
 __all__ = [
     "MAX_YEAR",
@@ -70,9 +71,6 @@ _MAX_SEARCH_DAYS = 400
 # moves forward, and a real course settles in two or three.
 _MAX_STEPS = 2 * _MAX_SEARCH_DAYS
 
-MIN_YEAR, MAX_YEAR = 1971, 9998
-"""The years a moment given by hand (--now, a pause's end) may fall in: room for the lease,
-back-off and schedule arithmetic on either side without leaving datetime's range."""
 
 Zone = ZoneInfo | str
 

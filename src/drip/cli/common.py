@@ -159,7 +159,7 @@ class NowType(click.ParamType[datetime]):
             self.fail(
                 f"{value!r} has no UTC offset; add one, e.g. {fixed}+09:00 or {fixed}Z", param, ctx
             )
-        from drip.schedule import MAX_YEAR, MIN_YEAR  # imported here: it loads `holidays`
+        from drip.years import MAX_YEAR, MIN_YEAR  # not drip.schedule: it loads `holidays`
 
         if not MIN_YEAR <= moment.year <= MAX_YEAR:
             self.fail(
