@@ -5,10 +5,10 @@
     .venv/bin/python bench/profile.py --postgres             # the drip_bench database
 
 Fills a SQLite database in a temporary directory (or PostgreSQL, as bench/run.py does), starts
-bench/fake_provider.py (50 ms) and runs `drip send` under `py-spy record` (all threads, native
-frames off) when py-spy is installed (`pip install py-spy`), else under cProfile (main thread).
-Prints the top functions by own time and the emails/s of the profiled run (slower than
-unprofiled).
+bench/fake_provider.py (50 ms) and runs `drip send` under `py-spy record` (all threads of it and
+of its sending process, native frames off) when py-spy is installed (`pip install py-spy`), else
+under cProfile (main thread). Prints the top functions by own time and the emails/s of the
+profiled run (slower than unprofiled).
 """
 
 from __future__ import annotations
@@ -59,7 +59,17 @@ def main() -> None:
             raw = Path(args.output) if args.output else directory / "profile.txt"
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             if Path(spy).exists():
-                command = [spy, "record", "-f", "raw", "-o", str(raw), "--threads", "--"]
+                command = [
+                    spy,
+                    "record",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw),
+                    "--threads",
+                    "--subprocesses",
+                ]
+                command.append("--")
             else:
                 raw = raw.with_suffix(".pstats")
                 command = [sys.executable, "-m", "cProfile", "-o", str(raw), "-m", "drip"]
@@ -87,6 +97,9 @@ def print_top(raw: Path, top: int) -> None:
         frames = stack.split(";")
         # "function (file:line)" -> "function (file)": own time per function, not per line.
         thread, leaf = frames[0], re.sub(r":\d+\)$", ")", frames[-1])
+        if thread.startswith("process") and len(frames) > 1:
+            # --subprocesses: the sending process's threads apart from drip send's own.
+            thread = f"{thread.split(':', 1)[0]} {frames[1]}"
         own[thread, leaf] = own.get((thread, leaf), 0) + int(count)
         total[thread] = total.get(thread, 0) + int(count)
     for thread, samples in sorted(total.items(), key=lambda item: -item[1]):
