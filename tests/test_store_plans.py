@@ -5,11 +5,11 @@ ledger faster than autovacuum analyzes it)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, event, text
 from tests.conftest import _truncate
 
 from drip.db import make_engine
@@ -44,23 +44,26 @@ def big_table(postgres_database: str) -> Iterator[Engine]:
         _truncate(postgres_database)
 
 
-def _plan_of_update_rows(engine: Engine, rows: list[tuple[Any, ...]], **options: Any) -> str:
-    """EXPLAIN of the statement `update_rows` sends for `rows`, with its own parameters."""
+def _explained(engine: Engine, verb: str, call: Callable[[Connection], object]) -> list[str]:
+    """EXPLAIN of each statement starting with `verb` that `call(conn)` sends, with its own
+    parameters (rolled back after). The ids' literals are shortened: a failing assertion
+    shows the plan, not thousands of numbers."""
     seen: list[tuple[str, Any]] = []
 
     def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if statement.startswith("UPDATE"):
+        if statement.startswith(verb):
             seen.append((statement, parameters))
 
     with engine.connect() as conn:
         event.listen(conn, "before_cursor_execute", keep)
-        update_rows(conn, subscribers, ("next_lesson", "next_send_at"), rows, **options)
+        call(conn)
         event.remove(conn, "before_cursor_execute", keep)
-        ((statement, parameters),) = seen
-        plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
+        plans = [
+            "\n".join(conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all())
+            for statement, parameters in seen
+        ]
         conn.rollback()
-    # The ids' literal shortened: a failing assertion shows the plan, not 1,000 numbers.
-    return re.sub(r"'\{[0-9,]+\}'", "'{...}'", "\n".join(plan))
+    return [re.sub(r"'\{[0-9,]+\}'", "'{...}'", plan) for plan in plans]
 
 
 @pytest.mark.parametrize("only_active", [False, True])
@@ -71,29 +74,14 @@ def test_update_rows_finds_a_windows_rows_by_the_primary_key(
         ids = conn.execute(text("SELECT id FROM subscribers ORDER BY id")).scalars().all()
     # Varying values per row: the column goes in as an array, joined to the table by id.
     rows = [(f"lesson-{n % 7}", None, sid) for n, sid in enumerate(ids[-WINDOW:])]
-    plan = _plan_of_update_rows(big_table, rows, only_active=only_active)
+    columns = ("next_lesson", "next_send_at")
+    (plan,) = _explained(
+        big_table,
+        "UPDATE",
+        lambda conn: update_rows(conn, subscribers, columns, rows, only_active=only_active),
+    )
     assert "Seq Scan on subscribers" not in plan, plan
     assert "pk_subscribers" in plan, plan
-
-
-def _plans_of_settling(engine: Engine, delivery_ids: list[int]) -> list[str]:
-    """EXPLAIN of each SELECT `_settling` sends for `delivery_ids`."""
-    seen: list[tuple[str, Any]] = []
-
-    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if statement.startswith("SELECT"):
-            seen.append((statement, parameters))
-
-    with engine.connect() as conn:
-        event.listen(conn, "before_cursor_execute", keep)
-        _settling(conn, delivery_ids)
-        event.remove(conn, "before_cursor_execute", keep)
-        plans = [
-            "\n".join(conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all())
-            for statement, parameters in seen
-        ]
-        conn.rollback()
-    return [re.sub(r"'\{[0-9,]+\}'", "'{...}'", plan) for plan in plans]
 
 
 def test_settling_a_late_window_reads_only_its_own_readers(big_table: Engine) -> None:
@@ -111,8 +99,8 @@ def test_settling_a_late_window_reads_only_its_own_readers(big_table: Engine) ->
             .scalars()
             .all()
         )
-    plans = _plans_of_settling(big_table, sorted(ids))
-    assert plans
+    plans = _explained(big_table, "SELECT", lambda conn: _settling(conn, sorted(ids)))
+    assert len(plans) == 2  # the deliveries, then their subscribers
     for plan in plans:
         assert "Seq Scan on subscribers" not in plan, plan
         assert "Merge Join" not in plan, plan
