@@ -59,17 +59,8 @@ def main() -> None:
             raw = Path(args.output) if args.output else directory / "profile.txt"
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             if Path(spy).exists():
-                command = [
-                    spy,
-                    "record",
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(raw),
-                    "--threads",
-                    "--subprocesses",
-                ]
-                command.append("--")
+                threads = ["--threads", "--subprocesses"]  # its sending process too
+                command = [spy, "record", "-f", "raw", "-o", str(raw), *threads, "--"]
             else:
                 raw = raw.with_suffix(".pstats")
                 command = [sys.executable, "-m", "cProfile", "-o", str(raw), "-m", "drip"]

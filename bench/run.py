@@ -302,17 +302,13 @@ def measure(
     for _ in range(repeat):
         envs = prepare()
         provider.reset()
-        busy, provider_cpu = machine_busy_s(), process_cpu_s(provider.process.pid)
+        started = cpu_now(provider)
         runs = drip_send(envs, cwd)
-        busy, provider_cpu = (
-            machine_busy_s() - busy,
-            process_cpu_s(provider.process.pid) - provider_cpu,
-        )
+        busy, provider_cpu = cpu_since(started, provider)
         stats = provider.stats()
         wall = max(run.wall_s for run in runs)
         sent = sum(run.report["sent"] for run in runs)
         drip_cpu = sum(run.cpu_s for run in runs)
-        emails = max(stats["emails"], 1)
         attempts.append(
             {
                 "wall_s": round(wall, 3),
@@ -322,12 +318,7 @@ def measure(
                 "peak_rss_mb": round(max(run.peak_rss_mb for run in runs), 1),
                 # CPU per email moves far less with the machine's load than the wall time.
                 "cpu_s": round(drip_cpu, 3),
-                "cpu_us_per_email": round(1e6 * drip_cpu / emails, 1),
-                # Where the rest of the two cores went: the fake provider, and everything else
-                # (PostgreSQL's backends, mostly; the machine is otherwise idle in a bench run).
-                "provider_cpu_us_per_email": round(1e6 * provider_cpu / emails, 1),
-                "rest_cpu_us_per_email": round(1e6 * (busy - drip_cpu - provider_cpu) / emails, 1),
-                "cores_busy": round(busy / wall, 2) if wall else 0.0,
+                **cpu_split(drip_cpu, provider_cpu, busy, stats["emails"], wall),
                 "duplicates": stats["duplicates"],
                 "losses": due - stats["distinct"],
                 "invalid": stats["invalid"],
@@ -350,12 +341,46 @@ def measure(
     print(
         f"{scenario:<26} {result.emails_per_s:>9,.0f} emails/s  wall {result.wall_s:7.2f} s"
         f"  peak RSS {result.peak_rss_mb:6.1f} MB  dup {result.duplicates}  lost {result.losses}"
-        f"  CPU {median['cpu_us_per_email']:.0f} us/email (provider"
-        f" {median['provider_cpu_us_per_email']:.0f}, rest {median['rest_cpu_us_per_email']:.0f},"
-        f" cores busy {median['cores_busy']:.2f})  (median of {repeat})",
+        f"  {shown_split(median)}  (median of {repeat})",
         flush=True,
     )
     return result
+
+
+def cpu_now(provider: Provider) -> tuple[float, float]:
+    """(the machine's busy CPU seconds since boot, all cores; the fake provider's CPU seconds),
+    from /proc: read before and after a measured run (`cpu_since`)."""
+    return machine_busy_s(), process_cpu_s(provider.process.pid)
+
+
+def cpu_since(started: tuple[float, float], provider: Provider) -> tuple[float, float]:
+    """(the machine's busy CPU seconds, the provider's) since `cpu_now` returned `started`."""
+    busy, provider_cpu = cpu_now(provider)
+    return busy - started[0], provider_cpu - started[1]
+
+
+def cpu_split(
+    own: float, provider: float, busy: float, emails: int, wall: float
+) -> dict[str, float]:
+    """Per email: the measured process's CPU (`own`: drip send's, or the bare loop's), the fake
+    provider's, the rest of the machine's (PostgreSQL's backends, mostly: the machine is
+    otherwise idle in a bench run); and the cores busy over `wall` seconds."""
+    per_email = 1e6 / max(emails, 1)
+    return {
+        "cpu_us_per_email": round(own * per_email, 1),
+        "provider_cpu_us_per_email": round(provider * per_email, 1),
+        "rest_cpu_us_per_email": round((busy - own - provider) * per_email, 1),
+        "cores_busy": round(busy / wall, 2) if wall else 0.0,
+    }
+
+
+def shown_split(figures: dict[str, Any]) -> str:
+    """`cpu_split`'s figures as the printed line shows them."""
+    return (
+        f"CPU {figures['cpu_us_per_email']:.0f} us/email (provider"
+        f" {figures['provider_cpu_us_per_email']:.0f}, rest {figures['rest_cpu_us_per_email']:.0f},"
+        f" cores busy {figures['cores_busy']:.2f})"
+    )
 
 
 def machine_busy_s() -> float:
@@ -392,7 +417,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-CALIBRATION = "s = 0\nfor i in range(10_000_000):\n    s += i"
+CALIBRATION = """
+import time
+def loop():  # local variables, as timeit's loops (the figures of docs/performance.md)
+    s = 0
+    for i in range(10_000_000):
+        s += i
+started = time.perf_counter()
+loop()
+print(time.perf_counter() - started)
+"""
 
 
 def calibration(repeat: int = 3) -> float:
@@ -402,14 +436,9 @@ def calibration(repeat: int = 3) -> float:
     timings = []
     for _ in range(repeat):
         done = subprocess.run(
-            [sys.executable, "-m", "timeit", "-n", "1", "-r", "1", CALIBRATION],
-            capture_output=True,
-            text=True,
-            check=True,
+            [sys.executable, "-c", CALIBRATION], capture_output=True, text=True, check=True
         )
-        # timeit prints e.g. "1 loop, best of 1: 1.03 sec per loop"
-        value, unit = done.stdout.split(":")[1].split()[:2]
-        timings.append(float(value) * {"sec": 1.0, "msec": 1e-3}[unit])
+        timings.append(float(done.stdout))
     return sorted(timings)[len(timings) // 2]
 
 
@@ -457,7 +486,7 @@ def ceiling(provider: Provider, work: Path, n: int, repeat: int) -> Result | Non
     attempts = []
     for _ in range(repeat):
         provider.reset()
-        busy, provider_cpu = machine_busy_s(), process_cpu_s(provider.process.pid)
+        started = cpu_now(provider)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(
             [
@@ -479,23 +508,15 @@ def ceiling(provider: Provider, work: Path, n: int, repeat: int) -> Result | Non
         figures = json.loads(done.stdout)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         loop_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-        provider_cpu = process_cpu_s(provider.process.pid) - provider_cpu
-        busy = machine_busy_s() - busy
-        # The same split as `measure`'s: the bare loop, the provider, the rest.
-        figures["cpu_us_per_email"] = round(1e6 * loop_cpu / n, 1)
-        figures["provider_cpu_us_per_email"] = round(1e6 * provider_cpu / n, 1)
-        figures["rest_cpu_us_per_email"] = round(1e6 * (busy - loop_cpu - provider_cpu) / n, 1)
-        figures["cores_busy"] = round(busy / figures["seconds"], 2)
+        busy, provider_cpu = cpu_since(started, provider)
+        figures.update(cpu_split(loop_cpu, provider_cpu, busy, n, figures["seconds"]))
         if figures["statuses"] != {"202": n}:
             raise SystemExit(f"the ceiling run was not all 202: {figures['statuses']}")
         attempts.append(figures)
     median = sorted(attempts, key=lambda a: a["emails_per_s"])[len(attempts) // 2]
     print(
         f"{'0-ceiling (bare aiohttp)':<26} {median['emails_per_s']:>9,.0f} emails/s"
-        f"  loop {median['seconds']:7.2f} s  CPU {median['cpu_us_per_email']:.0f} us/email"
-        f" (provider {median['provider_cpu_us_per_email']:.0f},"
-        f" rest {median['rest_cpu_us_per_email']:.0f}, cores busy {median['cores_busy']:.2f})"
-        f"  (median of {repeat})",
+        f"  loop {median['seconds']:7.2f} s  {shown_split(median)}  (median of {repeat})",
         flush=True,
     )
     return Result(
