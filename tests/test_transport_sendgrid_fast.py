@@ -57,12 +57,11 @@ def test_requests_overlap_and_payloads_equal_the_official_ones(
     fake.latency = 0.1
     emails = [make_email(n) for n in range(1, 25)]
     with fast(fake, process=process, window=8) as transport:
-        transport.send([make_email(99)])  # the sending process's start-up is not timed
-        started = time.monotonic()
         results = transport.send(emails)
-        elapsed = time.monotonic() - started
-    # 24 requests x 0.1 s one at a time would take 2.4 s; 8 in flight about 0.3 s.
-    assert elapsed < 1.2
+    # Each answer takes 0.1 s: 24 requests sent one at a time never overlap; with a window of 8
+    # up to 8 are in flight (fewer only if the client took 0.1 s to start the next ones, which
+    # a loaded machine can: a wall-clock bound here failed under load, and timed nothing).
+    assert 4 <= fake.most_in_flight <= 8
     assert [r.delivery_id for r in results] == [e.delivery_id for e in emails]
     assert [r.outcome for r in results] == [Outcome.SENT] * 24
     # (The threaded fake numbers concurrent requests racily, so ids are not checked unique.)

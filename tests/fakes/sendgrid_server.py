@@ -169,6 +169,9 @@ class FakeSendGrid:
         self._stopping = threading.Event()
         self.requests: list[Received] = []
         self.problems: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        """The most requests this fake was answering at once (counted over the `latency` wait)."""
         self._server = _Server((host, port), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
@@ -368,7 +371,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         step = fake._next_step()
         if fake.latency:
+            with fake._lock:
+                fake.in_flight += 1
+                fake.most_in_flight = max(fake.most_in_flight, fake.in_flight)
             time.sleep(fake.latency)
+            with fake._lock:
+                fake.in_flight -= 1
         token = self._token = authorization.removeprefix("Bearer ")
         if step.reset:
             log(step.text, 0, False)
