@@ -207,9 +207,7 @@ def test_a_database_outage_is_one_log_line_per_tick_and_the_worker_carries_on(
                 down = stderr.wait_for("database became unavailable")
                 time.sleep(3)
                 admin.execute(
-                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
-                        sql.Identifier(name)
-                    )
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name))
                 )
             stderr.wait_for("sent 0,", after=down)  # it sent again once the database was back
         finally:

@@ -33,15 +33,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from drip.statuses import SubscriberStatus
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "MAX_AGE",
@@ -126,6 +125,14 @@ class UnreadableEvents(ValueError):
 def load_verification_key(text: str) -> ec.EllipticCurvePublicKey:
     """The ECDSA P-256 public key SendGrid shows (base64 DER, or a PEM block). Raises
     ValueError, without quoting it, for anything else."""
+    # cryptography is imported here and in `verify_signature`, not with the module: `drip send`
+    # imports this module (event parsing, for the settling pass) and never verifies.
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import (
+        load_der_public_key,
+        load_pem_public_key,
+    )
+
     stripped = text.strip()
     try:
         if stripped.startswith("-----BEGIN"):
@@ -154,6 +161,10 @@ def verify_signature(
     MAX_AGE before `now` and MAX_SKEW after it. Returns the signing moment; raises
     `SignatureError` naming the check that failed.
     """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if not signature or not timestamp:
         raise SignatureError(
             f"missing {SIGNATURE_HEADER if not signature else TIMESTAMP_HEADER} header"
