@@ -15,7 +15,6 @@ from datetime import time
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import holidays
 import yaml
 
 from drip.addresses import ascii_address, check_timezone
@@ -310,9 +309,11 @@ def _send_days(value: Any) -> frozenset[int] | None:
 
 
 def _skip_holidays(value: Any) -> str | None:
-    if value is not None and (
-        not isinstance(value, str) or value.upper() not in holidays.list_supported_countries()
-    ):
+    if value is None:
+        return None
+    import holidays  # here, not with the module: only a course with skip_holidays needs it
+
+    if not isinstance(value, str) or value.upper() not in holidays.list_supported_countries():
         raise _Invalid(
             f"skip_holidays = {value!r} is not a country code the holidays library knows;"
             ' use an ISO code such as "JP"'

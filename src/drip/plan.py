@@ -15,8 +15,6 @@ from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import holidays
-
 from drip import schedule
 from drip.course import Course, CourseSettings, Lesson
 from drip.statuses import SubscriberStatus
@@ -60,6 +58,8 @@ def _days_off(settings: CourseSettings, start: date, end: date) -> list[str]:
         if settings.send_days is not None and day.weekday() not in settings.send_days:
             why.append(f"{day.isoformat()} ({_WEEKDAY_NAMES[day.weekday()]}) is not a send day")
         elif settings.skip_holidays is not None:
+            import holidays  # only a course with skip_holidays needs it (drip.schedule)
+
             name = holidays.country_holidays(settings.skip_holidays, years=day.year).get(day)
             if name:
                 why.append(f"{day.isoformat()} is a holiday ({name})")

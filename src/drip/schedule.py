@@ -34,8 +34,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import holidays
-
 from drip.course import Course, CourseSettings, Lesson
 from drip.errors import ConfigError, UnknownTimezoneError
 from drip.years import MAX_YEAR, MIN_YEAR
@@ -105,6 +103,8 @@ def _zone(tz: Zone) -> ZoneInfo:
 @functools.lru_cache(maxsize=256)
 def _holiday_dates(country: str, year: int) -> frozenset[date]:
     """The public holidays of `country` in `year`; cached because `is_allowed_day` is hot."""
+    import holidays  # here, not with the module: only a course with skip_holidays needs it
+
     try:
         calendar = holidays.country_holidays(country, years=year)
     except NotImplementedError as exc:
