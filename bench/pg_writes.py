@@ -1,26 +1,29 @@
 """What PostgreSQL's server spends per email on drip's ledger writes, today and with a narrow
 scheduling table (issue 11, targets 1-3): an experiment to size a redesign before making it.
 
-    .venv/bin/python bench/pg_writes.py                      # 30,000 due among 100,000, 3 rounds
-    .venv/bin/python bench/pg_writes.py --due 10000 --rounds 1
+    .venv/bin/python bench/pg_writes.py                  # 30,000 due among 100,000, 3 rounds
+    .venv/bin/python bench/pg_writes.py --window 4000 --due 60000   # bulk mode's batches
 
-No transport and no drip code on the hot path: the statements a per-reader `drip send` makes
-per window of 256 readers (claim, mark 'sending', record 'sent'), written out in SQL with psycopg,
-in two schemas, alternately, each on a fresh database (`drip_bench_writes`, dropped at the end):
+No transport and no drip code on the hot path: the statements `drip send` makes per window
+(claim, hand over, record 'sent'), written out in SQL with psycopg, in the variants of
+`VARIANTS`, alternately, each on a fresh database (`drip_bench_writes`, dropped at the end):
 
-- `today`: drip's schema (its migrations). A window's claim picks the due readers (FOR UPDATE
+- schema `today`: drip's (its migrations). A window's claim picks the due readers (FOR UPDATE
   SKIP LOCKED), inserts their deliveries and writes the lease into each subscriber's
-  next_send_at; the hand-over marks the deliveries 'sending'; the record locks the deliveries
-  and their subscribers, marks the deliveries 'sent' and writes each subscriber's progress.
-  Each subscriber write is a new row version with an entry in each of its live indexes.
-- `narrow`: the same, but the schedule (next lesson, next send, last sent) lives in a table of
-  its own, `schedules` (subscriber id, course, next lesson, next send, last sent), with two
-  indexes (its key and the due index): the lease and the progress are written there, and the
-  subscriber row (email, name, status; read by the pick) is never written on the hot path.
+  next_send_at; the hand-over marks the deliveries 'sending' (per-reader sends only); the record
+  locks the deliveries and their subscribers, marks the deliveries 'sent' and writes each
+  subscriber's progress. Each subscriber write is a new row version with an entry in each of
+  its live indexes (next_send_at is indexed: no HOT update).
+- schema `narrow`: the same, but the schedule (next lesson, next send, last sent) lives in a
+  table of its own, `schedules`, with two indexes (its key and the due index): the lease and the
+  progress are written there, and the subscriber row (email, name, status; read by the pick) is
+  never written on the hot path.
+- `-lean`: claims inserted 'sending' (no hand-over) and a record without its lock pass.
 
-It prints, per schema, the CPU of every PostgreSQL process (the backend and the background
-writers: /proc/<pid>/stat) and the WAL written, per email, median of the rounds. Run it on an
-otherwise idle machine: the figures are the server's own CPU, but a busy machine slows it too.
+It prints, per variant, the CPU of every PostgreSQL process (the backend and the background
+writers: /proc/<pid>/stat) and the WAL written, per email, and the medians of the rounds. Run
+it on an otherwise idle machine: the figures are the server's own CPU, but a busy machine slows
+it too.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from run import COURSE, NOW, fill
@@ -44,6 +47,7 @@ NAME = "drip_bench_writes"
 URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{NAME}"
 DSN = f"postgresql://postgres@127.0.0.1:5432/{NAME}"
 WINDOW = 256
+"""Readers per window (the per-reader send's); bulk mode claims 4,000 at a time (--window)."""
 LEASE = timedelta(minutes=10)
 RUN_ID = "bench-run"
 SECOND = COURSE.lessons[1].slug
@@ -144,31 +148,27 @@ PROGRESS = {
 }
 
 
-def send_window(conn: psycopg.Connection[Any], schema: str, lean: bool) -> int:
-    """One window: claim (commit), hand over (commit), record (commit). Returns the readers.
-
-    `lean`: the claims are inserted 'sending' (no hand-over statement) and the record writes
-    without locking first (its UPDATEs lock), two statements and a row lock each fewer."""
+def send_window(conn: psycopg.Connection[Any], variant: Variant, window: int) -> int:
+    """One window: claim (commit), hand over (commit), record (commit). Returns the readers."""
+    schema = variant.schema
     base = {"course": COURSE.id, "now": NOW_NAIVE, "run": RUN_ID, "lease": NOW_NAIVE + LEASE}
     with conn.transaction():
-        picked = conn.execute(PICK[schema], {**base, "limit": WINDOW}).fetchall()
+        picked = conn.execute(PICK[schema], {**base, "limit": window}).fetchall()
         if not picked:
             return 0
         ids = [row[0] for row in picked]
         insert = INSERT_CLAIMS[schema]
-        if lean:
+        if not variant.hand_over:
             insert = insert.replace("'claimed'", "'sending'")
         claims = conn.execute(insert, {**base, "ids": ids}).fetchall()
         conn.execute(LEASE_WRITE[schema], {**base, "ids": ids})
-    delivery_ids = [row[1] for row in claims]
-    if lean:
-        sending, readers = delivery_ids, sorted(row[0] for row in claims)
-    else:
+    sending, readers = [row[1] for row in claims], sorted(row[0] for row in claims)
+    if variant.hand_over:
         with conn.transaction():
-            marked = conn.execute(MARK_SENDING, {**base, "ids": delivery_ids})
+            marked = conn.execute(MARK_SENDING, {**base, "ids": sending})
             sending = [row[0] for row in marked]
     with conn.transaction():
-        if not lean:
+        if variant.lock_pass:
             locked = conn.execute(LOCK_DELIVERIES, {"ids": sending}).fetchall()
             readers = sorted({row[4] for row in locked})
             conn.execute(LOCK_READERS[schema], {"ids": readers}).fetchall()
@@ -180,20 +180,34 @@ def send_window(conn: psycopg.Connection[Any], schema: str, lean: bool) -> int:
     return len(picked)
 
 
+class Variant(NamedTuple):
+    schema: str
+    """today or narrow."""
+    hand_over: bool
+    """Claims inserted 'claimed', then marked 'sending' in a transaction of their own (the
+    per-reader send); else inserted 'sending' (bulk mode)."""
+    lock_pass: bool
+    """The record first locks the deliveries and their subscribers (schedules) with SELECT ...
+    FOR UPDATE, as drip does; else its UPDATEs lock what they write."""
+
+
 VARIANTS = {
-    "today": ("today", False),
-    "narrow": ("narrow", False),
-    "today-lean": ("today", True),
-    "narrow-lean": ("narrow", True),
+    "today": Variant("today", hand_over=True, lock_pass=True),
+    "today-bulk": Variant("today", hand_over=False, lock_pass=True),
+    "today-lean": Variant("today", hand_over=False, lock_pass=False),
+    "narrow": Variant("narrow", hand_over=True, lock_pass=True),
+    "narrow-lean": Variant("narrow", hand_over=False, lock_pass=False),
 }
-"""Variant -> (schema, lean)."""
+"""What drip does today per reader (today) and in bulk mode (today-bulk), and what each change
+would save: the record without its lock pass, the narrow scheduling table, both."""
 
 
 # --- measuring --------------------------------------------------------------------------------
 
 
 def postgres_cpu() -> float:
-    """CPU seconds (user + system) of every process named postgres on this machine."""
+    """CPU seconds (user + system) of every process named postgres on this machine, with those
+    of the ones that ended (the postmaster's reaped children: an autovacuum worker, a backend)."""
     total = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -205,7 +219,7 @@ def postgres_cpu() -> float:
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         if name.startswith("postgres"):
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            total += sum(int(field) for field in fields[11:15])  # utime, stime, cutime, cstime
     return total / TICKS
 
 
@@ -227,15 +241,14 @@ def fresh_database(schema: str, total: int, due: int) -> None:
         conn.execute("CHECKPOINT")
 
 
-def measure(variant: str, total: int, due: int) -> dict[str, float]:
-    schema, lean = VARIANTS[variant]
-    fresh_database(schema, total, due)
+def measure(variant: str, total: int, due: int, window: int) -> dict[str, float]:
+    fresh_database(VARIANTS[variant].schema, total, due)
     with psycopg.connect(DSN, autocommit=True) as conn:
         (start_lsn,) = conn.execute("SELECT pg_current_wal_lsn()").fetchone() or ("",)
         cpu = postgres_cpu()
         began = time.perf_counter()
         sent = 0
-        while count := send_window(conn, schema, lean):
+        while count := send_window(conn, VARIANTS[variant], window):
             sent += count
         wall = time.perf_counter() - began
         cpu = postgres_cpu() - cpu
@@ -246,7 +259,7 @@ def measure(variant: str, total: int, due: int) -> dict[str, float]:
             "SELECT count(*) FROM deliveries WHERE status <> 'sent'"
         ).fetchone() or (0,)
     if sent != due or left:
-        raise SystemExit(f"{schema}: {sent} sent of {due}, {left} deliveries not 'sent'")
+        raise SystemExit(f"{variant}: {sent} sent of {due}, {left} deliveries not 'sent'")
     return {
         "server_us_per_email": cpu / sent * 1e6,
         "wal_bytes_per_email": float(wal) / sent,
@@ -259,6 +272,7 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=100_000, help="subscribers")
     parser.add_argument("--due", type=int, default=30_000, help="of them due")
     parser.add_argument("--rounds", type=int, default=3, help="each schema this many times")
+    parser.add_argument("--window", type=int, default=WINDOW, help="readers per window")
     args = parser.parse_args()
     figures: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     show: Callable[[str, dict[str, float]], None] = lambda schema, f: print(  # noqa: E731
@@ -269,11 +283,14 @@ def main() -> None:
     try:
         for _ in range(args.rounds):
             for schema in figures:  # alternately: the machine's speed drifts
-                figures[schema].append(measure(schema, args.total, args.due))
+                figures[schema].append(measure(schema, args.total, args.due, args.window))
                 show(schema, figures[schema][-1])
     finally:
         admin(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
-    print(f"medians of {args.rounds} ({args.due:,} due among {args.total:,}, windows of {WINDOW}):")
+    print(
+        f"medians of {args.rounds} ({args.due:,} due among {args.total:,},"
+        f" windows of {args.window:,}):"
+    )
     medians = {
         schema: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         for schema, runs in figures.items()
