@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/under_send.py                  # SQLite, then PostgreSQL
     .venv/bin/python bench/under_send.py --only sqlite --readers 20000 --seconds 5
+    .venv/bin/python bench/under_send.py --send-nice 10   # the send under `nice -n 10`
 
 For each database (a SQLite file in a temporary directory; a throw-away PostgreSQL database
 `drip_bench_under_send` on 127.0.0.1:5432, dropped at the end): fills `--readers` readers due
