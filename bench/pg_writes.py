@@ -32,20 +32,14 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
-from run import COURSE, NOW, fill
+from run import COURSE, NOW, fill, postgres_database
 
-from drip.db import upgrade
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 NAME = "drip_bench_writes"
-URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{NAME}"
-DSN = f"postgresql://postgres@127.0.0.1:5432/{NAME}"
 WINDOW = 256
 """Readers per window (the per-reader send's); bulk mode claims 4,000 at a time (--window)."""
 LEASE = timedelta(minutes=10)
@@ -223,41 +217,40 @@ def postgres_cpu() -> float:
     return total / TICKS
 
 
-def admin(sql: str) -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
-
-
-def fresh_database(schema: str, total: int, due: int) -> None:
-    admin(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
-    admin(f"CREATE DATABASE {NAME}")
-    upgrade(URL)
-    fill(URL, total, due)
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        if schema == "narrow":
-            with conn.transaction():
-                conn.execute(NARROW_SCHEMA)  # type: ignore[arg-type]
-        conn.execute("VACUUM ANALYZE")
-        conn.execute("CHECKPOINT")
-
-
 def measure(variant: str, total: int, due: int, window: int) -> dict[str, float]:
-    fresh_database(VARIANTS[variant].schema, total, due)
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        (start_lsn,) = conn.execute("SELECT pg_current_wal_lsn()").fetchone() or ("",)
-        cpu = postgres_cpu()
-        began = time.perf_counter()
-        sent = 0
-        while count := send_window(conn, VARIANTS[variant], window):
-            sent += count
-        wall = time.perf_counter() - began
-        cpu = postgres_cpu() - cpu
-        (wal,) = conn.execute(
-            "SELECT pg_current_wal_lsn() - %s::pg_lsn", (start_lsn,)
-        ).fetchone() or (0,)
-        (left,) = conn.execute(
-            "SELECT count(*) FROM deliveries WHERE status <> 'sent'"
-        ).fetchone() or (0,)
+    """One variant's send of `due` readers among `total`, on a fresh database."""
+    chosen = VARIANTS[variant]
+    with postgres_database(NAME) as url:
+        fill(url, total, due)
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+            if chosen.schema == "narrow":
+                with conn.transaction():
+                    conn.execute(NARROW_SCHEMA)  # type: ignore[arg-type]
+            conn.execute("VACUUM ANALYZE")
+            conn.execute("CHECKPOINT")
+            return measure_send(conn, variant, due, window)
+
+
+def measure_send(
+    conn: psycopg.Connection[Any], variant: str, due: int, window: int
+) -> dict[str, float]:
+    """Send every due reader window by window; the server's CPU and WAL per email."""
+
+    def scalar(sql: str, *params: Any) -> Any:
+        row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+        assert row is not None
+        return row[0]
+
+    start_lsn = scalar("SELECT pg_current_wal_lsn()")
+    cpu = postgres_cpu()
+    began = time.perf_counter()
+    sent = 0
+    while count := send_window(conn, VARIANTS[variant], window):
+        sent += count
+    wall = time.perf_counter() - began
+    cpu = postgres_cpu() - cpu
+    wal = scalar("SELECT pg_current_wal_lsn() - %s::pg_lsn", start_lsn)
+    left = scalar("SELECT count(*) FROM deliveries WHERE status <> 'sent'")
     if sent != due or left:
         raise SystemExit(f"{variant}: {sent} sent of {due}, {left} deliveries not 'sent'")
     return {
@@ -275,18 +268,18 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=WINDOW, help="readers per window")
     args = parser.parse_args()
     figures: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
-    show: Callable[[str, dict[str, float]], None] = lambda schema, f: print(  # noqa: E731
-        f"{schema:<11} server {f['server_us_per_email']:6.1f} us/email  WAL"
-        f" {f['wal_bytes_per_email']:6.0f} B/email  {f['emails_per_s']:7,.0f} emails/s",
-        flush=True,
-    )
-    try:
-        for _ in range(args.rounds):
-            for schema in figures:  # alternately: the machine's speed drifts
-                figures[schema].append(measure(schema, args.total, args.due, args.window))
-                show(schema, figures[schema][-1])
-    finally:
-        admin(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
+
+    def show(variant: str, f: dict[str, float]) -> None:
+        print(
+            f"{variant:<11} server {f['server_us_per_email']:6.1f} us/email  WAL"
+            f" {f['wal_bytes_per_email']:6.0f} B/email  {f['emails_per_s']:7,.0f} emails/s",
+            flush=True,
+        )
+
+    for _ in range(args.rounds):
+        for variant in figures:  # alternately: the machine's speed drifts
+            figures[variant].append(measure(variant, args.total, args.due, args.window))
+            show(variant, figures[variant][-1])
     print(
         f"medians of {args.rounds} ({args.due:,} due among {args.total:,},"
         f" windows of {args.window:,}):"

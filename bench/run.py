@@ -216,20 +216,23 @@ def fresh_copy(template: Path, directory: Path) -> str:
 
 
 @contextmanager
-def postgres_database() -> Iterator[str]:
+def postgres_database(name: str = PG_NAME) -> Iterator[str]:
+    """A fresh PostgreSQL database `name` with drip's schema: its SQLAlchemy URL, dropped at
+    the end."""
     import psycopg
 
     def admin(sql: str) -> None:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(sql)  # type: ignore[arg-type]
 
-    admin(f"DROP DATABASE IF EXISTS {PG_NAME} WITH (FORCE)")
-    admin(f"CREATE DATABASE {PG_NAME}")
+    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin(f"CREATE DATABASE {name}")
     try:
-        upgrade_with_src(PG_URL)
-        yield PG_URL
+        upgrade_with_src(url)
+        yield url
     finally:
-        admin(f"DROP DATABASE IF EXISTS {PG_NAME} WITH (FORCE)")
+        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # --- running drip send ----------------------------------------------------------------------
