@@ -318,7 +318,7 @@ def _skip_holidays(value: Any) -> str | None:
             f"skip_holidays = {value!r} is not a country code the holidays library knows;"
             ' use an ISO code such as "JP"'
         )
-    return value.upper() if value else None
+    return value.upper()
 
 
 def _source(value: Any) -> str | None:
