@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.store_support import COURSE, T0, add, claim
 
 from drip import store
+from drip.addresses import normalize_email
 from drip.importer import ERASED_REASON, import_subscribers
 from drip.models import deliveries, events, subscribers, suppressions
 
@@ -117,6 +118,20 @@ def test_suppressed_emails_finds_the_erased_among_many(session: Session) -> None
     many = [f"n{i}@example.com" for i in range(6_000)] + ["a@example.com"]
     assert store.suppressed_emails(session, many) == {"a@example.com"}
     assert store.suppressed_emails(session, []) == set()
+
+
+def test_erased_among_finds_erased_canonical_addresses_among_many(session: Session) -> None:
+    # Typed full-width with an international domain: stored (and sent to, and reported back by
+    # the provider) in its canonical form, whose plain SHA-256 is its email_hash.
+    canonical = normalize_email("ｂ＠例え.jp")
+    assert canonical == "b@xn--r8jz45g.jp"
+    store.erase_subscriber(session, sent_welcome(session, "ｂ＠例え.jp"), T0)
+    sent_welcome(session, "kept@example.com")
+    many = {f"n{i}@example.com" for i in range(3_000)} | {canonical, "kept@example.com"}
+    store.hold_off_erasures(session, shared=True)
+    assert store.erased_among(session, many) == {canonical}
+    assert store.erased_among(session, set()) == set()
+    session.rollback()
 
 
 def test_export_holds_everything_stored_about_the_reader(session: Session) -> None:

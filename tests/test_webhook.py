@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -146,6 +147,7 @@ def test_a_signed_batch_is_stored_and_applied(hook: Hook) -> None:
         "received": 13,
         "stored": 13,
         "duplicates": 0,
+        "erased": 0,
         "skipped": 0,
         "suppressed": 3,
         "settled_sent": 0,
@@ -224,6 +226,7 @@ def test_a_redelivered_batch_is_stored_and_applied_once(hook: Hook) -> None:
         "received": 2,
         "stored": 0,
         "duplicates": 2,
+        "erased": 0,
         "skipped": 0,
         "suppressed": 0,
         "settled_sent": 0,
@@ -313,6 +316,62 @@ def test_a_signed_body_that_is_not_an_event_array_is_acknowledged_and_logged(
     assert "signed body ignored" in caplog.text
     assert not body or body.decode() not in caplog.text
     assert hook.event_count() == 0
+
+
+# --- erased addresses (GDPR) ------------------------------------------------------------------
+
+
+def stored_addresses(hook: Hook) -> list[str]:
+    """The address in every stored event's payload (what an erase must leave none of)."""
+    with hook.sessions() as session:
+        payloads = session.execute(select(events.c.payload).order_by(events.c.id)).scalars()
+        return [payload.get("email") for payload in payloads]
+
+
+def test_events_about_an_erased_address_are_dropped_not_stored(hook: Hook) -> None:
+    gone = hook.subscribe("gone@example.com")
+    hook.subscribe("stays@example.com")
+    hook.send()
+    old = hook.delivery_of("gone@example.com").delivery_id
+    kept = hook.delivery_of("stays@example.com").delivery_id
+    with hook.sessions() as session, session.begin():
+        assert store.erase_subscriber(session, gone, hook.clock())
+    hook.clock.advance(days=2)  # an open or a click can come days later
+    now = hook.clock()
+    body = body_of(
+        event("open", at=now, email="gone@example.com", delivery_id=old),
+        event("click", at=now, email="gone@example.com", delivery_id=old, url="https://x.test"),
+        event("bounce", at=now, email="Gone@Example.com "),  # no custom args, another case
+        event("delivered", at=now, email="stays@example.com", delivery_id=kept),
+    )
+    answer = hook.post(body).get_json()
+    assert (answer["received"], answer["stored"], answer["erased"]) == (4, 1, 3)
+    assert answer["duplicates"] == 0
+    assert stored_addresses(hook) == ["stays@example.com"]
+    hook.clock.advance(minutes=5)  # SendGrid redelivers it
+    again = hook.post(body).get_json()
+    assert (again["stored"], again["duplicates"], again["erased"]) == (0, 1, 3)
+    assert stored_addresses(hook) == ["stays@example.com"]
+
+
+def test_a_batch_posted_while_an_erase_is_running_stores_nothing_about_it(hook: Hook) -> None:
+    gone = hook.subscribe("racing@example.com")
+    hook.send()
+    old = hook.delivery_of("racing@example.com").delivery_id
+    body = body_of(event("open", at=hook.clock(), email="racing@example.com", delivery_id=old))
+    answers: list[Any] = []
+    with hook.sessions() as erasing, erasing.begin():
+        assert store.erase_subscriber(erasing, gone, hook.clock())
+        # The erase has deleted the rows but not committed: a batch posted now must wait for
+        # it, and then see the address erased (without the wait it looked before the commit
+        # and stored the event, linked to the delivery being deleted).
+        poster = threading.Thread(target=lambda: answers.append(hook.post(body).get_json()))
+        poster.start()
+        poster.join(timeout=0.5)
+        assert poster.is_alive(), "the batch did not wait for the erase"
+    poster.join(timeout=30)
+    assert answers and (answers[0]["stored"], answers[0]["erased"]) == (0, 1)
+    assert stored_addresses(hook) == []
 
 
 # --- in doubt ---------------------------------------------------------------------------------
