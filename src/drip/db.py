@@ -7,6 +7,7 @@ alembic.ini is needed.
 
 from __future__ import annotations
 
+import hashlib
 import select
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidatePoolError, Opera
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from drip.errors import ConfigError, DatabaseUnavailableError, SchemaError
+from drip.models import SQLITE_SHA256_HEX
 
 if TYPE_CHECKING:  # Alembic is imported only when a schema is created or upgraded
     from alembic.config import Config
@@ -80,10 +82,16 @@ def _parse(url: str) -> URL:
     )
 
 
+def _sha256_hex(value: str | None) -> str | None:
+    """`SQLITE_SHA256_HEX`, registered on every SQLite connection."""
+    return None if value is None else hashlib.sha256(str(value).encode("utf-8")).hexdigest()
+
+
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # Take transaction control away from the sqlite3 module (it would issue a deferred BEGIN
     # only before DML); the "begin" listener below issues BEGIN IMMEDIATE instead.
     dbapi_connection.isolation_level = None
+    dbapi_connection.create_function(SQLITE_SHA256_HEX, 1, _sha256_hex, deterministic=True)
     cursor = dbapi_connection.cursor()
     try:
         # busy_timeout first: switching to WAL needs a lock that a concurrent process may hold.

@@ -46,6 +46,9 @@ from drip.statuses import SubscriberStatus as SubscriberStatus
 SQLITE_DATETIME_FORMAT = (
     "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
 )
+SQLITE_SHA256_HEX = "drip_sha256_hex"
+"""An SQL function on every SQLite connection drip opens (`drip.db`): the hex SHA-256 of a
+text's UTF-8, NULL for NULL; PostgreSQL's encode(sha256(convert_to(x, 'UTF8')), 'hex')."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):

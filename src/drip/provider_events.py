@@ -5,7 +5,7 @@ deliveries settled.
   by `sg_event_id`), mark on each delivery what they report of it (`outcome_of`: the bits
   `drip stats` counts), suppress the addresses that bounced, complained or unsubscribed (every
   enrolment, for good), and settle as sent the course's in-doubt deliveries the events name.
-  Events about an address erased at the person's request are dropped unstored (GDPR).
+  Events about an address erased at the person's request are not stored (GDPR).
 - `settle_in_doubt` (`delivery.send_due`, before it claims anything): apply
   `drip.settle_policy.decide_in_doubt` to every in-doubt delivery of the course: sent when an
   event names it, sent again when the webhook shows it never reached SendGrid, else left to
@@ -69,10 +69,8 @@ class EventsRecorded:
 
     received: int
     stored: int
-    """New events (the rest were stored before, SendGrid redelivered them, or were erased)."""
-    erased: int
-    """Events about an address erased at the person's request: not stored (an open or a click
-    can arrive days after the erase, and its payload holds the address)."""
+    """New events. The rest were stored before (SendGrid redelivered them), or are about an
+    address erased at the person's request (`store.add_events`)."""
     skipped: int
     """Items that were not events (see `parse_events`)."""
     suppressed: int
@@ -84,8 +82,7 @@ class EventsRecorded:
         return {
             "received": self.received,
             "stored": self.stored,
-            "duplicates": self.received - self.stored - self.erased,
-            "erased": self.erased,
+            "duplicates": self.received - self.stored,
             "skipped": self.skipped,
             "suppressed": self.suppressed,
             "settled_sent": self.settled_sent,
@@ -96,55 +93,43 @@ def record_sendgrid_events(
     sessions: sessionmaker[Session], course: Course, parsed: ParsedEvents, *, now: datetime
 ) -> EventsRecorded:
     """Store and apply one webhook batch in one transaction (a database failure raises, and
-    nothing of the batch is kept: SendGrid posts it again). Events about an erased address are
-    left out first: they are neither stored nor applied (the person has no enrolment left)."""
-    with sessions() as session, session.begin():
-        store.hold_off_erasures(session, shared=True)
-        erased = store.erased_among(
-            session, {event.email for event in parsed.events if event.email is not None}
+    nothing of the batch is kept: SendGrid posts it again)."""
+    # Positional (provider_event_id, type, occurred_at, payload, delivery_ref, outcome): a
+    # NamedTuple built by keywords costs twice as much, 1,000 times per batch.
+    batch = [
+        NewEvent(
+            event.event_id,
+            event.type,
+            event.occurred_at,
+            event.payload,
+            event.delivery_id,
+            outcome_of(event),
         )
-        kept = [event for event in parsed.events if event.email not in erased]
-        # Positional (provider_event_id, type, occurred_at, payload, delivery_ref, outcome): a
-        # NamedTuple built by keywords costs twice as much, 1,000 times per batch.
-        batch = [
-            NewEvent(
-                event.event_id,
-                event.type,
-                event.occurred_at,
-                event.payload,
-                event.delivery_id,
-                outcome_of(event),
-            )
-            for event in kept
-        ]
-        # Oldest first: the first suppression of an address stays (but a complaint).
-        changes = [
-            (event.occurred_at, event.email, event.suppress)
-            for event in kept
-            if event.suppress is not None and event.email is not None
-        ]
-        changes.sort(key=lambda change: change[0])
+        for event in parsed.events
+    ]
+    # Oldest first: the first suppression of an address is the one that stays (but a complaint).
+    changes = [
+        (event.occurred_at, event.email, event.suppress)
+        for event in parsed.events
+        if event.suppress is not None and event.email is not None
+    ]
+    changes.sort(key=lambda change: change[0])
+    with sessions() as session, session.begin():
         stored = store.add_events(session, PROVIDER, batch, received_at=now)
         suppressed = store.suppress_addresses(
             session, [(email, status) for _, email, status in changes], now
         )
         named = {
             event.delivery_id
-            for event in kept
+            for event in parsed.events
             if event.proves_sent and event.delivery_id is not None
         }
         settled = Settled()
         if named:
             settled = _settle(session, course, now, delivery_ids=sorted(named), only_proven=True)
-    if erased:
-        log.info(
-            "SendGrid webhook: %d events about erased addresses dropped, not stored",
-            len(parsed.events) - len(kept),
-        )
     return EventsRecorded(
-        received=len(parsed.events),
+        received=len(batch),
         stored=stored,
-        erased=len(parsed.events) - len(kept),
         skipped=parsed.skipped,
         suppressed=suppressed,
         settled_sent=settled.sent,

@@ -57,9 +57,7 @@ from drip.store.preferences import (
 from drip.store.privacy import (
     email_hash,
     erase_subscriber,
-    erased_among,
     export_subscriber,
-    hold_off_erasures,
     is_suppressed,
     suppressed_emails,
 )
@@ -129,12 +127,10 @@ __all__ = [
     "due_by_lesson",
     "email_hash",
     "erase_subscriber",
-    "erased_among",
     "existing_subscribers",
     "export_subscriber",
     "get_subscriber",
     "get_subscriber_by_id",
-    "hold_off_erasures",
     "in_doubt_evidence",
     "insert_subscribers",
     "is_suppressed",

@@ -18,11 +18,12 @@ import orjson
 from sqlalchemy import BigInteger, Connection, Select, String, exists, select, update
 from sqlalchemy.orm import Session
 
-from drip.models import events
+from drip.models import SQLITE_SHA256_HEX, events, suppressions
 from drip.statuses import SUPPRESSED_STATUSES, DeliveryStatus, SubscriberStatus
 from drip.store._bulk_update import converter, update_rows
 from drip.store._sql import D, S, chunks, clean_text, connection, in_list, insert_ignoring_conflicts
 from drip.store.capabilities import capabilities_of
+from drip.store.privacy import ERASED
 
 E = events
 
@@ -43,6 +44,8 @@ def add_event(
     """Store a provider event once. Returns its new id, or None when (provider,
     provider_event_id) was stored before (webhooks are redelivered). Events without a provider
     id are always stored. `outcome` (`DeliveryOutcome` bits) is set on delivery `delivery_id`.
+    One event as given, for tests and tools; the webhook stores through `add_events`, which
+    also refuses events about erased addresses.
     """
     conn = connection(session)
     if outcome and delivery_id is not None:
@@ -171,6 +174,23 @@ _STORED_COLUMNS = (
 _CONFLICT = "ON CONFLICT (provider, provider_event_id) DO NOTHING"
 
 
+def _erased(address: str, hex_sha256: str) -> str:
+    """SQL: true when `address` (an SQL expression), trimmed and lower-cased, is on the
+    suppression list as erased at the person's request. `hex_sha256` formats the dialect's hex
+    SHA-256 of a text. That plain hash is the address's `email_hash`: a provider reports the
+    canonical address drip sent to, which is its own normalised form."""
+    return (
+        f"EXISTS (SELECT 1 FROM {suppressions.name} AS s WHERE s.reason = '{ERASED}'"
+        f" AND s.email_hash = {hex_sha256.format(f'lower(trim({address}))')})"
+    )
+
+
+_PG_SHA256 = "encode(sha256(convert_to({}, 'UTF8')), 'hex')"
+_PG_PAYLOAD_EMAIL = "r.p ->> 'email'"
+_SQLITE_SHA256 = SQLITE_SHA256_HEX + "({})"
+_SQLITE_PAYLOAD_EMAIL = "json_extract(r.p, '$.email')"
+
+
 def _insert_events(
     conn: Connection,
     provider: str,
@@ -180,7 +200,10 @@ def _insert_events(
 ) -> int:
     """INSERT the rows (provider_event_id, delivery_ref, type, occurred_at, payload: values in
     their stored form, the payload a dict) of one provider received at `received`, skipping
-    (provider, provider_event_id) pairs stored before; returns how many were inserted.
+    (provider, provider_event_id) pairs stored before, and events that name no delivery and
+    are about an address erased at the person's request (opens and clicks keep coming after an
+    erase, and the payload holds the address; the check runs only for rows the ledger join
+    did not find, a few per batch); returns how many were inserted.
 
     PostgreSQL: the whole batch is one JSON parameter (serialised by orjson in one call, each
     row an object with one-letter keys) read by json_to_recordset and joined to the ledger: one
@@ -209,20 +232,25 @@ def _insert_events(
             f" FROM ROWS FROM (json_to_recordset({mark}::json) AS ({columns}))"
             f" WITH ORDINALITY AS r(i, d, t, o, p, n)"
             f" LEFT JOIN {D.name} AS ledger ON ledger.id = r.d"
+            f" WHERE ledger.id IS NOT NULL OR NOT {_erased(_PG_PAYLOAD_EMAIL, _PG_SHA256)}"
             f" ORDER BY r.n {_CONFLICT}"
         )
         batch = orjson.dumps([{"i": i, "d": d, "t": t, "o": o, "p": p} for i, d, t, o, p in rows])
         values = (provider, received, batch.decode())
         params = (*_flag_arrays(outcomes), *values) if outcomes else values
         return int(conn.exec_driver_sql(sql, params).rowcount)
+    # One look-up of the ledger per row (a join); SQLite wants a WHERE in an INSERT ... SELECT
+    # with ON CONFLICT (a parsing ambiguity), and here it has one.
     sql = (
-        f"INSERT INTO {E.name} ({_STORED_COLUMNS}) VALUES ({mark}, {mark},"
-        f" (SELECT id FROM {D.name} WHERE id = {mark}),"
-        f" (SELECT subscriber_id FROM {D.name} WHERE id = {mark}),"
-        f" {mark}, {mark}, {mark}, {mark}) {_CONFLICT}"
+        f"INSERT INTO {E.name} ({_STORED_COLUMNS})"
+        f" SELECT {mark}, {mark}, ledger.id, ledger.subscriber_id, {mark}, {mark}, {mark}, r.p"
+        f" FROM (SELECT {mark} AS ref, {mark} AS p) AS r"
+        f" LEFT JOIN {D.name} AS ledger ON ledger.id = r.ref"
+        f" WHERE ledger.id IS NOT NULL OR NOT {_erased(_SQLITE_PAYLOAD_EMAIL, _SQLITE_SHA256)}"
+        f" {_CONFLICT}"
     )
     many = [
-        (provider, event_id, ref, ref, kind, occurred, received, orjson.dumps(payload).decode())
+        (provider, event_id, kind, occurred, received, ref, orjson.dumps(payload).decode())
         for event_id, ref, kind, occurred, payload in rows
     ]
     return int(conn.exec_driver_sql(sql, many).rowcount)

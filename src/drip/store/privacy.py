@@ -14,11 +14,10 @@ guessed address against the list, which tells them only that the address was onc
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import BigInteger, String, bindparam, delete, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -30,9 +29,6 @@ from drip.store.capabilities import capabilities_of
 
 ERASED = "erased"
 """`suppressions.reason` of an address erased at the person's request."""
-ERASURE_LOCK_KEY = 0x6472_6970_6572_6173  # "driperas" in ASCII; any fixed 64-bit number
-"""PostgreSQL advisory lock: an erase holds it exclusively, a webhook batch shared
-(`hold_off_erasures`)."""
 
 
 def email_hash(email: str) -> str:
@@ -43,10 +39,6 @@ def email_hash(email: str) -> str:
         canonical = normalize_email(email)
     except InvalidAddressError:
         canonical = email.strip().lower()
-    return _digest(canonical)
-
-
-def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -80,50 +72,20 @@ def suppressed_emails(session: Session, emails: Sequence[str]) -> set[str]:
     return found
 
 
-def hold_off_erasures(session: Session, *, shared: bool) -> None:
-    """Make an erase and a webhook batch wait for each other, until the transaction ends.
+def _hold_off_event_writers(session: Session) -> None:
+    """Make the transaction's erase and any webhook batch wait for each other.
 
-    A batch that looked for erased addresses just before an erase committed, and stored its
-    events just after the erase's DELETE had looked, would keep events about the erased
-    person. PostgreSQL: a transaction-scoped advisory lock, exclusive for an erase, shared for
-    a batch (batches never wait for each other); it must be the transaction's first lock, so
-    that the statements after it see what the other committed. SQLite: nothing to do, BEGIN
-    IMMEDIATE already runs one writing transaction at a time."""
+    A batch stores no event about an erased address (`store.add_events`), but a batch stored
+    while an erase runs, neither committed, would not see the address erased, nor the erase
+    the batch's events: they would stay. PostgreSQL: the erase locks the events table against
+    writers (SHARE ROW EXCLUSIVE; readers go on) until it commits, after any batch in progress
+    has committed, so its DELETE sees that batch's events, and a later batch's INSERT runs
+    after the erase's commit and sees the address erased. It must come first in the erase's
+    transaction. SQLite: nothing to do, BEGIN IMMEDIATE runs one writing transaction at a
+    time."""
     conn = connection(session)
     if capabilities_of(conn.dialect).row_locks:
-        lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-        conn.exec_driver_sql(f"SELECT {lock}({ERASURE_LOCK_KEY})")
-
-
-def erased_among(session: Session, addresses: Collection[str]) -> set[str]:
-    """Those of `addresses` that were erased at the person's request: a provider's events about
-    them must not be stored (the payload holds the address). One query whatever the number.
-
-    The addresses must be in drip's canonical form (`normalize_email`'s result, which is what
-    drip stores and sends to, so what a provider reports back, lower-cased): it is its own
-    canonical form, so its plain SHA-256 is its `email_hash`, without the cost of validating
-    each address again (a webhook batch holds up to a thousand). Call `hold_off_erasures`
-    first in the same transaction.
-    """
-    if not addresses:
-        return set()
-    by_hash = {_digest(address): address for address in addresses}
-    conn = connection(session)
-    capabilities = capabilities_of(conn.dialect)
-    mark = capabilities.placeholder
-    # Hex digests need no quoting: the list goes as one array literal (PostgreSQL) or one JSON
-    # array (SQLite's json_each), built in C rather than bound element by element.
-    if capabilities.array_params:
-        wanted = f"= ANY({mark}::varchar[])"
-        listed = "{" + ",".join(by_hash) + "}"
-    else:
-        wanted = f"IN (SELECT value FROM json_each({mark}))"
-        listed = orjson.dumps(list(by_hash)).decode()
-    sql = (
-        f"SELECT email_hash FROM {suppressions.name} WHERE reason = {mark} AND email_hash {wanted}"
-    )
-    found = conn.exec_driver_sql(sql, (ERASED, listed)).scalars()
-    return {by_hash[digest] for digest in found}
+        conn.exec_driver_sql(f"LOCK TABLE {events.name} IN SHARE ROW EXCLUSIVE MODE")
 
 
 def _enrolments(session: Session, subscriber_id: int) -> tuple[str, list[int]] | None:
@@ -183,7 +145,7 @@ def erase_subscriber(session: Session, subscriber_id: int, now: datetime) -> boo
     added to the suppression list. Returns False for an unknown id (already erased: nothing to
     do, the suppression entry stays). Idempotent.
     """
-    hold_off_erasures(session, shared=False)
+    _hold_off_event_writers(session)
     found = _enrolments(session, subscriber_id)
     if found is None:
         return False
