@@ -7,8 +7,9 @@ Starts the fake SendGrid API (bench/fake_provider.py, aiohttp, its own process, 
 fills databases in a temporary directory (SQLite) and a throw-away PostgreSQL database
 (`drip_bench` on 127.0.0.1:5432, or DRIP_BENCH_DATABASE; dropped at the end), runs `drip send`
 as real processes and prints, per scenario: emails/s, wall time, peak RSS of the `drip send`
-process (wait4's ru_maxrss), duplicates and losses as counted by the fake provider. Results go
-to bench/results/<timestamp>.json.
+process (wait4's ru_maxrss), duplicates and losses as counted by the fake provider. Scenario 13
+(target 6: the web during a send) runs bench/under_send.py last. Results go to
+bench/results/<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ TARGETS = {
 }
 CEILING_SHARE = 0.8
 """Per-reader `drip send` (1 and 3) must reach this share of the bare aiohttp loop (0)."""
+WEB_TARGETS = (
+    ("signup", "requests_per_s", ">=", 500),
+    ("signup", "p99_ms", "<", 100),
+    ("webhook", "events_per_s", ">=", 20000),
+)
+"""Target 6: the web issue's figures, measured while a `drip send` of 100,000 runs (scenario
+13): (part, figure, comparison, bound)."""
 
 
 @dataclass
@@ -460,6 +468,46 @@ def check(results: list[Result]) -> list[str]:
     return verdicts
 
 
+def web_during_send(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Scenario 13 (target 6): bench/under_send.py on each database, the signup server with
+    `DRIP_WEB_SENDS=queue` (what the README advises for bursts of signups, with `drip send` or
+    `drip worker` sending the confirmations); its results as it writes them. Needs wrk."""
+    if not shutil.which("wrk"):
+        print("13-web-during-send: skipped (wrk is not installed: apt-get install wrk)")
+        return []
+    with tempfile.TemporaryDirectory(prefix="drip-bench-web-") as tmp:
+        out = Path(tmp) / "under-send.json"
+        command = [sys.executable, str(ROOT / "bench" / "under_send.py"), "--web-sends", "queue"]
+        command += ["--json", str(out)]
+        if args.quick:
+            command += ["--readers", "20000", "--seconds", "5"]
+        if args.skip_postgres:
+            command += ["--only", "sqlite"]
+        # PYTHONPATH: the servers and the send run the drip under test (--src), as the rest.
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+        web: list[dict[str, Any]] = json.loads(out.read_text())
+        return web
+
+
+def web_verdicts(web: list[dict[str, Any]]) -> list[str]:
+    """A verdict line per database of scenario 13: each `WEB_TARGETS` figure during the send,
+    and the send's duplicates and losses."""
+    verdicts = []
+    for database in web:
+        during, send = database["with_send"], database["send"]
+        clean = send["duplicates"] == 0 and send["losses"] == 0 and send["invalid"] == 0
+        line = f"13-web-during-send-{database['database']}: dup/loss/invalid"
+        line += " ok" if clean else " NOT ZERO"
+        for part, key, op, bound in WEB_TARGETS:
+            value = during[part][key]
+            met = value >= bound if op == ">=" else value < bound
+            line += f"; {part} {key} {value:,.1f} {op} {bound:,} {'met' if met else 'NOT MET'}"
+            if not during[part]["overlapped"]:
+                line += " (ended after the send)"
+        verdicts.append(line)
+    return verdicts
+
+
 def official_baseline(provider: Provider, work: Path, count: int) -> list[Result]:
     """Scenario 7: the official client one request at a time, and the fast client, on `count`."""
     small = sqlite_template(work, "baseline", count, count)
@@ -777,6 +825,7 @@ def main() -> None:
             raise SystemExit(f"--src {args.src}: no drip package there")
 
     results: list[Result] = []
+    web: list[dict[str, Any]] = []
     notes: dict[str, Any] = {}
     # drip's bytecode compiled first, as an installed drip has it (pip compiles at install; an
     # editable checkout writes __pycache__ on its first run): where PYTHONDONTWRITEBYTECODE is
@@ -792,6 +841,8 @@ def main() -> None:
             results = scenarios(args, only, provider, work)
         finally:
             provider.stop()
+    if not only or "13" in only:
+        web = web_during_send(args)
 
     after = calibration()
     print(f"calibration after: {after:.2f} s (before: {before:.2f} s)", flush=True)
@@ -802,6 +853,7 @@ def main() -> None:
         if key.endswith("_vs_ceiling"):
             met = "met" if ratio >= CEILING_SHARE else "NOT MET"
             verdicts.append(f"{key}: {ratio:.2f} >= {CEILING_SHARE} {met}")
+    verdicts += web_verdicts(web)
     print("\n".join(verdicts))
     out = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -809,6 +861,7 @@ def main() -> None:
         "latency_s": args.latency,
         "machine": machine(),
         "results": [asdict(r) for r in results],
+        "web_during_send": web,
         "notes": notes,
         "verdicts": verdicts,
         "median_of": 1 if args.quick else args.repeat,
