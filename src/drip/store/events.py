@@ -200,10 +200,11 @@ def _insert_events(
 ) -> int:
     """INSERT the rows (provider_event_id, delivery_ref, type, occurred_at, payload: values in
     their stored form, the payload a dict) of one provider received at `received`, skipping
-    (provider, provider_event_id) pairs stored before, and events that name no delivery and
-    are about an address erased at the person's request (opens and clicks keep coming after an
-    erase, and the payload holds the address; the check runs only for rows the ledger join
-    did not find, a few per batch); returns how many were inserted.
+    (provider, provider_event_id) pairs stored before, and events whose delivery the ledger
+    does not hold (none named, or deleted) that are about an address erased at the person's
+    request (opens and clicks keep coming after an erase, and the payload holds the address;
+    the check runs only for the rows the ledger join did not find, a few per batch); returns
+    how many were inserted.
 
     PostgreSQL: the whole batch is one JSON parameter (serialised by orjson in one call, each
     row an object with one-letter keys) read by json_to_recordset and joined to the ledger: one
