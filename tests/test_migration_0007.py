@@ -146,6 +146,9 @@ def test_postgresql_takes_a_batch_from_the_due_index_without_sorting_the_due(
     Sort, which read and sorted every due row for each batch before 0007), the dry run's count
     per lesson reads the index alone, and the webhook's in-doubt probe still searches the
     (now partial) status index."""
+    from tests.conftest import _truncate
+
+    _truncate(postgres_database)  # the session's database: an earlier test may have left rows
     engine = make_engine(postgres_database)
     try:
         migrate(engine, head_revision())

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # Alembic is imported only when a schema is created or upgrad
     from sqlalchemy.orm import Session, sessionmaker
 
 SCRIPT_LOCATION = "drip:migrations"
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 """The newest migration shipped; a test checks it against Alembic's view of the scripts. Kept
 as a constant so that every command does not load Alembic and the migration scripts just to
 compare one string."""
@@ -87,6 +87,23 @@ def _sha256_hex(value: str | None) -> str | None:
     return None if value is None else hashlib.sha256(str(value).encode("utf-8")).hexdigest()
 
 
+def _switch_to_wal(cursor: Any, locked: type[Exception]) -> None:
+    """PRAGMA journal_mode = WAL, tried again for up to the busy timeout while the database is
+    locked. On a file not in WAL mode yet (a fresh install), processes connecting at once can
+    get "database is locked" at once: SQLite answers busy without waiting where waiting could
+    deadlock, so busy_timeout does not cover it. Once the file is in WAL mode this is one
+    statement that changes nothing."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except locked as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # Take transaction control away from the sqlite3 module (it would issue a deferred BEGIN
     # only before DML); the "begin" listener below issues BEGIN IMMEDIATE instead.
@@ -96,7 +113,7 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     try:
         # busy_timeout first: switching to WAL needs a lock that a concurrent process may hold.
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor, dbapi_connection.OperationalError)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
