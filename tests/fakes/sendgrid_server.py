@@ -267,6 +267,10 @@ class FakeSendGrid:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a client with 64 requests in flight (the fast
+    # transport's window) had connections dropped and retried after 1, 3, 7 s on a loaded
+    # machine, past the tests' 10 s timeout (an 'in doubt' that SendGrid itself never causes).
+    request_queue_size = 256
     fake: FakeSendGrid
 
     def handle_error(self, request: Any, client_address: Any) -> None:
