@@ -80,9 +80,9 @@ def _hold_off_event_writers(session: Session) -> None:
     the batch's events: they would stay. PostgreSQL: the erase locks the events table against
     writers (SHARE ROW EXCLUSIVE; readers go on) until it commits, after any batch in progress
     has committed, so its DELETE sees that batch's events, and a later batch's INSERT runs
-    after the erase's commit and sees the address erased. It must come first in the erase's
-    transaction. SQLite: nothing to do, BEGIN IMMEDIATE runs one writing transaction at a
-    time."""
+    after the erase's commit and sees the address erased. It must come before the erase writes
+    or locks any row (it holds nothing a batch waits for while it waits). SQLite: nothing to
+    do, BEGIN IMMEDIATE runs one writing transaction at a time."""
     conn = connection(session)
     if capabilities_of(conn.dialect).row_locks:
         conn.exec_driver_sql(f"LOCK TABLE {events.name} IN SHARE ROW EXCLUSIVE MODE")
