@@ -453,6 +453,11 @@ def calibration(repeat: int = 3) -> float:
     return sorted(timings)[len(timings) // 2]
 
 
+def met(value: float, op: str, bound: float) -> bool:
+    """Whether `value` meets a target written as (op, bound): '>=' or '<'."""
+    return value >= bound if op == ">=" else value < bound
+
+
 def check(results: list[Result]) -> list[str]:
     verdicts = []
     for result in results:
@@ -462,8 +467,8 @@ def check(results: list[Result]) -> list[str]:
         if target:
             key, op, bound = target
             value = getattr(result, key)
-            met = value >= bound if op == ">=" else value < bound
-            line += f"; {key} {value:,.2f} {op} {bound:,} {'met' if met else 'NOT MET'}"
+            shown = "met" if met(value, op, bound) else "NOT MET"
+            line += f"; {key} {value:,.2f} {op} {bound:,} {shown}"
         verdicts.append(line)
     return verdicts
 
@@ -500,8 +505,8 @@ def web_verdicts(web: list[dict[str, Any]]) -> list[str]:
         line += " ok" if clean else " NOT ZERO"
         for part, key, op, bound in WEB_TARGETS:
             value = during[part][key]
-            met = value >= bound if op == ">=" else value < bound
-            line += f"; {part} {key} {value:,.1f} {op} {bound:,} {'met' if met else 'NOT MET'}"
+            shown = "met" if met(value, op, bound) else "NOT MET"
+            line += f"; {part} {key} {value:,.1f} {op} {bound:,} {shown}"
             if not during[part]["overlapped"]:
                 line += " (ended after the send)"
         verdicts.append(line)
@@ -851,8 +856,8 @@ def main() -> None:
     verdicts = check(results)
     for key, ratio in notes.items():
         if key.endswith("_vs_ceiling"):
-            met = "met" if ratio >= CEILING_SHARE else "NOT MET"
-            verdicts.append(f"{key}: {ratio:.2f} >= {CEILING_SHARE} {met}")
+            shown = "met" if met(ratio, ">=", CEILING_SHARE) else "NOT MET"
+            verdicts.append(f"{key}: {ratio:.2f} >= {CEILING_SHARE} {shown}")
     verdicts += web_verdicts(web)
     print("\n".join(verdicts))
     out = {

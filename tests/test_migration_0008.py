@@ -5,8 +5,10 @@ left as it is."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
-from sqlalchemy import Connection, text
+import pytest
+from sqlalchemy import Connection, Engine, text
 from tests.support import migrate
 
 from drip.db import make_engine
@@ -58,44 +60,45 @@ def _event_ids(conn: Connection) -> list[str]:
     return list(found.scalars())
 
 
-def test_0008_deletes_only_the_events_about_erased_addresses(empty_database_url: str) -> None:
+@pytest.fixture
+def at_0007(empty_database_url: str) -> Iterator[Engine]:
+    """A database at 0007 with a reader, a delivery and the events of `_fill`."""
     engine = make_engine(empty_database_url)
     try:
         migrate(engine, "0007")
         with engine.begin() as conn:
             _fill(conn)
-            conn.execute(
-                text(
-                    "INSERT INTO suppressions (email_hash, reason, created_at) VALUES"
-                    " (:h, 'erased', :at)"
-                ),
-                {"h": email_hash("gone@example.com"), "at": AT},
-            )
-        migrate(engine, "0008")
-        with engine.begin() as conn:
-            assert _event_ids(conn) == [
-                "held-delivery",
-                "no-address",
-                "odd-address",
-                "someone-else",
-            ]
-        migrate(engine, "0007", down=True)  # nothing to undo, and it does not fail
-        migrate(engine, "0008")
-        with engine.begin() as conn:
-            assert len(_event_ids(conn)) == 4
+        yield engine
     finally:
         engine.dispose()
 
 
-def test_0008_leaves_a_database_where_nothing_was_erased_as_it_is(empty_database_url: str) -> None:
-    engine = make_engine(empty_database_url)
-    try:
-        migrate(engine, "0007")
-        with engine.begin() as conn:
-            _fill(conn)
-            before = _event_ids(conn)
-        migrate(engine, "0008")
-        with engine.begin() as conn:
-            assert _event_ids(conn) == before and len(before) == 6
-    finally:
-        engine.dispose()
+def test_0008_deletes_only_the_events_about_erased_addresses(at_0007: Engine) -> None:
+    with at_0007.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO suppressions (email_hash, reason, created_at) VALUES"
+                " (:h, 'erased', :at)"
+            ),
+            {"h": email_hash("gone@example.com"), "at": AT},
+        )
+    migrate(at_0007, "0008")
+    with at_0007.begin() as conn:
+        assert _event_ids(conn) == [
+            "held-delivery",
+            "no-address",
+            "odd-address",
+            "someone-else",
+        ]
+    migrate(at_0007, "0007", down=True)  # nothing to undo, and it does not fail
+    migrate(at_0007, "0008")
+    with at_0007.begin() as conn:
+        assert len(_event_ids(conn)) == 4
+
+
+def test_0008_leaves_a_database_where_nothing_was_erased_as_it_is(at_0007: Engine) -> None:
+    with at_0007.begin() as conn:
+        before = _event_ids(conn)
+    migrate(at_0007, "0008")
+    with at_0007.begin() as conn:
+        assert _event_ids(conn) == before and len(before) == 6
